@@ -1,0 +1,276 @@
+use crate::{Failure, RetryPolicy, TimestampMs};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+/// Where a sub-orchestration reports its result: the parent's instance, execution and the
+/// command id under which the parent scheduled it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentLink {
+    /// The parent instance.
+    pub instance_id: String,
+    /// The parent's execution that scheduled the child.
+    pub execution_id: u64,
+    /// The parent's command id for the child.
+    pub id: u64,
+}
+
+/// One entry of an execution's history. The serde encoding is the stored format: variants and
+/// fields may be added (with defaults) but never renamed or given another meaning.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A turn began at this time; `now()` in the code returns it until the next turn.
+    TurnStarted {
+        /// Wall-clock time of the turn, taken by the runtime.
+        now_ms: TimestampMs,
+    },
+    /// The execution began.
+    OrchestrationStarted {
+        /// Registered orchestration name.
+        name: String,
+        /// Input, as text (JSON for typed orchestrations).
+        input: String,
+        /// The parent, for sub-orchestrations.
+        parent: Option<ParentLink>,
+        /// Seed for `new_guid()`, drawn by the runtime when the execution started.
+        guid_seed: u64,
+    },
+    /// The code scheduled an activity.
+    ActivityScheduled {
+        /// Command id.
+        id: u64,
+        /// Activity name.
+        name: String,
+        /// Input.
+        input: String,
+        /// Retry policy, if any.
+        retry: Option<RetryPolicy>,
+    },
+    /// An activity returned a value.
+    ActivityCompleted {
+        /// Command id.
+        id: u64,
+        /// Output.
+        output: String,
+    },
+    /// An activity failed for good (after retries).
+    ActivityFailed {
+        /// Command id.
+        id: u64,
+        /// Why.
+        failure: Failure,
+    },
+    /// The code created a durable timer.
+    TimerCreated {
+        /// Command id.
+        id: u64,
+        /// When it fires.
+        fire_at_ms: TimestampMs,
+    },
+    /// A durable timer fired.
+    TimerFired {
+        /// Command id.
+        id: u64,
+    },
+    /// An external event (or queued message) was delivered to the instance.
+    EventRaised {
+        /// Event or queue name.
+        name: String,
+        /// Payload.
+        data: String,
+    },
+    /// The code started a sub-orchestration it awaits.
+    SubOrchestrationScheduled {
+        /// Command id.
+        id: u64,
+        /// Orchestration name.
+        name: String,
+        /// The child's instance id.
+        instance_id: String,
+        /// Input.
+        input: String,
+    },
+    /// An awaited sub-orchestration completed.
+    SubOrchestrationCompleted {
+        /// Command id.
+        id: u64,
+        /// Output.
+        output: String,
+    },
+    /// An awaited sub-orchestration failed or was cancelled.
+    SubOrchestrationFailed {
+        /// Command id.
+        id: u64,
+        /// Why.
+        failure: Failure,
+    },
+    /// The code started an orchestration it does not await.
+    DetachedStarted {
+        /// Command id.
+        id: u64,
+        /// Orchestration name.
+        name: String,
+        /// The new instance id.
+        instance_id: String,
+        /// Input.
+        input: String,
+    },
+    /// Terminal: a cancel request ended the execution.
+    Cancelled {
+        /// The reason given by the canceller.
+        reason: String,
+    },
+    /// Terminal for this execution: the code continued as new with this input.
+    ContinuedAsNew {
+        /// Input of the next execution.
+        input: String,
+    },
+    /// Terminal: the code returned a value.
+    OrchestrationCompleted {
+        /// Output.
+        output: String,
+    },
+    /// Terminal: the code failed (or the runtime failed it, e.g. for nondeterminism).
+    OrchestrationFailed {
+        /// Why.
+        failure: Failure,
+    },
+}
+
+impl Event {
+    /// The command id for events that carry one.
+    pub fn command_id(&self) -> Option<u64> {
+        match self {
+            Event::ActivityScheduled { id, .. }
+            | Event::ActivityCompleted { id, .. }
+            | Event::ActivityFailed { id, .. }
+            | Event::TimerCreated { id, .. }
+            | Event::TimerFired { id }
+            | Event::SubOrchestrationScheduled { id, .. }
+            | Event::SubOrchestrationCompleted { id, .. }
+            | Event::SubOrchestrationFailed { id, .. }
+            | Event::DetachedStarted { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// True for events that record a command issued by the code.
+    pub fn is_command(&self) -> bool {
+        matches!(
+            self,
+            Event::ActivityScheduled { .. }
+                | Event::TimerCreated { .. }
+                | Event::SubOrchestrationScheduled { .. }
+                | Event::DetachedStarted { .. }
+        )
+    }
+
+    /// True for events that resolve a command (its result).
+    pub fn is_completion(&self) -> bool {
+        matches!(
+            self,
+            Event::ActivityCompleted { .. }
+                | Event::ActivityFailed { .. }
+                | Event::TimerFired { .. }
+                | Event::SubOrchestrationCompleted { .. }
+                | Event::SubOrchestrationFailed { .. }
+        )
+    }
+
+    /// True for events that end an execution.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Event::Cancelled { .. }
+                | Event::ContinuedAsNew { .. }
+                | Event::OrchestrationCompleted { .. }
+                | Event::OrchestrationFailed { .. }
+        )
+    }
+
+    /// A short name of the event kind, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::TurnStarted { .. } => "turn_started",
+            Event::OrchestrationStarted { .. } => "orchestration_started",
+            Event::ActivityScheduled { .. } => "activity_scheduled",
+            Event::ActivityCompleted { .. } => "activity_completed",
+            Event::ActivityFailed { .. } => "activity_failed",
+            Event::TimerCreated { .. } => "timer_created",
+            Event::TimerFired { .. } => "timer_fired",
+            Event::EventRaised { .. } => "event_raised",
+            Event::SubOrchestrationScheduled { .. } => "sub_orchestration_scheduled",
+            Event::SubOrchestrationCompleted { .. } => "sub_orchestration_completed",
+            Event::SubOrchestrationFailed { .. } => "sub_orchestration_failed",
+            Event::DetachedStarted { .. } => "detached_started",
+            Event::Cancelled { .. } => "cancelled",
+            Event::ContinuedAsNew { .. } => "continued_as_new",
+            Event::OrchestrationCompleted { .. } => "orchestration_completed",
+            Event::OrchestrationFailed { .. } => "orchestration_failed",
+        }
+    }
+}
+
+/// Instance ids of awaited sub-orchestrations that history shows scheduled but not finished:
+/// the children a cancel must cascade to.
+pub fn pending_children(history: &[Event]) -> Vec<String> {
+    let finished: HashSet<u64> = history
+        .iter()
+        .filter_map(|event| match event {
+            Event::SubOrchestrationCompleted { id, .. }
+            | Event::SubOrchestrationFailed { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    history
+        .iter()
+        .filter_map(|event| match event {
+            Event::SubOrchestrationScheduled {
+                id, instance_id, ..
+            } if !finished.contains(id) => Some(instance_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_encoding_is_stable() {
+        let event = Event::ActivityCompleted {
+            id: 3,
+            output: "ok".into(),
+        };
+        let text = serde_json::to_string(&event).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"activity_completed","id":3,"output":"ok"}"#
+        );
+        assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), event);
+    }
+
+    #[test]
+    fn pending_children_ignores_finished_ones() {
+        let history = vec![
+            Event::SubOrchestrationScheduled {
+                id: 0,
+                name: "a".into(),
+                instance_id: "c0".into(),
+                input: String::new(),
+            },
+            Event::SubOrchestrationScheduled {
+                id: 1,
+                name: "a".into(),
+                instance_id: "c1".into(),
+                input: String::new(),
+            },
+            Event::SubOrchestrationCompleted {
+                id: 0,
+                output: String::new(),
+            },
+        ];
+        assert_eq!(pending_children(&history), vec!["c1".to_string()]);
+    }
+}

@@ -1,0 +1,58 @@
+use serde::{Deserialize, Serialize};
+
+/// A failure as recorded in history and reported to callers: a stable machine-readable `code`
+/// and a human-readable `message`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Failure {
+    /// A stable code from [`codes`] (or an application-defined one).
+    pub code: String,
+    /// What happened, for humans.
+    pub message: String,
+}
+
+impl Failure {
+    /// Builds a failure from a code and a message.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Stable failure codes. Codes are never reused for another meaning.
+pub mod codes {
+    /// An activity returned an error (after its retries, if any).
+    pub const ACTIVITY_FAILED: &str = "activity_failed";
+    /// An activity attempt exceeded its per-attempt timeout (after its retries, if any).
+    pub const ACTIVITY_TIMED_OUT: &str = "activity_timed_out";
+    /// An activity panicked.
+    pub const ACTIVITY_PANICKED: &str = "activity_panicked";
+    /// No activity with that name is registered in the worker that took the work item.
+    pub const ACTIVITY_NOT_REGISTERED: &str = "activity_not_registered";
+    /// A work item was delivered more often than the poison limit allows.
+    pub const POISONED: &str = "poisoned";
+    /// The orchestration's code returned an error.
+    pub const ORCHESTRATION_FAILED: &str = "orchestration_failed";
+    /// The orchestration's code panicked.
+    pub const ORCHESTRATION_PANICKED: &str = "orchestration_panicked";
+    /// No orchestration with that name is registered.
+    pub const ORCHESTRATION_NOT_REGISTERED: &str = "orchestration_not_registered";
+    /// The history no longer matches the code (see the `nondeterminism.*` codes).
+    pub const NONDETERMINISM_PREFIX: &str = "nondeterminism";
+    /// A command was issued whose kind or name differs from the one recorded under its id.
+    pub const NONDETERMINISM_COMMAND_MISMATCH: &str = "nondeterminism.command_mismatch";
+    /// The code issued a command during replay that history does not contain.
+    pub const NONDETERMINISM_UNEXPECTED_COMMAND: &str = "nondeterminism.unexpected_command";
+    /// History contains a command that the code no longer issues.
+    pub const NONDETERMINISM_MISSING_COMMAND: &str = "nondeterminism.missing_command";
+    /// The code finished (or continued as new) at a point where history shows it kept running.
+    pub const NONDETERMINISM_EARLY_FINISH: &str = "nondeterminism.early_finish";
+    /// A sub-orchestration's instance id was already taken by another instance.
+    pub const INSTANCE_EXISTS: &str = "instance_exists";
+    /// The instance was cancelled.
+    pub const CANCELLED: &str = "cancelled";
+    /// Input or output could not be (de)serialised.
+    pub const SERDE: &str = "serde";
+}

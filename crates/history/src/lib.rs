@@ -1,0 +1,82 @@
+//! The vocabulary of durable orchestrations: history events, inbox messages, retry policies and
+//! failures.
+//!
+//! Everything here is plain data with a stable serde encoding, because it is written to the store
+//! and read back by later versions of the code. This crate does no I/O, reads no clock and draws
+//! no randomness.
+//!
+//! Glossary (also in ARCHITECTURE.md):
+//! - *history*: the ordered list of [`Event`]s of one execution of an instance. Replaying the
+//!   orchestration's code against it rebuilds its state.
+//! - *message*: a [`Message`] in an instance's inbox (a start, an activity result, a fired timer,
+//!   an external event, a cancel). A *turn* consumes messages and appends them to history as
+//!   events.
+//! - *command*: something the code asks for (schedule an activity, create a timer, start a
+//!   sub-orchestration); recorded in history as a `*Scheduled`/`*Created` event with a sequence
+//!   `id` and matched by that id on replay.
+#![warn(missing_docs)]
+
+mod event;
+mod failure;
+mod guid;
+mod message;
+mod retry;
+
+pub use event::{Event, ParentLink, pending_children};
+pub use failure::{Failure, codes};
+pub use guid::guid_from_seed;
+pub use message::Message;
+pub use retry::{Backoff, RetryPolicy, RetryPolicyError};
+
+/// An orchestration instance's id, chosen by the caller who starts it (or derived
+/// deterministically for sub-orchestrations).
+pub type InstanceId = String;
+
+/// Milliseconds since the Unix epoch. All durable timestamps use this unit.
+pub type TimestampMs = i64;
+
+/// The lifecycle state of an instance, as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceStatus {
+    /// Created; its start message has not been processed yet.
+    Pending,
+    /// Started and not finished (including between continue-as-new generations).
+    Running,
+    /// Finished with an output.
+    Completed,
+    /// Finished with a failure.
+    Failed,
+    /// Cancelled by a client or a cancelled parent.
+    Cancelled,
+}
+
+impl InstanceStatus {
+    /// True for the three final states.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// The stable text form used in stores.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses [`InstanceStatus::as_str`] output.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => Self::Pending,
+            "running" => Self::Running,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
