@@ -1,1 +1,58 @@
+//! SQLite access for Sluice: connections opened and verified the same way everywhere, and the
+//! group-commit writer.
+//!
+//! SQLite allows one writer at a time. Instead of letting many connections fight for the write
+//! lock (and surface "database is locked"), one thread owns the only write connection. Callers
+//! send it closures; it drains its queue, runs the closures in one transaction with a savepoint
+//! each (so one failing closure does not undo the others), commits once (one fsync for the whole
+//! batch) and only then answers every caller. Reads use separate WAL connections
+//! ([`ReaderPool`]).
+//!
+//! Limits: the request queue holds at most `queue_requests_max` requests (senders wait when it
+//! is full: back-pressure) and one transaction runs at most `batch_requests_max` of them.
+#![warn(missing_docs)]
 
+mod connection;
+mod reader;
+mod writer;
+
+pub use connection::{
+    Location, OpenOptions, SQLITE_VERSION_MIN, Synchronous, check_library_version, open_connection,
+};
+pub use reader::ReaderPool;
+pub use writer::{GroupCommitWriter, WriteError, WriterStats};
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum SqliteError {
+    /// The linked SQLite is older than [`SQLITE_VERSION_MIN`].
+    #[error(
+        "SQLite {found} is linked, but {required} or newer is required (older versions can corrupt \
+         WAL databases)"
+    )]
+    VersionTooOld {
+        /// The linked version.
+        found: String,
+        /// The minimum.
+        required: String,
+    },
+    /// A PRAGMA did not take the value that was set.
+    #[error("PRAGMA {pragma} is {actual} after setting it to {wanted}")]
+    PragmaNotApplied {
+        /// Which pragma.
+        pragma: &'static str,
+        /// The value set.
+        wanted: String,
+        /// The value read back.
+        actual: String,
+    },
+    /// An error from SQLite.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The writer thread could not be started.
+    #[error("cannot start the writer thread: {0}")]
+    Spawn(std::io::Error),
+    /// A reader task failed to run.
+    #[error("reader task failed: {0}")]
+    ReaderTask(String),
+}

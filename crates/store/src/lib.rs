@@ -1,1 +1,150 @@
+//! The storage contract of the orchestration runtime.
+//!
+//! A store keeps, per instance: its row (status, output, custom status, the current execution),
+//! the history of each execution, an inbox of [`Message`]s (some invisible until a time: that
+//! is how durable timers and retry backoffs work), and the activity work items it scheduled.
+//!
+//! Work is handed out by *peek-lock*: a fetch locks an instance (or a work item) under a lease
+//! with a fresh lock token; the holder commits with that token. A commit whose lease was lost
+//! (expired, or taken over by another fetch) is rejected with [`StoreError::LeaseLost`] and
+//! changes nothing. A turn commit is atomic: history append, consumed messages, new work items,
+//! timers, messages to other instances and the status change all happen, or none does.
+//!
+//! Every store passes the conformance suite in [`conformance`] (feature `conformance`).
+#![warn(missing_docs)]
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod clock;
+mod signals;
+mod types;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use signals::Signals;
+pub use types::*;
+
+use async_trait::async_trait;
+use sluice_history::Event;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Errors every store reports the same way.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The lock token no longer holds the lease (expired or taken over); nothing was written.
+    #[error("lease lost: the lock token no longer holds this {0}")]
+    LeaseLost(&'static str),
+    /// No instance has this id.
+    #[error("instance '{0}' does not exist")]
+    InstanceNotFound(String),
+    /// The instance has finished and takes no more events.
+    #[error("instance '{instance_id}' is {status} and takes no more events")]
+    InstanceFinished {
+        /// The instance.
+        instance_id: String,
+        /// Its final status.
+        status: &'static str,
+    },
+    /// A commit broke the contract (for example appended history at the wrong position).
+    #[error("contract violation: {0}")]
+    Contract(String),
+    /// Stored data could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl StoreError {
+    /// A stable code for the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::LeaseLost(_) => "store.lease_lost",
+            StoreError::InstanceNotFound(_) => "store.instance_not_found",
+            StoreError::InstanceFinished { .. } => "store.instance_finished",
+            StoreError::Contract(_) => "store.contract",
+            StoreError::Corrupt(_) => "store.corrupt",
+            StoreError::Database(_) => "store.database",
+        }
+    }
+}
+
+/// Result alias for store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The storage contract. See the crate docs for the semantics every store guarantees.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Wake-ups for in-process dispatchers and waiters.
+    fn signals(&self) -> &Arc<Signals>;
+
+    /// Creates an instance and enqueues its start message. Idempotent on the id: when the id
+    /// exists, nothing changes and `Ok(false)` is returned.
+    async fn create_instance(&self, start: NewInstance) -> StoreResult<bool>;
+
+    /// Adds a message to an existing, unfinished instance's inbox. With `start_if_missing`, a
+    /// missing instance is created first (signal-with-start), atomically.
+    async fn enqueue_message(
+        &self,
+        instance_id: &str,
+        message: sluice_history::Message,
+        start_if_missing: Option<NewInstance>,
+    ) -> StoreResult<()>;
+
+    /// Locks up to `max` instances that have visible messages and are not locked, for `lease`,
+    /// and returns each with its visible messages.
+    async fn fetch_turns(&self, max: usize, lease: Duration) -> StoreResult<Vec<LockedTurn>>;
+
+    /// Reads an execution's history from position `from` on.
+    async fn read_history(
+        &self,
+        instance_id: &str,
+        execution_id: u64,
+        from: u64,
+    ) -> StoreResult<Vec<Event>>;
+
+    /// Commits a turn atomically (see [`TurnCommit`]); releases the instance lock.
+    async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<()>;
+
+    /// Releases an instance lock without changes; its messages become visible again after
+    /// `delay`.
+    async fn abandon_turn(&self, instance_id: &str, lock_token: u64, delay: Duration)
+    -> StoreResult<()>;
+
+    /// Locks up to `max` visible activity work items for `lease`, counting an attempt on each.
+    async fn fetch_activities(&self, max: usize, lease: Duration)
+    -> StoreResult<Vec<ActivityWorkItem>>;
+
+    /// Extends an activity's lease. Returns whether the owning instance is still running (an
+    /// activity of a finished or cancelled instance should stop).
+    async fn renew_activity_lease(
+        &self,
+        item_id: u64,
+        lock_token: u64,
+        lease: Duration,
+    ) -> StoreResult<bool>;
+
+    /// Removes a work item and delivers its result to the instance, atomically.
+    async fn complete_activity(
+        &self,
+        item_id: u64,
+        lock_token: u64,
+        result: ActivityResult,
+    ) -> StoreResult<()>;
+
+    /// Releases a work item for another attempt, invisible for `delay`.
+    async fn retry_activity(&self, item_id: u64, lock_token: u64, delay: Duration)
+    -> StoreResult<()>;
+
+    /// The instance's row.
+    async fn instance(&self, instance_id: &str) -> StoreResult<Option<InstanceInfo>>;
+
+    /// When the next invisible message or work item becomes visible, or the next lease
+    /// expires: the time a dispatcher should wake up at the latest.
+    async fn next_wake_at(&self) -> StoreResult<Option<sluice_history::TimestampMs>>;
+
+    /// Counts instances by status (for summaries and tests).
+    async fn count_by_status(&self) -> StoreResult<Vec<(sluice_history::InstanceStatus, u64)>>;
+}

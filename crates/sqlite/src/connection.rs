@@ -1,0 +1,119 @@
+use crate::SqliteError;
+use rusqlite::{Connection, OpenFlags};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The oldest SQLite allowed: 3.51.3 fixed WAL corruption when two connections checkpoint at
+/// the same time.
+pub const SQLITE_VERSION_MIN: i32 = 3_051_003;
+
+/// Where the database lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A file (WAL mode; readers get their own connections).
+    File(PathBuf),
+    /// Private to the writer's connection; gone when the writer stops.
+    Memory,
+}
+
+/// How hard a commit waits for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// Every commit is on disk before it is acknowledged (the default).
+    #[default]
+    Full,
+    /// Commits are acknowledged before the WAL is synced: a power loss (not a process crash) may
+    /// lose the last commits.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma_value(self) -> i64 {
+        match self {
+            Synchronous::Full => 2,
+            Synchronous::Normal => 1,
+        }
+    }
+}
+
+/// Options shared by the writer and readers.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Where.
+    pub location: Location,
+    /// Durability of commits.
+    pub synchronous: Synchronous,
+    /// How long a connection waits for a lock held by another process before SQLite reports
+    /// busy (the writer then retries; callers never see it).
+    pub busy_timeout_ms: u64,
+}
+
+impl OpenOptions {
+    /// Durable defaults for a location.
+    pub fn new(location: Location) -> Self {
+        Self { location, synchronous: Synchronous::Full, busy_timeout_ms: 5_000 }
+    }
+}
+
+/// Fails when the linked SQLite is too old.
+pub fn check_library_version() -> Result<(), SqliteError> {
+    let found = rusqlite::version_number();
+    if found < SQLITE_VERSION_MIN {
+        return Err(SqliteError::VersionTooOld {
+            found: rusqlite::version().to_string(),
+            required: "3.51.3".to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Opens a connection, applies the PRAGMAs and reads each back: a value that did not take is
+/// an error, not a silent downgrade.
+pub fn open_connection(options: &OpenOptions, read_only: bool) -> Result<Connection, SqliteError> {
+    check_library_version()?;
+    let connection = match &options.location {
+        Location::File(path) => {
+            let flags = if read_only {
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            } else {
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            };
+            Connection::open_with_flags(path, flags)?
+        }
+        Location::Memory => Connection::open_in_memory()?,
+    };
+    connection.busy_timeout(Duration::from_millis(options.busy_timeout_ms))?;
+    connection.set_prepared_statement_cache_capacity(128);
+    if !read_only {
+        if let Location::File(_) = options.location {
+            let mode: String =
+                connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+            expect_pragma("journal_mode", "wal", &mode.to_lowercase())?;
+        }
+        connection.pragma_update(None, "synchronous", options.synchronous.pragma_value())?;
+        let synchronous: i64 = connection.query_row("PRAGMA synchronous", [], |row| row.get(0))?;
+        expect_pragma(
+            "synchronous",
+            &options.synchronous.pragma_value().to_string(),
+            &synchronous.to_string(),
+        )?;
+    }
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    let foreign_keys: i64 = connection.query_row("PRAGMA foreign_keys", [], |row| row.get(0))?;
+    expect_pragma("foreign_keys", "1", &foreign_keys.to_string())?;
+    Ok(connection)
+}
+
+fn expect_pragma(pragma: &'static str, wanted: &str, actual: &str) -> Result<(), SqliteError> {
+    if wanted == actual {
+        Ok(())
+    } else {
+        Err(SqliteError::PragmaNotApplied {
+            pragma,
+            wanted: wanted.to_string(),
+            actual: actual.to_string(),
+        })
+    }
+}

@@ -1,0 +1,161 @@
+use serde::{Deserialize, Serialize};
+use sluice_history::{Event, Failure, InstanceStatus, Message, ParentLink, RetryPolicy, TimestampMs};
+
+/// A new instance and its start message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewInstance {
+    /// Its id.
+    pub instance_id: String,
+    /// Orchestration name.
+    pub name: String,
+    /// Input.
+    pub input: String,
+    /// The awaiting parent, for sub-orchestrations.
+    pub parent: Option<ParentLink>,
+}
+
+impl NewInstance {
+    /// The message that starts it.
+    pub fn start_message(&self) -> Message {
+        Message::Start {
+            name: self.name.clone(),
+            input: self.input.clone(),
+            parent: self.parent.clone(),
+            carried_events: Vec::new(),
+        }
+    }
+}
+
+/// An instance locked for one turn.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LockedTurn {
+    /// The instance.
+    pub instance_id: String,
+    /// Orchestration name.
+    pub name: String,
+    /// Current status.
+    pub status: InstanceStatus,
+    /// Current execution.
+    pub execution_id: u64,
+    /// Events in the current execution's history.
+    pub history_len: u64,
+    /// The lock token to commit with.
+    pub lock_token: u64,
+    /// Visible messages, oldest first, with their ids.
+    pub messages: Vec<(u64, Message)>,
+}
+
+/// What a turn writes, atomically.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TurnCommit {
+    /// The instance.
+    pub instance_id: String,
+    /// The lock token from [`LockedTurn`].
+    pub lock_token: u64,
+    /// The execution the history belongs to.
+    pub execution_id: u64,
+    /// Position of the first appended event; must equal the stored history length.
+    pub history_from: u64,
+    /// Events to append.
+    pub append: Vec<Event>,
+    /// Ids of the messages this turn consumed (deleted).
+    pub consumed: Vec<u64>,
+    /// New status; `None` leaves it as it is.
+    pub status: Option<InstanceStatus>,
+    /// Output of a completed instance.
+    pub output: Option<String>,
+    /// Failure of a failed or cancelled instance.
+    pub failure: Option<Failure>,
+    /// New custom status; `None` leaves it as it is.
+    pub custom_status: Option<String>,
+    /// Activity work items to create.
+    pub activities: Vec<NewActivity>,
+    /// Messages to this instance that become visible at a time (fired timers).
+    pub timers: Vec<(TimestampMs, Message)>,
+    /// Messages to other instances. Messages to instances that do not exist are dropped, except
+    /// starts (see [`Outbound`]).
+    pub outbound: Vec<Outbound>,
+    /// Start the next execution with this start message (continue-as-new): the execution id
+    /// goes up by one and its history starts empty.
+    pub continue_as_new: Option<Message>,
+}
+
+/// A message for another instance.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outbound {
+    /// Create the instance and send its start message. If the id exists, nothing is created; if
+    /// the new instance has a parent link, the parent receives a `SubOrchestrationFailed` with
+    /// code `instance_exists` instead.
+    Start(NewInstance),
+    /// Deliver a message to an existing, unfinished instance; dropped otherwise.
+    Message {
+        /// Target instance.
+        instance_id: String,
+        /// The message.
+        message: Message,
+    },
+}
+
+/// An activity to schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewActivity {
+    /// Owning instance.
+    pub instance_id: String,
+    /// Its execution.
+    pub execution_id: u64,
+    /// Command id.
+    pub activity_id: u64,
+    /// Activity name.
+    pub name: String,
+    /// Input.
+    pub input: String,
+    /// Retry policy.
+    pub retry: Option<RetryPolicy>,
+}
+
+/// A locked activity work item.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActivityWorkItem {
+    /// Work item id.
+    pub item_id: u64,
+    /// The lock token to complete with.
+    pub lock_token: u64,
+    /// Which attempt this is (1 for the first delivery; crashes count too).
+    pub attempt: u32,
+    /// The activity.
+    pub activity: NewActivity,
+}
+
+/// How an activity ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ActivityResult {
+    /// It returned a value.
+    Completed(String),
+    /// It failed for good.
+    Failed(Failure),
+}
+
+/// An instance's row as clients see it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InstanceInfo {
+    /// Its id.
+    pub instance_id: String,
+    /// Orchestration name.
+    pub name: String,
+    /// Status.
+    pub status: InstanceStatus,
+    /// Current execution.
+    pub execution_id: u64,
+    /// Input of the current execution.
+    pub input: String,
+    /// Output, when completed.
+    pub output: Option<String>,
+    /// Failure, when failed or cancelled.
+    pub failure: Option<Failure>,
+    /// Custom status set by the code.
+    pub custom_status: Option<String>,
+    /// Creation time.
+    pub created_at_ms: TimestampMs,
+    /// Last change.
+    pub updated_at_ms: TimestampMs,
+}

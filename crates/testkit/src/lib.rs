@@ -1,0 +1,19 @@
+//! Test helpers for Sluice.
+//!
+//! This crate is a dev-dependency only. It provides:
+//!
+//! * [`TempSqlite`]: a temporary directory holding the path of a SQLite
+//!   database file that has not been created yet.
+//! * [`PgCluster`]: a throwaway PostgreSQL cluster (initdb + pg_ctl) on a free
+//!   loopback port, stopped and deleted on drop.
+//! * [`pg_or_skip`] / [`require_postgres`]: the convention for tests that need
+//!   PostgreSQL — skip with a `SKIPPED` line on stderr when it is unavailable,
+//!   unless `SLUICE_REQUIRE_POSTGRES` is set (as in CI), in which case panic.
+#![warn(missing_docs)]
+
+mod pg;
+mod sqlite;
+mod sys;
+
+pub use pg::{PgCluster, PgError, PgUnavailable, pg_or_skip, require_postgres};
+pub use sqlite::TempSqlite;
