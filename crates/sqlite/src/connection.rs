@@ -51,7 +51,11 @@ pub struct OpenOptions {
 impl OpenOptions {
     /// Durable defaults for a location.
     pub fn new(location: Location) -> Self {
-        Self { location, synchronous: Synchronous::Full, busy_timeout_ms: 5_000 }
+        Self {
+            location,
+            synchronous: Synchronous::Full,
+            busy_timeout_ms: 5_000,
+        }
     }
 }
 

@@ -17,31 +17,36 @@ impl ReaderPool {
     /// A pool keeping at most `idle_max` idle connections (more are opened under load and
     /// closed afterwards).
     pub fn new(options: OpenOptions, idle_max: usize) -> Self {
-        Self { options, idle: Arc::new(Mutex::new(Vec::new())), idle_max }
+        Self {
+            options,
+            idle: Arc::new(Mutex::new(Vec::new())),
+            idle_max,
+        }
     }
 
-    /// Runs `read` on a reader connection in a blocking task.
-    pub async fn read<T, E>(
+    /// Runs `read` on a reader connection in a blocking task. The outer error is about getting
+    /// a connection; the closure's own result comes back as it is.
+    pub async fn read<T: Send + 'static>(
         &self,
-        read: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
-    ) -> Result<T, E>
-    where
-        T: Send + 'static,
-        E: From<SqliteError> + Send + 'static,
-    {
+        read: impl FnOnce(&Connection) -> T + Send + 'static,
+    ) -> Result<T, SqliteError> {
         let pool = self.clone();
         tokio::task::spawn_blocking(move || {
             let connection = pool.checkout()?;
             let result = read(&connection);
             pool.checkin(connection);
-            result
+            Ok(result)
         })
         .await
-        .map_err(|error| E::from(SqliteError::ReaderTask(error.to_string())))?
+        .map_err(|error| SqliteError::ReaderTask(error.to_string()))?
     }
 
     fn checkout(&self) -> Result<Connection, SqliteError> {
-        let idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
         match idle {
             Some(connection) => Ok(connection),
             None => open_connection(&self.options, true),
@@ -49,7 +54,10 @@ impl ReaderPool {
     }
 
     fn checkin(&self, connection: Connection) {
-        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if idle.len() < self.idle_max {
             idle.push(connection);
         }

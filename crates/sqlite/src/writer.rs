@@ -54,7 +54,10 @@ impl GroupCommitWriter {
         batch_requests_max: usize,
         init: impl FnOnce(&Connection) -> Result<(), SqliteError> + Send + 'static,
     ) -> Result<Self, SqliteError> {
-        assert!(queue_requests_max > 0 && batch_requests_max > 0, "limits must be positive");
+        assert!(
+            queue_requests_max > 0 && batch_requests_max > 0,
+            "limits must be positive"
+        );
         let connection = open_connection(options, false)?;
         init(&connection)?;
         let (sender, receiver) = mpsc::channel(queue_requests_max);
@@ -93,7 +96,10 @@ impl GroupCommitWriter {
             });
             (ok, deliver)
         });
-        self.sender.send(wrapped).await.map_err(|_| WriteError::Closed)?;
+        self.sender
+            .send(wrapped)
+            .await
+            .map_err(|_| WriteError::Closed)?;
         answer.await.map_err(|_| WriteError::Closed)?
     }
 
@@ -124,8 +130,13 @@ fn run(
                 for job in batch.drain(..) {
                     delivers.push(run_in_savepoint(&connection, job));
                 }
-                stats.requests.fetch_add(delivers.len() as u64, Ordering::Relaxed);
-                match connection.prepare_cached("COMMIT").and_then(|mut s| s.execute([])) {
+                stats
+                    .requests
+                    .fetch_add(delivers.len() as u64, Ordering::Relaxed);
+                match connection
+                    .prepare_cached("COMMIT")
+                    .and_then(|mut s| s.execute([]))
+                {
                     Ok(_) => {
                         stats.transactions.fetch_add(1, Ordering::Relaxed);
                         None
@@ -158,12 +169,18 @@ fn run(
 
 fn begin_immediate(connection: &Connection, stats: &WriterStats) -> rusqlite::Result<()> {
     loop {
-        match connection.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])) {
+        match connection
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]))
+        {
             Ok(_) => return Ok(()),
             // Another process holds the write lock beyond the busy timeout: keep waiting
             // here, so that no caller ever sees "database is locked".
             Err(rusqlite::Error::SqliteFailure(error, _))
-                if matches!(error.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) =>
+                if matches!(
+                    error.code,
+                    ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked
+                ) =>
             {
                 stats.busy_retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("SQLite database is locked by another process; waiting");
@@ -175,7 +192,10 @@ fn begin_immediate(connection: &Connection, stats: &WriterStats) -> rusqlite::Re
 }
 
 fn run_in_savepoint(connection: &Connection, job: Job) -> Deliver {
-    if let Err(error) = connection.prepare_cached("SAVEPOINT job").and_then(|mut s| s.execute([])) {
+    if let Err(error) = connection
+        .prepare_cached("SAVEPOINT job")
+        .and_then(|mut s| s.execute([]))
+    {
         let message = error.to_string();
         return Box::new(move |_| {
             drop(job);
@@ -184,9 +204,13 @@ fn run_in_savepoint(connection: &Connection, job: Job) -> Deliver {
     }
     let (ok, deliver) = job(connection);
     let end = if ok { "RELEASE job" } else { "ROLLBACK TO job" };
-    let ended = connection.prepare_cached(end).and_then(|mut s| s.execute([]));
+    let ended = connection
+        .prepare_cached(end)
+        .and_then(|mut s| s.execute([]));
     if !ok && ended.is_ok() {
-        let _ = connection.prepare_cached("RELEASE job").and_then(|mut s| s.execute([]));
+        let _ = connection
+            .prepare_cached("RELEASE job")
+            .and_then(|mut s| s.execute([]));
     }
     if let Err(error) = ended {
         tracing::error!(%error, "SQLite savepoint could not be ended");

@@ -5,8 +5,7 @@
 //! its own `#[tokio::test]`.
 
 use crate::{
-    ActivityResult, ManualClock, NewActivity, NewInstance, Outbound, Store, StoreError,
-    TurnCommit,
+    ActivityResult, ManualClock, NewActivity, NewInstance, Outbound, Store, StoreError, TurnCommit,
 };
 use sluice_history::{Event, Failure, InstanceStatus, Message, ParentLink, codes};
 use std::any::Any;
@@ -27,7 +26,12 @@ const LEASE: Duration = Duration::from_secs(30);
 const LEASE_MS: i64 = 30_000;
 
 fn new_instance(id: &str) -> NewInstance {
-    NewInstance { instance_id: id.into(), name: "orders".into(), input: "in".into(), parent: None }
+    NewInstance {
+        instance_id: id.into(),
+        name: "orders".into(),
+        input: "in".into(),
+        parent: None,
+    }
 }
 
 fn activity(id: &str, activity_id: u64) -> NewActivity {
@@ -44,14 +48,23 @@ fn activity(id: &str, activity_id: u64) -> NewActivity {
 /// Starts `id`, takes its first turn and commits it as running with the given extras.
 async fn started<S: Store>(store: &S, id: &str, extra: TurnCommit) -> TurnCommit {
     assert!(store.create_instance(new_instance(id)).await.unwrap());
-    let turn = store.fetch_turns(1, LEASE).await.unwrap().pop().expect("a start turn");
+    let turn = store
+        .fetch_turns(1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .expect("a start turn");
     let commit = TurnCommit {
         instance_id: id.into(),
         lock_token: turn.lock_token,
         execution_id: turn.execution_id,
         history_from: 0,
         append: vec![Event::TurnStarted { now_ms: 0 }],
-        consumed: turn.messages.iter().map(|(message_id, _)| *message_id).collect(),
+        consumed: turn
+            .messages
+            .iter()
+            .map(|(message_id, _)| *message_id)
+            .collect(),
         status: Some(InstanceStatus::Running),
         ..extra
     };
@@ -80,9 +93,17 @@ pub async fn peek_lock_and_lost_lease<S: Store>(h: Harness<S>) {
     let store = &h.store;
     store.create_instance(new_instance("a")).await.unwrap();
     let first = store.fetch_turns(1, LEASE).await.unwrap().pop().unwrap();
-    assert!(store.fetch_turns(1, LEASE).await.unwrap().is_empty(), "locked instances are skipped");
+    assert!(
+        store.fetch_turns(1, LEASE).await.unwrap().is_empty(),
+        "locked instances are skipped"
+    );
     h.clock.advance_ms(LEASE_MS + 1);
-    let second = store.fetch_turns(1, LEASE).await.unwrap().pop().expect("lease expired");
+    let second = store
+        .fetch_turns(1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .expect("lease expired");
     assert_ne!(first.lock_token, second.lock_token);
     let stale = TurnCommit {
         instance_id: "a".into(),
@@ -96,8 +117,14 @@ pub async fn peek_lock_and_lost_lease<S: Store>(h: Harness<S>) {
     };
     let error = store.commit_turn(stale).await.unwrap_err();
     assert!(matches!(error, StoreError::LeaseLost(_)), "{error}");
-    assert!(store.read_history("a", 1, 0).await.unwrap().is_empty(), "nothing written");
-    assert_eq!(store.instance("a").await.unwrap().unwrap().status, InstanceStatus::Pending);
+    assert!(
+        store.read_history("a", 1, 0).await.unwrap().is_empty(),
+        "nothing written"
+    );
+    assert_eq!(
+        store.instance("a").await.unwrap().unwrap().status,
+        InstanceStatus::Pending
+    );
 }
 
 /// A turn commit writes history, consumes messages, schedules work and timers, sends messages
@@ -106,13 +133,19 @@ pub async fn turn_commit_is_atomic<S: Store>(h: Harness<S>) {
     let store = &h.store;
     store.create_instance(new_instance("peer")).await.unwrap();
     let peer_turn = store.fetch_turns(1, LEASE).await.unwrap().pop().unwrap();
-    store.abandon_turn("peer", peer_turn.lock_token, Duration::ZERO).await.unwrap();
+    store
+        .abandon_turn("peer", peer_turn.lock_token, Duration::ZERO)
+        .await
+        .unwrap();
 
     store.create_instance(new_instance("a")).await.unwrap();
     let turns = store.fetch_turns(10, LEASE).await.unwrap();
     // Release the peer again if it was fetched alongside.
     for peer in turns.iter().filter(|t| t.instance_id == "peer") {
-        store.abandon_turn("peer", peer.lock_token, Duration::ZERO).await.unwrap();
+        store
+            .abandon_turn("peer", peer.lock_token, Duration::ZERO)
+            .await
+            .unwrap();
     }
     let turn = turns.into_iter().find(|t| t.instance_id == "a").unwrap();
     let now = h.clock.now_ms_for_tests();
@@ -123,29 +156,55 @@ pub async fn turn_commit_is_atomic<S: Store>(h: Harness<S>) {
         history_from: 0,
         append: vec![
             Event::TurnStarted { now_ms: now },
-            Event::ActivityScheduled { id: 0, name: "charge".into(), input: "x".into(), retry: None },
-            Event::TimerCreated { id: 1, fire_at_ms: now + 5_000 },
+            Event::ActivityScheduled {
+                id: 0,
+                name: "charge".into(),
+                input: "x".into(),
+                retry: None,
+            },
+            Event::TimerCreated {
+                id: 1,
+                fire_at_ms: now + 5_000,
+            },
         ],
         consumed: turn.messages.iter().map(|(id, _)| *id).collect(),
         status: Some(InstanceStatus::Running),
         custom_status: Some("step 1".into()),
         activities: vec![activity("a", 0)],
-        timers: vec![(now + 5_000, Message::TimerFired { execution_id: 1, id: 1 })],
+        timers: vec![(
+            now + 5_000,
+            Message::TimerFired {
+                execution_id: 1,
+                id: 1,
+            },
+        )],
         outbound: vec![Outbound::Message {
             instance_id: "peer".into(),
-            message: Message::Event { name: "hello".into(), data: "from a".into() },
+            message: Message::Event {
+                name: "hello".into(),
+                data: "from a".into(),
+            },
         }],
         ..TurnCommit::default()
     };
     // Wrong history position: rejected, nothing written, the lock still held.
-    let bad = TurnCommit { history_from: 7, ..good.clone() };
-    assert!(matches!(store.commit_turn(bad).await, Err(StoreError::Contract(_))));
+    let bad = TurnCommit {
+        history_from: 7,
+        ..good.clone()
+    };
+    assert!(matches!(
+        store.commit_turn(bad).await,
+        Err(StoreError::Contract(_))
+    ));
     assert!(store.read_history("a", 1, 0).await.unwrap().is_empty());
     assert!(store.fetch_activities(10, LEASE).await.unwrap().is_empty());
 
     store.commit_turn(good.clone()).await.unwrap();
     assert_eq!(store.read_history("a", 1, 0).await.unwrap(), good.append);
-    assert_eq!(store.read_history("a", 1, 1).await.unwrap(), good.append[1..].to_vec());
+    assert_eq!(
+        store.read_history("a", 1, 1).await.unwrap(),
+        good.append[1..].to_vec()
+    );
     let info = store.instance("a").await.unwrap().unwrap();
     assert_eq!(info.status, InstanceStatus::Running);
     assert_eq!(info.custom_status.as_deref(), Some("step 1"));
@@ -158,11 +217,21 @@ pub async fn turn_commit_is_atomic<S: Store>(h: Harness<S>) {
     assert_eq!(turns.len(), 1);
     assert_eq!(turns[0].instance_id, "peer");
     assert!(
-        turns[0].messages.iter().any(|(_, m)| matches!(m, Message::Event { name, .. } if name == "hello"))
+        turns[0]
+            .messages
+            .iter()
+            .any(|(_, m)| matches!(m, Message::Event { name, .. } if name == "hello"))
     );
     // A second commit with the same (released) token is rejected.
-    let again = TurnCommit { history_from: 3, append: vec![], ..good };
-    assert!(matches!(store.commit_turn(again).await, Err(StoreError::LeaseLost(_))));
+    let again = TurnCommit {
+        history_from: 3,
+        append: vec![],
+        ..good
+    };
+    assert!(matches!(
+        store.commit_turn(again).await,
+        Err(StoreError::LeaseLost(_))
+    ));
 }
 
 /// A timer message stays invisible until due; `next_wake_at` names the time.
@@ -173,7 +242,13 @@ pub async fn timers_become_due<S: Store>(h: Harness<S>) {
         store,
         "a",
         TurnCommit {
-            timers: vec![(now + 1_000, Message::TimerFired { execution_id: 1, id: 0 })],
+            timers: vec![(
+                now + 1_000,
+                Message::TimerFired {
+                    execution_id: 1,
+                    id: 0,
+                },
+            )],
             ..TurnCommit::default()
         },
     )
@@ -183,79 +258,183 @@ pub async fn timers_become_due<S: Store>(h: Harness<S>) {
     h.clock.advance_ms(999);
     assert!(store.fetch_turns(1, LEASE).await.unwrap().is_empty());
     h.clock.advance_ms(1);
-    let turn = store.fetch_turns(1, LEASE).await.unwrap().pop().expect("timer due");
+    let turn = store
+        .fetch_turns(1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .expect("timer due");
     assert_eq!(turn.messages.len(), 1);
-    assert_eq!(turn.messages[0].1, Message::TimerFired { execution_id: 1, id: 0 });
+    assert_eq!(
+        turn.messages[0].1,
+        Message::TimerFired {
+            execution_id: 1,
+            id: 0
+        }
+    );
 }
 
 /// Renewing an activity's lease keeps it from being handed out again.
 pub async fn activity_lease_renewal<S: Store>(h: Harness<S>) {
     let store = &h.store;
-    started(store, "a", TurnCommit { activities: vec![activity("a", 0)], ..TurnCommit::default() })
-        .await;
-    let item = store.fetch_activities(1, LEASE).await.unwrap().pop().unwrap();
+    started(
+        store,
+        "a",
+        TurnCommit {
+            activities: vec![activity("a", 0)],
+            ..TurnCommit::default()
+        },
+    )
+    .await;
+    let item = store
+        .fetch_activities(1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
     h.clock.advance_ms(LEASE_MS / 2);
-    assert!(store.renew_activity_lease(item.item_id, item.lock_token, LEASE).await.unwrap());
+    assert!(
+        store
+            .renew_activity_lease(item.item_id, item.lock_token, LEASE)
+            .await
+            .unwrap()
+    );
     h.clock.advance_ms(LEASE_MS / 2 + 1);
-    assert!(store.fetch_activities(1, LEASE).await.unwrap().is_empty(), "renewed lease holds");
+    assert!(
+        store.fetch_activities(1, LEASE).await.unwrap().is_empty(),
+        "renewed lease holds"
+    );
     store
-        .complete_activity(item.item_id, item.lock_token, ActivityResult::Completed("ok".into()))
+        .complete_activity(
+            item.item_id,
+            item.lock_token,
+            ActivityResult::Completed("ok".into()),
+        )
         .await
         .unwrap();
     let turn = store.fetch_turns(1, LEASE).await.unwrap().pop().unwrap();
     assert_eq!(
         turn.messages[0].1,
-        Message::ActivityCompleted { execution_id: 1, id: 0, output: "ok".into() }
+        Message::ActivityCompleted {
+            execution_id: 1,
+            id: 0,
+            output: "ok".into()
+        }
     );
 }
 
 /// A completion whose lease was lost is rejected; the new holder's completion is recorded once.
 pub async fn lost_activity_lease_rejects_completion<S: Store>(h: Harness<S>) {
     let store = &h.store;
-    started(store, "a", TurnCommit { activities: vec![activity("a", 0)], ..TurnCommit::default() })
-        .await;
-    let first = store.fetch_activities(1, LEASE).await.unwrap().pop().unwrap();
+    started(
+        store,
+        "a",
+        TurnCommit {
+            activities: vec![activity("a", 0)],
+            ..TurnCommit::default()
+        },
+    )
+    .await;
+    let first = store
+        .fetch_activities(1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
     h.clock.advance_ms(LEASE_MS + 1);
     assert!(matches!(
-        store.renew_activity_lease(first.item_id, first.lock_token, LEASE).await,
+        store
+            .renew_activity_lease(first.item_id, first.lock_token, LEASE)
+            .await,
         Err(StoreError::LeaseLost(_))
     ));
-    let second = store.fetch_activities(1, LEASE).await.unwrap().pop().expect("expired lease");
+    let second = store
+        .fetch_activities(1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .expect("expired lease");
     assert_eq!(second.attempt, 2, "the redelivery counts as an attempt");
     let stale = store
-        .complete_activity(first.item_id, first.lock_token, ActivityResult::Completed("old".into()))
+        .complete_activity(
+            first.item_id,
+            first.lock_token,
+            ActivityResult::Completed("old".into()),
+        )
         .await;
     assert!(matches!(stale, Err(StoreError::LeaseLost(_))));
     store
-        .complete_activity(second.item_id, second.lock_token, ActivityResult::Completed("new".into()))
+        .complete_activity(
+            second.item_id,
+            second.lock_token,
+            ActivityResult::Completed("new".into()),
+        )
         .await
         .unwrap();
     let again = store
-        .complete_activity(second.item_id, second.lock_token, ActivityResult::Completed("dup".into()))
+        .complete_activity(
+            second.item_id,
+            second.lock_token,
+            ActivityResult::Completed("dup".into()),
+        )
         .await;
-    assert!(matches!(again, Err(StoreError::LeaseLost(_))), "a work item completes once");
+    assert!(
+        matches!(again, Err(StoreError::LeaseLost(_))),
+        "a work item completes once"
+    );
     let turn = store.fetch_turns(1, LEASE).await.unwrap().pop().unwrap();
     assert_eq!(turn.messages.len(), 1);
     assert_eq!(
         turn.messages[0].1,
-        Message::ActivityCompleted { execution_id: 1, id: 0, output: "new".into() }
+        Message::ActivityCompleted {
+            execution_id: 1,
+            id: 0,
+            output: "new".into()
+        }
     );
 }
 
 /// A retried work item is invisible for its backoff, then delivered with the next attempt.
 pub async fn attempts_are_counted<S: Store>(h: Harness<S>) {
     let store = &h.store;
-    started(store, "a", TurnCommit { activities: vec![activity("a", 0)], ..TurnCommit::default() })
-        .await;
-    let first = store.fetch_activities(1, LEASE).await.unwrap().pop().unwrap();
+    started(
+        store,
+        "a",
+        TurnCommit {
+            activities: vec![activity("a", 0)],
+            ..TurnCommit::default()
+        },
+    )
+    .await;
+    let first = store
+        .fetch_activities(1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
     assert_eq!(first.attempt, 1);
-    store.retry_activity(first.item_id, first.lock_token, Duration::from_millis(500)).await.unwrap();
-    assert!(store.fetch_activities(1, LEASE).await.unwrap().is_empty(), "backing off");
+    store
+        .retry_activity(first.item_id, first.lock_token, Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert!(
+        store.fetch_activities(1, LEASE).await.unwrap().is_empty(),
+        "backing off"
+    );
     h.clock.advance_ms(500);
-    let second = store.fetch_activities(1, LEASE).await.unwrap().pop().unwrap();
+    let second = store
+        .fetch_activities(1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
     assert_eq!(second.attempt, 2);
     store
-        .complete_activity(second.item_id, second.lock_token, ActivityResult::Failed(Failure::new("x", "y")))
+        .complete_activity(
+            second.item_id,
+            second.lock_token,
+            ActivityResult::Failed(Failure::new("x", "y")),
+        )
         .await
         .unwrap();
 }
@@ -264,10 +443,22 @@ pub async fn attempts_are_counted<S: Store>(h: Harness<S>) {
 /// finished instances are errors.
 pub async fn events_are_never_dropped_silently<S: Store>(h: Harness<S>) {
     let store = &h.store;
-    let event = Message::Event { name: "go".into(), data: "1".into() };
-    let missing = store.enqueue_message("nobody", event.clone(), None).await.unwrap_err();
-    assert!(matches!(missing, StoreError::InstanceNotFound(_)), "{missing}");
-    store.enqueue_message("b", event.clone(), Some(new_instance("b"))).await.unwrap();
+    let event = Message::Event {
+        name: "go".into(),
+        data: "1".into(),
+    };
+    let missing = store
+        .enqueue_message("nobody", event.clone(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, StoreError::InstanceNotFound(_)),
+        "{missing}"
+    );
+    store
+        .enqueue_message("b", event.clone(), Some(new_instance("b")))
+        .await
+        .unwrap();
     let turn = store.fetch_turns(1, LEASE).await.unwrap().pop().unwrap();
     assert_eq!(turn.instance_id, "b");
     assert!(matches!(turn.messages[0].1, Message::Start { .. }));
@@ -278,7 +469,9 @@ pub async fn events_are_never_dropped_silently<S: Store>(h: Harness<S>) {
             lock_token: turn.lock_token,
             execution_id: 1,
             history_from: 0,
-            append: vec![Event::OrchestrationCompleted { output: "done".into() }],
+            append: vec![Event::OrchestrationCompleted {
+                output: "done".into(),
+            }],
             consumed: turn.messages.iter().map(|(id, _)| *id).collect(),
             status: Some(InstanceStatus::Completed),
             output: Some("done".into()),
@@ -287,7 +480,10 @@ pub async fn events_are_never_dropped_silently<S: Store>(h: Harness<S>) {
         .await
         .unwrap();
     let finished = store.enqueue_message("b", event, None).await.unwrap_err();
-    assert!(matches!(finished, StoreError::InstanceFinished { .. }), "{finished}");
+    assert!(
+        matches!(finished, StoreError::InstanceFinished { .. }),
+        "{finished}"
+    );
     let info = store.instance("b").await.unwrap().unwrap();
     assert_eq!(info.output.as_deref(), Some("done"));
 }
@@ -309,7 +505,9 @@ pub async fn continue_as_new_starts_a_new_execution<S: Store>(h: Harness<S>) {
             lock_token: turn.lock_token,
             execution_id: 1,
             history_from: 0,
-            append: vec![Event::ContinuedAsNew { input: "gen 2".into() }],
+            append: vec![Event::ContinuedAsNew {
+                input: "gen 2".into(),
+            }],
             consumed: turn.messages.iter().map(|(id, _)| *id).collect(),
             status: Some(InstanceStatus::Running),
             continue_as_new: Some(restart.clone()),
@@ -322,7 +520,11 @@ pub async fn continue_as_new_starts_a_new_execution<S: Store>(h: Harness<S>) {
     assert_eq!(turn.history_len, 0);
     assert_eq!(turn.messages.len(), 1);
     assert_eq!(turn.messages[0].1, restart);
-    assert_eq!(store.read_history("a", 1, 0).await.unwrap().len(), 1, "old history kept");
+    assert_eq!(
+        store.read_history("a", 1, 0).await.unwrap().len(),
+        1,
+        "old history kept"
+    );
     assert!(store.read_history("a", 2, 0).await.unwrap().is_empty());
 }
 
@@ -331,14 +533,24 @@ pub async fn child_start_with_taken_id_fails_the_parent_command<S: Store>(h: Har
     let store = &h.store;
     store.create_instance(new_instance("taken")).await.unwrap();
     let taken_turn = store.fetch_turns(1, LEASE).await.unwrap().pop().unwrap();
-    store.abandon_turn("taken", taken_turn.lock_token, Duration::from_secs(3600)).await.unwrap();
+    store
+        .abandon_turn("taken", taken_turn.lock_token, Duration::from_secs(3600))
+        .await
+        .unwrap();
     let child = NewInstance {
         instance_id: "taken".into(),
         name: "child".into(),
         input: String::new(),
-        parent: Some(ParentLink { instance_id: "p".into(), execution_id: 1, id: 0 }),
+        parent: Some(ParentLink {
+            instance_id: "p".into(),
+            execution_id: 1,
+            id: 0,
+        }),
     };
-    let fresh = NewInstance { instance_id: "fresh".into(), ..child.clone() };
+    let fresh = NewInstance {
+        instance_id: "fresh".into(),
+        ..child.clone()
+    };
     started(
         store,
         "p",
@@ -349,16 +561,30 @@ pub async fn child_start_with_taken_id_fails_the_parent_command<S: Store>(h: Har
     )
     .await;
     let turns = store.fetch_turns(10, LEASE).await.unwrap();
-    let parent = turns.iter().find(|t| t.instance_id == "p").expect("parent told");
+    let parent = turns
+        .iter()
+        .find(|t| t.instance_id == "p")
+        .expect("parent told");
     match &parent.messages[0].1 {
-        Message::SubOrchestrationFailed { id: 0, execution_id: 1, failure } => {
+        Message::SubOrchestrationFailed {
+            id: 0,
+            execution_id: 1,
+            failure,
+        } => {
             assert_eq!(failure.code, codes::INSTANCE_EXISTS)
         }
         other => panic!("unexpected {other:?}"),
     }
-    let fresh = turns.iter().find(|t| t.instance_id == "fresh").expect("child created");
+    let fresh = turns
+        .iter()
+        .find(|t| t.instance_id == "fresh")
+        .expect("child created");
     assert!(matches!(fresh.messages[0].1, Message::Start { .. }));
-    assert_eq!(store.instance("taken").await.unwrap().unwrap().name, "orders", "untouched");
+    assert_eq!(
+        store.instance("taken").await.unwrap().unwrap().name,
+        "orders",
+        "untouched"
+    );
 }
 
 /// Declares one `#[tokio::test]` per conformance check. `$factory` is an async expression

@@ -13,9 +13,9 @@
 //! Every store passes the conformance suite in [`conformance`] (feature `conformance`).
 #![warn(missing_docs)]
 
+mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
-mod clock;
 mod signals;
 mod types;
 
@@ -110,12 +110,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Releases an instance lock without changes; its messages become visible again after
     /// `delay`.
-    async fn abandon_turn(&self, instance_id: &str, lock_token: u64, delay: Duration)
-    -> StoreResult<()>;
+    async fn abandon_turn(
+        &self,
+        instance_id: &str,
+        lock_token: u64,
+        delay: Duration,
+    ) -> StoreResult<()>;
 
     /// Locks up to `max` visible activity work items for `lease`, counting an attempt on each.
-    async fn fetch_activities(&self, max: usize, lease: Duration)
-    -> StoreResult<Vec<ActivityWorkItem>>;
+    async fn fetch_activities(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> StoreResult<Vec<ActivityWorkItem>>;
 
     /// Extends an activity's lease. Returns whether the owning instance is still running (an
     /// activity of a finished or cancelled instance should stop).
@@ -135,8 +142,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     /// Releases a work item for another attempt, invisible for `delay`.
-    async fn retry_activity(&self, item_id: u64, lock_token: u64, delay: Duration)
-    -> StoreResult<()>;
+    async fn retry_activity(
+        &self,
+        item_id: u64,
+        lock_token: u64,
+        delay: Duration,
+    ) -> StoreResult<()>;
 
     /// The instance's row.
     async fn instance(&self, instance_id: &str) -> StoreResult<Option<InstanceInfo>>;

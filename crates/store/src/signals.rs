@@ -17,7 +17,10 @@ impl Signals {
     /// The notifier fired when `instance_id` finishes. Enable the `notified()` future before
     /// checking the status, then await it, so a finish between the two is not missed.
     pub fn finished_notifier(&self, instance_id: &str) -> Arc<Notify> {
-        let mut map = self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .finished
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.entry(instance_id.to_string()).or_default().clone()
     }
 

@@ -1,5 +1,7 @@
 use serde::{Deserialize, Serialize};
-use sluice_history::{Event, Failure, InstanceStatus, Message, ParentLink, RetryPolicy, TimestampMs};
+use sluice_history::{
+    Event, Failure, InstanceStatus, Message, ParentLink, RetryPolicy, TimestampMs,
+};
 
 /// A new instance and its start message.
 #[derive(Clone, Debug, PartialEq)]

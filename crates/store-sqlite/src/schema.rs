@@ -1,0 +1,79 @@
+//! Schema and migrations. `PRAGMA user_version` holds the schema version.
+
+use rusqlite::Connection;
+use sluice_sqlite::SqliteError;
+
+/// The schema version this code writes.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+const V1: &str = "
+CREATE TABLE instances (
+    instance_id     TEXT PRIMARY KEY,
+    name            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    execution_id    INTEGER NOT NULL,
+    input           TEXT NOT NULL,
+    output          TEXT,
+    failure         TEXT,
+    custom_status   TEXT,
+    history_len     INTEGER NOT NULL DEFAULT 0,
+    lock_token      INTEGER,
+    locked_until_ms INTEGER NOT NULL DEFAULT 0,
+    created_at_ms   INTEGER NOT NULL,
+    updated_at_ms   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX instances_locked ON instances (locked_until_ms) WHERE locked_until_ms > 0;
+CREATE INDEX instances_status ON instances (status);
+
+CREATE TABLE history (
+    instance_id  TEXT NOT NULL,
+    execution_id INTEGER NOT NULL,
+    position     INTEGER NOT NULL,
+    event        TEXT NOT NULL,
+    PRIMARY KEY (instance_id, execution_id, position)
+) WITHOUT ROWID;
+
+CREATE TABLE inbox (
+    message_id    INTEGER PRIMARY KEY,
+    instance_id   TEXT NOT NULL,
+    visible_at_ms INTEGER NOT NULL,
+    message       TEXT NOT NULL
+);
+CREATE INDEX inbox_instance ON inbox (instance_id, message_id);
+CREATE INDEX inbox_visible ON inbox (visible_at_ms);
+
+CREATE TABLE activities (
+    item_id         INTEGER PRIMARY KEY,
+    instance_id     TEXT NOT NULL,
+    execution_id    INTEGER NOT NULL,
+    activity_id     INTEGER NOT NULL,
+    name            TEXT NOT NULL,
+    input           TEXT NOT NULL,
+    retry           TEXT,
+    attempt         INTEGER NOT NULL DEFAULT 0,
+    visible_at_ms   INTEGER NOT NULL,
+    lock_token      INTEGER,
+    locked_until_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX activities_visible ON activities (visible_at_ms);
+CREATE INDEX activities_locked ON activities (locked_until_ms) WHERE locked_until_ms > 0;
+CREATE INDEX activities_instance ON activities (instance_id);
+";
+
+/// Brings the schema to [`SCHEMA_VERSION`]; refuses a database from a newer version.
+pub(crate) fn migrate(connection: &Connection) -> Result<(), SqliteError> {
+    let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(SqliteError::Sqlite(rusqlite::Error::InvalidParameterName(
+            format!(
+                "database schema version {version} is newer than this build supports ({SCHEMA_VERSION})"
+            ),
+        )));
+    }
+    if version < 1 {
+        connection.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        ))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,904 @@
+use crate::schema;
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use sluice_history::{Event, Failure, InstanceStatus, Message, TimestampMs, codes};
+use sluice_sqlite::{
+    GroupCommitWriter, Location, OpenOptions, ReaderPool, SqliteError, Synchronous, WriteError,
+};
+use sluice_store::{
+    ActivityResult, ActivityWorkItem, Clock, InstanceInfo, LockedTurn, NewActivity, NewInstance,
+    Outbound, Signals, Store, StoreError, StoreResult, SystemClock, TurnCommit,
+};
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Options of [`SqliteStore::open`].
+#[derive(Clone, Debug)]
+pub struct SqliteStoreOptions {
+    /// File or memory.
+    pub location: Location,
+    /// Commit durability; `Full` by default.
+    pub synchronous: Synchronous,
+    /// Requests the writer queue holds before senders wait (back-pressure).
+    pub queue_requests_max: usize,
+    /// Requests one group transaction runs at most.
+    pub batch_requests_max: usize,
+    /// Idle reader connections kept open.
+    pub readers_idle_max: usize,
+}
+
+impl SqliteStoreOptions {
+    /// Defaults for a location: `synchronous=FULL`, a queue of 8,192 requests, batches of at most
+    /// 512, four idle readers.
+    pub fn new(location: Location) -> Self {
+        Self {
+            location,
+            synchronous: Synchronous::Full,
+            queue_requests_max: 8_192,
+            batch_requests_max: 512,
+            readers_idle_max: 4,
+        }
+    }
+}
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    writer: GroupCommitWriter,
+    readers: Option<ReaderPool>,
+    signals: Arc<Signals>,
+    clock: Arc<dyn Clock>,
+    tokens: Arc<TokenSource>,
+}
+
+struct TokenSource {
+    base: u64,
+    counter: AtomicU64,
+}
+
+impl TokenSource {
+    fn new() -> Self {
+        Self {
+            base: RandomState::new().hash_one(std::process::id()),
+            counter: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh lock token, positive so it fits SQLite's signed integers.
+    fn next(&self) -> i64 {
+        let counter = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mixed = self.base ^ counter.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        i64::try_from(mixed >> 1).expect("63 bits fit")
+    }
+}
+
+fn db_error(error: rusqlite::Error) -> StoreError {
+    StoreError::Database(error.to_string())
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("history types always serialise")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|error| StoreError::Corrupt(format!("{error}: {text}")))
+}
+
+fn flatten<T>(result: Result<T, WriteError<StoreError>>) -> StoreResult<T> {
+    result.map_err(|error| match error {
+        WriteError::Job(error) => error,
+        other => StoreError::Database(other.to_string()),
+    })
+}
+
+fn token_of(token: u64) -> i64 {
+    i64::try_from(token).unwrap_or(-1)
+}
+
+fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) a store with the system clock.
+    pub fn open(options: SqliteStoreOptions) -> Result<Self, SqliteError> {
+        Self::open_with_clock(options, Arc::new(SystemClock))
+    }
+
+    /// Opens a store that reads time from `clock`.
+    pub fn open_with_clock(
+        options: SqliteStoreOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, SqliteError> {
+        let open_options = OpenOptions {
+            synchronous: options.synchronous,
+            ..OpenOptions::new(options.location.clone())
+        };
+        let writer = GroupCommitWriter::open(
+            &open_options,
+            options.queue_requests_max,
+            options.batch_requests_max,
+            |connection| schema::migrate(connection),
+        )?;
+        let readers = match options.location {
+            Location::File(_) => Some(ReaderPool::new(open_options, options.readers_idle_max)),
+            Location::Memory => None,
+        };
+        Ok(Self {
+            writer,
+            readers,
+            signals: Arc::new(Signals::default()),
+            clock,
+            tokens: Arc::new(TokenSource::new()),
+        })
+    }
+
+    /// The group-commit writer's counters.
+    pub fn writer_stats(&self) -> &sluice_sqlite::WriterStats {
+        self.writer.stats()
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Connection, TimestampMs) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let clock = self.clock.clone();
+        flatten(
+            self.writer
+                .write(move |connection| job(connection, clock.now_ms()))
+                .await,
+        )
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Connection, TimestampMs) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let now = self.clock.now_ms();
+        match &self.readers {
+            Some(readers) => readers
+                .read(move |connection| job(connection, now))
+                .await
+                .map_err(|error| StoreError::Database(error.to_string()))?,
+            None => self.write(job).await,
+        }
+    }
+}
+
+fn insert_message(
+    connection: &Connection,
+    instance_id: &str,
+    visible_at_ms: TimestampMs,
+    message: &Message,
+) -> StoreResult<()> {
+    connection
+        .prepare_cached(
+            "INSERT INTO inbox (instance_id, visible_at_ms, message) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![instance_id, visible_at_ms, encode(message)])
+        })
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// Delivers to an existing, unfinished instance; returns whether it was delivered.
+fn insert_message_if_live(
+    connection: &Connection,
+    instance_id: &str,
+    visible_at_ms: TimestampMs,
+    message: &Message,
+) -> StoreResult<bool> {
+    let inserted = connection
+        .prepare_cached(
+            "INSERT INTO inbox (instance_id, visible_at_ms, message)
+             SELECT ?1, ?2, ?3 WHERE EXISTS (
+                 SELECT 1 FROM instances WHERE instance_id = ?1 AND status IN ('pending', 'running'))",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![instance_id, visible_at_ms, encode(message)])
+        })
+        .map_err(db_error)?;
+    Ok(inserted == 1)
+}
+
+/// Creates the instance row and its start message; returns false if the id exists.
+fn insert_instance(
+    connection: &Connection,
+    start: &NewInstance,
+    now: TimestampMs,
+) -> StoreResult<bool> {
+    let inserted = connection
+        .prepare_cached(
+            "INSERT INTO instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms)
+             VALUES (?1, ?2, 'pending', 1, ?3, ?4, ?4) ON CONFLICT (instance_id) DO NOTHING",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![start.instance_id, start.name, start.input, now])
+        })
+        .map_err(db_error)?;
+    if inserted == 1 {
+        insert_message(connection, &start.instance_id, now, &start.start_message())?;
+    }
+    Ok(inserted == 1)
+}
+
+fn status_of(connection: &Connection, instance_id: &str) -> StoreResult<Option<InstanceStatus>> {
+    let text: Option<String> = connection
+        .prepare_cached("SELECT status FROM instances WHERE instance_id = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![instance_id], |row| row.get(0))
+                .optional()
+        })
+        .map_err(db_error)?;
+    text.map(|text| {
+        InstanceStatus::parse(&text).ok_or_else(|| StoreError::Corrupt(format!("status {text}")))
+    })
+    .transpose()
+}
+
+/// What a commit changed, for the wake-ups sent after it.
+struct CommitEffects {
+    inbox_changed: bool,
+    activities_added: bool,
+    finished: bool,
+}
+
+fn commit_turn_in(
+    connection: &Connection,
+    commit: &TurnCommit,
+    now: TimestampMs,
+) -> StoreResult<CommitEffects> {
+    let token = token_of(commit.lock_token);
+    let locked: Option<(i64, i64)> = connection
+        .prepare_cached(
+            "SELECT history_len, execution_id FROM instances
+             WHERE instance_id = ?1 AND lock_token = ?2 AND locked_until_ms > ?3",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![commit.instance_id, token, now], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()
+        })
+        .map_err(db_error)?;
+    let Some((history_len, execution_id)) = locked else {
+        return Err(StoreError::LeaseLost("instance"));
+    };
+    if u64::try_from(execution_id).ok() != Some(commit.execution_id) {
+        return Err(StoreError::Contract(format!(
+            "commit for execution {} but the instance is at execution {execution_id}",
+            commit.execution_id
+        )));
+    }
+    if u64::try_from(history_len).ok() != Some(commit.history_from) {
+        return Err(StoreError::Contract(format!(
+            "history append at position {} but the history has {history_len} events",
+            commit.history_from
+        )));
+    }
+    let execution = i64::try_from(commit.execution_id).unwrap_or(i64::MAX);
+    {
+        let mut insert = connection
+            .prepare_cached(
+                "INSERT INTO history (instance_id, execution_id, position, event) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(db_error)?;
+        for (offset, event) in commit.append.iter().enumerate() {
+            let position = history_len + i64::try_from(offset).unwrap_or(i64::MAX);
+            insert
+                .execute(params![
+                    commit.instance_id,
+                    execution,
+                    position,
+                    encode(event)
+                ])
+                .map_err(db_error)?;
+        }
+    }
+    {
+        let mut delete = connection
+            .prepare_cached("DELETE FROM inbox WHERE message_id = ?1 AND instance_id = ?2")
+            .map_err(db_error)?;
+        for message_id in &commit.consumed {
+            let message_id = i64::try_from(*message_id).unwrap_or(-1);
+            delete
+                .execute(params![message_id, commit.instance_id])
+                .map_err(db_error)?;
+        }
+    }
+    {
+        let mut insert = connection
+            .prepare_cached(
+                "INSERT INTO activities (instance_id, execution_id, activity_id, name, input, retry, visible_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(db_error)?;
+        for activity in &commit.activities {
+            let retry = activity.retry.as_ref().map(encode);
+            let activity_id = i64::try_from(activity.activity_id).unwrap_or(i64::MAX);
+            let activity_execution = i64::try_from(activity.execution_id).unwrap_or(i64::MAX);
+            insert
+                .execute(params![
+                    activity.instance_id,
+                    activity_execution,
+                    activity_id,
+                    activity.name,
+                    activity.input,
+                    retry,
+                    now
+                ])
+                .map_err(db_error)?;
+        }
+    }
+    let mut inbox_changed = !commit.timers.is_empty();
+    for (visible_at_ms, message) in &commit.timers {
+        insert_message(connection, &commit.instance_id, *visible_at_ms, message)?;
+    }
+    for outbound in &commit.outbound {
+        match outbound {
+            Outbound::Start(start) => {
+                if insert_instance(connection, start, now)? {
+                    inbox_changed = true;
+                } else if let Some(parent) = &start.parent {
+                    let failure = Failure::new(
+                        codes::INSTANCE_EXISTS,
+                        format!("instance '{}' already exists", start.instance_id),
+                    );
+                    let message = Message::SubOrchestrationFailed {
+                        execution_id: parent.execution_id,
+                        id: parent.id,
+                        failure,
+                    };
+                    inbox_changed |= if parent.instance_id == commit.instance_id {
+                        insert_message(connection, &parent.instance_id, now, &message)?;
+                        true
+                    } else {
+                        insert_message_if_live(connection, &parent.instance_id, now, &message)?
+                    };
+                }
+            }
+            Outbound::Message {
+                instance_id,
+                message,
+            } => {
+                inbox_changed |= insert_message_if_live(connection, instance_id, now, message)?;
+            }
+        }
+    }
+    let mut new_execution = execution;
+    let mut new_history_len = history_len + i64::try_from(commit.append.len()).unwrap_or(i64::MAX);
+    let mut new_input: Option<String> = None;
+    if let Some(start) = &commit.continue_as_new {
+        new_execution += 1;
+        new_history_len = 0;
+        if let Message::Start { input, .. } = start {
+            new_input = Some(input.clone());
+        }
+        insert_message(connection, &commit.instance_id, now, start)?;
+        inbox_changed = true;
+    }
+    let finished = commit.status.is_some_and(InstanceStatus::is_terminal);
+    connection
+        .prepare_cached(
+            "UPDATE instances SET
+                status = COALESCE(?2, status),
+                output = COALESCE(?3, output),
+                failure = COALESCE(?4, failure),
+                custom_status = COALESCE(?5, custom_status),
+                execution_id = ?6,
+                history_len = ?7,
+                input = COALESCE(?8, input),
+                lock_token = NULL,
+                locked_until_ms = 0,
+                updated_at_ms = ?9
+             WHERE instance_id = ?1",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                commit.instance_id,
+                commit.status.map(InstanceStatus::as_str),
+                commit.output,
+                commit.failure.as_ref().map(encode),
+                commit.custom_status,
+                new_execution,
+                new_history_len,
+                new_input,
+                now
+            ])
+        })
+        .map_err(db_error)?;
+    if finished {
+        // Work that can no longer matter: pending activities and future timers.
+        connection
+            .prepare_cached(
+                "DELETE FROM activities WHERE instance_id = ?1 AND locked_until_ms <= ?2",
+            )
+            .and_then(|mut statement| statement.execute(params![commit.instance_id, now]))
+            .map_err(db_error)?;
+        connection
+            .prepare_cached("DELETE FROM inbox WHERE instance_id = ?1 AND visible_at_ms > ?2")
+            .and_then(|mut statement| statement.execute(params![commit.instance_id, now]))
+            .map_err(db_error)?;
+    }
+    // Messages that arrived during the turn need another turn: wake a dispatcher.
+    let pending: bool = connection
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM inbox WHERE instance_id = ?1 AND visible_at_ms <= ?2)",
+        )
+        .and_then(|mut statement| {
+            statement.query_row(params![commit.instance_id, now], |row| row.get(0))
+        })
+        .map_err(db_error)?;
+    Ok(CommitEffects {
+        inbox_changed: inbox_changed || pending,
+        activities_added: !commit.activities.is_empty(),
+        finished,
+    })
+}
+
+fn fetch_turns_in(
+    connection: &Connection,
+    max: usize,
+    lease_ms: i64,
+    now: TimestampMs,
+    tokens: &TokenSource,
+) -> StoreResult<Vec<LockedTurn>> {
+    let max = i64::try_from(max).unwrap_or(i64::MAX);
+    let ids: Vec<String> = connection
+        .prepare_cached(
+            "SELECT q.instance_id FROM inbox q JOIN instances i ON i.instance_id = q.instance_id
+             WHERE q.visible_at_ms <= ?1 AND i.locked_until_ms <= ?1
+             GROUP BY q.instance_id ORDER BY MIN(q.message_id) LIMIT ?2",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_map(params![now, max], |row| row.get(0))?
+                .collect::<Result<Vec<String>, _>>()
+        })
+        .map_err(db_error)?;
+    let mut turns = Vec::with_capacity(ids.len());
+    for instance_id in ids {
+        let token = tokens.next();
+        let row = connection
+            .prepare_cached(
+                "UPDATE instances SET lock_token = ?2, locked_until_ms = ?3 WHERE instance_id = ?1
+                 RETURNING name, status, execution_id, history_len",
+            )
+            .and_then(|mut statement| {
+                statement.query_row(params![instance_id, token, now + lease_ms], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
+                })
+            })
+            .map_err(db_error)?;
+        let (name, status, execution_id, history_len) = row;
+        let messages = connection
+            .prepare_cached(
+                "SELECT message_id, message FROM inbox WHERE instance_id = ?1 AND visible_at_ms <= ?2
+                 ORDER BY message_id",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_map(params![instance_id, now], |row| {
+                        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(db_error)?;
+        let messages = messages
+            .into_iter()
+            .map(|(id, text)| Ok((u64::try_from(id).unwrap_or(0), decode::<Message>(&text)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        turns.push(LockedTurn {
+            instance_id,
+            name,
+            status: InstanceStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+            execution_id: u64::try_from(execution_id).unwrap_or(0),
+            history_len: u64::try_from(history_len).unwrap_or(0),
+            lock_token: u64::try_from(token).unwrap_or(0),
+            messages,
+        });
+    }
+    Ok(turns)
+}
+
+fn fetch_activities_in(
+    connection: &Connection,
+    max: usize,
+    lease_ms: i64,
+    now: TimestampMs,
+    token: i64,
+) -> StoreResult<Vec<ActivityWorkItem>> {
+    let max = i64::try_from(max).unwrap_or(i64::MAX);
+    let rows = connection
+        .prepare_cached(
+            "UPDATE activities SET lock_token = ?1, locked_until_ms = ?2, attempt = attempt + 1
+             WHERE item_id IN (
+                 SELECT item_id FROM activities WHERE visible_at_ms <= ?3 AND locked_until_ms <= ?3
+                 ORDER BY item_id LIMIT ?4)
+             RETURNING item_id, instance_id, execution_id, activity_id, name, input, retry, attempt",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_map(params![token, now + lease_ms, now, max], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, String>(5)?,
+                        row.get::<_, Option<String>>(6)?,
+                        row.get::<_, i64>(7)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(db_error)?;
+    let mut items = rows
+        .into_iter()
+        .map(
+            |(item_id, instance_id, execution_id, activity_id, name, input, retry, attempt)| {
+                Ok(ActivityWorkItem {
+                    item_id: u64::try_from(item_id).unwrap_or(0),
+                    lock_token: u64::try_from(token).unwrap_or(0),
+                    attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                    activity: NewActivity {
+                        instance_id,
+                        execution_id: u64::try_from(execution_id).unwrap_or(0),
+                        activity_id: u64::try_from(activity_id).unwrap_or(0),
+                        name,
+                        input,
+                        retry: retry.as_deref().map(decode).transpose()?,
+                    },
+                })
+            },
+        )
+        .collect::<StoreResult<Vec<_>>>()?;
+    items.sort_by_key(|item| item.item_id);
+    Ok(items)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn signals(&self) -> &Arc<Signals> {
+        &self.signals
+    }
+
+    async fn create_instance(&self, start: NewInstance) -> StoreResult<bool> {
+        let created = self
+            .write(move |connection, now| insert_instance(connection, &start, now))
+            .await?;
+        if created {
+            self.signals.orchestrations.notify_one();
+        }
+        Ok(created)
+    }
+
+    async fn enqueue_message(
+        &self,
+        instance_id: &str,
+        message: Message,
+        start_if_missing: Option<NewInstance>,
+    ) -> StoreResult<()> {
+        let instance_id = instance_id.to_string();
+        self.write(move |connection, now| {
+            if let Some(start) = &start_if_missing {
+                insert_instance(connection, start, now)?;
+            }
+            match status_of(connection, &instance_id)? {
+                None => Err(StoreError::InstanceNotFound(instance_id)),
+                Some(status) if status.is_terminal() => Err(StoreError::InstanceFinished {
+                    instance_id,
+                    status: status.as_str(),
+                }),
+                Some(_) => insert_message(connection, &instance_id, now, &message),
+            }
+        })
+        .await?;
+        self.signals.orchestrations.notify_one();
+        Ok(())
+    }
+
+    async fn fetch_turns(&self, max: usize, lease: Duration) -> StoreResult<Vec<LockedTurn>> {
+        let tokens = self.tokens.clone();
+        let lease_ms = duration_ms(lease);
+        self.write(move |connection, now| fetch_turns_in(connection, max, lease_ms, now, &tokens))
+            .await
+    }
+
+    async fn read_history(
+        &self,
+        instance_id: &str,
+        execution_id: u64,
+        from: u64,
+    ) -> StoreResult<Vec<Event>> {
+        let instance_id = instance_id.to_string();
+        let execution = i64::try_from(execution_id).unwrap_or(i64::MAX);
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        self.read(move |connection, _now| {
+            let texts = connection
+                .prepare_cached(
+                    "SELECT event FROM history WHERE instance_id = ?1 AND execution_id = ?2 AND position >= ?3
+                     ORDER BY position",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_map(params![instance_id, execution, from], |row| row.get::<_, String>(0))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_error)?;
+            texts.iter().map(|text| decode(text)).collect()
+        })
+        .await
+    }
+
+    async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<()> {
+        let instance_id = commit.instance_id.clone();
+        let effects = self
+            .write(move |connection, now| commit_turn_in(connection, &commit, now))
+            .await?;
+        if effects.inbox_changed {
+            self.signals.orchestrations.notify_one();
+        }
+        if effects.activities_added {
+            self.signals.activities.notify_one();
+        }
+        if effects.finished {
+            self.signals.notify_finished(&instance_id);
+        }
+        Ok(())
+    }
+
+    async fn abandon_turn(
+        &self,
+        instance_id: &str,
+        lock_token: u64,
+        delay: Duration,
+    ) -> StoreResult<()> {
+        let instance_id = instance_id.to_string();
+        let delay_ms = duration_ms(delay);
+        self.write(move |connection, now| {
+            let released = connection
+                .prepare_cached(
+                    "UPDATE instances SET lock_token = NULL, locked_until_ms = 0
+                     WHERE instance_id = ?1 AND lock_token = ?2 AND locked_until_ms > ?3",
+                )
+                .and_then(|mut statement| statement.execute(params![instance_id, token_of(lock_token), now]))
+                .map_err(db_error)?;
+            if released == 0 {
+                return Err(StoreError::LeaseLost("instance"));
+            }
+            if delay_ms > 0 {
+                connection
+                    .prepare_cached(
+                        "UPDATE inbox SET visible_at_ms = ?2 WHERE instance_id = ?1 AND visible_at_ms <= ?3",
+                    )
+                    .and_then(|mut statement| statement.execute(params![instance_id, now + delay_ms, now]))
+                    .map_err(db_error)?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.signals.orchestrations.notify_one();
+        Ok(())
+    }
+
+    async fn fetch_activities(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
+        let token = self.tokens.next();
+        let lease_ms = duration_ms(lease);
+        self.write(move |connection, now| {
+            fetch_activities_in(connection, max, lease_ms, now, token)
+        })
+        .await
+    }
+
+    async fn renew_activity_lease(
+        &self,
+        item_id: u64,
+        lock_token: u64,
+        lease: Duration,
+    ) -> StoreResult<bool> {
+        let lease_ms = duration_ms(lease);
+        self.write(move |connection, now| {
+            let instance_id: Option<String> = connection
+                .prepare_cached(
+                    "UPDATE activities SET locked_until_ms = ?3
+                     WHERE item_id = ?1 AND lock_token = ?2 AND locked_until_ms > ?4 RETURNING instance_id",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_row(
+                            params![i64::try_from(item_id).unwrap_or(-1), token_of(lock_token), now + lease_ms, now],
+                            |row| row.get(0),
+                        )
+                        .optional()
+                })
+                .map_err(db_error)?;
+            let instance_id = instance_id.ok_or(StoreError::LeaseLost("activity"))?;
+            Ok(status_of(connection, &instance_id)?.is_some_and(|status| !status.is_terminal()))
+        })
+        .await
+    }
+
+    async fn complete_activity(
+        &self,
+        item_id: u64,
+        lock_token: u64,
+        result: ActivityResult,
+    ) -> StoreResult<()> {
+        let delivered = self
+            .write(move |connection, now| {
+                let row: Option<(String, i64, i64)> = connection
+                    .prepare_cached(
+                        "DELETE FROM activities WHERE item_id = ?1 AND lock_token = ?2 AND locked_until_ms > ?3
+                         RETURNING instance_id, execution_id, activity_id",
+                    )
+                    .and_then(|mut statement| {
+                        statement
+                            .query_row(
+                                params![i64::try_from(item_id).unwrap_or(-1), token_of(lock_token), now],
+                                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                            )
+                            .optional()
+                    })
+                    .map_err(db_error)?;
+                let (instance_id, execution_id, activity_id) =
+                    row.ok_or(StoreError::LeaseLost("activity"))?;
+                let (execution_id, id) =
+                    (u64::try_from(execution_id).unwrap_or(0), u64::try_from(activity_id).unwrap_or(0));
+                let message = match result {
+                    ActivityResult::Completed(output) => Message::ActivityCompleted { execution_id, id, output },
+                    ActivityResult::Failed(failure) => Message::ActivityFailed { execution_id, id, failure },
+                };
+                insert_message_if_live(connection, &instance_id, now, &message)
+            })
+            .await?;
+        if delivered {
+            self.signals.orchestrations.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn retry_activity(
+        &self,
+        item_id: u64,
+        lock_token: u64,
+        delay: Duration,
+    ) -> StoreResult<()> {
+        let delay_ms = duration_ms(delay);
+        self.write(move |connection, now| {
+            let updated = connection
+                .prepare_cached(
+                    "UPDATE activities SET lock_token = NULL, locked_until_ms = 0, visible_at_ms = ?3
+                     WHERE item_id = ?1 AND lock_token = ?2 AND locked_until_ms > ?4",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        i64::try_from(item_id).unwrap_or(-1),
+                        token_of(lock_token),
+                        now + delay_ms,
+                        now
+                    ])
+                })
+                .map_err(db_error)?;
+            if updated == 0 { Err(StoreError::LeaseLost("activity")) } else { Ok(()) }
+        })
+        .await?;
+        self.signals.activities.notify_one();
+        Ok(())
+    }
+
+    async fn instance(&self, instance_id: &str) -> StoreResult<Option<InstanceInfo>> {
+        let instance_id = instance_id.to_string();
+        self.read(move |connection, _now| {
+            let row = connection
+                .prepare_cached(
+                    "SELECT name, status, execution_id, input, output, failure, custom_status,
+                            created_at_ms, updated_at_ms
+                     FROM instances WHERE instance_id = ?1",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_row(params![instance_id], |row| {
+                            Ok((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, String>(1)?,
+                                row.get::<_, i64>(2)?,
+                                row.get::<_, String>(3)?,
+                                row.get::<_, Option<String>>(4)?,
+                                row.get::<_, Option<String>>(5)?,
+                                row.get::<_, Option<String>>(6)?,
+                                row.get::<_, i64>(7)?,
+                                row.get::<_, i64>(8)?,
+                            ))
+                        })
+                        .optional()
+                })
+                .map_err(db_error)?;
+            let Some((
+                name,
+                status,
+                execution_id,
+                input,
+                output,
+                failure,
+                custom_status,
+                created,
+                updated,
+            )) = row
+            else {
+                return Ok(None);
+            };
+            Ok(Some(InstanceInfo {
+                instance_id,
+                name,
+                status: InstanceStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+                execution_id: u64::try_from(execution_id).unwrap_or(0),
+                input,
+                output,
+                failure: failure.as_deref().map(decode::<Failure>).transpose()?,
+                custom_status,
+                created_at_ms: created,
+                updated_at_ms: updated,
+            }))
+        })
+        .await
+    }
+
+    async fn next_wake_at(&self) -> StoreResult<Option<TimestampMs>> {
+        self.read(move |connection, now| {
+            connection
+                .prepare_cached(
+                    "SELECT MIN(t) FROM (
+                        SELECT MIN(visible_at_ms) AS t FROM inbox WHERE visible_at_ms > ?1
+                        UNION ALL SELECT MIN(locked_until_ms) FROM instances WHERE locked_until_ms > ?1
+                        UNION ALL SELECT MIN(visible_at_ms) FROM activities WHERE visible_at_ms > ?1
+                        UNION ALL SELECT MIN(locked_until_ms) FROM activities WHERE locked_until_ms > ?1)",
+                )
+                .and_then(|mut statement| statement.query_row(params![now], |row| row.get(0)))
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn count_by_status(&self) -> StoreResult<Vec<(InstanceStatus, u64)>> {
+        self.read(move |connection, _now| {
+            let rows = connection
+                .prepare_cached(
+                    "SELECT status, COUNT(*) FROM instances GROUP BY status ORDER BY status",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_map([], |row| {
+                            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_error)?;
+            rows.into_iter()
+                .map(|(status, count)| {
+                    let status = InstanceStatus::parse(&status)
+                        .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?;
+                    Ok((status, u64::try_from(count).unwrap_or(0)))
+                })
+                .collect()
+        })
+        .await
+    }
+}
