@@ -1,0 +1,229 @@
+use crate::error::ClientError;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sluice_history::{Event, InstanceStatus, Message};
+use sluice_replay::queue_event_name;
+use sluice_store::{InstanceInfo, NewInstance, Store};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Whether a start created the instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// A new instance was created.
+    Created,
+    /// An instance with this id existed already; nothing changed.
+    AlreadyExists,
+}
+
+/// Starts, signals, cancels, waits for and inspects instances. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    store: Arc<dyn Store>,
+    poll_interval: Duration,
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String, ClientError> {
+    serde_json::to_string(value).map_err(|error| ClientError::Serde(error.to_string()))
+}
+
+impl Client {
+    /// A client on `store`. `poll_interval` bounds how late a wait notices an instance finished
+    /// by another process (same-process finishes wake it at once).
+    pub fn new(store: Arc<dyn Store>, poll_interval: Duration) -> Self {
+        Self {
+            store,
+            poll_interval,
+        }
+    }
+
+    /// Starts `name` as `instance_id` with `input`. Idempotent: starting an existing id changes
+    /// nothing and reports [`StartOutcome::AlreadyExists`].
+    pub async fn start(
+        &self,
+        name: &str,
+        instance_id: &str,
+        input: impl Into<String>,
+    ) -> Result<StartOutcome, ClientError> {
+        let created = self
+            .store
+            .create_instance(NewInstance {
+                instance_id: instance_id.to_string(),
+                name: name.to_string(),
+                input: input.into(),
+                parent: None,
+            })
+            .await?;
+        Ok(if created {
+            StartOutcome::Created
+        } else {
+            StartOutcome::AlreadyExists
+        })
+    }
+
+    /// [`Client::start`] with a serde-typed input.
+    pub async fn start_typed<I: Serialize>(
+        &self,
+        name: &str,
+        instance_id: &str,
+        input: &I,
+    ) -> Result<StartOutcome, ClientError> {
+        self.start(name, instance_id, to_json(input)?).await
+    }
+
+    /// Raises the event `event_name` on a running instance. The event is kept until the code
+    /// waits for it. Errors if the instance does not exist or has finished.
+    pub async fn raise_event(
+        &self,
+        instance_id: &str,
+        event_name: &str,
+        data: impl Into<String>,
+    ) -> Result<(), ClientError> {
+        let message = Message::Event {
+            name: event_name.to_string(),
+            data: data.into(),
+        };
+        self.store
+            .enqueue_message(instance_id, message, None)
+            .await
+            .map_err(not_found)
+    }
+
+    /// Appends a message to the instance's durable FIFO queue `queue` (read with
+    /// `dequeue_event`).
+    pub async fn enqueue_event(
+        &self,
+        instance_id: &str,
+        queue: &str,
+        data: impl Into<String>,
+    ) -> Result<(), ClientError> {
+        self.raise_event(instance_id, &queue_event_name(queue), data)
+            .await
+    }
+
+    /// Raises an event, first starting the instance (as `name` with `input`) if it does not
+    /// exist, atomically.
+    pub async fn signal_with_start(
+        &self,
+        name: &str,
+        instance_id: &str,
+        input: impl Into<String>,
+        event_name: &str,
+        data: impl Into<String>,
+    ) -> Result<(), ClientError> {
+        let start = NewInstance {
+            instance_id: instance_id.to_string(),
+            name: name.to_string(),
+            input: input.into(),
+            parent: None,
+        };
+        let message = Message::Event {
+            name: event_name.to_string(),
+            data: data.into(),
+        };
+        Ok(self
+            .store
+            .enqueue_message(instance_id, message, Some(start))
+            .await?)
+    }
+
+    /// Cancels an instance and, through it, its awaited sub-orchestrations.
+    pub async fn cancel(&self, instance_id: &str, reason: &str) -> Result<(), ClientError> {
+        let message = Message::Cancel {
+            reason: reason.to_string(),
+        };
+        self.store
+            .enqueue_message(instance_id, message, None)
+            .await
+            .map_err(not_found)
+    }
+
+    /// The instance's status, output or failure, and custom status.
+    pub async fn status(&self, instance_id: &str) -> Result<Option<InstanceInfo>, ClientError> {
+        Ok(self.store.instance(instance_id).await?)
+    }
+
+    /// The history of the instance's current execution.
+    pub async fn history(&self, instance_id: &str) -> Result<Vec<Event>, ClientError> {
+        let info = self
+            .store
+            .instance(instance_id)
+            .await?
+            .ok_or_else(|| ClientError::NotFound(instance_id.to_string()))?;
+        Ok(self
+            .store
+            .read_history(instance_id, info.execution_id, 0)
+            .await?)
+    }
+
+    /// The history of one execution (1 is the first; continue-as-new adds one).
+    pub async fn execution_history(
+        &self,
+        instance_id: &str,
+        execution_id: u64,
+    ) -> Result<Vec<Event>, ClientError> {
+        Ok(self
+            .store
+            .read_history(instance_id, execution_id, 0)
+            .await?)
+    }
+
+    /// Waits until the instance has finished (completed, failed or cancelled), woken by the
+    /// commit that finishes it when that happens in this process.
+    pub async fn wait_for_completion(
+        &self,
+        instance_id: &str,
+        timeout: Duration,
+    ) -> Result<InstanceInfo, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notify = self.store.signals().finished_notifier(instance_id);
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let info = self
+                .store
+                .instance(instance_id)
+                .await?
+                .ok_or_else(|| ClientError::NotFound(instance_id.to_string()))?;
+            if info.status.is_terminal() {
+                return Ok(info);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout(instance_id.to_string()));
+            }
+            let wait = (deadline - now).min(self.poll_interval);
+            let _ = tokio::time::timeout(wait, notified).await;
+        }
+    }
+
+    /// Waits for completion and decodes the output; a failed or cancelled instance is an error.
+    pub async fn wait_for_output<O: DeserializeOwned>(
+        &self,
+        instance_id: &str,
+        timeout: Duration,
+    ) -> Result<O, ClientError> {
+        let info = self.wait_for_completion(instance_id, timeout).await?;
+        match info.status {
+            InstanceStatus::Completed => {
+                serde_json::from_str(info.output.as_deref().unwrap_or("null"))
+                    .map_err(|error| ClientError::Serde(error.to_string()))
+            }
+            _ => Err(ClientError::Failed(info.failure.unwrap_or_else(|| {
+                sluice_history::Failure::new(
+                    "unknown",
+                    format!("instance is {}", info.status.as_str()),
+                )
+            }))),
+        }
+    }
+}
+
+fn not_found(error: sluice_store::StoreError) -> ClientError {
+    match error {
+        sluice_store::StoreError::InstanceNotFound(id) => ClientError::NotFound(id),
+        other => ClientError::Store(other),
+    }
+}

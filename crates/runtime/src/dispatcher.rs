@@ -1,0 +1,352 @@
+//! One orchestration turn: messages in, replay, commit out.
+
+use crate::runtime::Shared;
+use sluice_history::{
+    Event, Failure, InstanceStatus, Message, ParentLink, codes, pending_children,
+};
+use sluice_replay::{TurnOutcome, run_turn};
+use sluice_store::{LockedTurn, NewActivity, NewInstance, Outbound, StoreError, TurnCommit};
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+pub(crate) async fn process_turn(shared: &Shared, turn: LockedTurn) {
+    let instance_id = turn.instance_id.clone();
+    let lock_token = turn.lock_token;
+    match build_commit(shared, turn).await {
+        Ok((commit, history)) => {
+            let finished = commit.status.is_some_and(InstanceStatus::is_terminal);
+            let continued = commit.continue_as_new.is_some();
+            let execution_id = commit.execution_id;
+            match shared.store.commit_turn(commit).await {
+                Ok(()) => {
+                    if finished || continued {
+                        shared.cache.remove(&instance_id);
+                    } else if let Some(history) = history {
+                        shared.cache.put(&instance_id, execution_id, history);
+                    }
+                    if finished {
+                        shared.cancel_activities_of(&instance_id);
+                    }
+                }
+                Err(error) => {
+                    shared.cache.remove(&instance_id);
+                    match error {
+                        StoreError::LeaseLost(_) => {
+                            tracing::warn!(%instance_id, "turn discarded: its lease was lost")
+                        }
+                        error => {
+                            tracing::error!(%instance_id, %error, "committing a turn failed");
+                            abandon(shared, &instance_id, lock_token).await;
+                        }
+                    }
+                }
+            }
+        }
+        Err(error) => {
+            shared.cache.remove(&instance_id);
+            tracing::error!(%instance_id, %error, "preparing a turn failed");
+            abandon(shared, &instance_id, lock_token).await;
+        }
+    }
+}
+
+async fn abandon(shared: &Shared, instance_id: &str, lock_token: u64) {
+    if let Err(error) = shared
+        .store
+        .abandon_turn(instance_id, lock_token, Duration::from_secs(1))
+        .await
+    {
+        tracing::warn!(%instance_id, %error, "abandoning a turn failed; its lease will expire");
+    }
+}
+
+fn guid_seed(shared: &Shared, instance_id: &str, now_ms: i64) -> u64 {
+    let counter = shared.seed_counter.fetch_add(1, Ordering::Relaxed);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    (instance_id, now_ms, counter).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Loads history (cache first), turns messages into events, replays, and builds the commit.
+/// Returns the history after the turn, for the cache.
+async fn build_commit(
+    shared: &Shared,
+    turn: LockedTurn,
+) -> Result<(TurnCommit, Option<Arc<Vec<Event>>>), StoreError> {
+    let consumed: Vec<u64> = turn.messages.iter().map(|(id, _)| *id).collect();
+    let mut commit = TurnCommit {
+        instance_id: turn.instance_id.clone(),
+        lock_token: turn.lock_token,
+        execution_id: turn.execution_id,
+        history_from: turn.history_len,
+        consumed,
+        ..TurnCommit::default()
+    };
+    if turn.status.is_terminal() {
+        for (_, message) in &turn.messages {
+            tracing::warn!(
+                instance_id = %turn.instance_id,
+                status = turn.status.as_str(),
+                ?message,
+                "message for a finished instance dropped"
+            );
+        }
+        return Ok((commit, None));
+    }
+    let history = match shared
+        .cache
+        .get(&turn.instance_id, turn.execution_id, turn.history_len)
+    {
+        Some(history) => history,
+        None => Arc::new(
+            shared
+                .store
+                .read_history(&turn.instance_id, turn.execution_id, 0)
+                .await?,
+        ),
+    };
+    if history.len() as u64 != turn.history_len {
+        return Err(StoreError::Corrupt(format!(
+            "instance '{}' has {} history events, its row says {}",
+            turn.instance_id,
+            history.len(),
+            turn.history_len
+        )));
+    }
+    let now_ms = shared.clock.now_ms();
+    let mut new_events = vec![Event::TurnStarted { now_ms }];
+    let mut started = history.iter().find_map(|event| match event {
+        Event::OrchestrationStarted { parent, .. } => Some(parent.clone()),
+        _ => None,
+    });
+    let mut cancel: Option<String> = None;
+    let mut scheduled: HashSet<u64> = HashSet::new();
+    let mut resolved: HashSet<u64> = HashSet::new();
+    for event in history.iter() {
+        if let Some(id) = event.command_id() {
+            if event.is_command() {
+                scheduled.insert(id);
+            } else if event.is_completion() {
+                resolved.insert(id);
+            }
+        }
+    }
+    for (_, message) in turn.messages {
+        match message {
+            Message::Start {
+                name,
+                input,
+                parent,
+                carried_events,
+            } => {
+                if started.is_some() {
+                    tracing::debug!(instance_id = %turn.instance_id, "duplicate start ignored");
+                    continue;
+                }
+                started = Some(parent.clone());
+                let guid_seed = guid_seed(shared, &turn.instance_id, now_ms);
+                new_events.push(Event::OrchestrationStarted {
+                    name,
+                    input,
+                    parent,
+                    guid_seed,
+                });
+                new_events.extend(
+                    carried_events
+                        .into_iter()
+                        .map(|(name, data)| Event::EventRaised { name, data }),
+                );
+            }
+            Message::Cancel { reason } => {
+                cancel.get_or_insert(reason);
+            }
+            message => {
+                if let Some(execution_id) = message.execution_id() {
+                    let event = message.to_event().expect("results become events");
+                    let id = event.command_id().expect("results carry ids");
+                    // Results of earlier executions, unknown commands and duplicates are
+                    // dropped, so each result is recorded once.
+                    if execution_id != turn.execution_id
+                        || !scheduled.contains(&id)
+                        || !resolved.insert(id)
+                    {
+                        tracing::debug!(instance_id = %turn.instance_id, ?message, "stale result dropped");
+                        continue;
+                    }
+                    new_events.push(event);
+                } else if let Some(event) = message.to_event() {
+                    new_events.push(event);
+                }
+            }
+        }
+    }
+    let Some(parent) = started else {
+        // Nothing can run before the start message; leave the messages for later.
+        return Err(StoreError::Contract(format!(
+            "instance '{}' has messages but no start",
+            turn.instance_id
+        )));
+    };
+
+    if let Some(reason) = cancel {
+        let failure = Failure::new(codes::CANCELLED, reason.clone());
+        commit.append = new_events;
+        commit.append.push(Event::Cancelled { reason });
+        let mut all = history.as_ref().clone();
+        all.extend(commit.append.iter().cloned());
+        for child in pending_children(&all) {
+            commit.outbound.push(Outbound::Message {
+                instance_id: child,
+                message: Message::Cancel {
+                    reason: format!("parent '{}' was cancelled", turn.instance_id),
+                },
+            });
+        }
+        notify_parent(&mut commit, parent.as_ref(), Err(failure.clone()));
+        commit.status = Some(InstanceStatus::Cancelled);
+        commit.failure = Some(failure);
+        return Ok((commit, None));
+    }
+
+    let Some(orchestration) = shared.registry.orchestrations.get(&turn.name) else {
+        let failure = Failure::new(
+            codes::ORCHESTRATION_NOT_REGISTERED,
+            format!("no orchestration named '{}' is registered", turn.name),
+        );
+        commit.append = new_events;
+        commit.append.push(Event::OrchestrationFailed {
+            failure: failure.clone(),
+        });
+        notify_parent(&mut commit, parent.as_ref(), Err(failure.clone()));
+        commit.status = Some(InstanceStatus::Failed);
+        commit.failure = Some(failure);
+        return Ok((commit, None));
+    };
+
+    let result = run_turn(
+        orchestration.as_ref(),
+        &turn.instance_id,
+        turn.execution_id,
+        history.clone(),
+        new_events,
+    );
+    for command in result.new_commands() {
+        add_command(&mut commit, &turn.instance_id, turn.execution_id, command);
+    }
+    commit.custom_status = result.custom_status;
+    commit.append = result.appended;
+    match result.outcome {
+        TurnOutcome::Waiting => {
+            if turn.status == InstanceStatus::Pending {
+                commit.status = Some(InstanceStatus::Running);
+            }
+        }
+        TurnOutcome::Completed(output) => {
+            notify_parent(&mut commit, parent.as_ref(), Ok(output.clone()));
+            commit.status = Some(InstanceStatus::Completed);
+            commit.output = Some(output);
+        }
+        TurnOutcome::Failed(failure) => {
+            if failure.code.starts_with(codes::NONDETERMINISM_PREFIX) {
+                tracing::error!(instance_id = %turn.instance_id, %failure, "nondeterminism detected");
+            }
+            notify_parent(&mut commit, parent.as_ref(), Err(failure.clone()));
+            commit.status = Some(InstanceStatus::Failed);
+            commit.failure = Some(failure);
+        }
+        TurnOutcome::ContinuedAsNew {
+            input,
+            carried_events,
+        } => {
+            commit.status = Some(InstanceStatus::Running);
+            commit.continue_as_new = Some(Message::Start {
+                name: turn.name.clone(),
+                input,
+                parent,
+                carried_events,
+            });
+        }
+    }
+    let mut after = history.as_ref().clone();
+    after.extend(commit.append.iter().cloned());
+    Ok((commit, Some(Arc::new(after))))
+}
+
+fn add_command(commit: &mut TurnCommit, instance_id: &str, execution_id: u64, command: &Event) {
+    match command {
+        Event::ActivityScheduled {
+            id,
+            name,
+            input,
+            retry,
+        } => commit.activities.push(NewActivity {
+            instance_id: instance_id.to_string(),
+            execution_id,
+            activity_id: *id,
+            name: name.clone(),
+            input: input.clone(),
+            retry: retry.clone(),
+        }),
+        Event::TimerCreated { id, fire_at_ms } => commit.timers.push((
+            *fire_at_ms,
+            Message::TimerFired {
+                execution_id,
+                id: *id,
+            },
+        )),
+        Event::SubOrchestrationScheduled {
+            id,
+            name,
+            instance_id: child,
+            input,
+        } => commit.outbound.push(Outbound::Start(NewInstance {
+            instance_id: child.clone(),
+            name: name.clone(),
+            input: input.clone(),
+            parent: Some(ParentLink {
+                instance_id: instance_id.to_string(),
+                execution_id,
+                id: *id,
+            }),
+        })),
+        Event::DetachedStarted {
+            name,
+            instance_id: child,
+            input,
+            ..
+        } => commit.outbound.push(Outbound::Start(NewInstance {
+            instance_id: child.clone(),
+            name: name.clone(),
+            input: input.clone(),
+            parent: None,
+        })),
+        _ => {}
+    }
+}
+
+fn notify_parent(
+    commit: &mut TurnCommit,
+    parent: Option<&ParentLink>,
+    result: Result<String, Failure>,
+) {
+    let Some(parent) = parent else { return };
+    let message = match result {
+        Ok(output) => Message::SubOrchestrationCompleted {
+            execution_id: parent.execution_id,
+            id: parent.id,
+            output,
+        },
+        Err(failure) => Message::SubOrchestrationFailed {
+            execution_id: parent.execution_id,
+            id: parent.id,
+            failure,
+        },
+    };
+    commit.outbound.push(Outbound::Message {
+        instance_id: parent.instance_id.clone(),
+        message,
+    });
+}

@@ -1,0 +1,36 @@
+use sluice_history::Failure;
+use sluice_store::StoreError;
+
+/// Errors of [`Client`](crate::Client) calls.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The store failed or refused the call.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No instance has this id.
+    #[error("instance '{0}' does not exist")]
+    NotFound(String),
+    /// The wait ended before the instance finished.
+    #[error("instance '{0}' did not finish within the timeout")]
+    Timeout(String),
+    /// Input or output could not be (de)serialised.
+    #[error("serialisation: {0}")]
+    Serde(String),
+    /// The instance failed (typed helpers only).
+    #[error("instance failed: {0}")]
+    Failed(Failure),
+}
+
+impl ClientError {
+    /// A stable code for the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::Store(error) => error.code(),
+            ClientError::NotFound(_) => "client.not_found",
+            ClientError::Timeout(_) => "client.timeout",
+            ClientError::Serde(_) => "client.serde",
+            ClientError::Failed(_) => "client.failed",
+        }
+    }
+}

@@ -1,0 +1,255 @@
+use crate::cache::HistoryCache;
+use crate::client::Client;
+use crate::registry::Registry;
+use crate::{dispatcher, worker};
+use sluice_store::{Clock, Store, SystemClock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Limits and timings of a [`Runtime`]. Every limit is named with its unit.
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// Orchestration turns processed at the same time.
+    pub orchestration_concurrency: usize,
+    /// Activities run at the same time.
+    pub activity_concurrency: usize,
+    /// How long a fetched turn stays locked to this runtime.
+    pub turn_lease: Duration,
+    /// How long a fetched activity stays locked; renewed every third of it while running.
+    pub activity_lease: Duration,
+    /// Fallback wake-up for work committed by other processes (in-process work wakes at once).
+    pub poll_interval: Duration,
+    /// Deliveries of one activity work item before it is failed as poisoned.
+    pub activity_deliveries_max: u32,
+    /// Histories kept in memory.
+    pub history_cache_instances_max: usize,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            orchestration_concurrency: 2,
+            activity_concurrency: 2,
+            turn_lease: Duration::from_secs(30),
+            activity_lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            activity_deliveries_max: 100,
+            history_cache_instances_max: 10_000,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) registry: Registry,
+    pub(crate) options: RuntimeOptions,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) cache: HistoryCache,
+    /// Cancellation tokens of running activities, by instance, to stop them when their
+    /// instance ends.
+    pub(crate) running_activities: Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) seed_counter: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn cancel_activities_of(&self, instance_id: &str) {
+        let running = self
+            .running_activities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(instance_id);
+        for (_, token) in running.into_iter().flatten() {
+            token.cancel();
+        }
+    }
+}
+
+/// A running host of orchestrations and activities. Dropping it does not stop it: call
+/// [`Runtime::shutdown`].
+pub struct Runtime {
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+}
+
+impl Runtime {
+    /// Starts the dispatchers on the current tokio runtime.
+    pub fn start(store: Arc<dyn Store>, registry: Registry, options: RuntimeOptions) -> Self {
+        Self::start_with_clock(store, registry, options, Arc::new(SystemClock))
+    }
+
+    /// Starts with a custom clock (the same one the store uses).
+    pub fn start_with_clock(
+        store: Arc<dyn Store>,
+        registry: Registry,
+        options: RuntimeOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        assert!(
+            options.orchestration_concurrency > 0,
+            "orchestration_concurrency must be > 0"
+        );
+        assert!(
+            options.activity_concurrency > 0,
+            "activity_concurrency must be > 0"
+        );
+        let shared = Arc::new(Shared {
+            cache: HistoryCache::new(options.history_cache_instances_max),
+            store,
+            registry,
+            options,
+            clock,
+            running_activities: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            seed_counter: std::sync::atomic::AtomicU64::new(0),
+        });
+        let tracker = TaskTracker::new();
+        let turns = Arc::new(Semaphore::new(shared.options.orchestration_concurrency));
+        let activities = Arc::new(Semaphore::new(shared.options.activity_concurrency));
+        tracker.spawn(fetch_loop(
+            shared.clone(),
+            tracker.clone(),
+            turns,
+            Kind::Turns,
+        ));
+        tracker.spawn(fetch_loop(
+            shared.clone(),
+            tracker.clone(),
+            activities,
+            Kind::Activities,
+        ));
+        Self { shared, tracker }
+    }
+
+    /// A client on the same store.
+    pub fn client(&self) -> Client {
+        Client::new(self.shared.store.clone(), self.shared.options.poll_interval)
+    }
+
+    /// Stops fetching work and waits up to `grace` for running turns and activities. Activities
+    /// still running after that are cancelled and released for another attempt.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shared.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            let all: Vec<String> = self
+                .shared
+                .running_activities
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .keys()
+                .cloned()
+                .collect();
+            for instance_id in all {
+                self.shared.cancel_activities_of(&instance_id);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Turns,
+    Activities,
+}
+
+fn signal(shared: &Shared, kind: Kind) -> &Notify {
+    let signals = shared.store.signals();
+    match kind {
+        Kind::Turns => &signals.orchestrations,
+        Kind::Activities => &signals.activities,
+    }
+}
+
+/// Fetches as much work as there are free slots, hands each item to its own task, and sleeps
+/// when there is none until a signal, the next due time, or the fallback poll interval.
+async fn fetch_loop(shared: Arc<Shared>, tracker: TaskTracker, slots: Arc<Semaphore>, kind: Kind) {
+    let mut error_backoff = Duration::from_millis(10);
+    loop {
+        let first = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closes"),
+            () = shared.shutdown.cancelled() => return,
+        };
+        let mut permits = vec![first];
+        while let Ok(permit) = slots.clone().try_acquire_owned() {
+            permits.push(permit);
+        }
+        let fetched = match kind {
+            Kind::Turns => shared
+                .store
+                .fetch_turns(permits.len(), shared.options.turn_lease)
+                .await
+                .map(|turns| {
+                    let count = turns.len();
+                    for turn in turns {
+                        let permit = permits.pop().expect("one permit per turn");
+                        let shared = shared.clone();
+                        tracker.spawn(async move {
+                            dispatcher::process_turn(&shared, turn).await;
+                            drop(permit);
+                        });
+                    }
+                    count
+                }),
+            Kind::Activities => shared
+                .store
+                .fetch_activities(permits.len(), shared.options.activity_lease)
+                .await
+                .map(|items| {
+                    let count = items.len();
+                    for item in items {
+                        let permit = permits.pop().expect("one permit per item");
+                        let shared = shared.clone();
+                        tracker.spawn(async move {
+                            worker::process_activity(&shared, item).await;
+                            drop(permit);
+                        });
+                    }
+                    count
+                }),
+        };
+        let had_free_slots = !permits.is_empty();
+        drop(permits);
+        match fetched {
+            Ok(count) if count > 0 || !had_free_slots => {
+                error_backoff = Duration::from_millis(10);
+                continue;
+            }
+            Ok(_) => error_backoff = Duration::from_millis(10),
+            Err(error) => {
+                tracing::error!(%error, ?kind, "fetching work failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(error_backoff) => {}
+                    () = shared.shutdown.cancelled() => return,
+                }
+                error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        }
+        // Nothing visible: sleep until woken, the next due time, or the fallback interval.
+        let now = shared.clock.now_ms();
+        let poll_ms = i64::try_from(shared.options.poll_interval.as_millis()).unwrap_or(i64::MAX);
+        let wake_at = match shared.store.next_wake_at().await {
+            Ok(Some(at)) => at.min(now.saturating_add(poll_ms)),
+            Ok(None) => now.saturating_add(poll_ms),
+            Err(error) => {
+                tracing::warn!(%error, "reading the next wake-up time failed");
+                now.saturating_add(poll_ms)
+            }
+        };
+        let sleep_ms = u64::try_from(wake_at.saturating_sub(now).max(0)).unwrap_or(0);
+        tokio::select! {
+            () = signal(&shared, kind).notified() => {}
+            () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Running one activity attempt: lease renewal, timeout, retry, completion.
+
+use crate::activity::ActivityContext;
+use crate::runtime::Shared;
+use sluice_history::{Failure, codes};
+use sluice_store::{ActivityResult, ActivityWorkItem, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+enum Attempt {
+    Completed(String),
+    Failed(Failure),
+    /// Stopped because the instance ended, the lease was lost, or the runtime shuts down.
+    Cancelled,
+}
+
+pub(crate) async fn process_activity(shared: &Arc<Shared>, item: ActivityWorkItem) {
+    let activity = &item.activity;
+    let retry = activity.retry.clone();
+    let outcome = if item.attempt > shared.options.activity_deliveries_max {
+        Attempt::Failed(Failure::new(
+            codes::POISONED,
+            format!(
+                "activity '{}' was delivered {} times (limit {}); the work item is poisoned",
+                activity.name, item.attempt, shared.options.activity_deliveries_max
+            ),
+        ))
+    } else {
+        match shared.registry.activities.get(&activity.name) {
+            None => Attempt::Failed(Failure::new(
+                codes::ACTIVITY_NOT_REGISTERED,
+                format!("no activity named '{}' is registered", activity.name),
+            )),
+            Some(code) => run_attempt(shared, &item, code.clone()).await,
+        }
+    };
+    let result = match outcome {
+        // Shutting down: release the item at once so a restart picks it up without waiting
+        // for the lease to expire.
+        Attempt::Cancelled if shared.shutdown.is_cancelled() => {
+            shared
+                .store
+                .retry_activity(item.item_id, item.lock_token, Duration::ZERO)
+                .await
+        }
+        // The instance no longer wants the result: remove the item.
+        Attempt::Cancelled => {
+            let failure = Failure::new(
+                codes::CANCELLED,
+                "the instance ended before the activity did",
+            );
+            shared
+                .store
+                .complete_activity(
+                    item.item_id,
+                    item.lock_token,
+                    ActivityResult::Failed(failure),
+                )
+                .await
+        }
+        Attempt::Completed(output) => {
+            shared
+                .store
+                .complete_activity(
+                    item.item_id,
+                    item.lock_token,
+                    ActivityResult::Completed(output),
+                )
+                .await
+        }
+        Attempt::Failed(failure) => match &retry {
+            Some(policy)
+                if policy.allows_retry_after(item.attempt) && failure.code != codes::POISONED =>
+            {
+                let delay = policy.delay_before(item.attempt + 1);
+                tracing::debug!(
+                    instance_id = %activity.instance_id,
+                    activity = %activity.name,
+                    attempt = item.attempt,
+                    ?delay,
+                    %failure,
+                    "activity attempt failed; retrying"
+                );
+                shared
+                    .store
+                    .retry_activity(item.item_id, item.lock_token, delay)
+                    .await
+            }
+            _ => {
+                shared
+                    .store
+                    .complete_activity(
+                        item.item_id,
+                        item.lock_token,
+                        ActivityResult::Failed(failure),
+                    )
+                    .await
+            }
+        },
+    };
+    match result {
+        Ok(()) => {}
+        Err(StoreError::LeaseLost(_)) => tracing::warn!(
+            instance_id = %activity.instance_id,
+            activity = %activity.name,
+            "activity result discarded: its lease was lost (another attempt owns it)"
+        ),
+        Err(error) => tracing::error!(
+            instance_id = %activity.instance_id,
+            activity = %activity.name,
+            %error,
+            "recording an activity result failed; the lease will expire and it will run again"
+        ),
+    }
+}
+
+async fn run_attempt(
+    shared: &Arc<Shared>,
+    item: &ActivityWorkItem,
+    code: Arc<dyn crate::registry::Activity>,
+) -> Attempt {
+    let activity = &item.activity;
+    let cancellation = CancellationToken::new();
+    register(shared, &activity.instance_id, item.item_id, &cancellation);
+    let lease = shared.options.activity_lease;
+    let ctx = ActivityContext {
+        instance_id: activity.instance_id.clone(),
+        activity_id: activity.activity_id,
+        name: activity.name.clone(),
+        attempt: item.attempt,
+        cancellation: cancellation.clone(),
+        store: shared.store.clone(),
+        item_id: item.item_id,
+        lock_token: item.lock_token,
+        lease,
+    };
+    let renewer = tokio::spawn(renew_lease(ctx.clone()));
+    // The activity runs in its own task so that a panic is contained and reported.
+    let running = tokio::spawn(code.run(ctx, activity.input.clone()));
+    let abort = running.abort_handle();
+    let timeout = activity
+        .retry
+        .as_ref()
+        .and_then(|policy| policy.attempt_timeout_ms)
+        .map(Duration::from_millis);
+    let finished = async {
+        match timeout {
+            Some(limit) => tokio::time::timeout(limit, running)
+                .await
+                .map_err(|_| limit),
+            None => Ok(running.await),
+        }
+    };
+    let outcome = tokio::select! {
+        finished = finished => match finished {
+            Ok(joined) => joined_outcome(joined, &activity.name),
+            Err(limit) => {
+                cancellation.cancel();
+                abort.abort();
+                Attempt::Failed(Failure::new(
+                    codes::ACTIVITY_TIMED_OUT,
+                    format!("activity '{}' attempt {} exceeded {limit:?}", activity.name, item.attempt),
+                ))
+            }
+        },
+        () = cancellation.cancelled() => {
+            abort.abort();
+            Attempt::Cancelled
+        }
+    };
+    renewer.abort();
+    unregister(shared, &activity.instance_id, item.item_id);
+    outcome
+}
+
+fn joined_outcome(
+    joined: Result<Result<String, Failure>, tokio::task::JoinError>,
+    name: &str,
+) -> Attempt {
+    match joined {
+        Ok(Ok(output)) => Attempt::Completed(output),
+        Ok(Err(failure)) => Attempt::Failed(failure),
+        Err(error) if error.is_panic() => {
+            let panic = error.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-text panic payload".to_string());
+            Attempt::Failed(Failure::new(
+                codes::ACTIVITY_PANICKED,
+                format!("activity '{name}' panicked: {message}"),
+            ))
+        }
+        Err(_) => Attempt::Failed(Failure::new(
+            codes::ACTIVITY_FAILED,
+            format!("activity '{name}' was aborted"),
+        )),
+    }
+}
+
+/// Renews the lease every third of it; cancels the activity when the lease is lost or the
+/// instance no longer wants the result.
+async fn renew_lease(ctx: ActivityContext) {
+    let period = ctx.lease / 3;
+    loop {
+        tokio::time::sleep(period).await;
+        match ctx.renew_lease().await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::warn!(instance_id = %ctx.instance_id, %error, "activity lease renewal failed");
+                if matches!(error, StoreError::LeaseLost(_)) {
+                    ctx.cancellation.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn register(shared: &Shared, instance_id: &str, item_id: u64, token: &CancellationToken) {
+    shared
+        .running_activities
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(instance_id.to_string())
+        .or_default()
+        .push((item_id, token.clone()));
+}
+
+fn unregister(shared: &Shared, instance_id: &str, item_id: u64) {
+    let mut running = shared
+        .running_activities
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(list) = running.get_mut(instance_id) {
+        list.retain(|(id, _)| *id != item_id);
+        if list.is_empty() {
+            running.remove(instance_id);
+        }
+    }
+}
