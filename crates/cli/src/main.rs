@@ -1,1 +1,97 @@
-fn main() {}
+//! The `sluice` binary: the demo, inspection commands (and later the benchmarks and the sink).
+//! `anyhow` and exit codes live here only.
+
+mod demo;
+mod workflows;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice_store_sqlite::{Location, SqliteStore, SqliteStoreOptions, Synchronous};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Durable orchestrations and an exactly-once database sink")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sample order workflows on an embedded SQLite file; interrupt and re-run to resume.
+    Demo(demo::DemoArgs),
+    /// Print an instance's status and history as JSON.
+    Inspect {
+        /// The SQLite database.
+        #[arg(long, default_value = "sluice-demo.db")]
+        db: PathBuf,
+        /// The instance id.
+        instance_id: String,
+    },
+}
+
+/// Commit durability on SQLite.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum SyncMode {
+    /// Every commit is on disk before it is acknowledged.
+    Full,
+    /// Faster; a power loss may lose the last commits (a process crash does not).
+    Normal,
+}
+
+pub(crate) fn open_sqlite(db: &std::path::Path, sync: SyncMode) -> Result<Arc<SqliteStore>> {
+    let mut options = SqliteStoreOptions::new(Location::File(db.to_path_buf()));
+    options.synchronous = match sync {
+        SyncMode::Full => Synchronous::Full,
+        SyncMode::Normal => Synchronous::Normal,
+    };
+    let store = SqliteStore::open(options).with_context(|| format!("opening {}", db.display()))?;
+    Ok(Arc::new(store))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo(args) => demo::run(args).await,
+            Command::Inspect { db, instance_id } => inspect(&db, &instance_id).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn inspect(db: &std::path::Path, instance_id: &str) -> Result<ExitCode> {
+    anyhow::ensure!(db.exists(), "{} does not exist", db.display());
+    let store = open_sqlite(db, SyncMode::Full)?;
+    let client = sluice_runtime::Client::new(store, Duration::from_secs(1));
+    let Some(info) = client.status(instance_id).await? else {
+        anyhow::bail!("no instance '{instance_id}' in {}", db.display());
+    };
+    let history = client.history(instance_id).await?;
+    let report = serde_json::json!({ "instance": info, "history": history });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}

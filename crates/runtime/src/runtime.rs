@@ -34,8 +34,10 @@ impl Default for RuntimeOptions {
         Self {
             orchestration_concurrency: 2,
             activity_concurrency: 2,
-            turn_lease: Duration::from_secs(30),
-            activity_lease: Duration::from_secs(30),
+            // Short leases: after a crash, locked work is retaken within seconds. Running
+            // activities renew theirs every third of it, so long activities are not affected.
+            turn_lease: Duration::from_secs(5),
+            activity_lease: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
             activity_deliveries_max: 100,
             history_cache_instances_max: 10_000,
