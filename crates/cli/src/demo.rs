@@ -42,7 +42,10 @@ pub(crate) struct DemoArgs {
 /// A deterministic order for id `k`: a mix of small, large (approval needed), and refused ones.
 fn order_for(k: u32, approval_timeout_ms: u64) -> Order {
     let lines = (0..1 + k % 3)
-        .map(|i| Line { sku: format!("sku-{}", (k * 7 + i) % 50), quantity: 1 + (k + i) % 4 })
+        .map(|i| Line {
+            sku: format!("sku-{}", (k * 7 + i) % 50),
+            quantity: 1 + (k + i) % 4,
+        })
         .collect();
     Order {
         lines,
@@ -73,7 +76,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         for suffix in ["", "-wal", "-shm"] {
             let path = PathBuf::from(format!("{}{suffix}", args.db.display()));
             if path.exists() {
-                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
             }
         }
     }
@@ -129,7 +133,11 @@ type Waiter = tokio::task::JoinHandle<Result<Finished>>;
 
 /// Starts the orders that do not exist yet (signal-with-start delivers an approval decision
 /// atomically with the start), and returns one waiter per order.
-async fn start_orders(client: &Client, args: &DemoArgs, progress: &ProgressBar) -> Result<(u32, u32, Vec<Waiter>)> {
+async fn start_orders(
+    client: &Client,
+    args: &DemoArgs,
+    progress: &ProgressBar,
+) -> Result<(u32, u32, Vec<Waiter>)> {
     let (mut started, mut resumed) = (0, 0);
     let mut waiters = Vec::with_capacity(args.orders as usize);
     for k in 0..args.orders {
@@ -140,7 +148,11 @@ async fn start_orders(client: &Client, args: &DemoArgs, progress: &ProgressBar) 
             Some(info) if info.status.is_terminal() => {
                 progress.inc(1);
                 waiters.push(tokio::spawn(async move {
-                    Ok(Finished { status: info.status, failure_code: info.failure.map(|f| f.code), latency: None })
+                    Ok(Finished {
+                        status: info.status,
+                        failure_code: info.failure.map(|f| f.code),
+                        latency: None,
+                    })
                 }));
                 continue;
             }
@@ -152,7 +164,11 @@ async fn start_orders(client: &Client, args: &DemoArgs, progress: &ProgressBar) 
                 let order = order_for(k, args.approval_timeout_ms);
                 let input = serde_json::to_string(&order)?;
                 match approval_for(k).filter(|_| order.total_cents > APPROVAL_LIMIT_CENTS) {
-                    Some(decision) => client.signal_with_start("order", &id, input, "approval", decision).await?,
+                    Some(decision) => {
+                        client
+                            .signal_with_start("order", &id, input, "approval", decision)
+                            .await?
+                    }
                     None => {
                         client.start("order", &id, input).await?;
                     }
@@ -164,7 +180,9 @@ async fn start_orders(client: &Client, args: &DemoArgs, progress: &ProgressBar) 
         let client = client.clone();
         let progress = progress.clone();
         waiters.push(tokio::spawn(async move {
-            let info = client.wait_for_completion(&id, Duration::from_secs(3600)).await?;
+            let info = client
+                .wait_for_completion(&id, Duration::from_secs(3600))
+                .await?;
             progress.inc(1);
             Ok(Finished {
                 status: info.status,
@@ -185,8 +203,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn summarise(finished: &[Finished], started: u32, resumed: u32, elapsed: Duration) {
-    let completed = finished.iter().filter(|f| f.status == InstanceStatus::Completed).count();
-    let failed = finished.iter().filter(|f| f.status == InstanceStatus::Failed).count();
+    let completed = finished
+        .iter()
+        .filter(|f| f.status == InstanceStatus::Completed)
+        .count();
+    let failed = finished
+        .iter()
+        .filter(|f| f.status == InstanceStatus::Failed)
+        .count();
     let mut codes: BTreeMap<&str, usize> = BTreeMap::new();
     for code in finished.iter().filter_map(|f| f.failure_code.as_deref()) {
         *codes.entry(code).or_default() += 1;
@@ -194,7 +218,11 @@ fn summarise(finished: &[Finished], started: u32, resumed: u32, elapsed: Duratio
     let mut latencies: Vec<Duration> = finished.iter().filter_map(|f| f.latency).collect();
     latencies.sort();
     let this_run = latencies.len();
-    println!("orders: {} ({started} started now, {resumed} resumed, {} finished earlier)", finished.len(), finished.len() - started as usize - resumed as usize);
+    println!(
+        "orders: {} ({started} started now, {resumed} resumed, {} finished earlier)",
+        finished.len(),
+        finished.len() - started as usize - resumed as usize
+    );
     println!("completed: {completed}   failed: {failed}   failures by code: {codes:?}");
     println!(
         "throughput: {:.1} orders/s over {:.2} s (each order runs 1 + lines sub-orchestrations)",
@@ -213,7 +241,13 @@ fn summarise(finished: &[Finished], started: u32, resumed: u32, elapsed: Duratio
 
 async fn print_totals(store: &dyn Store) -> Result<()> {
     let counts = store.count_by_status().await?;
-    let text: Vec<String> = counts.iter().map(|(status, n)| format!("{} {n}", status.as_str())).collect();
-    println!("database totals (orders and sub-orchestrations): {}", text.join(", "));
+    let text: Vec<String> = counts
+        .iter()
+        .map(|(status, n)| format!("{} {n}", status.as_str()))
+        .collect();
+    println!(
+        "database totals (orders and sub-orchestrations): {}",
+        text.join(", ")
+    );
     Ok(())
 }

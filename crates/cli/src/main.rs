@@ -13,7 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "Durable orchestrations and an exactly-once database sink")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Durable orchestrations and an exactly-once database sink"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,7 +65,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

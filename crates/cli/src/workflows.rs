@@ -29,14 +29,20 @@ pub(crate) struct Line {
 pub(crate) const APPROVAL_LIMIT_CENTS: u64 = 50_000;
 
 fn quick_retry() -> RetryPolicy {
-    RetryPolicy::attempts(3).with_backoff(Backoff::Exponential { initial_ms: 10, multiplier: 2.0, max_ms: 100 })
+    RetryPolicy::attempts(3).with_backoff(Backoff::Exponential {
+        initial_ms: 10,
+        multiplier: 2.0,
+        max_ms: 100,
+    })
 }
 
 async fn order(ctx: OrchestrationContext, order: Order) -> Result<String, Failure> {
     // Chained activities.
     ctx.set_custom_status("validating");
-    let order_json = serde_json::to_string(&order).map_err(|e| Failure::new("serde", e.to_string()))?;
-    ctx.schedule_activity_with_retry("validate", order_json, quick_retry()).await?;
+    let order_json =
+        serde_json::to_string(&order).map_err(|e| Failure::new("serde", e.to_string()))?;
+    ctx.schedule_activity_with_retry("validate", order_json, quick_retry())
+        .await?;
 
     // Fan-out: one sub-orchestration per line item reserves its stock.
     ctx.set_custom_status("reserving stock");
@@ -67,7 +73,9 @@ async fn order(ctx: OrchestrationContext, order: Order) -> Result<String, Failur
     // Large orders wait for an approval event, with a timeout.
     if order.total_cents > APPROVAL_LIMIT_CENTS {
         ctx.set_custom_status("awaiting approval");
-        let timeout = ctx.create_timer(Duration::from_millis(order.approval_timeout_ms)).into_any();
+        let timeout = ctx
+            .create_timer(Duration::from_millis(order.approval_timeout_ms))
+            .into_any();
         let decision = ctx.wait_for_event("approval").into_any();
         let approved = match ctx.select(vec![timeout, decision]).await {
             (_, DurableOutput::Event(decision)) => decision == "approve",
@@ -75,17 +83,23 @@ async fn order(ctx: OrchestrationContext, order: Order) -> Result<String, Failur
         };
         if !approved {
             compensate(&ctx, &reservations).await?;
-            return Err(Failure::new("not_approved", "the order was rejected or not approved in time"));
+            return Err(Failure::new(
+                "not_approved",
+                "the order was rejected or not approved in time",
+            ));
         }
     }
 
     // The saga's pivot: a refused payment undoes the reservations.
     ctx.set_custom_status("charging");
-    let charge = serde_json::json!({ "cents": order.total_cents, "card_accepts": order.card_accepts });
+    let charge =
+        serde_json::json!({ "cents": order.total_cents, "card_accepts": order.card_accepts });
     match ctx.schedule_activity("charge", charge.to_string()).await {
         Ok(receipt) => {
             ctx.set_custom_status("shipping");
-            let tracking = ctx.schedule_activity_with_retry("ship", receipt.clone(), quick_retry()).await?;
+            let tracking = ctx
+                .schedule_activity_with_retry("ship", receipt.clone(), quick_retry())
+                .await?;
             ctx.set_custom_status("done");
             Ok(format!("{receipt} {tracking}"))
         }
@@ -98,7 +112,10 @@ async fn order(ctx: OrchestrationContext, order: Order) -> Result<String, Failur
 
 async fn compensate(ctx: &OrchestrationContext, reservations: &[String]) -> Result<(), Failure> {
     ctx.set_custom_status("compensating");
-    let releases = reservations.iter().map(|r| ctx.schedule_activity("release_stock", r.clone())).collect();
+    let releases = reservations
+        .iter()
+        .map(|r| ctx.schedule_activity("release_stock", r.clone()))
+        .collect();
     for released in ctx.join(releases).await {
         released?;
     }
@@ -106,7 +123,9 @@ async fn compensate(ctx: &OrchestrationContext, reservations: &[String]) -> Resu
 }
 
 async fn reserve_line(ctx: OrchestrationContext, line: String) -> Result<String, Failure> {
-    let reserved = ctx.schedule_activity_with_retry("reserve_stock", line, quick_retry()).await?;
+    let reserved = ctx
+        .schedule_activity_with_retry("reserve_stock", line, quick_retry())
+        .await?;
     ctx.schedule_activity("pick", reserved).await
 }
 
@@ -119,39 +138,70 @@ pub(crate) fn registry() -> Registry {
     Registry::new()
         .orchestration_typed("order", order)
         .orchestration("reserve_line", reserve_line)
-        .activity("validate", |_ctx: ActivityContext, order: String| async move {
-            work(1).await;
-            let order: Order = serde_json::from_str(&order).map_err(|e| Failure::new("invalid_order", e.to_string()))?;
-            if order.lines.is_empty() {
-                return Err(Failure::new("invalid_order", "an order needs at least one line"));
-            }
-            Ok("valid".to_string())
-        })
-        .activity("reserve_stock", |ctx: ActivityContext, line: String| async move {
-            work(2).await;
-            let line: Line = serde_json::from_str(&line).map_err(|e| Failure::new("invalid_line", e.to_string()))?;
-            Ok(format!("rsv:{}:{}x{}", ctx.instance_id(), line.sku, line.quantity))
-        })
-        .activity("pick", |_ctx: ActivityContext, reservation: String| async move {
-            work(1).await;
-            Ok(reservation)
-        })
-        .activity("release_stock", |_ctx: ActivityContext, reservation: String| async move {
-            work(1).await;
-            Ok(format!("released {reservation}"))
-        })
-        .activity("charge", |_ctx: ActivityContext, charge: String| async move {
-            work(3).await;
-            let charge: serde_json::Value =
-                serde_json::from_str(&charge).map_err(|e| Failure::new("invalid_charge", e.to_string()))?;
-            if charge["card_accepts"].as_bool() == Some(true) {
-                Ok(format!("receipt-{}", charge["cents"]))
-            } else {
-                Err(Failure::new("card_declined", "the card issuer refused the charge"))
-            }
-        })
-        .activity("ship", |ctx: ActivityContext, _receipt: String| async move {
-            work(2).await;
-            Ok(format!("track-{}", ctx.instance_id()))
-        })
+        .activity(
+            "validate",
+            |_ctx: ActivityContext, order: String| async move {
+                work(1).await;
+                let order: Order = serde_json::from_str(&order)
+                    .map_err(|e| Failure::new("invalid_order", e.to_string()))?;
+                if order.lines.is_empty() {
+                    return Err(Failure::new(
+                        "invalid_order",
+                        "an order needs at least one line",
+                    ));
+                }
+                Ok("valid".to_string())
+            },
+        )
+        .activity(
+            "reserve_stock",
+            |ctx: ActivityContext, line: String| async move {
+                work(2).await;
+                let line: Line = serde_json::from_str(&line)
+                    .map_err(|e| Failure::new("invalid_line", e.to_string()))?;
+                Ok(format!(
+                    "rsv:{}:{}x{}",
+                    ctx.instance_id(),
+                    line.sku,
+                    line.quantity
+                ))
+            },
+        )
+        .activity(
+            "pick",
+            |_ctx: ActivityContext, reservation: String| async move {
+                work(1).await;
+                Ok(reservation)
+            },
+        )
+        .activity(
+            "release_stock",
+            |_ctx: ActivityContext, reservation: String| async move {
+                work(1).await;
+                Ok(format!("released {reservation}"))
+            },
+        )
+        .activity(
+            "charge",
+            |_ctx: ActivityContext, charge: String| async move {
+                work(3).await;
+                let charge: serde_json::Value = serde_json::from_str(&charge)
+                    .map_err(|e| Failure::new("invalid_charge", e.to_string()))?;
+                if charge["card_accepts"].as_bool() == Some(true) {
+                    Ok(format!("receipt-{}", charge["cents"]))
+                } else {
+                    Err(Failure::new(
+                        "card_declined",
+                        "the card issuer refused the charge",
+                    ))
+                }
+            },
+        )
+        .activity(
+            "ship",
+            |ctx: ActivityContext, _receipt: String| async move {
+                work(2).await;
+                Ok(format!("track-{}", ctx.instance_id()))
+            },
+        )
 }

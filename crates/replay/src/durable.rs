@@ -233,11 +233,11 @@ impl<T: FromCompletion> Future for JoinFuture<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Vec<T>> {
         let this = self.get_mut();
         for (future, value) in this.futures.iter_mut().zip(this.values.iter_mut()) {
-            if value.is_none() {
-                if let Some(taken) = future.take() {
-                    *value = Some(taken);
-                    this.remaining -= 1;
-                }
+            if value.is_none()
+                && let Some(taken) = future.take()
+            {
+                *value = Some(taken);
+                this.remaining -= 1;
             }
         }
         if this.remaining == 0 {

@@ -102,20 +102,20 @@ pub fn run_turn(
             continue;
         }
         let mut must_poll = flag.0.swap(false, Ordering::AcqRel);
-        if let Event::OrchestrationStarted { input, .. } = event {
-            if future.is_none() {
-                let started = catch_unwind(AssertUnwindSafe(|| {
-                    orchestration.start(ctx.clone(), input.clone())
-                }));
-                match started {
-                    Ok(started) => future = Some(started),
-                    Err(panic) => {
-                        finished = Some(Err(panic_failure(panic.as_ref())));
-                        continue;
-                    }
+        if let Event::OrchestrationStarted { input, .. } = event
+            && future.is_none()
+        {
+            let started = catch_unwind(AssertUnwindSafe(|| {
+                orchestration.start(ctx.clone(), input.clone())
+            }));
+            match started {
+                Ok(started) => future = Some(started),
+                Err(panic) => {
+                    finished = Some(Err(panic_failure(panic.as_ref())));
+                    continue;
                 }
-                must_poll = true;
             }
+            must_poll = true;
         }
         let Some(running) = future.as_mut() else {
             continue;
@@ -154,10 +154,10 @@ pub fn run_turn(
     let mut state = state
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if state.failure.is_none() {
-        if let Some(missing) = state.missing_command() {
-            state.fail(missing);
-        }
+    if state.failure.is_none()
+        && let Some(missing) = state.missing_command()
+    {
+        state.fail(missing);
     }
     let outcome = match (state.failure.take(), finished) {
         (Some(failure), _) => TurnOutcome::Failed(failure),

@@ -65,11 +65,11 @@ impl State {
         let mut recorded_commands = HashMap::new();
         let mut command_kinds = HashMap::new();
         for (position, event) in history.iter().enumerate() {
-            if event.is_command() {
-                if let Some(id) = event.command_id() {
-                    recorded_commands.insert(id, position);
-                    command_kinds.insert(id, event.kind());
-                }
+            if event.is_command()
+                && let Some(id) = event.command_id()
+            {
+                recorded_commands.insert(id, position);
+                command_kinds.insert(id, event.kind());
             }
         }
         let replay_len = history.len();
@@ -236,18 +236,17 @@ impl State {
                 .entry(name.clone())
                 .or_default()
                 .push_front((position, data));
-            if let Some(next_wait) = self.waiting.get_mut(&name).and_then(VecDeque::pop_front) {
-                if let Some((position, data)) = self
+            if let Some(next_wait) = self.waiting.get_mut(&name).and_then(VecDeque::pop_front)
+                && let Some((position, data)) = self
                     .buffered_events
                     .get_mut(&name)
                     .and_then(VecDeque::pop_front)
-                {
-                    self.resolve(
-                        Slot::Wait(next_wait),
-                        position,
-                        CompletionValue::Event(data),
-                    );
-                }
+            {
+                self.resolve(
+                    Slot::Wait(next_wait),
+                    position,
+                    CompletionValue::Event(data),
+                );
             }
         }
     }

@@ -7,8 +7,11 @@ use std::sync::{Arc, Mutex};
 /// Histories by instance, valid for one execution and length. Entries are checked against the
 /// store's length on every turn, so a stale entry (another process advanced the instance) is
 /// never used.
+/// Cached history of an instance: its execution id and events.
+type Entries = HashMap<String, (u64, Arc<Vec<Event>>)>;
+
 pub(crate) struct HistoryCache {
-    entries: Mutex<HashMap<String, (u64, Arc<Vec<Event>>)>>,
+    entries: Mutex<Entries>,
     instances_max: usize,
 }
 
@@ -20,7 +23,7 @@ impl HistoryCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Arc<Vec<Event>>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -7,7 +7,7 @@ use sluice_history::{
 use sluice_replay::{TurnOutcome, run_turn};
 use sluice_store::{LockedTurn, NewActivity, NewInstance, Outbound, StoreError, TurnCommit};
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -65,9 +65,8 @@ async fn abandon(shared: &Shared, instance_id: &str, lock_token: u64) {
 
 fn guid_seed(shared: &Shared, instance_id: &str, now_ms: i64) -> u64 {
     let counter = shared.seed_counter.fetch_add(1, Ordering::Relaxed);
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    (instance_id, now_ms, counter).hash(&mut hasher);
-    hasher.finish()
+
+    std::collections::hash_map::RandomState::new().hash_one((instance_id, now_ms, counter))
 }
 
 /// Loads history (cache first), turns messages into events, replays, and builds the commit.

@@ -120,7 +120,7 @@ impl SqliteStore {
             &open_options,
             options.queue_requests_max,
             options.batch_requests_max,
-            |connection| schema::migrate(connection),
+            schema::migrate,
         )?;
         let readers = match options.location {
             Location::File(_) => Some(ReaderPool::new(open_options, options.readers_idle_max)),
