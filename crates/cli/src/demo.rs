@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sluice_runtime::{Client, InstanceStatus, Runtime, RuntimeOptions};
 use sluice_store::Store;
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -102,6 +103,20 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         ProgressStyle::with_template("{bar:40} {pos}/{len} orders finished ({per_sec}) {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // On a terminal the bar redraws itself; otherwise print a plain line every two seconds.
+    let plain_progress = (!std::io::stderr().is_terminal()).then(|| {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                eprintln!(
+                    "progress: {}/{} orders finished",
+                    progress.position(),
+                    progress.length().unwrap_or(0)
+                );
+            }
+        })
+    });
     let (started, resumed, waiters) = start_orders(&client, &args, &progress).await?;
 
     let work = async {
@@ -122,6 +137,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         }
     };
     progress.finish_and_clear();
+    if let Some(task) = plain_progress {
+        task.abort();
+    }
     let elapsed = began.elapsed();
     runtime.shutdown(Duration::from_secs(5)).await;
     summarise(&finished, started, resumed, elapsed);

@@ -86,12 +86,18 @@ async fn build_commit(
     };
     if turn.status.is_terminal() {
         for (_, message) in &turn.messages {
-            tracing::warn!(
-                instance_id = %turn.instance_id,
-                status = turn.status.as_str(),
-                ?message,
-                "message for a finished instance dropped"
-            );
+            // Timers and results that come due as an instance finishes are expected; an event a
+            // client raised is worth a warning (clients get an error once the status is final).
+            if matches!(message, Message::Event { .. }) {
+                tracing::warn!(
+                    instance_id = %turn.instance_id,
+                    status = turn.status.as_str(),
+                    ?message,
+                    "event for a finished instance dropped"
+                );
+            } else {
+                tracing::debug!(instance_id = %turn.instance_id, ?message, "late message dropped");
+            }
         }
         return Ok((commit, None));
     }
