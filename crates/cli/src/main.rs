@@ -1,6 +1,7 @@
 //! The `sluice` binary: the demo, inspection commands (and later the benchmarks and the sink).
 //! `anyhow` and exit codes live here only.
 
+mod bench;
 mod demo;
 mod workflows;
 
@@ -28,6 +29,10 @@ enum Command {
     /// Run the sample order workflows on an embedded SQLite file; interrupt and re-run to resume.
     Demo(demo::DemoArgs),
     /// Print an instance's status and history as JSON.
+    /// Benchmarks; each prints figures and can write JSON.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Print an instance's status and history as JSON.
     Inspect {
         /// The SQLite database.
         #[arg(long, default_value = "sluice-demo.db")]
@@ -35,6 +40,12 @@ enum Command {
         /// The instance id.
         instance_id: String,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The orchestration stress workload (fan-out of five activities, closed loop).
+    Orchestrations(bench::OrchestrationBenchArgs),
 }
 
 /// Commit durability on SQLite.
@@ -78,6 +89,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
+            Command::Bench(BenchCommand::Orchestrations(args)) => bench::run(args).await,
             Command::Inspect { db, instance_id } => inspect(&db, &instance_id).await,
         }
     });

@@ -1,0 +1,440 @@
+//! `sluice bench orchestrations`: the reference's stress workload, closed loop.
+//!
+//! Each orchestration fans out five activities in parallel and joins them; each activity
+//! sleeps `--activity-ms` and returns a short string. `--in-flight` client tasks each start an
+//! instance, wait for it (woken by the finishing commit), and start the next, until the
+//! duration (or `--count`) is reached.
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use sluice_runtime::{
+    ActivityContext, Client, Failure, InstanceStatus, OrchestrationContext, Registry, Runtime,
+    RuntimeOptions,
+};
+use sluice_store_sqlite::{Location, SqliteStore, SqliteStoreOptions, Synchronous};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::SyncMode;
+
+/// Where the benchmark keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum StoreKind {
+    /// A SQLite file in a fresh temporary directory (or `--db`).
+    SqliteFile,
+    /// An in-memory SQLite database.
+    SqliteMemory,
+    /// PostgreSQL (not built yet).
+    Postgres,
+}
+
+/// Options of `sluice bench orchestrations`.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct OrchestrationBenchArgs {
+    /// The store.
+    #[arg(long, value_enum, default_value = "sqlite-file")]
+    store: StoreKind,
+    /// Orchestration turns processed at the same time.
+    #[arg(long, default_value_t = 2)]
+    orch_concurrency: usize,
+    /// Activities run at the same time.
+    #[arg(long, default_value_t = 2)]
+    activity_concurrency: usize,
+    /// How long each activity sleeps, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    activity_ms: u64,
+    /// Instances kept running at once (closed loop).
+    #[arg(long, default_value_t = 20)]
+    in_flight: usize,
+    /// Run length in seconds (ignored with --count).
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Stop after this many completed instances instead of after --duration.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Commit durability.
+    #[arg(long, value_enum, default_value = "full")]
+    synchronous: SyncMode,
+    /// Run the reference's four configurations (memory and file, 1/1 and 2/2) as one table.
+    #[arg(long)]
+    seed_table: bool,
+    /// Database file for --store sqlite-file (default: a fresh temporary file).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Write the results as JSON (an array of one object per configuration).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Serialize)]
+pub(crate) struct LatencyMs {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// One configuration's figures; the JSON keys are part of the benchmark's contract.
+#[derive(Debug, Serialize)]
+pub(crate) struct BenchResult {
+    config: serde_json::Value,
+    orchestrations_per_sec: f64,
+    activities_per_sec: f64,
+    activity_executions: u64,
+    logical_activities: u64,
+    latency_ms: LatencyMs,
+    success_rate: f64,
+    failures: BTreeMap<String, u64>,
+    lock_errors: u64,
+    db_bytes_per_orchestration: Option<f64>,
+    ceiling_orchestrations_per_sec: Option<f64>,
+    share_of_ceiling: Option<f64>,
+    peak_rss_mb: Option<f64>,
+    completed: u64,
+    elapsed_sec: f64,
+}
+
+const FAN_OUT: usize = 5;
+
+async fn fan_out(ctx: OrchestrationContext, input: String) -> Result<String, Failure> {
+    let calls = (0..FAN_OUT)
+        .map(|i| ctx.schedule_activity("work", format!("{input}-{i}")))
+        .collect();
+    let mut total = 0;
+    for result in ctx.join(calls).await {
+        total += result?.len();
+    }
+    Ok(total.to_string())
+}
+
+fn registry(activity_ms: u64, executions: Arc<AtomicU64>) -> Registry {
+    Registry::new().orchestration("fan_out", fan_out).activity(
+        "work",
+        move |_ctx: ActivityContext, input: String| {
+            let executions = executions.clone();
+            async move {
+                executions.fetch_add(1, Ordering::Relaxed);
+                if activity_ms > 0 {
+                    // tokio's timer rounds sleeps up to the next millisecond tick (a 10 ms sleep
+                    // takes 10-11 ms), which alone would cap any runtime near 93% of the
+                    // ceiling; a thread sleep on the blocking pool is accurate to ~0.1 ms.
+                    let pause = Duration::from_millis(activity_ms);
+                    tokio::task::spawn_blocking(move || std::thread::sleep(pause))
+                        .await
+                        .map_err(|e| Failure::new("bench", e.to_string()))?;
+                }
+                Ok(format!("done {input}"))
+            }
+        },
+    )
+}
+
+/// Bytes this process has passed to write(2)-like calls so far (`wchar` in /proc/self/io).
+fn bytes_written() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("wchar: "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Resident set size in MB (`VmRSS` in /proc/self/status).
+fn rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+pub(crate) async fn run(args: OrchestrationBenchArgs) -> Result<std::process::ExitCode> {
+    let configs: Vec<OrchestrationBenchArgs> = if args.seed_table {
+        [
+            (StoreKind::SqliteMemory, 1),
+            (StoreKind::SqliteMemory, 2),
+            (StoreKind::SqliteFile, 1),
+            (StoreKind::SqliteFile, 2),
+        ]
+        .into_iter()
+        .map(|(store, concurrency)| OrchestrationBenchArgs {
+            store,
+            orch_concurrency: concurrency,
+            activity_concurrency: concurrency,
+            activity_ms: 10,
+            in_flight: 20,
+            seed_table: false,
+            ..args.clone()
+        })
+        .collect()
+    } else {
+        vec![args.clone()]
+    };
+    let mut results = Vec::new();
+    for config in configs {
+        let result = run_one(&config).await?;
+        print_result(&result);
+        results.push(result);
+    }
+    if results.len() > 1 {
+        print_table(&results);
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
+    let temp = tempfile::tempdir()?;
+    let location = match args.store {
+        StoreKind::SqliteFile => Location::File(
+            args.db
+                .clone()
+                .unwrap_or_else(|| temp.path().join("bench.db")),
+        ),
+        StoreKind::SqliteMemory => Location::Memory,
+        StoreKind::Postgres => bail!("the PostgreSQL store does not exist yet"),
+    };
+    let mut options = SqliteStoreOptions::new(location);
+    options.synchronous = match args.synchronous {
+        SyncMode::Full => Synchronous::Full,
+        SyncMode::Normal => Synchronous::Normal,
+    };
+    let store = Arc::new(SqliteStore::open(options)?);
+    let executions = Arc::new(AtomicU64::new(0));
+    let runtime = Runtime::start(
+        store.clone(),
+        registry(args.activity_ms, executions.clone()),
+        RuntimeOptions {
+            orchestration_concurrency: args.orch_concurrency,
+            activity_concurrency: args.activity_concurrency,
+            ..RuntimeOptions::default()
+        },
+    );
+    let client = runtime.client();
+
+    let started = Instant::now();
+    let bytes_before = bytes_written();
+    let deadline = started + Duration::from_secs(args.duration);
+    let issued = Arc::new(AtomicU64::new(0));
+    let rss_peak = Arc::new(std::sync::Mutex::new(rss_mb().unwrap_or(0.0)));
+    let sampler = {
+        let rss_peak = rss_peak.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some(rss) = rss_mb() {
+                    let mut peak = rss_peak
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    *peak = peak.max(rss);
+                }
+            }
+        })
+    };
+    let mut loops = Vec::new();
+    for _ in 0..args.in_flight {
+        let client = client.clone();
+        let issued = issued.clone();
+        let count = args.count;
+        loops.push(tokio::spawn(async move {
+            closed_loop(client, issued, count, deadline).await
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    for handle in loops {
+        let (lat, fails) = handle.await?;
+        latencies.extend(lat);
+        for (kind, n) in fails {
+            *failures.entry(kind).or_default() += n;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    sampler.abort();
+    let bytes = match (bytes_before, bytes_written()) {
+        (Some(before), Some(after)) if args.store == StoreKind::SqliteFile => Some(after - before),
+        _ => None,
+    };
+    runtime.shutdown(Duration::from_secs(10)).await;
+    let writer = store.writer_stats();
+    let lock_errors = writer.busy_retries.load(Ordering::Relaxed)
+        + failures
+            .iter()
+            .filter(|(kind, _)| kind.contains("locked"))
+            .map(|(_, n)| n)
+            .sum::<u64>();
+    drop(store);
+
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let completed = latencies.len() as u64;
+    let failed: u64 = failures.values().sum();
+    let ceiling = (args.activity_ms > 0).then(|| {
+        args.activity_concurrency as f64 * 1000.0 / args.activity_ms as f64 / FAN_OUT as f64
+    });
+    let per_sec = completed as f64 / elapsed;
+    let peak_rss = *rss_peak
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(BenchResult {
+        config: serde_json::json!({
+            "store": args.store,
+            "orch_concurrency": args.orch_concurrency,
+            "activity_concurrency": args.activity_concurrency,
+            "activity_ms": args.activity_ms,
+            "in_flight": args.in_flight,
+            "duration_sec": args.duration,
+            "count": args.count,
+            "synchronous": format!("{:?}", args.synchronous).to_lowercase(),
+        }),
+        orchestrations_per_sec: per_sec,
+        activities_per_sec: per_sec * FAN_OUT as f64,
+        activity_executions: executions.load(Ordering::Relaxed),
+        logical_activities: completed * FAN_OUT as u64,
+        latency_ms: LatencyMs {
+            p50: percentile(&latencies, 50.0),
+            p90: percentile(&latencies, 90.0),
+            p99: percentile(&latencies, 99.0),
+            max: latencies.last().copied().unwrap_or(0.0),
+        },
+        success_rate: if completed + failed == 0 {
+            0.0
+        } else {
+            completed as f64 / (completed + failed) as f64
+        },
+        failures,
+        lock_errors,
+        db_bytes_per_orchestration: bytes
+            .filter(|_| completed > 0)
+            .map(|b| b as f64 / completed as f64),
+        ceiling_orchestrations_per_sec: ceiling,
+        share_of_ceiling: ceiling.map(|c| per_sec / c),
+        peak_rss_mb: (peak_rss > 0.0).then_some(peak_rss),
+        completed,
+        elapsed_sec: elapsed,
+    })
+}
+
+/// One client task: start, wait, repeat. Returns latencies (ms) of completed instances and
+/// failures by kind.
+async fn closed_loop(
+    client: Client,
+    issued: Arc<AtomicU64>,
+    count: Option<u64>,
+    deadline: Instant,
+) -> (Vec<f64>, BTreeMap<String, u64>) {
+    let mut latencies = Vec::new();
+    let mut failures = BTreeMap::new();
+    loop {
+        let n = issued.fetch_add(1, Ordering::Relaxed);
+        match count {
+            Some(count) if n >= count => break,
+            None if Instant::now() >= deadline => break,
+            _ => {}
+        }
+        let id = format!("bench-{n}");
+        let began = Instant::now();
+        let outcome = async {
+            client.start("fan_out", &id, "x").await?;
+            client
+                .wait_for_completion(&id, Duration::from_secs(120))
+                .await
+        }
+        .await;
+        match outcome {
+            Ok(info) if info.status == InstanceStatus::Completed => {
+                latencies.push(began.elapsed().as_secs_f64() * 1e3)
+            }
+            Ok(info) => {
+                let code = info
+                    .failure
+                    .map(|f| f.code)
+                    .unwrap_or_else(|| info.status.as_str().to_string());
+                *failures.entry(code).or_default() += 1;
+            }
+            Err(error) => *failures.entry(error.code().to_string()).or_default() += 1,
+        }
+    }
+    (latencies, failures)
+}
+
+fn print_result(r: &BenchResult) {
+    println!("config: {}", r.config);
+    println!(
+        "  {:.1} orchestrations/s, {:.1} activities/s, {} activity executions for {} logical, {} completed in {:.1} s",
+        r.orchestrations_per_sec,
+        r.activities_per_sec,
+        r.activity_executions,
+        r.logical_activities,
+        r.completed,
+        r.elapsed_sec
+    );
+    println!(
+        "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        r.latency_ms.p50, r.latency_ms.p90, r.latency_ms.p99, r.latency_ms.max
+    );
+    println!(
+        "  success {:.2}%  failures {:?}  lock errors {}  bytes/orchestration {}  peak RSS {} MB",
+        r.success_rate * 100.0,
+        r.failures,
+        r.lock_errors,
+        r.db_bytes_per_orchestration
+            .map_or("n/a".to_string(), |b| format!("{b:.0}")),
+        r.peak_rss_mb
+            .map_or("n/a".to_string(), |m| format!("{m:.0}")),
+    );
+    if let (Some(ceiling), Some(share)) = (r.ceiling_orchestrations_per_sec, r.share_of_ceiling) {
+        println!(
+            "  ceiling {ceiling:.1} orchestrations/s, achieved {:.1}%",
+            share * 100.0
+        );
+    }
+}
+
+fn print_table(results: &[BenchResult]) {
+    println!();
+    println!(
+        "| store | conc | orch/s | act/s | ceiling | share | p50 ms | p99 ms | success | lock errors | reference orch/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in results {
+        let store = r.config["store"].as_str().unwrap_or("?");
+        let conc = r.config["activity_concurrency"].as_u64().unwrap_or(0);
+        let reference = match (store, conc) {
+            ("sqlite-file", 1) => "15.9",
+            ("sqlite-file", 2) => "23.3",
+            ("sqlite-memory", 2) => "28.5",
+            _ => "-",
+        };
+        println!(
+            "| {store} | {conc}/{conc} | {:.1} | {:.1} | {:.1} | {:.1}% | {:.2} | {:.2} | {:.1}% | {} | {reference} |",
+            r.orchestrations_per_sec,
+            r.activities_per_sec,
+            r.ceiling_orchestrations_per_sec.unwrap_or(0.0),
+            r.share_of_ceiling.unwrap_or(0.0) * 100.0,
+            r.latency_ms.p50,
+            r.latency_ms.p99,
+            r.success_rate * 100.0,
+            r.lock_errors,
+        );
+    }
+}
