@@ -1,6 +1,7 @@
 //! One orchestration turn: messages in, replay, commit out.
 
 use crate::runtime::Shared;
+use crate::worker;
 use sluice_history::{
     Event, Failure, InstanceStatus, Message, ParentLink, codes, pending_children,
 };
@@ -11,44 +12,73 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio_util::task::TaskTracker;
 
-pub(crate) async fn process_turn(shared: &Shared, turn: LockedTurn) {
+pub(crate) async fn process_turn(shared: &Arc<Shared>, tracker: &TaskTracker, turn: LockedTurn) {
     let instance_id = turn.instance_id.clone();
     let lock_token = turn.lock_token;
-    match build_commit(shared, turn).await {
-        Ok((commit, history)) => {
-            let finished = commit.status.is_some_and(InstanceStatus::is_terminal);
-            let continued = commit.continue_as_new.is_some();
-            let execution_id = commit.execution_id;
-            match shared.store.commit_turn(commit).await {
-                Ok(()) => {
-                    if finished || continued {
-                        shared.cache.remove(&instance_id);
-                    } else if let Some(history) = history {
-                        shared.cache.put(&instance_id, execution_id, history);
-                    }
-                    if finished {
-                        shared.cancel_activities_of(&instance_id);
-                    }
-                }
-                Err(error) => {
-                    shared.cache.remove(&instance_id);
-                    match error {
-                        StoreError::LeaseLost(_) => {
-                            tracing::warn!(%instance_id, "turn discarded: its lease was lost")
-                        }
-                        error => {
-                            tracing::error!(%instance_id, %error, "committing a turn failed");
-                            abandon(shared, &instance_id, lock_token).await;
-                        }
-                    }
-                }
+    let local = shared.handoff.take(&instance_id);
+    let local_messages: Vec<Message> = local.iter().map(|result| result.message.clone()).collect();
+    let (mut commit, history) = match build_commit(shared, turn, local_messages).await {
+        Ok(built) => built,
+        Err(error) => {
+            shared.cache.remove(&instance_id);
+            shared.handoff.restore(&instance_id, local);
+            tracing::error!(%instance_id, %error, "preparing a turn failed");
+            abandon(shared, &instance_id, lock_token).await;
+            return;
+        }
+    };
+    commit.completed_activities = local
+        .iter()
+        .map(|result| (result.item_id, result.lock_token))
+        .collect();
+    // Claim the new activities this runtime has room to hold, so they run without a fetch.
+    let mut slots = Vec::new();
+    while slots.len() < commit.activities.len() {
+        match shared.held_slots.clone().try_acquire_owned() {
+            Ok(slot) => slots.push(slot),
+            Err(_) => break,
+        }
+    }
+    if !slots.is_empty() {
+        commit.claim_activities = Some((slots.len(), shared.options.activity_lease));
+    }
+    let finished = commit.status.is_some_and(InstanceStatus::is_terminal);
+    let continued = commit.continue_as_new.is_some();
+    let execution_id = commit.execution_id;
+    match shared.store.commit_turn(commit).await {
+        Ok(claimed) => {
+            // Committed: the parked results are recorded; their slots and renewals end here.
+            drop(local);
+            for item in claimed {
+                let slot = slots
+                    .pop()
+                    .expect("the store claims at most the slots offered");
+                let shared = shared.clone();
+                tracker.spawn(async move { worker::process_activity(&shared, item, slot).await });
+            }
+            if finished || continued {
+                shared.cache.remove(&instance_id);
+            } else if let Some(history) = history {
+                shared.cache.put(&instance_id, execution_id, history);
+            }
+            if finished {
+                shared.cancel_activities_of(&instance_id);
             }
         }
         Err(error) => {
             shared.cache.remove(&instance_id);
-            tracing::error!(%instance_id, %error, "preparing a turn failed");
-            abandon(shared, &instance_id, lock_token).await;
+            shared.handoff.restore(&instance_id, local);
+            match error {
+                StoreError::LeaseLost(_) => {
+                    tracing::warn!(%instance_id, "turn discarded: its lease was lost")
+                }
+                error => {
+                    tracing::error!(%instance_id, %error, "committing a turn failed");
+                    abandon(shared, &instance_id, lock_token).await;
+                }
+            }
         }
     }
 }
@@ -74,6 +104,7 @@ fn guid_seed(shared: &Shared, instance_id: &str, now_ms: i64) -> u64 {
 async fn build_commit(
     shared: &Shared,
     turn: LockedTurn,
+    local: Vec<Message>,
 ) -> Result<(TurnCommit, Option<Arc<Vec<Event>>>), StoreError> {
     let consumed: Vec<u64> = turn.messages.iter().map(|(id, _)| *id).collect();
     let mut commit = TurnCommit {
@@ -84,8 +115,14 @@ async fn build_commit(
         consumed,
         ..TurnCommit::default()
     };
+    let messages: Vec<Message> = turn
+        .messages
+        .into_iter()
+        .map(|(_, message)| message)
+        .chain(local)
+        .collect();
     if turn.status.is_terminal() {
-        for (_, message) in &turn.messages {
+        for message in &messages {
             // Timers and results that come due as an instance finishes are expected; an event a
             // client raised is worth a warning (clients get an error once the status is final).
             if matches!(message, Message::Event { .. }) {
@@ -139,7 +176,7 @@ async fn build_commit(
             }
         }
     }
-    for (_, message) in turn.messages {
+    for message in messages {
         match message {
             Message::Start {
                 name,

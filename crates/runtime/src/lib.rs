@@ -14,6 +14,7 @@ mod cache;
 mod client;
 mod dispatcher;
 mod error;
+mod handoff;
 mod registry;
 mod runtime;
 mod worker;

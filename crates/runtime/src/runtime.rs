@@ -1,7 +1,10 @@
 use crate::cache::HistoryCache;
 use crate::client::Client;
+use crate::handoff::Handoff;
 use crate::registry::Registry;
 use crate::{dispatcher, worker};
+use sluice_history::Message;
+use sluice_store::ActivityResult;
 use sluice_store::{Clock, Store, SystemClock};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,9 @@ pub struct RuntimeOptions {
     pub activity_deliveries_max: u32,
     /// Histories kept in memory.
     pub history_cache_instances_max: usize,
+    /// Activity work items this runtime holds at once: waiting to run, running, or with a
+    /// result waiting for its turn. Bounds memory and what a crash makes run again.
+    pub activity_held_max: usize,
 }
 
 impl Default for RuntimeOptions {
@@ -41,6 +47,7 @@ impl Default for RuntimeOptions {
             poll_interval: Duration::from_secs(1),
             activity_deliveries_max: 100,
             history_cache_instances_max: 10_000,
+            activity_held_max: 4_096,
         }
     }
 }
@@ -56,6 +63,12 @@ pub(crate) struct Shared {
     pub(crate) running_activities: Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) seed_counter: std::sync::atomic::AtomicU64,
+    /// Activity results waiting for their instance's next turn.
+    pub(crate) handoff: Handoff,
+    /// Activities running at once (`activity_concurrency`).
+    pub(crate) run_slots: Arc<Semaphore>,
+    /// Work items held at once (`activity_held_max`).
+    pub(crate) held_slots: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -99,29 +112,36 @@ impl Runtime {
             options.activity_concurrency > 0,
             "activity_concurrency must be > 0"
         );
+        assert!(
+            options.activity_held_max >= options.activity_concurrency,
+            "activity_held_max must be >= activity_concurrency"
+        );
         let shared = Arc::new(Shared {
             cache: HistoryCache::new(options.history_cache_instances_max),
             store,
             registry,
-            options,
             clock,
             running_activities: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             seed_counter: std::sync::atomic::AtomicU64::new(0),
+            handoff: Handoff::default(),
+            run_slots: Arc::new(Semaphore::new(options.activity_concurrency)),
+            held_slots: Arc::new(Semaphore::new(options.activity_held_max)),
+            options,
         });
         let tracker = TaskTracker::new();
         let turns = Arc::new(Semaphore::new(shared.options.orchestration_concurrency));
-        let activities = Arc::new(Semaphore::new(shared.options.activity_concurrency));
         tracker.spawn(fetch_loop(
             shared.clone(),
             tracker.clone(),
             turns,
             Kind::Turns,
         ));
+        let held = shared.held_slots.clone();
         tracker.spawn(fetch_loop(
             shared.clone(),
             tracker.clone(),
-            activities,
+            held,
             Kind::Activities,
         ));
         Self { shared, tracker }
@@ -154,6 +174,22 @@ impl Runtime {
             }
             let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
         }
+        // Results that no turn recorded yet go to the store's inbox, durably.
+        for result in self.shared.handoff.drain_all() {
+            let outcome = match result.message.clone() {
+                Message::ActivityCompleted { output, .. } => ActivityResult::Completed(output),
+                Message::ActivityFailed { failure, .. } => ActivityResult::Failed(failure),
+                _ => continue,
+            };
+            if let Err(error) = self
+                .shared
+                .store
+                .complete_activity(result.item_id, result.lock_token, outcome)
+                .await
+            {
+                tracing::warn!(%error, instance_id = %result.instance_id, "flushing an activity result at shutdown failed; it will run again");
+            }
+        }
     }
 }
 
@@ -180,27 +216,50 @@ async fn fetch_loop(shared: Arc<Shared>, tracker: TaskTracker, slots: Arc<Semaph
             permit = slots.clone().acquire_owned() => permit.expect("semaphore never closes"),
             () = shared.shutdown.cancelled() => return,
         };
+        // Fetch at most one concurrency's worth at a time, so that turn commits can still
+        // claim held-item slots for their new activities meanwhile.
+        let batch_max = match kind {
+            Kind::Turns => shared.options.orchestration_concurrency,
+            Kind::Activities => shared.options.activity_concurrency,
+        };
         let mut permits = vec![first];
-        while let Ok(permit) = slots.clone().try_acquire_owned() {
-            permits.push(permit);
+        while permits.len() < batch_max {
+            match slots.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
         }
         let fetched = match kind {
-            Kind::Turns => shared
-                .store
-                .fetch_turns(permits.len(), shared.options.turn_lease)
-                .await
-                .map(|turns| {
-                    let count = turns.len();
-                    for turn in turns {
-                        let permit = permits.pop().expect("one permit per turn");
-                        let shared = shared.clone();
-                        tracker.spawn(async move {
-                            dispatcher::process_turn(&shared, turn).await;
-                            drop(permit);
-                        });
-                    }
-                    count
-                }),
+            Kind::Turns => {
+                let also = shared.handoff.ready_instances(permits.len());
+                shared
+                    .store
+                    .fetch_turns(permits.len(), shared.options.turn_lease, &also)
+                    .await
+                    .map(|turns| {
+                        let count = turns.len();
+                        for turn in turns {
+                            let permit = permits.pop().expect("one permit per turn");
+                            let shared = shared.clone();
+                            let task_tracker = tracker.clone();
+                            // Marked before the task starts, so that the next fetch does not
+                            // offer this instance's parked results while we hold its lock.
+                            shared.handoff.begin_turn(&turn.instance_id);
+                            tracker.spawn(async move {
+                                let instance_id = turn.instance_id.clone();
+                                dispatcher::process_turn(&shared, &task_tracker, turn).await;
+                                shared.handoff.end_turn(&instance_id);
+                                // Parked results (of this or any instance skipped meanwhile)
+                                // need a turn: wake the fetch loop.
+                                if shared.handoff.has_ready() {
+                                    shared.store.signals().orchestrations.notify_one();
+                                }
+                                drop(permit);
+                            });
+                        }
+                        count
+                    })
+            }
             Kind::Activities => shared
                 .store
                 .fetch_activities(permits.len(), shared.options.activity_lease)
@@ -211,8 +270,7 @@ async fn fetch_loop(shared: Arc<Shared>, tracker: TaskTracker, slots: Arc<Semaph
                         let permit = permits.pop().expect("one permit per item");
                         let shared = shared.clone();
                         tracker.spawn(async move {
-                            worker::process_activity(&shared, item).await;
-                            drop(permit);
+                            worker::process_activity(&shared, item, permit).await;
                         });
                     }
                     count

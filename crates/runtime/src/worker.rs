@@ -1,11 +1,14 @@
 //! Running one activity attempt: lease renewal, timeout, retry, completion.
 
 use crate::activity::ActivityContext;
+use crate::handoff::{AbortOnDrop, LocalResult};
 use crate::runtime::Shared;
+use sluice_history::Message;
 use sluice_history::{Failure, codes};
-use sluice_store::{ActivityResult, ActivityWorkItem, StoreError};
+use sluice_store::{ActivityWorkItem, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 enum Attempt {
@@ -15,9 +18,17 @@ enum Attempt {
     Cancelled,
 }
 
-pub(crate) async fn process_activity(shared: &Arc<Shared>, item: ActivityWorkItem) {
+/// Runs one held work item: waits for a run slot, runs the attempt, then hands the result to
+/// the dispatcher (or schedules the retry). `slot` is the item's held-item slot, kept until its
+/// result is committed.
+pub(crate) async fn process_activity(
+    shared: &Arc<Shared>,
+    item: ActivityWorkItem,
+    slot: OwnedSemaphorePermit,
+) {
+    let renewer =
+        AbortOnDrop(tokio::spawn(renew_lease(shared.clone(), item.clone())).abort_handle());
     let activity = &item.activity;
-    let retry = activity.retry.clone();
     let outcome = if item.attempt > shared.options.activity_deliveries_max {
         Attempt::Failed(Failure::new(
             codes::POISONED,
@@ -32,44 +43,47 @@ pub(crate) async fn process_activity(shared: &Arc<Shared>, item: ActivityWorkIte
                 codes::ACTIVITY_NOT_REGISTERED,
                 format!("no activity named '{}' is registered", activity.name),
             )),
-            Some(code) => run_attempt(shared, &item, code.clone()).await,
+            Some(code) => {
+                let run_slot = tokio::select! {
+                    permit = shared.run_slots.clone().acquire_owned() => permit.expect("never closed"),
+                    () = shared.shutdown.cancelled() => {
+                        release(shared, &item).await;
+                        return;
+                    }
+                };
+                let outcome = run_attempt(shared, &item, code.clone()).await;
+                // The slot is for running code; bookkeeping below does not hold it.
+                drop(run_slot);
+                outcome
+            }
         }
     };
-    let result = match outcome {
-        // Shutting down: release the item at once so a restart picks it up without waiting
-        // for the lease to expire.
+    let message = |result: Result<String, Failure>| {
+        let (execution_id, id) = (activity.execution_id, activity.activity_id);
+        match result {
+            Ok(output) => Message::ActivityCompleted {
+                execution_id,
+                id,
+                output,
+            },
+            Err(failure) => Message::ActivityFailed {
+                execution_id,
+                id,
+                failure,
+            },
+        }
+    };
+    let final_result = match outcome {
         Attempt::Cancelled if shared.shutdown.is_cancelled() => {
-            shared
-                .store
-                .retry_activity(item.item_id, item.lock_token, Duration::ZERO)
-                .await
+            release(shared, &item).await;
+            return;
         }
-        // The instance no longer wants the result: remove the item.
-        Attempt::Cancelled => {
-            let failure = Failure::new(
-                codes::CANCELLED,
-                "the instance ended before the activity did",
-            );
-            shared
-                .store
-                .complete_activity(
-                    item.item_id,
-                    item.lock_token,
-                    ActivityResult::Failed(failure),
-                )
-                .await
-        }
-        Attempt::Completed(output) => {
-            shared
-                .store
-                .complete_activity(
-                    item.item_id,
-                    item.lock_token,
-                    ActivityResult::Completed(output),
-                )
-                .await
-        }
-        Attempt::Failed(failure) => match &retry {
+        Attempt::Cancelled => Err(Failure::new(
+            codes::CANCELLED,
+            "the instance ended before the activity did",
+        )),
+        Attempt::Completed(output) => Ok(output),
+        Attempt::Failed(failure) => match &activity.retry {
             Some(policy)
                 if policy.allows_retry_after(item.attempt) && failure.code != codes::POISONED =>
             {
@@ -82,35 +96,54 @@ pub(crate) async fn process_activity(shared: &Arc<Shared>, item: ActivityWorkIte
                     %failure,
                     "activity attempt failed; retrying"
                 );
-                shared
+                if let Err(error) = shared
                     .store
                     .retry_activity(item.item_id, item.lock_token, delay)
                     .await
+                {
+                    log_store_error(&item, &error);
+                }
+                return;
             }
-            _ => {
-                shared
-                    .store
-                    .complete_activity(
-                        item.item_id,
-                        item.lock_token,
-                        ActivityResult::Failed(failure),
-                    )
-                    .await
-            }
+            _ => Err(failure),
         },
     };
-    match result {
-        Ok(()) => {}
-        Err(StoreError::LeaseLost(_)) => tracing::warn!(
+    shared.handoff.push(LocalResult {
+        item_id: item.item_id,
+        lock_token: item.lock_token,
+        instance_id: activity.instance_id.clone(),
+        message: message(final_result),
+        _slot: slot,
+        _renewer: renewer,
+    });
+    shared.store.signals().orchestrations.notify_one();
+}
+
+/// Gives a work item back at shutdown, visible at once, so a restart takes it without waiting
+/// for its lease.
+async fn release(shared: &Shared, item: &ActivityWorkItem) {
+    if let Err(error) = shared
+        .store
+        .retry_activity(item.item_id, item.lock_token, Duration::ZERO)
+        .await
+    {
+        log_store_error(item, &error);
+    }
+}
+
+fn log_store_error(item: &ActivityWorkItem, error: &StoreError) {
+    let activity = &item.activity;
+    match error {
+        StoreError::LeaseLost(_) => tracing::warn!(
             instance_id = %activity.instance_id,
             activity = %activity.name,
             "activity result discarded: its lease was lost (another attempt owns it)"
         ),
-        Err(error) => tracing::error!(
+        error => tracing::error!(
             instance_id = %activity.instance_id,
             activity = %activity.name,
             %error,
-            "recording an activity result failed; the lease will expire and it will run again"
+            "recording an activity result failed; it will run again"
         ),
     }
 }
@@ -135,7 +168,6 @@ async fn run_attempt(
         lock_token: item.lock_token,
         lease,
     };
-    let renewer = tokio::spawn(renew_lease(ctx.clone()));
     // The activity runs in its own task so that a panic is contained and reported.
     let running = tokio::spawn(code.run(ctx, activity.input.clone()));
     let abort = running.abort_handle();
@@ -169,7 +201,6 @@ async fn run_attempt(
             Attempt::Cancelled
         }
     };
-    renewer.abort();
     unregister(shared, &activity.instance_id, item.item_id);
     outcome
 }
@@ -200,19 +231,24 @@ fn joined_outcome(
     }
 }
 
-/// Renews the lease every third of it; cancels the activity when the lease is lost or the
-/// instance no longer wants the result.
-async fn renew_lease(ctx: ActivityContext) {
-    let period = ctx.lease / 3;
+/// Renews the item's lease every third of it, from the moment it is held until its result is
+/// committed; cancels the running attempt when the lease is lost or the instance no longer
+/// wants the result.
+async fn renew_lease(shared: Arc<Shared>, item: ActivityWorkItem) {
+    let lease = shared.options.activity_lease;
     loop {
-        tokio::time::sleep(period).await;
-        match ctx.renew_lease().await {
+        tokio::time::sleep(lease / 3).await;
+        match shared
+            .store
+            .renew_activity_lease(item.item_id, item.lock_token, lease)
+            .await
+        {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => shared.cancel_activities_of(&item.activity.instance_id),
             Err(error) => {
-                tracing::warn!(instance_id = %ctx.instance_id, %error, "activity lease renewal failed");
+                tracing::warn!(instance_id = %item.activity.instance_id, %error, "activity lease renewal failed");
                 if matches!(error, StoreError::LeaseLost(_)) {
-                    ctx.cancellation.cancel();
+                    shared.cancel_activities_of(&item.activity.instance_id);
                     return;
                 }
             }

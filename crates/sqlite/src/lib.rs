@@ -52,6 +52,9 @@ pub enum SqliteError {
     /// The writer thread could not be started.
     #[error("cannot start the writer thread: {0}")]
     Spawn(std::io::Error),
+    /// The database is used by another process (or another store in this process).
+    #[error("database in use: {0}")]
+    InUse(String),
     /// A reader task failed to run.
     #[error("reader task failed: {0}")]
     ReaderTask(String),

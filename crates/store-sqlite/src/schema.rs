@@ -17,12 +17,9 @@ CREATE TABLE instances (
     failure         TEXT,
     custom_status   TEXT,
     history_len     INTEGER NOT NULL DEFAULT 0,
-    lock_token      INTEGER,
-    locked_until_ms INTEGER NOT NULL DEFAULT 0,
     created_at_ms   INTEGER NOT NULL,
     updated_at_ms   INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX instances_locked ON instances (locked_until_ms) WHERE locked_until_ms > 0;
 CREATE INDEX instances_status ON instances (status);
 
 CREATE TABLE history (
@@ -51,12 +48,9 @@ CREATE TABLE activities (
     input           TEXT NOT NULL,
     retry           TEXT,
     attempt         INTEGER NOT NULL DEFAULT 0,
-    visible_at_ms   INTEGER NOT NULL,
-    lock_token      INTEGER,
-    locked_until_ms INTEGER NOT NULL DEFAULT 0
+    visible_at_ms   INTEGER NOT NULL
 );
 CREATE INDEX activities_visible ON activities (visible_at_ms);
-CREATE INDEX activities_locked ON activities (locked_until_ms) WHERE locked_until_ms > 0;
 CREATE INDEX activities_instance ON activities (instance_id);
 ";
 

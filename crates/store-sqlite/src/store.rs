@@ -9,10 +9,12 @@ use sluice_store::{
     ActivityResult, ActivityWorkItem, Clock, InstanceInfo, LockedTurn, NewActivity, NewInstance,
     Outbound, Signals, Store, StoreError, StoreResult, SystemClock, TurnCommit,
 };
+use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Options of [`SqliteStore::open`].
@@ -45,12 +47,82 @@ impl SqliteStoreOptions {
 }
 
 /// The SQLite implementation of [`Store`].
+///
+/// A database file belongs to one process at a time: opening takes an exclusive lock on
+/// `<file>.lock` (released by the kernel when the process dies), so leases can live in memory.
+/// Fetching therefore writes nothing, and after a crash a new process retakes all work at once
+/// instead of waiting for leases to expire.
 pub struct SqliteStore {
     writer: GroupCommitWriter,
     readers: Option<ReaderPool>,
     signals: Arc<Signals>,
     clock: Arc<dyn Clock>,
     tokens: Arc<TokenSource>,
+    leases: Arc<Mutex<Leases>>,
+    _lock_file: Option<std::fs::File>,
+}
+
+/// A lease held in memory: the token that holds it and when it ends.
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    token: i64,
+    until_ms: TimestampMs,
+}
+
+/// Leases of instances (by id) and activity work items (by item id).
+#[derive(Default)]
+struct Leases {
+    instances: HashMap<String, Lease>,
+    activities: HashMap<i64, Lease>,
+}
+
+fn holds<K: std::hash::Hash + Eq + ?Sized>(
+    map: &HashMap<impl std::borrow::Borrow<K> + std::hash::Hash + Eq, Lease>,
+    key: &K,
+    token: i64,
+    now: TimestampMs,
+) -> bool {
+    map.get(key)
+        .is_some_and(|lease| lease.token == token && lease.until_ms > now)
+}
+
+fn is_free<K: std::hash::Hash + Eq + ?Sized>(
+    map: &HashMap<impl std::borrow::Borrow<K> + std::hash::Hash + Eq, Lease>,
+    key: &K,
+    now: TimestampMs,
+) -> bool {
+    map.get(key).is_none_or(|lease| lease.until_ms <= now)
+}
+
+fn lock_leases(leases: &Mutex<Leases>) -> std::sync::MutexGuard<'_, Leases> {
+    leases
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Takes the exclusive lock that makes this process the database's only user.
+fn lock_database(path: &std::path::Path) -> Result<std::fs::File, SqliteError> {
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|error| {
+            SqliteError::InUse(format!("cannot open {}: {error}", lock_path.display()))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SqliteError::InUse(format!(
+            "{} is in use by another process or store (lock file {})",
+            path.display(),
+            lock_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(error)) => Err(SqliteError::InUse(format!(
+            "cannot lock {}: {error}",
+            lock_path.display()
+        ))),
+    }
 }
 
 struct TokenSource {
@@ -112,6 +184,10 @@ impl SqliteStore {
         options: SqliteStoreOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, SqliteError> {
+        let lock_file = match &options.location {
+            Location::File(path) => Some(lock_database(path)?),
+            Location::Memory => None,
+        };
         let open_options = OpenOptions {
             synchronous: options.synchronous,
             ..OpenOptions::new(options.location.clone())
@@ -132,6 +208,8 @@ impl SqliteStore {
             signals: Arc::new(Signals::default()),
             clock,
             tokens: Arc::new(TokenSource::new()),
+            leases: Arc::new(Mutex::new(Leases::default())),
+            _lock_file: lock_file,
         })
     }
 
@@ -245,29 +323,36 @@ struct CommitEffects {
     inbox_changed: bool,
     activities_added: bool,
     finished: bool,
+    claimed: Vec<ActivityWorkItem>,
 }
 
 fn commit_turn_in(
     connection: &Connection,
     commit: &TurnCommit,
     now: TimestampMs,
+    leases: &Mutex<Leases>,
 ) -> StoreResult<CommitEffects> {
     let token = token_of(commit.lock_token);
-    let locked: Option<(i64, i64)> = connection
-        .prepare_cached(
-            "SELECT history_len, execution_id FROM instances
-             WHERE instance_id = ?1 AND lock_token = ?2 AND locked_until_ms > ?3",
-        )
+    if !holds(
+        &lock_leases(leases).instances,
+        commit.instance_id.as_str(),
+        token,
+        now,
+    ) {
+        return Err(StoreError::LeaseLost("instance"));
+    }
+    let row: Option<(i64, i64)> = connection
+        .prepare_cached("SELECT history_len, execution_id FROM instances WHERE instance_id = ?1")
         .and_then(|mut statement| {
             statement
-                .query_row(params![commit.instance_id, token, now], |row| {
+                .query_row(params![commit.instance_id], |row| {
                     Ok((row.get(0)?, row.get(1)?))
                 })
                 .optional()
         })
         .map_err(db_error)?;
-    let Some((history_len, execution_id)) = locked else {
-        return Err(StoreError::LeaseLost("instance"));
+    let Some((history_len, execution_id)) = row else {
+        return Err(StoreError::InstanceNotFound(commit.instance_id.clone()));
     };
     if u64::try_from(execution_id).ok() != Some(commit.execution_id) {
         return Err(StoreError::Contract(format!(
@@ -311,28 +396,53 @@ fn commit_turn_in(
                 .map_err(db_error)?;
         }
     }
+    let (claim_max, claim_lease_ms) = commit
+        .claim_activities
+        .map_or((0, 0), |(max, lease)| (max, duration_ms(lease)));
+    let mut claimed = Vec::new();
     {
         let mut insert = connection
             .prepare_cached(
-                "INSERT INTO activities (instance_id, execution_id, activity_id, name, input, retry, visible_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO activities (instance_id, execution_id, activity_id, name, input, retry, visible_at_ms, attempt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING item_id",
             )
             .map_err(db_error)?;
         for activity in &commit.activities {
             let retry = activity.retry.as_ref().map(encode);
             let activity_id = i64::try_from(activity.activity_id).unwrap_or(i64::MAX);
             let activity_execution = i64::try_from(activity.execution_id).unwrap_or(i64::MAX);
-            insert
-                .execute(params![
-                    activity.instance_id,
-                    activity_execution,
-                    activity_id,
-                    activity.name,
-                    activity.input,
-                    retry,
-                    now
-                ])
+            let claim = claimed.len() < claim_max;
+            let item_id: i64 = insert
+                .query_row(
+                    params![
+                        activity.instance_id,
+                        activity_execution,
+                        activity_id,
+                        activity.name,
+                        activity.input,
+                        retry,
+                        now,
+                        i64::from(claim)
+                    ],
+                    |row| row.get(0),
+                )
                 .map_err(db_error)?;
+            if claim {
+                claimed.push((item_id, activity.clone()));
+            }
+        }
+    }
+    {
+        let mut delete = connection
+            .prepare_cached("DELETE FROM activities WHERE item_id = ?1")
+            .map_err(db_error)?;
+        let mut held = lock_leases(leases);
+        for (item_id, item_token) in &commit.completed_activities {
+            let item_id = i64::try_from(*item_id).unwrap_or(-1);
+            if holds(&held.activities, &item_id, token_of(*item_token), now) {
+                delete.execute(params![item_id]).map_err(db_error)?;
+                held.activities.remove(&item_id);
+            }
         }
     }
     let mut inbox_changed = !commit.timers.is_empty();
@@ -393,8 +503,6 @@ fn commit_turn_in(
                 execution_id = ?6,
                 history_len = ?7,
                 input = COALESCE(?8, input),
-                lock_token = NULL,
-                locked_until_ms = 0,
                 updated_at_ms = ?9
              WHERE instance_id = ?1",
         )
@@ -414,17 +522,35 @@ fn commit_turn_in(
         .map_err(db_error)?;
     if finished {
         // Work that can no longer matter: pending activities and future timers.
-        connection
-            .prepare_cached(
-                "DELETE FROM activities WHERE instance_id = ?1 AND locked_until_ms <= ?2",
-            )
-            .and_then(|mut statement| statement.execute(params![commit.instance_id, now]))
+        // Work items still leased are left to their holders, whose completions then find the
+        // instance finished and delete them.
+        let pending: Vec<i64> = connection
+            .prepare_cached("SELECT item_id FROM activities WHERE instance_id = ?1")
+            .and_then(|mut statement| {
+                statement
+                    .query_map(params![commit.instance_id], |row| row.get(0))?
+                    .collect()
+            })
             .map_err(db_error)?;
+        let held = lock_leases(leases);
+        let mut delete = connection
+            .prepare_cached("DELETE FROM activities WHERE item_id = ?1")
+            .map_err(db_error)?;
+        for item_id in pending
+            .into_iter()
+            .filter(|id| is_free(&held.activities, id, now))
+        {
+            delete.execute(params![item_id]).map_err(db_error)?;
+        }
         connection
             .prepare_cached("DELETE FROM inbox WHERE instance_id = ?1 AND visible_at_ms > ?2")
             .and_then(|mut statement| statement.execute(params![commit.instance_id, now]))
             .map_err(db_error)?;
     }
+    let claim_token = tokens_next_for_claims(&claimed, leases, now, claim_lease_ms, commit);
+    lock_leases(leases)
+        .instances
+        .remove(commit.instance_id.as_str());
     // Messages that arrived during the turn need another turn: wake a dispatcher.
     let pending: bool = connection
         .prepare_cached(
@@ -434,11 +560,44 @@ fn commit_turn_in(
             statement.query_row(params![commit.instance_id, now], |row| row.get(0))
         })
         .map_err(db_error)?;
+    let claimed = claimed
+        .into_iter()
+        .map(|(item_id, activity)| ActivityWorkItem {
+            item_id: u64::try_from(item_id).unwrap_or(0),
+            lock_token: u64::try_from(claim_token).unwrap_or(0),
+            attempt: 1,
+            activity,
+        })
+        .collect::<Vec<_>>();
     Ok(CommitEffects {
         inbox_changed: inbox_changed || pending,
-        activities_added: !commit.activities.is_empty(),
+        activities_added: commit.activities.len() > claimed.len(),
         finished,
+        claimed,
     })
+}
+
+/// Leases the claimed work items to the committing caller; the token is the instance lock
+/// token (unique per fetch), so one value serves both.
+fn tokens_next_for_claims(
+    claimed: &[(i64, NewActivity)],
+    leases: &Mutex<Leases>,
+    now: TimestampMs,
+    lease_ms: i64,
+    commit: &TurnCommit,
+) -> i64 {
+    let token = token_of(commit.lock_token);
+    let mut held = lock_leases(leases);
+    for (item_id, _) in claimed {
+        held.activities.insert(
+            *item_id,
+            Lease {
+                token,
+                until_ms: now + lease_ms,
+            },
+        );
+    }
+    token
 }
 
 fn fetch_turns_in(
@@ -446,41 +605,57 @@ fn fetch_turns_in(
     max: usize,
     lease_ms: i64,
     now: TimestampMs,
-    tokens: &TokenSource,
+    also: &[String],
+    token: i64,
+    leases: &Mutex<Leases>,
 ) -> StoreResult<Vec<LockedTurn>> {
-    let max = i64::try_from(max).unwrap_or(i64::MAX);
-    let ids: Vec<String> = connection
+    // Leased instances may head the queue: ask for enough candidates to skip them.
+    let leased = lock_leases(leases).instances.len();
+    let limit = i64::try_from(max.saturating_add(leased)).unwrap_or(i64::MAX);
+    let queued: Vec<String> = connection
         .prepare_cached(
-            "SELECT q.instance_id FROM inbox q JOIN instances i ON i.instance_id = q.instance_id
-             WHERE q.visible_at_ms <= ?1 AND i.locked_until_ms <= ?1
-             GROUP BY q.instance_id ORDER BY MIN(q.message_id) LIMIT ?2",
+            "SELECT instance_id FROM inbox WHERE visible_at_ms <= ?1
+             GROUP BY instance_id ORDER BY MIN(message_id) LIMIT ?2",
         )
         .and_then(|mut statement| {
             statement
-                .query_map(params![now, max], |row| row.get(0))?
+                .query_map(params![now, limit], |row| row.get(0))?
                 .collect::<Result<Vec<String>, _>>()
         })
         .map_err(db_error)?;
-    let mut turns = Vec::with_capacity(ids.len());
-    for instance_id in ids {
-        let token = tokens.next();
+    let mut turns = Vec::with_capacity(max.min(queued.len() + also.len()));
+    let mut seen = std::collections::HashSet::new();
+    // Instances with results held in memory first: they are work in progress holding the
+    // caller's resources; new starts queued behind them wait their turn.
+    for instance_id in also.iter().cloned().chain(queued) {
+        if turns.len() >= max {
+            break;
+        }
+        if !seen.insert(instance_id.clone())
+            || !is_free(&lock_leases(leases).instances, instance_id.as_str(), now)
+        {
+            continue;
+        }
         let row = connection
             .prepare_cached(
-                "UPDATE instances SET lock_token = ?2, locked_until_ms = ?3 WHERE instance_id = ?1
-                 RETURNING name, status, execution_id, history_len",
+                "SELECT name, status, execution_id, history_len FROM instances WHERE instance_id = ?1",
             )
             .and_then(|mut statement| {
-                statement.query_row(params![instance_id, token, now + lease_ms], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, i64>(2)?,
-                        row.get::<_, i64>(3)?,
-                    ))
-                })
+                statement
+                    .query_row(params![instance_id], |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, i64>(2)?,
+                            row.get::<_, i64>(3)?,
+                        ))
+                    })
+                    .optional()
             })
             .map_err(db_error)?;
-        let (name, status, execution_id, history_len) = row;
+        let Some((name, status, execution_id, history_len)) = row else {
+            continue;
+        };
         let messages = connection
             .prepare_cached(
                 "SELECT message_id, message FROM inbox WHERE instance_id = ?1 AND visible_at_ms <= ?2
@@ -498,6 +673,13 @@ fn fetch_turns_in(
             .into_iter()
             .map(|(id, text)| Ok((u64::try_from(id).unwrap_or(0), decode::<Message>(&text)?)))
             .collect::<StoreResult<Vec<_>>>()?;
+        lock_leases(leases).instances.insert(
+            instance_id.clone(),
+            Lease {
+                token,
+                until_ms: now + lease_ms,
+            },
+        );
         turns.push(LockedTurn {
             instance_id,
             name,
@@ -518,54 +700,71 @@ fn fetch_activities_in(
     lease_ms: i64,
     now: TimestampMs,
     token: i64,
+    leases: &Mutex<Leases>,
 ) -> StoreResult<Vec<ActivityWorkItem>> {
-    let max = i64::try_from(max).unwrap_or(i64::MAX);
-    let rows = connection
+    let leased = lock_leases(leases).activities.len();
+    let limit = i64::try_from(max.saturating_add(leased)).unwrap_or(i64::MAX);
+    let candidates: Vec<i64> = connection
         .prepare_cached(
-            "UPDATE activities SET lock_token = ?1, locked_until_ms = ?2, attempt = attempt + 1
-             WHERE item_id IN (
-                 SELECT item_id FROM activities WHERE visible_at_ms <= ?3 AND locked_until_ms <= ?3
-                 ORDER BY item_id LIMIT ?4)
-             RETURNING item_id, instance_id, execution_id, activity_id, name, input, retry, attempt",
+            "SELECT item_id FROM activities WHERE visible_at_ms <= ?1 ORDER BY item_id LIMIT ?2",
         )
         .and_then(|mut statement| {
             statement
-                .query_map(params![token, now + lease_ms, now, max], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, i64>(2)?,
-                        row.get::<_, i64>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, String>(5)?,
-                        row.get::<_, Option<String>>(6)?,
-                        row.get::<_, i64>(7)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()
+                .query_map(params![now, limit], |row| row.get(0))?
+                .collect()
         })
         .map_err(db_error)?;
-    let mut items = rows
-        .into_iter()
-        .map(
-            |(item_id, instance_id, execution_id, activity_id, name, input, retry, attempt)| {
-                Ok(ActivityWorkItem {
-                    item_id: u64::try_from(item_id).unwrap_or(0),
-                    lock_token: u64::try_from(token).unwrap_or(0),
-                    attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
-                    activity: NewActivity {
-                        instance_id,
-                        execution_id: u64::try_from(execution_id).unwrap_or(0),
-                        activity_id: u64::try_from(activity_id).unwrap_or(0),
-                        name,
-                        input,
-                        retry: retry.as_deref().map(decode).transpose()?,
-                    },
+    let mut items = Vec::new();
+    for item_id in candidates {
+        if items.len() >= max {
+            break;
+        }
+        if !is_free(&lock_leases(leases).activities, &item_id, now) {
+            continue;
+        }
+        // The attempt count is stored, so that a work item that keeps crashing its process is
+        // eventually failed as poisoned.
+        let row = connection
+            .prepare_cached(
+                "UPDATE activities SET attempt = attempt + 1 WHERE item_id = ?1
+                 RETURNING instance_id, execution_id, activity_id, name, input, retry, attempt",
+            )
+            .and_then(|mut statement| {
+                statement.query_row(params![item_id], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, Option<String>>(5)?,
+                        row.get::<_, i64>(6)?,
+                    ))
                 })
+            })
+            .map_err(db_error)?;
+        let (instance_id, execution_id, activity_id, name, input, retry, attempt) = row;
+        lock_leases(leases).activities.insert(
+            item_id,
+            Lease {
+                token,
+                until_ms: now + lease_ms,
             },
-        )
-        .collect::<StoreResult<Vec<_>>>()?;
-    items.sort_by_key(|item| item.item_id);
+        );
+        items.push(ActivityWorkItem {
+            item_id: u64::try_from(item_id).unwrap_or(0),
+            lock_token: u64::try_from(token).unwrap_or(0),
+            attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+            activity: NewActivity {
+                instance_id,
+                execution_id: u64::try_from(execution_id).unwrap_or(0),
+                activity_id: u64::try_from(activity_id).unwrap_or(0),
+                name,
+                input,
+                retry: retry.as_deref().map(decode).transpose()?,
+            },
+        });
+    }
     Ok(items)
 }
 
@@ -610,11 +809,21 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn fetch_turns(&self, max: usize, lease: Duration) -> StoreResult<Vec<LockedTurn>> {
-        let tokens = self.tokens.clone();
+    async fn fetch_turns(
+        &self,
+        max: usize,
+        lease: Duration,
+        also: &[String],
+    ) -> StoreResult<Vec<LockedTurn>> {
+        let token = self.tokens.next();
         let lease_ms = duration_ms(lease);
-        self.write(move |connection, now| fetch_turns_in(connection, max, lease_ms, now, &tokens))
-            .await
+        let leases = self.leases.clone();
+        let also = also.to_vec();
+        // On the writer thread, so that fetches are ordered with commits; they write nothing.
+        self.write(move |connection, now| {
+            fetch_turns_in(connection, max, lease_ms, now, &also, token, &leases)
+        })
+        .await
     }
 
     async fn read_history(
@@ -643,10 +852,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<()> {
+    async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<Vec<ActivityWorkItem>> {
         let instance_id = commit.instance_id.clone();
+        let leases = self.leases.clone();
         let effects = self
-            .write(move |connection, now| commit_turn_in(connection, &commit, now))
+            .write(move |connection, now| commit_turn_in(connection, &commit, now, &leases))
             .await?;
         if effects.inbox_changed {
             self.signals.orchestrations.notify_one();
@@ -657,7 +867,7 @@ impl Store for SqliteStore {
         if effects.finished {
             self.signals.notify_finished(&instance_id);
         }
-        Ok(())
+        Ok(effects.claimed)
     }
 
     async fn abandon_turn(
@@ -668,17 +878,14 @@ impl Store for SqliteStore {
     ) -> StoreResult<()> {
         let instance_id = instance_id.to_string();
         let delay_ms = duration_ms(delay);
+        let leases = self.leases.clone();
         self.write(move |connection, now| {
-            let released = connection
-                .prepare_cached(
-                    "UPDATE instances SET lock_token = NULL, locked_until_ms = 0
-                     WHERE instance_id = ?1 AND lock_token = ?2 AND locked_until_ms > ?3",
-                )
-                .and_then(|mut statement| statement.execute(params![instance_id, token_of(lock_token), now]))
-                .map_err(db_error)?;
-            if released == 0 {
+            let mut held = lock_leases(&leases);
+            if !holds(&held.instances, instance_id.as_str(), token_of(lock_token), now) {
                 return Err(StoreError::LeaseLost("instance"));
             }
+            held.instances.remove(instance_id.as_str());
+            drop(held);
             if delay_ms > 0 {
                 connection
                     .prepare_cached(
@@ -701,8 +908,9 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<ActivityWorkItem>> {
         let token = self.tokens.next();
         let lease_ms = duration_ms(lease);
+        let leases = self.leases.clone();
         self.write(move |connection, now| {
-            fetch_activities_in(connection, max, lease_ms, now, token)
+            fetch_activities_in(connection, max, lease_ms, now, token, &leases)
         })
         .await
     }
@@ -713,24 +921,35 @@ impl Store for SqliteStore {
         lock_token: u64,
         lease: Duration,
     ) -> StoreResult<bool> {
-        let lease_ms = duration_ms(lease);
-        self.write(move |connection, now| {
+        let item_id = i64::try_from(item_id).unwrap_or(-1);
+        let now = self.clock.now_ms();
+        {
+            let mut held = lock_leases(&self.leases);
+            if !holds(&held.activities, &item_id, token_of(lock_token), now) {
+                return Err(StoreError::LeaseLost("activity"));
+            }
+            held.activities.insert(
+                item_id,
+                Lease {
+                    token: token_of(lock_token),
+                    until_ms: now + duration_ms(lease),
+                },
+            );
+        }
+        self.read(move |connection, _now| {
             let instance_id: Option<String> = connection
-                .prepare_cached(
-                    "UPDATE activities SET locked_until_ms = ?3
-                     WHERE item_id = ?1 AND lock_token = ?2 AND locked_until_ms > ?4 RETURNING instance_id",
-                )
+                .prepare_cached("SELECT instance_id FROM activities WHERE item_id = ?1")
                 .and_then(|mut statement| {
                     statement
-                        .query_row(
-                            params![i64::try_from(item_id).unwrap_or(-1), token_of(lock_token), now + lease_ms, now],
-                            |row| row.get(0),
-                        )
+                        .query_row(params![item_id], |row| row.get(0))
                         .optional()
                 })
                 .map_err(db_error)?;
-            let instance_id = instance_id.ok_or(StoreError::LeaseLost("activity"))?;
-            Ok(status_of(connection, &instance_id)?.is_some_and(|status| !status.is_terminal()))
+            match instance_id {
+                Some(instance_id) => Ok(status_of(connection, &instance_id)?
+                    .is_some_and(|status| !status.is_terminal())),
+                None => Ok(false),
+            }
         })
         .await
     }
@@ -741,24 +960,25 @@ impl Store for SqliteStore {
         lock_token: u64,
         result: ActivityResult,
     ) -> StoreResult<()> {
+        let leases = self.leases.clone();
         let delivered = self
             .write(move |connection, now| {
+                let item_id = i64::try_from(item_id).unwrap_or(-1);
+                if !holds(&lock_leases(&leases).activities, &item_id, token_of(lock_token), now) {
+                    return Err(StoreError::LeaseLost("activity"));
+                }
                 let row: Option<(String, i64, i64)> = connection
                     .prepare_cached(
-                        "DELETE FROM activities WHERE item_id = ?1 AND lock_token = ?2 AND locked_until_ms > ?3
-                         RETURNING instance_id, execution_id, activity_id",
+                        "DELETE FROM activities WHERE item_id = ?1 RETURNING instance_id, execution_id, activity_id",
                     )
                     .and_then(|mut statement| {
-                        statement
-                            .query_row(
-                                params![i64::try_from(item_id).unwrap_or(-1), token_of(lock_token), now],
-                                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-                            )
-                            .optional()
+                        statement.query_row(params![item_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?))).optional()
                     })
                     .map_err(db_error)?;
-                let (instance_id, execution_id, activity_id) =
-                    row.ok_or(StoreError::LeaseLost("activity"))?;
+                lock_leases(&leases).activities.remove(&item_id);
+                let Some((instance_id, execution_id, activity_id)) = row else {
+                    return Err(StoreError::LeaseLost("activity"));
+                };
                 let (execution_id, id) =
                     (u64::try_from(execution_id).unwrap_or(0), u64::try_from(activity_id).unwrap_or(0));
                 let message = match result {
@@ -781,22 +1001,23 @@ impl Store for SqliteStore {
         delay: Duration,
     ) -> StoreResult<()> {
         let delay_ms = duration_ms(delay);
+        let leases = self.leases.clone();
         self.write(move |connection, now| {
-            let updated = connection
-                .prepare_cached(
-                    "UPDATE activities SET lock_token = NULL, locked_until_ms = 0, visible_at_ms = ?3
-                     WHERE item_id = ?1 AND lock_token = ?2 AND locked_until_ms > ?4",
-                )
-                .and_then(|mut statement| {
-                    statement.execute(params![
-                        i64::try_from(item_id).unwrap_or(-1),
-                        token_of(lock_token),
-                        now + delay_ms,
-                        now
-                    ])
-                })
+            let item_id = i64::try_from(item_id).unwrap_or(-1);
+            if !holds(
+                &lock_leases(&leases).activities,
+                &item_id,
+                token_of(lock_token),
+                now,
+            ) {
+                return Err(StoreError::LeaseLost("activity"));
+            }
+            connection
+                .prepare_cached("UPDATE activities SET visible_at_ms = ?2 WHERE item_id = ?1")
+                .and_then(|mut statement| statement.execute(params![item_id, now + delay_ms]))
                 .map_err(db_error)?;
-            if updated == 0 { Err(StoreError::LeaseLost("activity")) } else { Ok(()) }
+            lock_leases(&leases).activities.remove(&item_id);
+            Ok(())
         })
         .await?;
         self.signals.activities.notify_one();
@@ -862,19 +1083,31 @@ impl Store for SqliteStore {
     }
 
     async fn next_wake_at(&self) -> StoreResult<Option<TimestampMs>> {
-        self.read(move |connection, now| {
-            connection
-                .prepare_cached(
-                    "SELECT MIN(t) FROM (
-                        SELECT MIN(visible_at_ms) AS t FROM inbox WHERE visible_at_ms > ?1
-                        UNION ALL SELECT MIN(locked_until_ms) FROM instances WHERE locked_until_ms > ?1
-                        UNION ALL SELECT MIN(visible_at_ms) FROM activities WHERE visible_at_ms > ?1
-                        UNION ALL SELECT MIN(locked_until_ms) FROM activities WHERE locked_until_ms > ?1)",
-                )
-                .and_then(|mut statement| statement.query_row(params![now], |row| row.get(0)))
-                .map_err(db_error)
+        let stored: Option<TimestampMs> = self
+            .read(move |connection, now| {
+                connection
+                    .prepare_cached(
+                        "SELECT MIN(t) FROM (
+                            SELECT MIN(visible_at_ms) AS t FROM inbox WHERE visible_at_ms > ?1
+                            UNION ALL SELECT MIN(visible_at_ms) FROM activities WHERE visible_at_ms > ?1)",
+                    )
+                    .and_then(|mut statement| statement.query_row(params![now], |row| row.get(0)))
+                    .map_err(db_error)
+            })
+            .await?;
+        let now = self.clock.now_ms();
+        let held = lock_leases(&self.leases);
+        let lease_end = held
+            .instances
+            .values()
+            .chain(held.activities.values())
+            .map(|lease| lease.until_ms)
+            .filter(|until| *until > now)
+            .min();
+        Ok(match (stored, lease_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         })
-        .await
     }
 
     async fn count_by_status(&self) -> StoreResult<Vec<(InstanceStatus, u64)>> {

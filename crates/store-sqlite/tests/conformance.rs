@@ -29,3 +29,17 @@ mod memory {
     use super::*;
     sluice_store::conformance_tests!(async { harness(None) }.await);
 }
+
+/// A database file belongs to one store at a time: leases live in that store's memory.
+#[test]
+fn a_second_store_on_the_same_file_is_refused() {
+    let temp = TempSqlite::new();
+    let options = SqliteStoreOptions::new(Location::File(temp.path().to_path_buf()));
+    let first = SqliteStore::open(options.clone()).expect("first open");
+    let error = SqliteStore::open(options.clone())
+        .err()
+        .expect("second open refused");
+    assert!(error.to_string().contains("in use"), "{error}");
+    drop(first);
+    SqliteStore::open(options).expect("open again after the first closed");
+}

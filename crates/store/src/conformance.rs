@@ -49,7 +49,7 @@ fn activity(id: &str, activity_id: u64) -> NewActivity {
 async fn started<S: Store>(store: &S, id: &str, extra: TurnCommit) -> TurnCommit {
     assert!(store.create_instance(new_instance(id)).await.unwrap());
     let turn = store
-        .fetch_turns(1, LEASE)
+        .fetch_turns(1, LEASE, &[])
         .await
         .unwrap()
         .pop()
@@ -77,7 +77,7 @@ pub async fn start_is_idempotent<S: Store>(h: Harness<S>) {
     let store = &h.store;
     assert!(store.create_instance(new_instance("a")).await.unwrap());
     assert!(!store.create_instance(new_instance("a")).await.unwrap());
-    let turns = store.fetch_turns(10, LEASE).await.unwrap();
+    let turns = store.fetch_turns(10, LEASE, &[]).await.unwrap();
     assert_eq!(turns.len(), 1);
     assert_eq!(turns[0].messages.len(), 1, "exactly one start message");
     assert_eq!(turns[0].status, InstanceStatus::Pending);
@@ -92,14 +92,19 @@ pub async fn start_is_idempotent<S: Store>(h: Harness<S>) {
 pub async fn peek_lock_and_lost_lease<S: Store>(h: Harness<S>) {
     let store = &h.store;
     store.create_instance(new_instance("a")).await.unwrap();
-    let first = store.fetch_turns(1, LEASE).await.unwrap().pop().unwrap();
+    let first = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
     assert!(
-        store.fetch_turns(1, LEASE).await.unwrap().is_empty(),
+        store.fetch_turns(1, LEASE, &[]).await.unwrap().is_empty(),
         "locked instances are skipped"
     );
     h.clock.advance_ms(LEASE_MS + 1);
     let second = store
-        .fetch_turns(1, LEASE)
+        .fetch_turns(1, LEASE, &[])
         .await
         .unwrap()
         .pop()
@@ -132,14 +137,19 @@ pub async fn peek_lock_and_lost_lease<S: Store>(h: Harness<S>) {
 pub async fn turn_commit_is_atomic<S: Store>(h: Harness<S>) {
     let store = &h.store;
     store.create_instance(new_instance("peer")).await.unwrap();
-    let peer_turn = store.fetch_turns(1, LEASE).await.unwrap().pop().unwrap();
+    let peer_turn = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
     store
         .abandon_turn("peer", peer_turn.lock_token, Duration::ZERO)
         .await
         .unwrap();
 
     store.create_instance(new_instance("a")).await.unwrap();
-    let turns = store.fetch_turns(10, LEASE).await.unwrap();
+    let turns = store.fetch_turns(10, LEASE, &[]).await.unwrap();
     // Release the peer again if it was fetched alongside.
     for peer in turns.iter().filter(|t| t.instance_id == "peer") {
         store
@@ -213,7 +223,7 @@ pub async fn turn_commit_is_atomic<S: Store>(h: Harness<S>) {
     assert_eq!(items[0].activity, activity("a", 0));
     assert_eq!(items[0].attempt, 1);
     // The peer got its message; "a" has nothing visible (its timer is in the future).
-    let turns = store.fetch_turns(10, LEASE).await.unwrap();
+    let turns = store.fetch_turns(10, LEASE, &[]).await.unwrap();
     assert_eq!(turns.len(), 1);
     assert_eq!(turns[0].instance_id, "peer");
     assert!(
@@ -253,13 +263,13 @@ pub async fn timers_become_due<S: Store>(h: Harness<S>) {
         },
     )
     .await;
-    assert!(store.fetch_turns(1, LEASE).await.unwrap().is_empty());
+    assert!(store.fetch_turns(1, LEASE, &[]).await.unwrap().is_empty());
     assert_eq!(store.next_wake_at().await.unwrap(), Some(now + 1_000));
     h.clock.advance_ms(999);
-    assert!(store.fetch_turns(1, LEASE).await.unwrap().is_empty());
+    assert!(store.fetch_turns(1, LEASE, &[]).await.unwrap().is_empty());
     h.clock.advance_ms(1);
     let turn = store
-        .fetch_turns(1, LEASE)
+        .fetch_turns(1, LEASE, &[])
         .await
         .unwrap()
         .pop()
@@ -312,7 +322,12 @@ pub async fn activity_lease_renewal<S: Store>(h: Harness<S>) {
         )
         .await
         .unwrap();
-    let turn = store.fetch_turns(1, LEASE).await.unwrap().pop().unwrap();
+    let turn = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
     assert_eq!(
         turn.messages[0].1,
         Message::ActivityCompleted {
@@ -382,7 +397,12 @@ pub async fn lost_activity_lease_rejects_completion<S: Store>(h: Harness<S>) {
         matches!(again, Err(StoreError::LeaseLost(_))),
         "a work item completes once"
     );
-    let turn = store.fetch_turns(1, LEASE).await.unwrap().pop().unwrap();
+    let turn = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
     assert_eq!(turn.messages.len(), 1);
     assert_eq!(
         turn.messages[0].1,
@@ -459,7 +479,12 @@ pub async fn events_are_never_dropped_silently<S: Store>(h: Harness<S>) {
         .enqueue_message("b", event.clone(), Some(new_instance("b")))
         .await
         .unwrap();
-    let turn = store.fetch_turns(1, LEASE).await.unwrap().pop().unwrap();
+    let turn = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
     assert_eq!(turn.instance_id, "b");
     assert!(matches!(turn.messages[0].1, Message::Start { .. }));
     assert_eq!(turn.messages[1].1, event);
@@ -492,7 +517,12 @@ pub async fn events_are_never_dropped_silently<S: Store>(h: Harness<S>) {
 pub async fn continue_as_new_starts_a_new_execution<S: Store>(h: Harness<S>) {
     let store = &h.store;
     store.create_instance(new_instance("a")).await.unwrap();
-    let turn = store.fetch_turns(1, LEASE).await.unwrap().pop().unwrap();
+    let turn = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
     let restart = Message::Start {
         name: "orders".into(),
         input: "gen 2".into(),
@@ -515,7 +545,12 @@ pub async fn continue_as_new_starts_a_new_execution<S: Store>(h: Harness<S>) {
         })
         .await
         .unwrap();
-    let turn = store.fetch_turns(1, LEASE).await.unwrap().pop().unwrap();
+    let turn = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
     assert_eq!(turn.execution_id, 2);
     assert_eq!(turn.history_len, 0);
     assert_eq!(turn.messages.len(), 1);
@@ -532,7 +567,12 @@ pub async fn continue_as_new_starts_a_new_execution<S: Store>(h: Harness<S>) {
 pub async fn child_start_with_taken_id_fails_the_parent_command<S: Store>(h: Harness<S>) {
     let store = &h.store;
     store.create_instance(new_instance("taken")).await.unwrap();
-    let taken_turn = store.fetch_turns(1, LEASE).await.unwrap().pop().unwrap();
+    let taken_turn = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
     store
         .abandon_turn("taken", taken_turn.lock_token, Duration::from_secs(3600))
         .await
@@ -560,7 +600,7 @@ pub async fn child_start_with_taken_id_fails_the_parent_command<S: Store>(h: Har
         },
     )
     .await;
-    let turns = store.fetch_turns(10, LEASE).await.unwrap();
+    let turns = store.fetch_turns(10, LEASE, &[]).await.unwrap();
     let parent = turns
         .iter()
         .find(|t| t.instance_id == "p")
@@ -587,6 +627,85 @@ pub async fn child_start_with_taken_id_fails_the_parent_command<S: Store>(h: Har
     );
 }
 
+/// A commit can claim its new activities for the caller (no fetch needed) and can record
+/// results of claimed activities, deleting their work items in the same transaction.
+pub async fn commits_claim_and_complete_activities<S: Store>(h: Harness<S>) {
+    let store = &h.store;
+    assert!(store.create_instance(new_instance("a")).await.unwrap());
+    let turn = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let claimed = store
+        .commit_turn(TurnCommit {
+            instance_id: "a".into(),
+            lock_token: turn.lock_token,
+            execution_id: 1,
+            history_from: 0,
+            append: vec![Event::TurnStarted { now_ms: 0 }],
+            consumed: turn.messages.iter().map(|(id, _)| *id).collect(),
+            status: Some(InstanceStatus::Running),
+            activities: vec![activity("a", 0), activity("a", 1), activity("a", 2)],
+            claim_activities: Some((2, LEASE)),
+            ..TurnCommit::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2, "claims at most the requested number");
+    assert_eq!(claimed[0].activity, activity("a", 0));
+    assert!(claimed.iter().all(|item| item.attempt == 1));
+    // Only the unclaimed one can be fetched.
+    let fetched = store.fetch_activities(10, LEASE).await.unwrap();
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(fetched[0].activity.activity_id, 2);
+
+    // Results held in memory are committed with the next turn; `also` locks the instance
+    // although it has no visible message.
+    let turn = store
+        .fetch_turns(1, LEASE, &["a".to_string()])
+        .await
+        .unwrap()
+        .pop()
+        .expect("also");
+    assert!(turn.messages.is_empty());
+    let mut completed: Vec<(u64, u64)> = claimed
+        .iter()
+        .map(|item| (item.item_id, item.lock_token))
+        .collect();
+    completed.push((fetched[0].item_id, fetched[0].lock_token.wrapping_add(1)));
+    store
+        .commit_turn(TurnCommit {
+            instance_id: "a".into(),
+            lock_token: turn.lock_token,
+            execution_id: 1,
+            history_from: 1,
+            append: vec![
+                Event::ActivityCompleted {
+                    id: 0,
+                    output: "x".into(),
+                },
+                Event::ActivityCompleted {
+                    id: 1,
+                    output: "y".into(),
+                },
+            ],
+            completed_activities: completed,
+            ..TurnCommit::default()
+        })
+        .await
+        .unwrap();
+    // The claimed items are gone (even after their leases would have expired); the item given
+    // with a wrong token is untouched and still held by its fetcher.
+    h.clock.advance_ms(LEASE_MS + 1);
+    let left = store.fetch_activities(10, LEASE).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].activity.activity_id, 2);
+    assert_eq!(left[0].attempt, 2);
+    assert_eq!(store.read_history("a", 1, 0).await.unwrap().len(), 3);
+}
+
 /// Declares one `#[tokio::test]` per conformance check. `$factory` is an async expression
 /// evaluating to a [`Harness`].
 #[macro_export]
@@ -602,7 +721,8 @@ macro_rules! conformance_tests {
             attempts_are_counted,
             events_are_never_dropped_silently,
             continue_as_new_starts_a_new_execution,
-            child_start_with_taken_id_fails_the_parent_command
+            child_start_with_taken_id_fails_the_parent_command,
+            commits_claim_and_complete_activities
         );
     };
     (@each $factory:expr; $($check:ident),*) => {

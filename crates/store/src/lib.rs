@@ -94,8 +94,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     /// Locks up to `max` instances that have visible messages and are not locked, for `lease`,
-    /// and returns each with its visible messages.
-    async fn fetch_turns(&self, max: usize, lease: Duration) -> StoreResult<Vec<LockedTurn>>;
+    /// and returns each with its visible messages. Instances listed in `also` are locked too
+    /// (when they exist and are not locked) even without visible messages, ahead of the others:
+    /// the caller holds results for them in memory.
+    async fn fetch_turns(
+        &self,
+        max: usize,
+        lease: Duration,
+        also: &[String],
+    ) -> StoreResult<Vec<LockedTurn>>;
 
     /// Reads an execution's history from position `from` on.
     async fn read_history(
@@ -105,8 +112,10 @@ pub trait Store: Send + Sync + 'static {
         from: u64,
     ) -> StoreResult<Vec<Event>>;
 
-    /// Commits a turn atomically (see [`TurnCommit`]); releases the instance lock.
-    async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<()>;
+    /// Commits a turn atomically (see [`TurnCommit`]); releases the instance lock. Returns the
+    /// activity work items the commit claimed for the caller (see
+    /// [`TurnCommit::claim_activities`]).
+    async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<Vec<ActivityWorkItem>>;
 
     /// Releases an instance lock without changes; its messages become visible again after
     /// `delay`.

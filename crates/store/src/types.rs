@@ -80,6 +80,13 @@ pub struct TurnCommit {
     /// Start the next execution with this start message (continue-as-new): the execution id
     /// goes up by one and its history starts empty.
     pub continue_as_new: Option<Message>,
+    /// Activity work items whose results this turn records (in `append`): deleted with the
+    /// commit, if `(item_id, lock_token)` still holds the item's lease; an item whose lease was
+    /// lost is left to its new holder.
+    pub completed_activities: Vec<(u64, u64)>,
+    /// Lease up to this many of the new `activities` to the caller, for this long, and return
+    /// them from the commit, so the caller runs them without fetching.
+    pub claim_activities: Option<(usize, std::time::Duration)>,
 }
 
 /// A message for another instance.
