@@ -36,7 +36,8 @@ pub struct WriterStats {
 }
 
 type Deliver = Box<dyn FnOnce(Option<String>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Deliver) + Send>;
+/// A queued request: run on the connection, or told why it could not run.
+type Job = Box<dyn FnOnce(Result<&Connection, String>) -> (bool, Deliver) + Send>;
 
 /// The handle to the writer thread. Cheap to clone; the thread stops when the last handle is
 /// dropped and its queue is drained.
@@ -82,6 +83,15 @@ impl GroupCommitWriter {
     {
         let (reply, answer) = oneshot::channel::<Result<T, WriteError<E>>>();
         let wrapped: Job = Box::new(move |connection| {
+            let connection = match connection {
+                Ok(connection) => connection,
+                Err(reason) => {
+                    let deliver: Deliver = Box::new(move |_| {
+                        let _ = reply.send(Err(WriteError::Transaction(reason)));
+                    });
+                    return (false, deliver);
+                }
+            };
             let outcome = catch_unwind(AssertUnwindSafe(|| job(connection)));
             let ok = matches!(outcome, Ok(Ok(_)));
             let deliver: Deliver = Box::new(move |transaction_error| {
@@ -150,14 +160,8 @@ fn run(
             }
             Err(error) => {
                 tracing::error!(%error, "SQLite writer cannot begin a transaction");
-                delivers.extend(batch.drain(..).map(|job| {
-                    // Never run: answer with the transaction error below.
-                    let deliver: Deliver = Box::new(move |error| {
-                        drop(job);
-                        let _ = error;
-                    });
-                    deliver
-                }));
+                let reason = format!("cannot begin a transaction: {error}");
+                delivers.extend(batch.drain(..).map(|job| job(Err(reason.clone())).1));
                 Some(error.to_string())
             }
         };
@@ -196,13 +200,10 @@ fn run_in_savepoint(connection: &Connection, job: Job) -> Deliver {
         .prepare_cached("SAVEPOINT job")
         .and_then(|mut s| s.execute([]))
     {
-        let message = error.to_string();
-        return Box::new(move |_| {
-            drop(job);
-            tracing::error!(%message, "SQLite savepoint failed");
-        });
+        tracing::error!(%error, "SQLite savepoint failed");
+        return job(Err(format!("cannot open a savepoint: {error}"))).1;
     }
-    let (ok, deliver) = job(connection);
+    let (ok, deliver) = job(Ok(connection));
     let end = if ok { "RELEASE job" } else { "ROLLBACK TO job" };
     let ended = connection
         .prepare_cached(end)

@@ -1,0 +1,53 @@
+//! The SQLite backend of the Sluice sink, on the group-commit writer of `sluice-sqlite`.
+//!
+//! Each batch is one closure on the writer thread: multi-row prepared statements (deletes,
+//! upserts as `INSERT ... ON CONFLICT (key) DO UPDATE SET ...`, inserts) inside the writer's
+//! savepoint, acknowledged after the shared transaction commits. A batch larger than SQLite's
+//! bound-parameter limit (read from the connection; 32,766 by default) is cut into several
+//! statements inside that same savepoint, so it is written whole or not at all.
+//!
+//! At start the backend reads the table with `pragma_table_xinfo`, `pragma_index_list` and
+//! `pragma_index_info` and refuses a schema that does not fit (missing columns, an affinity that
+//! would change values, NULLs the table forbids, NOT NULL columns the rows cannot fill, a key
+//! that is not the primary key or a unique non-partial index), listing every problem.
+//!
+//! # How values are stored
+//!
+//! | Value | Storage class | Created as | Notes |
+//! |---|---|---|---|
+//! | Bool | INTEGER 0/1 | `BOOLEAN` | |
+//! | I64 | INTEGER | `INTEGER` | full 64-bit range |
+//! | F64 | REAL | `REAL` | ±infinity as REAL. NaN and -0.0 as an 8-byte BLOB of the IEEE-754 bits (big-endian), because SQLite stores NaN as NULL and -0.0 as 0. In a STRICT table's REAL column those two are refused and dead-lettered. |
+//! | Decimal | TEXT | `TEXT` | the canonical text, exact; a NUMERIC column would turn it into a float, so it is refused |
+//! | Text | TEXT | `TEXT` | empty text and NULL stay distinct |
+//! | Bytes | BLOB | `BLOB` | |
+//! | Json | TEXT | `TEXT` | the caller's text, verbatim |
+//! | Uuid | BLOB (16 bytes) | `BLOB` | |
+//! | Date | INTEGER days since 1970-01-01 | `INTEGER` | `date(col * 86400, 'unixepoch')` shows it |
+//! | Timestamp | INTEGER microseconds since 1970-01-01T00:00:00 (wall clock, no zone) | `INTEGER` | |
+//! | TimestampTz | INTEGER microseconds since the Unix epoch (UTC) | `INTEGER` | `datetime(col / 1000000, 'unixepoch')` shows it |
+//!
+//! Columns created by the sink use these declared types; existing columns are accepted when
+//! their affinity keeps the values unchanged (for example I64 in INTEGER or NUMERIC, text in
+//! TEXT or untyped columns).
+//!
+//! # Dead-letter table
+//!
+//! `CREATE TABLE IF NOT EXISTS <table>_dead_letters (id INTEGER PRIMARY KEY, failed_at_us
+//! INTEGER NOT NULL, table_name TEXT NOT NULL, error_code TEXT NOT NULL, error TEXT NOT NULL,
+//! row_json TEXT NOT NULL)`.
+#![warn(missing_docs)]
+
+mod backend;
+mod error;
+mod read;
+mod statements;
+mod table;
+mod values;
+
+pub use backend::{SqliteBackend, SqliteSinkOptions};
+pub use read::{read_dead_letters, read_rows};
+pub use sluice_sqlite::{Location, OpenOptions, Synchronous};
+pub use statements::ROWS_PER_STATEMENT_MAX;
+pub use table::DEAD_LETTER_COLUMNS;
+pub use values::ReadError;

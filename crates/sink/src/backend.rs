@@ -1,0 +1,277 @@
+//! The contract between the engine and a database: [`SinkBackend`] checks (and optionally
+//! creates or widens) the target table once and hands back a [`TableWriter`], which writes
+//! batches.
+//!
+//! The engine owns everything that is the same for every database: buffering, batching, the
+//! in-batch reduction by key, retries with backoff, bisecting a batch to isolate bad rows, dead
+//! letters, counters and metrics. A backend owns the SQL and the classification of its errors.
+//!
+//! Contract for [`TableWriter::write_batch`]:
+//! - **All or nothing on error.** When it returns `Err`, nothing of the batch is written (the
+//!   engine retries or bisects the same rows, so a partial write would duplicate or lose rows).
+//! - **Everything accounted for on success.** `Ok(outcome)` means every row of the batch is
+//!   durable except those listed in `outcome.rejected`, which were not written at all. The
+//!   engine checks `applied + rejected == rows` and fails the sink otherwise.
+//! - **No statement limit leaks out.** A backend splits a batch into as many statements as its
+//!   database needs (SQLite's 32,766 bound parameters, PostgreSQL's 65,535), inside one
+//!   transaction.
+//! - **Keys are unique within a keyed batch.** In modes other than `insert` the engine has
+//!   reduced the batch to at most one row per key, so upserts never touch a row twice and the
+//!   order of statements within a batch does not matter.
+//! - **Calls may overlap.** Up to `flush_concurrency` batches are written at the same time
+//!   (never two with the same key); a pooled backend uses one connection per call.
+//!
+//! Errors are classified by [`BackendError`]: transient ones are retried with backoff, row
+//! errors make the engine bisect the batch, fatal ones stop the sink.
+
+use crate::config::{CreateTable, Evolve, Mode};
+use crate::ident::Ident;
+use crate::schema::{Row, Schema};
+use crate::value::TimestampTz;
+use async_trait::async_trait;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// What the engine asks of the target table at start.
+#[derive(Clone, Debug)]
+pub struct PrepareRequest {
+    /// The stream's schema (its table is the target).
+    pub schema: Arc<Schema>,
+    /// The write mode: keyed modes need the key to be unique in the table.
+    pub mode: Mode,
+    /// Whether to create a missing table.
+    pub create_table: CreateTable,
+    /// Whether to add missing nullable columns.
+    pub evolve: Evolve,
+    /// The dead-letter table to create or check, when dead letters go to a table.
+    pub dead_letter_table: Option<Ident>,
+}
+
+/// What `prepare` did to the database.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrepareReport {
+    /// The target table was created.
+    pub created_table: bool,
+    /// Columns added to the target table (`evolve = "add_columns"`).
+    pub added_columns: Vec<Ident>,
+}
+
+/// A checked target and its writer.
+pub struct Prepared {
+    /// Writes batches into the target table.
+    pub writer: Arc<dyn TableWriter>,
+    /// What was changed to make the table fit.
+    pub report: PrepareReport,
+}
+
+/// A database the sink can write into.
+///
+/// A PostgreSQL backend would hold its pool here; `prepare` reads `information_schema` and the
+/// key's unique index on one connection and returns a writer holding the pool and the statement
+/// texts.
+#[async_trait]
+pub trait SinkBackend: Send + Sync {
+    /// A short name for logs and metrics (`sqlite`, `postgres`, `memory`).
+    fn name(&self) -> &'static str;
+
+    /// Reads the target table's columns and refuses, with every problem listed in
+    /// [`BackendError::SchemaMismatch`], when the schema does not fit: a missing column, a type
+    /// that would not round-trip, NULLs where the table forbids them, a table column the rows
+    /// cannot fill, or (keyed modes) a key that is not the primary key or a unique index.
+    /// Creates the table or adds nullable columns when allowed, and creates the dead-letter
+    /// table.
+    async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError>;
+}
+
+/// Writes batches into one prepared table.
+///
+/// Exactly-once delivery will add checkpoint hooks here with default implementations: a batch
+/// may carry a checkpoint marker that the writer upserts into a progress table in the same
+/// transaction (`pre_commit` for two-phase commit, `commit` when the checkpoint completes).
+#[async_trait]
+pub trait TableWriter: Send + Sync {
+    /// Writes one batch, in one transaction. See the module docs for the contract.
+    async fn write_batch(&self, batch: &Batch) -> Result<BatchOutcome, BackendError>;
+
+    /// Durably records rows that could not be written (dead-letter destination `table`).
+    /// All or nothing, like `write_batch`.
+    async fn write_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), BackendError>;
+}
+
+/// Rows for one `write_batch` call: a range of a shared, reduced row list (bisection hands out
+/// sub-ranges without copying rows).
+#[derive(Clone, Debug)]
+pub struct Batch {
+    schema: Arc<Schema>,
+    mode: Mode,
+    rows: Arc<[Row]>,
+    range: Range<usize>,
+}
+
+impl Batch {
+    /// A batch of all of `rows`.
+    pub fn new(schema: Arc<Schema>, mode: Mode, rows: Arc<[Row]>) -> Batch {
+        let range = 0..rows.len();
+        Batch {
+            schema,
+            mode,
+            rows,
+            range,
+        }
+    }
+
+    /// The same rows, restricted to `range` (relative to this batch).
+    pub fn slice(&self, range: Range<usize>) -> Batch {
+        assert!(
+            range.start <= range.end && range.end <= self.len(),
+            "range within the batch"
+        );
+        Batch {
+            range: self.range.start + range.start..self.range.start + range.end,
+            ..self.clone()
+        }
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// The schema, shared (for work moved to another thread).
+    pub fn schema_arc(&self) -> &Arc<Schema> {
+        &self.schema
+    }
+
+    /// The mode. In `insert` every row is `Op::Insert`; otherwise `Op::Upsert` or `Op::Delete`
+    /// with at most one row per key.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The rows.
+    pub fn rows(&self) -> &[Row] {
+        &self.rows[self.range.clone()]
+    }
+
+    /// The shared row list and this batch's range in it (for work moved to another thread).
+    pub fn shared_rows(&self) -> (&Arc<[Row]>, Range<usize>) {
+        (&self.rows, self.range.clone())
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+}
+
+/// The result of a successful `write_batch`.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// Rows written.
+    pub applied: usize,
+    /// Rows the backend refused individually (by position in the batch) without failing the
+    /// batch; they were not written and go to the dead letters.
+    pub rejected: Vec<(usize, BackendError)>,
+}
+
+/// A row that could not be written, as recorded in the dead-letter destination.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    /// The target table.
+    pub table: String,
+    /// When the row was given up on.
+    #[serde(serialize_with = "serialize_time")]
+    pub failed_at: TimestampTz,
+    /// The error's stable code.
+    pub error_code: String,
+    /// The error message.
+    pub error: String,
+    /// The row, as JSON: `{"op": ..., "values": {column: value, ...}}` (see
+    /// `dead_letter::row_to_json`).
+    pub row: String,
+}
+
+fn serialize_time<S: serde::Serializer>(
+    time: &TimestampTz,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(time)
+}
+
+/// How an error should be handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Worth retrying the same batch after a pause (connection lost, busy, deadlock,
+    /// serialization failure, pool timeout).
+    Transient,
+    /// Caused by one or more rows' data (constraint violation, bad value): retrying the same
+    /// rows fails again, so the batch is bisected and the bad rows are dead-lettered.
+    Row,
+    /// Neither: the sink stops and reports it (table dropped, disk corrupt, a broken
+    /// contract).
+    Fatal,
+}
+
+/// A backend failure, classified.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// See [`ErrorClass::Transient`].
+    #[error("transient database error [{code}]: {message}")]
+    Transient {
+        /// A stable code (`sqlite.busy`, `postgres.40001`, ...).
+        code: &'static str,
+        /// The database's message.
+        message: String,
+    },
+    /// See [`ErrorClass::Row`].
+    #[error("row refused by the database [{code}]: {message}")]
+    Row {
+        /// A stable code (`sqlite.constraint`, `postgres.23505`, ...).
+        code: &'static str,
+        /// The database's message.
+        message: String,
+    },
+    /// See [`ErrorClass::Fatal`].
+    #[error("database error [{code}]: {message}")]
+    Fatal {
+        /// A stable code.
+        code: &'static str,
+        /// The database's message.
+        message: String,
+    },
+    /// The target table does not fit the schema; nothing was changed.
+    #[error("table {table} does not fit the sink's schema: {}", problems.join("; "))]
+    SchemaMismatch {
+        /// The table.
+        table: String,
+        /// Each problem, one sentence each.
+        problems: Vec<String>,
+    },
+}
+
+impl BackendError {
+    /// The error's class.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            BackendError::Transient { .. } => ErrorClass::Transient,
+            BackendError::Row { .. } => ErrorClass::Row,
+            BackendError::Fatal { .. } | BackendError::SchemaMismatch { .. } => ErrorClass::Fatal,
+        }
+    }
+
+    /// A stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BackendError::Transient { code, .. }
+            | BackendError::Row { code, .. }
+            | BackendError::Fatal { code, .. } => code,
+            BackendError::SchemaMismatch { .. } => "sink.schema_mismatch",
+        }
+    }
+}

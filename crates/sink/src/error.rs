@@ -1,0 +1,100 @@
+//! The engine's error type.
+
+use crate::backend::BackendError;
+use crate::config::ConfigError;
+use crate::ident::IdentError;
+use crate::schema::SchemaError;
+use std::sync::Arc;
+
+/// Why a sink call failed. Every variant has a stable [`SinkError::code`].
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The schema is invalid.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// A derived name (the dead-letter table) is invalid.
+    #[error("invalid derived name: {0}")]
+    Ident(#[from] IdentError),
+    /// A keyed mode was configured for a schema without a key.
+    #[error("mode {mode} needs a key, but the schema of table {table} has none")]
+    KeyRequired {
+        /// The mode.
+        mode: &'static str,
+        /// The table.
+        table: String,
+    },
+    /// The dead-letter file could not be opened.
+    #[error("cannot open the dead-letter file {path}: {message}")]
+    DeadLetterFile {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        message: String,
+    },
+    /// The backend refused to prepare the table, or failed fatally.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// A transient error persisted through every retry.
+    #[error("gave up after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// Attempts made (the first plus `retry_attempts_max` retries).
+        attempts: u32,
+        /// The last error.
+        last: BackendError,
+    },
+    /// The backend broke the `TableWriter` contract (for example reported fewer rows than it
+    /// was given); the sink stops rather than guess what was written.
+    #[error("backend contract violated: {0}")]
+    Contract(String),
+    /// The buffer is full and `backpressure = "error"`.
+    #[error(
+        "the write buffer holds {buffered_bytes} of {buffer_bytes_max} bytes; {bytes} more do not fit"
+    )]
+    BufferFull {
+        /// The bytes of the refused write.
+        bytes: usize,
+        /// Bytes buffered when it was refused.
+        buffered_bytes: usize,
+        /// The limit.
+        buffer_bytes_max: usize,
+    },
+    /// One write is larger than the whole buffer; split it.
+    #[error("one write of {bytes} bytes exceeds buffer_bytes_max = {buffer_bytes_max} bytes")]
+    WriteTooLarge {
+        /// The bytes of the write.
+        bytes: usize,
+        /// The limit.
+        buffer_bytes_max: usize,
+    },
+    /// The sink is closed (or closing).
+    #[error("the sink is closed")]
+    Closed,
+    /// An earlier batch failed; the sink accepts and flushes nothing more. Rows not flushed
+    /// before the failure must be replayed by the caller (from its last successful `flush`).
+    #[error("the sink has failed: {0}")]
+    Failed(Arc<SinkError>),
+}
+
+impl SinkError {
+    /// A stable code for the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SinkError::Config(error) => error.code(),
+            SinkError::Schema(error) => error.code(),
+            SinkError::Ident(error) => error.code(),
+            SinkError::KeyRequired { .. } => "sink.key_required",
+            SinkError::DeadLetterFile { .. } => "sink.dead_letter.open",
+            SinkError::Backend(error) => error.code(),
+            SinkError::RetriesExhausted { .. } => "sink.retries_exhausted",
+            SinkError::Contract(_) => "sink.backend_contract",
+            SinkError::BufferFull { .. } => "sink.buffer_full",
+            SinkError::WriteTooLarge { .. } => "sink.write_too_large",
+            SinkError::Closed => "sink.closed",
+            SinkError::Failed(_) => "sink.failed",
+        }
+    }
+}

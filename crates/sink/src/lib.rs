@@ -1,0 +1,59 @@
+//! The Sluice database sink engine: takes a stream of typed rows and writes them into a
+//! database table in batches, without losing or mangling any.
+//!
+//! - [`Value`], [`ColumnType`], [`Schema`], [`Row`]: the row model. Names are [`Ident`]s,
+//!   validated and always quoted; values are always bound parameters.
+//! - [`SinkConfig`]: limits and behaviour, from TOML or a builder, validated once.
+//! - [`Sink`]: the handle writers call. `write` measures rows, reserves their bytes from a
+//!   bounded buffer (blocking or failing by policy), and routes them by key to
+//!   `flush_concurrency` lanes; each lane batches by rows, bytes and time and flushes one batch
+//!   at a time, so changes to a key keep their order. `flush` returns when everything written
+//!   before it is durable.
+//! - [`SinkBackend`] / [`TableWriter`]: what a database provides (SQL and error
+//!   classification). The engine does the rest: reduction of keyed batches to the last change
+//!   per key, retries of transient errors with backoff and jitter, bisection of a batch around
+//!   rows the database refuses, dead letters (a table or a JSON-lines file), counters and
+//!   metrics ([`MetricName`]).
+//! - [`MemoryBackend`]: an in-memory reference backend with fault injection, for tests.
+//! - `compliance` (feature `compliance`): the checks every backend must pass.
+//!
+//! This crate does not depend on the orchestration half of Sluice.
+#![warn(missing_docs)]
+
+mod backend;
+mod batcher;
+mod config;
+mod dead_letter;
+mod error;
+mod ident;
+mod memory;
+mod metrics;
+mod reduce;
+mod retry;
+mod schema;
+mod sink;
+mod value;
+
+#[cfg(feature = "compliance")]
+pub mod compliance;
+
+pub use backend::{
+    BackendError, Batch, BatchOutcome, DeadLetter, ErrorClass, PrepareReport, PrepareRequest,
+    Prepared, SinkBackend, TableWriter,
+};
+pub use config::{
+    BATCH_BYTES_MAX_LIMIT, BATCH_ROWS_MAX_LIMIT, BUFFER_BYTES_MAX_LIMIT, Backpressure, ConfigError,
+    CreateTable, DeadLetterConfig, Evolve, FLUSH_CONCURRENCY_LIMIT, FLUSH_INTERVAL_MS_LIMIT, Mode,
+    RETRY_ATTEMPTS_MAX_LIMIT, RETRY_BACKOFF_MS_LIMIT, SinkConfig, SinkConfigBuilder,
+};
+pub use dead_letter::row_to_json;
+pub use error::SinkError;
+pub use ident::{IDENT_BYTES_MAX, Ident, IdentError};
+pub use memory::MemoryBackend;
+pub use metrics::{MetricKind, MetricName};
+pub use schema::{COLUMNS_MAX, Column, Op, Row, RowError, Schema, SchemaError};
+pub use sink::{Sink, SinkStats};
+pub use value::{
+    ColumnType, DECIMAL_DIGITS_MAX, Date, Decimal, Json, Timestamp, TimestampTz, Uuid, Value,
+    ValueError,
+};

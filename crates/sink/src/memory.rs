@@ -1,0 +1,324 @@
+//! An in-memory reference backend, for tests of the engine and of code built on it.
+//!
+//! Tables live in a map guarded by one mutex (this backend is for tests, not throughput). It
+//! follows the [`TableWriter`] contract like a database would: it checks a whole batch before
+//! applying any of it, refuses an insert whose key exists (as a unique index would), and it
+//! can inject faults: transient failures on chosen calls and row errors for chosen rows.
+
+use crate::backend::{
+    BackendError, Batch, BatchOutcome, DeadLetter, PrepareReport, PrepareRequest, Prepared,
+    SinkBackend, TableWriter,
+};
+use crate::config::{CreateTable, Evolve};
+use crate::schema::{Column, Op, Row};
+use crate::value::Value;
+use async_trait::async_trait;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+type RowPredicate = dyn Fn(&Row) -> bool + Send + Sync;
+
+/// An in-memory database. Clones share the same tables.
+#[derive(Clone, Default)]
+pub struct MemoryBackend {
+    state: Arc<Mutex<State>>,
+    faults: Arc<Faults>,
+}
+
+#[derive(Default)]
+struct State {
+    tables: HashMap<String, Table>,
+    dead_letters: HashMap<String, Vec<DeadLetter>>,
+}
+
+struct Table {
+    columns: Vec<Column>,
+    /// Positions of the primary key columns; empty for a heap table.
+    key: Vec<usize>,
+    /// Keyed tables: rows by key. Heap tables: by insertion number.
+    rows: BTreeMap<Vec<KeyPart>, Vec<Value>>,
+    inserted: u64,
+}
+
+#[derive(Default)]
+struct Faults {
+    transient_calls: Mutex<BTreeSet<u64>>,
+    calls: AtomicU64,
+    refuse: Mutex<Option<Arc<RowPredicate>>>,
+}
+
+impl MemoryBackend {
+    /// An empty database.
+    pub fn new() -> MemoryBackend {
+        MemoryBackend::default()
+    }
+
+    /// Makes the given `write_batch` calls (counted from 1 across all tables) fail with a
+    /// transient error before touching anything.
+    pub fn fail_transiently_on_calls(&self, calls: impl IntoIterator<Item = u64>) {
+        lock(&self.faults.transient_calls).extend(calls);
+    }
+
+    /// Makes every batch containing a row matching `refuse` fail with a row error (as a CHECK
+    /// constraint would).
+    pub fn refuse_rows(&self, refuse: impl Fn(&Row) -> bool + Send + Sync + 'static) {
+        *lock(&self.faults.refuse) = Some(Arc::new(refuse));
+    }
+
+    /// `write_batch` calls so far.
+    pub fn write_calls(&self) -> u64 {
+        self.faults.calls.load(Ordering::SeqCst)
+    }
+
+    /// A table's rows in the table's column order: by key for keyed tables, in insertion order
+    /// otherwise. `None` when the table does not exist.
+    pub fn rows(&self, table: &str) -> Option<Vec<Vec<Value>>> {
+        let state = lock(&self.state);
+        state
+            .tables
+            .get(table)
+            .map(|table| table.rows.values().cloned().collect())
+    }
+
+    /// The dead letters recorded in `table`.
+    pub fn dead_letters(&self, table: &str) -> Vec<DeadLetter> {
+        lock(&self.state)
+            .dead_letters
+            .get(table)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One key value in an order like a database's: numbers by value, text and bytes by bytes.
+type KeyPart = (u8, i128, Vec<u8>);
+
+fn key_of(values: &[Value], key: &[usize]) -> Vec<KeyPart> {
+    key.iter()
+        .map(|&index| match &values[index] {
+            Value::Null => (0, 0, Vec::new()),
+            Value::Bool(value) => (1, i128::from(*value), Vec::new()),
+            Value::I64(value) => (2, i128::from(*value), Vec::new()),
+            Value::Date(value) => (3, i128::from(value.0), Vec::new()),
+            Value::Timestamp(value) => (4, i128::from(value.0), Vec::new()),
+            Value::TimestampTz(value) => (5, i128::from(value.0), Vec::new()),
+            Value::Text(value) => (6, 0, value.as_bytes().to_vec()),
+            Value::Bytes(value) => (7, 0, value.clone()),
+            Value::Uuid(value) => (8, 0, value.0.to_vec()),
+            // Not key types (see `ColumnType::can_be_key`); ordered by their text.
+            other => (9, 0, format!("{other:?}").into_bytes()),
+        })
+        .collect()
+}
+
+#[async_trait]
+impl SinkBackend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError> {
+        let schema = &request.schema;
+        let table_name = schema.table().to_string();
+        let mut state = lock(&self.state);
+        let mut report = PrepareReport::default();
+        let mut problems = Vec::new();
+        if !state.tables.contains_key(&table_name) {
+            if request.create_table == CreateTable::Never {
+                return Err(BackendError::SchemaMismatch {
+                    table: table_name,
+                    problems: vec!["the table does not exist (create_table = \"never\")".into()],
+                });
+            }
+            state.tables.insert(
+                table_name.clone(),
+                Table {
+                    columns: schema.columns().to_vec(),
+                    key: schema.key().to_vec(),
+                    rows: BTreeMap::new(),
+                    inserted: 0,
+                },
+            );
+            report.created_table = true;
+        }
+        let table = state.tables.get_mut(&table_name).expect("present");
+        let mut mapping = Vec::with_capacity(schema.columns().len());
+        let mut to_add = Vec::new();
+        for column in schema.columns() {
+            match table.columns.iter().position(|found| {
+                found
+                    .name
+                    .as_str()
+                    .eq_ignore_ascii_case(column.name.as_str())
+            }) {
+                Some(position) => {
+                    let found = &table.columns[position];
+                    if found.column_type != column.column_type {
+                        problems.push(format!(
+                            "column {} has type {} in the table but {} in the schema",
+                            column.name, found.column_type, column.column_type
+                        ));
+                    }
+                    if column.nullable && !found.nullable {
+                        problems.push(format!(
+                            "column {} is NOT NULL in the table but nullable in the schema",
+                            column.name
+                        ));
+                    }
+                    mapping.push(position);
+                }
+                None if request.evolve == Evolve::AddColumns && column.nullable => {
+                    to_add.push(column.clone());
+                    mapping.push(table.columns.len() + to_add.len() - 1);
+                }
+                None => {
+                    problems.push(format!("column {} is missing from the table", column.name));
+                    mapping.push(usize::MAX);
+                }
+            }
+        }
+        for (position, found) in table.columns.iter().enumerate() {
+            if !found.nullable && !mapping.contains(&position) {
+                problems.push(format!(
+                    "table column {} is NOT NULL and not in the schema",
+                    found.name
+                ));
+            }
+        }
+        if request.mode.is_keyed() {
+            let wanted: BTreeSet<usize> =
+                schema.key().iter().map(|&index| mapping[index]).collect();
+            let primary: BTreeSet<usize> = table.key.iter().copied().collect();
+            if wanted != primary {
+                problems.push("the key is not the table's primary key".into());
+            }
+        }
+        if !problems.is_empty() {
+            return Err(BackendError::SchemaMismatch {
+                table: table_name,
+                problems,
+            });
+        }
+        for column in to_add {
+            report.added_columns.push(column.name.clone());
+            table.columns.push(column);
+            for row in table.rows.values_mut() {
+                row.push(Value::Null);
+            }
+        }
+        if let Some(dead_letter_table) = &request.dead_letter_table {
+            state
+                .dead_letters
+                .entry(dead_letter_table.to_string())
+                .or_default();
+        }
+        Ok(Prepared {
+            writer: Arc::new(MemoryWriter {
+                backend: self.clone(),
+                table: table_name,
+                mapping,
+                dead_letter_table: request.dead_letter_table.as_ref().map(ToString::to_string),
+            }),
+            report,
+        })
+    }
+}
+
+struct MemoryWriter {
+    backend: MemoryBackend,
+    table: String,
+    /// Schema column position -> table column position.
+    mapping: Vec<usize>,
+    dead_letter_table: Option<String>,
+}
+
+#[async_trait]
+impl TableWriter for MemoryWriter {
+    async fn write_batch(&self, batch: &Batch) -> Result<BatchOutcome, BackendError> {
+        let faults = &self.backend.faults;
+        let call = faults.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if lock(&faults.transient_calls).remove(&call) {
+            return Err(BackendError::Transient {
+                code: "memory.injected",
+                message: format!("injected transient failure on call {call}"),
+            });
+        }
+        let refuse = lock(&faults.refuse).clone();
+        let mut state = lock(&self.backend.state);
+        let table = state
+            .tables
+            .get_mut(&self.table)
+            .ok_or_else(|| BackendError::Fatal {
+                code: "memory.no_table",
+                message: format!("table {} was dropped", self.table),
+            })?;
+        // Check everything first: all or nothing.
+        let mut table_rows = Vec::with_capacity(batch.len());
+        let mut seen = BTreeSet::new();
+        for row in batch.rows() {
+            if refuse.as_ref().is_some_and(|refuse| refuse(row)) {
+                return Err(BackendError::Row {
+                    code: "memory.refused",
+                    message: "row refused by the injected check".into(),
+                });
+            }
+            let mut values = vec![Value::Null; table.columns.len()];
+            for (from, &to) in self.mapping.iter().enumerate() {
+                values[to] = row.values[from].clone();
+            }
+            if row.op == Op::Insert && !table.key.is_empty() {
+                let key = key_of(&values, &table.key);
+                if table.rows.contains_key(&key) || !seen.insert(key) {
+                    return Err(BackendError::Row {
+                        code: "memory.unique_violation",
+                        message: "duplicate key".into(),
+                    });
+                }
+            }
+            table_rows.push((row.op, values));
+        }
+        for (op, values) in table_rows {
+            let key = if table.key.is_empty() {
+                table.inserted += 1;
+                vec![(0, i128::from(table.inserted), Vec::new())]
+            } else {
+                key_of(&values, &table.key)
+            };
+            match op {
+                Op::Delete => {
+                    table.rows.remove(&key);
+                }
+                Op::Insert | Op::Upsert => {
+                    table.rows.insert(key, values);
+                }
+            }
+        }
+        Ok(BatchOutcome {
+            applied: batch.len(),
+            rejected: Vec::new(),
+        })
+    }
+
+    async fn write_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), BackendError> {
+        let table = self
+            .dead_letter_table
+            .as_ref()
+            .ok_or_else(|| BackendError::Fatal {
+                code: "memory.no_dead_letter_table",
+                message: "no dead-letter table was prepared".into(),
+            })?;
+        lock(&self.backend.state)
+            .dead_letters
+            .entry(table.clone())
+            .or_default()
+            .extend_from_slice(letters);
+        Ok(())
+    }
+}

@@ -1,0 +1,790 @@
+//! The write path: the [`Sink`] handle, its lanes and the flush of one batch.
+//!
+//! ```text
+//! writers ──write(rows)──► byte semaphore ──► lane 0: batcher ─► sealed ─► flush (one at a time)
+//!    (measure, check,        (buffer_bytes_max;   lane 1: ...
+//!     route by key hash)      block or error)     lane N-1 (N = flush_concurrency)
+//! ```
+//!
+//! Invariants:
+//! - **No global lock.** A write measures and checks its rows on the caller's task, reserves
+//!   their bytes from a semaphore and sends them to lanes over unbounded channels (bounded in
+//!   bytes by the semaphore). Nothing is shared but atomics, the semaphore and the channels.
+//! - **Per-key order.** Every row of a key goes to the same lane (hash of the key), and a lane
+//!   flushes its batches one after another, so changes to a key are applied in the order they
+//!   were written. Append-only writes spread over lanes per write call.
+//! - **Bytes are released only when durable.** A batch's bytes return to the semaphore after
+//!   its rows are written or dead-lettered (or the sink failed), so `buffer_bytes_max` bounds
+//!   everything not yet durable, including batches being flushed.
+//! - **Flush covers everything before it.** `flush` puts a marker behind the rows already sent
+//!   to each lane and waits until each lane has finished every batch up to that marker.
+//! - **Nothing is dropped silently.** Each received row ends written, dead-lettered, or counted
+//!   as failed with the sink stopped and the error returned by `flush`/`close`.
+
+use crate::backend::BackendError;
+use crate::backend::{
+    Batch, BatchOutcome, DeadLetter, ErrorClass, PrepareReport, PrepareRequest, SinkBackend,
+    TableWriter,
+};
+use crate::batcher::{BatchLimits, Batcher, Sealed};
+use crate::config::{Backpressure, DeadLetterConfig, Mode, SinkConfig};
+use crate::dead_letter::{DeadLetterFile, dead_letter};
+use crate::error::SinkError;
+use crate::metrics::{BatchReport, SinkMetrics};
+use crate::reduce::reduce;
+use crate::retry::Backoff;
+use crate::schema::{Op, Row, RowError, Schema};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::{Notify, Semaphore, TryAcquireError, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Counters of a sink since it was opened. At rest (after `flush`),
+/// `rows_received = rows_written + rows_dead_lettered + rows_failed`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkStats {
+    /// Rows accepted by `write`.
+    pub rows_received: u64,
+    /// Rows durably applied (including rows superseded within their batch).
+    pub rows_written: u64,
+    /// Rows durably dead-lettered.
+    pub rows_dead_lettered: u64,
+    /// Rows superseded within their batch by a later row of the same key.
+    pub rows_coalesced: u64,
+    /// Rows lost to a sink failure (to be replayed by the caller).
+    pub rows_failed: u64,
+    /// Batches flushed.
+    pub batches: u64,
+    /// Retries of transient errors.
+    pub retries: u64,
+    /// Bytes accepted and not yet durable.
+    pub buffer_bytes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    rows_received: AtomicU64,
+    rows_written: AtomicU64,
+    rows_dead_lettered: AtomicU64,
+    rows_coalesced: AtomicU64,
+    rows_failed: AtomicU64,
+    batches: AtomicU64,
+    retries: AtomicU64,
+    buffer_bytes: AtomicU64,
+}
+
+/// A row on its way to a lane, with its measured size and, when it failed the checks, why.
+#[derive(Debug)]
+struct Entry {
+    row: Row,
+    rejection: Option<RowError>,
+}
+
+enum LaneMessage {
+    Rows(Vec<(Entry, usize)>),
+    Flush(oneshot::Sender<()>),
+    Close,
+}
+
+enum DeadLetterTarget {
+    Table,
+    File(DeadLetterFile),
+}
+
+/// State shared by the handle and the lanes.
+struct Shared {
+    schema: Arc<Schema>,
+    config: SinkConfig,
+    writer: Arc<dyn TableWriter>,
+    dead_letters: DeadLetterTarget,
+    buffer: Semaphore,
+    counters: Counters,
+    metrics: SinkMetrics,
+    failure: OnceLock<Arc<SinkError>>,
+    backoff: Backoff,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    lanes: Vec<mpsc::UnboundedSender<LaneMessage>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+    writers_active: AtomicUsize,
+    writers_idle: Notify,
+    next_lane: AtomicUsize,
+    report: PrepareReport,
+}
+
+/// A running sink into one table. Cheap to clone; every clone writes into the same buffer.
+///
+/// Lifecycle: [`Sink::open`] checks the table and starts the lanes; writers call
+/// [`Sink::write`]; [`Sink::flush`] returns once everything written before it is durable;
+/// [`Sink::close`] flushes and stops. Dropping every handle without `close` lets the lanes
+/// finish in the background, but nobody learns whether that worked.
+#[derive(Clone)]
+pub struct Sink {
+    inner: Arc<Inner>,
+}
+
+impl Sink {
+    /// Prepares the target table through `backend` (refusing a schema that does not fit) and
+    /// starts `flush_concurrency` lanes on the current tokio runtime.
+    pub async fn open<B: SinkBackend + ?Sized>(
+        backend: &B,
+        schema: Schema,
+        config: SinkConfig,
+    ) -> Result<Sink, SinkError> {
+        let mode = config.mode();
+        if mode.is_keyed() && schema.key().is_empty() {
+            return Err(SinkError::KeyRequired {
+                mode: mode.name(),
+                table: schema.table().to_string(),
+            });
+        }
+        let schema = Arc::new(schema);
+        let (dead_letter_table, dead_letters) = match config.dead_letter() {
+            DeadLetterConfig::Table { table } => {
+                let table = match table {
+                    Some(table) => table.clone(),
+                    None => schema.table().with_suffix("_dead_letters")?,
+                };
+                (Some(table), DeadLetterTarget::Table)
+            }
+            DeadLetterConfig::File { path } => {
+                let file =
+                    DeadLetterFile::open(path).map_err(|error| SinkError::DeadLetterFile {
+                        path: path.display().to_string(),
+                        message: error.to_string(),
+                    })?;
+                (None, DeadLetterTarget::File(file))
+            }
+        };
+        let request = PrepareRequest {
+            schema: schema.clone(),
+            mode,
+            create_table: config.create_table(),
+            evolve: config.evolve(),
+            dead_letter_table,
+        };
+        let prepared = backend.prepare(&request).await?;
+        tracing::info!(
+            table = %schema.table(),
+            backend = backend.name(),
+            created = prepared.report.created_table,
+            added_columns = prepared.report.added_columns.len(),
+            "Sink opened."
+        );
+        let shared = Arc::new(Shared {
+            metrics: SinkMetrics::register(schema.table().as_str(), backend.name()),
+            schema,
+            writer: prepared.writer,
+            dead_letters,
+            buffer: Semaphore::new(config.buffer_bytes_max()),
+            counters: Counters::default(),
+            failure: OnceLock::new(),
+            backoff: Backoff {
+                initial: config.retry_backoff_initial(),
+                max: config.retry_backoff_max(),
+            },
+            config,
+        });
+        let mut lanes = Vec::with_capacity(shared.config.flush_concurrency());
+        let mut tasks = Vec::with_capacity(shared.config.flush_concurrency());
+        for _ in 0..shared.config.flush_concurrency() {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            lanes.push(sender);
+            tasks.push(tokio::spawn(run_lane(shared.clone(), receiver)));
+        }
+        Ok(Sink {
+            inner: Arc::new(Inner {
+                shared,
+                lanes,
+                tasks: Mutex::new(tasks),
+                closed: AtomicBool::new(false),
+                writers_active: AtomicUsize::new(0),
+                writers_idle: Notify::new(),
+                next_lane: AtomicUsize::new(0),
+                report: prepared.report,
+            }),
+        })
+    }
+
+    /// Hands rows to the sink. Returns once they are buffered (not yet durable: see
+    /// [`Sink::flush`]). Rows that do not fit the schema or the mode are not an error here:
+    /// they go to the dead letters with the next batch.
+    ///
+    /// Errors: [`SinkError::BufferFull`] (policy `error`), [`SinkError::WriteTooLarge`],
+    /// [`SinkError::Closed`], [`SinkError::Failed`]. On error no row of the call was accepted.
+    pub async fn write(&self, rows: Vec<Row>) -> Result<(), SinkError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let inner = &*self.inner;
+        let shared = &*inner.shared;
+        let _active = WriterGuard::enter(inner)?;
+        shared.check_failed()?;
+        let sizes: Vec<usize> = rows.iter().map(Row::size_bytes).collect();
+        let bytes: usize = sizes.iter().sum();
+        let buffer_bytes_max = shared.config.buffer_bytes_max();
+        if bytes > buffer_bytes_max {
+            return Err(SinkError::WriteTooLarge {
+                bytes,
+                buffer_bytes_max,
+            });
+        }
+        // buffer_bytes_max <= u32::MAX is checked by the configuration.
+        let permits = u32::try_from(bytes).expect("a write fits the buffer");
+        let reserved = match shared.config.backpressure() {
+            Backpressure::Block => shared
+                .buffer
+                .acquire_many(permits)
+                .await
+                .map_err(|_| SinkError::Closed)?,
+            Backpressure::Error => {
+                shared
+                    .buffer
+                    .try_acquire_many(permits)
+                    .map_err(|error| match error {
+                        TryAcquireError::Closed => SinkError::Closed,
+                        TryAcquireError::NoPermits => SinkError::BufferFull {
+                            bytes,
+                            buffered_bytes: shared.counters.buffer_bytes.load(Ordering::Relaxed)
+                                as usize,
+                            buffer_bytes_max,
+                        },
+                    })?
+            }
+        };
+        // The lanes give the bytes back with `add_permits` once their batch is durable.
+        reserved.forget();
+        let buffered = shared
+            .counters
+            .buffer_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed)
+            + bytes as u64;
+        let row_count = rows.len() as u64;
+
+        let lane_count = inner.lanes.len();
+        let spread = inner.next_lane.fetch_add(1, Ordering::Relaxed) % lane_count;
+        let mode = shared.config.mode();
+        let mut per_lane: Vec<Vec<(Entry, usize)>> = (0..lane_count).map(|_| Vec::new()).collect();
+        for (row, size) in rows.into_iter().zip(sizes) {
+            let entry = admit(&shared.schema, mode, row);
+            let lane = if mode.is_keyed() && entry.rejection.is_none() {
+                (shared.schema.key_hash(&entry.row) % lane_count as u64) as usize
+            } else {
+                spread
+            };
+            per_lane[lane].push((entry, size));
+        }
+        shared
+            .counters
+            .rows_received
+            .fetch_add(row_count, Ordering::Relaxed);
+        shared.metrics.accepted(row_count, bytes as u64, buffered);
+        for (lane, entries) in per_lane.into_iter().enumerate() {
+            if entries.is_empty() {
+                continue;
+            }
+            if let Err(mpsc::error::SendError(LaneMessage::Rows(entries))) =
+                inner.lanes[lane].send(LaneMessage::Rows(entries))
+            {
+                // Only a lane that panicked drops its receiver while writers are active.
+                let lost: usize = entries.iter().map(|(_, size)| size).sum();
+                shared
+                    .counters
+                    .rows_failed
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                shared.release(lost);
+                let error = SinkError::Contract(format!("flush lane {lane} stopped unexpectedly"));
+                shared.fail(error.clone());
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns once every row written before this call is durable (written or dead-lettered),
+    /// or with [`SinkError::Failed`] if any batch failed.
+    pub async fn flush(&self) -> Result<(), SinkError> {
+        let inner = &*self.inner;
+        if inner.closed.load(Ordering::SeqCst) {
+            return Err(SinkError::Closed);
+        }
+        let mut replies = Vec::with_capacity(inner.lanes.len());
+        for lane in &inner.lanes {
+            let (reply, answer) = oneshot::channel();
+            lane.send(LaneMessage::Flush(reply))
+                .map_err(|_| SinkError::Closed)?;
+            replies.push(answer);
+        }
+        for answer in replies {
+            answer.await.map_err(|_| SinkError::Closed)?;
+        }
+        inner.shared.check_failed()
+    }
+
+    /// Stops accepting rows, flushes everything buffered and stops the lanes. Returns the
+    /// failure, if the sink failed. Writers blocked on a full buffer get [`SinkError::Closed`].
+    pub async fn close(&self) -> Result<(), SinkError> {
+        let inner = &*self.inner;
+        if !inner.closed.swap(true, Ordering::SeqCst) {
+            inner.shared.buffer.close();
+            // Writers that passed the closed check finish sending first, so no row is sent
+            // after a lane's Close marker.
+            loop {
+                let idle = inner.writers_idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if inner.writers_active.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                idle.await;
+            }
+            for lane in &inner.lanes {
+                // A lane that already stopped has nothing left to flush.
+                let _ = lane.send(LaneMessage::Close);
+            }
+        }
+        let tasks = std::mem::take(
+            &mut *inner
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for task in tasks {
+            if let Err(error) = task.await {
+                inner.shared.fail(SinkError::Contract(format!(
+                    "a flush lane panicked: {error}"
+                )));
+            }
+        }
+        inner.shared.check_failed()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> SinkStats {
+        let counters = &self.inner.shared.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        SinkStats {
+            rows_received: load(&counters.rows_received),
+            rows_written: load(&counters.rows_written),
+            rows_dead_lettered: load(&counters.rows_dead_lettered),
+            rows_coalesced: load(&counters.rows_coalesced),
+            rows_failed: load(&counters.rows_failed),
+            batches: load(&counters.batches),
+            retries: load(&counters.retries),
+            buffer_bytes: load(&counters.buffer_bytes),
+        }
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &Schema {
+        &self.inner.shared.schema
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SinkConfig {
+        &self.inner.shared.config
+    }
+
+    /// What opening changed in the database.
+    pub fn prepare_report(&self) -> &PrepareReport {
+        &self.inner.report
+    }
+}
+
+/// Counts a writer between its closed check and its last send, so `close` can wait for it.
+struct WriterGuard<'a>(&'a Inner);
+
+impl<'a> WriterGuard<'a> {
+    fn enter(inner: &'a Inner) -> Result<WriterGuard<'a>, SinkError> {
+        // Paired with `close`: it sets `closed` then reads the count; we add to the count then
+        // read `closed` (both SeqCst), so either we see closed or close sees us.
+        inner.writers_active.fetch_add(1, Ordering::SeqCst);
+        let guard = WriterGuard(inner);
+        if inner.closed.load(Ordering::SeqCst) {
+            return Err(SinkError::Closed);
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.writers_active.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.0.closed.load(Ordering::SeqCst)
+        {
+            self.0.writers_idle.notify_waiters();
+        }
+    }
+}
+
+/// Checks a row against the mode and the schema; keyed modes write inserts as upserts.
+fn admit(schema: &Schema, mode: Mode, mut row: Row) -> Entry {
+    let allowed = match (mode, row.op) {
+        (Mode::Insert, Op::Insert) | (Mode::Delete, Op::Delete) => true,
+        (Mode::Upsert | Mode::Changelog, Op::Insert | Op::Upsert) => {
+            row.op = Op::Upsert;
+            true
+        }
+        (Mode::Changelog, Op::Delete) => true,
+        _ => false,
+    };
+    let rejection = if allowed {
+        schema.check_row(&row).err()
+    } else {
+        Some(RowError::OpNotAllowed {
+            op: row.op.name(),
+            mode: mode.name(),
+        })
+    };
+    Entry { row, rejection }
+}
+
+impl Shared {
+    fn check_failed(&self) -> Result<(), SinkError> {
+        match self.failure.get() {
+            Some(error) => Err(SinkError::Failed(error.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, error: SinkError) {
+        tracing::error!(table = %self.schema.table(), code = error.code(), %error, "Sink failed.");
+        // The first failure is the one reported; later ones are consequences.
+        let _ = self.failure.set(Arc::new(error));
+    }
+
+    fn release(&self, bytes: usize) {
+        self.buffer.add_permits(bytes);
+        let buffered = self
+            .counters
+            .buffer_bytes
+            .fetch_sub(bytes as u64, Ordering::Relaxed)
+            - bytes as u64;
+        self.metrics.released(bytes as u64, buffered);
+    }
+
+    fn limits(&self) -> BatchLimits {
+        BatchLimits {
+            rows_max: self.config.batch_rows_max(),
+            bytes_max: self.config.batch_bytes_max(),
+            interval: self.config.flush_interval(),
+        }
+    }
+}
+
+type Flushing = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One lane: batches its rows and flushes them one batch at a time, while the next batch fills.
+async fn run_lane(shared: Arc<Shared>, mut receiver: mpsc::UnboundedReceiver<LaneMessage>) {
+    let mut batcher: Batcher<Entry> = Batcher::new(shared.limits());
+    let mut sealed: VecDeque<Sealed<Entry>> = VecDeque::new();
+    let mut in_flight: Option<Flushing> = None;
+    let mut flushed: u64 = 0;
+    // Each waiter waits until `flushed` reaches its target.
+    let mut waiters: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
+    let mut receiving = true;
+    loop {
+        if in_flight.is_none()
+            && let Some(batch) = sealed.pop_front()
+        {
+            in_flight = Some(Box::pin(flush_sealed(shared.clone(), batch)));
+        }
+        if waiters.iter().any(|(target, _)| *target <= flushed) {
+            let (ready, waiting): (Vec<_>, Vec<_>) = waiters
+                .into_iter()
+                .partition(|(target, _)| *target <= flushed);
+            waiters = waiting;
+            for (_, reply) in ready {
+                // The flusher may have given up waiting; nothing to tell it then.
+                let _ = reply.send(());
+            }
+        }
+        if !receiving && in_flight.is_none() && sealed.is_empty() && batcher.is_empty() {
+            break;
+        }
+        // Evaluated even when the branch is disabled, so it needs a value.
+        let deadline = batcher
+            .deadline()
+            .unwrap_or_else(|| Instant::now() + shared.config.flush_interval());
+        let timed = !batcher.is_empty();
+        tokio::select! {
+            () = async { in_flight.as_mut().expect("guarded by the precondition").await }, if in_flight.is_some() => {
+                in_flight = None;
+                flushed += 1;
+            }
+            message = receiver.recv(), if receiving => match message {
+                Some(LaneMessage::Rows(entries)) => {
+                    let now = Instant::now();
+                    for (entry, bytes) in entries {
+                        batcher.push(entry, bytes, now, &mut sealed);
+                    }
+                }
+                Some(LaneMessage::Flush(reply)) => {
+                    sealed.extend(batcher.seal());
+                    let target = flushed + u64::from(in_flight.is_some()) + sealed.len() as u64;
+                    waiters.push((target, reply));
+                }
+                // Closing the receiver refuses later sends; what is queued is still received.
+                Some(LaneMessage::Close) => receiver.close(),
+                None => {
+                    receiving = false;
+                    sealed.extend(batcher.seal());
+                }
+            },
+            () = tokio::time::sleep_until(deadline), if timed => {
+                sealed.extend(batcher.seal_if_due(Instant::now()));
+            }
+        }
+    }
+    for (_, reply) in waiters {
+        let _ = reply.send(());
+    }
+}
+
+/// Flushes one sealed batch and accounts for every row of it.
+async fn flush_sealed(shared: Arc<Shared>, batch: Sealed<Entry>) {
+    let started = std::time::Instant::now();
+    let mut report = BatchReport {
+        rows: batch.items.len() as u64,
+        ..BatchReport::default()
+    };
+    if shared.failure.get().is_none()
+        && let Err(error) = write_entries(&shared, batch.items, &mut report).await
+    {
+        shared.fail(error);
+    }
+    report.failed = report.rows - report.written - report.dead_lettered;
+    let counters = &shared.counters;
+    counters
+        .rows_written
+        .fetch_add(report.written, Ordering::Relaxed);
+    counters
+        .rows_dead_lettered
+        .fetch_add(report.dead_lettered, Ordering::Relaxed);
+    counters
+        .rows_coalesced
+        .fetch_add(report.coalesced, Ordering::Relaxed);
+    counters
+        .rows_failed
+        .fetch_add(report.failed, Ordering::Relaxed);
+    counters
+        .retries
+        .fetch_add(report.retries, Ordering::Relaxed);
+    counters.batches.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.batch(&report, started.elapsed());
+    shared.release(batch.bytes);
+}
+
+/// Writes a batch: reduce by key, write with retries, bisect around bad rows, fall back to a
+/// refused row's earlier change, then record the dead letters.
+async fn write_entries(
+    shared: &Shared,
+    entries: Vec<Entry>,
+    report: &mut BatchReport,
+) -> Result<(), SinkError> {
+    let schema = &shared.schema;
+    let mode = shared.config.mode();
+    let mut letters: Vec<DeadLetter> = Vec::new();
+    let mut rows = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match entry.rejection {
+            Some(error) => letters.push(dead_letter(
+                schema,
+                &entry.row,
+                error.code(),
+                &error.to_string(),
+            )),
+            None => rows.push(entry.row),
+        }
+    }
+    let (mut pending, mut earlier) = if mode.is_keyed() {
+        let reduced = reduce(schema, rows);
+        (reduced.rows, reduced.earlier)
+    } else {
+        let count = rows.len();
+        (rows, vec![Vec::new(); count])
+    };
+    while !pending.is_empty() {
+        let rows: Arc<[Row]> = pending.into();
+        let batch = Batch::new(schema.clone(), mode, rows.clone());
+        let rejected = write_isolating(shared, &batch, &earlier, report).await?;
+        let mut next_rows = Vec::new();
+        let mut next_earlier = Vec::new();
+        for (index, chain) in earlier.into_iter().enumerate() {
+            let Some(error) = rejected.get(&index) else {
+                continue;
+            };
+            letters.push(dead_letter(
+                schema,
+                &rows[index],
+                error.code(),
+                &error.to_string(),
+            ));
+            // Its key's previous change, if any, is what sequential application would leave.
+            let mut chain = chain.into_iter();
+            if let Some(previous) = chain.next() {
+                next_rows.push(previous);
+                next_earlier.push(chain.collect());
+            }
+        }
+        pending = next_rows;
+        earlier = next_earlier;
+    }
+    if !letters.is_empty() {
+        write_dead_letters(shared, &letters, report).await?;
+        report.dead_lettered = letters.len() as u64;
+    }
+    Ok(())
+}
+
+/// Writes `batch`, splitting it in halves around row errors until each bad row stands alone.
+/// Counts written rows (with the rows each one superseded) as parts succeed; returns the
+/// refused rows by position.
+async fn write_isolating(
+    shared: &Shared,
+    batch: &Batch,
+    earlier: &[Vec<Row>],
+    report: &mut BatchReport,
+) -> Result<BTreeMap<usize, BackendError>, SinkError> {
+    let mut rejected = BTreeMap::new();
+    // Left halves first, so an append-only batch keeps its order.
+    let mut stack: Vec<std::ops::Range<usize>> = Vec::with_capacity(16);
+    stack.push(0..batch.len());
+    while let Some(range) = stack.pop() {
+        let part = batch.slice(range.clone());
+        match write_with_retry(shared, &part, report).await? {
+            Ok(outcome) => {
+                check_outcome(&outcome, part.len())?;
+                let mut refused_here = vec![false; part.len()];
+                for (position, error) in outcome.rejected {
+                    refused_here[position] = true;
+                    rejected.insert(range.start + position, error);
+                }
+                for (offset, refused) in refused_here.into_iter().enumerate() {
+                    if !refused {
+                        let superseded = earlier[range.start + offset].len() as u64;
+                        report.written += 1 + superseded;
+                        report.coalesced += superseded;
+                    }
+                }
+            }
+            Err(error) if range.len() == 1 => {
+                rejected.insert(range.start, error);
+            }
+            Err(error) => {
+                tracing::debug!(
+                    rows = range.len(),
+                    code = error.code(),
+                    "Bisecting a batch around a refused row."
+                );
+                let middle = range.start + range.len() / 2;
+                stack.push(middle..range.end);
+                stack.push(range.start..middle);
+            }
+        }
+    }
+    Ok(rejected)
+}
+
+fn check_outcome(outcome: &BatchOutcome, rows: usize) -> Result<(), SinkError> {
+    let mut seen = vec![false; rows];
+    for (position, _) in &outcome.rejected {
+        if *position >= rows || std::mem::replace(&mut seen[*position], true) {
+            return Err(SinkError::Contract(format!(
+                "rejected row position {position} is out of range or repeated in a batch of {rows}"
+            )));
+        }
+    }
+    if outcome.applied + outcome.rejected.len() != rows {
+        return Err(SinkError::Contract(format!(
+            "a batch of {rows} rows reported {} applied and {} rejected",
+            outcome.applied,
+            outcome.rejected.len()
+        )));
+    }
+    Ok(())
+}
+
+/// One write with retries of transient errors. The inner error is a row error (for bisection);
+/// the outer one stops the sink.
+async fn write_with_retry(
+    shared: &Shared,
+    batch: &Batch,
+    report: &mut BatchReport,
+) -> Result<Result<BatchOutcome, BackendError>, SinkError> {
+    let mut retry = 0;
+    loop {
+        let error = match shared.writer.write_batch(batch).await {
+            Ok(outcome) => return Ok(Ok(outcome)),
+            Err(error) => error,
+        };
+        match error.class() {
+            ErrorClass::Row => return Ok(Err(error)),
+            ErrorClass::Fatal => return Err(SinkError::Backend(error)),
+            ErrorClass::Transient => {
+                retry = next_retry(shared, retry, error, report).await?;
+            }
+        }
+    }
+}
+
+/// Records the dead letters with retries of transient errors.
+async fn write_dead_letters(
+    shared: &Shared,
+    letters: &[DeadLetter],
+    report: &mut BatchReport,
+) -> Result<(), SinkError> {
+    let mut retry = 0;
+    loop {
+        let result = match &shared.dead_letters {
+            DeadLetterTarget::Table => shared.writer.write_dead_letters(letters).await,
+            DeadLetterTarget::File(file) => file.append(letters).await,
+        };
+        let error = match result {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        match error.class() {
+            // A dead letter that cannot be recorded cannot be dead-lettered in turn.
+            ErrorClass::Row | ErrorClass::Fatal => return Err(SinkError::Backend(error)),
+            ErrorClass::Transient => {
+                retry = next_retry(shared, retry, error, report).await?;
+            }
+        }
+    }
+}
+
+/// Waits before the next retry, or gives up when the budget is spent.
+async fn next_retry(
+    shared: &Shared,
+    retry: u32,
+    error: BackendError,
+    report: &mut BatchReport,
+) -> Result<u32, SinkError> {
+    if retry >= shared.config.retry_attempts_max() {
+        return Err(SinkError::RetriesExhausted {
+            attempts: retry + 1,
+            last: error,
+        });
+    }
+    let retry = retry + 1;
+    report.retries += 1;
+    let delay = shared.backoff.delay(retry);
+    tracing::warn!(
+        table = %shared.schema.table(),
+        code = error.code(),
+        %error,
+        retry,
+        delay_ms = delay.as_millis() as u64,
+        "Transient sink error; retrying."
+    );
+    tokio::time::sleep(delay).await;
+    Ok(retry)
+}
