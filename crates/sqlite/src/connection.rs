@@ -47,6 +47,10 @@ pub struct OpenOptions {
     /// How long a connection waits for a lock held by another process before SQLite reports
     /// busy (the writer then retries; callers never see it).
     pub busy_timeout_ms: u64,
+    /// Page size of a database created by this open; an existing database keeps its own.
+    /// Every commit writes each page it changed in full, so small rows in small transactions
+    /// write less with small pages.
+    pub page_size_bytes: u32,
 }
 
 impl OpenOptions {
@@ -56,6 +60,7 @@ impl OpenOptions {
             location,
             synchronous: Synchronous::Full,
             busy_timeout_ms: 5_000,
+            page_size_bytes: 4096,
         }
     }
 }
@@ -98,6 +103,16 @@ pub fn open_connection(options: &OpenOptions, read_only: bool) -> Result<Connect
     expect_pragma("enable_qpsg", "true", &stable.to_string())?;
     connection.set_prepared_statement_cache_capacity(128);
     if !read_only {
+        let pages: i64 = connection.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+        if pages == 0 {
+            connection.pragma_update(None, "page_size", options.page_size_bytes)?;
+            let page_size: i64 = connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+            expect_pragma(
+                "page_size",
+                &options.page_size_bytes.to_string(),
+                &page_size.to_string(),
+            )?;
+        }
         if let Location::File(_) = options.location {
             let mode: String =
                 connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;

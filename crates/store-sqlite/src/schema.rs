@@ -20,7 +20,6 @@ CREATE TABLE instances (
     created_at_ms   INTEGER NOT NULL,
     updated_at_ms   INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX instances_status ON instances (status);
 
 CREATE TABLE history (
     instance_id  TEXT NOT NULL,
@@ -39,6 +38,8 @@ CREATE TABLE inbox (
 CREATE INDEX inbox_instance ON inbox (instance_id, message_id);
 CREATE INDEX inbox_visible ON inbox (visible_at_ms);
 
+-- Holds only work in flight (rows are deleted when their result is recorded), so scans by
+-- visibility are short; an index there would cost a page write per change.
 CREATE TABLE activities (
     item_id         INTEGER PRIMARY KEY,
     instance_id     TEXT NOT NULL,
@@ -50,7 +51,6 @@ CREATE TABLE activities (
     attempt         INTEGER NOT NULL DEFAULT 0,
     visible_at_ms   INTEGER NOT NULL
 );
-CREATE INDEX activities_visible ON activities (visible_at_ms);
 CREATE INDEX activities_instance ON activities (instance_id);
 ";
 
