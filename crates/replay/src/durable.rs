@@ -111,13 +111,17 @@ impl<T: FromCompletion> Durable<T> {
     }
 
     fn take(&mut self) -> Option<T> {
-        let value = self.ctx.with_state(|state| {
-            let value = state.take_completion(self.slot)?;
-            if let Slot::Wait(wait_id) = self.slot {
-                state.finish_wait(wait_id);
-            }
-            Some(value)
-        })?;
+        let ctx = self.ctx.clone();
+        ctx.with_state(|state| self.take_locked(state))
+    }
+
+    /// [`Durable::take`] with the state already locked (joins lock once per poll, not once
+    /// per future).
+    fn take_locked(&mut self, state: &mut crate::state::State) -> Option<T> {
+        let value = state.take_completion(self.slot)?;
+        if let Slot::Wait(wait_id) = self.slot {
+            state.finish_wait(wait_id);
+        }
         self.finished = true;
         Some(T::from_completion(CompletionValueHandle(value)))
     }
@@ -232,13 +236,21 @@ impl<T: FromCompletion> Future for JoinFuture<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Vec<T>> {
         let this = self.get_mut();
-        for (future, value) in this.futures.iter_mut().zip(this.values.iter_mut()) {
-            if value.is_none()
-                && let Some(taken) = future.take()
-            {
-                *value = Some(taken);
-                this.remaining -= 1;
-            }
+        if let Some(first) = this.futures.first() {
+            let ctx = first.ctx.clone();
+            ctx.with_state(|state| {
+                for (future, value) in this.futures.iter_mut().zip(this.values.iter_mut()) {
+                    if value.is_none() {
+                        match future.take_locked(state) {
+                            Some(taken) => {
+                                *value = Some(taken);
+                                this.remaining -= 1;
+                            }
+                            None => state.register_waker(future.slot, cx.waker()),
+                        }
+                    }
+                }
+            });
         }
         if this.remaining == 0 {
             let values = std::mem::take(&mut this.values);
@@ -248,16 +260,6 @@ impl<T: FromCompletion> Future for JoinFuture<T> {
                     .map(|v| v.expect("all resolved"))
                     .collect(),
             );
-        }
-        if let Some(first) = this.futures.first() {
-            let ctx = first.ctx.clone();
-            ctx.with_state(|state| {
-                for (future, value) in this.futures.iter().zip(&this.values) {
-                    if value.is_none() {
-                        state.register_waker(future.slot, cx.waker());
-                    }
-                }
-            });
         }
         Poll::Pending
     }
