@@ -11,7 +11,7 @@ use sluice_replay::{OrchestrationContext, TurnOutcome, run_turn};
 use std::sync::Arc;
 
 /// Fans out `n` activities (5 unless the input says `n=...`) and joins them.
-pub async fn fan_out(ctx: OrchestrationContext, input: String) -> Result<String, Failure> {
+pub(crate) async fn fan_out(ctx: OrchestrationContext, input: String) -> Result<String, Failure> {
     let n: usize = input
         .strip_prefix("n=")
         .and_then(|n| n.parse().ok())
@@ -27,7 +27,7 @@ pub async fn fan_out(ctx: OrchestrationContext, input: String) -> Result<String,
 }
 
 /// Runs `n` activities one after another.
-pub async fn chain(ctx: OrchestrationContext, input: String) -> Result<String, Failure> {
+pub(crate) async fn chain(ctx: OrchestrationContext, input: String) -> Result<String, Failure> {
     let n: usize = input.parse().unwrap_or(10);
     let mut value = String::new();
     for i in 0..n {
@@ -40,7 +40,7 @@ pub async fn chain(ctx: OrchestrationContext, input: String) -> Result<String, F
 
 /// A complete history of `code` on `input`, as a runtime would record it when every activity
 /// returns `done <input>` and `per_turn` results arrive per turn.
-pub fn canned<F, Fut>(code: F, input: &str, per_turn: usize) -> Vec<Event>
+pub(crate) fn canned<F, Fut>(code: F, input: &str, per_turn: usize) -> Vec<Event>
 where
     F: Fn(OrchestrationContext, String) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<String, Failure>> + Send + 'static,
@@ -92,7 +92,7 @@ where
 }
 
 /// The recorded history without its terminal event, and that terminal event.
-pub fn split_terminal(mut history: Vec<Event>) -> (Vec<Event>, Event) {
+pub(crate) fn split_terminal(mut history: Vec<Event>) -> (Vec<Event>, Event) {
     let terminal = history.pop().expect("a finished history");
     assert!(terminal.is_terminal(), "{terminal:?}");
     (history, terminal)
