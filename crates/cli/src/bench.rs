@@ -95,6 +95,11 @@ pub(crate) struct BenchResult {
     ceiling_orchestrations_per_sec: Option<f64>,
     share_of_ceiling: Option<f64>,
     peak_rss_mb: Option<f64>,
+    /// The raw limit of the disk under the database, measured just before the run: single-row
+    /// transactions per second with the same durability (file stores only).
+    raw_commits_per_sec: Option<f64>,
+    /// Orchestrations per raw commit: how much group commit and batching multiply the disk.
+    orchestrations_per_raw_commit: Option<f64>,
     completed: u64,
     elapsed_sec: f64,
 }
@@ -219,6 +224,17 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
         SyncMode::Full => Synchronous::Full,
         SyncMode::Normal => Synchronous::Normal,
     };
+    let raw_commits_per_sec = match &options.location {
+        Location::File(path) => {
+            let scratch = path.with_extension("raw-limit.db");
+            let raw = raw_commits_per_sec(&scratch, options.synchronous);
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", scratch.display()));
+            }
+            Some(raw?)
+        }
+        Location::Memory => None,
+    };
     let store = Arc::new(SqliteStore::open(options)?);
     let executions = Arc::new(AtomicU64::new(0));
     let runtime = Runtime::start(
@@ -329,9 +345,30 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
         ceiling_orchestrations_per_sec: ceiling,
         share_of_ceiling: ceiling.map(|c| per_sec / c),
         peak_rss_mb: (peak_rss > 0.0).then_some(peak_rss),
+        raw_commits_per_sec,
+        orchestrations_per_raw_commit: raw_commits_per_sec.map(|raw| per_sec / raw),
         completed,
         elapsed_sec: elapsed,
     })
+}
+
+/// Single-row write transactions per second on a scratch database beside the store, with the
+/// same durability: what the disk allows without group commit.
+fn raw_commits_per_sec(path: &std::path::Path, synchronous: Synchronous) -> Result<f64> {
+    let options = sluice_sqlite::OpenOptions {
+        synchronous,
+        ..sluice_sqlite::OpenOptions::new(Location::File(path.to_path_buf()))
+    };
+    let connection = sluice_sqlite::open_connection(&options, false)?;
+    connection.execute_batch("CREATE TABLE IF NOT EXISTS raw (v INTEGER)")?;
+    let commits = 500;
+    let began = Instant::now();
+    for v in 0..commits {
+        connection.execute_batch("BEGIN IMMEDIATE")?;
+        connection.execute("INSERT INTO raw (v) VALUES (?1)", [v])?;
+        connection.execute_batch("COMMIT")?;
+    }
+    Ok(f64::from(commits) / began.elapsed().as_secs_f64())
 }
 
 /// One client task: start, wait, repeat. Returns latencies (ms) of completed instances and
@@ -402,6 +439,11 @@ fn print_result(r: &BenchResult) {
         r.peak_rss_mb
             .map_or("n/a".to_string(), |m| format!("{m:.0}")),
     );
+    if let (Some(raw), Some(ratio)) = (r.raw_commits_per_sec, r.orchestrations_per_raw_commit) {
+        println!(
+            "  raw limit {raw:.0} single-row commits/s on this disk; {ratio:.2} orchestrations per raw commit"
+        );
+    }
     if let (Some(ceiling), Some(share)) = (r.ceiling_orchestrations_per_sec, r.share_of_ceiling) {
         println!(
             "  ceiling {ceiling:.1} orchestrations/s, achieved {:.1}%",
