@@ -319,10 +319,11 @@ fn status_of(connection: &Connection, instance_id: &str) -> StoreResult<Option<I
                 .optional()
         })
         .map_err(db_error)?;
-    text.map(|text| {
-        InstanceStatus::parse(&text).ok_or_else(|| StoreError::Corrupt(format!("status {text}")))
-    })
-    .transpose()
+    text.as_deref().map(parse_status).transpose()
+}
+
+fn parse_status(text: &str) -> StoreResult<InstanceStatus> {
+    InstanceStatus::parse(text).ok_or_else(|| StoreError::Corrupt(format!("status {text}")))
 }
 
 /// What a commit changed, for the wake-ups sent after it.
@@ -690,8 +691,7 @@ fn fetch_turns_in(
         turns.push(LockedTurn {
             instance_id,
             name,
-            status: InstanceStatus::parse(&status)
-                .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+            status: parse_status(&status)?,
             execution_id: u64::try_from(execution_id).unwrap_or(0),
             history_len: u64::try_from(history_len).unwrap_or(0),
             lock_token: u64::try_from(token).unwrap_or(0),
@@ -944,19 +944,15 @@ impl Store for SqliteStore {
             );
         }
         self.read(move |connection, _now| {
-            let instance_id: Option<String> = connection
-                .prepare_cached("SELECT instance_id FROM activities WHERE item_id = ?1")
-                .and_then(|mut statement| {
-                    statement
-                        .query_row(params![item_id], |row| row.get(0))
-                        .optional()
-                })
+            let status: Option<String> = connection
+                .prepare_cached(
+                    "SELECT i.status FROM activities a JOIN instances i ON i.instance_id = a.instance_id
+                     WHERE a.item_id = ?1",
+                )
+                .and_then(|mut statement| statement.query_row(params![item_id], |row| row.get(0)).optional())
                 .map_err(db_error)?;
-            match instance_id {
-                Some(instance_id) => Ok(status_of(connection, &instance_id)?
-                    .is_some_and(|status| !status.is_terminal())),
-                None => Ok(false),
-            }
+            // Still wanted while the owning instance has not finished.
+            Ok(status.as_deref().map(parse_status).transpose()?.is_some_and(|status| !status.is_terminal()))
         })
         .await
     }
@@ -1075,8 +1071,7 @@ impl Store for SqliteStore {
             Ok(Some(InstanceInfo {
                 instance_id,
                 name,
-                status: InstanceStatus::parse(&status)
-                    .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+                status: parse_status(&status)?,
                 execution_id: u64::try_from(execution_id).unwrap_or(0),
                 input,
                 output,
@@ -1133,8 +1128,7 @@ impl Store for SqliteStore {
                 .map_err(db_error)?;
             rows.into_iter()
                 .map(|(status, count)| {
-                    let status = InstanceStatus::parse(&status)
-                        .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?;
+                    let status = parse_status(&status)?;
                     Ok((status, u64::try_from(count).unwrap_or(0)))
                 })
                 .collect()
