@@ -248,6 +248,7 @@ async fn build_commit(
             });
         }
         notify_parent(&mut commit, parent.as_ref(), Err(failure.clone()));
+        commit.outstanding_activities = has_unresolved_activities(&all);
         commit.status = Some(InstanceStatus::Cancelled);
         commit.failure = Some(failure);
         return Ok((commit, None));
@@ -314,7 +315,27 @@ async fn build_commit(
     }
     let mut after = history.as_ref().clone();
     after.extend(commit.append.iter().cloned());
+    if commit.status.is_some_and(InstanceStatus::is_terminal) {
+        commit.outstanding_activities = has_unresolved_activities(&after);
+    }
     Ok((commit, Some(Arc::new(after))))
+}
+
+/// True when history schedules an activity it never records a result for.
+fn has_unresolved_activities(history: &[Event]) -> bool {
+    let mut open = HashSet::new();
+    for event in history {
+        match event {
+            Event::ActivityScheduled { id, .. } => {
+                open.insert(*id);
+            }
+            Event::ActivityCompleted { id, .. } | Event::ActivityFailed { id, .. } => {
+                open.remove(id);
+            }
+            _ => {}
+        }
+    }
+    !open.is_empty()
 }
 
 fn add_command(commit: &mut TurnCommit, instance_id: &str, execution_id: u64, command: &Event) {

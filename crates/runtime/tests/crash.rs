@@ -576,12 +576,10 @@ fn verify(paths: &Paths) -> Executions {
     }
     {
         let mut statement = connection
-            .prepare("SELECT instance_id, execution_id, history_len, status FROM instances")
+            .prepare("SELECT instance_id, execution_id, status FROM instances")
             .expect("prepare");
-        let rows: Vec<(String, i64, i64, String)> = statement
-            .query_map([], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-            })
+        let rows: Vec<(String, i64, String)> = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
             .expect("query instances")
             .collect::<Result<_, _>>()
             .expect("read instances");
@@ -591,11 +589,12 @@ fn verify(paths: &Paths) -> Executions {
                 rows.len()
             ));
         }
-        for (id, execution, history_len, status) in rows {
+        // The current execution of every instance has a (contiguous, checked above) history.
+        for (id, execution, status) in rows {
             let count = groups.get(&(id.clone(), execution)).map_or(0, |g| g.0);
-            if count != history_len {
+            if count == 0 {
                 problems.push(format!(
-                    "{id}: row says {history_len} history events ({status}), the table has {count}"
+                    "{id}: execution {execution} ({status}) has no history"
                 ));
             }
         }

@@ -7,6 +7,8 @@ use sluice_sqlite::SqliteError;
 pub(crate) const SCHEMA_VERSION: i64 = 1;
 
 const V1: &str = "
+-- The history length is not stored: it is the history's largest position + 1 (a primary-key
+-- seek), so a turn that changes no status does not rewrite the instance row.
 CREATE TABLE instances (
     instance_id     TEXT PRIMARY KEY,
     name            TEXT NOT NULL,
@@ -16,7 +18,6 @@ CREATE TABLE instances (
     output          TEXT,
     failure         TEXT,
     custom_status   TEXT,
-    history_len     INTEGER NOT NULL DEFAULT 0,
     created_at_ms   INTEGER NOT NULL,
     updated_at_ms   INTEGER NOT NULL
 ) WITHOUT ROWID;
@@ -38,8 +39,9 @@ CREATE TABLE inbox (
 CREATE INDEX inbox_instance ON inbox (instance_id, message_id);
 CREATE INDEX inbox_visible ON inbox (visible_at_ms);
 
--- Holds only work in flight (rows are deleted when their result is recorded), so scans by
--- visibility are short; an index there would cost a page write per change.
+-- Holds only work in flight (rows are deleted when their result is recorded), so scans are
+-- short; an index would cost a page write per change. Finishing an instance scans it only
+-- when the instance leaves activities unresolved (TurnCommit::outstanding_activities).
 CREATE TABLE activities (
     item_id         INTEGER PRIMARY KEY,
     instance_id     TEXT NOT NULL,
@@ -51,7 +53,6 @@ CREATE TABLE activities (
     attempt         INTEGER NOT NULL DEFAULT 0,
     visible_at_ms   INTEGER NOT NULL
 );
-CREATE INDEX activities_instance ON activities (instance_id);
 ";
 
 /// Brings the schema to [`SCHEMA_VERSION`]; refuses a database from a newer version.

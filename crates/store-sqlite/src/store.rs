@@ -322,6 +322,20 @@ fn status_of(connection: &Connection, instance_id: &str) -> StoreResult<Option<I
     text.as_deref().map(parse_status).transpose()
 }
 
+/// The number of events in an execution's history: its largest position + 1.
+fn history_len_of(
+    connection: &Connection,
+    instance_id: &str,
+    execution_id: i64,
+) -> StoreResult<i64> {
+    connection
+        .prepare_cached(
+            "SELECT COALESCE(MAX(position) + 1, 0) FROM history WHERE instance_id = ?1 AND execution_id = ?2",
+        )
+        .and_then(|mut statement| statement.query_row(params![instance_id, execution_id], |row| row.get(0)))
+        .map_err(db_error)
+}
+
 fn parse_status(text: &str) -> StoreResult<InstanceStatus> {
     InstanceStatus::parse(text).ok_or_else(|| StoreError::Corrupt(format!("status {text}")))
 }
@@ -349,19 +363,18 @@ fn commit_turn_in(
     ) {
         return Err(StoreError::LeaseLost("instance"));
     }
-    let row: Option<(i64, i64)> = connection
-        .prepare_cached("SELECT history_len, execution_id FROM instances WHERE instance_id = ?1")
+    let execution_id: Option<i64> = connection
+        .prepare_cached("SELECT execution_id FROM instances WHERE instance_id = ?1")
         .and_then(|mut statement| {
             statement
-                .query_row(params![commit.instance_id], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })
+                .query_row(params![commit.instance_id], |row| row.get(0))
                 .optional()
         })
         .map_err(db_error)?;
-    let Some((history_len, execution_id)) = row else {
+    let Some(execution_id) = execution_id else {
         return Err(StoreError::InstanceNotFound(commit.instance_id.clone()));
     };
+    let history_len = history_len_of(connection, &commit.instance_id, execution_id)?;
     if u64::try_from(execution_id).ok() != Some(commit.execution_id) {
         return Err(StoreError::Contract(format!(
             "commit for execution {} but the instance is at execution {execution_id}",
@@ -489,11 +502,9 @@ fn commit_turn_in(
         }
     }
     let mut new_execution = execution;
-    let mut new_history_len = history_len + i64::try_from(commit.append.len()).unwrap_or(i64::MAX);
     let mut new_input: Option<String> = None;
     if let Some(start) = &commit.continue_as_new {
         new_execution += 1;
-        new_history_len = 0;
         if let Message::Start { input, .. } = start {
             new_input = Some(input.clone());
         }
@@ -501,35 +512,45 @@ fn commit_turn_in(
         inbox_changed = true;
     }
     let finished = commit.status.is_some_and(InstanceStatus::is_terminal);
-    connection
-        .prepare_cached(
-            "UPDATE instances SET
-                status = COALESCE(?2, status),
-                output = COALESCE(?3, output),
-                failure = COALESCE(?4, failure),
-                custom_status = COALESCE(?5, custom_status),
-                execution_id = ?6,
-                history_len = ?7,
-                input = COALESCE(?8, input),
-                updated_at_ms = ?9
-             WHERE instance_id = ?1",
-        )
-        .and_then(|mut statement| {
-            statement.execute(params![
-                commit.instance_id,
-                commit.status.map(InstanceStatus::as_str),
-                commit.output,
-                commit.failure.as_ref().map(encode),
-                commit.custom_status,
-                new_execution,
-                new_history_len,
-                new_input,
-                now
-            ])
-        })
-        .map_err(db_error)?;
-    if finished {
-        // Work that can no longer matter: pending activities and future timers.
+    // Only turns that change what the row holds rewrite it (a page write per turn otherwise).
+    let changes_row = commit.status.is_some()
+        || commit.output.is_some()
+        || commit.failure.is_some()
+        || commit.custom_status.is_some()
+        || new_execution != execution;
+    if changes_row {
+        connection
+            .prepare_cached(
+                "UPDATE instances SET
+                    status = COALESCE(?2, status),
+                    output = COALESCE(?3, output),
+                    failure = COALESCE(?4, failure),
+                    custom_status = COALESCE(?5, custom_status),
+                    execution_id = ?6,
+                    input = COALESCE(?7, input),
+                    updated_at_ms = ?8
+                 WHERE instance_id = ?1 AND (
+                    status IS NOT COALESCE(?2, status)
+                    OR ?3 IS NOT NULL OR ?4 IS NOT NULL
+                    OR custom_status IS NOT COALESCE(?5, custom_status)
+                    OR execution_id != ?6)",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![
+                    commit.instance_id,
+                    commit.status.map(InstanceStatus::as_str),
+                    commit.output,
+                    commit.failure.as_ref().map(encode),
+                    commit.custom_status,
+                    new_execution,
+                    new_input,
+                    now
+                ])
+            })
+            .map_err(db_error)?;
+    }
+    if finished && commit.outstanding_activities {
+        // Work that can no longer matter: unresolved activities nobody holds.
         // Work items still leased are left to their holders, whose completions then find the
         // instance finished and delete them.
         let pending: Vec<i64> = connection
@@ -550,6 +571,9 @@ fn commit_turn_in(
         {
             delete.execute(params![item_id]).map_err(db_error)?;
         }
+    }
+    if finished {
+        // Timers that can no longer matter.
         connection
             .prepare_cached("DELETE FROM inbox WHERE instance_id = ?1 AND visible_at_ms > ?2")
             .and_then(|mut statement| statement.execute(params![commit.instance_id, now]))
@@ -646,7 +670,7 @@ fn fetch_turns_in(
         }
         let row = connection
             .prepare_cached(
-                "SELECT name, status, execution_id, history_len FROM instances WHERE instance_id = ?1",
+                "SELECT name, status, execution_id FROM instances WHERE instance_id = ?1",
             )
             .and_then(|mut statement| {
                 statement
@@ -655,13 +679,12 @@ fn fetch_turns_in(
                             row.get::<_, String>(0)?,
                             row.get::<_, String>(1)?,
                             row.get::<_, i64>(2)?,
-                            row.get::<_, i64>(3)?,
                         ))
                     })
                     .optional()
             })
             .map_err(db_error)?;
-        let Some((name, status, execution_id, history_len)) = row else {
+        let Some((name, status, execution_id)) = row else {
             continue;
         };
         let messages = connection
@@ -681,6 +704,7 @@ fn fetch_turns_in(
             .into_iter()
             .map(|(id, text)| Ok((u64::try_from(id).unwrap_or(0), decode::<Message>(&text)?)))
             .collect::<StoreResult<Vec<_>>>()?;
+        let history_len = history_len_of(connection, &instance_id, execution_id)?;
         lock_leases(leases).instances.insert(
             instance_id.clone(),
             Lease {

@@ -84,6 +84,9 @@ pub struct TurnCommit {
     /// commit, if `(item_id, lock_token)` still holds the item's lease; an item whose lease was
     /// lost is left to its new holder.
     pub completed_activities: Vec<(u64, u64)>,
+    /// The execution ends with activities still unresolved (a cancel, a failure, a select that
+    /// stopped waiting): their work items that nobody holds are deleted with the commit.
+    pub outstanding_activities: bool,
     /// Lease up to this many of the new `activities` to the caller, for this long, and return
     /// them from the commit, so the caller runs them without fetching.
     pub claim_activities: Option<(usize, std::time::Duration)>,
