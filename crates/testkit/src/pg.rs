@@ -668,7 +668,10 @@ pub fn pg_or_skip(suite: &str) -> Option<PgCluster> {
             panic!("{suite}: PostgreSQL required ({REQUIRE_ENV} is set) but not available: {e}")
         }
         Err(e) => {
-            eprintln!("SKIPPED {suite}: PostgreSQL not available ({e})");
+            // Straight to the stderr handle: libtest captures `eprintln!` of passing tests,
+            // and a skip must be visible in a plain `cargo test` run.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "SKIPPED {suite}: PostgreSQL not available ({e})");
             None
         }
     }

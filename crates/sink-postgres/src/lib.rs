@@ -1,0 +1,121 @@
+//! The PostgreSQL backend of the Sluice sink: binary COPY for inserts, COPY into a per-connection
+//! staging table plus one `DELETE ... USING` / `INSERT ... ON CONFLICT` for keyed modes, every
+//! batch one transaction on one connection of a deadpool-postgres pool.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use sluice_sink::{Column, ColumnType, Mode, Row, Schema, Sink, SinkConfig};
+//! use sluice_sink_postgres::{PostgresBackend, PostgresSinkOptions};
+//!
+//! let config = SinkConfig::builder().mode(Mode::Upsert).build()?;
+//! let options = PostgresSinkOptions::for_sink("postgres://writer@db/sales", &config)?;
+//! let backend = PostgresBackend::connect(options).await?;
+//! let schema = Schema::new(
+//!     "orders",
+//!     vec![
+//!         Column::new("id", ColumnType::I64)?.not_null(),
+//!         Column::new("status", ColumnType::Text)?,
+//!     ],
+//!     &["id"],
+//! )?;
+//! let sink = Sink::open(&backend, schema, config).await?;
+//! sink.write(vec![Row::upsert(vec![1.into(), "paid".into()])]).await?;
+//! sink.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Writes
+//!
+//! - **insert**: `COPY "t" (...) FROM STDIN (FORMAT binary)`, straight into the table.
+//! - **upsert, delete, changelog**: the batch (at most one row per key, reduced by the engine)
+//!   is copied into a temporary staging table of the connection, then `DELETE FROM t USING
+//!   staging WHERE <key matches> AND <row is a delete>` and `INSERT INTO t SELECT ... FROM
+//!   staging WHERE <row is an upsert> ON CONFLICT (key) DO UPDATE SET <every non-key schema
+//!   column> = EXCLUDED...` (`DO NOTHING` when every column is part of the key). Table columns
+//!   outside the schema keep their values on update and take their defaults on insert.
+//!
+//! Each batch is one transaction (`BEGIN`, record `txid_current()`, COPY, statements,
+//! `COMMIT`), so it is written whole or not at all, which the engine's retries and bisection
+//! rely on. COPY has no parameter limit: a batch is never split. When the connection breaks
+//! during `COMMIT`, the writer asks the server whether that transaction committed before
+//! reporting anything (see [`PostgresBackend`]), so a retry never duplicates a batch that did
+//! commit.
+//!
+//! # How values are stored
+//!
+//! | Value | Created as | Also accepted | Binary form written |
+//! |---|---|---|---|
+//! | Bool | `boolean` | | 1 byte |
+//! | I64 | `bigint` | `integer`, `smallint` (a value out of range is refused) | big-endian integer of the column's width |
+//! | F64 | `double precision` | | IEEE-754 bits: NaN, ±infinity and -0.0 are kept (`real` is refused: it rounds) |
+//! | Decimal | `numeric` | `numeric(p,s)` with `s >= 0`: a value with non-zero digits beyond `s` or more than `p - s` digits before the point is refused, never rounded; stored values read back with `s` fractional digits | PostgreSQL's base-10000 numeric, with the value's scale as display scale (`1.10` stays `1.10`) |
+//! | Text | `text` | `varchar(n)` (longer text is refused, never truncated) | UTF-8; a NUL character is refused by PostgreSQL (SQLSTATE 22021, dead-lettered) |
+//! | Bytes | `bytea` | | raw bytes |
+//! | Json | `jsonb` | `json` (keeps the text verbatim) | jsonb: version byte 1 + text; jsonb normalises the document (key order, spacing, duplicate keys), `\u0000` is refused by PostgreSQL |
+//! | Uuid | `uuid` | | 16 bytes |
+//! | Date | `date` | | days since 2000-01-01; dates outside 4714-11-24 BC .. 5874897-12-31 are refused (they would be ±infinity or out of range) |
+//! | Timestamp | `timestamp` | `timestamp(p)` (a value finer than `p` digits is refused, never rounded) | microseconds since 2000-01-01, wall clock, no zone applied |
+//! | TimestampTz | `timestamptz` | `timestamptz(p)`, as above | UTC microseconds since 2000-01-01 (the session's `TimeZone` plays no part) |
+//!
+//! Values are checked against their column before the COPY; a refused value makes its row a
+//! row error (codes `postgres.value_out_of_range`, `postgres.value_would_round`,
+//! `postgres.value_too_long`, `postgres.numeric_overflow`) reported in the batch outcome, so
+//! the rest of the batch is written without bisection. Errors PostgreSQL raises for a row
+//! (SQLSTATE classes 22 and 23) fail the batch; the engine bisects it to the bad rows.
+//!
+//! # Checking the table
+//!
+//! `prepare` resolves the table name on the search path (`to_regclass`), reads its columns from
+//! `pg_attribute` and its unique indexes from `pg_index`, and refuses a schema that does not
+//! fit, listing every problem: a missing column (with a hint when only the case differs:
+//! quoted names are case-sensitive), a type from the table above that does not hold the
+//! column's values, NULLs where the table forbids them, a generated or `GENERATED ALWAYS`
+//! identity column in the schema, a NOT NULL table column without a default that the rows
+//! cannot fill, and, in keyed modes, a key that is not the primary key or a unique index
+//! usable by `ON CONFLICT` (valid, not deferrable, no predicate, no expressions). It may create
+//! the table (`create_table = "if_missing"`: the types above, the key as primary key) and add
+//! nullable columns (`evolve = "add_columns"`), all in one transaction under an advisory lock on
+//! the table's name, so a refused schema changes nothing.
+//!
+//! # Dead-letter table
+//!
+//! `CREATE TABLE IF NOT EXISTS <table>_dead_letters ("id" bigint GENERATED BY DEFAULT AS
+//! IDENTITY PRIMARY KEY, "failed_at_us" bigint NOT NULL, "table_name" text NOT NULL,
+//! "error_code" text NOT NULL, "error" text NOT NULL, "row_json" text NOT NULL)`: the columns of
+//! the SQLite backend ([`DEAD_LETTER_COLUMNS`]). `failed_at_us` is microseconds since the Unix
+//! epoch; `to_timestamp(failed_at_us / 1e6)` shows it.
+//!
+//! # Errors
+//!
+//! Classified by SQLSTATE: connection errors (class 08, I/O errors, closed connections),
+//! 40001 serialization failure, 40P01 deadlock, class 53 (insufficient resources), 57P01-57P03
+//! (admin shutdown, crash shutdown, cannot connect now) and pool timeouts are transient; classes
+//! 22 (data exception) and 23 (integrity constraint violation) are row errors; everything else
+//! is fatal (a closed pool, `postgres.commit_unknown`, undefined table, permission denied, ...).
+//! Codes are `postgres.<SQLSTATE>` (for example `postgres.23505`), the class's code for
+//! SQLSTATEs PostgreSQL 15 does not define (`postgres.22xxx`), or a named client-side code
+//! (`postgres.connection`, `postgres.pool_timeout`, the value checks above). Messages carry the
+//! server's message, SQLSTATE and DETAIL, cut to 1 KiB, and never the connection URL or its
+//! password (servers are named by [`PostgresSinkOptions::target`]: user, host, port, database).
+//!
+//! Connections use no TLS (`NoTls`); PostgreSQL 12 or later is required (tested on 15).
+#![warn(missing_docs)]
+
+mod backend;
+mod error;
+mod read;
+mod statements;
+mod table;
+mod values;
+
+pub use backend::{
+    APPLICATION_NAME, POOL_CONNECTIONS_MAX_LIMIT, PostgresBackend, PostgresSinkOptions,
+    TIMEOUT_MS_LIMIT,
+};
+pub use deadpool_postgres;
+pub use error::PostgresError;
+pub use read::{read_dead_letters, read_rows};
+pub use table::DEAD_LETTER_COLUMNS;
+pub use tokio_postgres;
+pub use values::ReadError;
