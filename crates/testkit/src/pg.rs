@@ -671,7 +671,10 @@ pub fn pg_or_skip(suite: &str) -> Option<PgCluster> {
             // Straight to the stderr handle: libtest captures `eprintln!` of passing tests,
             // and a skip must be visible in a plain `cargo test` run.
             use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "SKIPPED {suite}: PostgreSQL not available ({e})");
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {suite}: PostgreSQL not available ({e})"
+            );
             None
         }
     }
