@@ -168,9 +168,9 @@ async fn run_attempt(
         lock_token: item.lock_token,
         lease,
     };
-    // The activity runs in its own task so that a panic is contained and reported.
-    let running = tokio::spawn(code.run(ctx, activity.input.clone()));
-    let abort = running.abort_handle();
+    // The activity runs in place (no task of its own: one wake-up less per activity); a panic
+    // is caught at each poll and reported, and dropping the future cancels it.
+    let running = CatchUnwind(code.run(ctx, activity.input.clone()));
     let timeout = activity
         .retry
         .as_ref()
@@ -186,49 +186,51 @@ async fn run_attempt(
     };
     let outcome = tokio::select! {
         finished = finished => match finished {
-            Ok(joined) => joined_outcome(joined, &activity.name),
+            Ok(Ok(Ok(output))) => Attempt::Completed(output),
+            Ok(Ok(Err(failure))) => Attempt::Failed(failure),
+            Ok(Err(panic)) => Attempt::Failed(Failure::new(
+                codes::ACTIVITY_PANICKED,
+                format!("activity '{}' panicked: {}", activity.name, panic_text(panic.as_ref())),
+            )),
             Err(limit) => {
                 cancellation.cancel();
-                abort.abort();
                 Attempt::Failed(Failure::new(
                     codes::ACTIVITY_TIMED_OUT,
                     format!("activity '{}' attempt {} exceeded {limit:?}", activity.name, item.attempt),
                 ))
             }
         },
-        () = cancellation.cancelled() => {
-            abort.abort();
-            Attempt::Cancelled
-        }
+        () = cancellation.cancelled() => Attempt::Cancelled,
     };
     unregister(shared, &activity.instance_id, item.item_id);
     outcome
 }
 
-fn joined_outcome(
-    joined: Result<Result<String, Failure>, tokio::task::JoinError>,
-    name: &str,
-) -> Attempt {
-    match joined {
-        Ok(Ok(output)) => Attempt::Completed(output),
-        Ok(Err(failure)) => Attempt::Failed(failure),
-        Err(error) if error.is_panic() => {
-            let panic = error.into_panic();
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|text| text.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-text panic payload".to_string());
-            Attempt::Failed(Failure::new(
-                codes::ACTIVITY_PANICKED,
-                format!("activity '{name}' panicked: {message}"),
-            ))
+/// Polls an activity future, turning a panic into an error value.
+struct CatchUnwind(crate::registry::BoxedActivityFuture);
+
+impl std::future::Future for CatchUnwind {
+    type Output = Result<Result<String, Failure>, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let future = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Ready(result)) => std::task::Poll::Ready(Ok(result)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
         }
-        Err(_) => Attempt::Failed(Failure::new(
-            codes::ACTIVITY_FAILED,
-            format!("activity '{name}' was aborted"),
-        )),
     }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".to_string())
 }
 
 /// Renews the item's lease every third of it, from the moment it is held until its result is

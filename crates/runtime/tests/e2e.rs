@@ -454,7 +454,11 @@ async fn retries_with_backoff_and_attempt_timeouts() {
             .schedule_activity_with_retry("always_fails", "", RetryPolicy::attempts(3))
             .await
             .unwrap_err();
-        Ok(format!("{ok} {} {}", timed_out.code, exhausted.message))
+        let panicked = ctx.schedule_activity("panics", "").await.unwrap_err();
+        Ok(format!(
+            "{ok} {} {} {}",
+            timed_out.code, exhausted.message, panicked.code
+        ))
     }
     let attempts = Arc::new(AtomicU32::new(0));
     let seen = attempts.clone();
@@ -477,6 +481,15 @@ async fn retries_with_backoff_and_attempt_timeouts() {
                 Ok("never".to_string())
             })
             .activity(
+                "panics",
+                |_ctx: ActivityContext, _input: String| async move {
+                    if true {
+                        panic!("activity code panicked");
+                    }
+                    Ok(String::new())
+                },
+            )
+            .activity(
                 "always_fails",
                 |ctx: ActivityContext, _input: String| async move {
                     Err(Failure::new(
@@ -490,7 +503,7 @@ async fn retries_with_backoff_and_attempt_timeouts() {
     s.client.start("flaky", "r", "").await.unwrap();
     assert_eq!(
         completed(&s.client, "r").await,
-        "attempt 3 activity_timed_out failed at attempt 3"
+        "attempt 3 activity_timed_out failed at attempt 3 activity_panicked"
     );
     // Backoffs before attempts 2 and 3 were 20 ms and 40 ms.
     assert!(started.elapsed() >= Duration::from_millis(60));
