@@ -8,7 +8,7 @@ mod workloads;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sluice_history::Event;
-use sluice_replay::run_turn;
+use sluice_replay::{Orchestration, run_turn};
 use std::hint::black_box;
 use std::sync::Arc;
 use workloads::{canned, chain, fan_out, split_terminal};
@@ -30,43 +30,22 @@ fn last_turn(history: Vec<Event>) -> (Arc<Vec<Event>>, Vec<Event>) {
 fn replay(c: &mut Criterion) {
     let recorded: Vec<Event> =
         serde_json::from_str(include_str!("../tests/histories/fan_out_5.json")).unwrap();
+    let cases: Vec<(&str, Vec<Event>, &dyn Orchestration)> = vec![
+        ("recorded_fan_out_5", recorded, &fan_out),
+        (
+            "canned_fan_out_1000",
+            canned(fan_out, "n=1000", 100),
+            &fan_out,
+        ),
+        ("canned_chain_200", canned(chain, "200", 1), &chain),
+    ];
     let mut group = c.benchmark_group("replay_to_completion");
-    let (history, new_events) = last_turn(recorded);
-    group.bench_function("recorded_fan_out_5", |b| {
-        b.iter(|| {
-            run_turn(
-                &fan_out,
-                "r",
-                1,
-                black_box(history.clone()),
-                new_events.clone(),
-            )
-        })
-    });
-    let (history, new_events) = last_turn(canned(fan_out, "n=1000", 100));
-    group.bench_function("canned_fan_out_1000", |b| {
-        b.iter(|| {
-            run_turn(
-                &fan_out,
-                "r",
-                1,
-                black_box(history.clone()),
-                new_events.clone(),
-            )
-        })
-    });
-    let (history, new_events) = last_turn(canned(chain, "200", 1));
-    group.bench_function("canned_chain_200", |b| {
-        b.iter(|| {
-            run_turn(
-                &chain,
-                "r",
-                1,
-                black_box(history.clone()),
-                new_events.clone(),
-            )
-        })
-    });
+    for (name, history, code) in cases {
+        let (history, new_events) = last_turn(history);
+        group.bench_function(name, |b| {
+            b.iter(|| run_turn(code, "r", 1, black_box(history.clone()), new_events.clone()))
+        });
+    }
     group.finish();
 }
 

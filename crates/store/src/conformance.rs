@@ -72,6 +72,21 @@ async fn started<S: Store>(store: &S, id: &str, extra: TurnCommit) -> TurnCommit
     commit
 }
 
+/// Starts "a" with one activity and fetches that activity's work item.
+async fn started_with_one_activity<S: Store>(store: &S) -> crate::ActivityWorkItem {
+    let extra = TurnCommit {
+        activities: vec![activity("a", 0)],
+        ..TurnCommit::default()
+    };
+    started(store, "a", extra).await;
+    store
+        .fetch_activities(1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .expect("the activity is visible")
+}
+
 /// A second start of the same id creates nothing and enqueues nothing.
 pub async fn start_is_idempotent<S: Store>(h: Harness<S>) {
     let store = &h.store;
@@ -287,21 +302,7 @@ pub async fn timers_become_due<S: Store>(h: Harness<S>) {
 /// Renewing an activity's lease keeps it from being handed out again.
 pub async fn activity_lease_renewal<S: Store>(h: Harness<S>) {
     let store = &h.store;
-    started(
-        store,
-        "a",
-        TurnCommit {
-            activities: vec![activity("a", 0)],
-            ..TurnCommit::default()
-        },
-    )
-    .await;
-    let item = store
-        .fetch_activities(1, LEASE)
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let item = started_with_one_activity(store).await;
     h.clock.advance_ms(LEASE_MS / 2);
     assert!(
         store
@@ -341,21 +342,7 @@ pub async fn activity_lease_renewal<S: Store>(h: Harness<S>) {
 /// A completion whose lease was lost is rejected; the new holder's completion is recorded once.
 pub async fn lost_activity_lease_rejects_completion<S: Store>(h: Harness<S>) {
     let store = &h.store;
-    started(
-        store,
-        "a",
-        TurnCommit {
-            activities: vec![activity("a", 0)],
-            ..TurnCommit::default()
-        },
-    )
-    .await;
-    let first = store
-        .fetch_activities(1, LEASE)
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let first = started_with_one_activity(store).await;
     h.clock.advance_ms(LEASE_MS + 1);
     assert!(matches!(
         store
@@ -417,21 +404,7 @@ pub async fn lost_activity_lease_rejects_completion<S: Store>(h: Harness<S>) {
 /// A retried work item is invisible for its backoff, then delivered with the next attempt.
 pub async fn attempts_are_counted<S: Store>(h: Harness<S>) {
     let store = &h.store;
-    started(
-        store,
-        "a",
-        TurnCommit {
-            activities: vec![activity("a", 0)],
-            ..TurnCommit::default()
-        },
-    )
-    .await;
-    let first = store
-        .fetch_activities(1, LEASE)
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let first = started_with_one_activity(store).await;
     assert_eq!(first.attempt, 1);
     store
         .retry_activity(first.item_id, first.lock_token, Duration::from_millis(500))
