@@ -277,6 +277,15 @@ impl SinkBackend for PostgresBackend {
     }
 
     async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError> {
+        if let Some(spec) = &request.checkpoints {
+            return Err(BackendError::Fatal {
+                code: "postgres.delivery_unsupported",
+                message: format!(
+                    "delivery = \"{}\" is not supported by this backend yet",
+                    spec.delivery.name()
+                ),
+            });
+        }
         let mut client = self.pool.get().await.map_err(from_pool)?;
         let transaction = client.transaction().await.map_err(|e| classify(&e))?;
         // On error the transaction is dropped, which rolls it back.
@@ -300,6 +309,7 @@ impl SinkBackend for PostgresBackend {
                 commit_check_timeout: Duration::from_millis(self.options.commit_check_timeout_ms),
             }),
             report: prepared.report,
+            checkpoints: None,
         })
     }
 }

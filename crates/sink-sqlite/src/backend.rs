@@ -73,6 +73,15 @@ impl SinkBackend for SqliteBackend {
     }
 
     async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError> {
+        if let Some(spec) = &request.checkpoints {
+            return Err(BackendError::Fatal {
+                code: "sqlite.delivery_unsupported",
+                message: format!(
+                    "delivery = \"{}\" is not supported by this backend yet",
+                    spec.delivery.name()
+                ),
+            });
+        }
         let owned = request.clone();
         let (report, statements) = self
             .writer
@@ -97,6 +106,7 @@ impl SinkBackend for SqliteBackend {
                     .map(|table| Arc::from(dead_letter_insert_sql(table))),
             }),
             report,
+            checkpoints: None,
         })
     }
 }

@@ -24,7 +24,7 @@
 //! Errors are classified by [`BackendError`]: transient ones are retried with backoff, row
 //! errors make the engine bisect the batch, fatal ones stop the sink.
 
-use crate::config::{CreateTable, Evolve, Mode};
+use crate::config::{CreateTable, Delivery, Evolve, Mode, SinkId};
 use crate::ident::Ident;
 use crate::schema::{Row, Schema};
 use crate::value::TimestampTz;
@@ -45,6 +45,26 @@ pub struct PrepareRequest {
     pub evolve: Evolve,
     /// The dead-letter table to create or check, when dead letters go to a table.
     pub dead_letter_table: Option<Ident>,
+    /// Batches written at the same time, at most (one per lane): a pooled backend sizes its
+    /// pool from it.
+    pub flush_concurrency: usize,
+    /// Exactly-once delivery: the mechanism and the writer's identity. `None` for
+    /// at-least-once.
+    pub checkpoints: Option<CheckpointSpec>,
+}
+
+/// What an exactly-once sink asks of the backend.
+#[derive(Clone, Debug)]
+pub struct CheckpointSpec {
+    /// `TransactionalMarker` or `TwoPhase`.
+    pub delivery: Delivery,
+    /// The sink's stable identity.
+    pub sink_id: SinkId,
+    /// This writer's number.
+    pub writer_id: u32,
+    /// The progress table, created when missing: `(sink_id, writer_id, lane)` ->
+    /// `(checkpoint_id, state, committed_at)`.
+    pub progress_table: Ident,
 }
 
 /// What `prepare` did to the database.
@@ -62,6 +82,9 @@ pub struct Prepared {
     pub writer: Arc<dyn TableWriter>,
     /// What was changed to make the table fit.
     pub report: PrepareReport,
+    /// Exactly-once delivery: the checkpoint-aligned writer. Present exactly when the request
+    /// had `checkpoints`; a backend that does not support the mechanism refuses in `prepare`.
+    pub checkpoints: Option<Arc<dyn CheckpointWriter>>,
 }
 
 /// A database the sink can write into.
@@ -83,11 +106,7 @@ pub trait SinkBackend: Send + Sync {
     async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError>;
 }
 
-/// Writes batches into one prepared table.
-///
-/// Exactly-once delivery will add checkpoint hooks here with default implementations: a batch
-/// may carry a checkpoint marker that the writer upserts into a progress table in the same
-/// transaction (`pre_commit` for two-phase commit, `commit` when the checkpoint completes).
+/// Writes batches into one prepared table (at-least-once delivery: each call commits).
 #[async_trait]
 pub trait TableWriter: Send + Sync {
     /// Writes one batch, in one transaction. See the module docs for the contract.
@@ -96,6 +115,65 @@ pub trait TableWriter: Send + Sync {
     /// Durably records rows that could not be written (dead-letter destination `table`).
     /// All or nothing, like `write_batch`.
     async fn write_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), BackendError>;
+}
+
+/// The highest checkpoint whose rows a writer has made durable, as its progress row says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The checkpoint id.
+    pub checkpoint_id: u64,
+    /// The caller's state given to that checkpoint's `pre_commit` (for example a source
+    /// position).
+    pub state: String,
+}
+
+/// Exactly-once writes: each lane's batches go into a transaction that stays open until the
+/// checkpoint barrier, so a crash before the barrier leaves nothing of them.
+///
+/// The engine guarantees the order of calls: between two barriers each lane calls
+/// `write_batch`/`write_dead_letters` one at a time (lanes run concurrently); `pre_commit(c)`
+/// comes after every lane finished its calls for `c` and before any lane writes for the next
+/// checkpoint; checkpoint ids are increasing; `recover` comes first, before any write.
+///
+/// Contract:
+/// - `write_batch` runs inside a savepoint of the lane's transaction: on `Err(Row)` nothing of
+///   the call is kept and the transaction stays usable (the engine bisects, as for
+///   `TableWriter`). Any other error means the transaction may be lost; the engine fails the
+///   sink (it cannot retry only the last batch) and the caller recovers.
+/// - `pre_commit(c, state)` makes every lane's rows durable together with the writer's
+///   progress (`c`, `state`): `TransactionalMarker` commits them (visible now), `TwoPhase`
+///   prepares one transaction per lane that wrote (visible at `commit`).
+/// - `commit(c)` makes every checkpoint up to `c` visible; calling it again, or after a
+///   restart for a checkpoint recovery already committed, is not an error.
+/// - `recover(restored)` resolves what an earlier run of this writer left behind: open
+///   transactions are gone; prepared ones up to `restored` are committed, later ones rolled
+///   back; transactions of other writers and applications are not touched. Returns the
+///   progress row (the highest checkpoint whose rows are visible), if any.
+#[async_trait]
+pub trait CheckpointWriter: Send + Sync {
+    /// Writes one batch into `lane`'s open transaction (opening it if needed).
+    async fn write_batch(&self, lane: usize, batch: &Batch) -> Result<BatchOutcome, BackendError>;
+
+    /// Records dead letters in `lane`'s open transaction (dead-letter table destination).
+    async fn write_dead_letters(
+        &self,
+        lane: usize,
+        letters: &[DeadLetter],
+    ) -> Result<(), BackendError>;
+
+    /// Makes the checkpoint's rows durable with the writer's progress (see the trait docs).
+    async fn pre_commit(&self, checkpoint_id: u64, state: &str) -> Result<(), BackendError>;
+
+    /// Makes every pre-committed checkpoint up to `checkpoint_id` visible. Idempotent.
+    async fn commit(&self, checkpoint_id: u64) -> Result<(), BackendError>;
+
+    /// Rolls back the open transactions and the prepared ones of checkpoints from
+    /// `checkpoint_id` on (`TransactionalMarker`: committed rows stay; only the open
+    /// transaction is rolled back).
+    async fn abort(&self, checkpoint_id: u64) -> Result<(), BackendError>;
+
+    /// Resolves what an earlier run left (see the trait docs).
+    async fn recover(&self, restored: Option<u64>) -> Result<Option<Committed>, BackendError>;
 }
 
 /// Rows for one `write_batch` call: a range of a shared, reduced row list (bisection hands out

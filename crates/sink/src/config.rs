@@ -32,6 +32,8 @@ pub const FLUSH_CONCURRENCY_LIMIT: usize = 64;
 pub const BUFFER_BYTES_MAX_LIMIT: usize = u32::MAX as usize;
 /// Upper bound of `retry_attempts_max`, in retries.
 pub const RETRY_ATTEMPTS_MAX_LIMIT: u32 = 100;
+/// Upper bound of `writer_id`.
+pub const WRITER_ID_LIMIT: u32 = 65_535;
 /// Upper bound of `retry_backoff_max_ms`, in milliseconds (one hour).
 pub const RETRY_BACKOFF_MS_LIMIT: u64 = 3_600_000;
 
@@ -101,6 +103,91 @@ pub enum Evolve {
     AddColumns,
 }
 
+/// How rows become visible, and what a crash may do to them.
+///
+/// | Delivery | Databases | Rows visible | After a crash |
+/// |---|---|---|---|
+/// | `at_least_once` | all | when their batch commits | rows since the caller's last `flush` may be written twice |
+/// | `transactional_marker` | SQLite, PostgreSQL | at `pre_commit` (one transaction: the checkpoint's rows plus the writer's progress row) | exactly once: the progress row names the last checkpoint in the table |
+/// | `two_phase` | PostgreSQL | at `commit` (`COMMIT PREPARED`) | exactly once: prepared transactions after the restored checkpoint are rolled back |
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Plain flushes; each batch commits on its own. The default.
+    #[default]
+    AtLeastOnce,
+    /// Checkpoint-aligned transactions whose progress row commits with the rows.
+    TransactionalMarker,
+    /// Checkpoint-aligned prepared transactions (PostgreSQL `PREPARE TRANSACTION`).
+    TwoPhase,
+}
+
+impl Delivery {
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Delivery::AtLeastOnce => "at_least_once",
+            Delivery::TransactionalMarker => "transactional_marker",
+            Delivery::TwoPhase => "two_phase",
+        }
+    }
+
+    /// Whether rows are written in checkpoint-aligned transactions.
+    pub fn is_exactly_once(self) -> bool {
+        self != Delivery::AtLeastOnce
+    }
+}
+
+/// The longest `sink_id`, in bytes (it goes into PostgreSQL transaction ids, at most 200 bytes).
+pub const SINK_ID_BYTES_MAX: usize = 63;
+
+/// A sink's stable identity: `[A-Za-z0-9_-]`, 1 to 63 bytes. It names the sink's progress rows
+/// and prepared transactions, so it must stay the same across restarts and differ between sinks
+/// sharing a database.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct SinkId(String);
+
+impl SinkId {
+    /// Validates a sink id.
+    pub fn new(id: &str) -> Result<SinkId, ConfigError> {
+        let valid = !id.is_empty()
+            && id.len() <= SINK_ID_BYTES_MAX
+            && id
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
+        if valid {
+            Ok(SinkId(id.to_string()))
+        } else {
+            Err(ConfigError::Invalid {
+                key: "sink_id",
+                rule: format!(
+                    "{:?} must be 1 to {SINK_ID_BYTES_MAX} bytes of [A-Za-z0-9_-]",
+                    id.chars().take(80).collect::<String>()
+                ),
+            })
+        }
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SinkId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SinkId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<SinkId, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        SinkId::new(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Where rows that cannot be written go, with their error and the time.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -142,6 +229,14 @@ pub enum ConfigError {
         /// The allowed range or relationship.
         rule: String,
     },
+    /// A value or a combination of settings is not allowed.
+    #[error("{key}: {rule}")]
+    Invalid {
+        /// The configuration key.
+        key: &'static str,
+        /// What is required.
+        rule: String,
+    },
 }
 
 impl ConfigError {
@@ -150,6 +245,7 @@ impl ConfigError {
         match self {
             ConfigError::Parse(_) => "sink.config.parse",
             ConfigError::OutOfRange { .. } => "sink.config.out_of_range",
+            ConfigError::Invalid { .. } => "sink.config.invalid",
         }
     }
 }
@@ -171,6 +267,10 @@ pub struct SinkConfig {
     create_table: CreateTable,
     evolve: Evolve,
     dead_letter: DeadLetterConfig,
+    delivery: Delivery,
+    sink_id: Option<SinkId>,
+    writer_id: u32,
+    progress_table: Ident,
 }
 
 impl Default for SinkConfig {
@@ -247,6 +347,22 @@ impl SinkConfig {
     pub fn dead_letter(&self) -> &DeadLetterConfig {
         &self.dead_letter
     }
+    /// How rows become visible.
+    pub fn delivery(&self) -> Delivery {
+        self.delivery
+    }
+    /// The sink's identity (required for exactly-once delivery).
+    pub fn sink_id(&self) -> Option<&SinkId> {
+        self.sink_id.as_ref()
+    }
+    /// This writer's number among the parallel writers of one sink.
+    pub fn writer_id(&self) -> u32 {
+        self.writer_id
+    }
+    /// The table holding each writer's last checkpoint (exactly-once delivery).
+    pub fn progress_table(&self) -> &Ident {
+        &self.progress_table
+    }
 }
 
 /// Every setting, optional; [`SinkConfigBuilder::build`] applies the defaults documented on
@@ -281,8 +397,21 @@ pub struct SinkConfigBuilder {
     pub create_table: Option<CreateTable>,
     /// `"none"` or `"add_columns"`. Default: `"none"`.
     pub evolve: Option<Evolve>,
-    /// Dead-letter destination. Default: table `<table>_dead_letters`.
+    /// Dead-letter destination. Default: table `<table>_dead_letters`. With exactly-once
+    /// delivery a dead-letter table is written in the checkpoint's transaction (exactly once); a
+    /// dead-letter file is appended at once (at least once).
     pub dead_letter: Option<DeadLetterConfig>,
+    /// `"at_least_once"`, `"transactional_marker"` or `"two_phase"`. Default:
+    /// `"at_least_once"`.
+    pub delivery: Option<Delivery>,
+    /// The sink's stable identity, `[A-Za-z0-9_-]{1,63}`. Required for exactly-once delivery.
+    pub sink_id: Option<SinkId>,
+    /// This writer's number among the sink's parallel writers (subtasks), 0 to 65,535. Default:
+    /// 0. Exactly-once holds per writer.
+    pub writer_id: Option<u32>,
+    /// The progress table for exactly-once delivery, created when missing. Default:
+    /// `sluice_sink_progress`.
+    pub progress_table: Option<Ident>,
 }
 
 macro_rules! setter {
@@ -309,6 +438,10 @@ impl SinkConfigBuilder {
     setter!(create_table: CreateTable);
     setter!(evolve: Evolve);
     setter!(dead_letter: DeadLetterConfig);
+    setter!(delivery: Delivery);
+    setter!(sink_id: SinkId);
+    setter!(writer_id: u32);
+    setter!(progress_table: Ident);
 
     /// Applies defaults and validates.
     pub fn build(self) -> Result<SinkConfig, ConfigError> {
@@ -326,7 +459,29 @@ impl SinkConfigBuilder {
             create_table: self.create_table.unwrap_or_default(),
             evolve: self.evolve.unwrap_or_default(),
             dead_letter: self.dead_letter.unwrap_or_default(),
+            delivery: self.delivery.unwrap_or_default(),
+            sink_id: self.sink_id,
+            writer_id: self.writer_id.unwrap_or(0),
+            progress_table: match self.progress_table {
+                Some(table) => table,
+                None => Ident::new("sluice_sink_progress").expect("a valid name"),
+            },
         };
+        if config.delivery.is_exactly_once() && config.sink_id.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "sink_id",
+                rule: format!(
+                    "delivery = \"{}\" needs a sink_id naming this sink's progress",
+                    config.delivery.name()
+                ),
+            });
+        }
+        check_range(
+            "writer_id",
+            u64::from(config.writer_id),
+            0,
+            u64::from(WRITER_ID_LIMIT),
+        )?;
         check_range(
             "batch_rows_max",
             config.batch_rows_max as u64,

@@ -73,6 +73,51 @@ pub enum SinkError {
     /// The sink is closed (or closing).
     #[error("the sink is closed")]
     Closed,
+    /// An exactly-once sink was written to, or checkpointed, before `recover`; or `recover`
+    /// was called twice.
+    #[error("{0}")]
+    Recovery(String),
+    /// A checkpoint id is not greater than the last one, or names no pre-committed checkpoint.
+    #[error("checkpoint {checkpoint_id} is out of order: {reason}")]
+    CheckpointOrder {
+        /// The id given.
+        checkpoint_id: u64,
+        /// What was expected.
+        reason: String,
+    },
+    /// The restored checkpoint is newer than the database's progress row: the database lost
+    /// committed rows (or is not the database this sink wrote to). Nothing was written.
+    #[error(
+        "the restored checkpoint {restored} is newer than the last checkpoint the database holds \
+         ({committed}); refusing to continue"
+    )]
+    CheckpointAhead {
+        /// The restored checkpoint id.
+        restored: u64,
+        /// The database's, as text (`none` when it has no progress row).
+        committed: String,
+    },
+    /// Rows were skipped as a replay of checkpoints the database already holds, but the barrier
+    /// that closed them has a greater id: the replay did not repeat the original barriers.
+    #[error(
+        "rows since the last barrier were skipped as a replay of checkpoints up to \
+         {skipping_through}, but checkpoint {checkpoint_id} closes them; replay from the \
+         database's position instead (Resume::Committed)"
+    )]
+    ReplayMismatch {
+        /// The database's checkpoint.
+        skipping_through: u64,
+        /// The barrier's id.
+        checkpoint_id: u64,
+    },
+    /// A checkpoint's open transaction was lost (connection lost, database restarted, or any
+    /// error other than a refused row): rows since the last checkpoint must be replayed after
+    /// `recover`.
+    #[error("the open checkpoint transaction was lost: {0}")]
+    CheckpointLost(BackendError),
+    /// `abort` was called: the sink stops; open a new one and `recover`.
+    #[error("checkpoint {0} was aborted; recover from the last completed checkpoint")]
+    Aborted(u64),
     /// An earlier batch failed; the sink accepts and flushes nothing more. Rows not flushed
     /// before the failure must be replayed by the caller (from its last successful `flush`).
     #[error("the sink has failed: {0}")]
@@ -95,6 +140,12 @@ impl SinkError {
             SinkError::WriteTooLarge { .. } => "sink.write_too_large",
             SinkError::Closed => "sink.closed",
             SinkError::Failed(_) => "sink.failed",
+            SinkError::Recovery(_) => "sink.recovery",
+            SinkError::CheckpointOrder { .. } => "sink.checkpoint_order",
+            SinkError::CheckpointAhead { .. } => "sink.checkpoint_ahead",
+            SinkError::ReplayMismatch { .. } => "sink.replay_mismatch",
+            SinkError::CheckpointLost(_) => "sink.checkpoint_lost",
+            SinkError::Aborted(_) => "sink.aborted",
         }
     }
 }

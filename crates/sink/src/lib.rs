@@ -22,6 +22,7 @@
 
 mod backend;
 mod batcher;
+mod checkpoint;
 mod config;
 mod dead_letter;
 mod error;
@@ -38,13 +39,15 @@ mod value;
 pub mod compliance;
 
 pub use backend::{
-    BackendError, Batch, BatchOutcome, DeadLetter, ErrorClass, PrepareReport, PrepareRequest,
-    Prepared, SinkBackend, TableWriter,
+    BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed, DeadLetter,
+    ErrorClass, PrepareReport, PrepareRequest, Prepared, SinkBackend, TableWriter,
 };
+pub use checkpoint::{CheckpointState, Recovery, Resume};
 pub use config::{
     BATCH_BYTES_MAX_LIMIT, BATCH_ROWS_MAX_LIMIT, BUFFER_BYTES_MAX_LIMIT, Backpressure, ConfigError,
-    CreateTable, DeadLetterConfig, Evolve, FLUSH_CONCURRENCY_LIMIT, FLUSH_INTERVAL_MS_LIMIT, Mode,
-    RETRY_ATTEMPTS_MAX_LIMIT, RETRY_BACKOFF_MS_LIMIT, SinkConfig, SinkConfigBuilder,
+    CreateTable, DeadLetterConfig, Delivery, Evolve, FLUSH_CONCURRENCY_LIMIT,
+    FLUSH_INTERVAL_MS_LIMIT, Mode, RETRY_ATTEMPTS_MAX_LIMIT, RETRY_BACKOFF_MS_LIMIT,
+    SINK_ID_BYTES_MAX, SinkConfig, SinkConfigBuilder, SinkId, WRITER_ID_LIMIT,
 };
 pub use dead_letter::row_to_json;
 pub use error::SinkError;

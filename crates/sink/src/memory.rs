@@ -6,10 +6,10 @@
 //! can inject faults: transient failures on chosen calls and row errors for chosen rows.
 
 use crate::backend::{
-    BackendError, Batch, BatchOutcome, DeadLetter, PrepareReport, PrepareRequest, Prepared,
-    SinkBackend, TableWriter,
+    BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed, DeadLetter,
+    PrepareReport, PrepareRequest, Prepared, SinkBackend, TableWriter,
 };
-use crate::config::{CreateTable, Evolve};
+use crate::config::{CreateTable, Delivery, Evolve};
 use crate::schema::{Column, Op, Row};
 use crate::value::Value;
 use async_trait::async_trait;
@@ -30,6 +30,20 @@ pub struct MemoryBackend {
 struct State {
     tables: HashMap<String, Table>,
     dead_letters: HashMap<String, Vec<DeadLetter>>,
+    /// Exactly-once progress rows: (sink, writer, lane) -> (checkpoint, state).
+    progress: HashMap<(String, u32, usize), Committed>,
+    /// Prepared transactions by global id; they survive the writer (a "crash").
+    prepared: BTreeMap<String, Transaction>,
+}
+
+/// An open or prepared exactly-once transaction of one lane.
+#[derive(Default)]
+struct Transaction {
+    table: String,
+    changes: Vec<(Op, Vec<Value>)>,
+    dead_letter_table: Option<String>,
+    letters: Vec<DeadLetter>,
+    progress: Option<((String, u32, usize), Committed)>,
 }
 
 struct Table {
@@ -219,14 +233,25 @@ impl SinkBackend for MemoryBackend {
                 .entry(dead_letter_table.to_string())
                 .or_default();
         }
+        let writer = Arc::new(MemoryWriter {
+            backend: self.clone(),
+            table: table_name,
+            mapping,
+            dead_letter_table: request.dead_letter_table.as_ref().map(ToString::to_string),
+        });
+        let checkpoints = request.checkpoints.clone().map(|spec| {
+            Arc::new(MemoryCheckpoints {
+                writer: writer.clone(),
+                lanes: (0..request.flush_concurrency)
+                    .map(|_| Mutex::new(None))
+                    .collect(),
+                spec,
+            }) as Arc<dyn CheckpointWriter>
+        });
         Ok(Prepared {
-            writer: Arc::new(MemoryWriter {
-                backend: self.clone(),
-                table: table_name,
-                mapping,
-                dead_letter_table: request.dead_letter_table.as_ref().map(ToString::to_string),
-            }),
+            writer,
             report,
+            checkpoints,
         })
     }
 }
@@ -239,9 +264,15 @@ struct MemoryWriter {
     dead_letter_table: Option<String>,
 }
 
-#[async_trait]
-impl TableWriter for MemoryWriter {
-    async fn write_batch(&self, batch: &Batch) -> Result<BatchOutcome, BackendError> {
+impl MemoryWriter {
+    /// Checks a batch against the table (and the keys `pending` inserts) and returns its
+    /// changes in table column order, or the error that refuses the whole batch.
+    fn check(
+        &self,
+        state: &State,
+        batch: &Batch,
+        pending: &[(Op, Vec<Value>)],
+    ) -> Result<Vec<(Op, Vec<Value>)>, BackendError> {
         let faults = &self.backend.faults;
         let call = faults.calls.fetch_add(1, Ordering::SeqCst) + 1;
         if lock(&faults.transient_calls).remove(&call) {
@@ -251,17 +282,19 @@ impl TableWriter for MemoryWriter {
             });
         }
         let refuse = lock(&faults.refuse).clone();
-        let mut state = lock(&self.backend.state);
         let table = state
             .tables
-            .get_mut(&self.table)
+            .get(&self.table)
             .ok_or_else(|| BackendError::Fatal {
                 code: "memory.no_table",
                 message: format!("table {} was dropped", self.table),
             })?;
-        // Check everything first: all or nothing.
         let mut table_rows = Vec::with_capacity(batch.len());
-        let mut seen = BTreeSet::new();
+        let mut seen: BTreeSet<Vec<KeyPart>> = pending
+            .iter()
+            .filter(|(op, _)| *op == Op::Insert && !table.key.is_empty())
+            .map(|(_, values)| key_of(values, &table.key))
+            .collect();
         for row in batch.rows() {
             if refuse.as_ref().is_some_and(|refuse| refuse(row)) {
                 return Err(BackendError::Row {
@@ -284,22 +317,54 @@ impl TableWriter for MemoryWriter {
             }
             table_rows.push((row.op, values));
         }
-        for (op, values) in table_rows {
-            let key = if table.key.is_empty() {
-                table.inserted += 1;
-                vec![(0, i128::from(table.inserted), Vec::new())]
-            } else {
-                key_of(&values, &table.key)
-            };
-            match op {
-                Op::Delete => {
-                    table.rows.remove(&key);
-                }
-                Op::Insert | Op::Upsert => {
-                    table.rows.insert(key, values);
-                }
+        Ok(table_rows)
+    }
+}
+
+/// Applies checked changes to a table.
+fn apply(state: &mut State, table: &str, changes: Vec<(Op, Vec<Value>)>) {
+    let Some(table) = state.tables.get_mut(table) else {
+        return;
+    };
+    for (op, values) in changes {
+        let key = if table.key.is_empty() {
+            table.inserted += 1;
+            vec![(0, i128::from(table.inserted), Vec::new())]
+        } else {
+            key_of(&values, &table.key)
+        };
+        match op {
+            Op::Delete => {
+                table.rows.remove(&key);
+            }
+            Op::Insert | Op::Upsert => {
+                table.rows.insert(key, values);
             }
         }
+    }
+}
+
+fn apply_transaction(state: &mut State, transaction: Transaction) {
+    apply(state, &transaction.table, transaction.changes);
+    if let Some(table) = transaction.dead_letter_table {
+        state
+            .dead_letters
+            .entry(table)
+            .or_default()
+            .extend(transaction.letters);
+    }
+    if let Some((key, committed)) = transaction.progress {
+        state.progress.insert(key, committed);
+    }
+}
+
+#[async_trait]
+impl TableWriter for MemoryWriter {
+    async fn write_batch(&self, batch: &Batch) -> Result<BatchOutcome, BackendError> {
+        let mut state = lock(&self.backend.state);
+        // Check everything first: all or nothing.
+        let changes = self.check(&state, batch, &[])?;
+        apply(&mut state, &self.table, changes);
         Ok(BatchOutcome {
             applied: batch.len(),
             rejected: Vec::new(),
@@ -320,5 +385,164 @@ impl TableWriter for MemoryWriter {
             .or_default()
             .extend_from_slice(letters);
         Ok(())
+    }
+}
+
+/// Exactly-once in memory: each lane's open transaction is a list of changes, lost with the
+/// writer (as a crash loses them); prepared ones live in the shared state.
+struct MemoryCheckpoints {
+    writer: Arc<MemoryWriter>,
+    lanes: Vec<Mutex<Option<Transaction>>>,
+    spec: CheckpointSpec,
+}
+
+impl MemoryCheckpoints {
+    fn gid_prefix(&self) -> String {
+        format!("sluice:{}:{}:", self.spec.sink_id, self.spec.writer_id)
+    }
+
+    fn lane(&self, lane: usize) -> Result<&Mutex<Option<Transaction>>, BackendError> {
+        self.lanes.get(lane).ok_or_else(|| BackendError::Fatal {
+            code: "memory.no_lane",
+            message: format!("lane {lane} is beyond flush_concurrency"),
+        })
+    }
+
+    /// (checkpoint, lane) of this writer's prepared transactions.
+    fn prepared(&self, state: &State) -> Vec<(u64, String)> {
+        let prefix = self.gid_prefix();
+        state
+            .prepared
+            .keys()
+            .filter_map(|gid| {
+                let rest = gid.strip_prefix(&prefix)?;
+                let (checkpoint, _lane) = rest.split_once(':')?;
+                Some((checkpoint.parse().ok()?, gid.clone()))
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl CheckpointWriter for MemoryCheckpoints {
+    async fn write_batch(&self, lane: usize, batch: &Batch) -> Result<BatchOutcome, BackendError> {
+        let mut slot = lock(self.lane(lane)?);
+        let transaction = slot.get_or_insert_with(|| Transaction {
+            table: self.writer.table.clone(),
+            dead_letter_table: self.writer.dead_letter_table.clone(),
+            ..Transaction::default()
+        });
+        let state = lock(&self.writer.backend.state);
+        let changes = self.writer.check(&state, batch, &transaction.changes)?;
+        transaction.changes.extend(changes);
+        Ok(BatchOutcome {
+            applied: batch.len(),
+            rejected: Vec::new(),
+        })
+    }
+
+    async fn write_dead_letters(
+        &self,
+        lane: usize,
+        letters: &[DeadLetter],
+    ) -> Result<(), BackendError> {
+        if self.writer.dead_letter_table.is_none() {
+            return Err(BackendError::Fatal {
+                code: "memory.no_dead_letter_table",
+                message: "no dead-letter table was prepared".into(),
+            });
+        }
+        let mut slot = lock(self.lane(lane)?);
+        let transaction = slot.get_or_insert_with(|| Transaction {
+            table: self.writer.table.clone(),
+            dead_letter_table: self.writer.dead_letter_table.clone(),
+            ..Transaction::default()
+        });
+        transaction.letters.extend_from_slice(letters);
+        Ok(())
+    }
+
+    async fn pre_commit(&self, checkpoint_id: u64, state_text: &str) -> Result<(), BackendError> {
+        let committed = Committed {
+            checkpoint_id,
+            state: state_text.to_string(),
+        };
+        let sink = self.spec.sink_id.to_string();
+        let writer = self.spec.writer_id;
+        let mut state = lock(&self.writer.backend.state);
+        match self.spec.delivery {
+            Delivery::TwoPhase => {
+                for (lane, slot) in self.lanes.iter().enumerate() {
+                    if let Some(mut transaction) = lock(slot).take() {
+                        transaction.progress =
+                            Some(((sink.clone(), writer, lane), committed.clone()));
+                        let gid = format!("{}{checkpoint_id}:{lane}", self.gid_prefix());
+                        state.prepared.insert(gid, transaction);
+                    }
+                }
+            }
+            _ => {
+                for slot in &self.lanes {
+                    if let Some(transaction) = lock(slot).take() {
+                        apply_transaction(&mut state, transaction);
+                    }
+                }
+                state.progress.insert((sink, writer, 0), committed);
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(&self, checkpoint_id: u64) -> Result<(), BackendError> {
+        let mut state = lock(&self.writer.backend.state);
+        for (checkpoint, gid) in self.prepared(&state) {
+            if checkpoint <= checkpoint_id
+                && let Some(transaction) = state.prepared.remove(&gid)
+            {
+                apply_transaction(&mut state, transaction);
+            }
+        }
+        Ok(())
+    }
+
+    async fn abort(&self, checkpoint_id: u64) -> Result<(), BackendError> {
+        for slot in &self.lanes {
+            lock(slot).take();
+        }
+        let mut state = lock(&self.writer.backend.state);
+        for (checkpoint, gid) in self.prepared(&state) {
+            if checkpoint >= checkpoint_id {
+                state.prepared.remove(&gid);
+            }
+        }
+        Ok(())
+    }
+
+    async fn recover(&self, restored: Option<u64>) -> Result<Option<Committed>, BackendError> {
+        for slot in &self.lanes {
+            lock(slot).take();
+        }
+        let mut state = lock(&self.writer.backend.state);
+        for (checkpoint, gid) in self.prepared(&state) {
+            let transaction = state.prepared.remove(&gid).expect("listed");
+            if restored.is_some_and(|restored| checkpoint <= restored) {
+                apply_transaction(&mut state, transaction);
+            }
+        }
+        let sink = self.spec.sink_id.as_str();
+        let writer = self.spec.writer_id;
+        Ok(state
+            .progress
+            .iter()
+            .filter(|((s, w, _), _)| s == sink && *w == writer)
+            .map(|(_, committed)| committed.clone())
+            .max_by_key(|committed| committed.checkpoint_id))
+    }
+}
+
+impl MemoryBackend {
+    /// Global ids of prepared (two-phase) transactions left in the database.
+    pub fn prepared_transactions(&self) -> Vec<String> {
+        lock(&self.state).prepared.keys().cloned().collect()
     }
 }

@@ -42,11 +42,28 @@ pub enum MetricName {
     BufferBytesAcceptedTotal,
     /// Bytes released from the buffer after their batch finished.
     BufferBytesReleasedTotal,
+    /// Rows dropped as a replay of checkpoints the database already holds.
+    RowsSkippedTotal,
+    /// Checkpoints pre-committed.
+    CheckpointsTotal,
+    /// Time of one `pre_commit`: the barrier through every lane plus making the rows durable.
+    CheckpointDurationSeconds,
+    /// Time of one `commit` (two-phase: `COMMIT PREPARED` of each lane's transaction).
+    CommitDurationSeconds,
+    /// Prepared transactions of this writer older than two checkpoints (emitted by backends
+    /// with two-phase commit).
+    OrphanedPreparedTransactions,
+    /// Pooled connections in use (emitted by pooled backends).
+    PoolConnectionsActive,
+    /// Pooled connections open and idle (emitted by pooled backends).
+    PoolConnectionsIdle,
+    /// Time to get a connection from the pool (emitted by pooled backends).
+    PoolAcquireDurationSeconds,
 }
 
 impl MetricName {
     /// Every metric.
-    pub const ALL: [MetricName; 12] = [
+    pub const ALL: [MetricName; 20] = [
         MetricName::RowsReceivedTotal,
         MetricName::RowsWrittenTotal,
         MetricName::RowsDeadLetteredTotal,
@@ -59,6 +76,14 @@ impl MetricName {
         MetricName::BufferBytes,
         MetricName::BufferBytesAcceptedTotal,
         MetricName::BufferBytesReleasedTotal,
+        MetricName::RowsSkippedTotal,
+        MetricName::CheckpointsTotal,
+        MetricName::CheckpointDurationSeconds,
+        MetricName::CommitDurationSeconds,
+        MetricName::OrphanedPreparedTransactions,
+        MetricName::PoolConnectionsActive,
+        MetricName::PoolConnectionsIdle,
+        MetricName::PoolAcquireDurationSeconds,
     ];
 
     /// The exported name.
@@ -76,16 +101,45 @@ impl MetricName {
             MetricName::BufferBytes => "sluice_sink_buffer_bytes",
             MetricName::BufferBytesAcceptedTotal => "sluice_sink_buffer_bytes_accepted_total",
             MetricName::BufferBytesReleasedTotal => "sluice_sink_buffer_bytes_released_total",
+            MetricName::RowsSkippedTotal => "sluice_sink_rows_skipped_total",
+            MetricName::CheckpointsTotal => "sluice_sink_checkpoints_total",
+            MetricName::CheckpointDurationSeconds => "sluice_sink_checkpoint_duration_seconds",
+            MetricName::CommitDurationSeconds => "sluice_sink_commit_duration_seconds",
+            MetricName::OrphanedPreparedTransactions => {
+                "sluice_sink_orphaned_prepared_transactions"
+            }
+            MetricName::PoolConnectionsActive => "sluice_sink_pool_connections_active",
+            MetricName::PoolConnectionsIdle => "sluice_sink_pool_connections_idle",
+            MetricName::PoolAcquireDurationSeconds => "sluice_sink_pool_acquire_duration_seconds",
         }
     }
 
     /// The series kind.
     pub fn kind(self) -> MetricKind {
         match self {
-            MetricName::FlushDurationSeconds | MetricName::BatchRows => MetricKind::Histogram,
-            MetricName::BufferBytes => MetricKind::Gauge,
+            MetricName::FlushDurationSeconds
+            | MetricName::BatchRows
+            | MetricName::CheckpointDurationSeconds
+            | MetricName::CommitDurationSeconds
+            | MetricName::PoolAcquireDurationSeconds => MetricKind::Histogram,
+            MetricName::BufferBytes
+            | MetricName::OrphanedPreparedTransactions
+            | MetricName::PoolConnectionsActive
+            | MetricName::PoolConnectionsIdle => MetricKind::Gauge,
             _ => MetricKind::Counter,
         }
+    }
+
+    /// Whether a backend emits it (pool and prepared-transaction metrics, through the same
+    /// names and labels) rather than the engine.
+    pub fn backend_emitted(self) -> bool {
+        matches!(
+            self,
+            MetricName::OrphanedPreparedTransactions
+                | MetricName::PoolConnectionsActive
+                | MetricName::PoolConnectionsIdle
+                | MetricName::PoolAcquireDurationSeconds
+        )
     }
 
     /// One-line description (also the `# HELP` text an exporter shows).
@@ -115,6 +169,22 @@ impl MetricName {
             MetricName::BufferBytesReleasedTotal => {
                 "Bytes released from the write buffer after their batch finished."
             }
+            MetricName::RowsSkippedTotal => {
+                "Rows dropped as a replay of checkpoints the database already holds."
+            }
+            MetricName::CheckpointsTotal => "Checkpoints pre-committed.",
+            MetricName::CheckpointDurationSeconds => {
+                "Time of one pre-commit: the barrier through every lane plus making the checkpoint's rows durable."
+            }
+            MetricName::CommitDurationSeconds => {
+                "Time of one checkpoint commit (two-phase: COMMIT PREPARED of each lane's transaction)."
+            }
+            MetricName::OrphanedPreparedTransactions => {
+                "Prepared transactions of this writer older than two checkpoints."
+            }
+            MetricName::PoolConnectionsActive => "Pooled database connections in use.",
+            MetricName::PoolConnectionsIdle => "Pooled database connections open and idle.",
+            MetricName::PoolAcquireDurationSeconds => "Time to get a connection from the pool.",
         }
     }
 }
@@ -133,6 +203,10 @@ pub(crate) struct SinkMetrics {
     buffer_bytes: metrics::Gauge,
     buffer_accepted: metrics::Counter,
     buffer_released: metrics::Counter,
+    rows_skipped: metrics::Counter,
+    checkpoints: metrics::Counter,
+    checkpoint_duration: metrics::Histogram,
+    commit_duration: metrics::Histogram,
 }
 
 /// What one flushed batch did.
@@ -178,6 +252,10 @@ impl SinkMetrics {
             buffer_bytes: metrics::gauge!(MetricName::BufferBytes.as_str(), &labels),
             buffer_accepted: counter(MetricName::BufferBytesAcceptedTotal),
             buffer_released: counter(MetricName::BufferBytesReleasedTotal),
+            rows_skipped: counter(MetricName::RowsSkippedTotal),
+            checkpoints: counter(MetricName::CheckpointsTotal),
+            checkpoint_duration: histogram(MetricName::CheckpointDurationSeconds),
+            commit_duration: histogram(MetricName::CommitDurationSeconds),
         }
     }
 
@@ -196,6 +274,20 @@ impl SinkMetrics {
         self.retries.increment(report.retries);
         self.flush_duration.record(duration.as_secs_f64());
         self.batch_rows.record(report.rows as f64);
+    }
+
+    pub(crate) fn skipped(&self, rows: u64) {
+        self.rows_received.increment(rows);
+        self.rows_skipped.increment(rows);
+    }
+
+    pub(crate) fn checkpoint(&self, duration: Duration) {
+        self.checkpoints.increment(1);
+        self.checkpoint_duration.record(duration.as_secs_f64());
+    }
+
+    pub(crate) fn commit(&self, duration: Duration) {
+        self.commit_duration.record(duration.as_secs_f64());
     }
 
     pub(crate) fn released(&self, bytes: u64, buffered_bytes: u64) {

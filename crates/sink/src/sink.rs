@@ -23,10 +23,11 @@
 
 use crate::backend::BackendError;
 use crate::backend::{
-    Batch, BatchOutcome, DeadLetter, ErrorClass, PrepareReport, PrepareRequest, SinkBackend,
-    TableWriter,
+    Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, DeadLetter, ErrorClass, PrepareReport,
+    PrepareRequest, SinkBackend, TableWriter,
 };
 use crate::batcher::{BatchLimits, Batcher, Sealed};
+use crate::checkpoint::{CheckpointControl, Phase};
 use crate::config::{Backpressure, DeadLetterConfig, Mode, SinkConfig};
 use crate::dead_letter::{DeadLetterFile, dead_letter};
 use crate::error::SinkError;
@@ -39,7 +40,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use tokio::sync::{Notify, Semaphore, TryAcquireError, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, TryAcquireError, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -57,6 +58,11 @@ pub struct SinkStats {
     pub rows_coalesced: u64,
     /// Rows lost to a sink failure (to be replayed by the caller).
     pub rows_failed: u64,
+    /// Rows dropped as a replay of checkpoints the database already holds (exactly-once,
+    /// `Resume::Restored`).
+    pub rows_skipped: u64,
+    /// Checkpoints pre-committed.
+    pub checkpoints: u64,
     /// Batches flushed.
     pub batches: u64,
     /// Retries of transient errors.
@@ -66,12 +72,14 @@ pub struct SinkStats {
 }
 
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     rows_received: AtomicU64,
     rows_written: AtomicU64,
     rows_dead_lettered: AtomicU64,
     rows_coalesced: AtomicU64,
     rows_failed: AtomicU64,
+    pub(crate) rows_skipped: AtomicU64,
+    pub(crate) checkpoints: AtomicU64,
     batches: AtomicU64,
     retries: AtomicU64,
     buffer_bytes: AtomicU64,
@@ -79,15 +87,24 @@ struct Counters {
 
 /// A row on its way to a lane, with its measured size and, when it failed the checks, why.
 #[derive(Debug)]
-struct Entry {
+pub(crate) struct Entry {
     row: Row,
     rejection: Option<RowError>,
 }
 
-enum LaneMessage {
+pub(crate) enum LaneMessage {
     Rows(Vec<(Entry, usize)>),
     Flush(oneshot::Sender<()>),
+    /// A checkpoint barrier: answer once every batch before it is written, then write nothing
+    /// more until the gate reaches the checkpoint (it was pre-committed, or the sink failed).
+    Barrier(u64, oneshot::Sender<()>),
     Close,
+}
+
+/// A lane's queue: sealed batches and the barriers between them.
+enum Work {
+    Batch(Sealed<Entry>),
+    Barrier(u64, oneshot::Sender<()>),
 }
 
 enum DeadLetterTarget {
@@ -96,21 +113,27 @@ enum DeadLetterTarget {
 }
 
 /// State shared by the handle and the lanes.
-struct Shared {
-    schema: Arc<Schema>,
-    config: SinkConfig,
+pub(crate) struct Shared {
+    pub(crate) schema: Arc<Schema>,
+    pub(crate) config: SinkConfig,
     writer: Arc<dyn TableWriter>,
+    /// Exactly-once delivery: batches go into checkpoint transactions instead.
+    pub(crate) checkpoints: Option<Arc<dyn CheckpointWriter>>,
+    /// The last pre-committed checkpoint; lanes past a barrier wait for it. `u64::MAX` once
+    /// the sink failed.
+    pub(crate) gate: watch::Sender<u64>,
     dead_letters: DeadLetterTarget,
     buffer: Semaphore,
-    counters: Counters,
-    metrics: SinkMetrics,
+    pub(crate) counters: Counters,
+    pub(crate) metrics: SinkMetrics,
     failure: OnceLock<Arc<SinkError>>,
     backoff: Backoff,
 }
 
-struct Inner {
-    shared: Arc<Shared>,
-    lanes: Vec<mpsc::UnboundedSender<LaneMessage>>,
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) lanes: Vec<mpsc::UnboundedSender<LaneMessage>>,
+    pub(crate) control: CheckpointControl,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
     writers_active: AtomicUsize,
@@ -127,7 +150,7 @@ struct Inner {
 /// finish in the background, but nobody learns whether that worked.
 #[derive(Clone)]
 pub struct Sink {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl Sink {
@@ -163,14 +186,38 @@ impl Sink {
                 (None, DeadLetterTarget::File(file))
             }
         };
+        let checkpoints = match (config.delivery().is_exactly_once(), config.sink_id()) {
+            (true, Some(sink_id)) => Some(CheckpointSpec {
+                delivery: config.delivery(),
+                sink_id: sink_id.clone(),
+                writer_id: config.writer_id(),
+                progress_table: config.progress_table().clone(),
+            }),
+            // The configuration refuses exactly-once delivery without a sink id.
+            _ => None,
+        };
         let request = PrepareRequest {
             schema: schema.clone(),
             mode,
             create_table: config.create_table(),
             evolve: config.evolve(),
             dead_letter_table,
+            flush_concurrency: config.flush_concurrency(),
+            checkpoints,
         };
         let prepared = backend.prepare(&request).await?;
+        if prepared.checkpoints.is_some() != request.checkpoints.is_some() {
+            return Err(SinkError::Contract(format!(
+                "backend {} answered a request for {} delivery {} a checkpoint writer",
+                backend.name(),
+                config.delivery().name(),
+                if prepared.checkpoints.is_some() {
+                    "with"
+                } else {
+                    "without"
+                }
+            )));
+        }
         tracing::info!(
             table = %schema.table(),
             backend = backend.name(),
@@ -182,6 +229,8 @@ impl Sink {
             metrics: SinkMetrics::register(schema.table().as_str(), backend.name()),
             schema,
             writer: prepared.writer,
+            checkpoints: prepared.checkpoints,
+            gate: watch::Sender::new(0),
             dead_letters,
             buffer: Semaphore::new(config.buffer_bytes_max()),
             counters: Counters::default(),
@@ -194,15 +243,17 @@ impl Sink {
         });
         let mut lanes = Vec::with_capacity(shared.config.flush_concurrency());
         let mut tasks = Vec::with_capacity(shared.config.flush_concurrency());
-        for _ in 0..shared.config.flush_concurrency() {
+        for lane in 0..shared.config.flush_concurrency() {
             let (sender, receiver) = mpsc::unbounded_channel();
             lanes.push(sender);
-            tasks.push(tokio::spawn(run_lane(shared.clone(), receiver)));
+            tasks.push(tokio::spawn(run_lane(shared.clone(), lane, receiver)));
         }
+        let control = CheckpointControl::new(shared.config.delivery());
         Ok(Sink {
             inner: Arc::new(Inner {
                 shared,
                 lanes,
+                control,
                 tasks: Mutex::new(tasks),
                 closed: AtomicBool::new(false),
                 writers_active: AtomicUsize::new(0),
@@ -227,6 +278,29 @@ impl Sink {
         let shared = &*inner.shared;
         let _active = WriterGuard::enter(inner)?;
         shared.check_failed()?;
+        match inner.control.phase() {
+            Phase::Running => {}
+            Phase::Skipping => {
+                // A replay of rows the database already holds (see `Sink::recover`).
+                let count = rows.len() as u64;
+                shared
+                    .counters
+                    .rows_received
+                    .fetch_add(count, Ordering::Relaxed);
+                shared
+                    .counters
+                    .rows_skipped
+                    .fetch_add(count, Ordering::Relaxed);
+                shared.metrics.skipped(count);
+                return Ok(());
+            }
+            Phase::NeedsRecovery => {
+                return Err(SinkError::Recovery(
+                    "an exactly-once sink must be recovered (Sink::recover) before rows are written"
+                        .into(),
+                ));
+            }
+        }
         let sizes: Vec<usize> = rows.iter().map(Row::size_bytes).collect();
         let bytes: usize = sizes.iter().sum();
         let buffer_bytes_max = shared.config.buffer_bytes_max();
@@ -309,7 +383,8 @@ impl Sink {
     }
 
     /// Returns once every row written before this call is durable (written or dead-lettered),
-    /// or with [`SinkError::Failed`] if any batch failed.
+    /// or with [`SinkError::Failed`] if any batch failed. With exactly-once delivery the rows
+    /// are in the checkpoint's open transaction, durable at the next `pre_commit`.
     pub async fn flush(&self) -> Result<(), SinkError> {
         let inner = &*self.inner;
         if inner.closed.load(Ordering::SeqCst) {
@@ -329,7 +404,8 @@ impl Sink {
     }
 
     /// Stops accepting rows, flushes everything buffered and stops the lanes. Returns the
-    /// failure, if the sink failed. Writers blocked on a full buffer get [`SinkError::Closed`].
+    /// failure, if the sink failed. With exactly-once delivery, rows after the last
+    /// `pre_commit` are rolled back (a final `pre_commit` and `commit` come before `close`). Writers blocked on a full buffer get [`SinkError::Closed`].
     pub async fn close(&self) -> Result<(), SinkError> {
         let inner = &*self.inner;
         if !inner.closed.swap(true, Ordering::SeqCst) {
@@ -363,6 +439,11 @@ impl Sink {
                 )));
             }
         }
+        if let Some(checkpoints) = &inner.shared.checkpoints {
+            // Rows after the last checkpoint are not committed: the caller replays them.
+            let next = inner.control.next_id().await;
+            checkpoints.abort(next).await.map_err(SinkError::Backend)?;
+        }
         inner.shared.check_failed()
     }
 
@@ -376,6 +457,8 @@ impl Sink {
             rows_dead_lettered: load(&counters.rows_dead_lettered),
             rows_coalesced: load(&counters.rows_coalesced),
             rows_failed: load(&counters.rows_failed),
+            rows_skipped: load(&counters.rows_skipped),
+            checkpoints: load(&counters.checkpoints),
             batches: load(&counters.batches),
             retries: load(&counters.retries),
             buffer_bytes: load(&counters.buffer_bytes),
@@ -447,17 +530,19 @@ fn admit(schema: &Schema, mode: Mode, mut row: Row) -> Entry {
 }
 
 impl Shared {
-    fn check_failed(&self) -> Result<(), SinkError> {
+    pub(crate) fn check_failed(&self) -> Result<(), SinkError> {
         match self.failure.get() {
             Some(error) => Err(SinkError::Failed(error.clone())),
             None => Ok(()),
         }
     }
 
-    fn fail(&self, error: SinkError) {
+    pub(crate) fn fail(&self, error: SinkError) {
         tracing::error!(table = %self.schema.table(), code = error.code(), %error, "Sink failed.");
         // The first failure is the one reported; later ones are consequences.
         let _ = self.failure.set(Arc::new(error));
+        // Lanes waiting behind a barrier go on, and find the failure.
+        self.gate.send_replace(u64::MAX);
     }
 
     fn release(&self, bytes: usize) {
@@ -482,31 +567,50 @@ impl Shared {
 type Flushing = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// One lane: batches its rows and flushes them one batch at a time, while the next batch fills.
-async fn run_lane(shared: Arc<Shared>, mut receiver: mpsc::UnboundedReceiver<LaneMessage>) {
+/// A barrier is answered when every batch before it is written; the lane then writes nothing
+/// until the checkpoint's gate opens.
+async fn run_lane(
+    shared: Arc<Shared>,
+    lane: usize,
+    mut receiver: mpsc::UnboundedReceiver<LaneMessage>,
+) {
     let mut batcher: Batcher<Entry> = Batcher::new(shared.limits());
     let mut sealed: VecDeque<Sealed<Entry>> = VecDeque::new();
+    let mut work: VecDeque<Work> = VecDeque::new();
     let mut in_flight: Option<Flushing> = None;
-    let mut flushed: u64 = 0;
-    // Each waiter waits until `flushed` reaches its target.
+    // Work items (batches and barriers) finished.
+    let mut done: u64 = 0;
+    // Each waiter waits until `done` reaches its target.
     let mut waiters: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
     let mut receiving = true;
     loop {
+        work.extend(sealed.drain(..).map(Work::Batch));
         if in_flight.is_none()
-            && let Some(batch) = sealed.pop_front()
+            && let Some(next) = work.pop_front()
         {
-            in_flight = Some(Box::pin(flush_sealed(shared.clone(), batch)));
+            in_flight = Some(match next {
+                Work::Batch(batch) => Box::pin(flush_sealed(shared.clone(), lane, batch)),
+                Work::Barrier(checkpoint, reply) => {
+                    let mut gate = shared.gate.subscribe();
+                    Box::pin(async move {
+                        // The caller may have given up waiting; the barrier stands either way.
+                        let _ = reply.send(());
+                        // Only a dropped sender ends this early, and then nothing is written.
+                        let _ = gate.wait_for(|passed| *passed >= checkpoint).await;
+                    })
+                }
+            });
         }
-        if waiters.iter().any(|(target, _)| *target <= flushed) {
-            let (ready, waiting): (Vec<_>, Vec<_>) = waiters
-                .into_iter()
-                .partition(|(target, _)| *target <= flushed);
+        if waiters.iter().any(|(target, _)| *target <= done) {
+            let (ready, waiting): (Vec<_>, Vec<_>) =
+                waiters.into_iter().partition(|(target, _)| *target <= done);
             waiters = waiting;
             for (_, reply) in ready {
                 // The flusher may have given up waiting; nothing to tell it then.
                 let _ = reply.send(());
             }
         }
-        if !receiving && in_flight.is_none() && sealed.is_empty() && batcher.is_empty() {
+        if !receiving && in_flight.is_none() && work.is_empty() && batcher.is_empty() {
             break;
         }
         // Evaluated even when the branch is disabled, so it needs a value.
@@ -517,7 +621,7 @@ async fn run_lane(shared: Arc<Shared>, mut receiver: mpsc::UnboundedReceiver<Lan
         tokio::select! {
             () = async { in_flight.as_mut().expect("guarded by the precondition").await }, if in_flight.is_some() => {
                 in_flight = None;
-                flushed += 1;
+                done += 1;
             }
             message = receiver.recv(), if receiving => match message {
                 Some(LaneMessage::Rows(entries)) => {
@@ -528,8 +632,13 @@ async fn run_lane(shared: Arc<Shared>, mut receiver: mpsc::UnboundedReceiver<Lan
                 }
                 Some(LaneMessage::Flush(reply)) => {
                     sealed.extend(batcher.seal());
-                    let target = flushed + u64::from(in_flight.is_some()) + sealed.len() as u64;
+                    let target = done + u64::from(in_flight.is_some()) + (work.len() + sealed.len()) as u64;
                     waiters.push((target, reply));
+                }
+                Some(LaneMessage::Barrier(checkpoint, reply)) => {
+                    sealed.extend(batcher.seal());
+                    work.extend(sealed.drain(..).map(Work::Batch));
+                    work.push_back(Work::Barrier(checkpoint, reply));
                 }
                 // Closing the receiver refuses later sends; what is queued is still received.
                 Some(LaneMessage::Close) => receiver.close(),
@@ -549,14 +658,14 @@ async fn run_lane(shared: Arc<Shared>, mut receiver: mpsc::UnboundedReceiver<Lan
 }
 
 /// Flushes one sealed batch and accounts for every row of it.
-async fn flush_sealed(shared: Arc<Shared>, batch: Sealed<Entry>) {
+async fn flush_sealed(shared: Arc<Shared>, lane: usize, batch: Sealed<Entry>) {
     let started = std::time::Instant::now();
     let mut report = BatchReport {
         rows: batch.items.len() as u64,
         ..BatchReport::default()
     };
     if shared.failure.get().is_none()
-        && let Err(error) = write_entries(&shared, batch.items, &mut report).await
+        && let Err(error) = write_entries(&shared, lane, batch.items, &mut report).await
     {
         shared.fail(error);
     }
@@ -586,6 +695,7 @@ async fn flush_sealed(shared: Arc<Shared>, batch: Sealed<Entry>) {
 /// refused row's earlier change, then record the dead letters.
 async fn write_entries(
     shared: &Shared,
+    lane: usize,
     entries: Vec<Entry>,
     report: &mut BatchReport,
 ) -> Result<(), SinkError> {
@@ -614,7 +724,7 @@ async fn write_entries(
     while !pending.is_empty() {
         let rows: Arc<[Row]> = pending.into();
         let batch = Batch::new(schema.clone(), mode, rows.clone());
-        let rejected = write_isolating(shared, &batch, &earlier, report).await?;
+        let rejected = write_isolating(shared, lane, &batch, &earlier, report).await?;
         let mut next_rows = Vec::new();
         let mut next_earlier = Vec::new();
         for (index, chain) in earlier.into_iter().enumerate() {
@@ -638,7 +748,7 @@ async fn write_entries(
         earlier = next_earlier;
     }
     if !letters.is_empty() {
-        write_dead_letters(shared, &letters, report).await?;
+        write_dead_letters(shared, lane, &letters, report).await?;
         report.dead_lettered = letters.len() as u64;
     }
     Ok(())
@@ -649,6 +759,7 @@ async fn write_entries(
 /// refused rows by position.
 async fn write_isolating(
     shared: &Shared,
+    lane: usize,
     batch: &Batch,
     earlier: &[Vec<Row>],
     report: &mut BatchReport,
@@ -659,7 +770,7 @@ async fn write_isolating(
     stack.push(0..batch.len());
     while let Some(range) = stack.pop() {
         let part = batch.slice(range.clone());
-        match write_with_retry(shared, &part, report).await? {
+        match write_with_retry(shared, lane, &part, report).await? {
             Ok(outcome) => {
                 check_outcome(&outcome, part.len())?;
                 let mut refused_here = vec![false; part.len()];
@@ -713,12 +824,21 @@ fn check_outcome(outcome: &BatchOutcome, rows: usize) -> Result<(), SinkError> {
 }
 
 /// One write with retries of transient errors. The inner error is a row error (for bisection);
-/// the outer one stops the sink.
+/// the outer one stops the sink. Exactly-once writes are not retried: the checkpoint's open
+/// transaction may be gone with the error, and with it the batches before this one.
 async fn write_with_retry(
     shared: &Shared,
+    lane: usize,
     batch: &Batch,
     report: &mut BatchReport,
 ) -> Result<Result<BatchOutcome, BackendError>, SinkError> {
+    if let Some(checkpoints) = &shared.checkpoints {
+        return match checkpoints.write_batch(lane, batch).await {
+            Ok(outcome) => Ok(Ok(outcome)),
+            Err(error) if error.class() == ErrorClass::Row => Ok(Err(error)),
+            Err(error) => Err(SinkError::CheckpointLost(error)),
+        };
+    }
     let mut retry = 0;
     loop {
         let error = match shared.writer.write_batch(batch).await {
@@ -738,9 +858,18 @@ async fn write_with_retry(
 /// Records the dead letters with retries of transient errors.
 async fn write_dead_letters(
     shared: &Shared,
+    lane: usize,
     letters: &[DeadLetter],
     report: &mut BatchReport,
 ) -> Result<(), SinkError> {
+    if let (Some(checkpoints), DeadLetterTarget::Table) =
+        (&shared.checkpoints, &shared.dead_letters)
+    {
+        return checkpoints
+            .write_dead_letters(lane, letters)
+            .await
+            .map_err(SinkError::CheckpointLost);
+    }
     let mut retry = 0;
     loop {
         let result = match &shared.dead_letters {

@@ -1,0 +1,353 @@
+//! Exactly-once delivery: checkpoints driven by a stream processor.
+//!
+//! ```text
+//! recover(restored) ─► write ... write ─► pre_commit(c) ─► write ... ─► commit(c) ...
+//!                                          │ barrier through every lane: batches before it are
+//!                                          │ written into the lanes' open transactions, batches
+//!                                          │ after it wait (rows keep being accepted/batched)
+//!                                          └ backend pre_commit: marker commit / PREPARE
+//! ```
+//!
+//! Invariants:
+//! - **Nothing after a failure becomes durable.** `pre_commit` checks the sink's failure after
+//!   the barrier and before the backend makes anything durable, so a checkpoint never misses a
+//!   batch that failed.
+//! - **Barriers split rows exactly.** A barrier enters each lane's queue behind the rows sent
+//!   before it (the lane seals its open batch), and a lane writes nothing after a barrier until
+//!   the gate says the checkpoint was pre-committed.
+//! - **Checkpoint ids increase.** `pre_commit` refuses an id not greater than the last one (or
+//!   than the database's, after `Resume::Committed`).
+//! - **Recovery first.** An exactly-once sink refuses rows and checkpoints until `recover`.
+//!
+//! With `at_least_once` the same calls work as a plain checkpoint protocol: `pre_commit` is a
+//! `flush`, `commit` and `abort` do nothing, `recover` hands back the restored state.
+
+use crate::config::{Delivery, SinkId};
+use crate::error::SinkError;
+use crate::sink::{LaneMessage, Sink};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// What a checkpoint stores for this sink: hand it back to [`Sink::recover`] after a restart.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointState {
+    /// The sink's identity (`None` for at-least-once sinks without one).
+    pub sink_id: Option<SinkId>,
+    /// The writer's number.
+    pub writer_id: u32,
+    /// The checkpoint id.
+    pub checkpoint_id: u64,
+    /// The caller's state given to `pre_commit` (for example a source position).
+    pub state: String,
+}
+
+/// How the caller replays its source after [`Sink::recover`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// From the checkpoint it restored. Rows of checkpoints the database already holds (the
+    /// marker can be ahead of the restored checkpoint when the processor died between
+    /// `pre_commit` and recording its checkpoint) are dropped until the barrier of the
+    /// database's checkpoint. Correct only when the replay repeats the same rows between the
+    /// same barriers with the same ids; otherwise the sink fails with
+    /// [`SinkError::ReplayMismatch`] rather than guess.
+    Restored,
+    /// From [`Recovery::state`], the position the database holds; nothing is skipped and the
+    /// next checkpoint id must be greater than [`Recovery::checkpoint_id`]. The robust choice
+    /// when the source can seek (files, message brokers).
+    Committed,
+}
+
+/// What [`Sink::recover`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// The checkpoint the caller resumes after: the restored one, or the database's when it is
+    /// ahead and `Resume::Committed` was asked for. `None`: start from the beginning.
+    pub checkpoint_id: Option<u64>,
+    /// That checkpoint's state.
+    pub state: Option<String>,
+    /// The database's checkpoint, when it is ahead of the restored one.
+    pub committed_ahead: Option<u64>,
+    /// `Resume::Restored` with the database ahead: rows are dropped until the barrier of this
+    /// checkpoint.
+    pub skipping_through: Option<u64>,
+}
+
+/// Whether writes are accepted, dropped or refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Running = 0,
+    Skipping = 1,
+    NeedsRecovery = 2,
+}
+
+struct ControlState {
+    recovered: bool,
+    last: Option<u64>,
+    skipping_through: Option<u64>,
+}
+
+/// The checkpoint protocol's state; calls are serialised by the mutex.
+pub(crate) struct CheckpointControl {
+    delivery: Delivery,
+    phase: AtomicU8,
+    state: tokio::sync::Mutex<ControlState>,
+}
+
+impl CheckpointControl {
+    pub(crate) fn new(delivery: Delivery) -> CheckpointControl {
+        let phase = if delivery.is_exactly_once() {
+            Phase::NeedsRecovery
+        } else {
+            Phase::Running
+        };
+        CheckpointControl {
+            delivery,
+            phase: AtomicU8::new(phase as u8),
+            state: tokio::sync::Mutex::new(ControlState {
+                recovered: false,
+                last: None,
+                skipping_through: None,
+            }),
+        }
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::SeqCst) {
+            0 => Phase::Running,
+            1 => Phase::Skipping,
+            _ => Phase::NeedsRecovery,
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::SeqCst);
+    }
+
+    /// The checkpoint after the last pre-committed one (for rolling back what follows it).
+    pub(crate) async fn next_id(&self) -> u64 {
+        self.state.lock().await.last.map_or(0, |last| last + 1)
+    }
+}
+
+impl Sink {
+    /// At start, before any row: resolves what an earlier run of this writer left in the
+    /// database and says where to resume. `restored` is the sink's state from the checkpoint
+    /// the processor restored (`None` on a first start).
+    ///
+    /// - `two_phase`: prepared transactions of this writer up to the restored checkpoint are
+    ///   committed, later ones rolled back; others' are not touched.
+    /// - `transactional_marker`: the progress row may be ahead of `restored` (the processor
+    ///   died after `pre_commit`); `resume` says whether the caller seeks to the database's
+    ///   position or replays and lets the sink drop what the database has.
+    /// - `at_least_once`: hands back `restored`.
+    pub async fn recover(
+        &self,
+        restored: Option<&CheckpointState>,
+        resume: Resume,
+    ) -> Result<Recovery, SinkError> {
+        let inner = &*self.inner;
+        let shared = &*inner.shared;
+        let control = &inner.control;
+        let mut state = control.state.lock().await;
+        shared.check_failed()?;
+        if state.recovered {
+            return Err(SinkError::Recovery("recover was already called".into()));
+        }
+        if let Some(restored) = restored
+            && (restored.sink_id.as_ref() != shared.config.sink_id()
+                || restored.writer_id != shared.config.writer_id())
+        {
+            return Err(SinkError::Recovery(format!(
+                "the restored state belongs to sink {:?} writer {}, not to sink {:?} writer {}",
+                restored.sink_id.as_ref().map(SinkId::as_str),
+                restored.writer_id,
+                shared.config.sink_id().map(SinkId::as_str),
+                shared.config.writer_id()
+            )));
+        }
+        let restored_id = restored.map(|restored| restored.checkpoint_id);
+        let restored_state = restored.map(|restored| restored.state.clone());
+        let mut recovery = Recovery {
+            checkpoint_id: restored_id,
+            state: restored_state,
+            committed_ahead: None,
+            skipping_through: None,
+        };
+        let Some(checkpoints) = &shared.checkpoints else {
+            state.recovered = true;
+            state.last = restored_id;
+            return Ok(recovery);
+        };
+        let committed = checkpoints
+            .recover(restored_id)
+            .await
+            .map_err(SinkError::Backend)?;
+        let mut phase = Phase::Running;
+        state.last = restored_id;
+        if control.delivery == Delivery::TransactionalMarker {
+            let committed_id = committed.as_ref().map(|committed| committed.checkpoint_id);
+            if let Some(restored_id) = restored_id
+                && committed_id.is_none_or(|committed_id| committed_id < restored_id)
+            {
+                return Err(SinkError::CheckpointAhead {
+                    restored: restored_id,
+                    committed: committed_id.map_or("none".into(), |id| id.to_string()),
+                });
+            }
+            if let Some(committed) = committed
+                && restored_id.is_none_or(|restored_id| committed.checkpoint_id > restored_id)
+            {
+                recovery.committed_ahead = Some(committed.checkpoint_id);
+                match resume {
+                    Resume::Restored => {
+                        state.skipping_through = Some(committed.checkpoint_id);
+                        recovery.skipping_through = Some(committed.checkpoint_id);
+                        phase = Phase::Skipping;
+                    }
+                    Resume::Committed => {
+                        state.last = Some(committed.checkpoint_id);
+                        recovery.checkpoint_id = Some(committed.checkpoint_id);
+                        recovery.state = Some(committed.state);
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            sink_id = ?shared.config.sink_id().map(SinkId::as_str),
+            writer_id = shared.config.writer_id(),
+            restored = ?restored_id,
+            resume_after = ?recovery.checkpoint_id,
+            skipping_through = ?recovery.skipping_through,
+            "Sink recovered."
+        );
+        state.recovered = true;
+        control.set_phase(phase);
+        Ok(recovery)
+    }
+
+    /// At a checkpoint barrier: everything written before this call becomes durable with the
+    /// writer's progress (`checkpoint_id`, `state`); rows written after it belong to the next
+    /// checkpoint. Writing may go on meanwhile (rows are buffered and batched; lanes write them
+    /// after this returns). Returns what the checkpoint must store for [`Sink::recover`].
+    ///
+    /// `transactional_marker`: the rows are visible when this returns. `two_phase`: they are
+    /// prepared, visible after [`Sink::commit`]. `at_least_once`: a [`Sink::flush`].
+    pub async fn pre_commit(
+        &self,
+        checkpoint_id: u64,
+        state: &str,
+    ) -> Result<CheckpointState, SinkError> {
+        let started = Instant::now();
+        let inner = &*self.inner;
+        let shared = &*inner.shared;
+        let control = &inner.control;
+        let mut control_state = control.state.lock().await;
+        shared.check_failed()?;
+        if control.delivery.is_exactly_once() && !control_state.recovered {
+            return Err(SinkError::Recovery(
+                "an exactly-once sink must be recovered (Sink::recover) before a checkpoint".into(),
+            ));
+        }
+        if let Some(last) = control_state.last
+            && checkpoint_id <= last
+        {
+            return Err(SinkError::CheckpointOrder {
+                checkpoint_id,
+                reason: format!("must be greater than the last checkpoint, {last}"),
+            });
+        }
+        let mut replies = Vec::with_capacity(inner.lanes.len());
+        for lane in &inner.lanes {
+            let (reply, answer) = oneshot::channel();
+            lane.send(LaneMessage::Barrier(checkpoint_id, reply))
+                .map_err(|_| SinkError::Closed)?;
+            replies.push(answer);
+        }
+        for answer in replies {
+            answer.await.map_err(|_| SinkError::Closed)?;
+        }
+        // A batch before the barrier failed: this checkpoint must not become durable.
+        shared.check_failed()?;
+        if let Some(checkpoints) = &shared.checkpoints {
+            match control_state.skipping_through {
+                Some(through) if checkpoint_id <= through => {
+                    if checkpoint_id == through {
+                        control_state.skipping_through = None;
+                        control.set_phase(Phase::Running);
+                    }
+                }
+                Some(through) => {
+                    let error = SinkError::ReplayMismatch {
+                        skipping_through: through,
+                        checkpoint_id,
+                    };
+                    shared.fail(error.clone());
+                    return Err(error);
+                }
+                None => {
+                    if let Err(error) = checkpoints.pre_commit(checkpoint_id, state).await {
+                        let error = SinkError::CheckpointLost(error);
+                        shared.fail(error.clone());
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        control_state.last = Some(checkpoint_id);
+        shared.gate.send_replace(checkpoint_id);
+        shared.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.checkpoint(started.elapsed());
+        Ok(CheckpointState {
+            sink_id: shared.config.sink_id().cloned(),
+            writer_id: shared.config.writer_id(),
+            checkpoint_id,
+            state: state.to_string(),
+        })
+    }
+
+    /// When the processor reports the checkpoint complete: makes every pre-committed
+    /// checkpoint up to `checkpoint_id` visible (`two_phase`: `COMMIT PREPARED`). Idempotent.
+    pub async fn commit(&self, checkpoint_id: u64) -> Result<(), SinkError> {
+        let started = Instant::now();
+        let inner = &*self.inner;
+        let shared = &*inner.shared;
+        let control_state = inner.control.state.lock().await;
+        let Some(checkpoints) = &shared.checkpoints else {
+            return Ok(());
+        };
+        if control_state.last.is_none_or(|last| checkpoint_id > last) {
+            return Err(SinkError::CheckpointOrder {
+                checkpoint_id,
+                reason: format!(
+                    "it was not pre-committed (last pre-committed: {:?})",
+                    control_state.last
+                ),
+            });
+        }
+        checkpoints
+            .commit(checkpoint_id)
+            .await
+            .map_err(SinkError::Backend)?;
+        shared.metrics.commit(started.elapsed());
+        Ok(())
+    }
+
+    /// When the processor gives up on a checkpoint: rolls back its prepared transactions
+    /// (`two_phase`) and the open ones, and stops the sink with [`SinkError::Aborted`]; open a
+    /// new sink and `recover` from the last completed checkpoint. A marker checkpoint that was
+    /// pre-committed stays committed (recovery accounts for it).
+    pub async fn abort(&self, checkpoint_id: u64) -> Result<(), SinkError> {
+        let inner = &*self.inner;
+        let shared = &*inner.shared;
+        let _control_state = inner.control.state.lock().await;
+        shared.fail(SinkError::Aborted(checkpoint_id));
+        if let Some(checkpoints) = &shared.checkpoints {
+            checkpoints
+                .abort(checkpoint_id)
+                .await
+                .map_err(SinkError::Backend)?;
+        }
+        Ok(())
+    }
+}
