@@ -342,6 +342,18 @@ impl Sink {
         let shared = &*inner.shared;
         let _control_state = inner.control.state.lock().await;
         shared.fail(SinkError::Aborted(checkpoint_id));
+        // Wait for writes in progress: after the failure no lane starts another, so nothing
+        // reaches the database after the rollback below.
+        let mut replies = Vec::with_capacity(inner.lanes.len());
+        for lane in &inner.lanes {
+            let (reply, answer) = oneshot::channel();
+            if lane.send(LaneMessage::Flush(reply)).is_ok() {
+                replies.push(answer);
+            }
+        }
+        for answer in replies {
+            let _ = answer.await;
+        }
         if let Some(checkpoints) = &shared.checkpoints {
             checkpoints
                 .abort(checkpoint_id)

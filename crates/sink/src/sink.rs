@@ -769,6 +769,8 @@ async fn write_isolating(
     let mut stack: Vec<std::ops::Range<usize>> = Vec::with_capacity(16);
     stack.push(0..batch.len());
     while let Some(range) = stack.pop() {
+        // After a failure (or `abort`) no lane starts another write.
+        shared.check_failed()?;
         let part = batch.slice(range.clone());
         match write_with_retry(shared, lane, &part, report).await? {
             Ok(outcome) => {

@@ -14,6 +14,9 @@ use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub mod exactly_once;
+pub mod faults;
+
 /// A backend under test over one fresh, empty database, and the means to look inside it.
 #[async_trait]
 pub trait Harness: Send + Sync {
@@ -26,6 +29,11 @@ pub trait Harness: Send + Sync {
     async fn read_dead_letters(&self, table: &Ident) -> Vec<DeadLetter>;
     /// A directory that lives as long as the harness (for dead-letter files).
     fn scratch_dir(&self) -> PathBuf;
+    /// Global ids of prepared (two-phase) transactions in the database; none where the
+    /// database has no such thing.
+    async fn prepared_transactions(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 fn base() -> SinkConfigBuilder {
