@@ -59,3 +59,149 @@ mod two_phase {
         sluice_sink::Delivery::TwoPhase
     );
 }
+
+/// Engine behaviour around a barrier, on the memory backend with a pre-commit the test holds
+/// open: writers are not paused by a checkpoint, and rows written after the barrier belong to
+/// the next checkpoint.
+mod barrier {
+    use async_trait::async_trait;
+    use sluice_sink::{
+        BackendError, Batch, BatchOutcome, CheckpointWriter, Column, ColumnType, Committed,
+        CreateTable, DeadLetter, Delivery, MemoryBackend, PrepareRequest, Prepared, Resume, Row,
+        Schema, Sink, SinkBackend, SinkConfig, SinkId, Value,
+    };
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+
+    /// The memory backend, with `pre_commit` waiting for a permit the test hands out.
+    struct Held {
+        inner: MemoryBackend,
+        gate: Arc<Semaphore>,
+        entered: Arc<Semaphore>,
+    }
+
+    struct HeldWriter {
+        inner: Arc<dyn CheckpointWriter>,
+        gate: Arc<Semaphore>,
+        entered: Arc<Semaphore>,
+    }
+
+    #[async_trait]
+    impl SinkBackend for Held {
+        fn name(&self) -> &'static str {
+            "memory"
+        }
+
+        async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError> {
+            let mut prepared = self.inner.prepare(request).await?;
+            prepared.checkpoints = prepared.checkpoints.map(|inner| {
+                Arc::new(HeldWriter {
+                    inner,
+                    gate: self.gate.clone(),
+                    entered: self.entered.clone(),
+                }) as Arc<dyn CheckpointWriter>
+            });
+            Ok(prepared)
+        }
+    }
+
+    #[async_trait]
+    impl CheckpointWriter for HeldWriter {
+        async fn write_batch(
+            &self,
+            lane: usize,
+            batch: &Batch,
+        ) -> Result<BatchOutcome, BackendError> {
+            self.inner.write_batch(lane, batch).await
+        }
+        async fn write_dead_letters(
+            &self,
+            lane: usize,
+            letters: &[DeadLetter],
+        ) -> Result<(), BackendError> {
+            self.inner.write_dead_letters(lane, letters).await
+        }
+        async fn pre_commit(&self, checkpoint_id: u64, state: &str) -> Result<(), BackendError> {
+            self.entered.add_permits(1);
+            self.gate.acquire().await.expect("open").forget();
+            self.inner.pre_commit(checkpoint_id, state).await
+        }
+        async fn commit(&self, checkpoint_id: u64) -> Result<(), BackendError> {
+            self.inner.commit(checkpoint_id).await
+        }
+        async fn abort(&self, checkpoint_id: u64) -> Result<(), BackendError> {
+            self.inner.abort(checkpoint_id).await
+        }
+        async fn recover(&self, restored: Option<u64>) -> Result<Option<Committed>, BackendError> {
+            self.inner.recover(restored).await
+        }
+    }
+
+    fn ids(backend: &MemoryBackend) -> Vec<i64> {
+        let mut ids: Vec<i64> = backend
+            .rows("t")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|row| match row[0] {
+                Value::I64(id) => id,
+                ref other => panic!("{other:?}"),
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn rows(range: std::ops::Range<i64>) -> Vec<Row> {
+        range.map(|id| Row::insert(vec![id.into()])).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_go_on_during_a_pre_commit_and_belong_to_the_next_checkpoint() {
+        let memory = MemoryBackend::new();
+        let held = Held {
+            inner: memory.clone(),
+            gate: Arc::new(Semaphore::new(0)),
+            entered: Arc::new(Semaphore::new(0)),
+        };
+        let schema = Schema::new(
+            "t",
+            vec![Column::new("id", ColumnType::I64).unwrap().not_null()],
+            &[],
+        )
+        .unwrap();
+        let config = SinkConfig::builder()
+            .create_table(CreateTable::IfMissing)
+            .delivery(Delivery::TransactionalMarker)
+            .sink_id(SinkId::new("barrier").unwrap())
+            .batch_rows_max(10)
+            .flush_interval_ms(1)
+            .flush_concurrency(3)
+            .build()
+            .unwrap();
+        let sink = Sink::open(&held, schema, config).await.unwrap();
+        sink.recover(None, Resume::Committed).await.unwrap();
+        sink.write(rows(0..100)).await.unwrap();
+        let checkpointing = {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.pre_commit(1, "100").await })
+        };
+        // The barrier passed every lane and the backend's pre-commit is running (held).
+        held.entered.acquire().await.unwrap().forget();
+        // Writers are not paused: these return while the pre-commit is held.
+        for start in (100..200).step_by(10) {
+            sink.write(rows(start..start + 10)).await.unwrap();
+        }
+        assert!(ids(&memory).is_empty(), "nothing visible before the commit");
+        held.gate.add_permits(1);
+        checkpointing.await.unwrap().unwrap();
+        assert_eq!(
+            ids(&memory),
+            (0..100).collect::<Vec<_>>(),
+            "only rows before the barrier"
+        );
+        held.gate.add_permits(1);
+        sink.pre_commit(2, "200").await.unwrap();
+        assert_eq!(ids(&memory), (0..200).collect::<Vec<_>>());
+        sink.close().await.unwrap();
+    }
+}
