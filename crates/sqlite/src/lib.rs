@@ -8,8 +8,15 @@
 //! batch) and only then answers every caller. Reads use separate WAL connections
 //! ([`ReaderPool`]).
 //!
+//! A caller that decides itself when its writes become durable (the sink's exactly-once
+//! delivery) holds the transaction open instead: [`GroupCommitWriter::write_uncommitted`] runs a
+//! closure in its savepoint and answers at once, [`GroupCommitWriter::commit_held`] commits
+//! everything held, [`GroupCommitWriter::rollback_held`] discards it. Plain writes that arrive
+//! meanwhile run in the held transaction and are answered when it ends.
+//!
 //! Limits: the request queue holds at most `queue_requests_max` requests (senders wait when it
-//! is full: back-pressure) and one transaction runs at most `batch_requests_max` of them.
+//! is full: back-pressure) and one group transaction runs at most `batch_requests_max` of them
+//! (a held transaction runs every request until its owner ends it).
 #![warn(missing_docs)]
 
 mod connection;
@@ -20,7 +27,7 @@ pub use connection::{
     Location, OpenOptions, SQLITE_VERSION_MIN, Synchronous, check_library_version, open_connection,
 };
 pub use reader::ReaderPool;
-pub use writer::{GroupCommitWriter, WriteError, WriterStats};
+pub use writer::{GroupCommitWriter, HeldClaim, WriteError, WriterStats};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
