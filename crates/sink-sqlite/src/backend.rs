@@ -1,13 +1,15 @@
 //! The backend: prepares tables and writes batches through the group-commit writer.
 
+use crate::checkpoints::{ProgressSql, SqliteCheckpoints};
 use crate::error::{classify, from_write_error};
 use crate::statements::{Statements, write_rows};
 use crate::table::{dead_letter_insert_sql, prepare_table};
 use async_trait::async_trait;
+use rusqlite::Connection;
 use rusqlite::limits::Limit;
 use sluice_sink::{
-    BackendError, Batch, BatchOutcome, DeadLetter, PrepareRequest, Prepared, SinkBackend,
-    TableWriter,
+    BackendError, Batch, BatchOutcome, CheckpointWriter, DeadLetter, Delivery, PrepareRequest,
+    Prepared, SinkBackend, TableWriter,
 };
 use sluice_sqlite::{GroupCommitWriter, Location, OpenOptions, SqliteError};
 use std::sync::Arc;
@@ -36,7 +38,9 @@ impl SqliteSinkOptions {
 
 /// A SQLite database as a sink target. Every batch is one closure on the group-commit writer
 /// thread: its statements run in a savepoint of a shared transaction and the write is
-/// acknowledged after `COMMIT`. Cheap to clone.
+/// acknowledged after `COMMIT`. With `delivery = "transactional_marker"` batches go into the
+/// writer's held transaction instead, committed with the progress row at each checkpoint (see
+/// the crate docs). Cheap to clone.
 #[derive(Clone)]
 pub struct SqliteBackend {
     writer: GroupCommitWriter,
@@ -73,16 +77,50 @@ impl SinkBackend for SqliteBackend {
     }
 
     async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError> {
-        if let Some(spec) = &request.checkpoints {
-            return Err(BackendError::Fatal {
-                code: "sqlite.delivery_unsupported",
-                message: format!(
-                    "delivery = \"{}\" is not supported by this backend yet",
-                    spec.delivery.name()
-                ),
-            });
-        }
+        let spec = match &request.checkpoints {
+            None => None,
+            Some(spec) => match spec.delivery {
+                Delivery::TransactionalMarker => Some(spec.clone()),
+                Delivery::TwoPhase => {
+                    return Err(BackendError::Fatal {
+                        code: "sqlite.delivery_unsupported",
+                        message: "delivery = \"two_phase\" needs prepared transactions \
+                                  (PostgreSQL's PREPARE TRANSACTION), which SQLite does not \
+                                  have: use delivery = \"transactional_marker\" for exactly-once \
+                                  delivery into SQLite"
+                            .into(),
+                    });
+                }
+                Delivery::AtLeastOnce => {
+                    return Err(BackendError::Fatal {
+                        code: "sqlite.delivery_unsupported",
+                        message: "checkpoints were requested for at_least_once delivery".into(),
+                    });
+                }
+            },
+        };
+        // Taken before touching the database, so a second exactly-once sink on this writer is
+        // refused without waiting for the first one's checkpoint.
+        let claim =
+            match &spec {
+                None => None,
+                Some(spec) => Some(self.writer.claim_held().ok_or_else(|| {
+                    BackendError::Fatal {
+                        code: "sqlite.writer_held",
+                        message: format!(
+                            "sink {}: another exactly-once sink holds transactions on this SQLite \
+                     writer; a writer (one database file) serves one exactly-once sink at a \
+                     time, so close the other sink first or write into another database",
+                            spec.sink_id
+                        ),
+                    }
+                })?),
+            };
+        let progress = spec
+            .as_ref()
+            .map(|spec| Arc::new(ProgressSql::new(&spec.progress_table)));
         let owned = request.clone();
+        let owned_progress = progress.clone();
         let (report, statements) = self
             .writer
             .write(move |connection| {
@@ -92,21 +130,39 @@ impl SinkBackend for SqliteBackend {
                 let statements =
                     Statements::new(&owned.schema, usize::try_from(limit).unwrap_or(1));
                 let report = prepare_table(connection, &owned, &statements)?;
+                if let Some(progress) = &owned_progress {
+                    progress.prepare(connection)?;
+                }
                 Ok((report, statements))
             })
             .await
             .map_err(from_write_error)?;
+        let statements = Arc::new(statements);
+        let dead_letter_sql: Option<Arc<str>> = request
+            .dead_letter_table
+            .as_ref()
+            .map(|table| Arc::from(dead_letter_insert_sql(table)));
+        let checkpoints = match (spec, claim, progress) {
+            (Some(spec), Some(claim), Some(progress)) => Some(Arc::new(SqliteCheckpoints {
+                writer: self.writer.clone(),
+                _claim: claim,
+                statements: statements.clone(),
+                dead_letter_sql: dead_letter_sql.clone(),
+                progress,
+                spec,
+                lanes: request.flush_concurrency,
+            })
+                as Arc<dyn CheckpointWriter>),
+            _ => None,
+        };
         Ok(Prepared {
             writer: Arc::new(SqliteTableWriter {
                 writer: self.writer.clone(),
-                statements: Arc::new(statements),
-                dead_letter_sql: request
-                    .dead_letter_table
-                    .as_ref()
-                    .map(|table| Arc::from(dead_letter_insert_sql(table))),
+                statements,
+                dead_letter_sql,
             }),
             report,
-            checkpoints: None,
+            checkpoints,
         })
     }
 }
@@ -117,20 +173,49 @@ struct SqliteTableWriter {
     dead_letter_sql: Option<Arc<str>>,
 }
 
+/// The closure writing one batch (in the caller's savepoint).
+pub(crate) fn batch_job(
+    statements: &Arc<Statements>,
+    batch: &Batch,
+) -> impl FnOnce(&Connection) -> Result<(), BackendError> + Send + 'static {
+    let (rows, range) = batch.shared_rows();
+    let rows = rows.clone();
+    let schema = batch.schema_arc().clone();
+    let statements = statements.clone();
+    move |connection| write_rows(connection, &statements, &schema, &rows[range])
+}
+
+/// The closure recording dead letters (in the caller's savepoint).
+pub(crate) fn dead_letters_job(
+    sql: Arc<str>,
+    letters: Vec<DeadLetter>,
+) -> impl FnOnce(&Connection) -> Result<(), BackendError> + Send + 'static {
+    move |connection| {
+        let mut statement = connection.prepare_cached(&sql).map_err(classify)?;
+        for letter in &letters {
+            statement
+                .execute(rusqlite::params![
+                    letter.failed_at.0,
+                    letter.table,
+                    letter.error_code,
+                    letter.error,
+                    letter.row
+                ])
+                .map_err(classify)?;
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl TableWriter for SqliteTableWriter {
     async fn write_batch(&self, batch: &Batch) -> Result<BatchOutcome, BackendError> {
-        let (rows, range) = batch.shared_rows();
-        let rows = rows.clone();
-        let schema = batch.schema_arc().clone();
-        let statements = self.statements.clone();
-        let count = batch.len();
         self.writer
-            .write(move |connection| write_rows(connection, &statements, &schema, &rows[range]))
+            .write(batch_job(&self.statements, batch))
             .await
             .map_err(from_write_error)?;
         Ok(BatchOutcome {
-            applied: count,
+            applied: batch.len(),
             rejected: Vec::new(),
         })
     }
@@ -143,23 +228,8 @@ impl TableWriter for SqliteTableWriter {
                 code: "sqlite.no_dead_letter_table",
                 message: "dead letters go to a table, but none was prepared".into(),
             })?;
-        let letters = letters.to_vec();
         self.writer
-            .write(move |connection| {
-                let mut statement = connection.prepare_cached(&sql).map_err(classify)?;
-                for letter in &letters {
-                    statement
-                        .execute(rusqlite::params![
-                            letter.failed_at.0,
-                            letter.table,
-                            letter.error_code,
-                            letter.error,
-                            letter.row
-                        ])
-                        .map_err(classify)?;
-                }
-                Ok(())
-            })
+            .write(dead_letters_job(sql, letters.to_vec()))
             .await
             .map_err(from_write_error)
     }

@@ -31,6 +31,37 @@
 //! their affinity keeps the values unchanged (for example I64 in INTEGER or NUMERIC, text in
 //! TEXT or untyped columns).
 //!
+//! # Exactly-once delivery
+//!
+//! `delivery = "transactional_marker"` is supported; `"two_phase"` is refused at open (SQLite
+//! has no prepared transactions). SQLite has a single writer, so all lanes write into one
+//! transaction that the group-commit writer holds open between checkpoints
+//! (`GroupCommitWriter::write_uncommitted`): each batch and each set of dead letters runs in its
+//! own savepoint, so a refused row rolls back only that call and the engine bisects inside the
+//! open transaction. Nothing of it is visible to other connections. `pre_commit(c, state)`
+//! upserts this writer's progress row and commits it with every row of the checkpoint in one
+//! `COMMIT` (`commit_held`); `commit` has nothing left to do. `abort`, `close` and `recover`
+//! roll the open transaction back; `recover` then returns the progress row. A crash before the
+//! `COMMIT` leaves nothing of the checkpoint behind.
+//!
+//! The progress table (`progress_table`, default `sluice_sink_progress`) is created when
+//! missing: `CREATE TABLE IF NOT EXISTS <progress_table> (sink_id TEXT NOT NULL, writer_id
+//! INTEGER NOT NULL, lane INTEGER NOT NULL, checkpoint_id INTEGER NOT NULL, state TEXT NOT NULL,
+//! committed_at_us INTEGER NOT NULL, PRIMARY KEY (sink_id, writer_id, lane))`; each writer keeps
+//! one row, `lane = 0`. A progress row found ahead of a checkpoint being committed means another
+//! writer uses the same `sink_id` and `writer_id`: the checkpoint is refused
+//! (`sqlite.progress_ahead`).
+//!
+//! Costs of holding the transaction: the open transaction keeps SQLite's write lock from the
+//! first batch after a checkpoint until the next checkpoint, so writers of other processes and
+//! other connections to the file wait that long, and plain writes on the same group-commit
+//! writer (a SQLite store sharing it) run inside it and are answered only when it commits. One
+//! exactly-once sink at a time per writer: a second one is refused at open
+//! (`sqlite.writer_held`), because sharing the held transaction would commit its rows with the
+//! other sink's checkpoint. Two exactly-once sinks on separate writers of the same file would
+//! each wait for the other's checkpoint (and deadlock when a checkpoint of one waits for rows of
+//! the other): give each its own database file.
+//!
 //! # Dead-letter table
 //!
 //! `CREATE TABLE IF NOT EXISTS <table>_dead_letters (id INTEGER PRIMARY KEY, failed_at_us
@@ -39,6 +70,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod checkpoints;
 mod error;
 mod read;
 mod statements;
