@@ -583,6 +583,8 @@ async fn run_lane(
     // Each waiter waits until `done` reaches its target.
     let mut waiters: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
     let mut receiving = true;
+    // The in-flight item is a barrier waiting for its checkpoint's gate.
+    let mut at_barrier = false;
     loop {
         work.extend(sealed.drain(..).map(Work::Batch));
         if in_flight.is_none()
@@ -591,6 +593,7 @@ async fn run_lane(
             in_flight = Some(match next {
                 Work::Batch(batch) => Box::pin(flush_sealed(shared.clone(), lane, batch)),
                 Work::Barrier(checkpoint, reply) => {
+                    at_barrier = true;
                     let mut gate = shared.gate.subscribe();
                     Box::pin(async move {
                         // The caller may have given up waiting; the barrier stands either way.
@@ -621,6 +624,7 @@ async fn run_lane(
         tokio::select! {
             () = async { in_flight.as_mut().expect("guarded by the precondition").await }, if in_flight.is_some() => {
                 in_flight = None;
+                at_barrier = false;
                 done += 1;
             }
             message = receiver.recv(), if receiving => match message {
@@ -642,6 +646,13 @@ async fn run_lane(
                 }
                 // Closing the receiver refuses later sends; what is queued is still received.
                 Some(LaneMessage::Close) => receiver.close(),
+                None if at_barrier => {
+                    // Every handle is gone, so no `pre_commit` can open the gate: the rows
+                    // after the barrier could never become durable. Stop, and let the
+                    // backend's checkpoint writer (dropped with the shared state) roll back.
+                    tracing::debug!(lane, "Sink dropped at a barrier; abandoning the rows after it.");
+                    break;
+                }
                 None => {
                     receiving = false;
                     sealed.extend(batcher.seal());

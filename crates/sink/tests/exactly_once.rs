@@ -78,12 +78,31 @@ mod barrier {
         inner: MemoryBackend,
         gate: Arc<Semaphore>,
         entered: Arc<Semaphore>,
+        dropped: Arc<Semaphore>,
+    }
+
+    impl Held {
+        fn new(inner: MemoryBackend) -> Held {
+            Held {
+                inner,
+                gate: Arc::new(Semaphore::new(0)),
+                entered: Arc::new(Semaphore::new(0)),
+                dropped: Arc::new(Semaphore::new(0)),
+            }
+        }
     }
 
     struct HeldWriter {
         inner: Arc<dyn CheckpointWriter>,
         gate: Arc<Semaphore>,
         entered: Arc<Semaphore>,
+        dropped: Arc<Semaphore>,
+    }
+
+    impl Drop for HeldWriter {
+        fn drop(&mut self) {
+            self.dropped.add_permits(1);
+        }
     }
 
     #[async_trait]
@@ -99,6 +118,7 @@ mod barrier {
                     inner,
                     gate: self.gate.clone(),
                     entered: self.entered.clone(),
+                    dropped: self.dropped.clone(),
                 }) as Arc<dyn CheckpointWriter>
             });
             Ok(prepared)
@@ -158,11 +178,7 @@ mod barrier {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_go_on_during_a_pre_commit_and_belong_to_the_next_checkpoint() {
         let memory = MemoryBackend::new();
-        let held = Held {
-            inner: memory.clone(),
-            gate: Arc::new(Semaphore::new(0)),
-            entered: Arc::new(Semaphore::new(0)),
-        };
+        let held = Held::new(memory.clone());
         let schema = Schema::new(
             "t",
             vec![Column::new("id", ColumnType::I64).unwrap().not_null()],
@@ -203,5 +219,43 @@ mod barrier {
         sink.pre_commit(2, "200").await.unwrap();
         assert_eq!(ids(&memory), (0..200).collect::<Vec<_>>());
         sink.close().await.unwrap();
+    }
+
+    /// A sink dropped without `close` while its lanes wait at a barrier (the caller died
+    /// between `pre_commit` calls) lets its lanes stop, so the backend's checkpoint writer is
+    /// released (on SQLite, with it the held transaction and the write lock).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropped_sink_at_a_barrier_releases_the_checkpoint_writer() {
+        let held = Held::new(MemoryBackend::new());
+        let schema = Schema::new(
+            "t",
+            vec![Column::new("id", ColumnType::I64).unwrap().not_null()],
+            &[],
+        )
+        .unwrap();
+        let config = SinkConfig::builder()
+            .create_table(CreateTable::IfMissing)
+            .delivery(Delivery::TransactionalMarker)
+            .sink_id(SinkId::new("dropped").unwrap())
+            .build()
+            .unwrap();
+        let sink = Sink::open(&held, schema, config).await.unwrap();
+        sink.recover(None, Resume::Committed).await.unwrap();
+        sink.write(rows(0..10)).await.unwrap();
+        // The barrier passes the lanes; the backend's pre-commit never finishes (the caller
+        // dies in it).
+        let call = {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.pre_commit(1, "10").await })
+        };
+        held.entered.acquire().await.unwrap().forget();
+        call.abort();
+        let _ = call.await;
+        drop(sink);
+        tokio::time::timeout(std::time::Duration::from_secs(10), held.dropped.acquire())
+            .await
+            .expect("the checkpoint writer is dropped once the lanes stop")
+            .unwrap()
+            .forget();
     }
 }
