@@ -48,3 +48,11 @@ impl Harness for SqliteHarness {
 }
 
 sluice_sink::compliance_tests!(SqliteHarness::new());
+
+mod exactly_once {
+    use super::SqliteHarness;
+    sluice_sink::exactly_once_compliance_tests!(
+        SqliteHarness::new(),
+        sluice_sink::Delivery::TransactionalMarker
+    );
+}

@@ -174,7 +174,7 @@ impl Sink {
             committed_ahead: None,
             skipping_through: None,
         };
-        let Some(checkpoints) = &shared.checkpoints else {
+        let Some(checkpoints) = shared.checkpoint_writer()? else {
             state.recovered = true;
             state.last = restored_id;
             return Ok(recovery);
@@ -269,7 +269,7 @@ impl Sink {
         }
         // A batch before the barrier failed: this checkpoint must not become durable.
         shared.check_failed()?;
-        if let Some(checkpoints) = &shared.checkpoints {
+        if let Some(checkpoints) = shared.checkpoint_writer()? {
             match control_state.skipping_through {
                 Some(through) if checkpoint_id <= through => {
                     if checkpoint_id == through {
@@ -313,7 +313,7 @@ impl Sink {
         let inner = &*self.inner;
         let shared = &*inner.shared;
         let control_state = inner.control.state.lock().await;
-        let Some(checkpoints) = &shared.checkpoints else {
+        let Some(checkpoints) = shared.checkpoint_writer()? else {
             return Ok(());
         };
         if control_state.last.is_none_or(|last| checkpoint_id > last) {
@@ -354,7 +354,7 @@ impl Sink {
         for answer in replies {
             let _ = answer.await;
         }
-        if let Some(checkpoints) = &shared.checkpoints {
+        if let Some(checkpoints) = shared.take_checkpoint_writer() {
             checkpoints
                 .abort(checkpoint_id)
                 .await

@@ -118,7 +118,10 @@ pub(crate) struct Shared {
     pub(crate) config: SinkConfig,
     writer: Arc<dyn TableWriter>,
     /// Exactly-once delivery: batches go into checkpoint transactions instead.
-    pub(crate) checkpoints: Option<Arc<dyn CheckpointWriter>>,
+    /// Taken (dropped) by `close` and `abort`, as a dead process's would be, which releases
+    /// what the backend holds for it.
+    checkpoints: Mutex<Option<Arc<dyn CheckpointWriter>>>,
+    exactly_once: bool,
     /// The last pre-committed checkpoint; lanes past a barrier wait for it. `u64::MAX` once
     /// the sink failed.
     pub(crate) gate: watch::Sender<u64>,
@@ -229,7 +232,8 @@ impl Sink {
             metrics: SinkMetrics::register(schema.table().as_str(), backend.name()),
             schema,
             writer: prepared.writer,
-            checkpoints: prepared.checkpoints,
+            exactly_once: prepared.checkpoints.is_some(),
+            checkpoints: Mutex::new(prepared.checkpoints),
             gate: watch::Sender::new(0),
             dead_letters,
             buffer: Semaphore::new(config.buffer_bytes_max()),
@@ -439,7 +443,7 @@ impl Sink {
                 )));
             }
         }
-        if let Some(checkpoints) = &inner.shared.checkpoints {
+        if let Some(checkpoints) = inner.shared.take_checkpoint_writer() {
             // Rows after the last checkpoint are not committed: the caller replays them.
             let next = inner.control.next_id().await;
             checkpoints.abort(next).await.map_err(SinkError::Backend)?;
@@ -530,6 +534,27 @@ fn admit(schema: &Schema, mode: Mode, mut row: Row) -> Entry {
 }
 
 impl Shared {
+    /// The checkpoint writer: `None` with at-least-once delivery, `Closed` once it was taken.
+    pub(crate) fn checkpoint_writer(&self) -> Result<Option<Arc<dyn CheckpointWriter>>, SinkError> {
+        if !self.exactly_once {
+            return Ok(None);
+        }
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .map(Some)
+            .ok_or(SinkError::Closed)
+    }
+
+    /// Takes the checkpoint writer out, so it is dropped when its last call ends.
+    pub(crate) fn take_checkpoint_writer(&self) -> Option<Arc<dyn CheckpointWriter>> {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
     pub(crate) fn check_failed(&self) -> Result<(), SinkError> {
         match self.failure.get() {
             Some(error) => Err(SinkError::Failed(error.clone())),
@@ -845,7 +870,7 @@ async fn write_with_retry(
     batch: &Batch,
     report: &mut BatchReport,
 ) -> Result<Result<BatchOutcome, BackendError>, SinkError> {
-    if let Some(checkpoints) = &shared.checkpoints {
+    if let Some(checkpoints) = shared.checkpoint_writer()? {
         return match checkpoints.write_batch(lane, batch).await {
             Ok(outcome) => Ok(Ok(outcome)),
             Err(error) if error.class() == ErrorClass::Row => Ok(Err(error)),
@@ -876,7 +901,7 @@ async fn write_dead_letters(
     report: &mut BatchReport,
 ) -> Result<(), SinkError> {
     if let (Some(checkpoints), DeadLetterTarget::Table) =
-        (&shared.checkpoints, &shared.dead_letters)
+        (shared.checkpoint_writer()?, &shared.dead_letters)
     {
         return checkpoints
             .write_dead_letters(lane, letters)
