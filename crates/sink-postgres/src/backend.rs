@@ -3,14 +3,17 @@
 //!
 //! See [`PostgresBackend`] for what happens when a `COMMIT`'s answer is lost.
 
+use crate::checkpoints::{PostgresCheckpoints, Shared};
 use crate::error::{PostgresError, classify, from_pool, shortened};
+use crate::progress::{ProgressSql, prepare_progress_table};
+use crate::session::Pooled;
 use crate::statements::{WriteFailure, WritePlan, write_rows};
-use crate::table::{dead_letter_insert_sql, prepare_table};
+use crate::table::{DeadLetterColumns, dead_letter_insert_sql, prepare_table};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sluice_sink::{
-    BackendError, Batch, BatchOutcome, DeadLetter, ErrorClass, Ident, PrepareRequest, Prepared,
-    SinkBackend, SinkConfig, TableWriter,
+    BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, DeadLetter, Delivery,
+    ErrorClass, Ident, PrepareRequest, Prepared, SinkBackend, SinkConfig, TableWriter,
 };
 use std::fmt;
 use std::sync::Arc;
@@ -221,7 +224,8 @@ impl PostgresBackend {
             NoTls,
             ManagerConfig {
                 // Only checks that the connection is open: a broken one fails its batch with
-                // a transient error and is dropped.
+                // a transient error and is dropped. It does not check for an open
+                // transaction: connections come back only outside one (`Session`).
                 recycling_method: RecyclingMethod::Fast,
             },
         );
@@ -277,47 +281,127 @@ impl SinkBackend for PostgresBackend {
     }
 
     async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError> {
+        let pool = Arc::new(Pooled::new(self.pool.clone(), request.schema.table()));
         if let Some(spec) = &request.checkpoints {
-            return Err(BackendError::Fatal {
-                code: "postgres.delivery_unsupported",
-                message: format!(
-                    "delivery = \"{}\" is not supported by this backend yet",
-                    spec.delivery.name()
-                ),
-            });
+            // Before anything is created: a refused delivery changes nothing.
+            self.check_delivery(&pool, spec, request.flush_concurrency)
+                .await?;
         }
-        let mut client = self.pool.get().await.map_err(from_pool)?;
+        let mut client = pool.get().await?;
         let transaction = client.transaction().await.map_err(|e| classify(&e))?;
         // On error the transaction is dropped, which rolls it back.
         let prepared = prepare_table(&transaction, request).await?;
+        let progress = match &request.checkpoints {
+            Some(spec) => {
+                let sql = ProgressSql::new(&spec.progress_table);
+                prepare_progress_table(&transaction, &spec.progress_table, &sql).await?;
+                Some(sql)
+            }
+            None => None,
+        };
         transaction.commit().await.map_err(|e| classify(&e))?;
-        let plan = WritePlan::new(
+        drop(client);
+        let plan = Arc::new(WritePlan::new(
             &request.schema,
             request.mode,
             prepared.oid,
             prepared.targets,
-        );
+        ));
+        let table = request.schema.table().clone();
+        let dead_letter_sql = request
+            .dead_letter_table
+            .as_ref()
+            .map(dead_letter_insert_sql);
+        let checkpoints = match (&request.checkpoints, progress) {
+            (Some(spec), Some(progress)) => Some(Arc::new(PostgresCheckpoints::new(
+                Shared {
+                    pool: pool.clone(),
+                    plan: plan.clone(),
+                    table: table.clone(),
+                    dead_letter_sql: dead_letter_sql.clone(),
+                },
+                spec,
+                progress,
+                request.flush_concurrency,
+            )?) as Arc<dyn CheckpointWriter>),
+            _ => None,
+        };
         Ok(Prepared {
             writer: Arc::new(PostgresTableWriter {
-                pool: self.pool.clone(),
-                table: request.schema.table().clone(),
+                pool,
+                table,
                 plan,
-                dead_letter_sql: request
-                    .dead_letter_table
-                    .as_ref()
-                    .map(dead_letter_insert_sql),
+                dead_letter_sql,
                 commit_check_timeout: Duration::from_millis(self.options.commit_check_timeout_ms),
             }),
             report: prepared.report,
-            checkpoints: None,
+            checkpoints,
         })
     }
 }
 
+impl PostgresBackend {
+    /// Refuses an exactly-once delivery this server or pool cannot carry out.
+    async fn check_delivery(
+        &self,
+        pool: &Pooled,
+        spec: &CheckpointSpec,
+        flush_concurrency: usize,
+    ) -> Result<(), BackendError> {
+        match spec.delivery {
+            Delivery::TransactionalMarker => Ok(()),
+            Delivery::TwoPhase => {
+                // A checkpoint's lanes may be prepared while the previous checkpoint's still
+                // await their COMMIT PREPARED.
+                let required = 2 * flush_concurrency;
+                let client = pool.get().await?;
+                let setting: i32 = client
+                    .query_one(
+                        "SELECT current_setting('max_prepared_transactions')::int4",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| classify(&e))?
+                    .get(0);
+                if usize::try_from(setting).unwrap_or(0) < required {
+                    return Err(BackendError::Fatal {
+                        code: "postgres.max_prepared_transactions",
+                        message: format!(
+                            "delivery = \"two_phase\" needs the server setting max_prepared_transactions to be at least {required} (2 x flush_concurrency {flush_concurrency}: one checkpoint's transactions may be prepared while the previous one's await their commit), but {} has max_prepared_transactions = {setting}; raise it in postgresql.conf (a server restart is needed) or lower flush_concurrency",
+                            self.options.target
+                        ),
+                    });
+                }
+                // Lanes hold their connections across a checkpoint; COMMIT PREPARED needs one
+                // more, or it may wait for a lane that waits for it (a row lock of the
+                // prepared transaction).
+                if self.options.pool_connections_max < flush_concurrency + 1 {
+                    return Err(BackendError::Fatal {
+                        code: "postgres.pool_too_small",
+                        message: format!(
+                            "delivery = \"two_phase\" needs pool_connections_max of at least flush_concurrency + 1 = {}, not {} (one connection per lane plus one for COMMIT PREPARED; PostgresSinkOptions::for_sink sets it)",
+                            flush_concurrency + 1,
+                            self.options.pool_connections_max
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            other => Err(BackendError::Fatal {
+                code: "postgres.delivery_unsupported",
+                message: format!(
+                    "delivery = \"{}\" is not an exactly-once delivery",
+                    other.name()
+                ),
+            }),
+        }
+    }
+}
+
 struct PostgresTableWriter {
-    pool: Pool,
+    pool: Arc<Pooled>,
     table: Ident,
-    plan: WritePlan,
+    plan: Arc<WritePlan>,
     dead_letter_sql: Option<String>,
     commit_check_timeout: Duration,
 }
@@ -408,8 +492,8 @@ fn error_message(error: &BackendError) -> &str {
 /// Asks the server about `txid`; when it is still in progress, terminates the server process
 /// `pid` if that process still runs it (its client is gone), so the next question gets a final
 /// answer.
-async fn xact_status(pool: &Pool, txid: i64, pid: i32) -> Result<XactStatus, BackendError> {
-    let client = pool.get().await.map_err(from_pool)?;
+async fn xact_status(pool: &Pooled, txid: i64, pid: i32) -> Result<XactStatus, BackendError> {
+    let client = pool.get().await?;
     let status: Option<String> = client
         .query_one("SELECT txid_status($1)", &[&txid])
         .await
@@ -444,12 +528,12 @@ impl TableWriter for PostgresTableWriter {
         let rows = batch.rows();
         let (good, rejected) = self.plan.check_rows(rows);
         if !good.is_empty() {
-            let mut client = self.pool.get().await.map_err(from_pool)?;
-            match write_rows(&mut client, &self.plan, rows, &good).await {
+            let mut session = self.pool.session().await?;
+            match write_rows(&mut session, &self.plan, rows, &good).await {
                 Ok(()) => {}
                 Err(WriteFailure::Failed(error)) => return Err(error),
                 Err(WriteFailure::CommitUnknown { txid, pid, error }) => {
-                    drop(client);
+                    drop(session);
                     self.check_commit(txid, pid, error).await?;
                 }
             }
@@ -468,19 +552,13 @@ impl TableWriter for PostgresTableWriter {
                 code: "postgres.no_dead_letter_table",
                 message: "dead letters go to a table, but none was prepared".into(),
             })?;
-        // PostgreSQL text cannot hold NUL; JSON rows escape it, messages might not.
-        let clean = |text: &str| text.replace('\0', "\u{fffd}");
-        let failed_at: Vec<i64> = letters.iter().map(|l| l.failed_at.0).collect();
-        let tables: Vec<String> = letters.iter().map(|l| clean(&l.table)).collect();
-        let codes: Vec<String> = letters.iter().map(|l| clean(&l.error_code)).collect();
-        let errors: Vec<String> = letters.iter().map(|l| clean(&l.error)).collect();
-        let rows: Vec<String> = letters.iter().map(|l| clean(&l.row)).collect();
-        let client = self.pool.get().await.map_err(from_pool)?;
+        let columns = DeadLetterColumns::new(letters);
+        let client = self.pool.get().await?;
         let statement = client.prepare_cached(sql).await.map_err(|e| classify(&e))?;
         // One statement in autocommit: all letters or none. A lost answer here may record
         // letters twice, never lose them.
         client
-            .execute(&statement, &[&failed_at, &tables, &codes, &errors, &rows])
+            .execute(&statement, &columns.params())
             .await
             .map_err(|e| classify(&e))?;
         Ok(())

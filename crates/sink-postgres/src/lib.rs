@@ -103,8 +103,11 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod checkpoints;
 mod error;
+mod progress;
 mod read;
+mod session;
 mod statements;
 mod table;
 mod values;

@@ -1,35 +1,45 @@
-//! The SQL of one table's writes, and running a batch through it in one transaction.
+//! The SQL of one table's writes, and running a batch through it.
 //!
 //! - **Insert mode:** one binary `COPY "t" (...) FROM STDIN (FORMAT binary)` straight into the
 //!   table.
-//! - **Keyed modes (upsert, delete, changelog):** a binary COPY of the whole batch into this
-//!   connection's staging table, then `DELETE FROM t USING staging ...` for the deletes and
-//!   `INSERT INTO t SELECT ... FROM staging ... ON CONFLICT (key) DO UPDATE SET ...` for the
-//!   upserts. The engine hands over at most one row per key, so the two statements touch
-//!   disjoint keys and their order does not matter, and no row is affected twice.
+//! - **Keyed modes (upsert, delete, changelog):** `DELETE FROM t USING <rows> ...` for the
+//!   deletes and `INSERT INTO t SELECT ... FROM <rows> ... ON CONFLICT (key) DO UPDATE SET ...`
+//!   for the upserts, where `<rows>` is one of two [`Source`]s:
+//!   - [`Source::Staging`] (at-least-once): a binary COPY of the whole batch into this
+//!     connection's temporary staging table;
+//!   - [`Source::Arrays`] (exactly-once): one array parameter per column, read back with
+//!     `unnest($1::<type>[], ...)`. A transaction that touched a temporary table cannot be
+//!     prepared (`PREPARE TRANSACTION`), and one staging table filled by many batches of a
+//!     long transaction would need emptying after each.
 //!
-//! Every batch is one transaction: `BEGIN`, `SELECT txid_current(), pg_backend_pid()` (so a
-//! `COMMIT` whose answer is lost can be checked afterwards), the COPY, the statements,
-//! `COMMIT`. A COPY has no parameter limit, so a batch is never split.
+//!   The engine hands over at most one row per key, so the two statements touch disjoint keys
+//!   and their order does not matter, and no row is affected twice.
+//!
+//! [`apply_rows`] runs a batch's statements inside whatever transaction the caller opened;
+//! [`write_rows`] is the at-least-once caller: `BEGIN`, `SELECT txid_current(),
+//! pg_backend_pid()` (so a `COMMIT` whose answer is lost can be checked afterwards), the
+//! statements, `COMMIT`. A COPY has no parameter limit and an array parameter holds the whole
+//! column, so a batch is never split.
 //!
 //! The staging table is a temporary table per connection, created the first time a connection
 //! writes the table (`ON COMMIT DELETE ROWS`, so it is empty at the start of every batch; rows
 //! of a rolled-back batch vanish with the rollback). Its name is `sluice$stage$<table oid>$<hash
 //! of the columns>`: the `$` cannot occur in a sink identifier, so it never collides with a
-//! user's table, and two schemas of one table get two staging tables. Its columns are the
-//! schema's columns with the target columns' types without modifiers (so values are checked
-//! against `numeric(p,s)`, `varchar(n)` and `timestamp(p)` before the COPY, see
-//! [`crate::values::check`]), plus a `"sluice$delete"` flag.
+//! user's table, and two schemas of one table get two staging tables. Its columns (and the
+//! arrays' element types) are the schema's columns with the target columns' types without
+//! modifiers (so values are checked against `numeric(p,s)`, `varchar(n)` and `timestamp(p)`
+//! before they are sent, see [`crate::values::check`]), plus a `"sluice$delete"` flag.
 //!
 //! Statements are prepared once per connection and kept in deadpool's statement cache.
 
 use crate::error::{classify, commit_outcome_unknown};
-use crate::values::{Field, Target, check};
+use crate::session::Session;
+use crate::values::{ColumnArray, Field, Target, check};
 use deadpool_postgres::Object;
 use sluice_sink::{BackendError, Mode, Op, Row, Schema};
-use tokio_postgres::Statement;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Statement};
 
 /// Records the transaction id and the server process of a batch's transaction.
 pub(crate) const XACT_SQL: &str = "SELECT txid_current(), pg_backend_pid()";
@@ -50,6 +60,23 @@ fn fnv1a(parts: &[&str]) -> u64 {
     hash
 }
 
+/// Where a keyed batch's rows come from (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// COPY into the connection's temporary staging table; one batch per transaction.
+    Staging,
+    /// Arrays bound to `unnest(...)`; any number of batches per transaction, which may be
+    /// prepared.
+    Arrays,
+}
+
+/// The DELETE and the INSERT ... ON CONFLICT of a keyed mode, for one [`Source`].
+#[derive(Debug)]
+struct Keyed {
+    delete_sql: String,
+    merge_sql: String,
+}
+
 /// Statement texts and value targets for one table, schema and mode.
 #[derive(Debug)]
 pub(crate) struct WritePlan {
@@ -59,18 +86,22 @@ pub(crate) struct WritePlan {
     names: Vec<String>,
     targets: Vec<Target>,
     is_key: Vec<bool>,
+    /// Positions of the key columns.
+    key: Vec<usize>,
     /// Column types of the COPY, in COPY order.
     copy_types: Vec<Type>,
+    /// Insert mode: into the table; keyed modes: into the staging table.
     copy_sql: String,
     staging_ddl: Option<String>,
-    delete_sql: Option<String>,
-    merge_sql: Option<String>,
+    staged: Option<Keyed>,
+    arrays: Option<Keyed>,
 }
 
-/// A plan's statements, prepared on one connection.
-struct Statements {
-    xact: Statement,
-    copy: Statement,
+/// A plan's statements for one [`Source`], prepared on one connection.
+pub(crate) struct Statements {
+    source: Source,
+    /// Insert mode, and keyed modes from the staging table.
+    copy: Option<Statement>,
     delete: Option<Statement>,
     merge: Option<Statement>,
 }
@@ -96,8 +127,8 @@ impl From<BackendError> for WriteFailure {
     }
 }
 
-fn failed(error: tokio_postgres::Error) -> WriteFailure {
-    WriteFailure::Failed(classify(&error))
+fn classified(error: tokio_postgres::Error) -> BackendError {
+    classify(&error)
 }
 
 impl WritePlan {
@@ -113,6 +144,7 @@ impl WritePlan {
         let quoted: Vec<String> = schema.columns().iter().map(|c| c.name.quoted()).collect();
         let column_list = quoted.join(", ");
         let is_key: Vec<bool> = (0..quoted.len()).map(|i| schema.is_key(i)).collect();
+        let key: Vec<usize> = (0..quoted.len()).filter(|&i| is_key[i]).collect();
         let names = schema
             .columns()
             .iter()
@@ -125,10 +157,11 @@ impl WritePlan {
                 copy_types: targets.iter().map(|t| t.pg.wire_type()).collect(),
                 targets,
                 is_key,
+                key,
                 copy_sql: format!("COPY {table} ({column_list}) FROM STDIN (FORMAT binary)"),
                 staging_ddl: None,
-                delete_sql: None,
-                merge_sql: None,
+                staged: None,
+                arrays: None,
             };
         }
         let mut shape: Vec<&str> = Vec::with_capacity(quoted.len() * 2);
@@ -147,16 +180,8 @@ impl WritePlan {
              ON COMMIT DELETE ROWS",
             definitions.join(", ")
         );
-        let key: Vec<&String> = quoted
-            .iter()
-            .zip(&is_key)
-            .filter_map(|(name, key)| key.then_some(name))
-            .collect();
-        let key_list = key
-            .iter()
-            .map(|k| k.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let key_names: Vec<&str> = key.iter().map(|&i| quoted[i].as_str()).collect();
+        let key_list = key_names.join(", ");
         let updates: Vec<String> = quoted
             .iter()
             .zip(&is_key)
@@ -168,10 +193,44 @@ impl WritePlan {
         } else {
             format!("DO UPDATE SET {}", updates.join(", "))
         };
-        let matches: Vec<String> = key
+        let matches = key_names
             .iter()
             .map(|name| format!("\"sluice$target\".{name} = \"sluice$staged\".{name}"))
-            .collect();
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        // The same two statements over either source of rows.
+        let keyed =
+            |deletes: &str, upserts: &str, delete_filter: &str, upsert_filter: &str| Keyed {
+                delete_sql: format!(
+                    "DELETE FROM {table} AS \"sluice$target\" USING {deletes} \
+                     WHERE {delete_filter}{matches}"
+                ),
+                merge_sql: format!(
+                    "INSERT INTO {table} ({column_list}) SELECT {column_list} FROM {upserts}\
+                     {upsert_filter} ON CONFLICT ({key_list}) {action}"
+                ),
+            };
+        let staged = keyed(
+            &format!("pg_temp.{staging} AS \"sluice$staged\""),
+            &format!("pg_temp.{staging}"),
+            &format!("\"sluice$staged\".{DELETE_FLAG} AND "),
+            &format!(" WHERE NOT {DELETE_FLAG}"),
+        );
+        let unnest = |columns: &[usize]| {
+            let arrays: Vec<String> = columns
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| format!("${}::{}[]", n + 1, targets[i].pg.sql_name()))
+                .collect();
+            let names: Vec<&str> = columns.iter().map(|&i| quoted[i].as_str()).collect();
+            format!(
+                "unnest({}) AS \"sluice$staged\"({})",
+                arrays.join(", "),
+                names.join(", ")
+            )
+        };
+        let all: Vec<usize> = (0..quoted.len()).collect();
+        let arrays = keyed(&unnest(&key), &unnest(&all), "", "");
         let mut copy_types = vec![Type::BOOL];
         copy_types.extend(targets.iter().map(|t| t.pg.wire_type()));
         WritePlan {
@@ -179,20 +238,14 @@ impl WritePlan {
             names,
             targets,
             is_key,
+            key,
             copy_types,
             copy_sql: format!(
                 "COPY pg_temp.{staging} ({DELETE_FLAG}, {column_list}) FROM STDIN (FORMAT binary)"
             ),
             staging_ddl: Some(staging_ddl),
-            delete_sql: Some(format!(
-                "DELETE FROM {table} AS \"sluice$target\" USING pg_temp.{staging} AS \"sluice$staged\" \
-                 WHERE \"sluice$staged\".{DELETE_FLAG} AND {}",
-                matches.join(" AND ")
-            )),
-            merge_sql: Some(format!(
-                "INSERT INTO {table} ({column_list}) SELECT {column_list} FROM pg_temp.{staging} \
-                 WHERE NOT {DELETE_FLAG} ON CONFLICT ({key_list}) {action}"
-            )),
+            staged: Some(staged),
+            arrays: Some(arrays),
         }
     }
 
@@ -201,12 +254,15 @@ impl WritePlan {
         self.staging_ddl.as_deref()
     }
 
-    /// The statements reading the staging table (keyed modes).
-    pub(crate) fn staged_statements(&self) -> impl Iterator<Item = &str> {
-        self.delete_sql
+    /// The keyed statements reading `source` (none in insert mode).
+    pub(crate) fn keyed_statements(&self, source: Source) -> impl Iterator<Item = &str> {
+        let keyed = match source {
+            Source::Staging => &self.staged,
+            Source::Arrays => &self.arrays,
+        };
+        keyed
             .iter()
-            .chain(self.merge_sql.iter())
-            .map(String::as_str)
+            .flat_map(|keyed| [keyed.delete_sql.as_str(), keyed.merge_sql.as_str()])
     }
 
     fn keyed(&self) -> bool {
@@ -253,112 +309,178 @@ impl WritePlan {
         })
     }
 
-    /// Prepares (or takes from the connection's cache) the statements, creating the
-    /// connection's staging table the first time.
-    async fn statements(&self, client: &Object) -> Result<Statements, BackendError> {
-        let xact = client
-            .prepare_cached(XACT_SQL)
-            .await
-            .map_err(|e| classify(&e))?;
-        let (Some(delete_sql), Some(merge_sql), Some(staging_ddl)) =
-            (&self.delete_sql, &self.merge_sql, &self.staging_ddl)
-        else {
-            let copy = client
-                .prepare_cached(&self.copy_sql)
-                .await
-                .map_err(|e| classify(&e))?;
-            return Ok(Statements {
-                xact,
-                copy,
+    /// Prepares (or takes from the connection's cache) the statements reading `source`,
+    /// creating the connection's staging table the first time it is needed. Call it outside
+    /// a transaction: the staging table must outlive the transaction.
+    pub(crate) async fn statements(
+        &self,
+        client: &Object,
+        source: Source,
+    ) -> Result<Statements, BackendError> {
+        match (source, &self.staged, &self.arrays, &self.staging_ddl) {
+            (Source::Staging, Some(staged), _, Some(staging_ddl)) => {
+                // The staging table lives as long as the connection, like its statement
+                // cache: if the cache lacks the statement, the table may be missing too.
+                // Parsing a COPY does not look the table up, so the DELETE (which does) comes
+                // first.
+                let delete = match client.prepare_cached(&staged.delete_sql).await {
+                    Ok(statement) => statement,
+                    Err(error)
+                        if error.code()
+                            == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+                    {
+                        client
+                            .batch_execute(staging_ddl)
+                            .await
+                            .map_err(|e| classify(&e))?;
+                        prepare(client, &staged.delete_sql).await?
+                    }
+                    Err(error) => return Err(classify(&error)),
+                };
+                Ok(Statements {
+                    source,
+                    delete: Some(delete),
+                    merge: Some(prepare(client, &staged.merge_sql).await?),
+                    copy: Some(prepare(client, &self.copy_sql).await?),
+                })
+            }
+            (Source::Arrays, _, Some(arrays), _) => Ok(Statements {
+                source,
+                copy: None,
+                delete: Some(prepare(client, &arrays.delete_sql).await?),
+                merge: Some(prepare(client, &arrays.merge_sql).await?),
+            }),
+            _ => Ok(Statements {
+                source,
+                copy: Some(prepare(client, &self.copy_sql).await?),
                 delete: None,
                 merge: None,
-            });
-        };
-        // The staging table lives as long as the connection, like its statement cache: if the
-        // cache lacks the statement, the table may be missing too. Parsing a COPY does not look
-        // the table up, so the DELETE (which does) comes first.
-        let delete = match client.prepare_cached(delete_sql).await {
-            Ok(statement) => statement,
-            Err(error)
-                if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
-            {
-                client
-                    .batch_execute(staging_ddl)
-                    .await
-                    .map_err(|e| classify(&e))?;
-                client
-                    .prepare_cached(delete_sql)
-                    .await
-                    .map_err(|e| classify(&e))?
-            }
-            Err(error) => return Err(classify(&error)),
-        };
-        let merge = client
-            .prepare_cached(merge_sql)
-            .await
-            .map_err(|e| classify(&e))?;
-        let copy = client
-            .prepare_cached(&self.copy_sql)
-            .await
-            .map_err(|e| classify(&e))?;
-        Ok(Statements {
-            xact,
-            copy,
-            delete: Some(delete),
-            merge: Some(merge),
-        })
+            }),
+        }
     }
 }
 
-/// Writes the rows of `rows` at positions `good` in one transaction on `client`.
+/// Prepares `sql` on `client`, or takes it from the connection's statement cache.
+async fn prepare(client: &Object, sql: &str) -> Result<Statement, BackendError> {
+    client.prepare_cached(sql).await.map_err(|e| classify(&e))
+}
+
+/// Writes the rows of `rows` at positions `good` with `statements`, inside the transaction the
+/// caller opened on `client`.
+pub(crate) async fn apply_rows(
+    client: &Client,
+    plan: &WritePlan,
+    statements: &Statements,
+    rows: &[Row],
+    good: &[usize],
+) -> Result<(), BackendError> {
+    if let Some(copy) = &statements.copy {
+        let sink = client
+            .copy_in::<_, bytes::Bytes>(copy)
+            .await
+            .map_err(classified)?;
+        let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &plan.copy_types));
+        for &index in good {
+            writer
+                .as_mut()
+                .write_raw(plan.fields(&rows[index]))
+                .await
+                .map_err(classified)?;
+        }
+        writer.as_mut().finish().await.map_err(classified)?;
+    }
+    if !plan.keyed() {
+        return Ok(());
+    }
+    let (deletes, upserts): (Vec<usize>, Vec<usize>) = good
+        .iter()
+        .partition(|&&index| rows[index].op == Op::Delete);
+    match statements.source {
+        Source::Staging => {
+            if !deletes.is_empty()
+                && let Some(delete) = &statements.delete
+            {
+                client.execute(delete, &[]).await.map_err(classified)?;
+            }
+            if !upserts.is_empty()
+                && let Some(merge) = &statements.merge
+            {
+                client.execute(merge, &[]).await.map_err(classified)?;
+            }
+        }
+        Source::Arrays => {
+            let all: Vec<usize> = (0..plan.targets.len()).collect();
+            for (positions, columns, statement) in [
+                (&deletes, &plan.key, &statements.delete),
+                (&upserts, &all, &statements.merge),
+            ] {
+                let Some(statement) = statement else {
+                    continue;
+                };
+                if positions.is_empty() {
+                    continue;
+                }
+                let arrays: Vec<ColumnArray<'_>> = columns
+                    .iter()
+                    .map(|&column| {
+                        ColumnArray::new(rows, positions, column, plan.targets[column].pg)
+                    })
+                    .collect();
+                let params: Vec<&(dyn ToSql + Sync)> = arrays
+                    .iter()
+                    .map(|array| array as &(dyn ToSql + Sync))
+                    .collect();
+                client
+                    .execute(statement, &params)
+                    .await
+                    .map_err(classified)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the rows of `rows` at positions `good` in one transaction of its own on `session`
+/// (at-least-once delivery).
 pub(crate) async fn write_rows(
-    client: &mut Object,
+    session: &mut Session,
     plan: &WritePlan,
     rows: &[Row],
     good: &[usize],
 ) -> Result<(), WriteFailure> {
-    let statements = plan.statements(client).await?;
-    let transaction = client.transaction().await.map_err(failed)?;
-    let xact = transaction
-        .query_one(&statements.xact, &[])
+    let statements = plan.statements(session.client(), Source::Staging).await?;
+    let xact = session
+        .client()
+        .prepare_cached(XACT_SQL)
         .await
-        .map_err(failed)?;
-    let txid: i64 = xact.get(0);
-    let pid: i32 = xact.get(1);
-    let sink = transaction
-        .copy_in::<_, bytes::Bytes>(&statements.copy)
-        .await
-        .map_err(failed)?;
-    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &plan.copy_types));
-    let (mut deletes, mut upserts) = (false, false);
-    for &index in good {
-        let row = &rows[index];
-        if row.op == Op::Delete {
-            deletes = true;
-        } else {
-            upserts = true;
-        }
-        writer
-            .as_mut()
-            .write_raw(plan.fields(row))
+        .map_err(classified)?;
+    session.begin().await?;
+    let written = async {
+        let xact = session
+            .client()
+            .query_one(&xact, &[])
             .await
-            .map_err(failed)?;
+            .map_err(classified)?;
+        let (txid, pid): (i64, i32) = (xact.get(0), xact.get(1));
+        apply_rows(session.client(), plan, &statements, rows, good).await?;
+        Ok::<_, BackendError>((txid, pid))
     }
-    writer.as_mut().finish().await.map_err(failed)?;
-    if deletes && let Some(delete) = &statements.delete {
-        transaction.execute(delete, &[]).await.map_err(failed)?;
-    }
-    if upserts && let Some(merge) = &statements.merge {
-        transaction.execute(merge, &[]).await.map_err(failed)?;
-    }
-    match transaction.commit().await {
+    .await;
+    let (txid, pid) = match written {
+        Ok(xact) => xact,
+        Err(error) => {
+            session.rollback().await;
+            return Err(WriteFailure::Failed(error));
+        }
+    };
+    match session.commit().await {
         Ok(()) => Ok(()),
         Err(error) if commit_outcome_unknown(&error) => Err(WriteFailure::CommitUnknown {
             txid,
             pid,
             error: classify(&error),
         }),
-        Err(error) => Err(failed(error)),
+        Err(error) => Err(WriteFailure::Failed(classify(&error))),
     }
 }
 
@@ -400,16 +522,31 @@ mod tests {
         assert!(ddl.ends_with(
             "(\"sluice$delete\" boolean NOT NULL, \"tenant\" text, \"id\" bigint, \"qty\" smallint) ON COMMIT DELETE ROWS"
         ));
-        let merge = plan.merge_sql.as_deref().unwrap();
+        let staged = plan.staged.as_ref().unwrap();
+        let merge = &staged.merge_sql;
         assert!(merge.starts_with("INSERT INTO \"order\" (\"tenant\", \"id\", \"qty\") SELECT"));
         assert!(merge.ends_with(
             "WHERE NOT \"sluice$delete\" ON CONFLICT (\"tenant\", \"id\") DO UPDATE SET \"qty\" = EXCLUDED.\"qty\""
         ));
-        let delete = plan.delete_sql.as_deref().unwrap();
+        let delete = &staged.delete_sql;
         assert!(delete.ends_with(
             "WHERE \"sluice$staged\".\"sluice$delete\" AND \"sluice$target\".\"tenant\" = \"sluice$staged\".\"tenant\" \
              AND \"sluice$target\".\"id\" = \"sluice$staged\".\"id\""
         ));
+        // The exactly-once form reads the same rows from arrays: only the key for deletes.
+        let arrays: Vec<&str> = plan.keyed_statements(Source::Arrays).collect();
+        assert_eq!(
+            arrays[0],
+            "DELETE FROM \"order\" AS \"sluice$target\" USING unnest($1::text[], $2::bigint[]) \
+             AS \"sluice$staged\"(\"tenant\", \"id\") WHERE \"sluice$target\".\"tenant\" = \"sluice$staged\".\"tenant\" \
+             AND \"sluice$target\".\"id\" = \"sluice$staged\".\"id\""
+        );
+        assert_eq!(
+            arrays[1],
+            "INSERT INTO \"order\" (\"tenant\", \"id\", \"qty\") SELECT \"tenant\", \"id\", \"qty\" FROM \
+             unnest($1::text[], $2::bigint[], $3::smallint[]) AS \"sluice$staged\"(\"tenant\", \"id\", \"qty\") \
+             ON CONFLICT (\"tenant\", \"id\") DO UPDATE SET \"qty\" = EXCLUDED.\"qty\""
+        );
         assert!(
             plan.copy_sql
                 .starts_with("COPY pg_temp.\"sluice$stage$16384$")
@@ -429,7 +566,8 @@ mod tests {
             "COPY \"order\" (\"tenant\", \"id\", \"qty\") FROM STDIN (FORMAT binary)"
         );
         assert!(plan.staging_ddl().is_none());
-        assert_eq!(plan.staged_statements().count(), 0);
+        assert_eq!(plan.keyed_statements(Source::Staging).count(), 0);
+        assert_eq!(plan.keyed_statements(Source::Arrays).count(), 0);
     }
 
     #[test]
@@ -441,11 +579,13 @@ mod tests {
         )
         .unwrap();
         let plan = WritePlan::new(&schema, Mode::Upsert, 7, vec![Target::plain(PgType::Text)]);
-        assert!(
-            plan.merge_sql
-                .unwrap()
-                .ends_with("ON CONFLICT (\"tag\") DO NOTHING")
-        );
+        for source in [Source::Staging, Source::Arrays] {
+            let merge = plan.keyed_statements(source).nth(1).unwrap();
+            assert!(
+                merge.ends_with("ON CONFLICT (\"tag\") DO NOTHING"),
+                "{merge}"
+            );
+        }
     }
 
     #[test]

@@ -9,13 +9,14 @@
 //! identifiers and the fixed type names of [`PgType::sql_name`].
 
 use crate::error::classify;
-use crate::statements::WritePlan;
+use crate::statements::{Source, WritePlan};
 use crate::values::{PgType, Target};
 use sluice_sink::{
-    BackendError, CreateTable, Evolve, Ident, PrepareReport, PrepareRequest, Schema,
+    BackendError, CreateTable, DeadLetter, Evolve, Ident, PrepareReport, PrepareRequest, Schema,
 };
 use std::collections::BTreeSet;
 use tokio_postgres::Transaction;
+use tokio_postgres::types::ToSql;
 
 /// Columns of the dead-letter table the sink writes (besides its `id`), as in the SQLite
 /// backend.
@@ -61,7 +62,10 @@ fn mismatch(table: &Ident, problems: Vec<String>) -> BackendError {
     }
 }
 
-async fn lock_name(transaction: &Transaction<'_>, name: &Ident) -> Result<(), BackendError> {
+pub(crate) async fn lock_name(
+    transaction: &Transaction<'_>,
+    name: &Ident,
+) -> Result<(), BackendError> {
     transaction
         .execute(
             "SELECT pg_advisory_xact_lock($1::int4, hashtext($2::text))",
@@ -74,7 +78,7 @@ async fn lock_name(transaction: &Transaction<'_>, name: &Ident) -> Result<(), Ba
 
 /// The OID and kind (`r`, `p`, `v`, ...) of the relation `name` resolves to on the search
 /// path, if any.
-async fn relation(
+pub(crate) async fn relation(
     transaction: &Transaction<'_>,
     name: &Ident,
 ) -> Result<Option<(u32, String)>, BackendError> {
@@ -204,7 +208,7 @@ fn add_columns_sql(table: &Ident, columns: &[&sluice_sink::Column]) -> String {
     format!("ALTER TABLE {} {}", table.quoted(), additions.join(", "))
 }
 
-fn relation_kind_name(kind: &str) -> &'static str {
+pub(crate) fn relation_kind_name(kind: &str) -> &'static str {
     match kind {
         "v" => "view",
         "m" => "materialized view",
@@ -391,13 +395,21 @@ pub(crate) async fn prepare_table(
     }
     if request.mode.is_keyed() {
         // Let PostgreSQL confirm the statements (ON CONFLICT arbiter inference, types): create
-        // this connection's staging table and parse them.
+        // this connection's staging table and parse them (and, for exactly-once delivery,
+        // their form reading arrays).
         let plan = WritePlan::new(schema, request.mode, oid, targets.clone());
         transaction
             .batch_execute(plan.staging_ddl().expect("keyed plans stage"))
             .await
             .map_err(|e| classify(&e))?;
-        for sql in plan.staged_statements() {
+        let arrays = request
+            .checkpoints
+            .is_some()
+            .then(|| plan.keyed_statements(Source::Arrays));
+        for sql in plan
+            .keyed_statements(Source::Staging)
+            .chain(arrays.into_iter().flatten())
+        {
             if let Err(error) = transaction.prepare(sql).await {
                 return Err(mismatch(
                     table,
@@ -493,6 +505,40 @@ pub(crate) fn dead_letter_insert_sql(table: &Ident) -> String {
         table.quoted(),
         columns.join(", ")
     )
+}
+
+/// Dead letters as the five arrays of [`dead_letter_insert_sql`].
+pub(crate) struct DeadLetterColumns {
+    failed_at: Vec<i64>,
+    tables: Vec<String>,
+    codes: Vec<String>,
+    errors: Vec<String>,
+    rows: Vec<String>,
+}
+
+impl DeadLetterColumns {
+    pub(crate) fn new(letters: &[DeadLetter]) -> DeadLetterColumns {
+        // PostgreSQL text cannot hold NUL; JSON rows escape it, messages might not.
+        let clean = |text: &str| text.replace('\0', "\u{fffd}");
+        DeadLetterColumns {
+            failed_at: letters.iter().map(|l| l.failed_at.0).collect(),
+            tables: letters.iter().map(|l| clean(&l.table)).collect(),
+            codes: letters.iter().map(|l| clean(&l.error_code)).collect(),
+            errors: letters.iter().map(|l| clean(&l.error)).collect(),
+            rows: letters.iter().map(|l| clean(&l.row)).collect(),
+        }
+    }
+
+    /// The statement's parameters.
+    pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 5] {
+        [
+            &self.failed_at,
+            &self.tables,
+            &self.codes,
+            &self.errors,
+            &self.rows,
+        ]
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@
 use crate::error::EncodeError;
 use bytes::{BufMut, BytesMut};
 use sluice_sink::{
-    BackendError, ColumnType, Date, Decimal, Json, Timestamp, TimestampTz, Uuid, Value,
+    BackendError, ColumnType, Date, Decimal, Json, Row, Timestamp, TimestampTz, Uuid, Value,
 };
+use std::fmt;
 use std::fmt::Write as _;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
@@ -512,6 +513,87 @@ impl ToSql for Field<'_> {
     fn accepts(_ty: &Type) -> bool {
         // The column types were checked when the table was prepared; `encode` refuses any
         // value its column cannot take.
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// One column of some rows as a one-dimensional PostgreSQL array, in binary form: the
+/// parameter of `unnest($1::<type>[], ...)`, the exactly-once writes' source of keyed rows (a
+/// transaction that will be prepared cannot use a temporary staging table).
+pub(crate) struct ColumnArray<'a> {
+    rows: &'a [Row],
+    positions: &'a [usize],
+    column: usize,
+    pg: PgType,
+}
+
+impl<'a> ColumnArray<'a> {
+    /// Column `column` of the rows at `positions` of `rows`, written as `pg` values.
+    pub(crate) fn new(
+        rows: &'a [Row],
+        positions: &'a [usize],
+        column: usize,
+        pg: PgType,
+    ) -> ColumnArray<'a> {
+        ColumnArray {
+            rows,
+            positions,
+            column,
+            pg,
+        }
+    }
+}
+
+impl fmt::Debug for ColumnArray<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("ColumnArray")
+            .field("column", &self.column)
+            .field("pg", &self.pg)
+            .field("len", &self.positions.len())
+            .finish()
+    }
+}
+
+impl ToSql for ColumnArray<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let values = self
+            .positions
+            .iter()
+            .map(|&position| &self.rows[position].values[self.column]);
+        let len = i32::try_from(self.positions.len()).map_err(|_| {
+            EncodeError(format!("{} rows do not fit an array", self.positions.len()))
+        })?;
+        // array_recv's layout: dimensions, a has-NULLs flag, the element type, then each
+        // dimension's length and lower bound, then the elements with their lengths.
+        out.put_i32(1);
+        out.put_i32(i32::from(values.clone().any(|v| matches!(v, Value::Null))));
+        out.put_u32(self.pg.wire_type().oid());
+        out.put_i32(len);
+        out.put_i32(1);
+        for value in values {
+            if matches!(value, Value::Null) {
+                out.put_i32(-1);
+                continue;
+            }
+            let start = out.len();
+            out.put_i32(0);
+            encode(value, self.pg, out)?;
+            let size = i32::try_from(out.len() - start - 4)
+                .map_err(|_| EncodeError("a value is larger than 2 GiB".into()))?;
+            out[start..start + 4].copy_from_slice(&size.to_be_bytes());
+        }
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        // As for `Field`: the statement's array types come from the same checked targets.
         true
     }
 

@@ -1,0 +1,605 @@
+//! Exactly-once delivery: the [`CheckpointWriter`] of the PostgreSQL backend.
+//!
+//! - **`transactional_marker`:** every lane writes into one transaction on one held
+//!   connection (the lanes take turns on it). `pre_commit(c, state)` upserts the progress row
+//!   `(sink_id, writer_id, 0)` in that transaction and commits: the checkpoint's rows and its
+//!   progress become visible together. The next write opens the next transaction.
+//! - **`two_phase`:** each lane holds a pooled connection with a transaction of its own, opened
+//!   at the lane's first write of the checkpoint. `pre_commit(c, state)` upserts each writing
+//!   lane's progress row `(sink_id, writer_id, lane)` in its transaction and runs `PREPARE
+//!   TRANSACTION 'sluice:<sink_id>:<writer_id>:<c>:<lane>'`; `commit(c)` runs `COMMIT PREPARED`
+//!   for every pending gid up to `c`. A prepared transaction survives crashes of the writer and
+//!   of the server; `recover(restored)` commits this writer's up to `restored` and rolls back
+//!   the later ones.
+//!
+//! Every `write_batch` runs in a savepoint of its lane's transaction: a row error (SQLSTATE
+//! classes 22 and 23, a value the encoder refuses) rolls back to the savepoint and is returned
+//! as a row error, so the engine can bisect inside the transaction. Any other error loses the
+//! transaction: its connection is detached from the pool and closed (see [`crate::session`]),
+//! and the engine fails the sink. A dropped writer closes its open transactions' connections the
+//! same way, so the server rolls them back.
+//!
+//! Lane transactions never touch a temporary table, so keyed rows go through arrays
+//! ([`Source::Arrays`]); see [`crate::statements`].
+
+use crate::error::{classify, commit_outcome_unknown, shortened};
+use crate::progress::{ProgressSql, gid, gid_prefix, literal, parse_gid};
+use crate::session::{Pooled, Session};
+use crate::statements::{Source, Statements, WritePlan, apply_rows};
+use crate::table::DeadLetterColumns;
+use async_trait::async_trait;
+use deadpool_postgres::Object;
+use metrics::Gauge;
+use sluice_sink::{
+    BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed, DeadLetter,
+    Delivery, ErrorClass, Ident, MetricName,
+};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use tokio::sync::Mutex;
+use tokio_postgres::error::SqlState;
+
+/// The savepoint around each batch.
+const SAVEPOINT: &str = "sluice_batch";
+
+/// This writer's prepared transactions: `(checkpoint, lane)`.
+type Pending = BTreeSet<(u64, u32)>;
+
+/// What the writer shares with the at-least-once writer of the same table.
+pub(crate) struct Shared {
+    pub(crate) pool: Arc<Pooled>,
+    pub(crate) plan: Arc<WritePlan>,
+    pub(crate) table: Ident,
+    pub(crate) dead_letter_sql: Option<String>,
+}
+
+/// A lane's open transaction.
+struct LaneTx {
+    session: Session,
+    statements: Statements,
+    /// Whether the savepoint is established (from the previous batch).
+    savepoint: bool,
+}
+
+/// How a batch failed in a lane transaction.
+enum Failure {
+    /// Rolled back to the savepoint; the transaction is usable.
+    Refused(BackendError),
+    /// The transaction is lost.
+    Lost(BackendError),
+}
+
+impl LaneTx {
+    /// Writes the rows at `good` in a savepoint: the previous batch's savepoint is released
+    /// and a new one set in one round trip.
+    async fn write(
+        &mut self,
+        plan: &WritePlan,
+        rows: &[sluice_sink::Row],
+        good: &[usize],
+    ) -> Result<(), Failure> {
+        let client = self.session.client();
+        let set = if self.savepoint {
+            format!("RELEASE SAVEPOINT {SAVEPOINT}; SAVEPOINT {SAVEPOINT}")
+        } else {
+            format!("SAVEPOINT {SAVEPOINT}")
+        };
+        client
+            .batch_execute(&set)
+            .await
+            .map_err(|e| Failure::Lost(classify(&e)))?;
+        self.savepoint = true;
+        match apply_rows(client, plan, &self.statements, rows, good).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.class() == ErrorClass::Row => {
+                // The savepoint stays set (empty), so the next batch releases it as usual.
+                client
+                    .batch_execute(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))
+                    .await
+                    .map_err(|e| Failure::Lost(classify(&e)))?;
+                Err(Failure::Refused(error))
+            }
+            Err(error) => Err(Failure::Lost(error)),
+        }
+    }
+}
+
+/// The exactly-once writer (see the module docs).
+pub(crate) struct PostgresCheckpoints {
+    shared: Shared,
+    progress: ProgressSql,
+    sink_id: String,
+    writer_id: i32,
+    /// `sluice:<sink_id>:<writer_id>:`.
+    prefix: String,
+    lanes: usize,
+    /// `two_phase`; otherwise `transactional_marker`.
+    two_phase: bool,
+    /// The open transactions: one per lane (two-phase), or one that all lanes share.
+    slots: Vec<Mutex<Option<LaneTx>>>,
+    /// Two-phase: the prepared transactions awaiting `commit`.
+    pending: Mutex<Pending>,
+    orphaned: Gauge,
+}
+
+/// `COMMIT PREPARED` or `ROLLBACK PREPARED`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Finish {
+    Commit,
+    Rollback,
+}
+
+impl PostgresCheckpoints {
+    pub(crate) fn new(
+        shared: Shared,
+        spec: &CheckpointSpec,
+        progress: ProgressSql,
+        lanes: usize,
+    ) -> Result<PostgresCheckpoints, BackendError> {
+        let writer_id = i32::try_from(spec.writer_id).map_err(|_| BackendError::Fatal {
+            code: "postgres.writer_id_range",
+            message: format!(
+                "writer_id {} does not fit an integer column",
+                spec.writer_id
+            ),
+        })?;
+        let two_phase = spec.delivery == Delivery::TwoPhase;
+        let slots = if two_phase { lanes } else { 1 };
+        let labels = [
+            ("table", shared.table.to_string()),
+            ("backend", "postgres".to_string()),
+        ];
+        Ok(PostgresCheckpoints {
+            orphaned: metrics::gauge!(MetricName::OrphanedPreparedTransactions.as_str(), &labels),
+            progress,
+            sink_id: spec.sink_id.to_string(),
+            writer_id,
+            prefix: gid_prefix(&spec.sink_id, spec.writer_id),
+            lanes,
+            two_phase,
+            slots: (0..slots).map(|_| Mutex::new(None)).collect(),
+            pending: Mutex::new(Pending::new()),
+            shared,
+        })
+    }
+
+    /// The transaction slot of `lane`.
+    fn slot(&self, lane: usize) -> Result<&Mutex<Option<LaneTx>>, BackendError> {
+        if lane >= self.lanes {
+            return Err(BackendError::Fatal {
+                code: "postgres.no_lane",
+                message: format!("lane {lane} is beyond flush_concurrency ({})", self.lanes),
+            });
+        }
+        Ok(if self.two_phase {
+            &self.slots[lane]
+        } else {
+            &self.slots[0]
+        })
+    }
+
+    /// The slot's transaction, opened (connection, statements, `BEGIN`) if there is none.
+    async fn open<'a>(&self, slot: &'a mut Option<LaneTx>) -> Result<&'a mut LaneTx, BackendError> {
+        if slot.is_none() {
+            let mut session = self.shared.pool.session().await?;
+            // Prepared outside the transaction: nothing of it may touch a temporary table.
+            let statements = self
+                .shared
+                .plan
+                .statements(session.client(), Source::Arrays)
+                .await?;
+            session.begin().await?;
+            *slot = Some(LaneTx {
+                session,
+                statements,
+                savepoint: false,
+            });
+        }
+        Ok(slot.as_mut().expect("opened above"))
+    }
+
+    /// Upserts `lane`'s progress row in the transaction on `client`.
+    async fn record_progress(
+        &self,
+        client: &Object,
+        lane: u32,
+        checkpoint_id: u64,
+        state: &str,
+    ) -> Result<(), BackendError> {
+        let checkpoint = checkpoint_param(checkpoint_id)?;
+        let lane = i32::try_from(lane).expect("lanes are few");
+        let statement = client
+            .prepare_cached(&self.progress.upsert)
+            .await
+            .map_err(|e| classify(&e))?;
+        client
+            .execute(
+                &statement,
+                &[&self.sink_id, &self.writer_id, &lane, &checkpoint, &state],
+            )
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(())
+    }
+
+    /// The checkpoint of `lane`'s progress row.
+    async fn lane_checkpoint(
+        &self,
+        client: &Object,
+        lane: u32,
+    ) -> Result<Option<u64>, BackendError> {
+        let lane = i32::try_from(lane).unwrap_or(i32::MAX);
+        let row = client
+            .query_opt(
+                &self.progress.lane,
+                &[&self.sink_id, &self.writer_id, &lane],
+            )
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(row.and_then(|row| u64::try_from(row.get::<_, i64>(0)).ok()))
+    }
+
+    /// Commits or rolls back the prepared transaction `gid` (of `checkpoint_id`, `lane`). One
+    /// that no longer exists was finished by someone else: the lane's progress row says how.
+    async fn finish(
+        &self,
+        client: &Object,
+        finish: Finish,
+        gid: &str,
+        checkpoint_id: u64,
+        lane: u32,
+    ) -> Result<(), BackendError> {
+        let verb = match finish {
+            Finish::Commit => "COMMIT",
+            Finish::Rollback => "ROLLBACK",
+        };
+        let error = match client
+            .batch_execute(&format!("{verb} PREPARED {}", literal(gid)))
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(error) if error.code() == Some(&SqlState::UNDEFINED_OBJECT) => error,
+            Err(error) => return Err(classify(&error)),
+        };
+        let progress = self.lane_checkpoint(client, lane).await?;
+        let committed = progress.is_some_and(|progress| progress >= checkpoint_id);
+        let shown = progress.map_or("none".to_string(), |p| p.to_string());
+        match (finish, committed) {
+            (Finish::Commit, true) => {
+                tracing::info!(
+                    table = %self.shared.table,
+                    gid,
+                    "The prepared transaction was already committed."
+                );
+                Ok(())
+            }
+            (Finish::Rollback, false) => Ok(()),
+            (Finish::Commit, false) => Err(BackendError::Fatal {
+                code: "postgres.prepared_vanished",
+                message: shortened(format!(
+                    "the prepared transaction {gid} vanished before COMMIT PREPARED and its rows were not committed (the progress row of lane {lane} is at checkpoint {shown}): it was rolled back by someone else, so checkpoint {checkpoint_id} is lost ({})",
+                    classify(&error)
+                )),
+            }),
+            (Finish::Rollback, true) => Err(BackendError::Fatal {
+                code: "postgres.prepared_committed",
+                message: format!(
+                    "the prepared transaction {gid} was committed by someone else (the progress row of lane {lane} is at checkpoint {shown}), so checkpoint {checkpoint_id} cannot be rolled back"
+                ),
+            }),
+        }
+    }
+
+    /// Sets the orphan gauge and warns about this writer's prepared transactions older than
+    /// two checkpoints before `checkpoint_id`.
+    fn report_orphans(&self, pending: &Pending, checkpoint_id: u64) {
+        let threshold = checkpoint_id.saturating_sub(2);
+        let orphans: Vec<String> = pending
+            .iter()
+            .filter(|(checkpoint, _)| *checkpoint < threshold)
+            .map(|&(checkpoint, lane)| gid(&self.prefix, checkpoint, lane))
+            .collect();
+        self.orphaned.set(orphans.len() as f64);
+        if !orphans.is_empty() {
+            tracing::warn!(
+                table = %self.shared.table,
+                count = orphans.len(),
+                gids = ?orphans,
+                "Prepared transactions are waiting for COMMIT PREPARED more than two checkpoints later: is the checkpoint completion calling Sink::commit?"
+            );
+        }
+    }
+
+    /// Two-phase: upserts `lane`'s progress and prepares its transaction. The error says
+    /// whether the transaction may nevertheless have been prepared (the answer was lost).
+    async fn prepare_lane(
+        &self,
+        lane: u32,
+        mut tx: LaneTx,
+        checkpoint_id: u64,
+        state: &str,
+    ) -> Result<(), (BackendError, bool)> {
+        self.record_progress(tx.session.client(), lane, checkpoint_id, state)
+            .await
+            .map_err(|error| (error, false))?;
+        let gid = gid(&self.prefix, checkpoint_id, lane);
+        tx.session
+            .prepare_transaction(&literal(&gid))
+            .await
+            .map_err(|error| (classify(&error), commit_outcome_unknown(&error)))
+    }
+
+    /// Rolls back every open transaction (a connection that cannot roll back is closed).
+    async fn roll_back_open(&self) {
+        for slot in &self.slots {
+            if let Some(mut tx) = slot.lock().await.take() {
+                tx.session.rollback().await;
+            }
+        }
+    }
+}
+
+/// A checkpoint id as a `bigint`.
+fn checkpoint_param(checkpoint_id: u64) -> Result<i64, BackendError> {
+    i64::try_from(checkpoint_id).map_err(|_| BackendError::Fatal {
+        code: "postgres.checkpoint_id_range",
+        message: format!("checkpoint id {checkpoint_id} does not fit a bigint column"),
+    })
+}
+
+/// Runs `futures` concurrently and returns their outputs in order (the lanes' statements run
+/// on their own connections at the same time).
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|context| {
+        let mut waiting = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(context) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|output| output.expect("every future finished"))
+        .collect()
+}
+
+#[async_trait]
+impl CheckpointWriter for PostgresCheckpoints {
+    async fn write_batch(&self, lane: usize, batch: &Batch) -> Result<BatchOutcome, BackendError> {
+        let mut slot = self.slot(lane)?.lock().await;
+        let rows = batch.rows();
+        let (good, rejected) = self.shared.plan.check_rows(rows);
+        if !good.is_empty() {
+            let tx = self.open(&mut slot).await?;
+            match tx.write(&self.shared.plan, rows, &good).await {
+                Ok(()) => {}
+                Err(Failure::Refused(error)) => return Err(error),
+                Err(Failure::Lost(error)) => {
+                    // Closes the connection: the server rolls the transaction back.
+                    *slot = None;
+                    return Err(error);
+                }
+            }
+        }
+        Ok(BatchOutcome {
+            applied: good.len(),
+            rejected,
+        })
+    }
+
+    async fn write_dead_letters(
+        &self,
+        lane: usize,
+        letters: &[DeadLetter],
+    ) -> Result<(), BackendError> {
+        let sql = self
+            .shared
+            .dead_letter_sql
+            .as_deref()
+            .ok_or_else(|| BackendError::Fatal {
+                code: "postgres.no_dead_letter_table",
+                message: "dead letters go to a table, but none was prepared".into(),
+            })?;
+        let columns = DeadLetterColumns::new(letters);
+        let mut slot = self.slot(lane)?.lock().await;
+        let tx = self.open(&mut slot).await?;
+        let client = tx.session.client();
+        let result = async {
+            let statement = client.prepare_cached(sql).await?;
+            client.execute(&statement, &columns.params()).await
+        }
+        .await;
+        if let Err(error) = result {
+            *slot = None;
+            return Err(classify(&error));
+        }
+        Ok(())
+    }
+
+    async fn pre_commit(&self, checkpoint_id: u64, state: &str) -> Result<(), BackendError> {
+        if state.contains('\0') {
+            return Err(BackendError::Fatal {
+                code: "postgres.state_nul",
+                message: "the checkpoint state contains a NUL character, which PostgreSQL text cannot hold".into(),
+            });
+        }
+        checkpoint_param(checkpoint_id)?;
+        if !self.two_phase {
+            let mut slot = self.slots[0].lock().await;
+            // The progress row commits even when no lane wrote.
+            self.open(&mut slot).await?;
+            let mut tx = slot.take().expect("opened above");
+            self.record_progress(tx.session.client(), 0, checkpoint_id, state)
+                .await?;
+            return match tx.session.commit().await {
+                Ok(()) => Ok(()),
+                Err(error) if commit_outcome_unknown(&error) => Err(BackendError::Fatal {
+                    code: "postgres.checkpoint_commit_unknown",
+                    message: shortened(format!(
+                        "COMMIT of checkpoint {checkpoint_id} failed ({}); whether it took effect is known at recovery, from the progress table",
+                        classify(&error)
+                    )),
+                }),
+                Err(error) => Err(classify(&error)),
+            };
+        }
+        let mut pending = self.pending.lock().await;
+        let mut open = Vec::new();
+        for (lane, slot) in self.slots.iter().enumerate() {
+            if let Some(tx) = slot.lock().await.take() {
+                open.push((u32::try_from(lane).expect("lanes are few"), tx));
+            }
+        }
+        let lanes: Vec<u32> = open.iter().map(|(lane, _)| *lane).collect();
+        let results = join_all(
+            open.into_iter()
+                .map(|(lane, tx)| self.prepare_lane(lane, tx, checkpoint_id, state))
+                .collect(),
+        )
+        .await;
+        let mut first_error = None;
+        for (lane, result) in lanes.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    pending.insert((checkpoint_id, lane));
+                }
+                Err((error, maybe_prepared)) => {
+                    if maybe_prepared {
+                        // Rolled back by `abort`, or resolved by `recover`.
+                        pending.insert((checkpoint_id, lane));
+                    }
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        self.report_orphans(&pending, checkpoint_id);
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn commit(&self, checkpoint_id: u64) -> Result<(), BackendError> {
+        if !self.two_phase {
+            return Ok(());
+        }
+        let mut pending = self.pending.lock().await;
+        let due: Vec<(u64, u32)> = pending
+            .iter()
+            .copied()
+            .filter(|(checkpoint, _)| *checkpoint <= checkpoint_id)
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let client = self.shared.pool.get().await?;
+        for (checkpoint, lane) in due {
+            let gid = gid(&self.prefix, checkpoint, lane);
+            self.finish(&client, Finish::Commit, &gid, checkpoint, lane)
+                .await?;
+            pending.remove(&(checkpoint, lane));
+        }
+        Ok(())
+    }
+
+    async fn abort(&self, checkpoint_id: u64) -> Result<(), BackendError> {
+        // Marker: committed checkpoints stay; only the open transaction goes.
+        self.roll_back_open().await;
+        let mut pending = self.pending.lock().await;
+        let due: Vec<(u64, u32)> = pending
+            .iter()
+            .copied()
+            .filter(|(checkpoint, _)| *checkpoint >= checkpoint_id)
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let client = self.shared.pool.get().await?;
+        for (checkpoint, lane) in due {
+            let gid = gid(&self.prefix, checkpoint, lane);
+            self.finish(&client, Finish::Rollback, &gid, checkpoint, lane)
+                .await?;
+            pending.remove(&(checkpoint, lane));
+        }
+        Ok(())
+    }
+
+    async fn recover(&self, restored: Option<u64>) -> Result<Option<Committed>, BackendError> {
+        self.roll_back_open().await;
+        let client = self.shared.pool.get().await?;
+        if self.two_phase {
+            let mut pending = self.pending.lock().await;
+            pending.clear();
+            let rows = client
+                .query(
+                    "SELECT gid FROM pg_catalog.pg_prepared_xacts \
+                     WHERE database = current_database() AND starts_with(gid, $1)",
+                    &[&self.prefix],
+                )
+                .await
+                .map_err(|e| classify(&e))?;
+            let mut found: Vec<(u64, u32, String)> = rows
+                .into_iter()
+                .filter_map(|row| {
+                    let gid: String = row.get(0);
+                    let (checkpoint, lane) = parse_gid(&self.prefix, &gid)?;
+                    Some((checkpoint, lane, gid))
+                })
+                .collect();
+            found.sort();
+            let (mut committed, mut rolled_back) = (0, 0);
+            for (checkpoint, lane, gid) in found {
+                if restored.is_some_and(|restored| checkpoint <= restored) {
+                    self.finish(&client, Finish::Commit, &gid, checkpoint, lane)
+                        .await?;
+                    committed += 1;
+                } else {
+                    self.finish(&client, Finish::Rollback, &gid, checkpoint, lane)
+                        .await?;
+                    rolled_back += 1;
+                }
+            }
+            if committed + rolled_back > 0 {
+                tracing::info!(
+                    table = %self.shared.table,
+                    restored = ?restored,
+                    committed,
+                    rolled_back,
+                    "Resolved the prepared transactions an earlier run left."
+                );
+            }
+            self.orphaned.set(0.0);
+        }
+        let latest = client
+            .query_opt(&self.progress.latest, &[&self.sink_id, &self.writer_id])
+            .await
+            .map_err(|e| classify(&e))?;
+        latest
+            .map(|row| {
+                let checkpoint: i64 = row.get(0);
+                Ok(Committed {
+                    checkpoint_id: u64::try_from(checkpoint).map_err(|_| BackendError::Fatal {
+                        code: "postgres.progress_corrupt",
+                        message: format!(
+                            "the progress row of sink {} writer {} has the negative checkpoint {checkpoint}",
+                            self.sink_id, self.writer_id
+                        ),
+                    })?,
+                    state: row.get(1),
+                })
+            })
+            .transpose()
+    }
+}
