@@ -2,6 +2,7 @@
 //! `anyhow` and exit codes live here only.
 
 mod bench;
+mod bench_sink;
 mod demo;
 mod workflows;
 
@@ -46,6 +47,8 @@ enum Command {
 enum BenchCommand {
     /// The orchestration stress workload (fan-out of five activities, closed loop).
     Orchestrations(bench::OrchestrationBenchArgs),
+    /// The database sink against the raw limit of its database (issue 6).
+    Sink(bench_sink::SinkBenchArgs),
 }
 
 /// Commit durability on SQLite.
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(BenchCommand::Orchestrations(args)) => bench::run(args).await,
+            Command::Bench(BenchCommand::Sink(args)) => bench_sink::run(args).await,
             Command::Inspect { db, instance_id } => inspect(&db, &instance_id).await,
         }
     });
