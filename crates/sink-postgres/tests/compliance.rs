@@ -36,9 +36,45 @@ impl Harness for PgHarness {
     fn scratch_dir(&self) -> PathBuf {
         self.0.scratch.path().to_path_buf()
     }
+
+    async fn prepared_transactions(&self) -> Vec<String> {
+        self.0
+            .admin
+            .query(
+                "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
+                &[],
+            )
+            .await
+            .expect("list prepared transactions")
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
 }
 
 sluice_sink::compliance_tests!(match PgHarness::start().await {
     Some(harness) => harness,
     None => return,
 });
+
+mod transactional_marker {
+    use super::PgHarness;
+    sluice_sink::exactly_once_compliance_tests!(
+        match PgHarness::start().await {
+            Some(harness) => harness,
+            None => return,
+        },
+        sluice_sink::Delivery::TransactionalMarker
+    );
+}
+
+mod two_phase {
+    use super::PgHarness;
+    sluice_sink::exactly_once_compliance_tests!(
+        match PgHarness::start().await {
+            Some(harness) => harness,
+            None => return,
+        },
+        sluice_sink::Delivery::TwoPhase
+    );
+}
