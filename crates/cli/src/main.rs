@@ -4,6 +4,7 @@
 mod bench;
 mod bench_sink;
 mod demo;
+mod ingest;
 mod workflows;
 
 use anyhow::{Context, Result};
@@ -33,6 +34,8 @@ enum Command {
     /// Benchmarks; each prints figures and can write JSON.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Move records from files or standard input into a database table, exactly once.
+    Ingest(ingest::IngestArgs),
     /// Print an instance's status and history as JSON.
     Inspect {
         /// The SQLite database.
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(BenchCommand::Orchestrations(args)) => bench::run(args).await,
             Command::Bench(BenchCommand::Sink(args)) => bench_sink::run(args).await,
+            Command::Ingest(args) => ingest::run(args).await,
             Command::Inspect { db, instance_id } => inspect(&db, &instance_id).await,
         }
     });

@@ -6,9 +6,12 @@
 //! booleans and integers as JSON, finite floats as numbers and NaN/infinities as the strings
 //! `"NaN"`, `"Infinity"`, `"-Infinity"`, decimals, text, UUIDs and times as strings (times in
 //! ISO 8601, UTC with `Z`), bytes as `"\\x"` followed by hex digits, JSON documents embedded.
+//! A source record that never became a row ([`crate::Rejected`]) is encoded as
+//! `{"record": "<the raw text>", "position": "<where it is in its source>"}`.
 
 use crate::backend::{BackendError, DeadLetter};
 use crate::schema::{Row, Schema};
+use crate::sink::Rejected;
 use crate::value::{TimestampTz, Value};
 use serde_json::{Map, Value as JsonValue, json};
 use std::fs::{File, OpenOptions};
@@ -35,6 +38,18 @@ pub(crate) fn dead_letter(schema: &Schema, row: &Row, code: &str, error: &str) -
         error_code: code.to_string(),
         error: error.to_string(),
         row: row_to_json(schema, row),
+    }
+}
+
+/// Builds the dead letter of a source record that never became a row: its `row` is
+/// `{"record": ..., "position": ...}`.
+pub(crate) fn rejected_letter(schema: &Schema, record: &Rejected) -> DeadLetter {
+    DeadLetter {
+        table: schema.table().to_string(),
+        failed_at: now_utc(),
+        error_code: record.code.clone(),
+        error: record.reason.clone(),
+        row: json!({ "record": record.record, "position": record.position }).to_string(),
     }
 }
 

@@ -55,7 +55,7 @@ pub use ident::{IDENT_BYTES_MAX, Ident, IdentError};
 pub use memory::MemoryBackend;
 pub use metrics::{MetricKind, MetricName};
 pub use schema::{COLUMNS_MAX, Column, Op, Row, RowError, Schema, SchemaError};
-pub use sink::{Sink, SinkStats};
+pub use sink::{Rejected, Sink, SinkStats};
 pub use value::{
     ColumnType, DECIMAL_DIGITS_MAX, Date, Decimal, Json, Timestamp, TimestampTz, Uuid, Value,
     ValueError,

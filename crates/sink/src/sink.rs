@@ -29,7 +29,7 @@ use crate::backend::{
 use crate::batcher::{BatchLimits, Batcher, Sealed};
 use crate::checkpoint::{CheckpointControl, Phase};
 use crate::config::{Backpressure, DeadLetterConfig, Mode, SinkConfig};
-use crate::dead_letter::{DeadLetterFile, dead_letter};
+use crate::dead_letter::{DeadLetterFile, dead_letter, rejected_letter};
 use crate::error::SinkError;
 use crate::metrics::{BatchReport, SinkMetrics};
 use crate::reduce::reduce;
@@ -85,11 +85,42 @@ pub(crate) struct Counters {
     buffer_bytes: AtomicU64,
 }
 
-/// A row on its way to a lane, with its measured size and, when it failed the checks, why.
+/// A row on its way to a lane, with its measured size and, when it failed the checks, why;
+/// or a source record that never became a row, on its way to the dead letters.
 #[derive(Debug)]
-pub(crate) struct Entry {
-    row: Row,
-    rejection: Option<RowError>,
+pub(crate) enum Entry {
+    Row {
+        row: Row,
+        rejection: Option<RowError>,
+    },
+    Rejected(Rejected),
+}
+
+/// A source record that could not be parsed or converted into a [`Row`]: handed to
+/// [`Sink::reject`], it becomes a dead letter like a row that failed the schema check, in the
+/// same lanes, batches and (with exactly-once delivery) checkpoint transactions as the rows.
+/// Its dead letter's `row` is `{"record": <record>, "position": <position>}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// The record as read (raw text; invalid UTF-8 replaced).
+    pub record: String,
+    /// Where the record is in its source (for example `path:byte offset`).
+    pub position: String,
+    /// A stable code for why it was rejected (for example `ingest.json.parse`).
+    pub code: String,
+    /// Why it was rejected, for a person.
+    pub reason: String,
+}
+
+impl Rejected {
+    /// What holding it costs in the buffer, in bytes.
+    fn size_bytes(&self) -> usize {
+        std::mem::size_of::<Rejected>()
+            + self.record.len()
+            + self.position.len()
+            + self.code.len()
+            + self.reason.len()
+    }
 }
 
 pub(crate) enum LaneMessage {
@@ -306,7 +337,65 @@ impl Sink {
             }
         }
         let sizes: Vec<usize> = rows.iter().map(Row::size_bytes).collect();
-        let bytes: usize = sizes.iter().sum();
+        let mode = shared.config.mode();
+        let entries = rows
+            .into_iter()
+            .zip(sizes)
+            .map(|(row, size)| (admit(&shared.schema, mode, row), size))
+            .collect();
+        self.send(entries).await
+    }
+
+    /// Hands source records that never became rows to the dead letters, through the same
+    /// lanes as rows: they are counted in `rows_received` and, once durable, in
+    /// `rows_dead_lettered`; with exactly-once delivery they commit with the checkpoint that
+    /// follows. Returns once they are buffered. Errors as [`Sink::write`].
+    pub async fn reject(&self, records: Vec<Rejected>) -> Result<(), SinkError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let inner = &*self.inner;
+        let shared = &*inner.shared;
+        let _active = WriterGuard::enter(inner)?;
+        shared.check_failed()?;
+        match inner.control.phase() {
+            Phase::Running => {}
+            Phase::Skipping => {
+                let count = records.len() as u64;
+                shared
+                    .counters
+                    .rows_received
+                    .fetch_add(count, Ordering::Relaxed);
+                shared
+                    .counters
+                    .rows_skipped
+                    .fetch_add(count, Ordering::Relaxed);
+                shared.metrics.skipped(count);
+                return Ok(());
+            }
+            Phase::NeedsRecovery => {
+                return Err(SinkError::Recovery(
+                    "an exactly-once sink must be recovered (Sink::recover) before records are rejected"
+                        .into(),
+                ));
+            }
+        }
+        let entries = records
+            .into_iter()
+            .map(|record| {
+                let size = record.size_bytes();
+                (Entry::Rejected(record), size)
+            })
+            .collect();
+        self.send(entries).await
+    }
+
+    /// Reserves the entries' bytes and sends them to the lanes (the caller holds a
+    /// `WriterGuard` and checked the phase).
+    async fn send(&self, entries: Vec<(Entry, usize)>) -> Result<(), SinkError> {
+        let inner = &*self.inner;
+        let shared = &*inner.shared;
+        let bytes: usize = entries.iter().map(|(_, size)| size).sum();
         let buffer_bytes_max = shared.config.buffer_bytes_max();
         if bytes > buffer_bytes_max {
             return Err(SinkError::WriteTooLarge {
@@ -344,18 +433,19 @@ impl Sink {
             .buffer_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed)
             + bytes as u64;
-        let row_count = rows.len() as u64;
+        let row_count = entries.len() as u64;
 
         let lane_count = inner.lanes.len();
         let spread = inner.next_lane.fetch_add(1, Ordering::Relaxed) % lane_count;
         let mode = shared.config.mode();
         let mut per_lane: Vec<Vec<(Entry, usize)>> = (0..lane_count).map(|_| Vec::new()).collect();
-        for (row, size) in rows.into_iter().zip(sizes) {
-            let entry = admit(&shared.schema, mode, row);
-            let lane = if mode.is_keyed() && entry.rejection.is_none() {
-                (shared.schema.key_hash(&entry.row) % lane_count as u64) as usize
-            } else {
-                spread
+        for (entry, size) in entries {
+            let lane = match &entry {
+                Entry::Row {
+                    row,
+                    rejection: None,
+                } if mode.is_keyed() => (shared.schema.key_hash(row) % lane_count as u64) as usize,
+                _ => spread,
             };
             per_lane[lane].push((entry, size));
         }
@@ -530,7 +620,7 @@ fn admit(schema: &Schema, mode: Mode, mut row: Row) -> Entry {
             mode: mode.name(),
         })
     };
-    Entry { row, rejection }
+    Entry::Row { row, rejection }
 }
 
 impl Shared {
@@ -740,14 +830,16 @@ async fn write_entries(
     let mut letters: Vec<DeadLetter> = Vec::new();
     let mut rows = Vec::with_capacity(entries.len());
     for entry in entries {
-        match entry.rejection {
-            Some(error) => letters.push(dead_letter(
-                schema,
-                &entry.row,
-                error.code(),
-                &error.to_string(),
-            )),
-            None => rows.push(entry.row),
+        match entry {
+            Entry::Row {
+                row,
+                rejection: Some(error),
+            } => letters.push(dead_letter(schema, &row, error.code(), &error.to_string())),
+            Entry::Row {
+                row,
+                rejection: None,
+            } => rows.push(row),
+            Entry::Rejected(record) => letters.push(rejected_letter(schema, &record)),
         }
     }
     let (mut pending, mut earlier) = if mode.is_keyed() {

@@ -341,3 +341,64 @@ proptest! {
         })?;
     }
 }
+
+/// Records that never became rows (`Sink::reject`) go to the dead letters through the lanes,
+/// with their raw text and position, and the counters balance; with exactly-once delivery they
+/// become visible with the checkpoint that follows them, not before.
+#[tokio::test]
+async fn rejected_records_are_dead_lettered_and_counted() {
+    use sluice_sink::{Delivery, Rejected, Resume, SinkId};
+    for delivery in [Delivery::AtLeastOnce, Delivery::TransactionalMarker] {
+        let backend = MemoryBackend::new();
+        let mut builder = config().mode(Mode::Upsert).delivery(delivery);
+        if delivery.is_exactly_once() {
+            builder = builder.sink_id(SinkId::new("reject").unwrap());
+        }
+        let sink = Sink::open(&backend, schema(), builder.build().unwrap())
+            .await
+            .unwrap();
+        sink.recover(None, Resume::Committed).await.unwrap();
+        sink.write(vec![row(Op::Upsert, 1, 10), row(Op::Upsert, 2, 20)])
+            .await
+            .unwrap();
+        sink.reject(vec![Rejected {
+            record: "{\"id\": oops".into(),
+            position: "in.ndjson:42".into(),
+            code: "ingest.json.parse".into(),
+            reason: "expected value at line 1 column 8".into(),
+        }])
+        .await
+        .unwrap();
+        sink.flush().await.unwrap();
+        if delivery.is_exactly_once() {
+            assert!(
+                backend.dead_letters("t_dead_letters").is_empty(),
+                "visible before the checkpoint"
+            );
+            sink.pre_commit(1, "in.ndjson:60").await.unwrap();
+            sink.commit(1).await.unwrap();
+        }
+        let letters = backend.dead_letters("t_dead_letters");
+        assert_eq!(letters.len(), 1, "{delivery:?}");
+        assert_eq!(letters[0].error_code, "ingest.json.parse");
+        assert_eq!(letters[0].error, "expected value at line 1 column 8");
+        let row: serde_json::Value = serde_json::from_str(&letters[0].row).unwrap();
+        assert_eq!(
+            row,
+            serde_json::json!({"record": "{\"id\": oops", "position": "in.ndjson:42"})
+        );
+        assert_eq!(table(&backend), vec![(1, 10), (2, 20)]);
+        let stats = sink.stats();
+        assert_eq!(
+            (
+                stats.rows_received,
+                stats.rows_written,
+                stats.rows_dead_lettered,
+                stats.rows_failed
+            ),
+            (3, 2, 1, 0),
+            "{stats:?}"
+        );
+        sink.close().await.unwrap();
+    }
+}

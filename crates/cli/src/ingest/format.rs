@@ -1,0 +1,172 @@
+//! Framing: cuts an input into records and says where each one ends. Parsing a record into
+//! fields happens in `mapping`, so a record that does not parse still has its raw text and
+//! position for the dead letters.
+//!
+//! - NDJSON: one record per line (`\n`, an optional `\r` before it); blank lines are not
+//!   records; a UTF-8 byte-order mark at the start of a file is skipped.
+//! - CSV: RFC 4180 through the `csv` crate: a header row, `"` quoting with `""` escapes,
+//!   delimiters and newlines inside quotes, a configurable delimiter, records of any length
+//!   (too few or too many fields are reported per record by `mapping`), blank lines skipped,
+//!   a byte-order mark before the header removed.
+
+use super::source::Input;
+use std::io::{self, BufRead};
+
+/// One record's bytes.
+pub(crate) enum Payload {
+    /// A line without its line terminator.
+    Json(Vec<u8>),
+    /// A CSV record's fields.
+    Csv(csv::ByteRecord),
+}
+
+/// A record and where it is: `start` is its first byte, `end` the first byte after it (where
+/// the next record starts, which is what a checkpoint stores).
+pub(crate) struct Frame {
+    pub(crate) payload: Payload,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+}
+
+/// Reads the records of one input.
+pub(crate) enum Framer {
+    Lines {
+        reader: Box<dyn BufRead + Send>,
+        offset: u64,
+    },
+    Csv {
+        reader: Box<csv::Reader<Box<dyn BufRead + Send>>>,
+        /// The stream offset the reader started at (its positions are relative to it).
+        base: u64,
+    },
+}
+
+/// The CSV header of an input, and a framer positioned at `offset` (or just after the header,
+/// when `offset` is before its end).
+pub(crate) fn open_csv(
+    input: &Input,
+    offset: u64,
+    delimiter: u8,
+) -> io::Result<(Vec<String>, Framer)> {
+    let mut reader = csv_reader(input.open(0)?, delimiter);
+    let mut header = csv::ByteRecord::new();
+    if !reader.read_byte_record(&mut header).map_err(csv_error)? {
+        // An empty file: no header, no records.
+        return Ok((
+            Vec::new(),
+            Framer::Csv {
+                reader: Box::new(reader),
+                base: 0,
+            },
+        ));
+    }
+    let mut names = Vec::with_capacity(header.len());
+    for (index, field) in header.iter().enumerate() {
+        let mut name = std::str::from_utf8(field).map_err(|_| {
+            io::Error::other(format!(
+                "{}: header field {} is not valid UTF-8",
+                input.name(),
+                index + 1
+            ))
+        })?;
+        if index == 0 {
+            name = name.strip_prefix('\u{feff}').unwrap_or(name);
+        }
+        names.push(name.to_string());
+    }
+    let header_end = reader.position().byte();
+    if offset <= header_end {
+        return Ok((
+            names,
+            Framer::Csv {
+                reader: Box::new(reader),
+                base: 0,
+            },
+        ));
+    }
+    drop(reader);
+    let reader = csv_reader(input.open(offset)?, delimiter);
+    Ok((
+        names,
+        Framer::Csv {
+            reader: Box::new(reader),
+            base: offset,
+        },
+    ))
+}
+
+/// A line framer positioned at `offset`.
+pub(crate) fn open_lines(input: &Input, offset: u64) -> io::Result<Framer> {
+    Ok(Framer::Lines {
+        reader: input.open(offset)?,
+        offset,
+    })
+}
+
+fn csv_reader(
+    stream: Box<dyn BufRead + Send>,
+    delimiter: u8,
+) -> csv::Reader<Box<dyn BufRead + Send>> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(delimiter)
+        .from_reader(stream)
+}
+
+fn csv_error(error: csv::Error) -> io::Error {
+    match error.into_kind() {
+        csv::ErrorKind::Io(error) => error,
+        other => io::Error::other(format!("{other:?}")),
+    }
+}
+
+impl Framer {
+    /// The next record, or `None` at the end of the input.
+    pub(crate) fn next_frame(&mut self) -> io::Result<Option<Frame>> {
+        match self {
+            Framer::Lines { reader, offset } => loop {
+                let mut line = Vec::new();
+                let read = reader.read_until(b'\n', &mut line)?;
+                if read == 0 {
+                    return Ok(None);
+                }
+                let start = *offset;
+                *offset += read as u64;
+                if start == 0 && line.starts_with(b"\xEF\xBB\xBF") {
+                    line.drain(..3);
+                }
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                }
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Ok(Some(Frame {
+                    payload: Payload::Json(line),
+                    start,
+                    end: *offset,
+                }));
+            },
+            Framer::Csv { reader, base } => {
+                let mut record = csv::ByteRecord::new();
+                let start = *base + reader.position().byte();
+                if !reader.read_byte_record(&mut record).map_err(csv_error)? {
+                    return Ok(None);
+                }
+                let start = record
+                    .position()
+                    .map_or(start, |position| *base + position.byte());
+                let end = *base + reader.position().byte();
+                Ok(Some(Frame {
+                    payload: Payload::Csv(record),
+                    start,
+                    end,
+                }))
+            }
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! Mapping: a record's fields to the table's columns.
+//!
+//! The columns come from the pipeline file's `[columns]` table when it has one:
+//!
+//! ```toml
+//! [columns]
+//! id = { type = "i64", nullable = false }       # field "id", cast to i64
+//! name = { source = "full_name" }               # renamed; type text by default
+//! city = { path = "address.city", default = "unknown" }  # nested JSON path, default
+//! ```
+//!
+//! Without `[columns]` they are inferred from the first record that parses: NDJSON fields by
+//! their JSON type (integer `i64`, other numbers `f64`, `bool`, string and null `text`, object
+//! and array `json`); CSV header fields all `text` (CSV carries no types: declare `[columns]`
+//! to cast). The target table's own column types are not read: when the table exists, the
+//! sink checks that the columns fit it and refuses to start otherwise.
+//!
+//! Fields without a column are ignored. A field missing from a record, or null, takes the
+//! column's default, else NULL; a column that is not nullable (and every key column) then
+//! refuses the record. In CSV an empty field is the empty string in a `text` column and NULL
+//! in the others.
+//!
+//! Casts (JSON value or CSV text to the column type): `i64` from integers and integer text;
+//! `f64` from numbers and number text (`NaN`, `inf`); `bool` from booleans and
+//! `true/false/t/f/1/0/yes/no`; `decimal` from numbers and decimal text; `text` from strings,
+//! other JSON values as their JSON text; `json` from any JSON value (CSV: parsed text); `bytes`
+//! from `\x`-prefixed hex text, else the text's UTF-8 bytes; `uuid`, `date`, `timestamp`,
+//! `timestamp_tz` from their ISO text. A value that does not cast refuses its record, which
+//! goes to the dead letters with its position and the reason.
+
+use super::UsageError;
+use super::format::Payload;
+use serde_json::Value as JsonValue;
+use sluice_sink::{
+    Column, ColumnType, Date, Decimal, Ident, Json, Op, Row, Schema, Timestamp, TimestampTz, Uuid,
+    Value,
+};
+use std::collections::BTreeMap;
+
+/// One `[columns]` entry.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ColumnConfig {
+    /// The column type. Default: `text`.
+    #[serde(rename = "type")]
+    column_type: Option<ColumnType>,
+    /// The record field it comes from. Default: the column's name.
+    source: Option<String>,
+    /// A dotted path into nested JSON objects (`a.b.c`), instead of `source`.
+    path: Option<String>,
+    /// The value when the field is missing or null.
+    default: Option<toml::Value>,
+    /// Whether NULL is allowed. Default: true (false for key columns).
+    nullable: Option<bool>,
+}
+
+/// Why a record was refused: a stable code and a reason.
+pub(crate) struct Refusal {
+    pub(crate) code: &'static str,
+    pub(crate) reason: String,
+}
+
+impl Refusal {
+    fn new(code: &'static str, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+struct ColumnMap {
+    name: Ident,
+    column_type: ColumnType,
+    nullable: bool,
+    /// The field, then nested keys.
+    path: Vec<String>,
+    default: Option<Value>,
+}
+
+/// Turns payloads into rows of the schema.
+pub(crate) struct Mapper {
+    columns: Vec<ColumnMap>,
+    op: Op,
+    /// CSV: each column's field index in the header.
+    csv_index: Vec<Option<usize>>,
+    csv_fields: usize,
+    delimiter: u8,
+}
+
+impl Mapper {
+    /// From `[columns]`.
+    pub(crate) fn declared(
+        columns: &BTreeMap<String, ColumnConfig>,
+        key: &[String],
+        op: Op,
+        delimiter: u8,
+    ) -> Result<Mapper, UsageError> {
+        let mut maps = Vec::with_capacity(columns.len());
+        for (name, config) in columns {
+            let key_name = format!("columns.{name}");
+            let ident =
+                Ident::new(name).map_err(|error| UsageError::new(&key_name, error.to_string()))?;
+            let column_type = config.column_type.unwrap_or(ColumnType::Text);
+            let path = match (&config.source, &config.path) {
+                (Some(_), Some(_)) => {
+                    return Err(UsageError::new(
+                        &key_name,
+                        "set either source or path, not both",
+                    ));
+                }
+                (Some(source), None) => vec![source.clone()],
+                (None, Some(path)) => {
+                    let parts: Vec<String> = path.split('.').map(str::to_string).collect();
+                    if parts.iter().any(String::is_empty) {
+                        return Err(UsageError::new(
+                            &format!("{key_name}.path"),
+                            format!("{path:?} has an empty segment"),
+                        ));
+                    }
+                    parts
+                }
+                (None, None) => vec![name.clone()],
+            };
+            let default = match &config.default {
+                None => None,
+                Some(default) => {
+                    let json = serde_json::to_value(default).map_err(|error| {
+                        UsageError::new(&format!("{key_name}.default"), error.to_string())
+                    })?;
+                    Some(convert_json(&json, column_type).map_err(|refusal| {
+                        UsageError::new(&format!("{key_name}.default"), refusal.reason)
+                    })?)
+                }
+            };
+            let is_key = key.iter().any(|key| key == name);
+            maps.push(ColumnMap {
+                name: ident,
+                column_type,
+                nullable: config.nullable.unwrap_or(!is_key) && !is_key,
+                path,
+                default,
+            });
+        }
+        Ok(Mapper::new(maps, op, delimiter))
+    }
+
+    /// Inferred from the first record (see the module docs).
+    pub(crate) fn inferred(
+        first: &Payload,
+        header: &[String],
+        key: &[String],
+        op: Op,
+        delimiter: u8,
+    ) -> Result<Mapper, UsageError> {
+        let fields: Vec<(String, ColumnType)> = match first {
+            Payload::Csv(_) => header
+                .iter()
+                .map(|name| (name.clone(), ColumnType::Text))
+                .collect(),
+            Payload::Json(line) => {
+                let Ok(JsonValue::Object(object)) = serde_json::from_slice::<JsonValue>(line)
+                else {
+                    unreachable!("inferred only from a record that parses as an object")
+                };
+                object
+                    .iter()
+                    .map(|(name, value)| (name.clone(), infer_type(value)))
+                    .collect()
+            }
+        };
+        let mut maps = Vec::with_capacity(fields.len());
+        for (name, column_type) in fields {
+            let ident = Ident::new(&name).map_err(|error| {
+                UsageError::new(
+                    "columns",
+                    format!(
+                        "the first record's field {name:?} cannot be a column name ({error}); declare the columns in a [columns] table"
+                    ),
+                )
+            })?;
+            let is_key = key.contains(&name);
+            maps.push(ColumnMap {
+                name: ident,
+                column_type,
+                nullable: !is_key,
+                path: vec![name],
+                default: None,
+            });
+        }
+        Ok(Mapper::new(maps, op, delimiter))
+    }
+
+    fn new(columns: Vec<ColumnMap>, op: Op, delimiter: u8) -> Mapper {
+        Mapper {
+            csv_index: vec![None; columns.len()],
+            columns,
+            op,
+            csv_fields: 0,
+            delimiter,
+        }
+    }
+
+    /// The schema of the target table.
+    pub(crate) fn schema(&self, table: &str, key: &[String]) -> Result<Schema, UsageError> {
+        for name in key {
+            if !self
+                .columns
+                .iter()
+                .any(|column| column.name.as_str() == name)
+            {
+                return Err(UsageError::new(
+                    "key",
+                    format!("{name:?} is not one of the columns"),
+                ));
+            }
+        }
+        let columns = self
+            .columns
+            .iter()
+            .map(|map| Column {
+                name: map.name.clone(),
+                column_type: map.column_type,
+                nullable: map.nullable,
+            })
+            .collect();
+        let key: Vec<&str> = key.iter().map(String::as_str).collect();
+        Schema::new(table, columns, &key).map_err(|error| {
+            let config_key = match error {
+                sluice_sink::SchemaError::Ident(_) => "table",
+                sluice_sink::SchemaError::UnknownKeyColumn(_)
+                | sluice_sink::SchemaError::DuplicateKeyColumn(_)
+                | sluice_sink::SchemaError::NullableKeyColumn(_)
+                | sluice_sink::SchemaError::KeyType { .. } => "key",
+                _ => "columns",
+            };
+            UsageError::new(config_key, error.to_string())
+        })
+    }
+
+    /// Binds the columns to a CSV header. Columns whose field is not in the header are NULL
+    /// (or their default) in every record; nested paths apply to JSON only.
+    pub(crate) fn set_header(&mut self, header: &[String]) -> Result<(), UsageError> {
+        self.csv_fields = header.len();
+        for (index, column) in self.columns.iter().enumerate() {
+            if column.path.len() > 1 {
+                return Err(UsageError::new(
+                    &format!("columns.{}.path", column.name),
+                    "nested paths apply to NDJSON records only",
+                ));
+            }
+            self.csv_index[index] = header.iter().position(|name| *name == column.path[0]);
+        }
+        Ok(())
+    }
+
+    /// The row of a record, or why it is refused.
+    pub(crate) fn map(&self, payload: &Payload) -> Result<Row, Refusal> {
+        let mut values = Vec::with_capacity(self.columns.len());
+        match payload {
+            Payload::Json(line) => {
+                let text = std::str::from_utf8(line).map_err(|error| {
+                    Refusal::new(
+                        "ingest.utf8",
+                        format!("the line is not valid UTF-8: {error}"),
+                    )
+                })?;
+                let object = match serde_json::from_str::<JsonValue>(text) {
+                    Ok(JsonValue::Object(object)) => object,
+                    Ok(other) => {
+                        return Err(Refusal::new(
+                            "ingest.json.not_object",
+                            format!("the line is a JSON {}, not an object", json_kind(&other)),
+                        ));
+                    }
+                    Err(error) => {
+                        return Err(Refusal::new(
+                            "ingest.json.parse",
+                            format!("invalid JSON: {error}"),
+                        ));
+                    }
+                };
+                for column in &self.columns {
+                    let mut found = object.get(&column.path[0]);
+                    for part in &column.path[1..] {
+                        found = found.and_then(|value| value.get(part));
+                    }
+                    let value =
+                        match found {
+                            None | Some(JsonValue::Null) => None,
+                            Some(value) => Some(convert_json(value, column.column_type).map_err(
+                                |refusal| Refusal {
+                                    code: refusal.code,
+                                    reason: format!("column {}: {}", column.name, refusal.reason),
+                                },
+                            )?),
+                        };
+                    values.push(self.finish(column, value)?);
+                }
+            }
+            Payload::Csv(record) => {
+                if record.len() != self.csv_fields {
+                    return Err(Refusal::new(
+                        "ingest.csv.field_count",
+                        format!(
+                            "the record has {} fields; the header has {}",
+                            record.len(),
+                            self.csv_fields
+                        ),
+                    ));
+                }
+                for (column, index) in self.columns.iter().zip(&self.csv_index) {
+                    let value = match index.and_then(|index| record.get(index)) {
+                        None => None,
+                        Some(bytes) => {
+                            let text = std::str::from_utf8(bytes).map_err(|error| {
+                                Refusal::new(
+                                    "ingest.utf8",
+                                    format!("column {}: not valid UTF-8: {error}", column.name),
+                                )
+                            })?;
+                            convert_text(text, column.column_type).map_err(|refusal| Refusal {
+                                code: refusal.code,
+                                reason: format!("column {}: {}", column.name, refusal.reason),
+                            })?
+                        }
+                    };
+                    values.push(self.finish(column, value)?);
+                }
+            }
+        }
+        Ok(Row {
+            op: self.op,
+            values,
+        })
+    }
+
+    fn finish(&self, column: &ColumnMap, value: Option<Value>) -> Result<Value, Refusal> {
+        match value.or_else(|| column.default.clone()) {
+            Some(value) => Ok(value),
+            None if column.nullable => Ok(Value::Null),
+            None => Err(Refusal::new(
+                "ingest.missing",
+                format!(
+                    "column {} is not nullable but the record has no value for it",
+                    column.name
+                ),
+            )),
+        }
+    }
+
+    /// The record's text for a dead letter: the line, or the CSV record re-encoded.
+    pub(crate) fn raw(&self, payload: &Payload) -> String {
+        match payload {
+            Payload::Json(line) => String::from_utf8_lossy(line).into_owned(),
+            Payload::Csv(record) => {
+                let mut writer = csv::WriterBuilder::new()
+                    .delimiter(self.delimiter)
+                    .flexible(true)
+                    .terminator(csv::Terminator::Any(b'\n'))
+                    .from_writer(Vec::new());
+                let encoded = writer
+                    .write_byte_record(record)
+                    .ok()
+                    .and_then(|()| writer.into_inner().ok());
+                match encoded {
+                    Some(mut bytes) => {
+                        if bytes.last() == Some(&b'\n') {
+                            bytes.pop();
+                        }
+                        String::from_utf8_lossy(&bytes).into_owned()
+                    }
+                    None => format!("{record:?}"),
+                }
+            }
+        }
+    }
+}
+
+/// Whether a payload can seed inference: a JSON object, or any CSV record.
+pub(crate) fn can_infer_from(payload: &Payload) -> bool {
+    match payload {
+        Payload::Csv(_) => true,
+        Payload::Json(line) => matches!(
+            serde_json::from_slice::<JsonValue>(line),
+            Ok(JsonValue::Object(_))
+        ),
+    }
+}
+
+fn infer_type(value: &JsonValue) -> ColumnType {
+    match value {
+        JsonValue::Bool(_) => ColumnType::Bool,
+        JsonValue::Number(number) if number.is_i64() => ColumnType::I64,
+        JsonValue::Number(_) => ColumnType::F64,
+        JsonValue::Null | JsonValue::String(_) => ColumnType::Text,
+        JsonValue::Array(_) | JsonValue::Object(_) => ColumnType::Json,
+    }
+}
+
+fn json_kind(value: &JsonValue) -> &'static str {
+    match value {
+        JsonValue::Null => "null",
+        JsonValue::Bool(_) => "boolean",
+        JsonValue::Number(_) => "number",
+        JsonValue::String(_) => "string",
+        JsonValue::Array(_) => "array",
+        JsonValue::Object(_) => "object",
+    }
+}
+
+fn cast_error(found: &str, column_type: ColumnType, detail: impl std::fmt::Display) -> Refusal {
+    Refusal::new(
+        "ingest.cast",
+        format!("cannot cast {found} to {column_type}: {detail}"),
+    )
+}
+
+/// A JSON value as a column type.
+fn convert_json(value: &JsonValue, column_type: ColumnType) -> Result<Value, Refusal> {
+    match (value, column_type) {
+        (JsonValue::String(text), _) => convert_text_exact(text, column_type),
+        (_, ColumnType::Json) => Ok(Value::Json(Json::from_value(value))),
+        (_, ColumnType::Text) => Ok(Value::Text(value.to_string())),
+        (JsonValue::Bool(flag), ColumnType::Bool) => Ok(Value::Bool(*flag)),
+        (JsonValue::Number(number), ColumnType::I64) => number
+            .as_i64()
+            .map(Value::I64)
+            .ok_or_else(|| cast_error(&number.to_string(), column_type, "not a 64-bit integer")),
+        (JsonValue::Number(number), ColumnType::F64) => number
+            .as_f64()
+            .map(Value::F64)
+            .ok_or_else(|| cast_error(&number.to_string(), column_type, "out of range")),
+        (JsonValue::Number(number), ColumnType::Decimal) => Decimal::parse(&number.to_string())
+            .map(Value::Decimal)
+            .map_err(|error| cast_error(&number.to_string(), column_type, error)),
+        (other, _) => Err(cast_error(
+            &format!("a JSON {}", json_kind(other)),
+            column_type,
+            "no such cast",
+        )),
+    }
+}
+
+/// CSV text as a column type: the empty field is NULL except in text columns.
+fn convert_text(text: &str, column_type: ColumnType) -> Result<Option<Value>, Refusal> {
+    if text.is_empty() && column_type != ColumnType::Text {
+        return Ok(None);
+    }
+    if column_type == ColumnType::Json {
+        return Json::parse(text)
+            .map(|json| Some(Value::Json(json)))
+            .map_err(|error| cast_error("the text", column_type, error));
+    }
+    convert_text_exact(text, column_type).map(Some)
+}
+
+/// A string as a column type (a JSON string is a JSON document for json columns).
+fn convert_text_exact(text: &str, column_type: ColumnType) -> Result<Value, Refusal> {
+    let shown = || {
+        let short: String = text.chars().take(40).collect();
+        format!("{short:?}")
+    };
+    Ok(match column_type {
+        ColumnType::Text => Value::Text(text.to_string()),
+        ColumnType::Json => Value::Json(Json::from_value(&JsonValue::String(text.to_string()))),
+        ColumnType::I64 => Value::I64(
+            text.trim()
+                .parse()
+                .map_err(|error| cast_error(&shown(), column_type, error))?,
+        ),
+        ColumnType::F64 => Value::F64(
+            text.trim()
+                .parse()
+                .map_err(|error| cast_error(&shown(), column_type, error))?,
+        ),
+        ColumnType::Bool => match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "t" | "1" | "yes" | "y" => Value::Bool(true),
+            "false" | "f" | "0" | "no" | "n" => Value::Bool(false),
+            _ => return Err(cast_error(&shown(), column_type, "not a boolean")),
+        },
+        ColumnType::Decimal => Value::Decimal(
+            Decimal::parse(text.trim())
+                .map_err(|error| cast_error(&shown(), column_type, error))?,
+        ),
+        ColumnType::Bytes => match text.strip_prefix("\\x") {
+            Some(hex) => Value::Bytes(
+                decode_hex(hex).ok_or_else(|| cast_error(&shown(), column_type, "invalid hex"))?,
+            ),
+            None => Value::Bytes(text.as_bytes().to_vec()),
+        },
+        ColumnType::Uuid => Value::Uuid(
+            Uuid::parse(text.trim()).map_err(|error| cast_error(&shown(), column_type, error))?,
+        ),
+        ColumnType::Date => Value::Date(
+            Date::parse(text.trim()).map_err(|error| cast_error(&shown(), column_type, error))?,
+        ),
+        ColumnType::Timestamp => Value::Timestamp(
+            Timestamp::parse(text.trim())
+                .map_err(|error| cast_error(&shown(), column_type, error))?,
+        ),
+        ColumnType::TimestampTz => Value::TimestampTz(
+            TimestampTz::parse(text.trim())
+                .map_err(|error| cast_error(&shown(), column_type, error))?,
+        ),
+    })
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|index| u8::from_str_radix(hex.get(index..index + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn casts_refuse_rather_than_guess() {
+        assert_eq!(
+            convert_json(&serde_json::json!(7), ColumnType::F64).ok(),
+            Some(Value::F64(7.0))
+        );
+        assert!(convert_json(&serde_json::json!(7.5), ColumnType::I64).is_err());
+        assert!(convert_json(&serde_json::json!("x"), ColumnType::I64).is_err());
+        assert_eq!(
+            convert_text("", ColumnType::I64).ok(),
+            Some(None),
+            "empty CSV field is NULL"
+        );
+        assert_eq!(
+            convert_text("", ColumnType::Text).ok(),
+            Some(Some(Value::Text(String::new())))
+        );
+        assert_eq!(
+            convert_text("\\x00ff", ColumnType::Bytes).ok(),
+            Some(Some(Value::Bytes(vec![0, 255])))
+        );
+        assert!(convert_text("maybe", ColumnType::Bool).is_err());
+        assert_eq!(
+            convert_json(&serde_json::json!({"a": 1}), ColumnType::Text).ok(),
+            Some(Value::Text("{\"a\":1}".into()))
+        );
+    }
+}

@@ -1,0 +1,893 @@
+//! `sluice ingest`: moves records from files or standard input into a database table through
+//! the sink, exactly once by default.
+//!
+//! Pipeline: a reader thread frames records (`format`), maps them to rows or refusals
+//! (`mapping`) and hands chunks to the async loop, which writes rows (`Sink::write`), sends
+//! refused records to the dead letters (`Sink::reject`) and checkpoints every
+//! `checkpoint_interval_ms`: `pre_commit(id, position)` then `commit(id)`, where the position
+//! (`source::Position`: file and byte offset of the next record) commits in the same
+//! transaction as the rows and dead letters before it (`delivery = "transactional_marker"`).
+//! A restart recovers with `Resume::Committed` and seeks the source to the committed position,
+//! so a record is never written twice nor skipped.
+//!
+//! Standard input cannot be re-read after a restart, so it is ingested at least once (a note
+//! says so). `--at-least-once` stores no position: a restarted run starts from the beginning.
+
+mod format;
+mod mapping;
+mod progress;
+mod source;
+
+use anyhow::{Context, Result, anyhow};
+use format::{Frame, Framer};
+use mapping::{ColumnConfig, Mapper};
+use progress::Progress;
+use sluice_sink::{
+    BackendError, CreateTable, Delivery, Mode, Op, Rejected, Resume, Row, Sink, SinkBackend,
+    SinkConfigBuilder, SinkError, SinkId,
+};
+use source::{Format, Input, Position};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Records per chunk handed from the reader to the sink, at most.
+const CHUNK_RECORDS_MAX: usize = 2_048;
+/// Raw bytes per chunk, at most (well under the sink's default 64 MiB buffer).
+const CHUNK_BYTES_MAX: usize = 4 << 20;
+/// A chunk is handed over at the latest this long after its first record.
+const CHUNK_INTERVAL: Duration = Duration::from_millis(50);
+/// Exit code of a bad usage or configuration.
+const EXIT_USAGE: u8 = 2;
+/// Exit code of a run stopped by SIGINT or SIGTERM at a checkpoint (128 + SIGINT).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// The write mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum IngestMode {
+    /// Append every record.
+    Insert,
+    /// Insert or replace by `--key`.
+    Upsert,
+    /// Delete by `--key`.
+    Delete,
+}
+
+/// `sluice ingest` arguments; each overrides the same key of `--config`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct IngestArgs {
+    /// A file, a glob (`data/*.ndjson.gz`), or `-` for standard input.
+    #[arg(long)]
+    from: Option<String>,
+    /// `sqlite://PATH` or `postgres://user@host/db`.
+    #[arg(long)]
+    into: Option<String>,
+    /// The target table.
+    #[arg(long)]
+    table: Option<String>,
+    /// Key columns, comma-separated (required by upsert and delete).
+    #[arg(long, value_delimiter = ',')]
+    key: Option<Vec<String>>,
+    /// How records change the table.
+    #[arg(long, value_enum)]
+    mode: Option<IngestMode>,
+    /// Record format; by default from the file extension.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// CSV field delimiter: one ASCII character, or `tab`.
+    #[arg(long)]
+    delimiter: Option<String>,
+    /// A pipeline file (TOML): these keys, `[sink]` (the sink's configuration) and
+    /// `[columns]` (the mapping).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Plain batches instead of exactly-once delivery; no position is stored, so a restart
+    /// starts from the beginning.
+    #[arg(long)]
+    at_least_once: bool,
+    /// Checkpoint interval in milliseconds, 1 to 3,600,000. Default: 1,000.
+    #[arg(long)]
+    checkpoint_interval_ms: Option<u64>,
+    /// Serve Prometheus metrics on this address (for example 127.0.0.1:9187).
+    #[arg(long)]
+    metrics_listen: Option<String>,
+}
+
+/// The pipeline file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    from: Option<String>,
+    into: Option<String>,
+    table: Option<String>,
+    key: Option<Vec<String>>,
+    mode: Option<IngestMode>,
+    format: Option<Format>,
+    delimiter: Option<String>,
+    at_least_once: Option<bool>,
+    checkpoint_interval_ms: Option<u64>,
+    metrics_listen: Option<String>,
+    sink: Option<SinkConfigBuilder>,
+    columns: Option<BTreeMap<String, ColumnConfig>>,
+}
+
+/// A bad usage or configuration: the key and the problem. Exit code 2.
+#[derive(Debug)]
+pub(crate) struct UsageError {
+    key: String,
+    problem: String,
+}
+
+impl UsageError {
+    pub(crate) fn new(key: &str, problem: impl Into<String>) -> UsageError {
+        UsageError {
+            key: key.to_string(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}: {}", self.key, self.problem)
+    }
+}
+
+enum Target {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+/// Everything resolved and validated before anything is opened.
+struct Plan {
+    source: String,
+    inputs: Vec<Input>,
+    format: Format,
+    delimiter: u8,
+    target: Target,
+    table: String,
+    key: Vec<String>,
+    op: Op,
+    columns: Option<BTreeMap<String, ColumnConfig>>,
+    sink: SinkConfigBuilder,
+    checkpoint_interval: Duration,
+    metrics_listen: Option<std::net::SocketAddr>,
+    stdin: bool,
+}
+
+fn required(value: Option<String>, key: &str, flag: &str) -> Result<String, UsageError> {
+    value.ok_or_else(|| {
+        UsageError::new(
+            key,
+            format!("missing: pass {flag} or set {key} in --config"),
+        )
+    })
+}
+
+fn plan(args: IngestArgs) -> Result<Plan, UsageError> {
+    let file = match &args.config {
+        None => PipelineFile::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                UsageError::new("config", format!("cannot read {}: {error}", path.display()))
+            })?;
+            toml::from_str(&text).map_err(|error| {
+                UsageError::new(
+                    "config",
+                    format!("{}: {}", path.display(), error.to_string().trim_end()),
+                )
+            })?
+        }
+    };
+    let source = required(args.from.or(file.from), "from", "--from")?;
+    let into = required(args.into.or(file.into), "into", "--into")?;
+    let table = required(args.table.or(file.table), "table", "--table")?;
+    sluice_sink::Ident::new(&table).map_err(|error| UsageError::new("table", error.to_string()))?;
+    let key = args.key.or(file.key).unwrap_or_default();
+    let mode = args.mode.or(file.mode).unwrap_or(IngestMode::Insert);
+    let (op, sink_mode) = match mode {
+        IngestMode::Insert => (Op::Insert, Mode::Insert),
+        IngestMode::Upsert => (Op::Upsert, Mode::Upsert),
+        IngestMode::Delete => (Op::Delete, Mode::Delete),
+    };
+    if sink_mode.is_keyed() && key.is_empty() {
+        return Err(UsageError::new(
+            "key",
+            format!("mode {} needs key columns (--key a,b)", sink_mode.name()),
+        ));
+    }
+    let delimiter = match args.delimiter.or(file.delimiter).as_deref() {
+        None => b',',
+        Some("tab" | "\\t" | "\t") => b'\t',
+        Some(text) if text.len() == 1 && text.is_ascii() && text != "\"" && text != "\n" => {
+            text.as_bytes()[0]
+        }
+        Some(text) => {
+            return Err(UsageError::new(
+                "delimiter",
+                format!(
+                    "{text:?} must be one ASCII character other than a quote or newline, or \"tab\""
+                ),
+            ));
+        }
+    };
+    let target = if let Some(path) = into.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(UsageError::new(
+                "into",
+                "sqlite:// needs a path: sqlite://PATH",
+            ));
+        }
+        Target::Sqlite(PathBuf::from(path))
+    } else if into.starts_with("postgres://") || into.starts_with("postgresql://") {
+        Target::Postgres(into)
+    } else {
+        // The URL may hold a password: name only its scheme.
+        let scheme = into
+            .split_once("://")
+            .map_or("(none)", |(scheme, _)| scheme);
+        return Err(UsageError::new(
+            "into",
+            format!("unsupported scheme {scheme:?}: use sqlite://PATH or postgres://..."),
+        ));
+    };
+    let checkpoint_interval_ms = args
+        .checkpoint_interval_ms
+        .or(file.checkpoint_interval_ms)
+        .unwrap_or(1_000);
+    if !(1..=3_600_000).contains(&checkpoint_interval_ms) {
+        return Err(UsageError::new(
+            "checkpoint_interval_ms",
+            format!("{checkpoint_interval_ms} is out of range: allowed 1 to 3600000"),
+        ));
+    }
+    let metrics_listen = match args.metrics_listen.or(file.metrics_listen.clone()) {
+        None => None,
+        Some(text) => Some(text.parse().map_err(|error| {
+            UsageError::new(
+                "metrics_listen",
+                format!("{text:?} is not host:port: {error}"),
+            )
+        })?),
+    };
+    let (inputs, format) = source::resolve(&source, args.format.or(file.format))?;
+    let stdin = matches!(inputs[0], Input::Stdin);
+    let at_least_once = args.at_least_once || file.at_least_once.unwrap_or(false) || stdin;
+    let mut sink = file.sink.unwrap_or_default();
+    if sink.mode.is_some_and(|configured| configured != sink_mode)
+        && args.mode.is_none()
+        && file.mode.is_none()
+    {
+        return Err(UsageError::new(
+            "sink.mode",
+            "set the mode with --mode or the top-level mode key",
+        ));
+    }
+    sink.mode = Some(sink_mode);
+    if sink.create_table.is_none() {
+        sink.create_table = Some(CreateTable::IfMissing);
+    }
+    if at_least_once {
+        sink.delivery = Some(Delivery::AtLeastOnce);
+    } else if sink
+        .delivery
+        .is_none_or(|delivery| !delivery.is_exactly_once())
+    {
+        sink.delivery = Some(Delivery::TransactionalMarker);
+    }
+    if sink.sink_id.is_none() {
+        let derived: String = format!("ingest-{table}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(sluice_sink::SINK_ID_BYTES_MAX)
+            .collect();
+        sink.sink_id = Some(
+            SinkId::new(&derived)
+                .map_err(|error| UsageError::new("sink.sink_id", error.to_string()))?,
+        );
+    }
+    // Validate the whole sink configuration now, before anything is opened.
+    sink.clone()
+        .build()
+        .map_err(|error| UsageError::new("sink", error.to_string()))?;
+    Ok(Plan {
+        source,
+        inputs,
+        format,
+        delimiter,
+        target,
+        table,
+        key,
+        op,
+        columns: file.columns,
+        sink,
+        checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
+        metrics_listen,
+        stdin,
+    })
+}
+
+/// What the reader thread hands over.
+struct Chunk {
+    rows: Vec<Row>,
+    rejected: Vec<Rejected>,
+    records: u64,
+    /// Where the record after this chunk starts.
+    position: Position,
+    /// Bytes of the input read so far (decompressed for gzip).
+    bytes_done: u64,
+}
+
+/// The reader's state: the inputs, the current one, frames read ahead during inference.
+struct Reader {
+    source: String,
+    inputs: Vec<Input>,
+    format: Format,
+    delimiter: u8,
+    index: usize,
+    framer: Option<Framer>,
+    pending: VecDeque<Frame>,
+    mapper: Mapper,
+    /// Bytes of the inputs before the current one.
+    bytes_before: u64,
+    position: Position,
+}
+
+/// Reads the first input far enough to build the mapper (inference needs a first record,
+/// CSV needs the header). Returns the mapper, the framer of the first input and the frames
+/// already read.
+fn prepare_mapper(plan: &MapperSpec) -> Result<(Mapper, Framer, VecDeque<Frame>), PrepareError> {
+    let input = &plan.input;
+    let (header, mut framer) = match plan.format {
+        Format::Csv => format::open_csv(input, 0, plan.delimiter)
+            .with_context(|| format!("reading {}", input.name()))?,
+        Format::Ndjson => (
+            Vec::new(),
+            format::open_lines(input, 0).with_context(|| format!("reading {}", input.name()))?,
+        ),
+    };
+    let mut pending = VecDeque::new();
+    let mut mapper = match &plan.columns {
+        Some(columns) => Mapper::declared(columns, &plan.key, plan.op, plan.delimiter)?,
+        None => loop {
+            let frame = framer
+                .next_frame()
+                .with_context(|| format!("reading {}", input.name()))?;
+            let Some(frame) = frame else {
+                return Err(UsageError::new(
+                    "columns",
+                    format!(
+                        "{} holds no record to infer the columns from: declare them in a [columns] table",
+                        input.name()
+                    ),
+                )
+                .into());
+            };
+            let usable = mapping::can_infer_from(&frame.payload);
+            pending.push_back(frame);
+            if usable {
+                let first = &pending.back().expect("just pushed").payload;
+                break Mapper::inferred(first, &header, &plan.key, plan.op, plan.delimiter)?;
+            }
+        },
+    };
+    if plan.format == Format::Csv {
+        mapper.set_header(&header)?;
+    }
+    Ok((mapper, framer, pending))
+}
+
+enum PrepareError {
+    Usage(UsageError),
+    Failed(anyhow::Error),
+}
+
+impl From<UsageError> for PrepareError {
+    fn from(error: UsageError) -> Self {
+        PrepareError::Usage(error)
+    }
+}
+
+impl From<anyhow::Error> for PrepareError {
+    fn from(error: anyhow::Error) -> Self {
+        PrepareError::Failed(error)
+    }
+}
+
+impl Reader {
+    /// Positions the reader after `committed` (or at the start).
+    fn seek(
+        &mut self,
+        committed: Option<&Position>,
+        reuse: Option<(Framer, VecDeque<Frame>)>,
+    ) -> Result<()> {
+        let Some(committed) = committed else {
+            let (framer, pending) = reuse.expect("the first input was opened to build the mapper");
+            self.framer = Some(framer);
+            self.pending = pending;
+            return Ok(());
+        };
+        let names: Vec<String> = self.inputs.iter().map(Input::name).collect();
+        let index = match names.iter().position(|name| *name == committed.path) {
+            Some(index) => index,
+            None => {
+                let next = names.iter().position(|name| *name > committed.path);
+                tracing::warn!(committed = %committed, "The committed file is not among the inputs; resuming at the next file in order.");
+                match next {
+                    Some(index) => {
+                        self.skip_to(index);
+                        self.open_current(0)?;
+                        return Ok(());
+                    }
+                    None => {
+                        self.index = self.inputs.len();
+                        self.position = committed.clone();
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        self.skip_to(index);
+        self.position = committed.clone();
+        self.open_current(committed.offset)
+    }
+
+    fn skip_to(&mut self, index: usize) {
+        for input in &self.inputs[..index] {
+            if let Input::File {
+                size, gzip: false, ..
+            } = input
+            {
+                self.bytes_before += size;
+            }
+        }
+        self.index = index;
+    }
+
+    fn open_current(&mut self, offset: u64) -> Result<()> {
+        let input = &self.inputs[self.index];
+        let framer = match self.format {
+            Format::Csv => {
+                let (header, framer) = format::open_csv(input, offset, self.delimiter)
+                    .with_context(|| format!("reading {}", input.name()))?;
+                self.mapper
+                    .set_header(&header)
+                    .map_err(|error| anyhow!("{}: {error}", input.name()))?;
+                framer
+            }
+            Format::Ndjson => format::open_lines(input, offset)
+                .with_context(|| format!("reading {}", input.name()))?,
+        };
+        self.framer = Some(framer);
+        Ok(())
+    }
+
+    /// The next frame of any input, or `None` when every input is done.
+    fn next_frame(&mut self) -> Result<Option<Frame>> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Ok(Some(frame));
+        }
+        loop {
+            if self.index >= self.inputs.len() {
+                return Ok(None);
+            }
+            if let Some(framer) = &mut self.framer {
+                let input = &self.inputs[self.index];
+                if let Some(frame) = framer
+                    .next_frame()
+                    .with_context(|| format!("reading {}", input.name()))?
+                {
+                    return Ok(Some(frame));
+                }
+                if let Input::File {
+                    size, gzip: false, ..
+                } = input
+                {
+                    self.bytes_before += size;
+                }
+                self.framer = None;
+                self.index += 1;
+                if self.index >= self.inputs.len() {
+                    return Ok(None);
+                }
+            }
+            self.open_current(0)?;
+            self.position = Position {
+                source: self.source.clone(),
+                path: self.inputs[self.index].name(),
+                offset: 0,
+            };
+        }
+    }
+
+    /// Reads, maps and hands over chunks until the inputs end or the receiver is gone.
+    fn run(mut self, sender: mpsc::Sender<Result<Chunk>>) {
+        loop {
+            let mut chunk = Chunk {
+                rows: Vec::new(),
+                rejected: Vec::new(),
+                records: 0,
+                position: self.position.clone(),
+                bytes_done: 0,
+            };
+            let mut bytes = 0usize;
+            let started = Instant::now();
+            let mut end = false;
+            while chunk.records < CHUNK_RECORDS_MAX as u64
+                && bytes < CHUNK_BYTES_MAX
+                && started.elapsed() < CHUNK_INTERVAL
+            {
+                let frame = match self.next_frame() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => {
+                        end = true;
+                        break;
+                    }
+                    Err(error) => {
+                        if chunk.records > 0 {
+                            chunk.position = self.position.clone();
+                            let _ = sender.blocking_send(Ok(chunk));
+                        }
+                        let _ = sender.blocking_send(Err(error));
+                        return;
+                    }
+                };
+                bytes += (frame.end - frame.start) as usize;
+                chunk.records += 1;
+                let path = self.inputs[self.index].name();
+                match self.mapper.map(&frame.payload) {
+                    Ok(row) => chunk.rows.push(row),
+                    Err(refusal) => chunk.rejected.push(Rejected {
+                        record: self.mapper.raw(&frame.payload),
+                        position: format!("{path}:{}", frame.start),
+                        code: refusal.code.to_string(),
+                        reason: refusal.reason,
+                    }),
+                }
+                self.position = Position {
+                    source: self.source.clone(),
+                    path,
+                    offset: frame.end,
+                };
+            }
+            chunk.position = self.position.clone();
+            chunk.bytes_done = self.bytes_before + self.position.offset;
+            if (chunk.records > 0 || end) && sender.blocking_send(Ok(chunk)).is_err() {
+                return;
+            }
+            if end {
+                return;
+            }
+        }
+    }
+}
+
+fn is_configuration_error(error: &SinkError) -> bool {
+    matches!(
+        error,
+        SinkError::Config(_)
+            | SinkError::Schema(_)
+            | SinkError::Ident(_)
+            | SinkError::KeyRequired { .. }
+            | SinkError::DeadLetterFile { .. }
+            | SinkError::Backend(BackendError::SchemaMismatch { .. })
+    )
+}
+
+fn usage(error: impl std::fmt::Display) -> Result<ExitCode> {
+    eprintln!("error: bad configuration: {error}");
+    Ok(ExitCode::from(EXIT_USAGE))
+}
+
+/// Runs `sluice ingest`.
+pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
+    let plan = match plan(args) {
+        Ok(plan) => plan,
+        Err(error) => return usage(error),
+    };
+    let config = plan.sink.clone().build().expect("validated by plan");
+    if plan.stdin {
+        eprintln!(
+            "note: reading standard input, which cannot be re-read after a restart: this run is at least once, and a restart does not resume where it stopped"
+        );
+    }
+    if let Some(address) = plan.metrics_listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(address)
+            .install()
+            .with_context(|| format!("serving metrics on {address}"))?;
+    }
+    let spec = MapperSpec {
+        input: plan.inputs[0].clone(),
+        format: plan.format,
+        delimiter: plan.delimiter,
+        key: plan.key.clone(),
+        op: plan.op,
+        columns: plan.columns.clone(),
+    };
+    let prepared = tokio::task::spawn_blocking(move || prepare_mapper(&spec))
+        .await
+        .context("the reader task")?;
+    let (mapper, framer, pending) = match prepared {
+        Ok(prepared) => prepared,
+        Err(PrepareError::Usage(error)) => return usage(error),
+        Err(PrepareError::Failed(error)) => return Err(error),
+    };
+    let schema = match mapper.schema(&plan.table, &plan.key) {
+        Ok(schema) => schema,
+        Err(error) => return usage(error),
+    };
+    let (backend, target_name): (Box<dyn SinkBackend>, String) = match &plan.target {
+        Target::Sqlite(path) => {
+            let options = sluice_sink_sqlite::SqliteSinkOptions::new(
+                sluice_sink_sqlite::Location::File(path.clone()),
+            );
+            let backend = sluice_sink_sqlite::SqliteBackend::open(&options)
+                .map_err(|error| anyhow!("opening {}: {error}", path.display()))?;
+            (Box::new(backend), format!("sqlite://{}", path.display()))
+        }
+        Target::Postgres(url) => {
+            let options = match sluice_sink_postgres::PostgresSinkOptions::for_sink(url, &config) {
+                Ok(options) => options,
+                Err(error) => return usage(UsageError::new("into", error.to_string())),
+            };
+            let target = options.target().to_string();
+            let backend = sluice_sink_postgres::PostgresBackend::connect(options)
+                .await
+                .map_err(|error| anyhow!("connecting to {target}: {error}"))?;
+            (Box::new(backend), format!("postgres {target}"))
+        }
+    };
+    let sink = match Sink::open(backend.as_ref(), schema, config).await {
+        Ok(sink) => sink,
+        Err(error) if is_configuration_error(&error) => {
+            return usage(format!("table {} in {target_name}: {error}", plan.table));
+        }
+        Err(error) => {
+            return Err(anyhow!(
+                "opening table {} in {target_name}: {error}",
+                plan.table
+            ));
+        }
+    };
+    let recovery = sink
+        .recover(None, Resume::Committed)
+        .await
+        .context("recovering the sink's committed position")?;
+    let mut next_checkpoint = recovery.checkpoint_id.map_or(1, |id| id + 1);
+    let committed = recovery.state.as_deref().and_then(Position::from_state);
+    let committed = match committed {
+        Some(position) if position.source == plan.source => Some(position),
+        Some(position) => {
+            eprintln!(
+                "note: table {} last committed a position of another source ({:?}); reading {:?} from the start",
+                plan.table, position.source, plan.source
+            );
+            None
+        }
+        None => None,
+    };
+    if let Some(position) = &committed {
+        eprintln!("resuming after the committed position: {position}");
+    }
+    let mut reader = Reader {
+        source: plan.source.clone(),
+        inputs: plan.inputs.clone(),
+        format: plan.format,
+        delimiter: plan.delimiter,
+        index: 0,
+        framer: None,
+        pending: VecDeque::new(),
+        mapper,
+        bytes_before: 0,
+        position: Position {
+            source: plan.source.clone(),
+            path: plan.inputs[0].name(),
+            offset: 0,
+        },
+    };
+    let reuse = if committed.is_none() {
+        Some((framer, pending))
+    } else {
+        None
+    };
+    let seek = tokio::task::spawn_blocking(move || {
+        reader.seek(committed.as_ref(), reuse).map(|()| reader)
+    })
+    .await
+    .context("the reader task")?;
+    let reader = match seek {
+        Ok(reader) => reader,
+        Err(error) => {
+            let _ = sink.close().await;
+            return Err(error);
+        }
+    };
+    let mut position = reader.position.clone();
+    let (sender, mut receiver) = mpsc::channel(4);
+    std::thread::Builder::new()
+        .name("sluice-ingest-reader".into())
+        .spawn(move || reader.run(sender))
+        .context("starting the reader thread")?;
+
+    let (stop_sender, mut stop) = watch::channel(None::<&'static str>);
+    tokio::spawn(async move {
+        let name = wait_for_signal().await;
+        let _ = stop_sender.send(Some(name));
+    });
+    let total_bytes = plan
+        .inputs
+        .iter()
+        .map(|input| match input {
+            Input::File {
+                size, gzip: false, ..
+            } => Some(*size),
+            _ => None,
+        })
+        .sum::<Option<u64>>();
+    let mut progress = Progress::new(total_bytes);
+    let started = Instant::now();
+    let mut records: u64 = 0;
+    let mut bytes_done: u64 = 0;
+    let mut dirty = false;
+    let mut committed_position: Option<Position> = None;
+    let mut ticker = tokio::time::interval(plan.checkpoint_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let records_counter =
+        metrics::counter!("sluice_ingest_records_read_total", "table" => plan.table.clone());
+    let bytes_counter =
+        metrics::counter!("sluice_ingest_bytes_read_total", "table" => plan.table.clone());
+    let rejected_counter =
+        metrics::counter!("sluice_ingest_records_rejected_total", "table" => plan.table.clone());
+    let mut outcome: Result<Option<&'static str>> = Ok(None);
+    loop {
+        tokio::select! {
+            biased;
+            changed = stop.changed() => {
+                if changed.is_ok() {
+                    outcome = Ok(*stop.borrow());
+                    break;
+                }
+            }
+            _ = ticker.tick() => {
+                if dirty {
+                    match checkpoint(&sink, next_checkpoint, &position).await {
+                        Ok(()) => {
+                            next_checkpoint += 1;
+                            committed_position = Some(position.clone());
+                            dirty = false;
+                        }
+                        Err(error) => {
+                            outcome = Err(error);
+                            break;
+                        }
+                    }
+                }
+            }
+            chunk = receiver.recv() => match chunk {
+                None => break,
+                Some(Err(error)) => {
+                    outcome = Err(error);
+                    break;
+                }
+                Some(Ok(chunk)) => {
+                    records += chunk.records;
+                    records_counter.increment(chunk.records);
+                    bytes_counter.increment(chunk.bytes_done.saturating_sub(bytes_done));
+                    rejected_counter.increment(chunk.rejected.len() as u64);
+                    bytes_done = chunk.bytes_done.max(bytes_done);
+                    let written = async {
+                        sink.write(chunk.rows).await?;
+                        sink.reject(chunk.rejected).await
+                    };
+                    if let Err(error) = written.await {
+                        outcome = Err(anyhow!(error).context("writing rows"));
+                        break;
+                    }
+                    if chunk.position != position {
+                        position = chunk.position;
+                        dirty = true;
+                    }
+                    let stats = sink.stats();
+                    progress.update(records, bytes_done, stats.rows_written, stats.rows_dead_lettered);
+                }
+            }
+        }
+    }
+    drop(receiver);
+    // What was read before a failure of the source (or a signal) is still committed.
+    let source_failed = outcome.is_err();
+    let sink_failed = sink.stats().rows_failed > 0;
+    if dirty && !sink_failed {
+        match checkpoint(&sink, next_checkpoint, &position).await {
+            Ok(()) => committed_position = Some(position.clone()),
+            Err(error) if !source_failed => outcome = Err(error),
+            Err(error) => tracing::error!(%error, "The final checkpoint failed."),
+        }
+    }
+    let closed = sink.close().await;
+    progress.finish();
+    let stats = sink.stats();
+    let elapsed = started.elapsed();
+    let status = match (&outcome, &closed) {
+        (Ok(None), Ok(())) => "done",
+        (Ok(Some(_)), Ok(())) => "stopped",
+        _ => "failed",
+    };
+    println!(
+        "ingest {status}: {} into table {} of {target_name}",
+        plan.source, plan.table
+    );
+    println!("  records read:   {records} ({bytes_done} bytes)");
+    println!("  rows written:   {}", stats.rows_written);
+    println!("  dead-lettered:  {}", stats.rows_dead_lettered);
+    println!(
+        "  duration:       {:.3} s ({:.0} records/s)",
+        elapsed.as_secs_f64(),
+        records as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
+    match (&committed_position, config_delivery_exactly_once(&sink)) {
+        (Some(position), true) => println!("  committed:      {position}"),
+        (None, true) => println!("  committed:      nothing new"),
+        (_, false) => println!("  committed:      no position (at least once)"),
+    }
+    let signal = outcome?;
+    closed.context("closing the sink")?;
+    match signal {
+        None => Ok(ExitCode::SUCCESS),
+        Some(name) => {
+            eprintln!("stopped by {name} at a checkpoint; run the same command again to resume");
+            Ok(ExitCode::from(EXIT_INTERRUPTED))
+        }
+    }
+}
+
+fn config_delivery_exactly_once(sink: &Sink) -> bool {
+    sink.config().delivery().is_exactly_once()
+}
+
+async fn checkpoint(sink: &Sink, id: u64, position: &Position) -> Result<()> {
+    sink.pre_commit(id, &position.to_state())
+        .await
+        .with_context(|| format!("checkpoint {id} at {position}"))?;
+    sink.commit(id)
+        .await
+        .with_context(|| format!("committing checkpoint {id}"))?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> &'static str {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot watch SIGTERM.");
+                let _ = tokio::signal::ctrl_c().await;
+                return "SIGINT";
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}
+
+/// What building the mapper needs, owned, for the blocking task.
+struct MapperSpec {
+    input: Input,
+    format: Format,
+    delimiter: u8,
+    key: Vec<String>,
+    op: Op,
+    columns: Option<BTreeMap<String, ColumnConfig>>,
+}
