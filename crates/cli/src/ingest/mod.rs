@@ -560,7 +560,12 @@ impl Reader {
                 };
             }
             chunk.position = self.position.clone();
-            chunk.bytes_done = self.bytes_before + self.position.offset;
+            // Past the last input, `bytes_before` already counts the file of the position.
+            chunk.bytes_done = if self.index >= self.inputs.len() {
+                self.bytes_before
+            } else {
+                self.bytes_before + self.position.offset
+            };
             if (chunk.records > 0 || end) && sender.blocking_send(Ok(chunk)).is_err() {
                 return;
             }
