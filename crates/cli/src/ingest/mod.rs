@@ -488,12 +488,14 @@ impl Reader {
                 {
                     return Ok(Some(frame));
                 }
-                if let Input::File {
-                    size, gzip: false, ..
-                } = input
-                {
-                    self.bytes_before += size;
-                }
+                // Plain files count their size (what the progress bar's total counts); gzip
+                // and standard input their decompressed bytes.
+                self.bytes_before += match input {
+                    Input::File {
+                        size, gzip: false, ..
+                    } => *size,
+                    _ => self.position.offset,
+                };
                 self.framer = None;
                 self.index += 1;
                 if self.index >= self.inputs.len() {
