@@ -105,10 +105,12 @@ fn event(id: i64) -> Row {
 /// Kills this process with SIGKILL now (the kill lands within a few milliseconds, while the
 /// caller goes on with what it was doing).
 fn kill_self_soon() {
-    Command::new("kill")
+    let mut kill = Command::new("kill")
         .args(["-KILL", &std::process::id().to_string()])
         .spawn()
         .expect("spawn kill");
+    // Reaped by a thread, so the caller goes on at once (until the signal lands).
+    std::thread::spawn(move || kill.wait());
 }
 
 /// Kills this process and waits for the signal.
