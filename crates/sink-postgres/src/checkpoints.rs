@@ -8,7 +8,10 @@
 //!   at the lane's first write of the checkpoint. `pre_commit(c, state)` upserts each writing
 //!   lane's progress row `(sink_id, writer_id, lane)` in its transaction and runs `PREPARE
 //!   TRANSACTION 'sluice:<sink_id>:<writer_id>:<c>:<lane>'`; `commit(c)` runs `COMMIT PREPARED`
-//!   for every pending gid up to `c`. A prepared transaction survives crashes of the writer and
+//!   for every pending gid up to `c`. While a lane's earlier checkpoint is still prepared, its
+//!   row is locked, so the next checkpoint writes the row `lane + 64` (then `+ 128`, ...)
+//!   instead of waiting for a commit that may only come after this `pre_commit` (see
+//!   [`progress_row`]). A prepared transaction survives crashes of the writer and
 //!   of the server; `recover(restored)` commits this writer's up to `restored` and rolls back
 //!   the later ones.
 //!
@@ -32,9 +35,9 @@ use deadpool_postgres::Object;
 use metrics::Gauge;
 use sluice_sink::{
     BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed, DeadLetter,
-    Delivery, ErrorClass, Ident, MetricName,
+    Delivery, ErrorClass, FLUSH_CONCURRENCY_LIMIT, Ident, MetricName,
 };
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -45,8 +48,26 @@ use tokio_postgres::error::SqlState;
 /// The savepoint around each batch.
 const SAVEPOINT: &str = "sluice_batch";
 
-/// This writer's prepared transactions: `(checkpoint, lane)`.
-type Pending = BTreeSet<(u64, u32)>;
+/// This writer's prepared transactions: `(checkpoint, lane)` -> the `lane` value of the
+/// progress row it holds (see [`progress_row`]).
+type Pending = BTreeMap<(u64, u32), u32>;
+
+/// The progress row `lane`'s transaction of a new checkpoint writes: `lane` itself, or `lane +
+/// 64 k` for the first `k` whose row no pending prepared transaction holds. A prepared
+/// transaction keeps the row it upserted locked until `COMMIT PREPARED`, so the next
+/// checkpoint's upsert of the same row would wait for the commit, which the caller may send only
+/// after this `pre_commit` returns.
+fn progress_row(pending: &Pending, lane: u32) -> u32 {
+    let stride = FLUSH_CONCURRENCY_LIMIT as u32;
+    (0..)
+        .map(|k| lane + stride * k)
+        .find(|row| {
+            !pending
+                .iter()
+                .any(|(&(_, pending_lane), held)| pending_lane == lane && held == row)
+        })
+        .expect("fewer pending transactions than rows")
+}
 
 /// What the writer shares with the at-least-once writer of the same table.
 pub(crate) struct Shared {
@@ -201,16 +222,20 @@ impl PostgresCheckpoints {
         Ok(slot.as_mut().expect("opened above"))
     }
 
-    /// Upserts `lane`'s progress row in the transaction on `client`.
+    /// Upserts the progress row `row` (a lane, see [`progress_row`]) in the transaction on
+    /// `client`.
     async fn record_progress(
         &self,
         client: &Object,
-        lane: u32,
+        row: u32,
         checkpoint_id: u64,
         state: &str,
     ) -> Result<(), BackendError> {
         let checkpoint = checkpoint_param(checkpoint_id)?;
-        let lane = i32::try_from(lane).expect("lanes are few");
+        let lane = i32::try_from(row).map_err(|_| BackendError::Fatal {
+            code: "postgres.no_lane",
+            message: format!("progress row {row} does not fit an integer column"),
+        })?;
         let statement = client
             .prepare_cached(&self.progress.upsert)
             .await
@@ -225,21 +250,22 @@ impl PostgresCheckpoints {
         Ok(())
     }
 
-    /// The checkpoint of `lane`'s progress row.
+    /// The highest checkpoint of `lane`'s progress rows.
     async fn lane_checkpoint(
         &self,
         client: &Object,
         lane: u32,
     ) -> Result<Option<u64>, BackendError> {
         let lane = i32::try_from(lane).unwrap_or(i32::MAX);
-        let row = client
-            .query_opt(
+        let checkpoint: Option<i64> = client
+            .query_one(
                 &self.progress.lane,
                 &[&self.sink_id, &self.writer_id, &lane],
             )
             .await
-            .map_err(|e| classify(&e))?;
-        Ok(row.and_then(|row| u64::try_from(row.get::<_, i64>(0)).ok()))
+            .map_err(|e| classify(&e))?
+            .get(0);
+        Ok(checkpoint.and_then(|checkpoint| u64::try_from(checkpoint).ok()))
     }
 
     /// Commits or rolls back the prepared transaction `gid` (of `checkpoint_id`, `lane`). One
@@ -298,7 +324,7 @@ impl PostgresCheckpoints {
     fn report_orphans(&self, pending: &Pending, checkpoint_id: u64) {
         let threshold = checkpoint_id.saturating_sub(2);
         let orphans: Vec<String> = pending
-            .iter()
+            .keys()
             .filter(|(checkpoint, _)| *checkpoint < threshold)
             .map(|&(checkpoint, lane)| gid(&self.prefix, checkpoint, lane))
             .collect();
@@ -318,11 +344,12 @@ impl PostgresCheckpoints {
     async fn prepare_lane(
         &self,
         lane: u32,
+        row: u32,
         mut tx: LaneTx,
         checkpoint_id: u64,
         state: &str,
     ) -> Result<(), (BackendError, bool)> {
-        self.record_progress(tx.session.client(), lane, checkpoint_id, state)
+        self.record_progress(tx.session.client(), row, checkpoint_id, state)
             .await
             .map_err(|error| (error, false))?;
         let gid = gid(&self.prefix, checkpoint_id, lane);
@@ -465,23 +492,29 @@ impl CheckpointWriter for PostgresCheckpoints {
                 open.push((u32::try_from(lane).expect("lanes are few"), tx));
             }
         }
-        let lanes: Vec<u32> = open.iter().map(|(lane, _)| *lane).collect();
+        let lanes: Vec<(u32, u32)> = open
+            .iter()
+            .map(|(lane, _)| (*lane, progress_row(&pending, *lane)))
+            .collect();
         let results = join_all(
             open.into_iter()
-                .map(|(lane, tx)| self.prepare_lane(lane, tx, checkpoint_id, state))
+                .zip(&lanes)
+                .map(|((lane, tx), &(_, row))| {
+                    self.prepare_lane(lane, row, tx, checkpoint_id, state)
+                })
                 .collect(),
         )
         .await;
         let mut first_error = None;
-        for (lane, result) in lanes.into_iter().zip(results) {
+        for ((lane, row), result) in lanes.into_iter().zip(results) {
             match result {
                 Ok(()) => {
-                    pending.insert((checkpoint_id, lane));
+                    pending.insert((checkpoint_id, lane), row);
                 }
                 Err((error, maybe_prepared)) => {
                     if maybe_prepared {
                         // Rolled back by `abort`, or resolved by `recover`.
-                        pending.insert((checkpoint_id, lane));
+                        pending.insert((checkpoint_id, lane), row);
                     }
                     first_error.get_or_insert(error);
                 }
@@ -497,7 +530,7 @@ impl CheckpointWriter for PostgresCheckpoints {
         }
         let mut pending = self.pending.lock().await;
         let due: Vec<(u64, u32)> = pending
-            .iter()
+            .keys()
             .copied()
             .filter(|(checkpoint, _)| *checkpoint <= checkpoint_id)
             .collect();
@@ -519,7 +552,7 @@ impl CheckpointWriter for PostgresCheckpoints {
         self.roll_back_open().await;
         let mut pending = self.pending.lock().await;
         let due: Vec<(u64, u32)> = pending
-            .iter()
+            .keys()
             .copied()
             .filter(|(checkpoint, _)| *checkpoint >= checkpoint_id)
             .collect();
@@ -601,5 +634,37 @@ impl CheckpointWriter for PostgresCheckpoints {
                 })
             })
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lane_with_a_pending_checkpoint_writes_the_next_free_progress_row() {
+        let mut pending = Pending::new();
+        assert_eq!(progress_row(&pending, 0), 0);
+        assert_eq!(progress_row(&pending, 3), 3);
+        pending.insert((1, 0), 0);
+        pending.insert((1, 3), 3);
+        assert_eq!(progress_row(&pending, 0), 64);
+        assert_eq!(progress_row(&pending, 1), 1);
+        pending.insert((2, 0), 64);
+        assert_eq!(progress_row(&pending, 0), 128);
+        // Committing checkpoint 1 frees its row.
+        pending.remove(&(1, 0));
+        assert_eq!(progress_row(&pending, 0), 0);
+    }
+
+    #[tokio::test]
+    async fn join_all_keeps_the_order() {
+        let futures: Vec<_> = (0..5_u64)
+            .map(|n| async move {
+                tokio::task::yield_now().await;
+                n * 2
+            })
+            .collect();
+        assert_eq!(join_all(futures).await, [0, 2, 4, 6, 8]);
     }
 }

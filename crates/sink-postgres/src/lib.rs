@@ -1,6 +1,7 @@
 //! The PostgreSQL backend of the Sluice sink: binary COPY for inserts, COPY into a per-connection
 //! staging table plus one `DELETE ... USING` / `INSERT ... ON CONFLICT` for keyed modes, every
-//! batch one transaction on one connection of a deadpool-postgres pool.
+//! batch one transaction on one connection of a deadpool-postgres pool; or, for exactly-once
+//! delivery, checkpoint-aligned transactions (see [Exactly-once delivery](#exactly-once-delivery)).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,12 +36,80 @@
 //!   column> = EXCLUDED...` (`DO NOTHING` when every column is part of the key). Table columns
 //!   outside the schema keep their values on update and take their defaults on insert.
 //!
-//! Each batch is one transaction (`BEGIN`, record `txid_current()`, COPY, statements,
-//! `COMMIT`), so it is written whole or not at all, which the engine's retries and bisection
-//! rely on. COPY has no parameter limit: a batch is never split. When the connection breaks
+//! At-least-once, each batch is one transaction (`BEGIN`, record `txid_current()`, COPY,
+//! statements, `COMMIT`), so it is written whole or not at all, which the engine's retries and
+//! bisection rely on. COPY has no parameter limit: a batch is never split. When the connection breaks
 //! during `COMMIT`, the writer asks the server whether that transaction committed before
 //! reporting anything (see [`PostgresBackend`]), so a retry never duplicates a batch that did
 //! commit.
+//!
+//! # Exactly-once delivery
+//!
+//! With `delivery = "transactional_marker"` or `"two_phase"` (and a `sink_id`), batches go into
+//! transactions that stay open until the checkpoint barrier, next to a progress table
+//! (`progress_table`, default `sluice_sink_progress`, created if missing at `prepare`):
+//! `(sink_id text, writer_id integer, lane integer, checkpoint_id bigint, state text,
+//! committed_at timestamptz)`, primary key `(sink_id, writer_id, lane)`.
+//!
+//! | | `transactional_marker` | `two_phase` |
+//! |---|---|---|
+//! | Transactions | one per checkpoint, on one held connection; the lanes take turns on it | one per lane and checkpoint, each on a pooled connection the lane holds, opened at its first write |
+//! | `pre_commit(c, state)` | upserts the progress row `(sink_id, writer_id, 0)` and `COMMIT`s: rows visible | upserts each writing lane's progress row and runs `PREPARE TRANSACTION 'sluice:<sink_id>:<writer_id>:<c>:<lane>'`: rows durable, invisible |
+//! | `commit(c)` | nothing | `COMMIT PREPARED` of every pending transaction up to `c` |
+//! | `abort(c)` | rolls back the open transaction (committed checkpoints stay) | rolls back the open transactions and `ROLLBACK PREPARED` from `c` on |
+//! | `recover(restored)` | drops any open transaction; returns the progress row | commits this writer's prepared transactions up to `restored`, rolls back the later ones (all of them without `restored`); returns the highest progress row |
+//! | Needs | nothing more | `max_prepared_transactions >= 2 x flush_concurrency` and `pool_connections_max >= flush_concurrency + 1`, checked before anything is created |
+//!
+//! Common to both:
+//!
+//! - **Savepoints.** Each batch runs inside `SAVEPOINT sluice_batch`: a row error (SQLSTATE
+//!   classes 22 and 23) rolls back to it and is returned as a row error, so the engine bisects
+//!   inside the open transaction; the good rows and the dead letters (which go into the same
+//!   lane transaction) commit with the checkpoint. Values refused before sending are reported
+//!   in the batch outcome, as in at-least-once mode. Each batch is a subtransaction: past 64 of
+//!   them in one open transaction, PostgreSQL's snapshot checks get slower for every session
+//!   until it ends (the subtransaction cache overflows), so keep checkpoints to a few dozen
+//!   batches per lane.
+//! - **Keyed rows go through arrays.** `PREPARE TRANSACTION` refuses a transaction that
+//!   touched a temporary table, so exactly-once writes do not use the staging table: the same
+//!   `DELETE ... USING` and `INSERT ... ON CONFLICT` read the batch from `unnest($1::<type>[],
+//!   ...)`, one array parameter per column. Insert mode COPYs straight into the table, as
+//!   always.
+//! - **Lost transactions.** Any error other than a row error loses the open transaction: its
+//!   connection is closed (the server rolls back) and the engine fails the sink; the caller
+//!   recovers. A connection inside a transaction never goes back to the pool: it is detached
+//!   and closed when its writer is dropped, a call is cancelled or an error leaves it unsure.
+//!   The pool's recycling checks only that a connection is open, so this is what keeps a later
+//!   batch from committing someone else's half-written transaction.
+//! - **Only this writer's prepared transactions are touched.** Recovery lists
+//!   `pg_prepared_xacts` of the current database whose gid starts with exactly
+//!   `sluice:<sink_id>:<writer_id>:` (`starts_with`, not `LIKE`: `_` in a sink id is a
+//!   wildcard there) and whose rest is `<checkpoint>:<lane>` in canonical decimal; anything
+//!   else is left alone.
+//! - **A gid that is gone.** When `COMMIT PREPARED` finds no such transaction (someone finished
+//!   it by hand, or an earlier answer was lost), the lane's progress rows say what happened:
+//!   at or past the checkpoint, it was committed and `commit` succeeds; otherwise the checkpoint
+//!   was rolled back behind the sink's back and `commit` fails with `postgres.prepared_vanished`.
+//! - **Overlapping checkpoints (two-phase).** A prepared transaction keeps the progress row it
+//!   upserted locked until it commits, so while a lane's checkpoint awaits `COMMIT PREPARED`,
+//!   the lane's next checkpoint upserts the row `lane + 64` (then `+ 128`, ...) instead of
+//!   waiting; a lane's progress is the highest checkpoint of its rows. Prepared transactions
+//!   more than two checkpoints old are logged and counted in
+//!   `sluice_sink_orphaned_prepared_transactions`. Rows (not the progress) of a keyed table
+//!   that a prepared checkpoint changed stay locked until its commit too: a later checkpoint
+//!   changing the same keys waits for that `commit`.
+//!
+//! Exactly-once error codes: `postgres.max_prepared_transactions`, `postgres.pool_too_small`
+//! (refused at `prepare`), `postgres.prepared_vanished`, `postgres.prepared_committed` (a
+//! prepared transaction to roll back was committed by someone else),
+//! `postgres.checkpoint_commit_unknown` (the marker's `COMMIT` lost its answer; recovery reads
+//! the progress row), `postgres.state_nul`, `postgres.checkpoint_id_range`.
+//!
+//! # Pool metrics
+//!
+//! Every connection taken from the pool records `sluice_sink_pool_acquire_duration_seconds`
+//! and sets `sluice_sink_pool_connections_active` / `_idle`, labelled with the table and
+//! `backend = "postgres"` (per batch or checkpoint step, never per row).
 //!
 //! # How values are stored
 //!

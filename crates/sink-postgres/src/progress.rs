@@ -4,7 +4,10 @@
 //! The progress table holds one row per `(sink_id, writer_id, lane)`: the last checkpoint whose
 //! rows that lane committed, with the caller's state. `transactional_marker` writes lane 0 in
 //! the checkpoint's one transaction; `two_phase` writes each lane's row in that lane's prepared
-//! transaction, so the row becomes visible exactly when the lane's rows do. Its name is
+//! transaction, so the row becomes visible exactly when the lane's rows do. A prepared
+//! transaction holds its row locked until it commits, so while a lane's checkpoint awaits its
+//! commit, the lane's next checkpoint writes the row `lane + 64` (64 being the most lanes a
+//! sink has), and so on: a lane's progress is the highest checkpoint of its rows. Its name is
 //! always quoted and every value is a bound parameter.
 //!
 //! A prepared transaction's global id is `sluice:<sink_id>:<writer_id>:<checkpoint>:<lane>`.
@@ -15,7 +18,7 @@
 
 use crate::error::classify;
 use crate::table::{lock_name, relation, relation_kind_name};
-use sluice_sink::{BackendError, Ident, SinkId};
+use sluice_sink::{BackendError, FLUSH_CONCURRENCY_LIMIT, Ident, SinkId};
 use tokio_postgres::Transaction;
 use tokio_postgres::types::Type;
 
@@ -28,7 +31,8 @@ pub(crate) struct ProgressSql {
     pub(crate) upsert: String,
     /// `$1` sink id, `$2` writer id: the highest checkpoint and its state.
     pub(crate) latest: String,
-    /// `$1` sink id, `$2` writer id, `$3` lane: that lane's checkpoint.
+    /// `$1` sink id, `$2` writer id, `$3` lane: the highest checkpoint of that lane's rows
+    /// (`lane`, `lane + 64`, ...), NULL when there is none.
     pub(crate) lane: String,
 }
 
@@ -58,8 +62,9 @@ impl ProgressSql {
                  ORDER BY \"checkpoint_id\" DESC, \"lane\" LIMIT 1"
             ),
             lane: format!(
-                "SELECT \"checkpoint_id\" FROM {table} \
-                 WHERE \"sink_id\" = $1 AND \"writer_id\" = $2 AND \"lane\" = $3"
+                "SELECT max(\"checkpoint_id\") FROM {table} \
+                 WHERE \"sink_id\" = $1 AND \"writer_id\" = $2 AND \"lane\" % {} = $3",
+                FLUSH_CONCURRENCY_LIMIT
             ),
         }
     }
@@ -207,5 +212,6 @@ mod tests {
         );
         assert!(sql.upsert.contains("VALUES ($1, $2, $3, $4, $5, now())"));
         assert!(sql.latest.contains("ORDER BY \"checkpoint_id\" DESC"));
+        assert!(sql.lane.ends_with("AND \"lane\" % 64 = $3"), "{}", sql.lane);
     }
 }

@@ -335,6 +335,55 @@ async fn two_phase_commits_at_commit() {
     assert_eq!(lanes, [(0, 2), (1, 2)]);
 }
 
+/// Two-phase checkpoints may overlap: the next checkpoint is pre-committed while the previous
+/// one still awaits its commit. The prepared transaction keeps its progress row locked, so the
+/// lane records the next checkpoint in its second row instead of waiting; `commit` of the later
+/// checkpoint commits both in order, and recovery reads the highest of the lane's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_phase_checkpoints_may_overlap() {
+    let Some(db) = TestDb::start(SUITE).await else {
+        return;
+    };
+    let schema = events_schema("overlap_events", false);
+    let config = || config(Delivery::TwoPhase, "ov").flush_concurrency(1);
+    let sink = open(&db.backend, &schema, config()).await;
+    sink.recover(None, Resume::Committed).await.unwrap();
+    sink.write(inserts(0..10)).await.unwrap();
+    sink.pre_commit(1, "10").await.unwrap();
+    sink.write(inserts(10..20)).await.unwrap();
+    sink.pre_commit(2, "20").await.unwrap();
+    sink.write(inserts(20..30)).await.unwrap();
+    let third = sink.pre_commit(3, "30").await.unwrap();
+    assert_eq!(
+        prepared(&db.admin).await,
+        ["sluice:ov:0:1:0", "sluice:ov:0:2:0", "sluice:ov:0:3:0"]
+    );
+    assert_eq!(count(&db.admin, "overlap_events").await, 0);
+    sink.commit(2).await.unwrap();
+    assert_eq!(count(&db.admin, "overlap_events").await, 20);
+    assert_eq!(prepared(&db.admin).await, ["sluice:ov:0:3:0"]);
+    // Checkpoint 3 is left prepared, as by a crash before its commit.
+    drop(sink);
+    let rows: Vec<(i32, i64)> = db
+        .admin
+        .query(
+            "SELECT lane, checkpoint_id FROM sluice_sink_progress WHERE sink_id = 'ov' ORDER BY lane",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(rows, [(0, 1), (64, 2)]);
+    let sink = open(&db.backend, &schema, config()).await;
+    let recovery = sink.recover(Some(&third), Resume::Committed).await.unwrap();
+    assert_eq!(recovery.checkpoint_id, Some(3));
+    sink.close().await.unwrap();
+    assert!(prepared(&db.admin).await.is_empty());
+    assert_each_once(&id_counts(&db, &schema).await, 0..30);
+}
+
 /// PostgreSQL crashes between `pre_commit` and `commit`: the prepared transactions survive the
 /// restart, and a new process's `recover` commits them (and rolls nothing else back); no
 /// `sluice:` prepared transaction is left. Runs on a cluster of its own.
