@@ -25,7 +25,7 @@
 use crate::config::{Delivery, SinkId};
 use crate::error::SinkError;
 use crate::sink::{LaneMessage, Sink};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::sync::oneshot;
 
@@ -91,6 +91,10 @@ struct ControlState {
 pub(crate) struct CheckpointControl {
     delivery: Delivery,
     phase: AtomicU8,
+    /// The last pre-committed checkpoint plus one (0: none), readable by `commit` without the
+    /// mutex: `commit(c)` may come while `pre_commit(c + 1)` waits at its barrier (and a
+    /// two-phase lane may wait there for `commit(c)` to release a key).
+    last_plus_one: AtomicU64,
     state: tokio::sync::Mutex<ControlState>,
 }
 
@@ -104,6 +108,7 @@ impl CheckpointControl {
         CheckpointControl {
             delivery,
             phase: AtomicU8::new(phase as u8),
+            last_plus_one: AtomicU64::new(0),
             state: tokio::sync::Mutex::new(ControlState {
                 recovered: false,
                 last: None,
@@ -122,6 +127,18 @@ impl CheckpointControl {
 
     fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::SeqCst);
+    }
+
+    fn set_last(&self, state: &mut ControlState, last: Option<u64>) {
+        state.last = last;
+        self.last_plus_one.store(
+            last.map_or(0, |last| last.saturating_add(1)),
+            Ordering::SeqCst,
+        );
+    }
+
+    fn last(&self) -> Option<u64> {
+        self.last_plus_one.load(Ordering::SeqCst).checked_sub(1)
     }
 
     /// The checkpoint after the last pre-committed one (for rolling back what follows it).
@@ -176,7 +193,7 @@ impl Sink {
         };
         let Some(checkpoints) = shared.checkpoint_writer()? else {
             state.recovered = true;
-            state.last = restored_id;
+            control.set_last(&mut state, restored_id);
             return Ok(recovery);
         };
         let committed = checkpoints
@@ -184,7 +201,7 @@ impl Sink {
             .await
             .map_err(SinkError::Backend)?;
         let mut phase = Phase::Running;
-        state.last = restored_id;
+        control.set_last(&mut state, restored_id);
         if control.delivery == Delivery::TransactionalMarker {
             let committed_id = committed.as_ref().map(|committed| committed.checkpoint_id);
             if let Some(restored_id) = restored_id
@@ -206,7 +223,7 @@ impl Sink {
                         phase = Phase::Skipping;
                     }
                     Resume::Committed => {
-                        state.last = Some(committed.checkpoint_id);
+                        control.set_last(&mut state, Some(committed.checkpoint_id));
                         recovery.checkpoint_id = Some(committed.checkpoint_id);
                         recovery.state = Some(committed.state);
                     }
@@ -294,7 +311,7 @@ impl Sink {
                 }
             }
         }
-        control_state.last = Some(checkpoint_id);
+        control.set_last(&mut control_state, Some(checkpoint_id));
         shared.gate.send_replace(checkpoint_id);
         shared.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         shared.metrics.checkpoint(started.elapsed());
@@ -312,17 +329,15 @@ impl Sink {
         let started = Instant::now();
         let inner = &*self.inner;
         let shared = &*inner.shared;
-        let control_state = inner.control.state.lock().await;
         let Some(checkpoints) = shared.checkpoint_writer()? else {
             return Ok(());
         };
-        if control_state.last.is_none_or(|last| checkpoint_id > last) {
+        // Not under the protocol's mutex: see `CheckpointControl::last_plus_one`.
+        let last = inner.control.last();
+        if last.is_none_or(|last| checkpoint_id > last) {
             return Err(SinkError::CheckpointOrder {
                 checkpoint_id,
-                reason: format!(
-                    "it was not pre-committed (last pre-committed: {:?})",
-                    control_state.last
-                ),
+                reason: format!("it was not pre-committed (last pre-committed: {last:?})"),
             });
         }
         checkpoints

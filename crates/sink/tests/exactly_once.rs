@@ -258,4 +258,45 @@ mod barrier {
             .unwrap()
             .forget();
     }
+
+    /// `commit(c)` does not wait for a `pre_commit(c + 1)` in progress: a two-phase lane may
+    /// be waiting for that very commit to release a key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commit_goes_through_while_the_next_pre_commit_waits() {
+        let memory = MemoryBackend::new();
+        let held = Held::new(memory.clone());
+        let schema = Schema::new(
+            "t",
+            vec![Column::new("id", ColumnType::I64).unwrap().not_null()],
+            &[],
+        )
+        .unwrap();
+        let config = SinkConfig::builder()
+            .create_table(CreateTable::IfMissing)
+            .delivery(Delivery::TwoPhase)
+            .sink_id(SinkId::new("overlap").unwrap())
+            .build()
+            .unwrap();
+        let sink = Sink::open(&held, schema, config).await.unwrap();
+        sink.recover(None, Resume::Committed).await.unwrap();
+        sink.write(rows(0..10)).await.unwrap();
+        held.gate.add_permits(1);
+        sink.pre_commit(1, "10").await.unwrap();
+        sink.write(rows(10..20)).await.unwrap();
+        let next = {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.pre_commit(2, "20").await })
+        };
+        held.entered.acquire_many(2).await.unwrap().forget();
+        tokio::time::timeout(std::time::Duration::from_secs(10), sink.commit(1))
+            .await
+            .expect("commit(1) is not held up by pre_commit(2)")
+            .unwrap();
+        assert_eq!(ids(&memory), (0..10).collect::<Vec<_>>());
+        held.gate.add_permits(1);
+        next.await.unwrap().unwrap();
+        sink.commit(2).await.unwrap();
+        assert_eq!(ids(&memory), (0..20).collect::<Vec<_>>());
+        sink.close().await.unwrap();
+    }
 }
