@@ -149,6 +149,9 @@ pub(crate) struct SinkBenchArgs {
     /// Operations of `latency_single_row`.
     #[arg(long, default_value_t = 2_000)]
     latency_ops: usize,
+    /// `buffer_bytes_max` of the `memory` scenario (default: the sink's default, 64 MiB).
+    #[arg(long)]
+    memory_buffer_bytes: Option<usize>,
     /// Run `memory` in this process (used by the child process the benchmark starts).
     #[arg(long, hide = true)]
     in_process: bool,
@@ -1581,14 +1584,16 @@ impl Bench {
     async fn memory_in_process(&self) -> Result<ScenarioResult> {
         let baseline_hwm = status_mb("VmHWM");
         let baseline_rss = status_mb("VmRSS");
-        let (mut result, _) = self
-            .timed("memory", base_config(), None, None, false)
-            .await?;
+        let mut config = base_config();
+        if let Some(bytes) = self.args.memory_buffer_bytes {
+            config = config.buffer_bytes_max(bytes);
+        }
+        let (mut result, _) = self.timed("memory", config, None, None, false).await?;
         result.peak_rss_mb = status_mb("VmHWM");
         result.detail["baseline_rss_mb"] = baseline_rss.into();
         result.detail["baseline_hwm_mb"] = baseline_hwm.into();
         result.measured = format!(
-            "{}; peak_rss_mb = VmHWM of a child process that ran only this scenario (default sink limits: buffer_bytes_max 64 MiB, 2 lanes, batches of 1,000), including the runtime, the database client and the generator's queue of up to 8 chunks",
+            "{}; peak_rss_mb = VmHWM of a child process that ran only this scenario (default sink limits unless --memory-buffer-bytes: buffer_bytes_max 64 MiB, 2 lanes, batches of 1,000), including the runtime, the database client and the generator's queue of up to 8 chunks",
             result.measured
         );
         Ok(result)
@@ -1615,6 +1620,9 @@ impl Bench {
             "--chunk-rows",
             &self.args.chunk_rows.to_string(),
         ]);
+        if let Some(bytes) = self.args.memory_buffer_bytes {
+            command.args(["--memory-buffer-bytes", &bytes.to_string()]);
+        }
         command.arg("--json").arg(&json);
         if let Db::Postgres { url, .. } = &self.db {
             command.args(["--pg-url", url]);
