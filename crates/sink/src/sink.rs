@@ -312,29 +312,8 @@ impl Sink {
         let inner = &*self.inner;
         let shared = &*inner.shared;
         let _active = WriterGuard::enter(inner)?;
-        shared.check_failed()?;
-        match inner.control.phase() {
-            Phase::Running => {}
-            Phase::Skipping => {
-                // A replay of rows the database already holds (see `Sink::recover`).
-                let count = rows.len() as u64;
-                shared
-                    .counters
-                    .rows_received
-                    .fetch_add(count, Ordering::Relaxed);
-                shared
-                    .counters
-                    .rows_skipped
-                    .fetch_add(count, Ordering::Relaxed);
-                shared.metrics.skipped(count);
-                return Ok(());
-            }
-            Phase::NeedsRecovery => {
-                return Err(SinkError::Recovery(
-                    "an exactly-once sink must be recovered (Sink::recover) before rows are written"
-                        .into(),
-                ));
-            }
+        if !shared.admits(inner, rows.len())? {
+            return Ok(());
         }
         let sizes: Vec<usize> = rows.iter().map(Row::size_bytes).collect();
         let mode = shared.config.mode();
@@ -357,28 +336,8 @@ impl Sink {
         let inner = &*self.inner;
         let shared = &*inner.shared;
         let _active = WriterGuard::enter(inner)?;
-        shared.check_failed()?;
-        match inner.control.phase() {
-            Phase::Running => {}
-            Phase::Skipping => {
-                let count = records.len() as u64;
-                shared
-                    .counters
-                    .rows_received
-                    .fetch_add(count, Ordering::Relaxed);
-                shared
-                    .counters
-                    .rows_skipped
-                    .fetch_add(count, Ordering::Relaxed);
-                shared.metrics.skipped(count);
-                return Ok(());
-            }
-            Phase::NeedsRecovery => {
-                return Err(SinkError::Recovery(
-                    "an exactly-once sink must be recovered (Sink::recover) before records are rejected"
-                        .into(),
-                ));
-            }
+        if !shared.admits(inner, records.len())? {
+            return Ok(());
         }
         let entries = records
             .into_iter()
@@ -643,6 +602,32 @@ impl Shared {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
+    }
+
+    /// Whether `count` rows (or rejected records) of a write call go on to the lanes: not when
+    /// they replay checkpoints the database holds (counted as skipped), an error when the sink
+    /// failed or an exactly-once sink was not recovered yet.
+    fn admits(&self, inner: &Inner, count: usize) -> Result<bool, SinkError> {
+        self.check_failed()?;
+        match inner.control.phase() {
+            Phase::Running => Ok(true),
+            Phase::Skipping => {
+                // A replay of rows the database already holds (see `Sink::recover`).
+                let count = count as u64;
+                self.counters
+                    .rows_received
+                    .fetch_add(count, Ordering::Relaxed);
+                self.counters
+                    .rows_skipped
+                    .fetch_add(count, Ordering::Relaxed);
+                self.metrics.skipped(count);
+                Ok(false)
+            }
+            Phase::NeedsRecovery => Err(SinkError::Recovery(
+                "an exactly-once sink must be recovered (Sink::recover) before rows are written"
+                    .into(),
+            )),
+        }
     }
 
     pub(crate) fn check_failed(&self) -> Result<(), SinkError> {
