@@ -214,6 +214,9 @@ pub(crate) struct ScenarioResult {
     peak_rss_mb: Option<f64>,
     checkpoint_overhead_pct: Option<f64>,
     pool_utilisation_pct: Option<f64>,
+    /// This machine's target (issue 6) met: `yes`, `NO`, `unclear (...)`; null without one.
+    #[serde(default)]
+    target_met: Option<String>,
     elapsed_sec: f64,
     /// What the figures measure, in words.
     measured: String,
@@ -1287,6 +1290,7 @@ impl Bench {
             peak_rss_mb: None,
             checkpoint_overhead_pct: None,
             pool_utilisation_pct: None,
+            target_met: None,
             elapsed_sec: outcome.elapsed.as_secs_f64(),
             measured: measured.to_string(),
             config,
@@ -1528,6 +1532,7 @@ impl Bench {
             results.push(result);
         }
         let base = (results[0].events_per_sec + results[4].events_per_sec) / 2.0;
+        let spread = (results[0].events_per_sec - results[4].events_per_sec).abs() / base * 100.0;
         let end_only = results[1].events_per_sec;
         for result in &mut results {
             if result.scenario.starts_with("checkpoint_overhead_off") {
@@ -1539,6 +1544,7 @@ impl Bench {
             }
             result.checkpoint_overhead_pct = Some((1.0 - result.events_per_sec / base) * 100.0);
             result.detail["baseline_events_per_sec"] = base.into();
+            result.detail["baseline_spread_pct"] = spread.into();
             if result.scenario != "checkpoint_overhead_end_only" {
                 result.detail["overhead_vs_end_only_pct"] =
                     ((1.0 - result.events_per_sec / end_only) * 100.0).into();
@@ -1763,12 +1769,33 @@ fn targets(scenario: &str, target: &str) -> (&'static str, &'static str) {
     }
 }
 
-/// Whether this machine's target (issue 6) is met; `None` where there is none.
-fn verdict(result: &ScenarioResult) -> Option<bool> {
+/// Whether this machine's target (issue 6) is met: `yes`, `NO`, or `unclear` with the reason;
+/// `None` where there is no target.
+fn verdict(result: &ScenarioResult) -> Option<String> {
     let postgres = result.target == "postgres";
     let share = result.share_of_limit;
     let p99 = result.latency_ms.map(|l| l.p99);
-    match result.scenario.as_str() {
+    // A paced run that fell behind did not measure the load it names.
+    let paced = result.config["paced_events_per_sec"].as_f64();
+    if let Some(rate) = paced
+        && result.events_per_sec < 0.95 * rate
+    {
+        let held = result.events_per_sec / rate * 100.0;
+        return targets(&result.scenario, &result.target)
+            .1
+            .ne("-")
+            .then(|| format!("NO (pace not held: {held:.0}% of the rate)"));
+    }
+    if result.scenario.starts_with("checkpoint_overhead_")
+        && let Some(spread) = result.detail["baseline_spread_pct"].as_f64()
+        && spread > 10.0
+        && result.checkpoint_overhead_pct.is_some()
+    {
+        return Some(format!(
+            "unclear (the two baselines differ by {spread:.0}%)"
+        ));
+    }
+    let met = match result.scenario.as_str() {
         "two_phase" | "marker" if postgres => share.map(|s| s >= 0.85),
         "marker" => share.map(|s| s >= 0.80),
         "upsert" if postgres => share.map(|s| s >= 0.90),
@@ -1781,7 +1808,8 @@ fn verdict(result: &ScenarioResult) -> Option<bool> {
             .pool_utilisation_pct
             .map(|u| (60.0..=90.0).contains(&u)),
         _ => None,
-    }
+    }?;
+    Some(if met { "yes" } else { "NO" }.to_string())
 }
 
 fn print_result(result: &ScenarioResult) {
@@ -1806,6 +1834,12 @@ fn print_result(result: &ScenarioResult) {
         opt(result.pool_utilisation_pct, 1),
         result.elapsed_sec,
     );
+    if let Some(met) = &result.target_met {
+        println!(
+            "  target here: {} -> {met}",
+            targets(&result.scenario, &result.target).1
+        );
+    }
     println!("  measured: {}", result.measured);
     println!("  config: {}", result.config);
     println!("  detail: {}", result.detail);
@@ -1821,11 +1855,7 @@ fn print_table(results: &[ScenarioResult]) {
         |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     for r in results {
         let (reference, here) = targets(&r.scenario, &r.target);
-        let met = match verdict(r) {
-            Some(true) => "yes",
-            Some(false) => "NO",
-            None => "-",
-        };
+        let met = r.target_met.as_deref().unwrap_or("-");
         println!(
             "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {reference} | {here} | {met} |",
             r.scenario,
@@ -1968,7 +1998,8 @@ pub(crate) async fn run(args: SinkBenchArgs) -> Result<ExitCode> {
         }
         match bench.run_scenario(scenario).await {
             Ok(scenario_results) => {
-                for result in scenario_results {
+                for mut result in scenario_results {
+                    result.target_met = verdict(&result);
                     print_result(&result);
                     results.push(result);
                 }
