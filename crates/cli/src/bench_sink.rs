@@ -853,6 +853,8 @@ struct RunOutcome {
     pool: Option<PoolSample>,
     stats: SinkStats,
     pacing_lag_max_ms: Option<f64>,
+    /// PostgreSQL checkpoints (timed or requested by WAL volume) that started during the run.
+    server_checkpoints: Option<i64>,
 }
 
 /// A raw limit and how it was measured.
@@ -1041,13 +1043,18 @@ impl Bench {
         Ok(())
     }
 
-    /// Before a run: PostgreSQL writes out the dirty pages of earlier runs now rather than in
-    /// the middle of this one.
+    /// Before a run: PostgreSQL writes out the dirty pages of earlier runs, and the kernel the
+    /// dirty page cache (`sync`), now rather than in the middle of this run.
     async fn settle(&self) {
         if let Db::Postgres { admin, .. } = &self.db
             && let Err(error) = admin.batch_execute("CHECKPOINT").await
         {
             tracing::warn!(%error, "CHECKPOINT before a run failed");
+        }
+        if let Err(error) =
+            tokio::task::block_in_place(|| std::process::Command::new("sync").status())
+        {
+            tracing::warn!(%error, "sync before a run failed");
         }
     }
 
@@ -1151,6 +1158,21 @@ impl Bench {
         })
     }
 
+    /// Checkpoints PostgreSQL has run (`pg_stat_bgwriter`); `None` on SQLite.
+    async fn server_checkpoints(&self) -> Option<i64> {
+        let Db::Postgres { admin, .. } = &self.db else {
+            return None;
+        };
+        admin
+            .query_one(
+                "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter",
+                &[],
+            )
+            .await
+            .ok()
+            .map(|row| row.get(0))
+    }
+
     fn last_limit(&self) -> Option<f64> {
         *self
             .last_limit
@@ -1178,6 +1200,7 @@ impl Bench {
             _ => None,
         };
         let watcher = plan.watch.then(|| Watcher::start(sink.clone()));
+        let checkpoints_before = self.server_checkpoints().await;
         let started = Instant::now();
         let checkpoints = plan
             .checkpoint_every
@@ -1264,6 +1287,10 @@ impl Bench {
             pool,
             stats,
             pacing_lag_max_ms: lag_max.map(ms),
+            server_checkpoints: match (checkpoints_before, self.server_checkpoints().await) {
+                (Some(before), Some(after)) => Some(after - before),
+                _ => None,
+            },
         })
     }
 
@@ -1309,6 +1336,7 @@ impl Bench {
                 "checkpoint_ms_max": sorted.last(),
                 "empty_checkpoint_ms_mean": mean(&outcome.empty_checkpoint_ms),
                 "pacing_lag_max_ms": outcome.pacing_lag_max_ms,
+                "postgres_checkpoints_during_run": outcome.server_checkpoints,
             }),
         }
     }
@@ -1419,6 +1447,7 @@ impl Bench {
             pool: None,
             stats,
             pacing_lag_max_ms: None,
+            server_checkpoints: None,
         };
         let mut result = self.result(
             scenario,
@@ -1787,6 +1816,7 @@ fn verdict(result: &ScenarioResult) -> Option<String> {
             .then(|| format!("NO (pace not held: {held:.0}% of the rate)"));
     }
     if result.scenario.starts_with("checkpoint_overhead_")
+        && targets(&result.scenario, &result.target).1 != "-"
         && let Some(spread) = result.detail["baseline_spread_pct"].as_f64()
         && spread > 10.0
         && result.checkpoint_overhead_pct.is_some()
