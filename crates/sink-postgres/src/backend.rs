@@ -7,7 +7,7 @@ use crate::checkpoints::{PostgresCheckpoints, Shared};
 use crate::error::{PostgresError, classify, from_pool, shortened};
 use crate::progress::{ProgressSql, prepare_progress_table};
 use crate::session::Pooled;
-use crate::statements::{WriteFailure, WritePlan, write_rows};
+use crate::statements::{Source, WriteFailure, WritePlan, write_rows};
 use crate::table::{DeadLetterColumns, dead_letter_insert_sql, prepare_table};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -528,8 +528,9 @@ impl TableWriter for PostgresTableWriter {
         let rows = batch.rows();
         let (good, rejected) = self.plan.check_rows(rows);
         if !good.is_empty() {
+            let encoded = self.plan.encode(Source::Staging, rows, &good)?;
             let mut session = self.pool.session().await?;
-            match write_rows(&mut session, &self.plan, rows, &good).await {
+            match write_rows(&mut session, &self.plan, rows, &good, encoded).await {
                 Ok(()) => {}
                 Err(WriteFailure::Failed(error)) => return Err(error),
                 Err(WriteFailure::CommitUnknown { txid, pid, error }) => {

@@ -28,7 +28,7 @@
 use crate::error::{classify, commit_outcome_unknown, shortened};
 use crate::progress::{ProgressSql, gid, gid_prefix, literal, parse_gid};
 use crate::session::{Pooled, Session};
-use crate::statements::{Source, Statements, WritePlan, apply_rows};
+use crate::statements::{Encoded, Source, Statements, WritePlan, apply_rows};
 use crate::table::DeadLetterColumns;
 use async_trait::async_trait;
 use deadpool_postgres::Object;
@@ -94,13 +94,15 @@ enum Failure {
 }
 
 impl LaneTx {
-    /// Writes the rows at `good` in a savepoint: the previous batch's savepoint is released
-    /// and a new one set in one round trip.
+    /// Writes the rows at `good` (encoded as `encoded`) in a savepoint: the previous batch's
+    /// savepoint is released and a new one set in the same round trip as the batch's first
+    /// statement.
     async fn write(
         &mut self,
         plan: &WritePlan,
         rows: &[sluice_sink::Row],
         good: &[usize],
+        encoded: Encoded,
     ) -> Result<(), Failure> {
         let client = self.session.client();
         let set = if self.savepoint {
@@ -108,15 +110,25 @@ impl LaneTx {
         } else {
             format!("SAVEPOINT {SAVEPOINT}")
         };
-        client
-            .batch_execute(&set)
-            .await
-            .map_err(|e| Failure::Lost(classify(&e)))?;
-        self.savepoint = true;
-        match apply_rows(client, plan, &self.statements, rows, good).await {
-            Ok(()) => Ok(()),
+        let result = apply_rows(
+            client,
+            plan,
+            &self.statements,
+            rows,
+            good,
+            encoded,
+            Some(&set),
+        )
+        .await;
+        match result {
+            Ok(()) => {
+                self.savepoint = true;
+                Ok(())
+            }
             Err(error) if error.class() == ErrorClass::Row => {
-                // The savepoint stays set (empty), so the next batch releases it as usual.
+                // The savepoint was set (a row error comes from a statement after it) and
+                // stays set, empty, so the next batch releases it as usual.
+                self.savepoint = true;
                 client
                     .batch_execute(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))
                     .await
@@ -408,12 +420,15 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 #[async_trait]
 impl CheckpointWriter for PostgresCheckpoints {
     async fn write_batch(&self, lane: usize, batch: &Batch) -> Result<BatchOutcome, BackendError> {
-        let mut slot = self.slot(lane)?.lock().await;
         let rows = batch.rows();
         let (good, rejected) = self.shared.plan.check_rows(rows);
         if !good.is_empty() {
+            // Encoded before the lane's transaction is taken: with the marker every lane
+            // shares one connection, and this overlaps the other lanes' batches.
+            let encoded = self.shared.plan.encode(Source::Arrays, rows, &good)?;
+            let mut slot = self.slot(lane)?.lock().await;
             let tx = self.open(&mut slot).await?;
-            match tx.write(&self.shared.plan, rows, &good).await {
+            match tx.write(&self.shared.plan, rows, &good, encoded).await {
                 Ok(()) => {}
                 Err(Failure::Refused(error)) => return Err(error),
                 Err(Failure::Lost(error)) => {

@@ -173,6 +173,7 @@
 
 mod backend;
 mod checkpoints;
+mod describe;
 mod error;
 mod progress;
 mod read;
@@ -186,6 +187,7 @@ pub use backend::{
     TIMEOUT_MS_LIMIT,
 };
 pub use deadpool_postgres;
+pub use describe::{DescribedColumn, describe_table};
 pub use error::PostgresError;
 pub use read::{read_dead_letters, read_rows};
 pub use table::DEAD_LETTER_COLUMNS;

@@ -90,6 +90,14 @@ impl Session {
             .map_err(|e| classify(&e))
     }
 
+    /// Marks a transaction open and hands out the connection, for a caller that sends `BEGIN`
+    /// pipelined with the transaction's first statements (so the server may hold an open
+    /// transaction from the moment anything is sent).
+    pub(crate) fn opening(&mut self) -> &Object {
+        self.open = true;
+        self.client()
+    }
+
     /// Commits the open transaction. On error the transaction counts as still open (the
     /// connection is dropped with the session, not reused).
     pub(crate) async fn commit(&mut self) -> Result<(), tokio_postgres::Error> {

@@ -34,10 +34,10 @@
 
 use crate::error::{classify, commit_outcome_unknown};
 use crate::session::Session;
-use crate::values::{ColumnArray, Field, Target, check};
+use crate::values::{ColumnArray, CopyStream, Field, Target, check};
 use deadpool_postgres::Object;
+use futures_util::SinkExt;
 use sluice_sink::{BackendError, Mode, Op, Row, Schema};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
@@ -365,29 +365,78 @@ async fn prepare(client: &Object, sql: &str) -> Result<Statement, BackendError> 
     client.prepare_cached(sql).await.map_err(|e| classify(&e))
 }
 
+/// A batch made ready before a connection is taken (see [`WritePlan::encode`]).
+pub(crate) struct Encoded {
+    /// The binary COPY stream (insert mode, and keyed modes from the staging table).
+    copy: Option<bytes::Bytes>,
+}
+
+impl WritePlan {
+    /// Encodes the rows at `good` for `source`: the COPY stream when the batch goes through a
+    /// COPY. Done outside any connection, so one lane's encoding overlaps another's round
+    /// trips and the server's work.
+    pub(crate) fn encode(
+        &self,
+        source: Source,
+        rows: &[Row],
+        good: &[usize],
+    ) -> Result<Encoded, BackendError> {
+        if self.keyed() && source == Source::Arrays {
+            return Ok(Encoded { copy: None });
+        }
+        let bytes = good.iter().map(|&index| rows[index].size_bytes()).sum();
+        let mut stream = CopyStream::with_capacity(bytes);
+        for &index in good {
+            stream
+                .push(self.fields(&rows[index]))
+                .map_err(|error| BackendError::Row {
+                    code: "postgres.encode",
+                    message: error.to_string(),
+                })?;
+        }
+        Ok(Encoded {
+            copy: Some(stream.finish()),
+        })
+    }
+}
+
 /// Writes the rows of `rows` at positions `good` with `statements`, inside the transaction the
-/// caller opened on `client`.
+/// caller opened on `client`. `preamble` (simple statements, for example a savepoint) is sent
+/// in the same round trip as the COPY; `encoded` is the batch from [`WritePlan::encode`].
 pub(crate) async fn apply_rows(
     client: &Client,
     plan: &WritePlan,
     statements: &Statements,
     rows: &[Row],
     good: &[usize],
+    encoded: Encoded,
+    preamble: Option<&str>,
 ) -> Result<(), BackendError> {
-    if let Some(copy) = &statements.copy {
-        let sink = client
-            .copy_in::<_, bytes::Bytes>(copy)
-            .await
-            .map_err(classified)?;
-        let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &plan.copy_types));
-        for &index in good {
-            writer
-                .as_mut()
-                .write_raw(plan.fields(&rows[index]))
-                .await
-                .map_err(classified)?;
+    let preamble = async {
+        match preamble {
+            Some(sql) => client.batch_execute(sql).await.map_err(classified),
+            None => Ok(()),
         }
-        writer.as_mut().finish().await.map_err(classified)?;
+    };
+    if let (Some(copy), Some(stream)) = (&statements.copy, encoded.copy) {
+        // Pipelined: the preamble, the COPY and its data go out before any answer is awaited
+        // (requests are sent in the order they are first polled).
+        let load = async {
+            let mut sink = std::pin::pin!(
+                client
+                    .copy_in::<_, bytes::Bytes>(copy)
+                    .await
+                    .map_err(classified)?
+            );
+            sink.as_mut().send(stream).await.map_err(classified)?;
+            sink.as_mut().finish().await.map_err(classified)?;
+            Ok::<_, BackendError>(())
+        };
+        let (preamble, load) = tokio::join!(preamble, load);
+        preamble?;
+        load?;
+    } else {
+        preamble.await?;
     }
     if !plan.keyed() {
         return Ok(());
@@ -440,13 +489,15 @@ pub(crate) async fn apply_rows(
     Ok(())
 }
 
-/// Writes the rows of `rows` at positions `good` in one transaction of its own on `session`
-/// (at-least-once delivery).
+/// Writes the rows of `rows` at positions `good` (encoded as `encoded`) in one transaction of
+/// its own on `session` (at-least-once delivery). `BEGIN`, the transaction id query and the
+/// batch's statements are pipelined: one round trip before the COPY data streams.
 pub(crate) async fn write_rows(
     session: &mut Session,
     plan: &WritePlan,
     rows: &[Row],
     good: &[usize],
+    encoded: Encoded,
 ) -> Result<(), WriteFailure> {
     let statements = plan.statements(session.client(), Source::Staging).await?;
     let xact = session
@@ -454,18 +505,19 @@ pub(crate) async fn write_rows(
         .prepare_cached(XACT_SQL)
         .await
         .map_err(classified)?;
-    session.begin().await?;
-    let written = async {
-        let xact = session
-            .client()
-            .query_one(&xact, &[])
-            .await
-            .map_err(classified)?;
-        let (txid, pid): (i64, i32) = (xact.get(0), xact.get(1));
-        apply_rows(session.client(), plan, &statements, rows, good).await?;
-        Ok::<_, BackendError>((txid, pid))
-    }
-    .await;
+    let client = session.opening();
+    let (begun, xact, applied) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.query_one(&xact, &[]),
+        apply_rows(client, plan, &statements, rows, good, encoded, None),
+    );
+    let written = begun
+        .map_err(classified)
+        .and_then(|()| xact.map_err(classified))
+        .and_then(|xact| {
+            applied?;
+            Ok::<_, BackendError>((xact.get::<_, i64>(0), xact.get::<_, i32>(1)))
+        });
     let (txid, pid) = match written {
         Ok(xact) => xact,
         Err(error) => {

@@ -496,27 +496,57 @@ pub(crate) enum Field<'a> {
     Value(&'a Value, PgType),
 }
 
-impl ToSql for Field<'_> {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match self {
-            Field::Null | Field::Value(Value::Null, _) => return Ok(IsNull::Yes),
-            Field::Flag(flag) => out.put_u8(u8::from(*flag)),
-            Field::Value(value, pg) => encode(value, *pg, out)?,
+/// Rows in PostgreSQL's binary COPY format (the signature and header, one tuple per row, the
+/// trailer), encoded before a connection is taken: a batch's encoding then overlaps the server's
+/// work on the batch before it, instead of holding the connection while the client encodes.
+pub(crate) struct CopyStream {
+    out: BytesMut,
+}
+
+/// The binary COPY signature, then the flags field and the header extension length (both 0).
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+impl CopyStream {
+    /// An empty stream with room for about `bytes` bytes.
+    pub(crate) fn with_capacity(bytes: usize) -> CopyStream {
+        let mut out = BytesMut::with_capacity(bytes + COPY_HEADER.len() + 2);
+        out.put_slice(COPY_HEADER);
+        CopyStream { out }
+    }
+
+    /// Appends one tuple.
+    pub(crate) fn push<'a>(
+        &mut self,
+        fields: impl ExactSizeIterator<Item = Field<'a>>,
+    ) -> Result<(), EncodeError> {
+        let count = i16::try_from(fields.len())
+            .map_err(|_| EncodeError(format!("{} fields do not fit a COPY row", fields.len())))?;
+        self.out.put_i16(count);
+        for field in fields {
+            match field {
+                Field::Null | Field::Value(Value::Null, _) => self.out.put_i32(-1),
+                Field::Flag(flag) => {
+                    self.out.put_i32(1);
+                    self.out.put_u8(u8::from(flag));
+                }
+                Field::Value(value, pg) => {
+                    let start = self.out.len();
+                    self.out.put_i32(0);
+                    encode(value, pg, &mut self.out)?;
+                    let size = i32::try_from(self.out.len() - start - 4)
+                        .map_err(|_| EncodeError("a value is larger than 2 GiB".into()))?;
+                    self.out[start..start + 4].copy_from_slice(&size.to_be_bytes());
+                }
+            }
         }
-        Ok(IsNull::No)
+        Ok(())
     }
 
-    fn accepts(_ty: &Type) -> bool {
-        // The column types were checked when the table was prepared; `encode` refuses any
-        // value its column cannot take.
-        true
+    /// The stream with its trailer.
+    pub(crate) fn finish(mut self) -> bytes::Bytes {
+        self.out.put_i16(-1);
+        self.out.freeze()
     }
-
-    to_sql_checked!();
 }
 
 /// One column of some rows as a one-dimensional PostgreSQL array, in binary form: the
