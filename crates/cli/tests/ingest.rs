@@ -1,8 +1,9 @@
 //! `sluice ingest` end to end: the built binary reads NDJSON and CSV (plain, gzip, stdin) into
 //! SQLite and PostgreSQL; malformed records land in the dead letters with position and reason;
-//! bad configuration exits 2 naming the key; and a crash loop kills the ingest with SIGKILL at
-//! random moments and checks that every good record is in the table exactly once and every
-//! malformed one in the dead letters exactly once.
+//! bad configuration exits 2 naming the key; unmapped fields go into a JSON column by choice;
+//! an existing table's column types drive the casts; and crash loops (SQLite and PostgreSQL)
+//! kill the ingest with SIGKILL at random moments and check that every good record is in the
+//! table exactly once and every malformed one in the dead letters exactly once.
 
 use rusqlite::Connection;
 use sluice_testkit::{TempSqlite, pg_or_skip};
@@ -11,13 +12,15 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Records in the crash-loop file. The issue asks for 500,000; 100,000 keeps CI fast and
-/// still gives every kill plenty of checkpoints to land between.
-const CRASH_RECORDS: u64 = 100_000;
+/// Records in the crash-loop file, as the issue asks.
+const CRASH_RECORDS: u64 = 500_000;
 /// SIGKILLs in the crash loop.
 const CRASH_KILLS: usize = 25;
 /// Every this many records, one is malformed.
 const CRASH_BAD_EVERY: u64 = 997;
+/// A run is killed after 5 ms plus up to this many milliseconds (a whole debug-build run of
+/// the file takes about 4 s here, so kills land all over the file as the runs resume).
+const CRASH_DELAY_SPREAD_MS: u64 = 300;
 
 fn sluice() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -412,17 +415,12 @@ fn ndjson_and_csv_into_postgres() {
     );
 }
 
-/// Kills `sluice ingest` with SIGKILL at random moments and restarts it; at the end every good
-/// record is in the table exactly once and every malformed one in the dead letters exactly once.
-#[test]
-fn crash_loop_ingests_every_record_exactly_once() {
-    let db = TempSqlite::new();
-    let dir = db.dir();
-    let mut file =
-        std::io::BufWriter::new(std::fs::File::create(dir.join("events.ndjson")).unwrap());
+/// The crash-loop file: returns how many records are malformed (every `CRASH_BAD_EVERY`th).
+fn write_crash_file(path: &Path) -> u64 {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     let mut bad = 0u64;
     for id in 0..CRASH_RECORDS {
-        if id % CRASH_BAD_EVERY == CRASH_BAD_EVERY - 1 {
+        if is_bad(id) {
             writeln!(file, "{{\"id\": {id}, \"payload\": broken").unwrap();
             bad += 1;
         } else {
@@ -435,14 +433,31 @@ fn crash_loop_ingests_every_record_exactly_once() {
         }
     }
     file.flush().unwrap();
-    drop(file);
-    let into = format!("sqlite://{}", db.path().display());
+    bad
+}
+
+fn is_bad(id: u64) -> bool {
+    id % CRASH_BAD_EVERY == CRASH_BAD_EVERY - 1
+}
+
+/// The sum of `n` over the good records.
+fn crash_good_sum() -> u64 {
+    (0..CRASH_RECORDS)
+        .filter(|id| !is_bad(*id))
+        .map(|id| id * 3)
+        .sum()
+}
+
+/// Kills `sluice ingest --into <into>` with SIGKILL at random moments (`CRASH_KILLS` times)
+/// and restarts it, then runs it to the end.
+fn crash_loop(dir: &Path, into: &str) {
+    let started_loop = Instant::now();
     let args = [
         "ingest",
         "--from",
         "events.ndjson",
         "--into",
-        &into,
+        into,
         "--table",
         "events",
         "--checkpoint-interval-ms",
@@ -472,9 +487,7 @@ fn crash_loop_ingests_every_record_exactly_once() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // The whole ingest takes about a second here: kills within the first 55 ms of a run
-        // land before, during and after its first checkpoints, many times over.
-        let delay = Duration::from_millis(5 + random() % 50);
+        let delay = Duration::from_millis(5 + random() % CRASH_DELAY_SPREAD_MS);
         let started = Instant::now();
         let mut exited = None;
         while started.elapsed() < delay {
@@ -498,7 +511,10 @@ fn crash_loop_ingests_every_record_exactly_once() {
             }
         }
     }
-    eprintln!("{kills} kills, {finished_early} runs finished before their kill");
+    eprintln!(
+        "{kills} kills, {finished_early} runs finished before their kill, {:.1} s",
+        started_loop.elapsed().as_secs_f64()
+    );
     assert!(kills >= 10, "too few kills landed: {kills}");
     let output = sluice()
         .args(args)
@@ -511,6 +527,37 @@ fn crash_loop_ingests_every_record_exactly_once() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    eprintln!(
+        "crash loop with the final run: {:.1} s",
+        started_loop.elapsed().as_secs_f64()
+    );
+}
+
+/// Checks the dead letters' `row_json` values: exactly the malformed records, each once.
+fn check_crash_letters(letters: &[String], bad: u64) {
+    assert_eq!(letters.len() as u64, bad);
+    let mut positions: Vec<String> = letters
+        .iter()
+        .map(|letter| {
+            let row: serde_json::Value = serde_json::from_str(letter).unwrap();
+            assert!(row["record"].as_str().unwrap().ends_with("broken"));
+            row["position"].as_str().unwrap().to_string()
+        })
+        .collect();
+    positions.sort();
+    positions.dedup();
+    assert_eq!(positions.len() as u64, bad, "a dead letter was duplicated");
+}
+
+/// Kills `sluice ingest` with SIGKILL at random moments and restarts it; at the end every good
+/// record is in the table exactly once and every malformed one in the dead letters exactly once.
+#[test]
+fn crash_loop_ingests_every_record_exactly_once() {
+    let db = TempSqlite::new();
+    let dir = db.dir();
+    let bad = write_crash_file(&dir.join("events.ndjson"));
+    let into = format!("sqlite://{}", db.path().display());
+    crash_loop(dir, &into);
     let good = CRASH_RECORDS - bad;
     assert_eq!(
         query(
@@ -520,27 +567,274 @@ fn crash_loop_ingests_every_record_exactly_once() {
         [[
             good.to_string(),
             good.to_string(),
-            ((0..CRASH_RECORDS)
-                .filter(|id| id % CRASH_BAD_EVERY != CRASH_BAD_EVERY - 1)
-                .map(|id| id * 3)
-                .sum::<u64>())
-            .to_string()
+            crash_good_sum().to_string()
         ]]
+    );
+    let letters: Vec<String> = query(
+        db.path(),
+        "SELECT row_json FROM events_dead_letters ORDER BY id",
+    )
+    .into_iter()
+    .map(|mut row| row.remove(0))
+    .collect();
+    check_crash_letters(&letters, bad);
+}
+
+/// The same crash loop into PostgreSQL.
+#[test]
+fn crash_loop_into_postgres_ingests_every_record_exactly_once() {
+    let Some(cluster) = pg_or_skip("ingest") else {
+        return;
+    };
+    let url = cluster.create_database("crash").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_crash_file(&dir.path().join("events.ndjson"));
+    crash_loop(dir.path(), &url);
+    let good = CRASH_RECORDS - bad;
+    let psql = |sql: &str| cluster.psql_in("crash", sql).unwrap().trim().to_string();
+    assert_eq!(
+        psql("SELECT count(*) || ',' || count(DISTINCT id) || ',' || sum(n) FROM events"),
+        format!("{good},{good},{}", crash_good_sum())
+    );
+    let letters: Vec<String> = psql("SELECT row_json FROM events_dead_letters ORDER BY id")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    check_crash_letters(&letters, bad);
+}
+
+#[test]
+fn unmapped_fields_go_into_a_json_column_by_choice() {
+    let db = TempSqlite::new();
+    let dir = db.dir();
+    std::fs::write(
+        dir.join("in.ndjson"),
+        concat!(
+            r#"{"id": 1, "name": "a", "address": {"city": "Oslo", "zip": "0150"}, "tags": [1, 2], "vip": true}"#,
+            "\n",
+            r#"{"id": 2, "name": "b"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("pipeline.toml"),
+        r#"
+from = "in.ndjson"
+table = "people"
+unmapped = { column = "extra" }
+
+[columns]
+id = { type = "i64" }
+name = {}
+city = { path = "address.city" }
+"#,
+    )
+    .unwrap();
+    let into = format!("sqlite://{}", db.path().display());
+    let output = run(&["--config", "pipeline.toml", "--into", &into], dir);
+    assert_eq!(output.status.code(), Some(0));
+    // `address` is claimed by the nested path; the rest of the record is kept; a record
+    // without other fields has NULL.
+    assert_eq!(
+        query(
+            db.path(),
+            "SELECT id, name, city, extra FROM people ORDER BY id"
+        ),
+        [
+            ["1", "a", "Oslo", r#"{"tags":[1,2],"vip":true}"#],
+            ["2", "b", "NULL", "NULL"],
+        ]
+    );
+
+    // CSV: the header fields no column reads, as strings; with --unmapped-into.
+    std::fs::write(
+        dir.join("in.csv"),
+        "id,name,color,size\n1,a,red,\n2,b,\"blue, dark\",XL\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("pipeline.toml"),
+        "[columns]\nid = { type = \"i64\" }\nname = {}\n",
+    )
+    .unwrap();
+    let output = run(
+        &[
+            "--config",
+            "pipeline.toml",
+            "--from",
+            "in.csv",
+            "--into",
+            &into,
+            "--table",
+            "items",
+            "--unmapped-into",
+            "rest",
+        ],
+        dir,
+    );
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        query(db.path(), "SELECT id, name, rest FROM items ORDER BY id"),
+        [
+            ["1", "a", r#"{"color":"red","size":""}"#],
+            ["2", "b", r#"{"color":"blue, dark","size":"XL"}"#],
+        ]
+    );
+
+    // Bad choices exit 2 naming the key.
+    for (toml, key) in [
+        ("unmapped = \"keep\"\n", "unmapped:"),
+        (
+            "unmapped = { column = \"bad name;\" }\n",
+            "unmapped.column:",
+        ),
+        (
+            "unmapped = { column = \"name\" }\n[columns]\nname = {}\n",
+            "unmapped.column:",
+        ),
+    ] {
+        std::fs::write(dir.join("pipeline.toml"), toml).unwrap();
+        let output = run(
+            &[
+                "--config",
+                "pipeline.toml",
+                "--from",
+                "in.ndjson",
+                "--into",
+                &into,
+                "--table",
+                "other",
+            ],
+            dir,
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{toml}: {stderr}");
+        assert!(stderr.contains(key), "{toml}: {stderr} should name {key}");
+    }
+}
+
+#[test]
+fn an_existing_sqlite_table_drives_the_casts() {
+    let db = TempSqlite::new();
+    let dir = db.dir();
+    Connection::open(db.path())
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE readings (id INTEGER PRIMARY KEY, label TEXT NOT NULL, score REAL, \
+             ok BOOLEAN, note TEXT DEFAULT 'none', amount DECIMAL(10, 2))",
+        )
+        .unwrap();
+    // Strings that the table's types parse, a number into a text column, a record that does
+    // not convert, one missing a NOT NULL column; `note` is filled by the table (the first
+    // record has no such field) and `amount` (NUMERIC affinity) is left out.
+    let lines = [
+        r#"{"id": "1", "label": "a", "score": "1.5", "ok": "yes", "amount": 3}"#,
+        r#"{"id": 2, "label": 7, "score": 2, "ok": false, "note": "x"}"#,
+        r#"{"id": 3, "label": "c", "score": "high"}"#,
+        r#"{"id": 4, "score": 1}"#,
+    ];
+    std::fs::write(dir.join("in.ndjson"), lines.join("\n") + "\n").unwrap();
+    let into = format!("sqlite://{}", db.path().display());
+    let output = run(
+        &[
+            "--from",
+            "in.ndjson",
+            "--into",
+            &into,
+            "--table",
+            "readings",
+        ],
+        dir,
+    );
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("id i64, label text, score f64, ok bool"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("note (filled by the table"), "{stderr}");
+    assert!(stderr.contains("amount (type DECIMAL(10, 2)"), "{stderr}");
+    assert_eq!(
+        query(
+            db.path(),
+            "SELECT id, label, score, ok, note, amount FROM readings ORDER BY id"
+        ),
+        [
+            ["1", "a", "1.5", "1", "none", "NULL"],
+            ["2", "7", "2", "0", "none", "NULL"],
+        ]
     );
     let letters = query(
         db.path(),
-        "SELECT row_json FROM events_dead_letters ORDER BY id",
+        "SELECT error_code, error FROM readings_dead_letters ORDER BY id",
     );
-    assert_eq!(letters.len() as u64, bad);
-    let mut positions: Vec<String> = letters
-        .iter()
-        .map(|letter| {
-            let row: serde_json::Value = serde_json::from_str(&letter[0]).unwrap();
-            assert!(row["record"].as_str().unwrap().ends_with("broken"));
-            row["position"].as_str().unwrap().to_string()
-        })
-        .collect();
-    positions.sort();
-    positions.dedup();
-    assert_eq!(positions.len() as u64, bad, "a dead letter was duplicated");
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert_eq!(letters[0][0], "ingest.cast");
+    assert!(letters[0][1].contains("column score"), "{letters:?}");
+    assert_eq!(letters[1][0], "ingest.missing");
+    assert!(letters[1][1].contains("column label"), "{letters:?}");
+}
+
+#[test]
+fn an_existing_postgres_table_drives_the_casts_and_keeps_unmapped_fields_in_jsonb() {
+    let Some(cluster) = pg_or_skip("ingest") else {
+        return;
+    };
+    let url = cluster.create_database("typed").unwrap();
+    cluster
+        .psql_in(
+            "typed",
+            "CREATE TABLE events (id int4 PRIMARY KEY, seen timestamptz NOT NULL, \
+             amount numeric(8, 2), label varchar(5), doc jsonb, serial_no bigserial, \
+             extra jsonb)",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        r#"{"id": 1, "seen": "2026-01-02T03:04:05.5Z", "amount": 12.5, "label": "ab", "doc": {"k": [1]}, "source": "s1"}"#,
+        r#"{"id": "2", "seen": "2026-01-02T03:04:05+02:00", "amount": "0.25", "label": 42}"#,
+        r#"{"id": 3, "seen": "yesterday"}"#,
+        r#"{"id": 4, "seen": "2026-01-02T00:00:00Z", "label": "too long"}"#,
+        r#"{"id": 5, "seen": "2026-01-02T00:00:00Z", "amount": 1.234}"#,
+    ];
+    std::fs::write(dir.path().join("in.ndjson"), lines.join("\n") + "\n").unwrap();
+    let output = run(
+        &[
+            "--from",
+            "in.ndjson",
+            "--into",
+            &url,
+            "--table",
+            "events",
+            "--unmapped-into",
+            "extra",
+        ],
+        dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("id i64, seen timestamp_tz, amount decimal, label text, doc json"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("serial_no (filled by the table"),
+        "{stderr}"
+    );
+    let psql = |sql: &str| cluster.psql_in("typed", sql).unwrap().trim().to_string();
+    assert_eq!(
+        psql(
+            "SET timezone = 'UTC'; SELECT id, seen, amount, label, doc::text, serial_no > 0, extra::text \
+             FROM events ORDER BY id"
+        ),
+        "1|2026-01-02 03:04:05.5+00|12.50|ab|{\"k\": [1]}|t|{\"source\": \"s1\"}\n\
+         2|2026-01-02 01:04:05+00|0.25|42||t|"
+    );
+    // The unparsable time is refused by the mapping; the value too long and the one with too
+    // many decimals by the sink's checks against the column: all three with their reason.
+    assert_eq!(
+        psql("SELECT error_code FROM events_dead_letters ORDER BY error_code"),
+        "ingest.cast\npostgres.value_too_long\npostgres.value_would_round"
+    );
 }

@@ -71,6 +71,7 @@
 
 mod backend;
 mod checkpoints;
+mod describe;
 mod error;
 mod read;
 mod statements;
@@ -78,6 +79,7 @@ mod table;
 mod values;
 
 pub use backend::{SqliteBackend, SqliteSinkOptions};
+pub use describe::{DescribedColumn, describe_table};
 pub use read::{read_dead_letters, read_rows};
 pub use sluice_sqlite::{Location, OpenOptions, Synchronous};
 pub use statements::ROWS_PER_STATEMENT_MAX;

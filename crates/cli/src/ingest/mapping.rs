@@ -9,16 +9,33 @@
 //! city = { path = "address.city", default = "unknown" }  # nested JSON path, default
 //! ```
 //!
-//! Without `[columns]` they are inferred from the first record that parses: NDJSON fields by
-//! their JSON type (integer `i64`, other numbers `f64`, `bool`, string and null `text`, object
-//! and array `json`); CSV header fields all `text` (CSV carries no types: declare `[columns]`
-//! to cast). The target table's own column types are not read: when the table exists, the
-//! sink checks that the columns fit it and refuses to start otherwise.
+//! A declared column without a `type` takes the type of the existing table's column of that
+//! name, else `text`.
 //!
-//! Fields without a column are ignored. A field missing from a record, or null, takes the
-//! column's default, else NULL; a column that is not nullable (and every key column) then
-//! refuses the record. In CSV an empty field is the empty string in a `text` column and NULL
-//! in the others.
+//! Without `[columns]`, when the target table exists, its columns are read (names, types,
+//! NOT NULL) and each is filled from the record field of the same name, cast to the column's
+//! type. Columns the table fills itself (a default, an identity, SQLite's rowid) are written
+//! only when the first record (CSV: the header) has their field, and left to the table
+//! otherwise; generated columns are never written; a column of a type the sink does not write
+//! (PostgreSQL `real`, arrays, ...; SQLite NUMERIC affinity such as `DECIMAL` or `DATE`) is
+//! left out when it is nullable or filled by the table, and stops the run otherwise (declare
+//! it in `[columns]`).
+//!
+//! Without `[columns]` and without a table they are inferred from the first record that
+//! parses: NDJSON fields by their JSON type (integer `i64`, other numbers `f64`, `bool`, string
+//! and null `text`, object and array `json`); CSV header fields all `text` (CSV carries no
+//! types: declare `[columns]` to cast).
+//!
+//! Fields without a column are ignored by default (`unmapped = "ignore"`). With `unmapped = {
+//! column = "extra" }` (or `--unmapped-into extra`) they go, as one JSON object, into that
+//! column (type `json`: `jsonb` when the sink creates it on PostgreSQL, TEXT on SQLite): an
+//! NDJSON record's top-level fields that no column reads (a nested `path` claims its whole
+//! top-level field), a CSV record's header fields that no column reads (as strings). A record
+//! without such fields has NULL there.
+//!
+//! A field missing from a record, or null, takes the column's default, else NULL; a column that
+//! is not nullable (and every key column) then refuses the record. In CSV an empty field is the
+//! empty string in a `text` column and NULL in the others.
 //!
 //! Casts (JSON value or CSV text to the column type): `i64` from integers and integer text;
 //! `f64` from numbers and number text (`NaN`, `inf`); `bool` from booleans and
@@ -35,7 +52,7 @@ use sluice_sink::{
     Column, ColumnType, Date, Decimal, Ident, Json, Op, Row, Schema, Timestamp, TimestampTz, Uuid,
     Value,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// One `[columns]` entry.
 #[derive(Clone, Debug, Default, serde::Deserialize)]
@@ -73,9 +90,21 @@ struct ColumnMap {
     name: Ident,
     column_type: ColumnType,
     nullable: bool,
-    /// The field, then nested keys.
+    /// The field, then nested keys; empty for the unmapped-fields column.
     path: Vec<String>,
     default: Option<Value>,
+}
+
+/// A column of the existing target table, as the backend describes it.
+#[derive(Clone, Debug)]
+pub(crate) struct TableColumn {
+    pub(crate) name: String,
+    /// `None`: a type the sink does not write.
+    pub(crate) column_type: Option<ColumnType>,
+    pub(crate) type_name: String,
+    pub(crate) nullable: bool,
+    pub(crate) filled_by_table: bool,
+    pub(crate) read_only: bool,
 }
 
 /// Turns payloads into rows of the schema.
@@ -86,6 +115,11 @@ pub(crate) struct Mapper {
     csv_index: Vec<Option<usize>>,
     csv_fields: usize,
     delimiter: u8,
+    /// With an unmapped-fields column (always the last column): the top-level fields the
+    /// other columns read.
+    mapped_fields: Option<HashSet<String>>,
+    /// CSV: the header fields no column reads, with their index.
+    csv_unmapped: Vec<(usize, String)>,
 }
 
 impl Mapper {
@@ -95,13 +129,20 @@ impl Mapper {
         key: &[String],
         op: Op,
         delimiter: u8,
+        table: Option<&[TableColumn]>,
     ) -> Result<Mapper, UsageError> {
         let mut maps = Vec::with_capacity(columns.len());
         for (name, config) in columns {
             let key_name = format!("columns.{name}");
             let ident =
                 Ident::new(name).map_err(|error| UsageError::new(&key_name, error.to_string()))?;
-            let column_type = config.column_type.unwrap_or(ColumnType::Text);
+            let from_table = table
+                .and_then(|table| table.iter().find(|column| column.name == *name))
+                .and_then(|column| column.column_type);
+            let column_type = config
+                .column_type
+                .or(from_table)
+                .unwrap_or(ColumnType::Text);
             let path = match (&config.source, &config.path) {
                 (Some(_), Some(_)) => {
                     return Err(UsageError::new(
@@ -191,6 +232,87 @@ impl Mapper {
         Ok(Mapper::new(maps, op, delimiter))
     }
 
+    /// From the existing table's columns (see the module docs). `first` is the first record
+    /// that parses (NDJSON) and `header` the CSV header: they decide whether columns the table
+    /// fills itself are written. `unmapped` names the unmapped-fields column, which is not
+    /// filled from a field. Returns notes on the columns left out.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_table(
+        table: &[TableColumn],
+        first: Option<&Payload>,
+        header: &[String],
+        key: &[String],
+        op: Op,
+        delimiter: u8,
+        unmapped: Option<&str>,
+    ) -> Result<(Mapper, Vec<String>), UsageError> {
+        let first_fields: HashSet<String> = match first {
+            Some(Payload::Json(line)) => match serde_json::from_slice::<JsonValue>(line) {
+                Ok(JsonValue::Object(object)) => object.into_iter().map(|(name, _)| name).collect(),
+                _ => HashSet::new(),
+            },
+            Some(Payload::Csv(_)) | None => header.iter().cloned().collect(),
+        };
+        let mut maps = Vec::with_capacity(table.len());
+        let mut notes = Vec::new();
+        for column in table {
+            if Some(column.name.as_str()) == unmapped {
+                continue;
+            }
+            let is_key = key.contains(&column.name);
+            if column.read_only && !is_key {
+                notes.push(format!("{} (generated)", column.name));
+                continue;
+            }
+            let Some(column_type) = column.column_type else {
+                if (column.nullable || column.filled_by_table) && !is_key {
+                    notes.push(format!(
+                        "{} (type {} is not one ingest writes)",
+                        column.name, column.type_name
+                    ));
+                    continue;
+                }
+                return Err(UsageError::new(
+                    "columns",
+                    format!(
+                        "table column {} has type {}, which ingest cannot fill from records, and is NOT NULL: declare the columns in a [columns] table",
+                        column.name, column.type_name
+                    ),
+                ));
+            };
+            if column.filled_by_table && !is_key && !first_fields.contains(&column.name) {
+                notes.push(format!(
+                    "{} (filled by the table; the first record has no such field)",
+                    column.name
+                ));
+                continue;
+            }
+            let ident = Ident::new(&column.name).map_err(|error| {
+                UsageError::new(
+                    "columns",
+                    format!(
+                        "table column {:?} cannot be written by name ({error}); declare the columns in a [columns] table",
+                        column.name
+                    ),
+                )
+            })?;
+            maps.push(ColumnMap {
+                name: ident,
+                column_type,
+                nullable: column.nullable && !is_key,
+                path: vec![column.name.clone()],
+                default: None,
+            });
+        }
+        if maps.is_empty() {
+            return Err(UsageError::new(
+                "columns",
+                "the table has no column ingest can fill from records: declare them in a [columns] table",
+            ));
+        }
+        Ok((Mapper::new(maps, op, delimiter), notes))
+    }
+
     fn new(columns: Vec<ColumnMap>, op: Op, delimiter: u8) -> Mapper {
         Mapper {
             csv_index: vec![None; columns.len()],
@@ -198,7 +320,47 @@ impl Mapper {
             op,
             csv_fields: 0,
             delimiter,
+            mapped_fields: None,
+            csv_unmapped: Vec::new(),
         }
+    }
+
+    /// Adds the unmapped-fields column `name` (type `json`, nullable) after the others.
+    pub(crate) fn add_unmapped(&mut self, name: &str) -> Result<(), UsageError> {
+        let ident = Ident::new(name)
+            .map_err(|error| UsageError::new("unmapped.column", error.to_string()))?;
+        if self.columns.iter().any(|column| column.name == ident) {
+            return Err(UsageError::new(
+                "unmapped.column",
+                format!(
+                    "{name:?} is also a mapped column (a declared column, a field of the first record, or a column of the table filled from a field)"
+                ),
+            ));
+        }
+        self.mapped_fields = Some(
+            self.columns
+                .iter()
+                .map(|column| column.path[0].clone())
+                .collect(),
+        );
+        self.columns.push(ColumnMap {
+            name: ident,
+            column_type: ColumnType::Json,
+            nullable: true,
+            path: Vec::new(),
+            default: None,
+        });
+        self.csv_index.push(None);
+        Ok(())
+    }
+
+    /// The columns and their types, for a note.
+    pub(crate) fn describe(&self) -> String {
+        self.columns
+            .iter()
+            .map(|column| format!("{} {}", column.name, column.column_type))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The schema of the target table.
@@ -249,7 +411,17 @@ impl Mapper {
                     "nested paths apply to NDJSON records only",
                 ));
             }
-            self.csv_index[index] = header.iter().position(|name| *name == column.path[0]);
+            if let Some(field) = column.path.first() {
+                self.csv_index[index] = header.iter().position(|name| name == field);
+            }
+        }
+        if self.mapped_fields.is_some() {
+            self.csv_unmapped = header
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| !self.csv_index.contains(&Some(*index)))
+                .map(|(index, name)| (index, name.clone()))
+                .collect();
         }
         Ok(())
     }
@@ -265,7 +437,7 @@ impl Mapper {
                         format!("the line is not valid UTF-8: {error}"),
                     )
                 })?;
-                let object = match serde_json::from_str::<JsonValue>(text) {
+                let mut object = match serde_json::from_str::<JsonValue>(text) {
                     Ok(JsonValue::Object(object)) => object,
                     Ok(other) => {
                         return Err(Refusal::new(
@@ -281,7 +453,20 @@ impl Mapper {
                     }
                 };
                 for column in &self.columns {
-                    let mut found = object.get(&column.path[0]);
+                    let Some(field) = column.path.first() else {
+                        // The unmapped-fields column, always the last one.
+                        let mapped = self.mapped_fields.as_ref().expect("set with the column");
+                        object.retain(|name, _| !mapped.contains(name));
+                        values.push(if object.is_empty() {
+                            Value::Null
+                        } else {
+                            Value::Json(Json::from_value(&JsonValue::Object(std::mem::take(
+                                &mut object,
+                            ))))
+                        });
+                        continue;
+                    };
+                    let mut found = object.get(field);
                     for part in &column.path[1..] {
                         found = found.and_then(|value| value.get(part));
                     }
@@ -326,6 +511,26 @@ impl Mapper {
                         }
                     };
                     values.push(self.finish(column, value)?);
+                }
+                if self.mapped_fields.is_some() {
+                    let mut rest = serde_json::Map::new();
+                    for (index, name) in &self.csv_unmapped {
+                        let bytes = record.get(*index).unwrap_or_default();
+                        let text = std::str::from_utf8(bytes).map_err(|error| {
+                            Refusal::new(
+                                "ingest.utf8",
+                                format!("field {name}: not valid UTF-8: {error}"),
+                            )
+                        })?;
+                        rest.insert(name.clone(), JsonValue::String(text.to_string()));
+                    }
+                    // The unmapped-fields column is the last one; its placeholder is replaced.
+                    let last = values.last_mut().expect("the unmapped-fields column");
+                    *last = if rest.is_empty() {
+                        Value::Null
+                    } else {
+                        Value::Json(Json::from_value(&JsonValue::Object(rest)))
+                    };
                 }
             }
         }

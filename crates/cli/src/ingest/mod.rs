@@ -20,7 +20,7 @@ mod source;
 
 use anyhow::{Context, Result, anyhow};
 use format::{Frame, Framer};
-use mapping::{ColumnConfig, Mapper};
+use mapping::{ColumnConfig, Mapper, TableColumn};
 use progress::Progress;
 use sluice_sink::{
     BackendError, CreateTable, Delivery, Mode, Op, Rejected, Resume, Row, Sink, SinkBackend,
@@ -94,6 +94,15 @@ pub(crate) struct IngestArgs {
     /// Serve Prometheus metrics on this address (for example 127.0.0.1:9187).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Keep the fields no column reads, as one JSON object, in this column (the pipeline
+    /// key `unmapped = { column = "..." }`). Default: they are ignored.
+    #[arg(long, value_name = "COLUMN")]
+    unmapped_into: Option<String>,
+    /// Read, frame and map the records but write nothing (no database is opened): prints the
+    /// records, rows and refusals counted, the time and the CPU time. Needs `[columns]` or
+    /// a first record to infer from.
+    #[arg(long, hide = true)]
+    parse_only: bool,
 }
 
 /// The pipeline file.
@@ -110,8 +119,40 @@ struct PipelineFile {
     at_least_once: Option<bool>,
     checkpoint_interval_ms: Option<u64>,
     metrics_listen: Option<String>,
+    /// `"ignore"` or `{ column = "NAME" }`.
+    unmapped: Option<toml::Value>,
     sink: Option<SinkConfigBuilder>,
     columns: Option<BTreeMap<String, ColumnConfig>>,
+}
+
+/// The pipeline key `unmapped`: `"ignore"` (`None`) or `{ column = "NAME" }`.
+fn unmapped_column(value: &toml::Value) -> Result<Option<String>, UsageError> {
+    let problem = || {
+        UsageError::new(
+            "unmapped",
+            match value {
+                toml::Value::String(text) => {
+                    format!("{text:?} must be \"ignore\" or {{ column = \"NAME\" }}")
+                }
+                other => format!(
+                    "a {} must be \"ignore\" or {{ column = \"NAME\" }}",
+                    other.type_str()
+                ),
+            },
+        )
+    };
+    match value {
+        toml::Value::String(text) if text == "ignore" => Ok(None),
+        toml::Value::Table(table) if table.len() == 1 => match table.get("column") {
+            Some(toml::Value::String(name)) => {
+                sluice_sink::Ident::new(name)
+                    .map_err(|error| UsageError::new("unmapped.column", error.to_string()))?;
+                Ok(Some(name.clone()))
+            }
+            _ => Err(problem()),
+        },
+        _ => Err(problem()),
+    }
 }
 
 /// A bad usage or configuration: the key and the problem. Exit code 2.
@@ -152,10 +193,12 @@ struct Plan {
     key: Vec<String>,
     op: Op,
     columns: Option<BTreeMap<String, ColumnConfig>>,
+    unmapped: Option<String>,
     sink: SinkConfigBuilder,
     checkpoint_interval: Duration,
     metrics_listen: Option<std::net::SocketAddr>,
     stdin: bool,
+    parse_only: bool,
 }
 
 fn required(value: Option<String>, key: &str, flag: &str) -> Result<String, UsageError> {
@@ -253,6 +296,15 @@ fn plan(args: IngestArgs) -> Result<Plan, UsageError> {
             )
         })?),
     };
+    let unmapped = match (args.unmapped_into, &file.unmapped) {
+        (Some(name), _) => {
+            sluice_sink::Ident::new(&name)
+                .map_err(|error| UsageError::new("unmapped.column", error.to_string()))?;
+            Some(name)
+        }
+        (None, Some(value)) => unmapped_column(value)?,
+        (None, None) => None,
+    };
     let (inputs, format) = source::resolve(&source, args.format.or(file.format))?;
     let stdin = matches!(inputs[0], Input::Stdin);
     let at_least_once = args.at_least_once || file.at_least_once.unwrap_or(false) || stdin;
@@ -309,10 +361,12 @@ fn plan(args: IngestArgs) -> Result<Plan, UsageError> {
         key,
         op,
         columns: file.columns,
+        unmapped,
         sink,
         checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
         metrics_listen,
         stdin,
+        parse_only: args.parse_only,
     })
 }
 
@@ -342,9 +396,9 @@ struct Reader {
     position: Position,
 }
 
-/// Reads the first input far enough to build the mapper (inference needs a first record,
-/// CSV needs the header). Returns the mapper, the framer of the first input and the frames
-/// already read.
+/// Reads the first input far enough to build the mapper (inference and the table's filled
+/// columns need a first record, CSV needs the header). Returns the mapper, the framer of the
+/// first input and the frames already read.
 fn prepare_mapper(plan: &MapperSpec) -> Result<(Mapper, Framer, VecDeque<Frame>), PrepareError> {
     let input = &plan.input;
     let (header, mut framer) = match plan.format {
@@ -356,13 +410,53 @@ fn prepare_mapper(plan: &MapperSpec) -> Result<(Mapper, Framer, VecDeque<Frame>)
         ),
     };
     let mut pending = VecDeque::new();
-    let mut mapper = match &plan.columns {
-        Some(columns) => Mapper::declared(columns, &plan.key, plan.op, plan.delimiter)?,
-        None => loop {
-            let frame = framer
-                .next_frame()
-                .with_context(|| format!("reading {}", input.name()))?;
-            let Some(frame) = frame else {
+    // The first record that parses as an object, unless the columns are declared.
+    let mut first = None;
+    if plan.columns.is_none() {
+        while let Some(frame) = framer
+            .next_frame()
+            .with_context(|| format!("reading {}", input.name()))?
+        {
+            let usable = mapping::can_infer_from(&frame.payload);
+            pending.push_back(frame);
+            if usable {
+                first = Some(pending.len() - 1);
+                break;
+            }
+        }
+    }
+    let first = first.map(|index| &pending[index].payload);
+    let mut mapper = match (&plan.columns, &plan.table_columns) {
+        (Some(columns), table) => Mapper::declared(
+            columns,
+            &plan.key,
+            plan.op,
+            plan.delimiter,
+            table.as_deref(),
+        )?,
+        (None, Some(table)) => {
+            let (mapper, left_out) = Mapper::from_table(
+                table,
+                first,
+                &header,
+                &plan.key,
+                plan.op,
+                plan.delimiter,
+                plan.unmapped.as_deref(),
+            )?;
+            eprintln!(
+                "note: table {} exists: records are cast to its columns ({})",
+                plan.table,
+                mapper.describe()
+            );
+            if !left_out.is_empty() {
+                eprintln!("note: columns left to the table: {}", left_out.join(", "));
+            }
+            mapper
+        }
+        (None, None) => match first {
+            Some(first) => Mapper::inferred(first, &header, &plan.key, plan.op, plan.delimiter)?,
+            None => {
                 return Err(UsageError::new(
                     "columns",
                     format!(
@@ -371,15 +465,12 @@ fn prepare_mapper(plan: &MapperSpec) -> Result<(Mapper, Framer, VecDeque<Frame>)
                     ),
                 )
                 .into());
-            };
-            let usable = mapping::can_infer_from(&frame.payload);
-            pending.push_back(frame);
-            if usable {
-                let first = &pending.back().expect("just pushed").payload;
-                break Mapper::inferred(first, &header, &plan.key, plan.op, plan.delimiter)?;
             }
         },
     };
+    if let Some(column) = &plan.unmapped {
+        mapper.add_unmapped(column)?;
+    }
     if plan.format == Format::Csv {
         mapper.set_header(&header)?;
     }
@@ -613,34 +704,24 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
             .install()
             .with_context(|| format!("serving metrics on {address}"))?;
     }
-    let spec = MapperSpec {
-        input: plan.inputs[0].clone(),
-        format: plan.format,
-        delimiter: plan.delimiter,
-        key: plan.key.clone(),
-        op: plan.op,
-        columns: plan.columns.clone(),
-    };
-    let prepared = tokio::task::spawn_blocking(move || prepare_mapper(&spec))
-        .await
-        .context("the reader task")?;
-    let (mapper, framer, pending) = match prepared {
-        Ok(prepared) => prepared,
-        Err(PrepareError::Usage(error)) => return usage(error),
-        Err(PrepareError::Failed(error)) => return Err(error),
-    };
-    let schema = match mapper.schema(&plan.table, &plan.key) {
-        Ok(schema) => schema,
-        Err(error) => return usage(error),
-    };
-    let (backend, target_name): (Box<dyn SinkBackend>, String) = match &plan.target {
+    if plan.parse_only {
+        return parse_only(plan).await;
+    }
+    let (backend, target_name, table_columns): (Box<dyn SinkBackend>, String, _) = match &plan
+        .target
+    {
         Target::Sqlite(path) => {
+            let table_columns = describe_sqlite(path, &plan.table)?;
             let options = sluice_sink_sqlite::SqliteSinkOptions::new(
                 sluice_sink_sqlite::Location::File(path.clone()),
             );
             let backend = sluice_sink_sqlite::SqliteBackend::open(&options)
                 .map_err(|error| anyhow!("opening {}: {error}", path.display()))?;
-            (Box::new(backend), format!("sqlite://{}", path.display()))
+            (
+                Box::new(backend),
+                format!("sqlite://{}", path.display()),
+                table_columns,
+            )
         }
         Target::Postgres(url) => {
             let options = match sluice_sink_postgres::PostgresSinkOptions::for_sink(url, &config) {
@@ -651,8 +732,25 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
             let backend = sluice_sink_postgres::PostgresBackend::connect(options)
                 .await
                 .map_err(|error| anyhow!("connecting to {target}: {error}"))?;
-            (Box::new(backend), format!("postgres {target}"))
+            let table_columns = describe_postgres(&backend, &plan.table)
+                .await
+                .with_context(|| format!("reading table {} in {target}", plan.table))?;
+            (
+                Box::new(backend),
+                format!("postgres {target}"),
+                table_columns,
+            )
         }
+    };
+    let prepared = prepare(&plan, table_columns).await?;
+    let (mapper, framer, pending) = match prepared {
+        Ok(prepared) => prepared,
+        Err(PrepareError::Usage(error)) => return usage(error),
+        Err(PrepareError::Failed(error)) => return Err(error),
+    };
+    let schema = match mapper.schema(&plan.table, &plan.key) {
+        Ok(schema) => schema,
+        Err(error) => return usage(error),
     };
     let sink = match Sink::open(backend.as_ref(), schema, config).await {
         Ok(sink) => sink,
@@ -859,6 +957,147 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
     }
 }
 
+/// Builds the mapper on a blocking task (it reads the first input).
+async fn prepare(
+    plan: &Plan,
+    table_columns: Option<Vec<TableColumn>>,
+) -> Result<Result<(Mapper, Framer, VecDeque<Frame>), PrepareError>> {
+    let spec = MapperSpec {
+        input: plan.inputs[0].clone(),
+        format: plan.format,
+        delimiter: plan.delimiter,
+        key: plan.key.clone(),
+        op: plan.op,
+        columns: plan.columns.clone(),
+        unmapped: plan.unmapped.clone(),
+        table: plan.table.clone(),
+        table_columns,
+    };
+    tokio::task::spawn_blocking(move || prepare_mapper(&spec))
+        .await
+        .context("the reader task")
+}
+
+fn table_columns<C>(columns: Vec<C>, convert: impl Fn(C) -> TableColumn) -> Vec<TableColumn> {
+    columns.into_iter().map(convert).collect()
+}
+
+/// The existing table's columns in a SQLite file (read-only; nothing is created).
+fn describe_sqlite(path: &std::path::Path, table: &str) -> Result<Option<Vec<TableColumn>>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let options = sluice_sqlite::OpenOptions::new(sluice_sqlite::Location::File(path.into()));
+    let connection = sluice_sqlite::open_connection(&options, true)
+        .map_err(|error| anyhow!("opening {} to read table {table}: {error}", path.display()))?;
+    let ident = sluice_sink::Ident::new(table).expect("validated by plan");
+    let columns = sluice_sink_sqlite::describe_table(&connection, &ident)
+        .map_err(|error| anyhow!("reading table {table} in {}: {error}", path.display()))?;
+    Ok(columns.map(|columns| {
+        table_columns(columns, |column| TableColumn {
+            name: column.name,
+            column_type: column.column_type,
+            type_name: column.type_name,
+            nullable: column.nullable,
+            filled_by_table: column.filled_by_table,
+            read_only: column.read_only,
+        })
+    }))
+}
+
+/// The existing table's columns in PostgreSQL.
+async fn describe_postgres(
+    backend: &sluice_sink_postgres::PostgresBackend,
+    table: &str,
+) -> Result<Option<Vec<TableColumn>>> {
+    let client = backend
+        .pool()
+        .get()
+        .await
+        .map_err(|error| anyhow!("{error}"))?;
+    let ident = sluice_sink::Ident::new(table).expect("validated by plan");
+    let columns = sluice_sink_postgres::describe_table(&client, &ident).await?;
+    Ok(columns.map(|columns| {
+        table_columns(columns, |column| TableColumn {
+            name: column.name,
+            column_type: column.column_type,
+            type_name: column.type_name,
+            nullable: column.nullable,
+            filled_by_table: column.filled_by_table,
+            read_only: column.read_only,
+        })
+    }))
+}
+
+/// `--parse-only`: the reader, framer and mapper without a sink (for `sluice bench ingest`).
+async fn parse_only(plan: Plan) -> Result<ExitCode> {
+    let prepared = prepare(&plan, None).await?;
+    let (mapper, framer, pending) = match prepared {
+        Ok(prepared) => prepared,
+        Err(PrepareError::Usage(error)) => return usage(error),
+        Err(PrepareError::Failed(error)) => return Err(error),
+    };
+    let started = Instant::now();
+    let cpu_before = cpu_seconds();
+    let reader = Reader {
+        source: plan.source.clone(),
+        inputs: plan.inputs.clone(),
+        format: plan.format,
+        delimiter: plan.delimiter,
+        index: 0,
+        framer: Some(framer),
+        pending,
+        mapper,
+        bytes_before: 0,
+        position: Position {
+            source: plan.source.clone(),
+            path: plan.inputs[0].name(),
+            offset: 0,
+        },
+    };
+    let (sender, mut receiver) = mpsc::channel(4);
+    let thread = std::thread::Builder::new()
+        .name("sluice-ingest-reader".into())
+        .spawn(move || reader.run(sender))
+        .context("starting the reader thread")?;
+    let (mut records, mut rows, mut rejected, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    while let Some(chunk) = receiver.recv().await {
+        let chunk = chunk?;
+        records += chunk.records;
+        rows += chunk.rows.len() as u64;
+        rejected += chunk.rejected.len() as u64;
+        bytes = bytes.max(chunk.bytes_done);
+    }
+    thread
+        .join()
+        .map_err(|_| anyhow!("the reader thread panicked"))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    println!(
+        "parse only: {}: {rows} rows, {rejected} refused",
+        plan.source
+    );
+    println!("  records read:   {records} ({bytes} bytes)");
+    println!(
+        "  duration:       {elapsed:.3} s ({:.0} records/s)",
+        records as f64 / elapsed.max(1e-9)
+    );
+    println!("  cpu:            {cpu:.3} s");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// User plus system CPU time of this process so far, in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes only the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 fn config_delivery_exactly_once(sink: &Sink) -> bool {
     sink.config().delivery().is_exactly_once()
 }
@@ -897,4 +1136,8 @@ struct MapperSpec {
     key: Vec<String>,
     op: Op,
     columns: Option<BTreeMap<String, ColumnConfig>>,
+    unmapped: Option<String>,
+    table: String,
+    /// The existing target table's columns.
+    table_columns: Option<Vec<TableColumn>>,
 }
