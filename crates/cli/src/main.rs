@@ -2,6 +2,7 @@
 //! `anyhow` and exit codes live here only.
 
 mod bench;
+mod bench_ingest;
 mod bench_sink;
 mod demo;
 mod ingest;
@@ -52,6 +53,8 @@ enum BenchCommand {
     Orchestrations(bench::OrchestrationBenchArgs),
     /// The database sink against the raw limit of its database (issue 6).
     Sink(bench_sink::SinkBenchArgs),
+    /// `sluice ingest` of NDJSON into PostgreSQL against psql's COPY of the same rows (issue 7).
+    Ingest(bench_ingest::IngestBenchArgs),
 }
 
 /// Commit durability on SQLite.
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(BenchCommand::Orchestrations(args)) => bench::run(args).await,
             Command::Bench(BenchCommand::Sink(args)) => bench_sink::run(args).await,
+            Command::Bench(BenchCommand::Ingest(args)) => bench_ingest::run(args).await,
             Command::Ingest(args) => ingest::run(args).await,
             Command::Inspect { db, instance_id } => inspect(&db, &instance_id).await,
         }

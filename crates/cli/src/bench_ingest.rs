@@ -1,0 +1,527 @@
+//! `sluice bench ingest`: `sluice ingest` of an NDJSON file into PostgreSQL, exactly once,
+//! against `psql`'s COPY of the same rows pre-converted to TSV, in the same run (issue 7).
+//!
+//! The file is generated deterministically from `--seed`: `--rows` lines of an id, a short
+//! text, a float, a timestamp and a small nested object
+//! (`{"id":1,"name":"k3xq9abz","score":512.375,"ts":"2026-01-01T00:00:00.050Z","meta":{"source":"web","n":7}}`),
+//! and the same rows as TSV. Both load into the same table definition (`id bigint PRIMARY
+//! KEY, name text NOT NULL, score double precision, ts timestamptz, meta jsonb`), created
+//! fresh before each measurement after a server `CHECKPOINT` and a `sync`:
+//!
+//! - `copy`: `psql -c "\copy ... FROM file.tsv"` (PostgreSQL 15's psql), wall time from start
+//!   to exit;
+//! - `ingest`: this binary's `sluice ingest` as a child process (default settings: exactly
+//!   once with the transactional marker, a checkpoint every second; the table's columns
+//!   drive the casts), wall time from start to exit, peak resident memory and CPU time from
+//!   `wait4`;
+//! - `parse_only`: the same file through the ingest reader, framer and mapper without a sink
+//!   (`sluice ingest --parse-only`, the same column types declared), rows/s and CPU time: if
+//!   it is much faster than `ingest`, parsing is not the bottleneck.
+//!
+//! Each measurement runs `--runs` times, interleaved (copy, ingest, parse, copy, ...); the best
+//! run of each is reported (the machine is shared), every run is in the JSON. After each
+//! ingest the table is compared with the COPY's: same row count and the same sum of
+//! `hashtext(row::text)`.
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
+use sluice_sink_postgres::tokio_postgres::{self, NoTls};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// PostgreSQL 15's psql.
+const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
+/// Share of the COPY rate ingest should reach.
+const TARGET_SHARE_OF_COPY: f64 = 0.85;
+/// Peak resident memory ingest should stay under, in MiB.
+const TARGET_PEAK_RSS_MIB: f64 = 64.0;
+/// The table definition both loads use (`{}` is the table name).
+const TABLE_DDL: &str = "CREATE TABLE {} (id bigint PRIMARY KEY, name text NOT NULL, \
+                         score double precision, ts timestamptz, meta jsonb)";
+/// The same columns declared for `--parse-only`, which opens no database.
+const PARSE_COLUMNS: &str = "[columns]\nid = { type = \"i64\" }\nname = { type = \"text\", nullable = false }\n\
+                             score = { type = \"f64\" }\nts = { type = \"timestamp_tz\" }\nmeta = { type = \"json\" }\n";
+const COPY_TABLE: &str = "bench_copy";
+const INGEST_TABLE: &str = "bench_ingest";
+/// Milliseconds between two rows' timestamps (1,000,000 rows stay within one day).
+const TS_STEP_MS: u64 = 50;
+const SOURCES: [&str; 4] = ["web", "app", "api", "batch"];
+
+/// Options of `sluice bench ingest`.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct IngestBenchArgs {
+    /// PostgreSQL to use; without it a throwaway cluster is started (initdb + pg_ctl).
+    #[arg(long)]
+    pg_url: Option<String>,
+    /// Lines of the generated file.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    /// Runs of each measurement; the best counts.
+    #[arg(long, default_value_t = 2)]
+    runs: usize,
+    /// Seed of the generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the results as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Directory for the generated files (default: a temporary directory, removed after).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// One run of one measurement.
+#[derive(Clone, Debug, Serialize)]
+struct Sample {
+    measurement: &'static str,
+    rows: u64,
+    wall_sec: f64,
+    rows_per_sec: f64,
+    /// User + system CPU of the child process (the database server's work is not in it).
+    cpu_sec: Option<f64>,
+    /// `ru_maxrss` of the child process.
+    peak_rss_mib: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    rows: u64,
+    ndjson_bytes: u64,
+    tsv_bytes: u64,
+    runs: usize,
+    conditions: String,
+    samples: Vec<Sample>,
+    copy_rows_per_sec: f64,
+    ingest_rows_per_sec: f64,
+    ingest_share_of_copy: f64,
+    ingest_peak_rss_mib: Option<f64>,
+    ingest_cpu_sec: Option<f64>,
+    parse_rows_per_sec: f64,
+    parse_cpu_sec: Option<f64>,
+    /// Parse-only CPU seconds per ingest wall second: the share of the run a single core
+    /// spends parsing.
+    parse_cpu_share_of_ingest_wall: Option<f64>,
+    target_share_met: bool,
+    target_rss_met: Option<bool>,
+    parsing_is_bottleneck: bool,
+}
+
+fn mix(mut x: u64) -> u64 {
+    // splitmix64's finaliser.
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Row `id`'s fields: name, score, timestamp text, meta source and n.
+fn row(seed: u64, id: u64) -> (String, f64, String, &'static str, u64) {
+    let hash = mix(seed ^ mix(id));
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let name: String = (0..8)
+        .map(|index| ALPHABET[((hash >> (index * 5)) % ALPHABET.len() as u64) as usize] as char)
+        .collect();
+    let score = (hash >> 40) as f64 / 1_000.0;
+    let ms = id * TS_STEP_MS;
+    let ts = format!(
+        "2026-01-01T{:02}:{:02}:{:02}.{:03}Z",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1_000 % 60,
+        ms % 1_000
+    );
+    let source = SOURCES[(hash % SOURCES.len() as u64) as usize];
+    (name, score, ts, source, (hash >> 8) % 100)
+}
+
+/// Writes the NDJSON and TSV files; returns their sizes in bytes.
+fn generate(dir: &Path, rows: u64, seed: u64) -> Result<(u64, u64)> {
+    anyhow::ensure!(
+        rows * TS_STEP_MS < 86_400_000,
+        "--rows {rows} is more than the generator's timestamps cover in a day"
+    );
+    let mut ndjson = std::io::BufWriter::new(std::fs::File::create(dir.join("rows.ndjson"))?);
+    let mut tsv = std::io::BufWriter::new(std::fs::File::create(dir.join("rows.tsv"))?);
+    for id in 0..rows {
+        let (name, score, ts, source, n) = row(seed, id);
+        writeln!(
+            ndjson,
+            r#"{{"id":{id},"name":"{name}","score":{score},"ts":"{ts}","meta":{{"source":"{source}","n":{n}}}}}"#
+        )?;
+        writeln!(
+            tsv,
+            "{id}\t{name}\t{score}\t{ts}\t{{\"source\":\"{source}\",\"n\":{n}}}"
+        )?;
+    }
+    ndjson.flush()?;
+    tsv.flush()?;
+    Ok((
+        std::fs::metadata(dir.join("rows.ndjson"))?.len(),
+        std::fs::metadata(dir.join("rows.tsv"))?.len(),
+    ))
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .context("connecting to PostgreSQL")?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "the benchmark's connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Drops and creates `table` (and the ingest's dead letters and progress), then lets the
+/// server write its dirty pages and the kernel its page cache, so runs start alike.
+async fn fresh_table(client: &tokio_postgres::Client, table: &str) -> Result<()> {
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_dead_letters; \
+             DROP TABLE IF EXISTS sluice_sink_progress; {}; CHECKPOINT",
+            TABLE_DDL.replace("{}", table)
+        ))
+        .await
+        .with_context(|| format!("creating {table}"))?;
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    Ok(())
+}
+
+/// A finished child: its exit status, wall time and resource use.
+struct Finished {
+    success: bool,
+    wall: Duration,
+    cpu_sec: f64,
+    peak_rss_mib: f64,
+}
+
+/// Runs `command` to its end with its output in `log`, and reads its resource use with
+/// `wait4`.
+async fn run_child(mut command: std::process::Command, log: &Path) -> Result<Finished> {
+    let out = std::fs::File::create(log)?;
+    command
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    let started = Instant::now();
+    let child = command.spawn().context("starting the child process")?;
+    let pid = child.id() as libc::pid_t;
+    tokio::task::spawn_blocking(move || {
+        let mut status = 0;
+        // SAFETY: both pointers are to live locals; the child is ours and not waited on
+        // elsewhere (`child` is dropped without `wait`, which std allows).
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        drop(child);
+        if reaped != pid {
+            bail!("wait4: {}", std::io::Error::last_os_error());
+        }
+        let wall = started.elapsed();
+        let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+        Ok(Finished {
+            success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            wall,
+            cpu_sec: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+            // Linux reports kibibytes.
+            peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+        })
+    })
+    .await?
+}
+
+fn check_success(finished: &Finished, what: &str, log: &Path) -> Result<()> {
+    if !finished.success {
+        bail!(
+            "{what} failed: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Row count and content hash of a table.
+async fn fingerprint(client: &tokio_postgres::Client, table: &str) -> Result<(i64, i64)> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*), coalesce(sum(hashtext(t::text)::bigint), 0)::int8 FROM {table} t"
+            ),
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+fn sample(measurement: &'static str, rows: u64, finished: &Finished, with_usage: bool) -> Sample {
+    let wall_sec = finished.wall.as_secs_f64();
+    Sample {
+        measurement,
+        rows,
+        wall_sec,
+        rows_per_sec: rows as f64 / wall_sec,
+        cpu_sec: with_usage.then_some(finished.cpu_sec),
+        peak_rss_mib: with_usage.then_some(finished.peak_rss_mib),
+    }
+}
+
+fn best<'a>(samples: &'a [Sample], measurement: &str) -> Result<&'a Sample> {
+    samples
+        .iter()
+        .filter(|sample| sample.measurement == measurement)
+        .max_by(|a, b| a.rows_per_sec.total_cmp(&b.rows_per_sec))
+        .ok_or_else(|| anyhow!("no {measurement} run"))
+}
+
+async fn conditions(client: &tokio_postgres::Client) -> Result<String> {
+    let rows = client
+        .query(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('server_version', \
+             'synchronous_commit', 'fsync', 'full_page_writes', 'shared_buffers', \
+             'max_wal_size', 'wal_level') ORDER BY name",
+            &[],
+        )
+        .await?;
+    let settings: Vec<String> = rows
+        .iter()
+        .map(|row| format!("{}={}", row.get::<_, String>(0), row.get::<_, String>(1)))
+        .collect();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    Ok(format!(
+        "{} cores, load average {}; PostgreSQL: {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        settings.join(" ")
+    ))
+}
+
+pub(crate) async fn run(args: IngestBenchArgs) -> Result<ExitCode> {
+    anyhow::ensure!(args.rows > 0, "--rows must be positive");
+    anyhow::ensure!(args.runs > 0, "--runs must be positive");
+    anyhow::ensure!(
+        Path::new(PSQL).exists(),
+        "{PSQL} is missing (PostgreSQL 15's client)"
+    );
+    let (url, _cluster) = match &args.pg_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let cluster = tokio::task::block_in_place(sluice_testkit::PgCluster::start)
+                .map_err(|e| anyhow!("cannot start a throwaway PostgreSQL: {e}"))?;
+            let url = tokio::task::block_in_place(|| cluster.create_database("sluice_bench"))?;
+            (url, Some(cluster))
+        }
+    };
+    let client = connect(&url).await?;
+    let conditions = conditions(&client).await?;
+    println!("machine: {conditions}");
+    let temp;
+    let dir = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            dir.clone()
+        }
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let began = Instant::now();
+    let (rows, seed) = (args.rows, args.seed);
+    let generate_dir = dir.clone();
+    let (ndjson_bytes, tsv_bytes) =
+        tokio::task::spawn_blocking(move || generate(&generate_dir, rows, seed)).await??;
+    println!(
+        "generated {rows} rows: {} ({ndjson_bytes} bytes) and {} ({tsv_bytes} bytes) in {:.1} s",
+        dir.join("rows.ndjson").display(),
+        dir.join("rows.tsv").display(),
+        began.elapsed().as_secs_f64()
+    );
+    std::fs::write(dir.join("parse.toml"), PARSE_COLUMNS)?;
+    let exe = std::env::current_exe()?;
+    let mut samples = Vec::new();
+    for round in 1..=args.runs {
+        // (a) psql COPY of the TSV.
+        fresh_table(&client, COPY_TABLE).await?;
+        let mut command = std::process::Command::new(PSQL);
+        command.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url, "-c"]);
+        command.arg(format!(
+            "\\copy {COPY_TABLE} FROM '{}'",
+            dir.join("rows.tsv").display()
+        ));
+        let log = dir.join("copy.log");
+        let finished = run_child(command, &log).await?;
+        check_success(&finished, "psql COPY", &log)?;
+        let copy = sample("copy", rows, &finished, false);
+        println!(
+            "round {round}: psql COPY        {:>9.0} rows/s  ({:.2} s)",
+            copy.rows_per_sec, copy.wall_sec
+        );
+        samples.push(copy);
+        let expected = fingerprint(&client, COPY_TABLE).await?;
+        anyhow::ensure!(
+            expected.0 == rows as i64,
+            "COPY loaded {} rows of {rows}",
+            expected.0
+        );
+
+        // (b) sluice ingest, exactly once.
+        fresh_table(&client, INGEST_TABLE).await?;
+        let mut command = std::process::Command::new(&exe);
+        command
+            .args(["ingest", "--from"])
+            .arg(dir.join("rows.ndjson"))
+            .args(["--into", &url, "--table", INGEST_TABLE]);
+        let log = dir.join("ingest.log");
+        let finished = run_child(command, &log).await?;
+        check_success(&finished, "sluice ingest", &log)?;
+        let ingest = sample("ingest", rows, &finished, true);
+        println!(
+            "round {round}: sluice ingest    {:>9.0} rows/s  ({:.2} s, {:.0}% of COPY, peak RSS {:.1} MiB, CPU {:.2} s)",
+            ingest.rows_per_sec,
+            ingest.wall_sec,
+            100.0 * ingest.rows_per_sec / samples.last().expect("copy").rows_per_sec,
+            finished.peak_rss_mib,
+            finished.cpu_sec
+        );
+        samples.push(ingest);
+        let found = fingerprint(&client, INGEST_TABLE).await?;
+        anyhow::ensure!(
+            found == expected,
+            "the ingested table differs from the COPY's: (rows, hash) {found:?} against {expected:?}"
+        );
+        client
+            .batch_execute(&format!(
+                "DROP TABLE {COPY_TABLE}; DROP TABLE {INGEST_TABLE}"
+            ))
+            .await?;
+
+        // (c) parsing alone.
+        let mut command = std::process::Command::new(&exe);
+        command
+            .args(["ingest", "--parse-only", "--from"])
+            .arg(dir.join("rows.ndjson"))
+            .args(["--into", &url, "--table", INGEST_TABLE, "--config"])
+            .arg(dir.join("parse.toml"));
+        let log = dir.join("parse.log");
+        let finished = run_child(command, &log).await?;
+        check_success(&finished, "sluice ingest --parse-only", &log)?;
+        let parse = sample("parse_only", rows, &finished, true);
+        println!(
+            "round {round}: parse only       {:>9.0} rows/s  ({:.2} s, CPU {:.2} s)",
+            parse.rows_per_sec, parse.wall_sec, finished.cpu_sec
+        );
+        samples.push(parse);
+    }
+    let copy = best(&samples, "copy")?.clone();
+    let ingest = best(&samples, "ingest")?.clone();
+    let parse = best(&samples, "parse_only")?.clone();
+    let share = ingest.rows_per_sec / copy.rows_per_sec;
+    let parse_cpu_share = parse.cpu_sec.map(|cpu| cpu / ingest.wall_sec);
+    let report = Report {
+        rows,
+        ndjson_bytes,
+        tsv_bytes,
+        runs: args.runs,
+        conditions,
+        copy_rows_per_sec: copy.rows_per_sec,
+        ingest_rows_per_sec: ingest.rows_per_sec,
+        ingest_share_of_copy: share,
+        ingest_peak_rss_mib: ingest.peak_rss_mib,
+        ingest_cpu_sec: ingest.cpu_sec,
+        parse_rows_per_sec: parse.rows_per_sec,
+        parse_cpu_sec: parse.cpu_sec,
+        parse_cpu_share_of_ingest_wall: parse_cpu_share,
+        target_share_met: share >= TARGET_SHARE_OF_COPY,
+        target_rss_met: ingest.peak_rss_mib.map(|mib| mib < TARGET_PEAK_RSS_MIB),
+        // Parsing bounds the rate when it cannot run faster than the ingest itself.
+        parsing_is_bottleneck: parse.rows_per_sec < 1.2 * ingest.rows_per_sec,
+        samples,
+    };
+    let yes_no = |met: bool| if met { "yes" } else { "no" };
+    println!();
+    println!(
+        "best of {} runs, {rows} rows ({} MB NDJSON):",
+        args.runs,
+        ndjson_bytes / 1_000_000
+    );
+    println!("| measurement | rows/s | share of COPY | peak RSS MiB | CPU s | target here | met |");
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| psql COPY of the TSV | {:.0} | 100% | - | - | (reference: 160-184K rows/s here in the issue) | - |",
+        copy.rows_per_sec
+    );
+    println!(
+        "| sluice ingest, exactly once | {:.0} | {:.1}% | {:.1} | {:.2} | >= {:.0}% of COPY, < {TARGET_PEAK_RSS_MIB:.0} MiB | {} / {} |",
+        ingest.rows_per_sec,
+        share * 100.0,
+        ingest.peak_rss_mib.unwrap_or(f64::NAN),
+        ingest.cpu_sec.unwrap_or(f64::NAN),
+        TARGET_SHARE_OF_COPY * 100.0,
+        yes_no(report.target_share_met),
+        report.target_rss_met.map_or("-", yes_no)
+    );
+    println!(
+        "| parse only (reader, framer, mapper) | {:.0} | {:.1}% | {:.1} | {:.2} | not the bottleneck | {} |",
+        parse.rows_per_sec,
+        100.0 * parse.rows_per_sec / copy.rows_per_sec,
+        parse.peak_rss_mib.unwrap_or(f64::NAN),
+        parse.cpu_sec.unwrap_or(f64::NAN),
+        yes_no(!report.parsing_is_bottleneck)
+    );
+    if let Some(cpu_share) = parse_cpu_share {
+        println!(
+            "parsing needs {:.2} CPU s, {:.0}% of one core over the ingest's {:.2} s",
+            parse.cpu_sec.unwrap_or(0.0),
+            cpu_share * 100.0,
+            ingest.wall_sec
+        );
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_deterministic_and_the_two_files_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), 1_000, 7).unwrap();
+        let ndjson = std::fs::read_to_string(dir.path().join("rows.ndjson")).unwrap();
+        let tsv = std::fs::read_to_string(dir.path().join("rows.tsv")).unwrap();
+        assert_eq!(row(7, 999), row(7, 999));
+        assert_ne!(row(7, 1).0, row(8, 1).0);
+        for (line, fields) in ndjson.lines().zip(tsv.lines()) {
+            let json: serde_json::Value = serde_json::from_str(line).unwrap();
+            let fields: Vec<&str> = fields.split('\t').collect();
+            assert_eq!(json["id"].to_string(), fields[0]);
+            assert_eq!(json["name"], fields[1]);
+            assert_eq!(
+                json["score"].as_f64().unwrap(),
+                fields[2].parse::<f64>().unwrap()
+            );
+            assert_eq!(json["ts"], fields[3]);
+            let meta: serde_json::Value = serde_json::from_str(fields[4]).unwrap();
+            assert_eq!(json["meta"], meta);
+        }
+        assert_eq!(ndjson.lines().count(), 1_000);
+        assert!(
+            ndjson
+                .lines()
+                .last()
+                .unwrap()
+                .contains("\"ts\":\"2026-01-01T00:00:49.950Z\"")
+        );
+    }
+}
