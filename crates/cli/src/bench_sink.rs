@@ -149,7 +149,7 @@ pub(crate) struct SinkBenchArgs {
     /// Operations of `latency_single_row`.
     #[arg(long, default_value_t = 2_000)]
     latency_ops: usize,
-    /// `buffer_bytes_max` of the `memory` scenario (default: the sink's default, 64 MiB).
+    /// `buffer_bytes_max` of the `memory` scenario (default: the sink's default, 16 MiB).
     #[arg(long)]
     memory_buffer_bytes: Option<usize>,
     /// Run `memory` in this process (used by the child process the benchmark starts).
@@ -1683,7 +1683,7 @@ impl Bench {
         result.detail["baseline_rss_mb"] = baseline_rss.into();
         result.detail["baseline_hwm_mb"] = baseline_hwm.into();
         result.measured = format!(
-            "{}; peak_rss_mb = VmHWM of a child process that ran only this scenario (default sink limits unless --memory-buffer-bytes: buffer_bytes_max 64 MiB, 2 lanes, batches of 1,000), including the runtime, the database client and the generator's queue of up to 8 chunks",
+            "{}; peak_rss_mb = VmHWM of a child process that ran only this scenario (default sink limits unless --memory-buffer-bytes: buffer_bytes_max 16 MiB, 2 lanes, batches of up to 5,000 rows / 4 MiB), including the runtime, the database client and the generator's queue of up to 8 chunks",
             result.measured
         );
         Ok(result)
@@ -1740,8 +1740,13 @@ impl Bench {
         Ok(match scenario {
             ScenarioArg::All => Vec::new(),
             ScenarioArg::Single => vec![
-                self.throughput("single", base_config().flush_concurrency(1), 1, None)
-                    .await?,
+                self.throughput(
+                    "single",
+                    base_config().flush_concurrency(1).batch_rows_max(1_000),
+                    1,
+                    None,
+                )
+                .await?,
             ],
             ScenarioArg::Multi4 => vec![
                 self.throughput("multi4", base_config().flush_concurrency(4), 4, None)

@@ -58,5 +58,5 @@ pub use schema::{COLUMNS_MAX, Column, Op, Row, RowError, Schema, SchemaError};
 pub use sink::{Rejected, Sink, SinkStats};
 pub use value::{
     ColumnType, DECIMAL_DIGITS_MAX, Date, Decimal, Json, Timestamp, TimestampTz, Uuid, Value,
-    ValueError,
+    ValueError, allocated_bytes,
 };

@@ -308,12 +308,12 @@ impl Row {
         }
     }
 
-    /// What holding the row in memory costs, in bytes: the row header, one `Value` slot per
-    /// value, and the heap payload of each value. This is what the buffer and batch byte limits
-    /// count.
+    /// What holding the row in memory costs, in bytes: the row header, the allocation of its
+    /// `Value` slots, and the heap payload of each value, as the allocator hands them out (see
+    /// [`crate::allocated_bytes`]). This is what the buffer and batch byte limits count.
     pub fn size_bytes(&self) -> usize {
         ROW_HEADER_BYTES
-            + self.values.len() * std::mem::size_of::<Value>()
+            + crate::value::allocated_bytes(self.values.capacity() * std::mem::size_of::<Value>())
             + self.values.iter().map(Value::heap_bytes).sum::<usize>()
     }
 
@@ -493,8 +493,15 @@ mod tests {
     fn row_size_counts_payloads() {
         let small = Row::insert(vec![1.into(), "".into()]);
         let large = Row::insert(vec![1.into(), "x".repeat(1000).into()]);
-        assert_eq!(large.size_bytes() - small.size_bytes(), 1000);
+        // 1,000 bytes plus the allocator's word, rounded up to 16.
+        assert_eq!(large.size_bytes() - small.size_bytes(), 1008);
         assert!(small.size_bytes() >= 2 * std::mem::size_of::<Value>());
+        let one_byte = Row::insert(vec![1.into(), "x".into()]);
+        assert_eq!(
+            one_byte.size_bytes() - small.size_bytes(),
+            32,
+            "the smallest chunk"
+        );
     }
 
     #[test]

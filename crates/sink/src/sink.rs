@@ -116,10 +116,10 @@ impl Rejected {
     /// What holding it costs in the buffer, in bytes.
     fn size_bytes(&self) -> usize {
         std::mem::size_of::<Rejected>()
-            + self.record.len()
-            + self.position.len()
-            + self.code.len()
-            + self.reason.len()
+            + [&self.record, &self.position, &self.code, &self.reason]
+                .into_iter()
+                .map(|text| crate::allocated_bytes(text.capacity()))
+                .sum::<usize>()
     }
 }
 

@@ -453,16 +453,28 @@ impl Value {
         }
     }
 
-    /// Bytes the value owns on the heap (text, binary, decimal and JSON payloads). Together
-    /// with the fixed size of the `Value` itself this is what holding the value costs.
+    /// Bytes the value holds on the heap (text, binary, decimal and JSON payloads), counted as
+    /// the allocator hands them out (see [`allocated_bytes`]). Together with the fixed size of
+    /// the `Value` itself this is what holding the value costs.
     pub fn heap_bytes(&self) -> usize {
-        match self {
-            Value::Decimal(decimal) => decimal.0.len(),
-            Value::Text(text) => text.len(),
-            Value::Bytes(bytes) => bytes.len(),
-            Value::Json(json) => json.0.len(),
+        allocated_bytes(match self {
+            Value::Decimal(decimal) => decimal.0.capacity(),
+            Value::Text(text) => text.capacity(),
+            Value::Bytes(bytes) => bytes.capacity(),
+            Value::Json(json) => json.0.capacity(),
             _ => 0,
-        }
+        })
+    }
+}
+
+/// What an allocation of `requested` bytes costs the process: the general-purpose allocators
+/// (glibc's among them) add a word of bookkeeping, round up to 16 bytes and hand out at least
+/// 32. Buffer limits count this, so a limit of N bytes holds about N bytes of memory.
+pub fn allocated_bytes(requested: usize) -> usize {
+    if requested == 0 {
+        0
+    } else {
+        (requested.saturating_add(8).div_ceil(16) * 16).max(32)
     }
 }
 
