@@ -48,10 +48,12 @@
 use super::UsageError;
 use super::format::Payload;
 use serde_json::Value as JsonValue;
+use serde_json::value::RawValue;
 use sluice_sink::{
     Column, ColumnType, Date, Decimal, Ident, Json, Op, Row, Schema, Timestamp, TimestampTz, Uuid,
     Value,
 };
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 
 /// One `[columns]` entry.
@@ -437,12 +439,14 @@ impl Mapper {
                         format!("the line is not valid UTF-8: {error}"),
                     )
                 })?;
-                let mut object = match serde_json::from_str::<JsonValue>(text) {
-                    Ok(JsonValue::Object(object)) => object,
-                    Ok(other) => {
+                let fields = match serde_json::from_str::<Fields<'_>>(text) {
+                    Ok(fields) => fields,
+                    // Any object parses (its values are kept raw): a data error is a line
+                    // that is valid JSON of another kind.
+                    Err(error) if error.classify() == serde_json::error::Category::Data => {
                         return Err(Refusal::new(
                             "ingest.json.not_object",
-                            format!("the line is a JSON {}, not an object", json_kind(&other)),
+                            format!("the line is a JSON {}, not an object", raw_kind(text)),
                         ));
                     }
                     Err(error) => {
@@ -453,33 +457,40 @@ impl Mapper {
                     }
                 };
                 for column in &self.columns {
-                    let Some(field) = column.path.first() else {
+                    let Some((field, nested)) = column.path.split_first() else {
                         // The unmapped-fields column, always the last one.
                         let mapped = self.mapped_fields.as_ref().expect("set with the column");
-                        object.retain(|name, _| !mapped.contains(name));
-                        values.push(if object.is_empty() {
+                        let mut rest = serde_json::Map::new();
+                        for (name, raw) in &fields.0 {
+                            if !mapped.contains(name.0.as_ref()) {
+                                rest.insert(name.0.to_string(), parse_raw(raw)?);
+                            }
+                        }
+                        values.push(if rest.is_empty() {
                             Value::Null
                         } else {
-                            Value::Json(Json::from_value(&JsonValue::Object(std::mem::take(
-                                &mut object,
-                            ))))
+                            Value::Json(Json::from_value(&JsonValue::Object(rest)))
                         });
                         continue;
                     };
-                    let mut found = object.get(field);
-                    for part in &column.path[1..] {
-                        found = found.and_then(|value| value.get(part));
-                    }
-                    let value =
-                        match found {
-                            None | Some(JsonValue::Null) => None,
-                            Some(value) => Some(convert_json(value, column.column_type).map_err(
-                                |refusal| Refusal {
-                                    code: refusal.code,
-                                    reason: format!("column {}: {}", column.name, refusal.reason),
-                                },
-                            )?),
-                        };
+                    let converted = match fields.get(field) {
+                        None => Ok(None),
+                        Some(raw) if nested.is_empty() => convert_raw(raw, column.column_type),
+                        Some(raw) => parse_raw(raw).and_then(|value| {
+                            let mut found = Some(&value);
+                            for part in nested {
+                                found = found.and_then(|value| value.get(part));
+                            }
+                            match found {
+                                None | Some(JsonValue::Null) => Ok(None),
+                                Some(value) => convert_json(value, column.column_type).map(Some),
+                            }
+                        }),
+                    };
+                    let value = converted.map_err(|refusal| Refusal {
+                        code: refusal.code,
+                        reason: format!("column {}: {}", column.name, refusal.reason),
+                    })?;
                     values.push(self.finish(column, value)?);
                 }
             }
@@ -591,6 +602,122 @@ pub(crate) fn can_infer_from(payload: &Payload) -> bool {
             Ok(JsonValue::Object(_))
         ),
     }
+}
+
+/// A field name, borrowed from the line when it has no escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Name<'de>;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(text)))
+            }
+            fn visit_str<E>(self, text: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(text.to_string())))
+            }
+            fn visit_string<E>(self, text: String) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// An object's top-level fields in order, their values unparsed: mapping parses only what
+/// the columns read (a DOM of every line cost more than half of the parsing time).
+struct Fields<'a>(Vec<(Name<'a>, &'a RawValue)>);
+
+impl<'a> Fields<'a> {
+    /// The field's value; the last one when the name repeats (as a JSON object map keeps it).
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(field, _)| field.0 == name)
+            .map(|(_, raw)| *raw)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Fields<'de>;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Fields<'de>, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(entry) = map.next_entry::<Name<'de>, &'de RawValue>()? {
+                    fields.push(entry);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// The kind of a valid JSON text, from its first character.
+fn raw_kind(text: &str) -> &'static str {
+    match text.trim_start().as_bytes().first() {
+        Some(b'[') => "array",
+        Some(b'"') => "string",
+        Some(b't' | b'f') => "boolean",
+        Some(b'n') => "null",
+        _ => "number",
+    }
+}
+
+/// A raw value, parsed. The line's syntax was checked, but a number out of range only fails
+/// here, as it failed the line's parse before mapping read raw values.
+fn parse_raw(raw: &RawValue) -> Result<JsonValue, Refusal> {
+    serde_json::from_str(raw.get())
+        .map_err(|error| Refusal::new("ingest.json.parse", format!("invalid JSON: {error}")))
+}
+
+/// A raw value as a column type: strings, integers, floats and booleans straight from the
+/// text, everything else through [`convert_json`]. `None`: JSON null.
+fn convert_raw(raw: &RawValue, column_type: ColumnType) -> Result<Option<Value>, Refusal> {
+    let text = raw.get();
+    match (text.as_bytes().first(), column_type) {
+        (Some(b'n'), _) => return Ok(None),
+        (Some(b'"'), column_type) if column_type != ColumnType::Json => {
+            if let Ok(name) = serde_json::from_str::<Name<'_>>(text) {
+                return convert_text_exact(&name.0, column_type).map(Some);
+            }
+        }
+        // serde_json reads `-0` as a float, which an i64 column refuses.
+        (Some(b'-' | b'0'..=b'9'), ColumnType::I64) if text != "-0" => {
+            if let Ok(number) = text.parse::<i64>() {
+                return Ok(Some(Value::I64(number)));
+            }
+        }
+        (Some(b'-' | b'0'..=b'9'), ColumnType::F64) => {
+            if let Ok(number) = text.parse::<f64>()
+                && number.is_finite()
+            {
+                return Ok(Some(Value::F64(number)));
+            }
+        }
+        (Some(b't'), ColumnType::Bool) => return Ok(Some(Value::Bool(true))),
+        (Some(b'f'), ColumnType::Bool) => return Ok(Some(Value::Bool(false))),
+        _ => {}
+    }
+    let value = parse_raw(raw)?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    convert_json(&value, column_type).map(Some)
 }
 
 fn infer_type(value: &JsonValue) -> ColumnType {
@@ -724,6 +851,94 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_conversion_agrees_with_the_parsed_value() {
+        let texts = [
+            "null",
+            "true",
+            "false",
+            "0",
+            "-0",
+            "7",
+            "-12",
+            "9223372036854775807",
+            "9223372036854775808",
+            "7.0",
+            "1.5",
+            "-2.25e3",
+            "\"\"",
+            "\"12\"",
+            "\" 3.5 \"",
+            "\"yes\"",
+            "\"a\\\"b\\u00e9\"",
+            "\"2026-01-02T03:04:05Z\"",
+            "\"2026-01-02\"",
+            "[1, 2]",
+            "{\"a\": {\"b\": null}}",
+        ];
+        let types = [
+            ColumnType::Bool,
+            ColumnType::I64,
+            ColumnType::F64,
+            ColumnType::Decimal,
+            ColumnType::Text,
+            ColumnType::Bytes,
+            ColumnType::Json,
+            ColumnType::Uuid,
+            ColumnType::Date,
+            ColumnType::Timestamp,
+            ColumnType::TimestampTz,
+        ];
+        for text in texts {
+            let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
+            let value: JsonValue = serde_json::from_str(text).unwrap();
+            for column_type in types {
+                let fast = convert_raw(&raw, column_type);
+                let slow = if value.is_null() {
+                    Ok(None)
+                } else {
+                    convert_json(&value, column_type).map(Some)
+                };
+                match (fast, slow) {
+                    (Ok(fast), Ok(slow)) => assert_eq!(fast, slow, "{text} as {column_type}"),
+                    (Err(fast), Err(slow)) => {
+                        assert_eq!(fast.code, slow.code, "{text} as {column_type}")
+                    }
+                    (fast, slow) => panic!(
+                        "{text} as {column_type}: {:?} against {:?}",
+                        fast.map_err(|r| r.reason),
+                        slow.map_err(|r| r.reason)
+                    ),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_number_out_of_range_is_refused_as_before() {
+        let raw: Box<RawValue> = serde_json::from_str("1e400").unwrap();
+        for column_type in [ColumnType::F64, ColumnType::Text, ColumnType::Json] {
+            assert_eq!(
+                convert_raw(&raw, column_type).err().map(|r| r.code),
+                Some("ingest.json.parse")
+            );
+        }
+    }
+
+    #[test]
+    fn fields_keep_the_last_of_a_repeated_name_and_classify_other_json() {
+        let fields: Fields<'_> =
+            serde_json::from_str(r#"{"a": 1, "b\u0041": "x", "a": 2}"#).unwrap();
+        assert_eq!(fields.get("a").unwrap().get(), "2");
+        assert_eq!(fields.get("bA").unwrap().get(), "\"x\"");
+        let error = serde_json::from_str::<Fields<'_>>("[1]").err().unwrap();
+        assert_eq!(error.classify(), serde_json::error::Category::Data);
+        let error = serde_json::from_str::<Fields<'_>>("{\"a\": ")
+            .err()
+            .unwrap();
+        assert_eq!(error.classify(), serde_json::error::Category::Eof);
+    }
 
     #[test]
     fn casts_refuse_rather_than_guess() {
