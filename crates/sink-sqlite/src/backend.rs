@@ -23,6 +23,11 @@ pub struct SqliteSinkOptions {
     pub queue_requests_max: usize,
     /// Requests committed in one transaction, at most. Default: 64 requests.
     pub batch_requests_max: usize,
+    /// The writer connection's page cache, in bytes at most (`PRAGMA cache_size`). An
+    /// exactly-once checkpoint is one long transaction; once its changed pages outgrow the
+    /// cache SQLite spills them to the WAL mid-transaction and rewrites the busiest ones (the
+    /// table's right edge) again and again. Default: 16 MiB (SQLite's own default is 2 MiB).
+    pub page_cache_bytes_max: usize,
 }
 
 impl SqliteSinkOptions {
@@ -32,6 +37,7 @@ impl SqliteSinkOptions {
             open: OpenOptions::new(location),
             queue_requests_max: 1_024,
             batch_requests_max: 64,
+            page_cache_bytes_max: 16 << 20,
         }
     }
 }
@@ -49,11 +55,18 @@ pub struct SqliteBackend {
 impl SqliteBackend {
     /// Opens the database and starts its own writer thread.
     pub fn open(options: &SqliteSinkOptions) -> Result<SqliteBackend, SqliteError> {
+        let kib = i64::try_from(options.page_cache_bytes_max / 1024)
+            .unwrap_or(i64::MAX)
+            .max(1);
         let writer = GroupCommitWriter::open(
             &options.open,
             options.queue_requests_max,
             options.batch_requests_max,
-            |_| Ok(()),
+            move |connection| {
+                // A negative cache_size is in KiB.
+                connection.pragma_update(None, "cache_size", -kib)?;
+                Ok(())
+            },
         )?;
         Ok(SqliteBackend { writer })
     }

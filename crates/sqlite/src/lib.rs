@@ -14,15 +14,20 @@
 //! everything held, [`GroupCommitWriter::rollback_held`] discards it. Plain writes that arrive
 //! meanwhile run in the held transaction and are answered when it ends.
 //!
+//! The WAL of a file database is checkpointed by a thread of its own, so copying pages into the
+//! database file does not hold up the writer (see `checkpointer`).
+//!
 //! Limits: the request queue holds at most `queue_requests_max` requests (senders wait when it
 //! is full: back-pressure) and one group transaction runs at most `batch_requests_max` of them
 //! (a held transaction runs every request until its owner ends it).
 #![warn(missing_docs)]
 
+mod checkpointer;
 mod connection;
 mod reader;
 mod writer;
 
+pub use checkpointer::{WAL_BACKSTOP_PAGES, WAL_CHECKPOINT_PAGES};
 pub use connection::{
     Location, OpenOptions, SQLITE_VERSION_MIN, Synchronous, check_library_version, open_connection,
 };

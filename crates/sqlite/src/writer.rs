@@ -13,7 +13,8 @@
 //! thread answers no request before its outcome is settled, and never lets a "database is
 //! locked" reach a caller.
 
-use crate::{OpenOptions, SqliteError, open_connection};
+use crate::checkpointer::Checkpointer;
+use crate::{Location, OpenOptions, SqliteError, open_connection};
 use rusqlite::{Connection, ErrorCode};
 use std::convert::Infallible;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -135,12 +136,17 @@ impl GroupCommitWriter {
             queue_requests_max > 0 && batch_requests_max > 0,
             "limits must be positive"
         );
-        let connection = open_connection(options, false)?;
+        let mut connection = open_connection(options, false)?;
         init(&connection)?;
+        let checkpointer = match options.location {
+            Location::File(_) => Some(Checkpointer::start(options, &mut connection)?),
+            Location::Memory => None,
+        };
         let (sender, receiver) = mpsc::channel(queue_requests_max);
         let stats = Arc::new(WriterStats::default());
         let thread = WriterThread {
             connection,
+            _checkpointer: checkpointer,
             stats: stats.clone(),
             batch_requests_max,
             open: false,
@@ -296,6 +302,8 @@ impl GroupCommitWriter {
 /// The thread's side: the only write connection and the state of its transaction.
 struct WriterThread {
     connection: Connection,
+    /// Checkpoints the WAL of a file database in the background; stopped with this thread.
+    _checkpointer: Option<Checkpointer>,
     stats: Arc<WriterStats>,
     batch_requests_max: usize,
     /// A transaction begun by this thread is open.
