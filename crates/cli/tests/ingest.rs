@@ -18,9 +18,9 @@ const CRASH_RECORDS: u64 = 500_000;
 const CRASH_KILLS: usize = 25;
 /// Every this many records, one is malformed.
 const CRASH_BAD_EVERY: u64 = 997;
-/// A run is killed after 5 ms plus up to this many milliseconds (a whole debug-build run of
-/// the file takes about 4 s here, so kills land all over the file as the runs resume).
-const CRASH_DELAY_SPREAD_MS: u64 = 300;
+/// The first run is killed after 5 ms plus up to this many milliseconds; later delays follow
+/// the measured rate (see `crash_loop`).
+const CRASH_FIRST_DELAY_SPREAD_MS: u64 = 100;
 
 fn sluice() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -448,11 +448,14 @@ fn crash_good_sum() -> u64 {
         .sum()
 }
 
-/// Kills `sluice ingest --into <into>` with SIGKILL at random moments (`CRASH_KILLS` times)
-/// and restarts it, then runs it to the end.
-fn crash_loop(dir: &Path, into: &str) {
+/// Kills `sluice ingest --into <into>` (plus `extra` arguments) with SIGKILL at random moments
+/// (`CRASH_KILLS` times) and restarts it, then runs it to the end. `committed` counts the rows
+/// in the table between runs: each delay is drawn uniformly up to twice the time the measured
+/// rate needs for an equal share of what is left, so the kills spread over the whole file
+/// whatever the machine's speed and a run rarely finishes before its kill.
+fn crash_loop(dir: &Path, into: &str, extra: &[&str], committed: impl Fn() -> u64) {
     let started_loop = Instant::now();
-    let args = [
+    let mut args = vec![
         "ingest",
         "--from",
         "events.ndjson",
@@ -463,6 +466,7 @@ fn crash_loop(dir: &Path, into: &str) {
         "--checkpoint-interval-ms",
         "20",
     ];
+    args.extend_from_slice(extra);
     let seed = std::env::var("SLUICE_INGEST_CRASH_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())
@@ -478,16 +482,21 @@ fn crash_loop(dir: &Path, into: &str) {
     };
     let mut kills = 0;
     let mut finished_early = 0;
+    let mut delay_spread_ms = CRASH_FIRST_DELAY_SPREAD_MS;
+    let mut done_before = 0u64;
+    // The fastest rate a run showed, rows per millisecond of its delay (start-up included).
+    let mut rate_max = 0.0f64;
     while kills < CRASH_KILLS {
         let mut child = sluice()
-            .args(args)
+            .args(&args)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let delay = Duration::from_millis(5 + random() % CRASH_DELAY_SPREAD_MS);
+        let delay_ms = 5 + random() % delay_spread_ms;
+        let delay = Duration::from_millis(delay_ms);
         let started = Instant::now();
         let mut exited = None;
         while started.elapsed() < delay {
@@ -508,6 +517,17 @@ fn crash_loop(dir: &Path, into: &str) {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
                 kills += 1;
+                let done = committed();
+                rate_max = rate_max.max(done.saturating_sub(done_before) as f64 / delay_ms as f64);
+                done_before = done;
+                if rate_max == 0.0 {
+                    // Nothing committed yet: the runs die while starting.
+                    delay_spread_ms *= 2;
+                } else {
+                    let share = CRASH_RECORDS.saturating_sub(done) as f64
+                        / (CRASH_KILLS - kills + 3) as f64;
+                    delay_spread_ms = ((2.0 * share / rate_max) as u64).max(10);
+                }
             }
         }
     }
@@ -515,9 +535,10 @@ fn crash_loop(dir: &Path, into: &str) {
         "{kills} kills, {finished_early} runs finished before their kill, {:.1} s",
         started_loop.elapsed().as_secs_f64()
     );
-    assert!(kills >= 10, "too few kills landed: {kills}");
+    assert!(kills >= 20, "too few kills landed: {kills}");
+    let left = CRASH_RECORDS.saturating_sub(committed());
     let output = sluice()
-        .args(args)
+        .args(&args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .output()
@@ -528,7 +549,7 @@ fn crash_loop(dir: &Path, into: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
     eprintln!(
-        "crash loop with the final run: {:.1} s",
+        "crash loop with the final run ({left} records, malformed ones included, were left to it): {:.1} s",
         started_loop.elapsed().as_secs_f64()
     );
 }
@@ -557,7 +578,14 @@ fn crash_loop_ingests_every_record_exactly_once() {
     let dir = db.dir();
     let bad = write_crash_file(&dir.join("events.ndjson"));
     let into = format!("sqlite://{}", db.path().display());
-    crash_loop(dir, &into);
+    crash_loop(dir, &into, &[], || {
+        let connection = Connection::open(db.path()).unwrap();
+        connection
+            .query_row("SELECT count(*) FROM events", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map_or(0, |count| count as u64)
+    });
     let good = CRASH_RECORDS - bad;
     assert_eq!(
         query(
@@ -580,18 +608,33 @@ fn crash_loop_ingests_every_record_exactly_once() {
     check_crash_letters(&letters, bad);
 }
 
-/// The same crash loop into PostgreSQL.
-#[test]
-fn crash_loop_into_postgres_ingests_every_record_exactly_once() {
+/// The same crash loop into PostgreSQL, with `delivery` (a sink setting).
+fn crash_loop_into_postgres(delivery: &str) {
     let Some(cluster) = pg_or_skip("ingest") else {
         return;
     };
-    let url = cluster.create_database("crash").unwrap();
+    let database = format!("crash_{delivery}");
+    let url = cluster.create_database(&database).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let bad = write_crash_file(&dir.path().join("events.ndjson"));
-    crash_loop(dir.path(), &url);
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        format!("[sink]\ndelivery = \"{delivery}\"\n"),
+    )
+    .unwrap();
+    let psql = |sql: &str| {
+        cluster
+            .psql_in(&database, sql)
+            .map(|out| out.trim().to_string())
+    };
+    crash_loop(dir.path(), &url, &["--config", "pipeline.toml"], || {
+        psql("SELECT count(*) FROM events")
+            .ok()
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(0)
+    });
+    let psql = |sql: &str| psql(sql).unwrap();
     let good = CRASH_RECORDS - bad;
-    let psql = |sql: &str| cluster.psql_in("crash", sql).unwrap().trim().to_string();
     assert_eq!(
         psql("SELECT count(*) || ',' || count(DISTINCT id) || ',' || sum(n) FROM events"),
         format!("{good},{good},{}", crash_good_sum())
@@ -601,6 +644,21 @@ fn crash_loop_into_postgres_ingests_every_record_exactly_once() {
         .map(str::to_string)
         .collect();
     check_crash_letters(&letters, bad);
+    assert_eq!(
+        psql("SELECT count(*) FROM pg_prepared_xacts"),
+        "0",
+        "a prepared transaction was left behind"
+    );
+}
+
+#[test]
+fn crash_loop_into_postgres_ingests_every_record_exactly_once() {
+    crash_loop_into_postgres("transactional_marker");
+}
+
+#[test]
+fn crash_loop_into_postgres_with_two_phase_ingests_every_record_exactly_once() {
+    crash_loop_into_postgres("two_phase");
 }
 
 #[test]

@@ -707,41 +707,45 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
     if plan.parse_only {
         return parse_only(plan).await;
     }
-    let (backend, target_name, table_columns): (Box<dyn SinkBackend>, String, _) = match &plan
-        .target
-    {
-        Target::Sqlite(path) => {
-            let table_columns = describe_sqlite(path, &plan.table)?;
-            let options = sluice_sink_sqlite::SqliteSinkOptions::new(
-                sluice_sink_sqlite::Location::File(path.clone()),
-            );
-            let backend = sluice_sink_sqlite::SqliteBackend::open(&options)
-                .map_err(|error| anyhow!("opening {}: {error}", path.display()))?;
-            (
-                Box::new(backend),
-                format!("sqlite://{}", path.display()),
-                table_columns,
-            )
-        }
-        Target::Postgres(url) => {
-            let options = match sluice_sink_postgres::PostgresSinkOptions::for_sink(url, &config) {
-                Ok(options) => options,
-                Err(error) => return usage(UsageError::new("into", error.to_string())),
-            };
-            let target = options.target().to_string();
-            let backend = sluice_sink_postgres::PostgresBackend::connect(options)
-                .await
-                .map_err(|error| anyhow!("connecting to {target}: {error}"))?;
-            let table_columns = describe_postgres(&backend, &plan.table)
-                .await
-                .with_context(|| format!("reading table {} in {target}", plan.table))?;
-            (
-                Box::new(backend),
-                format!("postgres {target}"),
-                table_columns,
-            )
-        }
-    };
+    // The pool is kept for two-phase recovery (see `two_phase_restored`).
+    let (backend, target_name, table_columns, pool): (Box<dyn SinkBackend>, String, _, _) =
+        match &plan.target {
+            Target::Sqlite(path) => {
+                let table_columns = describe_sqlite(path, &plan.table)?;
+                let options = sluice_sink_sqlite::SqliteSinkOptions::new(
+                    sluice_sink_sqlite::Location::File(path.clone()),
+                );
+                let backend = sluice_sink_sqlite::SqliteBackend::open(&options)
+                    .map_err(|error| anyhow!("opening {}: {error}", path.display()))?;
+                (
+                    Box::new(backend),
+                    format!("sqlite://{}", path.display()),
+                    table_columns,
+                    None,
+                )
+            }
+            Target::Postgres(url) => {
+                let options =
+                    match sluice_sink_postgres::PostgresSinkOptions::for_sink(url, &config) {
+                        Ok(options) => options,
+                        Err(error) => return usage(UsageError::new("into", error.to_string())),
+                    };
+                let target = options.target().to_string();
+                let backend = sluice_sink_postgres::PostgresBackend::connect(options)
+                    .await
+                    .map_err(|error| anyhow!("connecting to {target}: {error}"))?;
+                let table_columns = describe_postgres(&backend, &plan.table)
+                    .await
+                    .with_context(|| format!("reading table {} in {target}", plan.table))?;
+                let pool = backend.pool().clone();
+                (
+                    Box::new(backend),
+                    format!("postgres {target}"),
+                    table_columns,
+                    Some(pool),
+                )
+            }
+        };
     let prepared = prepare(&plan, table_columns).await?;
     let (mapper, framer, pending) = match prepared {
         Ok(prepared) => prepared,
@@ -764,8 +768,16 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
             ));
         }
     };
+    let restored = match &pool {
+        Some(pool) if sink.config().delivery() == Delivery::TwoPhase => {
+            two_phase_restored(pool, sink.config())
+                .await
+                .context("reading the committed checkpoint")?
+        }
+        _ => None,
+    };
     let recovery = sink
-        .recover(None, Resume::Committed)
+        .recover(restored.as_ref(), Resume::Committed)
         .await
         .context("recovering the sink's committed position")?;
     let mut next_checkpoint = recovery.checkpoint_id.map_or(1, |id| id + 1);
@@ -955,6 +967,47 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(EXIT_INTERRUPTED))
         }
     }
+}
+
+/// The checkpoint two-phase recovery restores. `Sink::recover` commits a two-phase sink's
+/// prepared transactions up to the checkpoint the caller says completed and rolls back the
+/// later ones; it does not pick the database's (`Resume::Committed` applies to the marker
+/// only). Ingest keeps no checkpoint store of its own, so the completed checkpoint is the
+/// highest one any lane committed (`COMMIT PREPARED`) in the progress table: recovery then
+/// commits the other lanes' prepared transactions of that checkpoint (a crash between two
+/// lanes' `COMMIT PREPARED`) and rolls back later ones, and ingest resumes at its position.
+async fn two_phase_restored(
+    pool: &sluice_sink_postgres::deadpool_postgres::Pool,
+    config: &sluice_sink::SinkConfig,
+) -> Result<Option<sluice_sink::CheckpointState>> {
+    let client = pool.get().await.map_err(|error| anyhow!("{error}"))?;
+    let table = config.progress_table().quoted();
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&table])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let sink_id = config
+        .sink_id()
+        .context("an exactly-once sink has a sink_id")?;
+    let writer_id = i32::try_from(config.writer_id()).context("writer_id")?;
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT checkpoint_id, state FROM {table} WHERE sink_id = $1 AND writer_id = $2 \
+                 ORDER BY checkpoint_id DESC LIMIT 1"
+            ),
+            &[&sink_id.as_str(), &writer_id],
+        )
+        .await?;
+    Ok(row.map(|row| sluice_sink::CheckpointState {
+        sink_id: Some(sink_id.clone()),
+        writer_id: config.writer_id(),
+        checkpoint_id: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+        state: row.get(1),
+    }))
 }
 
 /// Builds the mapper on a blocking task (it reads the first input).
