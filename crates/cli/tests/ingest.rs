@@ -896,3 +896,34 @@ fn an_existing_postgres_table_drives_the_casts_and_keeps_unmapped_fields_in_json
         "ingest.cast\npostgres.value_too_long\npostgres.value_would_round"
     );
 }
+
+#[test]
+fn an_oversized_line_is_dead_lettered_without_being_buffered() {
+    let db = TempSqlite::new();
+    let dir = db.dir();
+    let huge = format!("{{\"id\": 2, \"blob\": \"{}\"}}", "x".repeat(9 << 20));
+    let text = format!("{{\"id\": 1}}\n{huge}\n{{\"id\": 3}}\n");
+    std::fs::write(dir.join("in.ndjson"), text).unwrap();
+    let into = format!("sqlite://{}", db.path().display());
+    let output = run(
+        &["--from", "in.ndjson", "--into", &into, "--table", "big"],
+        dir,
+    );
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        query(db.path(), "SELECT id FROM big ORDER BY id"),
+        [["1"], ["3"]]
+    );
+    let letters = query(
+        db.path(),
+        "SELECT error_code, length(row_json) < 4096, row_json FROM big_dead_letters",
+    );
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0][0], "ingest.record_too_large");
+    assert_eq!(
+        letters[0][1], "1",
+        "the dead letter keeps only the line's start"
+    );
+    let row: serde_json::Value = serde_json::from_str(&letters[0][2]).unwrap();
+    assert_eq!(row["position"], "in.ndjson:10");
+}

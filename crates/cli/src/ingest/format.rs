@@ -3,7 +3,9 @@
 //! position for the dead letters.
 //!
 //! - NDJSON: one record per line (`\n`, an optional `\r` before it); blank lines are not
-//!   records; a UTF-8 byte-order mark at the start of a file is skipped.
+//!   records; a UTF-8 byte-order mark at the start of a file is skipped. A line longer than
+//!   `LINE_BYTES_MAX` is not buffered: its first `OVERSIZED_PREFIX_BYTES` are kept for the dead
+//!   letter and the rest is skipped.
 //! - CSV: RFC 4180 through the `csv` crate: a header row, `"` quoting with `""` escapes,
 //!   delimiters and newlines inside quotes, a configurable delimiter, records of any length
 //!   (too few or too many fields are reported per record by `mapping`), blank lines skipped,
@@ -12,12 +14,19 @@
 use super::source::Input;
 use std::io::{self, BufRead};
 
+/// The longest NDJSON line read as a record, in bytes (terminator included).
+pub(crate) const LINE_BYTES_MAX: usize = 8 << 20;
+/// Bytes of an oversized line kept for its dead letter.
+const OVERSIZED_PREFIX_BYTES: usize = 1024;
+
 /// One record's bytes.
 pub(crate) enum Payload {
     /// A line without its line terminator.
     Json(Vec<u8>),
     /// A CSV record's fields.
     Csv(csv::ByteRecord),
+    /// A line longer than `LINE_BYTES_MAX`: its first bytes and its length.
+    Oversized { prefix: Vec<u8>, bytes: u64 },
 }
 
 /// A record and where it is: `start` is its first byte, `end` the first byte after it (where
@@ -114,6 +123,39 @@ fn csv_reader(
         .from_reader(stream)
 }
 
+/// Reads one line (with its `\n`) into `line`, keeping at most `LINE_BYTES_MAX` bytes.
+/// Returns the bytes consumed and whether the line was cut.
+fn read_line_bounded(reader: &mut dyn BufRead, line: &mut Vec<u8>) -> io::Result<(usize, bool)> {
+    let mut consumed = 0;
+    let mut truncated = false;
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        if available.is_empty() {
+            return Ok((consumed, truncated));
+        }
+        let (taken, done) = match memchr::memchr(b'\n', available) {
+            Some(index) => (index + 1, true),
+            None => (available.len(), false),
+        };
+        let room = LINE_BYTES_MAX.saturating_sub(line.len());
+        if taken <= room {
+            line.extend_from_slice(&available[..taken]);
+        } else {
+            line.extend_from_slice(&available[..room]);
+            truncated = true;
+        }
+        reader.consume(taken);
+        consumed += taken;
+        if done {
+            return Ok((consumed, truncated));
+        }
+    }
+}
+
 fn csv_error(error: csv::Error) -> io::Error {
     match error.into_kind() {
         csv::ErrorKind::Io(error) => error,
@@ -127,12 +169,23 @@ impl Framer {
         match self {
             Framer::Lines { reader, offset } => loop {
                 let mut line = Vec::new();
-                let read = reader.read_until(b'\n', &mut line)?;
+                let (read, truncated) = read_line_bounded(reader.as_mut(), &mut line)?;
                 if read == 0 {
                     return Ok(None);
                 }
                 let start = *offset;
                 *offset += read as u64;
+                if truncated {
+                    line.truncate(OVERSIZED_PREFIX_BYTES);
+                    return Ok(Some(Frame {
+                        payload: Payload::Oversized {
+                            prefix: line,
+                            bytes: read as u64,
+                        },
+                        start,
+                        end: *offset,
+                    }));
+                }
                 if start == 0 && line.starts_with(b"\xEF\xBB\xBF") {
                     line.drain(..3);
                 }
@@ -168,5 +221,34 @@ impl Framer {
                 }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_line_is_cut_and_the_next_one_read_whole() {
+        let mut data = vec![b'x'; LINE_BYTES_MAX + 10];
+        data.push(b'\n');
+        data.extend_from_slice(b"{\"a\": 1}\n");
+        let mut reader: Box<dyn BufRead + Send> =
+            Box::new(io::BufReader::with_capacity(4096, io::Cursor::new(data)));
+        let mut line = Vec::new();
+        let (read, truncated) = read_line_bounded(reader.as_mut(), &mut line).unwrap();
+        assert_eq!((read, truncated), (LINE_BYTES_MAX + 11, true));
+        assert_eq!(line.len(), LINE_BYTES_MAX);
+        line.clear();
+        let (read, truncated) = read_line_bounded(reader.as_mut(), &mut line).unwrap();
+        assert_eq!(
+            (read, truncated, line.as_slice()),
+            (9, false, &b"{\"a\": 1}\n"[..])
+        );
+        line.clear();
+        assert_eq!(
+            read_line_bounded(reader.as_mut(), &mut line).unwrap(),
+            (0, false)
+        );
     }
 }

@@ -201,6 +201,9 @@ impl Mapper {
                 .iter()
                 .map(|name| (name.clone(), ColumnType::Text))
                 .collect(),
+            Payload::Oversized { .. } => {
+                unreachable!("inferred only from a record that parses as an object")
+            }
             Payload::Json(line) => {
                 let Ok(JsonValue::Object(object)) = serde_json::from_slice::<JsonValue>(line)
                 else {
@@ -253,7 +256,9 @@ impl Mapper {
                 Ok(JsonValue::Object(object)) => object.into_iter().map(|(name, _)| name).collect(),
                 _ => HashSet::new(),
             },
-            Some(Payload::Csv(_)) | None => header.iter().cloned().collect(),
+            Some(Payload::Csv(_) | Payload::Oversized { .. }) | None => {
+                header.iter().cloned().collect()
+            }
         };
         let mut maps = Vec::with_capacity(table.len());
         let mut notes = Vec::new();
@@ -432,6 +437,15 @@ impl Mapper {
     pub(crate) fn map(&self, payload: &Payload) -> Result<Row, Refusal> {
         let mut values = Vec::with_capacity(self.columns.len());
         match payload {
+            Payload::Oversized { bytes, .. } => {
+                return Err(Refusal::new(
+                    "ingest.record_too_large",
+                    format!(
+                        "the line has {bytes} bytes; lines of at most {} bytes are read",
+                        super::format::LINE_BYTES_MAX
+                    ),
+                ));
+            }
             Payload::Json(line) => {
                 let text = std::str::from_utf8(line).map_err(|error| {
                     Refusal::new(
@@ -569,6 +583,9 @@ impl Mapper {
     pub(crate) fn raw(&self, payload: &Payload) -> String {
         match payload {
             Payload::Json(line) => String::from_utf8_lossy(line).into_owned(),
+            Payload::Oversized { prefix, bytes } => {
+                format!("{}... ({bytes} bytes)", String::from_utf8_lossy(prefix))
+            }
             Payload::Csv(record) => {
                 let mut writer = csv::WriterBuilder::new()
                     .delimiter(self.delimiter)
@@ -597,6 +614,7 @@ impl Mapper {
 pub(crate) fn can_infer_from(payload: &Payload) -> bool {
     match payload {
         Payload::Csv(_) => true,
+        Payload::Oversized { .. } => false,
         Payload::Json(line) => matches!(
             serde_json::from_slice::<JsonValue>(line),
             Ok(JsonValue::Object(_))
