@@ -832,6 +832,31 @@ fn an_existing_sqlite_table_drives_the_casts() {
     assert!(letters[0][1].contains("column score"), "{letters:?}");
     assert_eq!(letters[1][0], "ingest.missing");
     assert!(letters[1][1].contains("column label"), "{letters:?}");
+
+    // CSV into the same table: the header decides the filled columns; text is cast.
+    std::fs::write(
+        dir.join("more.csv"),
+        "id,label,score,ok,note\n10,j,0.5,no,given\n11,k,x,yes,\n",
+    )
+    .unwrap();
+    let output = run(
+        &["--from", "more.csv", "--into", &into, "--table", "readings"],
+        dir,
+    );
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        query(
+            db.path(),
+            "SELECT id, label, score, ok, note FROM readings WHERE id >= 10 ORDER BY id"
+        ),
+        [["10", "j", "0.5", "0", "given"]]
+    );
+    let letters = query(
+        db.path(),
+        "SELECT error_code, error FROM readings_dead_letters WHERE error LIKE '%score%' ORDER BY id",
+    );
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(letters[1][1].contains("\"x\""), "{letters:?}");
 }
 
 #[test]

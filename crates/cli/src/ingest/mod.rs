@@ -8,7 +8,13 @@
 //! (`source::Position`: file and byte offset of the next record) commits in the same
 //! transaction as the rows and dead letters before it (`delivery = "transactional_marker"`).
 //! A restart recovers with `Resume::Committed` and seeks the source to the committed position,
-//! so a record is never written twice nor skipped.
+//! so a record is never written twice nor skipped. With `[sink] delivery = "two_phase"`
+//! (PostgreSQL) each lane prepares its part of a checkpoint with the position, and `commit`
+//! makes them visible; a restart recovers to the highest checkpoint a lane committed (see
+//! `two_phase_restored`), which completes that checkpoint and rolls back later prepared ones.
+//!
+//! Before anything is written the columns are settled (`mapping`): declared, read from the
+//! existing table (`describe_table` of the backend), or inferred from the first record.
 //!
 //! Standard input cannot be re-read after a restart, so it is ingested at least once (a note
 //! says so). `--at-least-once` stores no position: a restarted run starts from the beginning.
