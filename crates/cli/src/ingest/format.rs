@@ -9,15 +9,52 @@
 //! - CSV: RFC 4180 through the `csv` crate: a header row, `"` quoting with `""` escapes,
 //!   delimiters and newlines inside quotes, a configurable delimiter, records of any length
 //!   (too few or too many fields are reported per record by `mapping`), blank lines skipped,
-//!   a byte-order mark before the header removed.
+//!   a byte-order mark before the header removed. A record may span at most
+//!   `CSV_RECORD_BYTES_MAX` (an unclosed quote would otherwise read the rest of the file into
+//!   one field): past it the input fails, since no later record boundary can be trusted.
 
 use super::source::Input;
-use std::io::{self, BufRead};
+use std::io::{self, BufRead, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The longest NDJSON line read as a record, in bytes (terminator included).
 pub(crate) const LINE_BYTES_MAX: usize = 8 << 20;
 /// Bytes of an oversized line kept for its dead letter.
 const OVERSIZED_PREFIX_BYTES: usize = 1024;
+/// The most bytes one CSV record (the header included) may span.
+pub(crate) const CSV_RECORD_BYTES_MAX: u64 = 64 << 20;
+
+/// The stream under a CSV reader: counts the bytes it hands over and refuses to hand over
+/// more than `limit` (set to the record's start plus `CSV_RECORD_BYTES_MAX` before each record).
+pub(crate) struct Guarded {
+    stream: Box<dyn BufRead + Send>,
+    /// Bytes handed to the CSV reader so far.
+    handed: u64,
+    limit: AtomicU64,
+}
+
+impl Read for Guarded {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        if self.handed >= self.limit.load(Ordering::Relaxed) {
+            return Err(io::Error::other(format!(
+                "a CSV record spans more than {CSV_RECORD_BYTES_MAX} bytes (an unclosed quote?)"
+            )));
+        }
+        let read = self.stream.read(buffer)?;
+        self.handed += read as u64;
+        Ok(read)
+    }
+}
+
+type CsvReader = csv::Reader<Guarded>;
+
+/// Lets the reader read one more record, starting at its current position.
+fn allow_record(reader: &CsvReader) {
+    reader.get_ref().limit.store(
+        reader.position().byte() + CSV_RECORD_BYTES_MAX,
+        Ordering::Relaxed,
+    );
+}
 
 /// One record's bytes.
 pub(crate) enum Payload {
@@ -44,7 +81,7 @@ pub(crate) enum Framer {
         offset: u64,
     },
     Csv {
-        reader: Box<csv::Reader<Box<dyn BufRead + Send>>>,
+        reader: Box<CsvReader>,
         /// The stream offset the reader started at (its positions are relative to it).
         base: u64,
     },
@@ -59,6 +96,7 @@ pub(crate) fn open_csv(
 ) -> io::Result<(Vec<String>, Framer)> {
     let mut reader = csv_reader(input.open(0)?, delimiter);
     let mut header = csv::ByteRecord::new();
+    allow_record(&reader);
     if !reader.read_byte_record(&mut header).map_err(csv_error)? {
         // An empty file: no header, no records.
         return Ok((
@@ -112,15 +150,16 @@ pub(crate) fn open_lines(input: &Input, offset: u64) -> io::Result<Framer> {
     })
 }
 
-fn csv_reader(
-    stream: Box<dyn BufRead + Send>,
-    delimiter: u8,
-) -> csv::Reader<Box<dyn BufRead + Send>> {
+fn csv_reader(stream: Box<dyn BufRead + Send>, delimiter: u8) -> CsvReader {
     csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .delimiter(delimiter)
-        .from_reader(stream)
+        .from_reader(Guarded {
+            stream,
+            handed: 0,
+            limit: AtomicU64::new(0),
+        })
 }
 
 /// Reads one line (with its `\n`) into `line`, keeping at most `LINE_BYTES_MAX` bytes.
@@ -207,6 +246,7 @@ impl Framer {
             Framer::Csv { reader, base } => {
                 let mut record = csv::ByteRecord::new();
                 let start = *base + reader.position().byte();
+                allow_record(reader);
                 if !reader.read_byte_record(&mut record).map_err(csv_error)? {
                     return Ok(None);
                 }
@@ -227,6 +267,33 @@ impl Framer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_csv_record_past_its_bound_fails_the_input() {
+        let mut data = b"a,b\n1,\"unclosed\n".to_vec();
+        data.extend(std::iter::repeat_n(
+            b'x',
+            (CSV_RECORD_BYTES_MAX + 100_000) as usize,
+        ));
+        let mut framer = Framer::Csv {
+            reader: Box::new(csv_reader(Box::new(io::Cursor::new(data)), b',')),
+            base: 0,
+        };
+        assert!(framer.next_frame().unwrap().is_some(), "the header row");
+        let error = framer.next_frame().err().expect("the record is too long");
+        assert!(error.to_string().contains("unclosed quote"), "{error}");
+
+        let mut framer = Framer::Csv {
+            reader: Box::new(csv_reader(
+                Box::new(io::Cursor::new(b"a,b\n1,2\n".to_vec())),
+                b',',
+            )),
+            base: 0,
+        };
+        assert!(framer.next_frame().unwrap().is_some());
+        assert!(framer.next_frame().unwrap().is_some());
+        assert!(framer.next_frame().unwrap().is_none());
+    }
 
     #[test]
     fn an_oversized_line_is_cut_and_the_next_one_read_whole() {
