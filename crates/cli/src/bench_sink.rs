@@ -18,9 +18,11 @@
 //! Latency is per row, from the start of the `write` call that handed it over to the moment
 //! the program learnt it was durable; how that moment is observed is printed per scenario
 //! (`measured`): the return of the covering `flush()` in closed loops, the return of the
-//! covering `pre_commit` + `commit` with exactly-once delivery, or, for at-least-once with one
-//! flush lane, a thread polling the sink's `rows_written` counter every 250 us (one lane writes
-//! its batches in order, so row `n` is durable once the counter passes `n`).
+//! covering `pre_commit` + `commit` with exactly-once delivery, for at-least-once with one
+//! flush lane a thread polling the sink's `rows_written` counter every 250 us (one lane writes
+//! its batches in order, so row `n` is durable once the counter passes `n`), and with several
+//! lanes the return of `Sink::wait_durable` called as each write returned (it does not hurry
+//! the batches).
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::{BufMut, BytesMut};
@@ -626,6 +628,8 @@ struct ChunkRecord {
     start: Instant,
     end: Instant,
     rows: u64,
+    /// When `Sink::wait_durable` called right after the write returned (observed runs).
+    durable: Option<Instant>,
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -665,6 +669,18 @@ fn latency_by_checkpoints(chunks: &[ChunkRecord], checkpoints: &[(Instant, Insta
             checkpoints
                 .get(covering)
                 .map(|(_, done)| (ms(done.duration_since(chunk.start)), chunk.rows))
+        })
+        .collect()
+}
+
+/// Each chunk's rows are durable when the `wait_durable` called after its write returned.
+fn latency_by_observers(chunks: &[ChunkRecord]) -> Weighted {
+    chunks
+        .iter()
+        .filter_map(|chunk| {
+            chunk
+                .durable
+                .map(|durable| (ms(durable.duration_since(chunk.start)), chunk.rows))
         })
         .collect()
 }
@@ -841,7 +857,7 @@ struct RunPlan {
     watch: bool,
     /// Call `flush` in a loop (at most one call per millisecond) to observe durability with
     /// several lanes.
-    flush_loop: bool,
+    observe_writes: bool,
     sample_pool: bool,
     /// Checkpoints taken after the run with nothing buffered.
     empty_checkpoints: usize,
@@ -881,6 +897,7 @@ async fn write_chunks(sink: Sink, chunks: Vec<Vec<Row>>) -> Result<WriterReport>
             start,
             end: Instant::now(),
             rows,
+            durable: None,
         });
     }
     Ok(WriterReport {
@@ -893,9 +910,10 @@ async fn write_generated(
     sink: Sink,
     generator: Arc<Generator>,
     first_id: i64,
-    (chunk_rows, duration, rate): (usize, Duration, Option<f64>),
+    (chunk_rows, duration, rate, observe): (usize, Duration, Option<f64>, bool),
     started: Instant,
 ) -> Result<WriterReport> {
+    let mut observers = Vec::new();
     let (sender, mut receiver) = mpsc::channel::<Vec<Row>>(8);
     let thread = std::thread::spawn(move || {
         let mut id = first_id;
@@ -933,32 +951,28 @@ async fn write_generated(
         }
         let rows = chunk.len() as u64;
         sink.write(chunk).await?;
+        if observe {
+            let sink = sink.clone();
+            observers.push(tokio::spawn(async move {
+                sink.wait_durable().await.map(|()| Instant::now())
+            }));
+        }
         records.push(ChunkRecord {
             start,
             end: Instant::now(),
             rows,
+            durable: None,
         });
     }
     drop(receiver);
     let _ = thread.join();
+    for (record, observer) in records.iter_mut().zip(observers) {
+        record.durable = Some(observer.await??);
+    }
     Ok(WriterReport {
         chunks: records,
         lag_max: rate.map(|_| lag_max),
     })
-}
-
-async fn flush_loop(sink: Sink, stop: watch::Receiver<bool>) -> Result<Vec<(Instant, Instant)>> {
-    let mut records = Vec::new();
-    while !*stop.borrow() {
-        let call = Instant::now();
-        sink.flush().await?;
-        records.push((call, Instant::now()));
-        tokio::time::sleep_until(tokio::time::Instant::from_std(
-            call + Duration::from_millis(1),
-        ))
-        .await;
-    }
-    Ok(records)
 }
 
 async fn checkpointer(
@@ -1217,9 +1231,6 @@ impl Bench {
             _ => None,
         };
         let watcher = plan.watch.then(|| Watcher::start(sink.clone()));
-        let flusher = plan
-            .flush_loop
-            .then(|| tokio::spawn(flush_loop(sink.clone(), stopped.clone())));
         let checkpoints_before = self.server_checkpoints().await;
         let started = Instant::now();
         let checkpoints = plan
@@ -1245,7 +1256,7 @@ impl Bench {
                 sink.clone(),
                 self.generator.clone(),
                 0,
-                (chunk_rows, duration, rate),
+                (chunk_rows, duration, rate, plan.observe_writes),
                 started,
             ))],
         };
@@ -1265,9 +1276,6 @@ impl Bench {
             .iter()
             .map(|(call, done)| ms(done.duration_since(*call)))
             .collect();
-        if let Some(flusher) = flusher {
-            covering.extend(flusher.await??);
-        }
         let call = Instant::now();
         if exactly_once {
             sink.pre_commit(next_id, "end").await?;
@@ -1293,7 +1301,9 @@ impl Bench {
         let stats = sink.stats();
         sink.close().await?;
         drop(backend);
-        let latency = if exactly_once || plan.flush_loop {
+        let latency = if plan.observe_writes {
+            summarize(latency_by_observers(&chunks))
+        } else if exactly_once {
             summarize(latency_by_checkpoints(&chunks, &covering))
         } else if let Some(observations) = observations {
             chunks.sort_by_key(|chunk| chunk.start);
@@ -1407,7 +1417,7 @@ impl Bench {
                 feed: Feed::Pre(into_chunks(rows, self.args.chunk_rows)),
                 checkpoint_every,
                 watch,
-                flush_loop: false,
+                observe_writes: false,
                 sample_pool: false,
                 empty_checkpoints: 0,
             })
@@ -1492,7 +1502,7 @@ impl Bench {
         rate: Option<f64>,
         checkpoint_every: Option<Duration>,
         sample_pool: bool,
-        flush_loop: bool,
+        observe_writes: bool,
     ) -> Result<(ScenarioResult, RunOutcome)> {
         let table = self.table(scenario);
         let config = if config.delivery.is_some_and(Delivery::is_exactly_once) {
@@ -1506,8 +1516,9 @@ impl Bench {
         } else {
             self.args.chunk_rows
         };
-        let watch =
-            !config.delivery().is_exactly_once() && config.flush_concurrency() == 1 && !flush_loop;
+        let watch = !config.delivery().is_exactly_once()
+            && config.flush_concurrency() == 1
+            && !observe_writes;
         let exactly_once = config.delivery().is_exactly_once();
         self.settle().await;
         let outcome = self
@@ -1523,15 +1534,15 @@ impl Bench {
                 },
                 checkpoint_every,
                 watch,
-                flush_loop,
+                observe_writes,
                 sample_pool,
                 empty_checkpoints: if exactly_once { 10 } else { 0 },
             })
             .await?;
         self.drop_table(&table).await?;
         let measured = match (rate, exactly_once, watch) {
-            (Some(_), false, false) if flush_loop => {
-                "paced open loop (chunks of 100 rows written when due, from a generator thread); latency: write call start -> return of the first flush() called after the write returned, from a task calling flush() in a loop (at most once per millisecond). Intrusive: each flush also seals the lanes' open batches, so batches are cut by the loop as well as by the 10 ms interval"
+            (Some(_), false, false) if observe_writes => {
+                "paced open loop (chunks of 100 rows written when due, from a generator thread); latency: write call start -> return of Sink::wait_durable called as the write returned (one task per write; it does not seal open batches, so the batches are cut by the 10 ms interval alone)"
             }
             (Some(_), _, true) => {
                 "paced open loop (chunks of 100 rows written when due, from a generator thread); latency: write call start -> first observation (polled every 250 us) of rows_written passing the row (one lane: batches commit in order)"
@@ -1576,7 +1587,7 @@ impl Bench {
             .0)
     }
 
-    /// The same load with two lanes, observed through a loop of `flush` calls.
+    /// The same load with two lanes, each write observed with `Sink::wait_durable`.
     async fn latency_under_load_2lanes(&self) -> Result<ScenarioResult> {
         let config = base_config().flush_concurrency(2).flush_interval_ms(10);
         Ok(self
@@ -1592,30 +1603,59 @@ impl Bench {
             .0)
     }
 
-    /// At-least-once without checkpoints, then the transactional marker with one checkpoint at
-    /// the end, every 10 s and every second, then at-least-once again: the baseline is the mean
-    /// of the two at-least-once runs, which brackets the others against the machine's drift.
+    /// At-least-once without checkpoints, then exactly-once (two-phase on PostgreSQL, the marker
+    /// on SQLite) with one checkpoint at the end, every 10 s and every second (PostgreSQL: the
+    /// marker every 10 s and every second too), then at-least-once again: the baseline is the
+    /// mean of the two at-least-once runs, which brackets the others against the machine's
+    /// drift.
     async fn checkpoint_overhead(&self) -> Result<Vec<ScenarioResult>> {
         let lanes = self.args.flush_concurrency;
+        // PostgreSQL: two-phase commit, whose lanes write in parallel as at-least-once lanes do
+        // (the marker's single transaction is one connection, one server process: its figures
+        // follow, without a target). SQLite: the marker, its only mechanism.
+        let postgres = matches!(self.db, Db::Postgres { .. });
+        let main = if postgres {
+            Delivery::TwoPhase
+        } else {
+            Delivery::TransactionalMarker
+        };
+        let ten = Some(Duration::from_secs(10));
+        let second = Some(Duration::from_secs(1));
+        let mut runs = vec![
+            ("checkpoint_overhead_off", None, None),
+            ("checkpoint_overhead_end_only", Some(main), None),
+            ("checkpoint_overhead_10s", Some(main), ten),
+            ("checkpoint_overhead_1s", Some(main), second),
+        ];
+        if postgres {
+            runs.push((
+                "checkpoint_overhead_marker_10s",
+                Some(Delivery::TransactionalMarker),
+                ten,
+            ));
+            runs.push((
+                "checkpoint_overhead_marker_1s",
+                Some(Delivery::TransactionalMarker),
+                second,
+            ));
+        }
+        runs.push(("checkpoint_overhead_off_again", None, None));
         let mut results = Vec::new();
-        for (name, every) in [
-            ("checkpoint_overhead_off", None),
-            ("checkpoint_overhead_end_only", None),
-            ("checkpoint_overhead_10s", Some(Duration::from_secs(10))),
-            ("checkpoint_overhead_1s", Some(Duration::from_secs(1))),
-            ("checkpoint_overhead_off_again", None),
-        ] {
+        for (name, delivery, every) in runs {
             let mut config = base_config().flush_concurrency(lanes);
-            if !name.starts_with("checkpoint_overhead_off") {
-                config = config.delivery(Delivery::TransactionalMarker);
+            if let Some(delivery) = delivery {
+                config = config.delivery(delivery);
             }
             let (result, _) = self.timed(name, config, None, every, false, false).await?;
             print_result(&result);
             results.push(result);
         }
-        let base = (results[0].events_per_sec + results[4].events_per_sec) / 2.0;
-        let spread = (results[0].events_per_sec - results[4].events_per_sec).abs() / base * 100.0;
+        let last = results.len() - 1;
+        let base = (results[0].events_per_sec + results[last].events_per_sec) / 2.0;
+        let spread =
+            (results[0].events_per_sec - results[last].events_per_sec).abs() / base * 100.0;
         let end_only = results[1].events_per_sec;
+        let end_only_delivery = results[1].config["delivery"].clone();
         for result in &mut results {
             if result.scenario.starts_with("checkpoint_overhead_off") {
                 result.measured = format!(
@@ -1627,12 +1667,14 @@ impl Bench {
             result.checkpoint_overhead_pct = Some((1.0 - result.events_per_sec / base) * 100.0);
             result.detail["baseline_events_per_sec"] = base.into();
             result.detail["baseline_spread_pct"] = spread.into();
-            if result.scenario != "checkpoint_overhead_end_only" {
+            if result.scenario != "checkpoint_overhead_end_only"
+                && result.config["delivery"] == end_only_delivery
+            {
                 result.detail["overhead_vs_end_only_pct"] =
                     ((1.0 - result.events_per_sec / end_only) * 100.0).into();
             }
             result.measured = format!(
-                "{}; checkpoint_overhead_pct = 1 - events_per_sec / baseline (mean of the two at-least-once runs without checkpoints); detail.overhead_vs_end_only_pct compares with checkpoint_overhead_end_only (transactional_marker, one checkpoint at the end of the run); checkpoints during the run find a partial buffer, detail.empty_checkpoint_ms_mean is 10 checkpoints with an empty buffer after the run",
+                "{}; checkpoint_overhead_pct = 1 - events_per_sec / baseline (mean of the two at-least-once runs without checkpoints); detail.overhead_vs_end_only_pct compares with checkpoint_overhead_end_only (the same delivery, one checkpoint at the end of the run; not given for the marker runs on PostgreSQL); the delivery is two_phase on PostgreSQL (checkpoint_overhead_marker_* give the transactional marker, without a target) and transactional_marker on SQLite; checkpoints during the run find a partial buffer, detail.empty_checkpoint_ms_mean is 10 checkpoints with an empty buffer after the run",
                 result.measured
             );
         }
@@ -2174,11 +2216,13 @@ mod tests {
                 start: at(0),
                 end: at(1),
                 rows: 10,
+                durable: Some(at(12)),
             },
             ChunkRecord {
                 start: at(5),
                 end: at(6),
                 rows: 10,
+                durable: None,
             },
         ];
         // Rows 0-4 durable at 3 ms, 5-14 at 8 ms, 15-19 at 20 ms.
@@ -2190,6 +2234,8 @@ mod tests {
             &[(t0 + Duration::from_micros(5_500), at(7)), (at(9), at(13))],
         );
         assert_eq!(covered, vec![(7.0, 10), (8.0, 10)]);
+        // Observed chunks only.
+        assert_eq!(latency_by_observers(&chunks), vec![(12.0, 10)]);
         let summary = summarize(vec![(1.0, 98), (50.0, 1), (100.0, 1)]).unwrap();
         assert_eq!((summary.p50, summary.p99, summary.max), (1.0, 50.0, 100.0));
     }

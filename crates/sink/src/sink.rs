@@ -126,6 +126,8 @@ impl Rejected {
 pub(crate) enum LaneMessage {
     Rows(Vec<(Entry, usize)>),
     Flush(oneshot::Sender<()>),
+    /// Answer once every row before it is durable, without sealing the open batch early.
+    Observe(oneshot::Sender<()>),
     /// A checkpoint barrier: answer once every batch before it is written, then write nothing
     /// more until the gate reaches the checkpoint (it was pre-committed, or the sink failed).
     Barrier(u64, oneshot::Sender<()>),
@@ -456,6 +458,30 @@ impl Sink {
         inner.shared.check_failed()
     }
 
+    /// Returns once every row written before this call is durable (written or dead-lettered),
+    /// or with [`SinkError::Failed`] if any batch failed, like [`Sink::flush`], but without
+    /// hurrying anything: a batch still filling leaves when it is full or its flush interval
+    /// ends, as it would without the call. For observing durability (acknowledging a source,
+    /// measuring latency) without changing the batches. With exactly-once delivery the rows
+    /// are in the checkpoint's open transaction, durable at the next `pre_commit`.
+    pub async fn wait_durable(&self) -> Result<(), SinkError> {
+        let inner = &*self.inner;
+        if inner.closed.load(Ordering::SeqCst) {
+            return Err(SinkError::Closed);
+        }
+        let mut replies = Vec::with_capacity(inner.lanes.len());
+        for lane in &inner.lanes {
+            let (reply, answer) = oneshot::channel();
+            lane.send(LaneMessage::Observe(reply))
+                .map_err(|_| SinkError::Closed)?;
+            replies.push(answer);
+        }
+        for answer in replies {
+            answer.await.map_err(|_| SinkError::Closed)?;
+        }
+        inner.shared.check_failed()
+    }
+
     /// Stops accepting rows, flushes everything buffered and stops the lanes. Returns the
     /// failure, if the sink failed. With exactly-once delivery, rows after the last
     /// `pre_commit` are rolled back (a final `pre_commit` and `commit` come before `close`). Writers blocked on a full buffer get [`SinkError::Closed`].
@@ -737,6 +763,14 @@ async fn run_lane(
                 Some(LaneMessage::Flush(reply)) => {
                     sealed.extend(batcher.seal());
                     let target = done + u64::from(in_flight.is_some()) + (work.len() + sealed.len()) as u64;
+                    waiters.push((target, reply));
+                }
+                Some(LaneMessage::Observe(reply)) => {
+                    // The open batch, if any, is the next item sealed after the queued ones.
+                    let target = done
+                        + u64::from(in_flight.is_some())
+                        + (work.len() + sealed.len()) as u64
+                        + u64::from(!batcher.is_empty());
                     waiters.push((target, reply));
                 }
                 Some(LaneMessage::Barrier(checkpoint, reply)) => {

@@ -402,3 +402,63 @@ async fn rejected_records_are_dead_lettered_and_counted() {
         sink.close().await.unwrap();
     }
 }
+
+/// `wait_durable` answers once the rows before it are durable, but leaves the open batch to
+/// its flush interval (where `flush` seals it at once).
+#[tokio::test]
+async fn wait_durable_observes_without_hurrying_the_batch() {
+    let backend = MemoryBackend::new();
+    let config = config()
+        .flush_interval_ms(400)
+        .batch_rows_max(10)
+        .flush_concurrency(2)
+        .mode(Mode::Insert)
+        .build()
+        .unwrap();
+    let sink = Sink::open(&backend, schema(), config).await.unwrap();
+    // 25 rows per lane: two full batches of 10 leave at once, 5 rows wait for the interval.
+    for lane_share in 0..2 {
+        let first = lane_share * 25;
+        sink.write(
+            (first..first + 25)
+                .map(|id| row(Op::Insert, id, id))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    }
+    let started = std::time::Instant::now();
+    sink.wait_durable().await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "answered after {waited:?}: the open batches were hurried"
+    );
+    assert_eq!(
+        table(&backend).len(),
+        50,
+        "every row before the call is durable"
+    );
+
+    // The same situation with `flush`: the open batches leave at once.
+    for lane_share in 2..4 {
+        let first = lane_share * 25;
+        sink.write(
+            (first..first + 25)
+                .map(|id| row(Op::Insert, id, id))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    }
+    let started = std::time::Instant::now();
+    sink.flush().await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(300));
+    assert_eq!(table(&backend).len(), 100);
+
+    // Nothing buffered: answered at once.
+    let started = std::time::Instant::now();
+    sink.wait_durable().await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(300));
+    sink.close().await.unwrap();
+}
