@@ -9,11 +9,16 @@
 //! * [`pg_or_skip`] / [`require_postgres`]: the convention for tests that need
 //!   PostgreSQL — skip with a `SKIPPED` line on stderr when it is unavailable,
 //!   unless `SLUICE_REQUIRE_POSTGRES` is set (as in CI), in which case panic.
+//! * [`NatsServer`]: a throwaway `nats-server -js` on a free loopback port with its store in a
+//!   temporary directory, killed on drop; [`nats_or_skip`] / [`require_nats`] follow the same
+//!   convention with `SLUICE_REQUIRE_NATS`.
 #![warn(missing_docs)]
 
+mod nats;
 mod pg;
 mod sqlite;
 mod sys;
 
+pub use nats::{NatsServer, NatsUnavailable, nats_or_skip, require_nats};
 pub use pg::{PgCluster, PgError, PgUnavailable, pg_or_skip, require_postgres};
 pub use sqlite::TempSqlite;

@@ -150,6 +150,16 @@ pub(crate) fn open_lines(input: &Input, offset: u64) -> io::Result<Framer> {
     })
 }
 
+/// A line framer positioned at `offset` that reads only up to `end` (the end of the last
+/// complete line of a followed file: see `source::complete_lines_end`).
+pub(crate) fn open_lines_until(input: &Input, offset: u64, end: u64) -> io::Result<Framer> {
+    let reader = input.open(offset)?.take(end.saturating_sub(offset));
+    Ok(Framer::Lines {
+        reader: Box::new(reader),
+        offset,
+    })
+}
+
 fn csv_reader(stream: Box<dyn BufRead + Send>, delimiter: u8) -> CsvReader {
     csv::ReaderBuilder::new()
         .has_headers(false)
@@ -203,6 +213,14 @@ fn csv_error(error: csv::Error) -> io::Error {
 }
 
 impl Framer {
+    /// A line framer's offset: where it reads next (past blank lines it skipped).
+    pub(crate) fn offset(&self) -> Option<u64> {
+        match self {
+            Framer::Lines { offset, .. } => Some(*offset),
+            Framer::Csv { .. } => None,
+        }
+    }
+
     /// The next record, or `None` at the end of the input.
     pub(crate) fn next_frame(&mut self) -> io::Result<Option<Frame>> {
         match self {

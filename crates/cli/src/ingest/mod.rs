@@ -1,38 +1,49 @@
-//! `sluice ingest`: moves records from files or standard input into a database table through
-//! the sink, exactly once by default.
+//! `sluice ingest`: moves records from files, standard input or a NATS JetStream stream into a
+//! database table through the sink, exactly once by default.
 //!
-//! Pipeline: a reader thread frames records (`format`), maps them to rows or refusals
-//! (`mapping`) and hands chunks to the async loop, which writes rows (`Sink::write`), sends
-//! refused records to the dead letters (`Sink::reject`) and checkpoints every
-//! `checkpoint_interval_ms`: `pre_commit(id, position)` then `commit(id)`, where the position
-//! (`source::Position`: file and byte offset of the next record) commits in the same
-//! transaction as the rows and dead letters before it (`delivery = "transactional_marker"`).
-//! A restart recovers with `Resume::Committed` and seeks the source to the committed position,
-//! so a record is never written twice nor skipped. With `[sink] delivery = "two_phase"`
-//! (PostgreSQL) each lane prepares its part of a checkpoint with the position, and `commit`
-//! makes them visible; a restart recovers to the highest checkpoint a lane committed (see
-//! `two_phase_restored`), which completes that checkpoint and rolls back later prepared ones.
+//! Pipeline: a reader (a thread for files, a task for JetStream) frames records (`format`),
+//! maps them to rows or refusals (`mapping`) and hands chunks to the async loop, which writes
+//! rows (`Sink::write`), sends refused records to the dead letters (`Sink::reject`) and
+//! checkpoints every `checkpoint_interval_ms`: `pre_commit(id, position)` then `commit(id)`,
+//! where the position (`source::SourcePosition`: file and byte offset of the next record, or
+//! the stream sequence of the last record read) commits in the same transaction as the rows and
+//! dead letters before it (`delivery = "transactional_marker"`). A restart recovers with
+//! `Resume::Committed` and seeks the source to the committed position, so a record is never
+//! written twice nor skipped. With `[sink] delivery = "two_phase"` (PostgreSQL) each lane
+//! prepares its part of a checkpoint with the position, and `commit` makes them visible; a
+//! restart recovers to the highest checkpoint a lane committed (see `two_phase_restored`), which
+//! completes that checkpoint and rolls back later prepared ones. JetStream messages are
+//! acknowledged after the checkpoint that contains them committed (`jetstream`).
 //!
 //! Before anything is written the columns are settled (`mapping`): declared, read from the
 //! existing table (`describe_table` of the backend), or inferred from the first record.
 //!
+//! `--follow` keeps reading: at the end of the last file (plain NDJSON), the reader polls every
+//! [`FOLLOW_POLL`] for more bytes, and hands over only lines whose newline arrived (a partial
+//! last line is not a record yet); a JetStream reader keeps pulling. Checkpoints go on at their
+//! interval meanwhile; SIGINT or SIGTERM stops the run at a checkpoint (exit 130). Only the
+//! last file of a glob is followed, files the glob matches later are not picked up, and a
+//! followed file that shrinks (truncated or replaced) fails the run.
+//!
 //! Standard input cannot be re-read after a restart, so it is ingested at least once (a note
-//! says so). `--at-least-once` stores no position: a restarted run starts from the beginning.
+//! says so). `--at-least-once` stores no position: a restarted run starts from the beginning
+//! (JetStream: from the consumer's acknowledgement floor).
 
 mod format;
+mod jetstream;
 mod mapping;
 mod progress;
 mod source;
 
 use anyhow::{Context, Result, anyhow};
-use format::{Frame, Framer};
+use format::{Frame, Framer, Payload};
 use mapping::{ColumnConfig, Mapper, TableColumn};
 use progress::Progress;
 use sluice_sink::{
     BackendError, CreateTable, Delivery, Mode, Op, Rejected, Resume, Row, Sink, SinkBackend,
     SinkConfigBuilder, SinkError, SinkId,
 };
-use source::{Format, Input, Position};
+use source::{Format, Input, Position, SourcePosition};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +56,8 @@ const CHUNK_RECORDS_MAX: usize = 2_048;
 const CHUNK_BYTES_MAX: usize = 4 << 20;
 /// A chunk is handed over at the latest this long after its first record.
 const CHUNK_INTERVAL: Duration = Duration::from_millis(50);
+/// How often a followed file is checked for new bytes when its end was reached.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
 /// Exit code of a bad usage or configuration.
 const EXIT_USAGE: u8 = 2;
 /// Exit code of a run stopped by SIGINT or SIGTERM at a checkpoint (128 + SIGINT).
@@ -65,9 +78,24 @@ pub(crate) enum IngestMode {
 /// `sluice ingest` arguments; each overrides the same key of `--config`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct IngestArgs {
-    /// A file, a glob (`data/*.ndjson.gz`), or `-` for standard input.
+    /// A file, a glob (`data/*.ndjson.gz`), `-` for standard input, or a NATS server
+    /// (`nats://HOST:PORT`, with --stream, --consumer and optionally --subject): each message
+    /// one JSON object.
     #[arg(long)]
     from: Option<String>,
+    /// JetStream: the stream to read.
+    #[arg(long)]
+    stream: Option<String>,
+    /// JetStream: a subject filter (`orders.>`); by default every subject of the stream.
+    #[arg(long)]
+    subject: Option<String>,
+    /// JetStream: the durable pull consumer's name (created when missing, ack policy "all").
+    #[arg(long)]
+    consumer: Option<String>,
+    /// Keep reading: wait for the last file to grow (like `tail -f`; NDJSON only) or for new
+    /// messages, until SIGINT or SIGTERM, which stop at a checkpoint.
+    #[arg(long)]
+    follow: bool,
     /// `sqlite://PATH` or `postgres://user@host/db`.
     #[arg(long)]
     into: Option<String>,
@@ -116,6 +144,10 @@ pub(crate) struct IngestArgs {
 #[serde(deny_unknown_fields)]
 struct PipelineFile {
     from: Option<String>,
+    stream: Option<String>,
+    subject: Option<String>,
+    consumer: Option<String>,
+    follow: Option<bool>,
     into: Option<String>,
     table: Option<String>,
     key: Option<Vec<String>>,
@@ -190,8 +222,13 @@ enum Target {
 
 /// Everything resolved and validated before anything is opened.
 struct Plan {
+    /// The source as printed (no credentials); a file position stores it.
     source: String,
+    /// The files, or standard input; empty for a JetStream source.
     inputs: Vec<Input>,
+    /// A JetStream source.
+    jetstream: Option<jetstream::JetStreamPlan>,
+    follow: bool,
     format: Format,
     delimiter: u8,
     target: Target,
@@ -311,8 +348,65 @@ fn plan(args: IngestArgs) -> Result<Plan, UsageError> {
         (None, Some(value)) => unmapped_column(value)?,
         (None, None) => None,
     };
-    let (inputs, format) = source::resolve(&source, args.format.or(file.format))?;
-    let stdin = matches!(inputs[0], Input::Stdin);
+    let follow = args.follow || file.follow.unwrap_or(false);
+    let stream = args.stream.or(file.stream);
+    let subject = args.subject.or(file.subject);
+    let consumer = args.consumer.or(file.consumer);
+    let format = args.format.or(file.format);
+    let (source, inputs, format, jetstream) = if source.starts_with("nats://") {
+        if format == Some(Format::Csv) {
+            return Err(UsageError::new(
+                "format",
+                "a JetStream message is one JSON object (NDJSON); CSV messages are not supported",
+            ));
+        }
+        if args.parse_only {
+            return Err(UsageError::new(
+                "parse_only",
+                "measures a file source, not JetStream",
+            ));
+        }
+        let plan = jetstream::JetStreamPlan::new(&source, stream, subject, consumer)?;
+        (plan.describe(), Vec::new(), Format::Ndjson, Some(plan))
+    } else {
+        for (key, value) in [
+            ("stream", &stream),
+            ("subject", &subject),
+            ("consumer", &consumer),
+        ] {
+            if value.is_some() {
+                return Err(UsageError::new(
+                    key,
+                    "applies only to a JetStream source (--from nats://HOST:PORT)",
+                ));
+            }
+        }
+        let (inputs, format) = source::resolve(&source, format)?;
+        if follow {
+            match inputs.last().expect("at least one input") {
+                Input::File {
+                    gzip: true, path, ..
+                } => {
+                    return Err(UsageError::new(
+                        "follow",
+                        format!(
+                            "{} is gzip-compressed: only a plain file can be followed",
+                            path.display()
+                        ),
+                    ));
+                }
+                _ if format == Format::Csv => {
+                    return Err(UsageError::new(
+                        "follow",
+                        "only NDJSON files can be followed (a CSV record may span lines)",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        (source, inputs, format, None)
+    };
+    let stdin = matches!(inputs.first(), Some(Input::Stdin));
     let at_least_once = args.at_least_once || file.at_least_once.unwrap_or(false) || stdin;
     let mut sink = file.sink.unwrap_or_default();
     if sink.mode.is_some_and(|configured| configured != sink_mode)
@@ -360,6 +454,8 @@ fn plan(args: IngestArgs) -> Result<Plan, UsageError> {
     Ok(Plan {
         source,
         inputs,
+        jetstream,
+        follow,
         format,
         delimiter,
         target,
@@ -377,14 +473,16 @@ fn plan(args: IngestArgs) -> Result<Plan, UsageError> {
 }
 
 /// What the reader thread hands over.
-struct Chunk {
+pub(crate) struct Chunk {
     rows: Vec<Row>,
     rejected: Vec<Rejected>,
     records: u64,
     /// Where the record after this chunk starts.
-    position: Position,
+    position: SourcePosition,
     /// Bytes of the input read so far (decompressed for gzip).
     bytes_done: u64,
+    /// JetStream: acknowledges the chunk's messages, once committed.
+    ack: Option<jetstream::Ack>,
 }
 
 /// The reader's state: the inputs, the current one, frames read ahead during inference.
@@ -400,16 +498,26 @@ struct Reader {
     /// Bytes of the inputs before the current one.
     bytes_before: u64,
     position: Position,
+    /// `--follow`: the last input is read as it grows.
+    follow: bool,
+    /// Set by `next_frame` when a followed file has no complete line after its position yet.
+    idle: bool,
 }
 
 /// Reads the first input far enough to build the mapper (inference and the table's filled
 /// columns need a first record, CSV needs the header). Returns the mapper, the framer of the
 /// first input and the frames already read.
 fn prepare_mapper(plan: &MapperSpec) -> Result<(Mapper, Framer, VecDeque<Frame>), PrepareError> {
-    let input = &plan.input;
+    let input = plan.input.as_ref().expect("a file source has inputs");
     let (header, mut framer) = match plan.format {
         Format::Csv => format::open_csv(input, 0, plan.delimiter)
             .with_context(|| format!("reading {}", input.name()))?,
+        Format::Ndjson if plan.follow => (
+            Vec::new(),
+            source::complete_lines_end(input, 0)
+                .and_then(|end| format::open_lines_until(input, 0, end))
+                .with_context(|| format!("reading {}", input.name()))?,
+        ),
         Format::Ndjson => (
             Vec::new(),
             format::open_lines(input, 0).with_context(|| format!("reading {}", input.name()))?,
@@ -432,6 +540,18 @@ fn prepare_mapper(plan: &MapperSpec) -> Result<(Mapper, Framer, VecDeque<Frame>)
         }
     }
     let first = first.map(|index| &pending[index].payload);
+    let mapper = build_mapper(plan, first, &header, &input.name())?;
+    Ok((mapper, framer, pending))
+}
+
+/// The mapper from `[columns]`, the existing table, or the first record (`first`, of the source
+/// named `name`), with the CSV `header`.
+fn build_mapper(
+    plan: &MapperSpec,
+    first: Option<&Payload>,
+    header: &[String],
+    name: &str,
+) -> Result<Mapper, PrepareError> {
     let mut mapper = match (&plan.columns, &plan.table_columns) {
         (Some(columns), table) => Mapper::declared(
             columns,
@@ -444,7 +564,7 @@ fn prepare_mapper(plan: &MapperSpec) -> Result<(Mapper, Framer, VecDeque<Frame>)
             let (mapper, left_out) = Mapper::from_table(
                 table,
                 first,
-                &header,
+                header,
                 &plan.key,
                 plan.op,
                 plan.delimiter,
@@ -461,13 +581,12 @@ fn prepare_mapper(plan: &MapperSpec) -> Result<(Mapper, Framer, VecDeque<Frame>)
             mapper
         }
         (None, None) => match first {
-            Some(first) => Mapper::inferred(first, &header, &plan.key, plan.op, plan.delimiter)?,
+            Some(first) => Mapper::inferred(first, header, &plan.key, plan.op, plan.delimiter)?,
             None => {
                 return Err(UsageError::new(
                     "columns",
                     format!(
-                        "{} holds no record to infer the columns from: declare them in a [columns] table",
-                        input.name()
+                        "{name} holds no record to infer the columns from: declare them in a [columns] table",
                     ),
                 )
                 .into());
@@ -478,12 +597,12 @@ fn prepare_mapper(plan: &MapperSpec) -> Result<(Mapper, Framer, VecDeque<Frame>)
         mapper.add_unmapped(column)?;
     }
     if plan.format == Format::Csv {
-        mapper.set_header(&header)?;
+        mapper.set_header(header)?;
     }
-    Ok((mapper, framer, pending))
+    Ok(mapper)
 }
 
-enum PrepareError {
+pub(crate) enum PrepareError {
     Usage(UsageError),
     Failed(anyhow::Error),
 }
@@ -561,11 +680,23 @@ impl Reader {
                     .map_err(|error| anyhow!("{}: {error}", input.name()))?;
                 framer
             }
+            Format::Ndjson if self.follows_current() => {
+                let end = source::complete_lines_end(input, offset)?;
+                format::open_lines_until(input, offset, end)
+                    .with_context(|| format!("reading {}", input.name()))?
+            }
             Format::Ndjson => format::open_lines(input, offset)
                 .with_context(|| format!("reading {}", input.name()))?,
         };
         self.framer = Some(framer);
         Ok(())
+    }
+
+    /// Whether the current input is followed: `--follow` and the last input, a plain file.
+    fn follows_current(&self) -> bool {
+        self.follow
+            && self.index + 1 == self.inputs.len()
+            && matches!(self.inputs[self.index], Input::File { gzip: false, .. })
     }
 
     /// The next frame of any input, or `None` when every input is done.
@@ -577,6 +708,7 @@ impl Reader {
             if self.index >= self.inputs.len() {
                 return Ok(None);
             }
+            let follows = self.follows_current();
             if let Some(framer) = &mut self.framer {
                 let input = &self.inputs[self.index];
                 if let Some(frame) = framer
@@ -584,6 +716,20 @@ impl Reader {
                     .with_context(|| format!("reading {}", input.name()))?
                 {
                     return Ok(Some(frame));
+                }
+                if follows {
+                    // The framer read every complete line it was given: look for more.
+                    let offset = framer.offset().expect("a followed file is NDJSON");
+                    let end = source::complete_lines_end(input, offset)?;
+                    if end == offset {
+                        self.idle = true;
+                        return Ok(None);
+                    }
+                    self.framer = Some(
+                        format::open_lines_until(input, offset, end)
+                            .with_context(|| format!("reading {}", input.name()))?,
+                    );
+                    continue;
                 }
                 // Plain files count their size (what the progress bar's total counts); gzip
                 // and standard input their decompressed bytes.
@@ -615,25 +761,32 @@ impl Reader {
                 rows: Vec::new(),
                 rejected: Vec::new(),
                 records: 0,
-                position: self.position.clone(),
+                position: self.position.clone().into(),
                 bytes_done: 0,
+                ack: None,
             };
             let mut bytes = 0usize;
             let started = Instant::now();
             let mut end = false;
+            let mut idle = false;
             while chunk.records < CHUNK_RECORDS_MAX as u64
                 && bytes < CHUNK_BYTES_MAX
                 && started.elapsed() < CHUNK_INTERVAL
             {
                 let frame = match self.next_frame() {
                     Ok(Some(frame)) => frame,
+                    Ok(None) if self.idle => {
+                        self.idle = false;
+                        idle = true;
+                        break;
+                    }
                     Ok(None) => {
                         end = true;
                         break;
                     }
                     Err(error) => {
                         if chunk.records > 0 {
-                            chunk.position = self.position.clone();
+                            chunk.position = self.position.clone().into();
                             let _ = sender.blocking_send(Ok(chunk));
                         }
                         let _ = sender.blocking_send(Err(error));
@@ -658,7 +811,7 @@ impl Reader {
                     offset: frame.end,
                 };
             }
-            chunk.position = self.position.clone();
+            chunk.position = self.position.clone().into();
             // Past the last input, `bytes_before` already counts the file of the position.
             chunk.bytes_done = if self.index >= self.inputs.len() {
                 self.bytes_before
@@ -670,6 +823,12 @@ impl Reader {
             }
             if end {
                 return;
+            }
+            if idle {
+                std::thread::sleep(FOLLOW_POLL);
+                if sender.is_closed() {
+                    return;
+                }
             }
         }
     }
@@ -752,8 +911,15 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
                 )
             }
         };
-    let prepared = prepare(&plan, table_columns).await?;
-    let (mapper, framer, pending) = match prepared {
+    let prepared = match &plan.jetstream {
+        None => prepare(&plan, table_columns)
+            .await?
+            .map(|(mapper, framer, pending)| (mapper, Some((framer, pending)), None)),
+        Some(source) => prepare_stream(&plan, source, table_columns)
+            .await
+            .map(|(mapper, connection)| (mapper, None, Some(connection))),
+    };
+    let (mapper, first_frames, connection) = match prepared {
         Ok(prepared) => prepared,
         Err(PrepareError::Usage(error)) => return usage(error),
         Err(PrepareError::Failed(error)) => return Err(error),
@@ -787,82 +953,130 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
         .await
         .context("recovering the sink's committed position")?;
     let mut next_checkpoint = recovery.checkpoint_id.map_or(1, |id| id + 1);
-    let committed = recovery.state.as_deref().and_then(Position::from_state);
-    let committed = match committed {
-        Some(position) if position.source == plan.source => Some(position),
-        Some(position) => {
+    let committed = recovery
+        .state
+        .as_deref()
+        .and_then(SourcePosition::from_state);
+    let committed = match (committed, &plan.jetstream) {
+        (Some(SourcePosition::File(position)), None) if position.source == plan.source => {
+            Some(SourcePosition::File(position))
+        }
+        (Some(SourcePosition::Stream(position)), Some(source))
+            if position.stream == source.stream && position.subject == source.subject =>
+        {
+            Some(SourcePosition::Stream(position))
+        }
+        (Some(position), _) => {
             eprintln!(
-                "note: table {} last committed a position of another source ({:?}); reading {:?} from the start",
-                plan.table, position.source, plan.source
+                "note: table {} last committed a position of another source ({position}); reading {} from the start",
+                plan.table, plan.source
             );
             None
         }
-        None => None,
+        (None, _) => None,
     };
     if let Some(position) = &committed {
         eprintln!("resuming after the committed position: {position}");
     }
-    let mut reader = Reader {
-        source: plan.source.clone(),
-        inputs: plan.inputs.clone(),
-        format: plan.format,
-        delimiter: plan.delimiter,
-        index: 0,
-        framer: None,
-        pending: VecDeque::new(),
-        mapper,
-        bytes_before: 0,
-        position: Position {
-            source: plan.source.clone(),
-            path: plan.inputs[0].name(),
-            offset: 0,
-        },
-    };
-    let reuse = if committed.is_none() {
-        Some((framer, pending))
-    } else {
-        None
-    };
-    let seek = tokio::task::spawn_blocking(move || {
-        reader.seek(committed.as_ref(), reuse).map(|()| reader)
-    })
-    .await
-    .context("the reader task")?;
-    let reader = match seek {
-        Ok(reader) => reader,
-        Err(error) => {
-            let _ = sink.close().await;
-            return Err(error);
+    let (sender, mut receiver) = mpsc::channel(4);
+    let (mut position, mut acks) = match connection {
+        None => {
+            let committed = match committed {
+                Some(SourcePosition::File(position)) => Some(position),
+                _ => None,
+            };
+            let mut reader = Reader {
+                source: plan.source.clone(),
+                inputs: plan.inputs.clone(),
+                format: plan.format,
+                delimiter: plan.delimiter,
+                index: 0,
+                framer: None,
+                pending: VecDeque::new(),
+                mapper,
+                bytes_before: 0,
+                position: Position {
+                    source: plan.source.clone(),
+                    path: plan.inputs[0].name(),
+                    offset: 0,
+                },
+                follow: plan.follow,
+                idle: false,
+            };
+            let reuse = if committed.is_none() {
+                first_frames
+            } else {
+                None
+            };
+            let seek = tokio::task::spawn_blocking(move || {
+                reader.seek(committed.as_ref(), reuse).map(|()| reader)
+            })
+            .await
+            .context("the reader task")?;
+            let reader = match seek {
+                Ok(reader) => reader,
+                Err(error) => {
+                    let _ = sink.close().await;
+                    return Err(error);
+                }
+            };
+            let position = SourcePosition::File(reader.position.clone());
+            std::thread::Builder::new()
+                .name("sluice-ingest-reader".into())
+                .spawn(move || reader.run(sender))
+                .context("starting the reader thread")?;
+            (position, jetstream::Acks::none())
+        }
+        Some(connection) => {
+            // Exactly once resumes after the committed sequence (0: the stream's start); at
+            // least once trusts the consumer's own cursor.
+            let committed = config_delivery_exactly_once(&sink).then(|| match committed {
+                Some(SourcePosition::Stream(position)) => position.sequence,
+                _ => 0,
+            });
+            let opened = connection
+                .reader(committed, mapper, plan.follow, plan.checkpoint_interval)
+                .await;
+            let (reader, acks) = match opened {
+                Ok(opened) => opened,
+                Err(error) => {
+                    let _ = sink.close().await;
+                    return match error {
+                        PrepareError::Usage(error) => usage(error),
+                        PrepareError::Failed(error) => Err(error),
+                    };
+                }
+            };
+            let position = SourcePosition::Stream(reader.position());
+            tokio::spawn(reader.run(sender));
+            (position, acks)
         }
     };
-    let mut position = reader.position.clone();
-    let (sender, mut receiver) = mpsc::channel(4);
-    std::thread::Builder::new()
-        .name("sluice-ingest-reader".into())
-        .spawn(move || reader.run(sender))
-        .context("starting the reader thread")?;
 
     let (stop_sender, mut stop) = watch::channel(None::<&'static str>);
     tokio::spawn(async move {
         let name = wait_for_signal().await;
         let _ = stop_sender.send(Some(name));
     });
-    let total_bytes = plan
-        .inputs
-        .iter()
-        .map(|input| match input {
-            Input::File {
-                size, gzip: false, ..
-            } => Some(*size),
-            _ => None,
-        })
-        .sum::<Option<u64>>();
+    let total_bytes = if plan.follow || plan.jetstream.is_some() {
+        None
+    } else {
+        plan.inputs
+            .iter()
+            .map(|input| match input {
+                Input::File {
+                    size, gzip: false, ..
+                } => Some(*size),
+                _ => None,
+            })
+            .sum::<Option<u64>>()
+    };
     let mut progress = Progress::new(total_bytes);
     let started = Instant::now();
     let mut records: u64 = 0;
     let mut bytes_done: u64 = 0;
     let mut dirty = false;
-    let mut committed_position: Option<Position> = None;
+    let mut committed_position: Option<SourcePosition> = None;
     let mut ticker = tokio::time::interval(plan.checkpoint_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -874,6 +1088,9 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
         metrics::counter!("sluice_ingest_records_rejected_total", "table" => plan.table.clone());
     let mut outcome: Result<Option<&'static str>> = Ok(None);
     loop {
+        // A checkpoint is due on the interval, and early when many JetStream messages wait
+        // for their acknowledgement.
+        let mut due = false;
         tokio::select! {
             biased;
             changed = stop.changed() => {
@@ -882,21 +1099,7 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
                     break;
                 }
             }
-            _ = ticker.tick() => {
-                if dirty {
-                    match checkpoint(&sink, next_checkpoint, &position).await {
-                        Ok(()) => {
-                            next_checkpoint += 1;
-                            committed_position = Some(position.clone());
-                            dirty = false;
-                        }
-                        Err(error) => {
-                            outcome = Err(error);
-                            break;
-                        }
-                    }
-                }
-            }
+            _ = ticker.tick() => due = dirty,
             chunk = receiver.recv() => match chunk {
                 None => break,
                 Some(Err(error)) => {
@@ -917,12 +1120,28 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
                         outcome = Err(anyhow!(error).context("writing rows"));
                         break;
                     }
+                    acks.add(chunk.ack, chunk.records);
                     if chunk.position != position {
                         position = chunk.position;
                         dirty = true;
                     }
+                    due = dirty && acks.due();
                     let stats = sink.stats();
                     progress.update(records, bytes_done, stats.rows_written, stats.rows_dead_lettered);
+                }
+            }
+        }
+        if due {
+            match checkpoint(&sink, next_checkpoint, &position).await {
+                Ok(()) => {
+                    next_checkpoint += 1;
+                    committed_position = Some(position.clone());
+                    dirty = false;
+                    acks.committed().await;
+                }
+                Err(error) => {
+                    outcome = Err(error);
+                    break;
                 }
             }
         }
@@ -933,11 +1152,15 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
     let sink_failed = sink.stats().rows_failed > 0;
     if dirty && !sink_failed {
         match checkpoint(&sink, next_checkpoint, &position).await {
-            Ok(()) => committed_position = Some(position.clone()),
+            Ok(()) => {
+                committed_position = Some(position.clone());
+                acks.committed().await;
+            }
             Err(error) if !source_failed => outcome = Err(error),
             Err(error) => tracing::error!(%error, "The final checkpoint failed."),
         }
     }
+    acks.finish().await;
     let closed = sink.close().await;
     progress.finish();
     let stats = sink.stats();
@@ -1021,8 +1244,36 @@ async fn prepare(
     plan: &Plan,
     table_columns: Option<Vec<TableColumn>>,
 ) -> Result<Result<(Mapper, Framer, VecDeque<Frame>), PrepareError>> {
-    let spec = MapperSpec {
-        input: plan.inputs[0].clone(),
+    let spec = mapper_spec(plan, table_columns);
+    tokio::task::spawn_blocking(move || prepare_mapper(&spec))
+        .await
+        .context("the reader task")
+}
+
+/// Connects to the JetStream server and builds the mapper (reading the stream's first record
+/// unless the columns are declared).
+async fn prepare_stream(
+    plan: &Plan,
+    source: &jetstream::JetStreamPlan,
+    table_columns: Option<Vec<TableColumn>>,
+) -> Result<(Mapper, jetstream::Connection), PrepareError> {
+    let spec = mapper_spec(plan, table_columns);
+    let connection = jetstream::connect(source).await?;
+    let first = if spec.columns.is_none() {
+        connection.first_record().await?
+    } else {
+        None
+    };
+    let mapper = build_mapper(&spec, first.as_ref(), &[], &connection.describe_records())?;
+    Ok((mapper, connection))
+}
+
+fn mapper_spec(plan: &Plan, table_columns: Option<Vec<TableColumn>>) -> MapperSpec {
+    MapperSpec {
+        input: plan.inputs.first().cloned(),
+        follow: plan.follow
+            && plan.inputs.len() == 1
+            && matches!(plan.inputs[0], Input::File { gzip: false, .. }),
         format: plan.format,
         delimiter: plan.delimiter,
         key: plan.key.clone(),
@@ -1031,10 +1282,7 @@ async fn prepare(
         unmapped: plan.unmapped.clone(),
         table: plan.table.clone(),
         table_columns,
-    };
-    tokio::task::spawn_blocking(move || prepare_mapper(&spec))
-        .await
-        .context("the reader task")
+    }
 }
 
 fn table_columns<C>(columns: Vec<C>, convert: impl Fn(C) -> TableColumn) -> Vec<TableColumn> {
@@ -1113,6 +1361,8 @@ async fn parse_only(plan: Plan) -> Result<ExitCode> {
             path: plan.inputs[0].name(),
             offset: 0,
         },
+        follow: false,
+        idle: false,
     };
     let (sender, mut receiver) = mpsc::channel(4);
     let thread = std::thread::Builder::new()
@@ -1161,7 +1411,7 @@ fn config_delivery_exactly_once(sink: &Sink) -> bool {
     sink.config().delivery().is_exactly_once()
 }
 
-async fn checkpoint(sink: &Sink, id: u64, position: &Position) -> Result<()> {
+async fn checkpoint(sink: &Sink, id: u64, position: &SourcePosition) -> Result<()> {
     sink.pre_commit(id, &position.to_state())
         .await
         .with_context(|| format!("checkpoint {id} at {position}"))?;
@@ -1189,7 +1439,10 @@ async fn wait_for_signal() -> &'static str {
 
 /// What building the mapper needs, owned, for the blocking task.
 struct MapperSpec {
-    input: Input,
+    /// The first input (`None` for a JetStream source).
+    input: Option<Input>,
+    /// The input is followed: read only its complete lines.
+    follow: bool,
     format: Format,
     delimiter: u8,
     key: Vec<String>,

@@ -105,6 +105,43 @@ impl Input {
     }
 }
 
+/// The end of the last complete line of a followed file at or after `offset` (a record
+/// boundary): the first byte after its last newline, or `offset` when no newline came yet.
+/// A file shorter than `offset` was truncated or replaced, which is an error.
+pub(crate) fn complete_lines_end(input: &Input, offset: u64) -> io::Result<u64> {
+    let Input::File {
+        path, gzip: false, ..
+    } = input
+    else {
+        return Err(io::Error::other(format!(
+            "{}: only a plain file can be followed",
+            input.name()
+        )));
+    };
+    let mut file = File::open(path)?;
+    let length = file.metadata()?.len();
+    if length < offset {
+        return Err(io::Error::other(format!(
+            "{}: the followed file shrank to {length} bytes, before the position {offset}: it was truncated or replaced",
+            path.display()
+        )));
+    }
+    // Scan backwards from the end for the last newline, a buffer at a time.
+    let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+    let mut end = length;
+    while end > offset {
+        let start = end.saturating_sub(READ_BUFFER_BYTES as u64).max(offset);
+        let piece = &mut buffer[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(piece)?;
+        if let Some(index) = piece.iter().rposition(|byte| *byte == b'\n') {
+            return Ok(start + index as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(offset)
+}
+
 /// Resolves `--from` into inputs, in the order they are read, and their format.
 pub(crate) fn resolve(
     from: &str,
@@ -200,13 +237,36 @@ pub(crate) struct Position {
     pub(crate) offset: u64,
 }
 
-impl Position {
+/// Where the next record is, in a file or a stream: the checkpoint's state, as JSON.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub(crate) enum SourcePosition {
+    File(Position),
+    Stream(super::jetstream::StreamPosition),
+}
+
+impl SourcePosition {
     pub(crate) fn to_state(&self) -> String {
         serde_json::to_string(self).expect("a position serialises")
     }
 
-    pub(crate) fn from_state(state: &str) -> Option<Position> {
+    pub(crate) fn from_state(state: &str) -> Option<SourcePosition> {
         serde_json::from_str(state).ok()
+    }
+}
+
+impl From<Position> for SourcePosition {
+    fn from(position: Position) -> Self {
+        SourcePosition::File(position)
+    }
+}
+
+impl std::fmt::Display for SourcePosition {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourcePosition::File(position) => position.fmt(formatter),
+            SourcePosition::Stream(position) => position.fmt(formatter),
+        }
     }
 }
 
