@@ -556,3 +556,51 @@ fn crash_loop_ingests_every_jetstream_record_exactly_once() {
     // Every message acknowledged once committed.
     assert_eq!(consumer_state(&server, "CRASH", "crash").1, 0);
 }
+
+#[test]
+fn at_least_once_acknowledges_after_each_flush_and_resumes_from_the_consumer() {
+    let Some(server) = nats_or_skip("ingest_jetstream") else {
+        return;
+    };
+    let db = TempSqlite::new();
+    let into = format!("sqlite://{}", db.path().display());
+    let url = server.url();
+    let first = publish(
+        &server,
+        "ALO",
+        &["alo"],
+        &messages("alo", &[r#"{"id": 1}"#, r#"{"id": 2}"#, r#"{"id": 3}"#]),
+    );
+    let args = [
+        "--from",
+        &url,
+        "--stream",
+        "ALO",
+        "--consumer",
+        "alo",
+        "--into",
+        &into,
+        "--table",
+        "alo",
+        "--at-least-once",
+    ];
+    let output = run(&args);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(consumer_state(&server, "ALO", "alo"), (first[2], 0));
+    // No position is stored: the next run starts at the consumer's acknowledgement floor.
+    publish(
+        &server,
+        "ALO",
+        &["alo"],
+        &messages("alo", &[r#"{"id": 4}"#]),
+    );
+    let output = run(&args);
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("records read:   1"), "{stdout}");
+    assert!(stdout.contains("no position (at least once)"), "{stdout}");
+    assert_eq!(
+        query(db.path(), "SELECT count(*), count(DISTINCT id) FROM alo"),
+        [["4", "4"]]
+    );
+}

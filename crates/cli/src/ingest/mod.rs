@@ -1030,10 +1030,11 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
         Some(connection) => {
             // Exactly once resumes after the committed sequence (0: the stream's start); at
             // least once trusts the consumer's own cursor.
-            let committed = config_delivery_exactly_once(&sink).then(|| match committed {
+            let sequence = match committed {
                 Some(SourcePosition::Stream(position)) => position.sequence,
                 _ => 0,
-            });
+            };
+            let committed = config_delivery_exactly_once(&sink).then_some(sequence);
             let opened = connection
                 .reader(committed, mapper, plan.follow, plan.checkpoint_interval)
                 .await;

@@ -1,0 +1,294 @@
+//! `sluice ingest --follow` end to end: a file appended to while the ingest runs (a partial last
+//! line becomes a record only when its newline arrives) and a JetStream stream published to
+//! while it runs; checkpoints commit while the reader waits; SIGTERM stops at a checkpoint with
+//! exit 130 and everything written exactly once; a restart continues where it stopped.
+
+use async_nats::jetstream::{self, stream};
+use rusqlite::Connection;
+use sluice_testkit::{TempSqlite, nats_or_skip};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for the ingest to commit what it expects.
+const WAIT_COMMITTED: Duration = Duration::from_secs(30);
+
+fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+fn spawn(args: &[&str], dir: &Path) -> Child {
+    sluice()
+        .arg("ingest")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sluice")
+}
+
+fn finish(child: Child) -> Output {
+    let output = child.wait_with_output().unwrap();
+    eprintln!(
+        "sluice ingest: {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Rows of `sql`, or `None` while the table does not exist yet.
+fn query(db: &Path, sql: &str) -> Option<Vec<Vec<String>>> {
+    if !db.exists() {
+        return None;
+    }
+    let connection = Connection::open(db).unwrap();
+    let mut statement = connection.prepare(sql).ok()?;
+    let columns = statement.column_count();
+    Some(
+        statement
+            .query_map([], |row| {
+                (0..columns)
+                    .map(|index| {
+                        let value: rusqlite::types::Value = row.get(index)?;
+                        Ok(match value {
+                            rusqlite::types::Value::Null => "NULL".to_string(),
+                            rusqlite::types::Value::Integer(value) => value.to_string(),
+                            rusqlite::types::Value::Real(value) => value.to_string(),
+                            rusqlite::types::Value::Text(value) => value,
+                            rusqlite::types::Value::Blob(value) => format!("{value:?}"),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap(),
+    )
+}
+
+/// Waits until the table holds `rows` committed rows (the ingest keeps running).
+fn wait_for_rows(db: &Path, table: &str, rows: usize, child: &mut Child) {
+    let started = Instant::now();
+    loop {
+        let count = query(db, &format!("SELECT count(*) FROM {table}"))
+            .map_or(0, |result| result[0][0].parse::<usize>().unwrap());
+        if count == rows {
+            return;
+        }
+        assert!(count < rows, "more rows than expected: {count} > {rows}");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the ingest exited while following"
+        );
+        assert!(
+            started.elapsed() < WAIT_COMMITTED,
+            "{count} of {rows} rows committed after {WAIT_COMMITTED:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file.flush().unwrap();
+}
+
+#[test]
+fn follow_reads_a_growing_file_and_stops_at_a_checkpoint_on_sigterm() {
+    let db = TempSqlite::new();
+    let dir = db.dir();
+    let file = dir.join("events.ndjson");
+    std::fs::write(
+        &file,
+        "{\"id\": 1, \"name\": \"a\"}\n{\"id\": 2, \"name\": \"b\"}\n\n{\"id\": 3, \"name\": \"c\"}\n{\"id\": 4, \"na",
+    )
+    .unwrap();
+    let into = format!("sqlite://{}", db.path().display());
+    let args = [
+        "--from",
+        "events.ndjson",
+        "--into",
+        &into,
+        "--table",
+        "events",
+        "--checkpoint-interval-ms",
+        "50",
+    ];
+    let mut follow = args.to_vec();
+    follow.push("--follow");
+    let mut child = spawn(&follow, dir);
+    // The three complete lines are committed while the reader waits on the partial fourth.
+    wait_for_rows(db.path(), "events", 3, &mut child);
+    std::thread::sleep(Duration::from_millis(300));
+    wait_for_rows(db.path(), "events", 3, &mut child);
+    // The fourth line completes; more lines arrive, one malformed, and a partial one again.
+    append(&file, "me\": \"d\"}\n");
+    wait_for_rows(db.path(), "events", 4, &mut child);
+    append(
+        &file,
+        "{\"id\": 5, \"name\": \"e\"}\nnot json\n{\"id\": 6, \"name\": \"f\"}\n{\"id\": 7,",
+    );
+    wait_for_rows(db.path(), "events", 6, &mut child);
+    terminate(&child);
+    let output = finish(child);
+    assert_eq!(output.status.code(), Some(130));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("ingest stopped"), "{stdout}");
+    assert!(stdout.contains("rows written:   6"), "{stdout}");
+    assert!(stdout.contains("dead-lettered:  1"), "{stdout}");
+    assert_eq!(
+        query(db.path(), "SELECT id, name FROM events ORDER BY id").unwrap(),
+        vec![
+            vec!["1", "a"],
+            vec!["2", "b"],
+            vec!["3", "c"],
+            vec!["4", "d"],
+            vec!["5", "e"],
+            vec!["6", "f"],
+        ]
+    );
+    // The partial seventh line is completed after the stop: a restart (without --follow)
+    // continues after the committed position and reads it once.
+    append(&file, " \"name\": \"g\"}\n{\"id\": 8, \"name\": \"h\"}\n");
+    let output = finish(spawn(&args, dir));
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("records read:   2"), "{stdout}");
+    assert_eq!(
+        query(
+            db.path(),
+            "SELECT count(*), count(DISTINCT id), max(id) FROM events"
+        )
+        .unwrap(),
+        [["8", "8", "8"]]
+    );
+    assert_eq!(
+        query(db.path(), "SELECT count(*) FROM events_dead_letters").unwrap(),
+        [["1"]]
+    );
+}
+
+#[test]
+fn follow_refuses_what_cannot_be_followed() {
+    let db = TempSqlite::new();
+    let dir = db.dir();
+    std::fs::write(dir.join("in.csv"), "id\n1\n").unwrap();
+    std::fs::write(dir.join("in.ndjson.gz"), []).unwrap();
+    let into = format!("sqlite://{}", db.path().display());
+    for (from, key) in [("in.csv", "follow:"), ("in.ndjson.gz", "follow:")] {
+        let output = finish(spawn(
+            &["--from", from, "--into", &into, "--table", "t", "--follow"],
+            dir,
+        ));
+        assert_eq!(output.status.code(), Some(2), "{from}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(key), "{from}: {stderr}");
+    }
+}
+
+#[test]
+fn follow_reads_jetstream_until_sigterm_and_a_restart_continues() {
+    let Some(server) = nats_or_skip("ingest_follow") else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let context = runtime.block_on(async {
+        let context = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+        context
+            .create_stream(stream::Config {
+                name: "LIVE".to_string(),
+                subjects: vec!["live".to_string()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        context
+    });
+    let publish = |ids: std::ops::Range<u64>| {
+        runtime.block_on(async {
+            for id in ids {
+                context
+                    .publish("live", format!(r#"{{"id": {id}}}"#).into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    publish(0..10);
+    let db = TempSqlite::new();
+    let dir = db.dir();
+    let into = format!("sqlite://{}", db.path().display());
+    let url = server.url();
+    let args = [
+        "--from",
+        &url,
+        "--stream",
+        "LIVE",
+        "--consumer",
+        "live",
+        "--into",
+        &into,
+        "--table",
+        "live",
+        "--checkpoint-interval-ms",
+        "50",
+    ];
+    let mut follow = args.to_vec();
+    follow.push("--follow");
+    let mut child = spawn(&follow, dir);
+    wait_for_rows(db.path(), "live", 10, &mut child);
+    // Still running with nothing to read; new messages arrive and are committed.
+    std::thread::sleep(Duration::from_millis(1_500));
+    publish(10..25);
+    wait_for_rows(db.path(), "live", 25, &mut child);
+    terminate(&child);
+    let output = finish(child);
+    assert_eq!(output.status.code(), Some(130));
+    let (floor, pending) = runtime.block_on(async {
+        let info = context
+            .get_stream("LIVE")
+            .await
+            .unwrap()
+            .consumer_info("live")
+            .await
+            .unwrap();
+        (info.ack_floor.stream_sequence, info.num_ack_pending)
+    });
+    assert_eq!(
+        (floor, pending),
+        (25, 0),
+        "acknowledged up to what was committed"
+    );
+    publish(25..30);
+    let output = finish(spawn(&args, dir));
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("records read:   5"), "{stdout}");
+    assert_eq!(
+        query(
+            db.path(),
+            "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM live"
+        )
+        .unwrap(),
+        [["30", "30", "0", "29"]]
+    );
+}
