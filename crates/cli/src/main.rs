@@ -35,7 +35,9 @@ enum Command {
     /// Benchmarks; each prints figures and can write JSON.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Move records from files or standard input into a database table, exactly once.
+    /// Move records from files, standard input or NATS JetStream into a database table,
+    /// exactly once.
+    #[command(after_long_help = ingest::EXAMPLES)]
     Ingest(ingest::IngestArgs),
     /// Print an instance's status and history as JSON.
     Inspect {

@@ -56,6 +56,19 @@ const CHUNK_RECORDS_MAX: usize = 2_048;
 const CHUNK_BYTES_MAX: usize = 4 << 20;
 /// A chunk is handed over at the latest this long after its first record.
 const CHUNK_INTERVAL: Duration = Duration::from_millis(50);
+/// Examples shown by `sluice ingest --help`.
+pub(crate) const EXAMPLES: &str = "\
+Examples:
+  sluice ingest --from 'logs/*.ndjson.gz' --into sqlite://logs.db --table logs
+  sluice ingest --from app.ndjson --into sqlite://app.db --table events --follow
+  sluice ingest --from nats://127.0.0.1:4222 --stream ORDERS --subject 'orders.>' \\
+      --consumer orders-to-db --into postgres://app@localhost/app --table orders --follow
+
+JetStream: each message is one JSON object. The durable pull consumer is created when missing
+(ack policy \"all\"); messages are acknowledged after the checkpoint that holds them committed,
+and a restart resumes after the committed stream sequence. Without --follow the run ends when
+the consumer has nothing pending.";
+
 /// How often a followed file is checked for new bytes when its end was reached.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
 /// Exit code of a bad usage or configuration.
@@ -119,7 +132,8 @@ pub(crate) struct IngestArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Plain batches instead of exactly-once delivery; no position is stored, so a restart
-    /// starts from the beginning.
+    /// starts from the beginning (JetStream: acknowledged after each flush, a restart resumes
+    /// from the consumer's position).
     #[arg(long)]
     at_least_once: bool,
     /// Checkpoint interval in milliseconds, 1 to 3,600,000. Default: 1,000.
