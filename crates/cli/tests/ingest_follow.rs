@@ -292,3 +292,96 @@ fn follow_reads_jetstream_until_sigterm_and_a_restart_continues() {
         [["30", "30", "0", "29"]]
     );
 }
+
+/// A consumer whose `ack_wait` is shorter than the checkpoint interval gets its messages
+/// redelivered while the ingest still holds them unacknowledged: the redeliveries are skipped,
+/// never written again.
+#[test]
+fn jetstream_redeliveries_during_a_run_are_skipped() {
+    let Some(server) = nats_or_skip("ingest_follow") else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let context = runtime.block_on(async {
+        let context = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+        let stream = context
+            .create_stream(stream::Config {
+                name: "AGAIN".to_string(),
+                subjects: vec!["again".to_string()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        // The ingest keeps an existing consumer that suits it (durable, ack policy all, the
+        // same filter), with this one's short ack_wait.
+        stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some("again".to_string()),
+                ack_policy: jetstream::consumer::AckPolicy::All,
+                ack_wait: Duration::from_millis(500),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        for id in 0..100 {
+            context
+                .publish("again", format!(r#"{{"id": {id}}}"#).into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        context
+    });
+    let db = TempSqlite::new();
+    let dir = db.dir();
+    let into = format!("sqlite://{}", db.path().display());
+    let url = server.url();
+    let mut child = spawn(
+        &[
+            "--from",
+            &url,
+            "--stream",
+            "AGAIN",
+            "--consumer",
+            "again",
+            "--into",
+            &into,
+            "--table",
+            "again",
+            "--checkpoint-interval-ms",
+            "2500",
+            "--follow",
+        ],
+        dir,
+    );
+    wait_for_rows(db.path(), "again", 100, &mut child);
+    terminate(&child);
+    let output = finish(child);
+    assert_eq!(output.status.code(), Some(130));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("records read:   100"), "{stdout}");
+    let (deliveries, floor, pending) = runtime.block_on(async {
+        let info = context
+            .get_stream("AGAIN")
+            .await
+            .unwrap()
+            .consumer_info("again")
+            .await
+            .unwrap();
+        (
+            info.delivered.consumer_sequence,
+            info.ack_floor.stream_sequence,
+            info.num_ack_pending,
+        )
+    });
+    assert!(deliveries > 100, "no redelivery happened: {deliveries}");
+    assert_eq!((floor, pending), (100, 0));
+    assert_eq!(
+        query(db.path(), "SELECT count(*), count(DISTINCT id) FROM again").unwrap(),
+        [["100", "100"]]
+    );
+}
