@@ -88,13 +88,22 @@ pub(crate) enum Framer {
 }
 
 /// The CSV header of an input, and a framer positioned at `offset` (or just after the header,
-/// when `offset` is before its end).
+/// when `offset` is before its end). With `end` (a followed file: the end of its last complete
+/// record, see `source::complete_records_end`) nothing past `end` is read.
 pub(crate) fn open_csv(
     input: &Input,
     offset: u64,
     delimiter: u8,
+    end: Option<u64>,
 ) -> io::Result<(Vec<String>, Framer)> {
-    let mut reader = csv_reader(input.open(0)?, delimiter);
+    let open = |from: u64| -> io::Result<Box<dyn BufRead + Send>> {
+        let stream = input.open(from)?;
+        Ok(match end {
+            Some(end) => Box::new(stream.take(end.saturating_sub(from))),
+            None => stream,
+        })
+    };
+    let mut reader = csv_reader(open(0)?, delimiter);
     let mut header = csv::ByteRecord::new();
     allow_record(&reader);
     if !reader.read_byte_record(&mut header).map_err(csv_error)? {
@@ -132,7 +141,7 @@ pub(crate) fn open_csv(
         ));
     }
     drop(reader);
-    let reader = csv_reader(input.open(offset)?, delimiter);
+    let reader = csv_reader(open(offset)?, delimiter);
     Ok((
         names,
         Framer::Csv {
@@ -213,11 +222,11 @@ fn csv_error(error: csv::Error) -> io::Error {
 }
 
 impl Framer {
-    /// A line framer's offset: where it reads next (past blank lines it skipped).
-    pub(crate) fn offset(&self) -> Option<u64> {
+    /// Where the framer reads next (past blank lines it skipped).
+    pub(crate) fn offset(&self) -> u64 {
         match self {
-            Framer::Lines { offset, .. } => Some(*offset),
-            Framer::Csv { .. } => None,
+            Framer::Lines { offset, .. } => *offset,
+            Framer::Csv { reader, base } => *base + reader.position().byte(),
         }
     }
 

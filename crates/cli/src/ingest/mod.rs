@@ -18,9 +18,10 @@
 //! Before anything is written the columns are settled (`mapping`): declared, read from the
 //! existing table (`describe_table` of the backend), or inferred from the first record.
 //!
-//! `--follow` keeps reading: at the end of the last file (plain NDJSON), the reader polls every
-//! [`FOLLOW_POLL`] for more bytes, and hands over only lines whose newline arrived (a partial
-//! last line is not a record yet); a JetStream reader keeps pulling. Checkpoints go on at their
+//! `--follow` keeps reading: at the end of the last file (plain, not gzip), the reader polls
+//! every [`FOLLOW_POLL`] for more bytes, and hands over only records whose terminating newline
+//! arrived (a partial last line, or a CSV record whose quoted field is still open, is not a
+//! record yet; `source::complete_records_end`); a JetStream reader keeps pulling. Checkpoints go on at their
 //! interval meanwhile; SIGINT or SIGTERM stops the run at a checkpoint (exit 130). Only the
 //! last file of a glob is followed, files the glob matches later are not picked up, and a
 //! followed file that shrinks (truncated or replaced) fails the run.
@@ -105,7 +106,7 @@ pub(crate) struct IngestArgs {
     /// JetStream: the durable pull consumer's name (created when missing, ack policy "all").
     #[arg(long)]
     consumer: Option<String>,
-    /// Keep reading: wait for the last file to grow (like `tail -f`; NDJSON only) or for new
+    /// Keep reading: wait for the last file to grow (like `tail -f`; not gzip) or for new
     /// messages, until SIGINT or SIGTERM, which stop at a checkpoint.
     #[arg(long)]
     follow: bool,
@@ -396,27 +397,18 @@ fn plan(args: IngestArgs) -> Result<Plan, UsageError> {
             }
         }
         let (inputs, format) = source::resolve(&source, format)?;
-        if follow {
-            match inputs.last().expect("at least one input") {
-                Input::File {
-                    gzip: true, path, ..
-                } => {
-                    return Err(UsageError::new(
-                        "follow",
-                        format!(
-                            "{} is gzip-compressed: only a plain file can be followed",
-                            path.display()
-                        ),
-                    ));
-                }
-                _ if format == Format::Csv => {
-                    return Err(UsageError::new(
-                        "follow",
-                        "only NDJSON files can be followed (a CSV record may span lines)",
-                    ));
-                }
-                _ => {}
-            }
+        if follow
+            && let Some(Input::File {
+                gzip: true, path, ..
+            }) = inputs.last()
+        {
+            return Err(UsageError::new(
+                "follow",
+                format!(
+                    "{} is gzip-compressed: only a plain file can be followed",
+                    path.display()
+                ),
+            ));
         }
         (source, inputs, format, None)
     };
@@ -523,13 +515,22 @@ struct Reader {
 /// first input and the frames already read.
 fn prepare_mapper(plan: &MapperSpec) -> Result<(Mapper, Framer, VecDeque<Frame>), PrepareError> {
     let input = plan.input.as_ref().expect("a file source has inputs");
+    // A followed file is read only up to its last complete record.
+    let csv_delimiter = (plan.format == Format::Csv).then_some(plan.delimiter);
+    let end = if plan.follow {
+        Some(
+            source::complete_records_end(input, 0, csv_delimiter)
+                .with_context(|| format!("reading {}", input.name()))?,
+        )
+    } else {
+        None
+    };
     let (header, mut framer) = match plan.format {
-        Format::Csv => format::open_csv(input, 0, plan.delimiter)
+        Format::Csv => format::open_csv(input, 0, plan.delimiter, end)
             .with_context(|| format!("reading {}", input.name()))?,
-        Format::Ndjson if plan.follow => (
+        Format::Ndjson if let Some(end) = end => (
             Vec::new(),
-            source::complete_lines_end(input, 0)
-                .and_then(|end| format::open_lines_until(input, 0, end))
+            format::open_lines_until(input, 0, end)
                 .with_context(|| format!("reading {}", input.name()))?,
         ),
         Format::Ndjson => (
@@ -684,26 +685,42 @@ impl Reader {
     }
 
     fn open_current(&mut self, offset: u64) -> Result<()> {
+        let end = if self.follows_current() {
+            Some(self.complete_records_end(offset)?)
+        } else {
+            None
+        };
+        self.open_current_until(offset, end)
+    }
+
+    /// Opens the current input at `offset`, reading nothing past `end` when given.
+    fn open_current_until(&mut self, offset: u64, end: Option<u64>) -> Result<()> {
         let input = &self.inputs[self.index];
         let framer = match self.format {
             Format::Csv => {
-                let (header, framer) = format::open_csv(input, offset, self.delimiter)
+                let (header, framer) = format::open_csv(input, offset, self.delimiter, end)
                     .with_context(|| format!("reading {}", input.name()))?;
                 self.mapper
                     .set_header(&header)
                     .map_err(|error| anyhow!("{}: {error}", input.name()))?;
                 framer
             }
-            Format::Ndjson if self.follows_current() => {
-                let end = source::complete_lines_end(input, offset)?;
-                format::open_lines_until(input, offset, end)
-                    .with_context(|| format!("reading {}", input.name()))?
+            Format::Ndjson => match end {
+                Some(end) => format::open_lines_until(input, offset, end),
+                None => format::open_lines(input, offset),
             }
-            Format::Ndjson => format::open_lines(input, offset)
-                .with_context(|| format!("reading {}", input.name()))?,
+            .with_context(|| format!("reading {}", input.name()))?,
         };
         self.framer = Some(framer);
         Ok(())
+    }
+
+    /// The end of the current (followed) input's last complete record after `offset`.
+    fn complete_records_end(&self, offset: u64) -> Result<u64> {
+        let input = &self.inputs[self.index];
+        let csv_delimiter = (self.format == Format::Csv).then_some(self.delimiter);
+        source::complete_records_end(input, offset, csv_delimiter)
+            .with_context(|| format!("reading {}", input.name()))
     }
 
     /// Whether the current input is followed: `--follow` and the last input, a plain file.
@@ -732,17 +749,14 @@ impl Reader {
                     return Ok(Some(frame));
                 }
                 if follows {
-                    // The framer read every complete line it was given: look for more.
-                    let offset = framer.offset().expect("a followed file is NDJSON");
-                    let end = source::complete_lines_end(input, offset)?;
+                    // The framer read every complete record it was given: look for more.
+                    let offset = framer.offset();
+                    let end = self.complete_records_end(offset)?;
                     if end == offset {
                         self.idle = true;
                         return Ok(None);
                     }
-                    self.framer = Some(
-                        format::open_lines_until(input, offset, end)
-                            .with_context(|| format!("reading {}", input.name()))?,
-                    );
+                    self.open_current_until(offset, Some(end))?;
                     continue;
                 }
                 // Plain files count their size (what the progress bar's total counts); gzip

@@ -105,10 +105,15 @@ impl Input {
     }
 }
 
-/// The end of the last complete line of a followed file at or after `offset` (a record
-/// boundary): the first byte after its last newline, or `offset` when no newline came yet.
-/// A file shorter than `offset` was truncated or replaced, which is an error.
-pub(crate) fn complete_lines_end(input: &Input, offset: u64) -> io::Result<u64> {
+/// The end of the last complete record of a followed file at or after `offset` (a record
+/// boundary): the first byte after the last newline that ends a record (NDJSON: any newline;
+/// CSV with `csv_delimiter`: a newline outside quotes), or `offset` when none came yet. A file
+/// shorter than `offset` was truncated or replaced, which is an error.
+pub(crate) fn complete_records_end(
+    input: &Input,
+    offset: u64,
+    csv_delimiter: Option<u8>,
+) -> io::Result<u64> {
     let Input::File {
         path, gzip: false, ..
     } = input
@@ -126,6 +131,14 @@ pub(crate) fn complete_lines_end(input: &Input, offset: u64) -> io::Result<u64> 
             path.display()
         )));
     }
+    match csv_delimiter {
+        None => last_newline_end(&mut file, offset, length),
+        Some(delimiter) => csv_records_end(&mut file, offset, length, delimiter),
+    }
+}
+
+/// The first byte after the last newline in `offset..length`, or `offset`.
+fn last_newline_end(file: &mut File, offset: u64, length: u64) -> io::Result<u64> {
     // Scan backwards from the end for the last newline, a buffer at a time.
     let mut buffer = vec![0u8; READ_BUFFER_BYTES];
     let mut end = length;
@@ -140,6 +153,50 @@ pub(crate) fn complete_lines_end(input: &Input, offset: u64) -> io::Result<u64> 
         end = start;
     }
     Ok(offset)
+}
+
+/// Where a CSV scanner is, as the `csv` crate parses (RFC 4180, `"` quotes, `""` escapes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CsvScan {
+    FieldStart,
+    Unquoted,
+    Quoted,
+    /// A quote inside a quoted field: an escape if another quote follows, else its end.
+    QuoteInQuoted,
+}
+
+/// The first byte after the last record-ending newline (outside quotes) in `offset..length`,
+/// or `offset`; `offset` is a record boundary.
+fn csv_records_end(file: &mut File, offset: u64, length: u64, delimiter: u8) -> io::Result<u64> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file.take(length - offset));
+    let mut state = CsvScan::FieldStart;
+    let mut position = offset;
+    let mut end = offset;
+    loop {
+        let buffer = reader.fill_buf()?;
+        if buffer.is_empty() {
+            return Ok(end);
+        }
+        for &byte in buffer {
+            position += 1;
+            state = match (state, byte) {
+                (CsvScan::Quoted, b'"') => CsvScan::QuoteInQuoted,
+                (CsvScan::Quoted, _) => CsvScan::Quoted,
+                (CsvScan::QuoteInQuoted, b'"') => CsvScan::Quoted,
+                (CsvScan::FieldStart, b'"') => CsvScan::Quoted,
+                (_, b'\n') => {
+                    end = position;
+                    CsvScan::FieldStart
+                }
+                (_, b'\r') => CsvScan::FieldStart,
+                (_, byte) if byte == delimiter => CsvScan::FieldStart,
+                _ => CsvScan::Unquoted,
+            };
+        }
+        let read = buffer.len();
+        reader.consume(read);
+    }
 }
 
 /// Resolves `--from` into inputs, in the order they are read, and their format.
