@@ -26,7 +26,9 @@
 //! ([`Source::Arrays`]); see [`crate::statements`].
 
 use crate::error::{classify, commit_outcome_unknown, shortened};
-use crate::progress::{ProgressSql, gid, gid_prefix, literal, parse_gid};
+use crate::progress::{
+    ProgressSql, WRITER_LOCK_CLASS, gid, gid_prefix, literal, parse_gid, writer_lock_key,
+};
 use crate::session::{Pooled, Session};
 use crate::statements::{Encoded, Source, Statements, WritePlan, apply_rows};
 use crate::table::DeadLetterColumns;
@@ -156,7 +158,15 @@ pub(crate) struct PostgresCheckpoints {
     /// Two-phase: the prepared transactions awaiting `commit`.
     pending: Mutex<Pending>,
     orphaned: Gauge,
+    /// Marker: `pg_advisory_xact_lock_shared` of this writer, run at `BEGIN` (see
+    /// [`writer_lock_key`]).
+    lock_shared: String,
+    /// Marker: the exclusive lock recovery takes, with its wait bounded.
+    lock_exclusive: String,
 }
+
+/// How long recovery waits for an earlier run's transaction to end before it fails.
+const RECOVERY_LOCK_TIMEOUT_MS: u64 = 30_000;
 
 /// `COMMIT PREPARED` or `ROLLBACK PREPARED`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,7 +195,13 @@ impl PostgresCheckpoints {
             ("table", shared.table.to_string()),
             ("backend", "postgres".to_string()),
         ];
+        let key = writer_lock_key(spec.sink_id.as_str(), spec.writer_id);
         Ok(PostgresCheckpoints {
+            lock_shared: format!("SELECT pg_advisory_xact_lock_shared({WRITER_LOCK_CLASS}, {key})"),
+            lock_exclusive: format!(
+                "SET LOCAL lock_timeout = {RECOVERY_LOCK_TIMEOUT_MS}; \
+                 SELECT pg_advisory_xact_lock({WRITER_LOCK_CLASS}, {key})"
+            ),
             orphaned: metrics::gauge!(MetricName::OrphanedPreparedTransactions.as_str(), &labels),
             progress,
             sink_id: spec.sink_id.to_string(),
@@ -224,7 +240,10 @@ impl PostgresCheckpoints {
                 .plan
                 .statements(session.client(), Source::Arrays)
                 .await?;
-            session.begin().await?;
+            // Two-phase transactions take no writer lock: a prepared transaction would hold it
+            // until COMMIT PREPARED (see the notes in `recover`).
+            let lock = (!self.two_phase).then_some(self.lock_shared.as_str());
+            session.begin_with(lock).await?;
             *slot = Some(LaneTx {
                 session,
                 statements,
@@ -630,10 +649,43 @@ impl CheckpointWriter for PostgresCheckpoints {
             }
             self.orphaned.set(0.0);
         }
-        let latest = client
-            .query_opt(&self.progress.latest, &[&self.sink_id, &self.writer_id])
-            .await
-            .map_err(|e| classify(&e))?;
+        // Marker: a transaction of an earlier run may still be committing on the server (its
+        // process was killed after sending COMMIT); its progress row is read only once it
+        // ended, so its rows are never written again. Two-phase transactions take no such lock:
+        // a PREPARE still in flight here is missed and left as an orphan (warned about, and
+        // resolved by the next recovery).
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&self.sink_id, &self.writer_id];
+        let latest = if self.two_phase {
+            client.query_opt(&self.progress.latest, &params).await
+        } else {
+            drop(client);
+            let mut locked = self.shared.pool.session().await?;
+            if let Err(error) = locked.begin_with(Some(&self.lock_exclusive)).await {
+                return Err(if error.code() == "postgres.55P03" {
+                    BackendError::Fatal {
+                        code: "postgres.writer_busy",
+                        message: format!(
+                            "a transaction of sink {} writer {} did not end within {} s: another process runs this writer, or an earlier run's transaction is still open on the server",
+                            self.sink_id,
+                            self.writer_id,
+                            RECOVERY_LOCK_TIMEOUT_MS / 1_000
+                        ),
+                    }
+                } else {
+                    error
+                });
+            }
+            let latest = locked
+                .client()
+                .query_opt(&self.progress.latest, &params)
+                .await;
+            if latest.is_ok() {
+                locked.commit().await.map_err(|e| classify(&e))?;
+            }
+            latest
+        }
+        .map_err(|e| classify(&e))?;
         latest
             .map(|row| {
                 let checkpoint: i64 = row.get(0);

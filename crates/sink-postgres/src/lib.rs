@@ -189,6 +189,7 @@ pub use backend::{
 pub use deadpool_postgres;
 pub use describe::{DescribedColumn, describe_table};
 pub use error::PostgresError;
+pub use progress::{WRITER_LOCK_CLASS, writer_lock_key};
 pub use read::{read_dead_letters, read_rows};
 pub use table::DEAD_LETTER_COLUMNS;
 pub use tokio_postgres;

@@ -125,6 +125,30 @@ pub(crate) async fn prepare_progress_table(
     }
 }
 
+/// The first key of the advisory locks of this crate (`pg_advisory_xact_lock(class, key)`;
+/// the two-key form has a lock space of its own, apart from single-`bigint` keys): "SLUC".
+pub const WRITER_LOCK_CLASS: i32 = 0x534c_5543;
+
+/// The second key of the advisory lock of `writer_id` of `sink_id` (FNV-1a of both, folded to
+/// 32 bits). Every `transactional_marker` checkpoint transaction holds it shared; recovery
+/// takes it exclusively before reading the progress row, so it waits for any transaction of an
+/// earlier run that the server is still finishing (a `COMMIT` sent just before the process was
+/// killed) instead of reading the progress from before it and writing its rows again.
+/// A collision with another writer's key only makes one recovery wait for the other's
+/// transaction.
+pub fn writer_lock_key(sink_id: &str, writer_id: u32) -> i32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in sink_id
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(writer_id.to_le_bytes())
+    {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    ((hash >> 32) ^ hash) as u32 as i32
+}
+
 /// The prefix of every global id of `writer_id` of `sink_id`.
 pub(crate) fn gid_prefix(sink_id: &SinkId, writer_id: u32) -> String {
     format!("sluice:{sink_id}:{writer_id}:")

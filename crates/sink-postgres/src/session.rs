@@ -81,11 +81,16 @@ impl Session {
         self.object.as_ref().expect("present until dropped")
     }
 
-    /// Opens a transaction.
-    pub(crate) async fn begin(&mut self) -> Result<(), BackendError> {
+    /// Opens a transaction and runs `first` (simple statements without parameters) in it, in
+    /// the same round trip.
+    pub(crate) async fn begin_with(&mut self, first: Option<&str>) -> Result<(), BackendError> {
         self.open = true;
+        let sql = match first {
+            Some(first) => format!("BEGIN; {first}"),
+            None => "BEGIN".to_string(),
+        };
         self.client()
-            .batch_execute("BEGIN")
+            .batch_execute(&sql)
             .await
             .map_err(|e| classify(&e))
     }

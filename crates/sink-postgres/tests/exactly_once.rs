@@ -699,3 +699,68 @@ async fn commit_prepared_done_by_hand_is_resolved_from_the_progress_table() {
     assert_eq!(count(&db.admin, "by_hand").await, 50);
     assert!(prepared(&db.admin).await.is_empty());
 }
+
+/// Marker: a process killed just after sending `COMMIT` leaves the server finishing its
+/// transaction. A restarted writer's recovery must wait for it and read the progress it
+/// commits; reading the progress from before it would make the new run write the same rows
+/// again. The earlier run's in-flight transaction is played by a plain connection doing what
+/// the writer does (the writer lock shared, rows, the progress row), left open while the new
+/// sink recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marker_recovery_waits_for_a_commit_still_in_flight() {
+    let Some(db) = TestDb::start(SUITE).await else {
+        return;
+    };
+    let schema = events_schema("race_events", false);
+    let sink = open(
+        &db.backend,
+        &schema,
+        config(Delivery::TransactionalMarker, "race"),
+    )
+    .await;
+    sink.recover(None, Resume::Committed).await.unwrap();
+    sink.write(inserts(0..10)).await.unwrap();
+    sink.pre_commit(1, "10").await.unwrap();
+    sink.commit(1).await.unwrap();
+    sink.close().await.unwrap();
+
+    let earlier_run = connect(&db.url).await;
+    earlier_run
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock_shared({}, {}); \
+             INSERT INTO race_events SELECT g, 'e' || g FROM generate_series(10, 19) g; \
+             UPDATE sluice_sink_progress SET checkpoint_id = 2, state = '20' \
+             WHERE sink_id = 'race' AND writer_id = 0 AND lane = 0",
+            sluice_sink_postgres::WRITER_LOCK_CLASS,
+            sluice_sink_postgres::writer_lock_key("race", 0)
+        ))
+        .await
+        .unwrap();
+
+    let backend = backend(&db.url, 4).await;
+    let sink = open(
+        &backend,
+        &schema,
+        config(Delivery::TransactionalMarker, "race"),
+    )
+    .await;
+    let recovering = tokio::spawn({
+        let sink = sink.clone();
+        async move { sink.recover(None, Resume::Committed).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !recovering.is_finished(),
+        "recovery read the progress while an earlier run's transaction was still open"
+    );
+    earlier_run.batch_execute("COMMIT").await.unwrap();
+    let recovery = recovering.await.unwrap().unwrap();
+    assert_eq!(recovery.checkpoint_id, Some(2));
+    assert_eq!(recovery.state.as_deref(), Some("20"));
+    // The new run goes on after the earlier run's rows: each once.
+    sink.write(inserts(20..30)).await.unwrap();
+    sink.pre_commit(3, "30").await.unwrap();
+    sink.commit(3).await.unwrap();
+    sink.close().await.unwrap();
+    assert_each_once(&id_counts(&db, &schema).await, 0..30);
+}

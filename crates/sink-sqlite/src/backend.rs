@@ -65,6 +65,11 @@ impl SqliteBackend {
             move |connection| {
                 // A negative cache_size is in KiB.
                 connection.pragma_update(None, "cache_size", -kib)?;
+                // Each batch's savepoint inside a long held transaction journals the pages it
+                // changes that existed before it (the table's right edge) to the statement
+                // journal: in memory, not a temporary file. Emptied when the savepoint is
+                // released.
+                connection.pragma_update(None, "temp_store", "MEMORY")?;
                 Ok(())
             },
         )?;

@@ -11,9 +11,11 @@
 //! A WAL is only reset (written again from its start) by a writer beginning a transaction
 //! after a checkpoint has copied every frame. Under a steady stream the background checkpoint
 //! may never finish between one commit and the next begin, so the WAL would only grow: once it
-//! holds [`WAL_BACKSTOP_PAGES`] pages the writer checkpoints in its own thread as SQLite would
-//! (`PASSIVE`, so only the frames the background has not copied yet), and its next transaction
-//! resets the WAL. The WAL therefore stays under the backstop plus one transaction.
+//! holds `OpenOptions::wal_pages_max` pages the writer checkpoints in its own thread as SQLite
+//! would (`PASSIVE`, so only the frames the background has not copied yet), and its next
+//! transaction resets the WAL. The WAL therefore stays under that length plus one transaction.
+//! A transaction larger than a third of it (an exactly-once checkpoint of a fast sink) leaves
+//! the writer about a third of its checkpoint work.
 
 use crate::{OpenOptions, SqliteError, open_connection};
 use rusqlite::Connection;
@@ -27,9 +29,6 @@ use std::thread::JoinHandle;
 /// WAL pages after a commit from which the checkpointer is woken (SQLite's automatic
 /// checkpoint threshold).
 pub const WAL_CHECKPOINT_PAGES: c_int = 1_000;
-
-/// WAL pages after a commit from which the writer checkpoints itself (see the module docs).
-pub const WAL_BACKSTOP_PAGES: c_int = 16_000;
 
 #[derive(Default)]
 struct State {
@@ -78,8 +77,9 @@ impl Checkpointer {
                 .map_err(SqliteError::Spawn)?
         };
         let hook_signal = signal.clone();
+        let backstop = c_int::try_from(options.wal_pages_max).unwrap_or(c_int::MAX);
         writer.wal_hook(Some(move |wal: &mut Wal, pages: c_int| {
-            if pages >= WAL_BACKSTOP_PAGES {
+            if pages >= backstop {
                 // Busy (the background checkpoint holds the checkpoint lock) is fine: the
                 // next commit tries again.
                 if let Err(error) = wal.checkpoint_v2(CheckpointMode::PASSIVE) {
@@ -150,7 +150,10 @@ mod tests {
     #[test]
     fn the_wal_is_checkpointed_in_the_background_and_stays_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let options = OpenOptions::new(Location::File(dir.path().join("db.sqlite")));
+        let options = OpenOptions {
+            wal_pages_max: 8_000,
+            ..OpenOptions::new(Location::File(dir.path().join("db.sqlite")))
+        };
         let mut writer = open_connection(&options, false).unwrap();
         writer.execute_batch("CREATE TABLE t (v BLOB)").unwrap();
         let checkpointer = Checkpointer::start(&options, &mut writer).unwrap();
@@ -169,7 +172,7 @@ mod tests {
         drop(checkpointer);
         let frames = wal_frames(&writer);
         assert!(
-            frames < i64::from(WAL_BACKSTOP_PAGES) + 2_000,
+            frames < i64::from(options.wal_pages_max) + 2_000,
             "the WAL holds {frames} frames"
         );
         let count: i64 = writer

@@ -51,6 +51,11 @@ pub struct OpenOptions {
     /// Every commit writes each page it changed in full, so small rows in small transactions
     /// write less with small pages.
     pub page_size_bytes: u32,
+    /// WAL length, in pages, from which the writer checkpoints in its own thread (copying only
+    /// what the background checkpointer has not copied yet), so that its next transaction
+    /// starts the WAL over. Below it, checkpoints run on their own thread (see
+    /// `checkpointer`). Default: 65,536 pages (256 MiB with 4 KiB pages).
+    pub wal_pages_max: u32,
 }
 
 impl OpenOptions {
@@ -61,6 +66,7 @@ impl OpenOptions {
             synchronous: Synchronous::Full,
             busy_timeout_ms: 5_000,
             page_size_bytes: 4096,
+            wal_pages_max: 65_536,
         }
     }
 }

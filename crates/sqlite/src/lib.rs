@@ -27,7 +27,7 @@ mod connection;
 mod reader;
 mod writer;
 
-pub use checkpointer::{WAL_BACKSTOP_PAGES, WAL_CHECKPOINT_PAGES};
+pub use checkpointer::WAL_CHECKPOINT_PAGES;
 pub use connection::{
     Location, OpenOptions, SQLITE_VERSION_MIN, Synchronous, check_library_version, open_connection,
 };
