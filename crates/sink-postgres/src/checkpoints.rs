@@ -158,15 +158,18 @@ pub(crate) struct PostgresCheckpoints {
     /// Two-phase: the prepared transactions awaiting `commit`.
     pending: Mutex<Pending>,
     orphaned: Gauge,
-    /// Marker: `pg_advisory_xact_lock_shared` of this writer, run at `BEGIN` (see
+    /// `pg_advisory_xact_lock_shared` of this writer, run at `BEGIN` (see
     /// [`writer_lock_key`]).
     lock_shared: String,
-    /// Marker: the exclusive lock recovery takes, with its wait bounded.
-    lock_exclusive: String,
+    /// The exclusive try-lock recovery takes.
+    try_lock_exclusive: String,
 }
 
-/// How long recovery waits for an earlier run's transaction to end before it fails.
-const RECOVERY_LOCK_TIMEOUT_MS: u64 = 30_000;
+/// How long recovery waits for an earlier run's transactions to end before it fails.
+const RECOVERY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Recovery's pause between attempts at the writer lock (another process holds it: polling is
+/// the only way to learn when a dead client's transaction ended or a prepared one appeared).
+const RECOVERY_LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// `COMMIT PREPARED` or `ROLLBACK PREPARED`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,9 +201,8 @@ impl PostgresCheckpoints {
         let key = writer_lock_key(spec.sink_id.as_str(), spec.writer_id);
         Ok(PostgresCheckpoints {
             lock_shared: format!("SELECT pg_advisory_xact_lock_shared({WRITER_LOCK_CLASS}, {key})"),
-            lock_exclusive: format!(
-                "SET LOCAL lock_timeout = {RECOVERY_LOCK_TIMEOUT_MS}; \
-                 SELECT pg_advisory_xact_lock({WRITER_LOCK_CLASS}, {key})"
+            try_lock_exclusive: format!(
+                "SELECT pg_try_advisory_xact_lock({WRITER_LOCK_CLASS}, {key})"
             ),
             orphaned: metrics::gauge!(MetricName::OrphanedPreparedTransactions.as_str(), &labels),
             progress,
@@ -240,10 +242,9 @@ impl PostgresCheckpoints {
                 .plan
                 .statements(session.client(), Source::Arrays)
                 .await?;
-            // Two-phase transactions take no writer lock: a prepared transaction would hold it
-            // until COMMIT PREPARED (see the notes in `recover`).
-            let lock = (!self.two_phase).then_some(self.lock_shared.as_str());
-            session.begin_with(lock).await?;
+            // The writer lock, shared (see `recover`); a prepared transaction keeps it until
+            // COMMIT PREPARED.
+            session.begin_with(Some(&self.lock_shared)).await?;
             *slot = Some(LaneTx {
                 session,
                 statements,
@@ -605,102 +606,114 @@ impl CheckpointWriter for PostgresCheckpoints {
 
     async fn recover(&self, restored: Option<u64>) -> Result<Option<Committed>, BackendError> {
         self.roll_back_open().await;
-        let client = self.shared.pool.get().await?;
         if self.two_phase {
-            let mut pending = self.pending.lock().await;
-            pending.clear();
-            let rows = client
-                .query(
-                    "SELECT gid FROM pg_catalog.pg_prepared_xacts \
-                     WHERE database = current_database() AND starts_with(gid, $1)",
-                    &[&self.prefix],
-                )
-                .await
-                .map_err(|e| classify(&e))?;
-            let mut found: Vec<(u64, u32, String)> = rows
-                .into_iter()
-                .filter_map(|row| {
-                    let gid: String = row.get(0);
-                    let (checkpoint, lane) = parse_gid(&self.prefix, &gid)?;
-                    Some((checkpoint, lane, gid))
-                })
-                .collect();
-            found.sort();
-            let (mut committed, mut rolled_back) = (0, 0);
-            for (checkpoint, lane, gid) in found {
-                if restored.is_some_and(|restored| checkpoint <= restored) {
-                    self.finish(&client, Finish::Commit, &gid, checkpoint, lane)
-                        .await?;
-                    committed += 1;
-                } else {
-                    self.finish(&client, Finish::Rollback, &gid, checkpoint, lane)
-                        .await?;
-                    rolled_back += 1;
-                }
-            }
-            if committed + rolled_back > 0 {
-                tracing::info!(
-                    table = %self.shared.table,
-                    restored = ?restored,
-                    committed,
-                    rolled_back,
-                    "Resolved the prepared transactions an earlier run left."
-                );
-            }
-            self.orphaned.set(0.0);
+            self.pending.lock().await.clear();
         }
-        // Marker: a transaction of an earlier run may still be committing on the server (its
-        // process was killed after sending COMMIT); its progress row is read only once it
-        // ended, so its rows are never written again. Two-phase transactions take no such lock:
-        // a PREPARE still in flight here is missed and left as an orphan (warned about, and
-        // resolved by the next recovery).
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-            [&self.sink_id, &self.writer_id];
-        let latest = if self.two_phase {
-            client.query_opt(&self.progress.latest, &params).await
-        } else {
-            drop(client);
-            let mut locked = self.shared.pool.session().await?;
-            if let Err(error) = locked.begin_with(Some(&self.lock_exclusive)).await {
-                return Err(if error.code() == "postgres.55P03" {
-                    BackendError::Fatal {
-                        code: "postgres.writer_busy",
-                        message: format!(
-                            "a transaction of sink {} writer {} did not end within {} s: another process runs this writer, or an earlier run's transaction is still open on the server",
-                            self.sink_id,
-                            self.writer_id,
-                            RECOVERY_LOCK_TIMEOUT_MS / 1_000
-                        ),
-                    }
-                } else {
-                    error
+        // Every transaction of this writer holds the writer lock shared (prepared ones until
+        // they are finished). Once it is ours exclusively, no transaction of an earlier run can
+        // still commit or prepare behind our back: one the server was still finishing when its
+        // process died (a `COMMIT` or `PREPARE` sent just before) is waited for, and a
+        // `PREPARE` that lands meanwhile is found by the next round of resolving.
+        let started = std::time::Instant::now();
+        loop {
+            if self.two_phase {
+                self.resolve_prepared(restored).await?;
+            }
+            let mut session = self.shared.pool.session().await?;
+            session.begin_with(None).await?;
+            let locked: bool = session
+                .client()
+                .query_one(&self.try_lock_exclusive, &[])
+                .await
+                .map_err(|e| classify(&e))?
+                .get(0);
+            if locked {
+                let latest = session
+                    .client()
+                    .query_opt(&self.progress.latest, &[&self.sink_id, &self.writer_id])
+                    .await
+                    .map_err(|e| classify(&e))?;
+                session.commit().await.map_err(|e| classify(&e))?;
+                return latest.map(|row| self.committed(&row)).transpose();
+            }
+            session.rollback().await;
+            drop(session);
+            if started.elapsed() >= RECOVERY_LOCK_WAIT {
+                return Err(BackendError::Fatal {
+                    code: "postgres.writer_busy",
+                    message: format!(
+                        "a transaction of sink {} writer {} did not end within {} s: another process runs this writer, or an earlier run's transaction is still open on the server",
+                        self.sink_id,
+                        self.writer_id,
+                        RECOVERY_LOCK_WAIT.as_secs()
+                    ),
                 });
             }
-            let latest = locked
-                .client()
-                .query_opt(&self.progress.latest, &params)
-                .await;
-            if latest.is_ok() {
-                locked.commit().await.map_err(|e| classify(&e))?;
-            }
-            latest
+            tokio::time::sleep(RECOVERY_LOCK_POLL).await;
         }
-        .map_err(|e| classify(&e))?;
-        latest
-            .map(|row| {
-                let checkpoint: i64 = row.get(0);
-                Ok(Committed {
-                    checkpoint_id: u64::try_from(checkpoint).map_err(|_| BackendError::Fatal {
-                        code: "postgres.progress_corrupt",
-                        message: format!(
-                            "the progress row of sink {} writer {} has the negative checkpoint {checkpoint}",
-                            self.sink_id, self.writer_id
-                        ),
-                    })?,
-                    state: row.get(1),
-                })
+    }
+}
+
+impl PostgresCheckpoints {
+    /// Commits this writer's prepared transactions up to `restored` and rolls back the later
+    /// ones (two-phase recovery).
+    async fn resolve_prepared(&self, restored: Option<u64>) -> Result<(), BackendError> {
+        let client = self.shared.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT gid FROM pg_catalog.pg_prepared_xacts \
+                 WHERE database = current_database() AND starts_with(gid, $1)",
+                &[&self.prefix],
+            )
+            .await
+            .map_err(|e| classify(&e))?;
+        let mut found: Vec<(u64, u32, String)> = rows
+            .into_iter()
+            .filter_map(|row| {
+                let gid: String = row.get(0);
+                let (checkpoint, lane) = parse_gid(&self.prefix, &gid)?;
+                Some((checkpoint, lane, gid))
             })
-            .transpose()
+            .collect();
+        found.sort();
+        let (mut committed, mut rolled_back) = (0, 0);
+        for (checkpoint, lane, gid) in found {
+            if restored.is_some_and(|restored| checkpoint <= restored) {
+                self.finish(&client, Finish::Commit, &gid, checkpoint, lane)
+                    .await?;
+                committed += 1;
+            } else {
+                self.finish(&client, Finish::Rollback, &gid, checkpoint, lane)
+                    .await?;
+                rolled_back += 1;
+            }
+        }
+        if committed + rolled_back > 0 {
+            tracing::info!(
+                table = %self.shared.table,
+                restored = ?restored,
+                committed,
+                rolled_back,
+                "Resolved the prepared transactions an earlier run left."
+            );
+        }
+        self.orphaned.set(0.0);
+        Ok(())
+    }
+
+    /// The progress row read at recovery.
+    fn committed(&self, row: &tokio_postgres::Row) -> Result<Committed, BackendError> {
+        let checkpoint: i64 = row.get(0);
+        Ok(Committed {
+            checkpoint_id: u64::try_from(checkpoint).map_err(|_| BackendError::Fatal {
+                code: "postgres.progress_corrupt",
+                message: format!(
+                    "the progress row of sink {} writer {} has the negative checkpoint {checkpoint}",
+                    self.sink_id, self.writer_id
+                ),
+            })?,
+            state: row.get(1),
+        })
     }
 }
 

@@ -764,3 +764,67 @@ async fn marker_recovery_waits_for_a_commit_still_in_flight() {
     sink.close().await.unwrap();
     assert_each_once(&id_counts(&db, &schema).await, 0..30);
 }
+
+/// Two-phase: a `PREPARE TRANSACTION` the server is still running for a killed process lands
+/// after recovery began. Recovery waits for the earlier run's transaction to end and resolves
+/// the prepared transaction it left (here committed: its checkpoint is the restored one), so
+/// no orphan is left to be committed later behind the new run's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_phase_recovery_waits_for_a_prepare_still_in_flight() {
+    let Some(db) = TestDb::start(SUITE).await else {
+        return;
+    };
+    let schema = events_schema("tp_race_events", false);
+    let sink = open(&db.backend, &schema, config(Delivery::TwoPhase, "tprace")).await;
+    sink.recover(None, Resume::Committed).await.unwrap();
+    sink.write(inserts(0..10)).await.unwrap();
+    sink.pre_commit(1, "10").await.unwrap();
+    sink.commit(1).await.unwrap();
+    sink.close().await.unwrap();
+
+    let earlier_run = connect(&db.url).await;
+    earlier_run
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock_shared({}, {}); \
+             INSERT INTO tp_race_events SELECT g, 'e' || g FROM generate_series(10, 19) g; \
+             UPDATE sluice_sink_progress SET checkpoint_id = 2, state = '20' \
+             WHERE sink_id = 'tprace' AND writer_id = 0 AND lane = 0",
+            sluice_sink_postgres::WRITER_LOCK_CLASS,
+            sluice_sink_postgres::writer_lock_key("tprace", 0)
+        ))
+        .await
+        .unwrap();
+
+    let backend = backend(&db.url, 4).await;
+    let sink = open(&backend, &schema, config(Delivery::TwoPhase, "tprace")).await;
+    let restored = sluice_sink::CheckpointState {
+        sink_id: Some(SinkId::new("tprace").unwrap()),
+        writer_id: 0,
+        checkpoint_id: 2,
+        state: "20".into(),
+    };
+    let recovering = tokio::spawn({
+        let sink = sink.clone();
+        async move { sink.recover(Some(&restored), Resume::Restored).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !recovering.is_finished(),
+        "recovery finished while an earlier run's transaction was still open"
+    );
+    earlier_run
+        .batch_execute("PREPARE TRANSACTION 'sluice:tprace:0:2:0'")
+        .await
+        .unwrap();
+    let recovery = recovering.await.unwrap().unwrap();
+    assert_eq!(recovery.checkpoint_id, Some(2));
+    assert!(
+        prepared(&db.admin).await.is_empty(),
+        "the late prepared transaction was left behind"
+    );
+    sink.write(inserts(20..30)).await.unwrap();
+    sink.pre_commit(3, "30").await.unwrap();
+    sink.commit(3).await.unwrap();
+    sink.close().await.unwrap();
+    assert_each_once(&id_counts(&db, &schema).await, 0..30);
+}
