@@ -700,6 +700,38 @@ async fn commit_prepared_done_by_hand_is_resolved_from_the_progress_table() {
     assert!(prepared(&db.admin).await.is_empty());
 }
 
+/// Checkpoint 1 (rows 0..10) committed by a first run of `sink_id`, then an earlier run's
+/// transaction of checkpoint 2 (rows 10..20, lane 0's progress row) left open on the returned
+/// connection as the writer would leave it (the writer lock shared): the caller commits or
+/// prepares it.
+async fn checkpoint_2_in_flight(
+    db: &TestDb,
+    schema: &Schema,
+    delivery: Delivery,
+    sink_id: &str,
+) -> sluice_sink_postgres::tokio_postgres::Client {
+    let sink = open(&db.backend, schema, config(delivery, sink_id)).await;
+    sink.recover(None, Resume::Committed).await.unwrap();
+    sink.write(inserts(0..10)).await.unwrap();
+    sink.pre_commit(1, "10").await.unwrap();
+    sink.commit(1).await.unwrap();
+    sink.close().await.unwrap();
+    let earlier_run = connect(&db.url).await;
+    earlier_run
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock_shared({}, {}); \
+             INSERT INTO {} SELECT g, 'e' || g FROM generate_series(10, 19) g; \
+             UPDATE sluice_sink_progress SET checkpoint_id = 2, state = '20' \
+             WHERE sink_id = '{sink_id}' AND writer_id = 0 AND lane = 0",
+            sluice_sink_postgres::WRITER_LOCK_CLASS,
+            sluice_sink_postgres::writer_lock_key(sink_id, 0),
+            schema.table().quoted(),
+        ))
+        .await
+        .unwrap();
+    earlier_run
+}
+
 /// Marker: a process killed just after sending `COMMIT` leaves the server finishing its
 /// transaction. A restarted writer's recovery must wait for it and read the progress it
 /// commits; reading the progress from before it would make the new run write the same rows
@@ -712,30 +744,8 @@ async fn marker_recovery_waits_for_a_commit_still_in_flight() {
         return;
     };
     let schema = events_schema("race_events", false);
-    let sink = open(
-        &db.backend,
-        &schema,
-        config(Delivery::TransactionalMarker, "race"),
-    )
-    .await;
-    sink.recover(None, Resume::Committed).await.unwrap();
-    sink.write(inserts(0..10)).await.unwrap();
-    sink.pre_commit(1, "10").await.unwrap();
-    sink.commit(1).await.unwrap();
-    sink.close().await.unwrap();
-
-    let earlier_run = connect(&db.url).await;
-    earlier_run
-        .batch_execute(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock_shared({}, {}); \
-             INSERT INTO race_events SELECT g, 'e' || g FROM generate_series(10, 19) g; \
-             UPDATE sluice_sink_progress SET checkpoint_id = 2, state = '20' \
-             WHERE sink_id = 'race' AND writer_id = 0 AND lane = 0",
-            sluice_sink_postgres::WRITER_LOCK_CLASS,
-            sluice_sink_postgres::writer_lock_key("race", 0)
-        ))
-        .await
-        .unwrap();
+    let earlier_run =
+        checkpoint_2_in_flight(&db, &schema, Delivery::TransactionalMarker, "race").await;
 
     let backend = backend(&db.url, 4).await;
     let sink = open(
@@ -775,25 +785,7 @@ async fn two_phase_recovery_waits_for_a_prepare_still_in_flight() {
         return;
     };
     let schema = events_schema("tp_race_events", false);
-    let sink = open(&db.backend, &schema, config(Delivery::TwoPhase, "tprace")).await;
-    sink.recover(None, Resume::Committed).await.unwrap();
-    sink.write(inserts(0..10)).await.unwrap();
-    sink.pre_commit(1, "10").await.unwrap();
-    sink.commit(1).await.unwrap();
-    sink.close().await.unwrap();
-
-    let earlier_run = connect(&db.url).await;
-    earlier_run
-        .batch_execute(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock_shared({}, {}); \
-             INSERT INTO tp_race_events SELECT g, 'e' || g FROM generate_series(10, 19) g; \
-             UPDATE sluice_sink_progress SET checkpoint_id = 2, state = '20' \
-             WHERE sink_id = 'tprace' AND writer_id = 0 AND lane = 0",
-            sluice_sink_postgres::WRITER_LOCK_CLASS,
-            sluice_sink_postgres::writer_lock_key("tprace", 0)
-        ))
-        .await
-        .unwrap();
+    let earlier_run = checkpoint_2_in_flight(&db, &schema, Delivery::TwoPhase, "tprace").await;
 
     let backend = backend(&db.url, 4).await;
     let sink = open(&backend, &schema, config(Delivery::TwoPhase, "tprace")).await;
