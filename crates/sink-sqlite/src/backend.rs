@@ -26,7 +26,7 @@ pub struct SqliteSinkOptions {
     /// The writer connection's page cache, in bytes at most (`PRAGMA cache_size`). An
     /// exactly-once checkpoint is one long transaction; once its changed pages outgrow the
     /// cache SQLite spills them to the WAL mid-transaction and rewrites the busiest ones (the
-    /// table's right edge) again and again. Default: 16 MiB (SQLite's own default is 2 MiB).
+    /// table's right edge) again and again. Default: 8 MiB (SQLite's own default is 2 MiB).
     pub page_cache_bytes_max: usize,
 }
 
@@ -37,7 +37,7 @@ impl SqliteSinkOptions {
             open: OpenOptions::new(location),
             queue_requests_max: 1_024,
             batch_requests_max: 64,
-            page_cache_bytes_max: 16 << 20,
+            page_cache_bytes_max: 8 << 20,
         }
     }
 }

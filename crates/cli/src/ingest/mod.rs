@@ -53,7 +53,8 @@ use tokio::sync::{mpsc, watch};
 
 /// Records per chunk handed from the reader to the sink, at most.
 const CHUNK_RECORDS_MAX: usize = 2_048;
-/// Raw bytes per chunk, at most (well under the sink's default 64 MiB buffer).
+/// Raw bytes per chunk, at most (under the sink's default 16 MiB buffer, which counts a row as
+/// its allocations: a chunk must fit the buffer in one write).
 const CHUNK_BYTES_MAX: usize = 4 << 20;
 /// A chunk is handed over at the latest this long after its first record.
 const CHUNK_INTERVAL: Duration = Duration::from_millis(50);
