@@ -441,21 +441,7 @@ impl Sink {
     /// or with [`SinkError::Failed`] if any batch failed. With exactly-once delivery the rows
     /// are in the checkpoint's open transaction, durable at the next `pre_commit`.
     pub async fn flush(&self) -> Result<(), SinkError> {
-        let inner = &*self.inner;
-        if inner.closed.load(Ordering::SeqCst) {
-            return Err(SinkError::Closed);
-        }
-        let mut replies = Vec::with_capacity(inner.lanes.len());
-        for lane in &inner.lanes {
-            let (reply, answer) = oneshot::channel();
-            lane.send(LaneMessage::Flush(reply))
-                .map_err(|_| SinkError::Closed)?;
-            replies.push(answer);
-        }
-        for answer in replies {
-            answer.await.map_err(|_| SinkError::Closed)?;
-        }
-        inner.shared.check_failed()
+        self.wait_for_lanes(LaneMessage::Flush).await
     }
 
     /// Returns once every row written before this call is durable (written or dead-lettered),
@@ -465,6 +451,15 @@ impl Sink {
     /// measuring latency) without changing the batches. With exactly-once delivery the rows
     /// are in the checkpoint's open transaction, durable at the next `pre_commit`.
     pub async fn wait_durable(&self) -> Result<(), SinkError> {
+        self.wait_for_lanes(LaneMessage::Observe).await
+    }
+
+    /// Sends every lane the marker `message` makes and waits for all answers, then reports a
+    /// failure of the sink.
+    async fn wait_for_lanes(
+        &self,
+        message: fn(oneshot::Sender<()>) -> LaneMessage,
+    ) -> Result<(), SinkError> {
         let inner = &*self.inner;
         if inner.closed.load(Ordering::SeqCst) {
             return Err(SinkError::Closed);
@@ -472,8 +467,7 @@ impl Sink {
         let mut replies = Vec::with_capacity(inner.lanes.len());
         for lane in &inner.lanes {
             let (reply, answer) = oneshot::channel();
-            lane.send(LaneMessage::Observe(reply))
-                .map_err(|_| SinkError::Closed)?;
+            lane.send(message(reply)).map_err(|_| SinkError::Closed)?;
             replies.push(answer);
         }
         for answer in replies {
