@@ -5,11 +5,14 @@
 //! kill the ingest with SIGKILL at random moments and check that every good record is in the
 //! table exactly once and every malformed one in the dead letters exactly once.
 
+mod common;
+
+use common::{query, sluice};
 use rusqlite::Connection;
 use sluice_testkit::{TempSqlite, pg_or_skip};
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Records in the crash-loop file, as the issue asks.
@@ -22,49 +25,8 @@ const CRASH_BAD_EVERY: u64 = 997;
 /// the measured rate (see `crash_loop`).
 const CRASH_FIRST_DELAY_SPREAD_MS: u64 = 100;
 
-fn sluice() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-}
-
 fn run(args: &[&str], dir: &Path) -> Output {
-    let output = sluice()
-        .arg("ingest")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run sluice");
-    eprintln!(
-        "sluice ingest {args:?}: {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn query(db: &Path, sql: &str) -> Vec<Vec<String>> {
-    let connection = Connection::open(db).unwrap();
-    let mut statement = connection.prepare(sql).unwrap();
-    let columns = statement.column_count();
-    statement
-        .query_map([], |row| {
-            (0..columns)
-                .map(|index| {
-                    let value: rusqlite::types::Value = row.get(index)?;
-                    Ok(match value {
-                        rusqlite::types::Value::Null => "NULL".to_string(),
-                        rusqlite::types::Value::Integer(value) => value.to_string(),
-                        rusqlite::types::Value::Real(value) => value.to_string(),
-                        rusqlite::types::Value::Text(value) => value,
-                        rusqlite::types::Value::Blob(value) => format!("{value:?}"),
-                    })
-                })
-                .collect()
-        })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    common::run(args, Some(dir))
 }
 
 #[test]

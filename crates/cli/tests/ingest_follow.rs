@@ -4,8 +4,10 @@
 //! while it runs; checkpoints commit while the reader waits; SIGTERM stops at a checkpoint with
 //! exit 130 and everything written exactly once; a restart continues where it stopped.
 
+mod common;
+
 use async_nats::jetstream::{self, stream};
-use rusqlite::Connection;
+use common::{sluice, try_query as query};
 use sluice_testkit::{TempSqlite, nats_or_skip};
 use std::io::Write;
 use std::path::Path;
@@ -14,10 +16,6 @@ use std::time::{Duration, Instant};
 
 /// How long a test waits for the ingest to commit what it expects.
 const WAIT_COMMITTED: Duration = Duration::from_secs(30);
-
-fn sluice() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-}
 
 fn spawn(args: &[&str], dir: &Path) -> Child {
     sluice()
@@ -50,37 +48,6 @@ fn terminate(child: &Child) {
     assert!(status.success());
 }
 
-/// Rows of `sql`, or `None` while the table does not exist yet.
-fn query(db: &Path, sql: &str) -> Option<Vec<Vec<String>>> {
-    if !db.exists() {
-        return None;
-    }
-    let connection = Connection::open(db).unwrap();
-    let mut statement = connection.prepare(sql).ok()?;
-    let columns = statement.column_count();
-    Some(
-        statement
-            .query_map([], |row| {
-                (0..columns)
-                    .map(|index| {
-                        let value: rusqlite::types::Value = row.get(index)?;
-                        Ok(match value {
-                            rusqlite::types::Value::Null => "NULL".to_string(),
-                            rusqlite::types::Value::Integer(value) => value.to_string(),
-                            rusqlite::types::Value::Real(value) => value.to_string(),
-                            rusqlite::types::Value::Text(value) => value,
-                            rusqlite::types::Value::Blob(value) => format!("{value:?}"),
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap(),
-    )
-}
-
-/// Waits until the table holds `rows` committed rows (the ingest keeps running).
 fn wait_for_rows(db: &Path, table: &str, rows: usize, child: &mut Child) {
     let started = Instant::now();
     loop {

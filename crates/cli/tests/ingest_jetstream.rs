@@ -4,11 +4,12 @@
 //! once committed; bad configuration exits 2 naming the key; and a crash loop kills the ingest
 //! with SIGKILL at random moments and checks every record is in the table exactly once.
 
+mod common;
+
 use async_nats::jetstream::{self, stream};
-use rusqlite::Connection;
+use common::{query, sluice};
 use sluice_testkit::{NatsServer, TempSqlite, nats_or_skip, pg_or_skip};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Messages in the crash loop's stream (what the issue asks for).
@@ -20,48 +21,8 @@ const CRASH_BAD_EVERY: u64 = 9_973;
 /// Publishes in flight before their acknowledgements are awaited.
 const PUBLISH_WINDOW: usize = 2_000;
 
-fn sluice() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-}
-
 fn run(args: &[&str]) -> Output {
-    let output = sluice()
-        .arg("ingest")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run sluice");
-    eprintln!(
-        "sluice ingest {args:?}: {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn query(db: &Path, sql: &str) -> Vec<Vec<String>> {
-    let connection = Connection::open(db).unwrap();
-    let mut statement = connection.prepare(sql).unwrap();
-    let columns = statement.column_count();
-    statement
-        .query_map([], |row| {
-            (0..columns)
-                .map(|index| {
-                    let value: rusqlite::types::Value = row.get(index)?;
-                    Ok(match value {
-                        rusqlite::types::Value::Null => "NULL".to_string(),
-                        rusqlite::types::Value::Integer(value) => value.to_string(),
-                        rusqlite::types::Value::Real(value) => value.to_string(),
-                        rusqlite::types::Value::Text(value) => value,
-                        rusqlite::types::Value::Blob(value) => format!("{value:?}"),
-                    })
-                })
-                .collect()
-        })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    common::run(args, None)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
