@@ -25,9 +25,10 @@
 use crate::config::{Delivery, SinkId};
 use crate::error::SinkError;
 use crate::sink::{LaneMessage, Sink};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Instant;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedMutexGuard, oneshot};
 
 /// What a checkpoint stores for this sink: hand it back to [`Sink::recover`] after a restart.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -87,6 +88,26 @@ struct ControlState {
     skipping_through: Option<u64>,
 }
 
+/// Fails the sink when a pre-commit is dropped between its barrier and its end: the lanes
+/// wait at the barrier for a gate nobody will open, so nothing after it could be written.
+struct Unfinished(Option<Sink>);
+
+impl Unfinished {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(sink) = self.0.take() {
+            sink.inner.shared.fail(SinkError::Contract(
+                "a pre_commit was dropped before it finished; recover with a new sink".into(),
+            ));
+        }
+    }
+}
+
 /// The checkpoint protocol's state; calls are serialised by the mutex.
 pub(crate) struct CheckpointControl {
     delivery: Delivery,
@@ -95,7 +116,7 @@ pub(crate) struct CheckpointControl {
     /// mutex: `commit(c)` may come while `pre_commit(c + 1)` waits at its barrier (and a
     /// two-phase lane may wait there for `commit(c)` to release a key).
     last_plus_one: AtomicU64,
-    state: tokio::sync::Mutex<ControlState>,
+    state: Arc<tokio::sync::Mutex<ControlState>>,
 }
 
 impl CheckpointControl {
@@ -109,11 +130,11 @@ impl CheckpointControl {
             delivery,
             phase: AtomicU8::new(phase as u8),
             last_plus_one: AtomicU64::new(0),
-            state: tokio::sync::Mutex::new(ControlState {
+            state: Arc::new(tokio::sync::Mutex::new(ControlState {
                 recovered: false,
                 last: None,
                 skipping_through: None,
-            }),
+            })),
         }
     }
 
@@ -250,16 +271,63 @@ impl Sink {
     ///
     /// `transactional_marker`: the rows are visible when this returns. `two_phase`: they are
     /// prepared, visible after [`Sink::commit`]. `at_least_once`: a [`Sink::flush`].
+    ///
+    /// Waits for a checkpoint call in progress; the barrier is placed when that one is done,
+    /// so a caller that keeps writing from the same task while this runs must use
+    /// [`Sink::start_pre_commit`] instead.
     pub async fn pre_commit(
         &self,
         checkpoint_id: u64,
         state: &str,
     ) -> Result<CheckpointState, SinkError> {
+        let control_state = self.inner.control.state.clone().lock_owned().await;
+        self.place_barrier(control_state, checkpoint_id, state)?
+            .await
+    }
+
+    /// [`Sink::pre_commit`] split at its barrier: the barrier is placed before this returns, so
+    /// rows written after the call (from the same task, while the returned future runs)
+    /// belong to the next checkpoint. The caller keeps reading its source and writing while
+    /// the lanes finish the checkpoint's batches and the backend makes them durable; the rows
+    /// written meanwhile wait in the buffer (bounded by `buffer_bytes_max`) and go out the
+    /// moment the checkpoint is pre-committed.
+    ///
+    /// Errors at once with [`SinkError::CheckpointBusy`] while another checkpoint call is in
+    /// progress, and as `pre_commit` for the rest. Dropping the future before it finishes
+    /// fails the sink (the lanes would wait at the barrier forever): recover with a new one.
+    pub fn start_pre_commit(
+        &self,
+        checkpoint_id: u64,
+        state: &str,
+    ) -> Result<
+        impl std::future::Future<Output = Result<CheckpointState, SinkError>> + Send + 'static,
+        SinkError,
+    > {
+        let control_state = self
+            .inner
+            .control
+            .state
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| SinkError::CheckpointBusy)?;
+        self.place_barrier(control_state, checkpoint_id, state)
+    }
+
+    /// Checks the checkpoint and sends its barrier into every lane, holding the protocol's
+    /// lock; the returned future finishes it (and releases the lock).
+    fn place_barrier(
+        &self,
+        mut control_state: OwnedMutexGuard<ControlState>,
+        checkpoint_id: u64,
+        state: &str,
+    ) -> Result<
+        impl std::future::Future<Output = Result<CheckpointState, SinkError>> + Send + 'static,
+        SinkError,
+    > {
         let started = Instant::now();
         let inner = &*self.inner;
         let shared = &*inner.shared;
         let control = &inner.control;
-        let mut control_state = control.state.lock().await;
         shared.check_failed()?;
         if control.delivery.is_exactly_once() && !control_state.recovered {
             return Err(SinkError::Recovery(
@@ -281,45 +349,59 @@ impl Sink {
                 .map_err(|_| SinkError::Closed)?;
             replies.push(answer);
         }
-        for answer in replies {
-            answer.await.map_err(|_| SinkError::Closed)?;
-        }
-        // A batch before the barrier failed: this checkpoint must not become durable.
-        shared.check_failed()?;
-        if let Some(checkpoints) = shared.checkpoint_writer()? {
-            match control_state.skipping_through {
-                Some(through) if checkpoint_id <= through => {
-                    if checkpoint_id == through {
-                        control_state.skipping_through = None;
-                        control.set_phase(Phase::Running);
+        let sink = self.clone();
+        let state = state.to_string();
+        let mut unfinished = Unfinished(Some(sink.clone()));
+        Ok(async move {
+            let inner = &*sink.inner;
+            let shared = &*inner.shared;
+            let control = &inner.control;
+            let finished = async {
+                for answer in replies {
+                    answer.await.map_err(|_| SinkError::Closed)?;
+                }
+                // A batch before the barrier failed: this checkpoint must not become durable.
+                shared.check_failed()?;
+                if let Some(checkpoints) = shared.checkpoint_writer()? {
+                    match control_state.skipping_through {
+                        Some(through) if checkpoint_id <= through => {
+                            if checkpoint_id == through {
+                                control_state.skipping_through = None;
+                                control.set_phase(Phase::Running);
+                            }
+                        }
+                        Some(through) => {
+                            let error = SinkError::ReplayMismatch {
+                                skipping_through: through,
+                                checkpoint_id,
+                            };
+                            shared.fail(error.clone());
+                            return Err(error);
+                        }
+                        None => {
+                            if let Err(error) = checkpoints.pre_commit(checkpoint_id, &state).await
+                            {
+                                let error = SinkError::CheckpointLost(error);
+                                shared.fail(error.clone());
+                                return Err(error);
+                            }
+                        }
                     }
                 }
-                Some(through) => {
-                    let error = SinkError::ReplayMismatch {
-                        skipping_through: through,
-                        checkpoint_id,
-                    };
-                    shared.fail(error.clone());
-                    return Err(error);
-                }
-                None => {
-                    if let Err(error) = checkpoints.pre_commit(checkpoint_id, state).await {
-                        let error = SinkError::CheckpointLost(error);
-                        shared.fail(error.clone());
-                        return Err(error);
-                    }
-                }
+                control.set_last(&mut control_state, Some(checkpoint_id));
+                shared.gate.send_replace(checkpoint_id);
+                shared.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.checkpoint(started.elapsed());
+                Ok(CheckpointState {
+                    sink_id: shared.config.sink_id().cloned(),
+                    writer_id: shared.config.writer_id(),
+                    checkpoint_id,
+                    state,
+                })
             }
-        }
-        control.set_last(&mut control_state, Some(checkpoint_id));
-        shared.gate.send_replace(checkpoint_id);
-        shared.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-        shared.metrics.checkpoint(started.elapsed());
-        Ok(CheckpointState {
-            sink_id: shared.config.sink_id().cloned(),
-            writer_id: shared.config.writer_id(),
-            checkpoint_id,
-            state: state.to_string(),
+            .await;
+            unfinished.disarm();
+            finished
         })
     }
 

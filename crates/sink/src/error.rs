@@ -85,6 +85,10 @@ pub enum SinkError {
         /// What was expected.
         reason: String,
     },
+    /// [`Sink::start_pre_commit`](crate::Sink::start_pre_commit) found another checkpoint call
+    /// (`pre_commit`, `recover`, `abort`) in progress; let it finish first.
+    #[error("another checkpoint call is in progress")]
+    CheckpointBusy,
     /// The restored checkpoint is newer than the database's progress row: the database lost
     /// committed rows (or is not the database this sink wrote to). Nothing was written.
     #[error(
@@ -142,6 +146,7 @@ impl SinkError {
             SinkError::Failed(_) => "sink.failed",
             SinkError::Recovery(_) => "sink.recovery",
             SinkError::CheckpointOrder { .. } => "sink.checkpoint_order",
+            SinkError::CheckpointBusy => "sink.checkpoint_busy",
             SinkError::CheckpointAhead { .. } => "sink.checkpoint_ahead",
             SinkError::ReplayMismatch { .. } => "sink.replay_mismatch",
             SinkError::CheckpointLost(_) => "sink.checkpoint_lost",

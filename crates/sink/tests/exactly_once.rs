@@ -299,4 +299,86 @@ mod barrier {
         assert_eq!(ids(&memory), (0..20).collect::<Vec<_>>());
         sink.close().await.unwrap();
     }
+
+    fn one_column_sink_config(name: &str) -> SinkConfig {
+        SinkConfig::builder()
+            .create_table(CreateTable::IfMissing)
+            .delivery(Delivery::TransactionalMarker)
+            .sink_id(SinkId::new(name).unwrap())
+            .batch_rows_max(10)
+            .flush_interval_ms(1)
+            .flush_concurrency(3)
+            .build()
+            .unwrap()
+    }
+
+    fn one_column_schema() -> Schema {
+        Schema::new(
+            "t",
+            vec![Column::new("id", ColumnType::I64).unwrap().not_null()],
+            &[],
+        )
+        .unwrap()
+    }
+
+    /// `start_pre_commit` places the barrier before it returns: rows written right after it,
+    /// from the same task and before its future is first polled, belong to the next
+    /// checkpoint; a second checkpoint call meanwhile is refused, not queued.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn start_pre_commit_places_the_barrier_before_it_returns() {
+        let memory = MemoryBackend::new();
+        let held = Held::new(memory.clone());
+        let sink = Sink::open(
+            &held,
+            one_column_schema(),
+            one_column_sink_config("started"),
+        )
+        .await
+        .unwrap();
+        sink.recover(None, Resume::Committed).await.unwrap();
+        sink.write(rows(0..100)).await.unwrap();
+        let first = sink.start_pre_commit(1, "100").unwrap();
+        for start in (100..200).step_by(10) {
+            sink.write(rows(start..start + 10)).await.unwrap();
+        }
+        let busy = sink.start_pre_commit(2, "200").map(|_| ()).unwrap_err();
+        assert_eq!(busy.code(), "sink.checkpoint_busy");
+        held.gate.add_permits(1);
+        let state = first.await.unwrap();
+        assert_eq!((state.checkpoint_id, state.state.as_str()), (1, "100"));
+        assert_eq!(
+            ids(&memory),
+            (0..100).collect::<Vec<_>>(),
+            "only rows written before the call"
+        );
+        held.gate.add_permits(1);
+        sink.start_pre_commit(2, "200").unwrap().await.unwrap();
+        assert_eq!(ids(&memory), (0..200).collect::<Vec<_>>());
+        sink.close().await.unwrap();
+    }
+
+    /// A started pre-commit dropped before it finishes fails the sink instead of leaving its
+    /// lanes waiting at the barrier.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_pre_commit_fails_the_sink() {
+        let memory = MemoryBackend::new();
+        let held = Held::new(memory.clone());
+        let sink = Sink::open(
+            &held,
+            one_column_schema(),
+            one_column_sink_config("dropped_pc"),
+        )
+        .await
+        .unwrap();
+        sink.recover(None, Resume::Committed).await.unwrap();
+        sink.write(rows(0..10)).await.unwrap();
+        drop(sink.start_pre_commit(1, "10").unwrap());
+        let error = sink.write(rows(10..20)).await.unwrap_err();
+        assert_eq!(error.code(), "sink.failed", "{error}");
+        assert!(
+            error.to_string().contains("dropped before it finished"),
+            "{error}"
+        );
+        assert!(ids(&memory).is_empty());
+    }
 }

@@ -389,6 +389,20 @@ fn payload(bytes: &[u8]) -> Payload {
 /// The acknowledgement of everything up to a message (ack policy "all").
 pub(crate) struct Ack(async_nats::jetstream::Message);
 
+/// The acknowledgement of one checkpoint's messages, sent once it committed.
+pub(crate) struct AckCut(Option<Ack>);
+
+impl AckCut {
+    /// Acknowledges the checkpoint's messages: call after it committed.
+    pub(crate) async fn acknowledge(self) {
+        if let Some(Ack(message)) = self.0
+            && let Err(error) = message.ack().await
+        {
+            tracing::warn!(%error, "Cannot acknowledge; the messages will be redelivered and skipped.");
+        }
+    }
+}
+
 /// Acknowledgements held until the checkpoint containing their messages committed.
 ///
 /// Ack policy "all": acknowledging the last message of a checkpoint acknowledges every message
@@ -426,14 +440,11 @@ impl Acks {
         self.unacked >= self.due_at
     }
 
-    /// Acknowledges everything handed over so far: call after a checkpoint committed.
-    pub(crate) async fn committed(&mut self) {
-        if let Some(Ack(message)) = self.last.take() {
-            self.unacked = 0;
-            if let Err(error) = message.ack().await {
-                tracing::warn!(%error, "Cannot acknowledge; the messages will be redelivered and skipped.");
-            }
-        }
+    /// Takes the acknowledgement of everything handed over so far, for the checkpoint that
+    /// starts now (it covers exactly those messages).
+    pub(crate) fn cut(&mut self) -> AckCut {
+        self.unacked = 0;
+        AckCut(self.last.take())
     }
 
     /// Sends the acknowledgements still buffered by the client.

@@ -46,7 +46,9 @@ use sluice_sink::{
 };
 use source::{Format, Input, Position, SourcePosition};
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -1117,10 +1119,13 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
     let rejected_counter =
         metrics::counter!("sluice_ingest_records_rejected_total", "table" => plan.table.clone());
     let mut outcome: Result<Option<&'static str>> = Ok(None);
+    // At most one checkpoint is under way; reading and writing go on meanwhile (its barrier
+    // was placed when it started, so what is written now belongs to the next one).
+    let mut in_flight: Option<InFlight> = None;
+    // A checkpoint is due (on the interval, or early when many JetStream messages wait for
+    // their acknowledgement) and starts once the one under way finished.
+    let mut wanted = false;
     loop {
-        // A checkpoint is due on the interval, and early when many JetStream messages wait
-        // for their acknowledgement.
-        let mut due = false;
         tokio::select! {
             biased;
             changed = stop.changed() => {
@@ -1129,7 +1134,16 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
                     break;
                 }
             }
-            _ = ticker.tick() => due = dirty,
+            finished = async { in_flight.as_mut().expect("guarded").done.as_mut().await }, if in_flight.is_some() => {
+                let checkpoint = in_flight.take().expect("guarded");
+                if let Err(error) = finished {
+                    outcome = Err(error);
+                    break;
+                }
+                committed_position = Some(checkpoint.position);
+                checkpoint.ack.acknowledge().await;
+            }
+            _ = ticker.tick() => wanted |= dirty,
             chunk = receiver.recv() => match chunk {
                 None => break,
                 Some(Err(error)) => {
@@ -1155,19 +1169,19 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
                         position = chunk.position;
                         dirty = true;
                     }
-                    due = dirty && acks.due();
+                    wanted |= dirty && acks.due();
                     let stats = sink.stats();
                     progress.update(records, bytes_done, stats.rows_written, stats.rows_dead_lettered);
                 }
             }
         }
-        if due {
-            match checkpoint(&sink, next_checkpoint, &position).await {
-                Ok(()) => {
+        if wanted && dirty && in_flight.is_none() {
+            match InFlight::start(&sink, next_checkpoint, &position, &mut acks) {
+                Ok(started) => {
+                    in_flight = Some(started);
                     next_checkpoint += 1;
-                    committed_position = Some(position.clone());
                     dirty = false;
-                    acks.committed().await;
+                    wanted = false;
                 }
                 Err(error) => {
                     outcome = Err(error);
@@ -1177,17 +1191,38 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
         }
     }
     drop(receiver);
-    // What was read before a failure of the source (or a signal) is still committed.
+    // What was read before a failure of the source (or a signal) is still committed: the
+    // checkpoint under way, then one for the rest.
     let source_failed = outcome.is_err();
-    let sink_failed = sink.stats().rows_failed > 0;
-    if dirty && !sink_failed {
-        match checkpoint(&sink, next_checkpoint, &position).await {
+    let mut checkpoint_failed = false;
+    if let Some(checkpoint) = in_flight.take() {
+        match checkpoint.done.await {
             Ok(()) => {
-                committed_position = Some(position.clone());
-                acks.committed().await;
+                committed_position = Some(checkpoint.position);
+                checkpoint.ack.acknowledge().await;
             }
-            Err(error) if !source_failed => outcome = Err(error),
-            Err(error) => tracing::error!(%error, "The final checkpoint failed."),
+            Err(error) => {
+                checkpoint_failed = true;
+                if source_failed {
+                    tracing::error!(error = %format!("{error:#}"), "A checkpoint failed.");
+                } else {
+                    outcome = Err(error);
+                }
+            }
+        }
+    }
+    let sink_failed = sink.stats().rows_failed > 0 || checkpoint_failed;
+    if dirty && !sink_failed {
+        let finished = match InFlight::start(&sink, next_checkpoint, &position, &mut acks) {
+            Ok(checkpoint) => checkpoint.finish().await,
+            Err(error) => Err(error),
+        };
+        match finished {
+            Ok(checkpoint) => committed_position = Some(checkpoint),
+            Err(error) if outcome.is_ok() => outcome = Err(error),
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "The final checkpoint failed.")
+            }
         }
     }
     acks.finish().await;
@@ -1441,14 +1476,48 @@ fn config_delivery_exactly_once(sink: &Sink) -> bool {
     sink.config().delivery().is_exactly_once()
 }
 
-async fn checkpoint(sink: &Sink, id: u64, position: &SourcePosition) -> Result<()> {
-    sink.pre_commit(id, &position.to_state())
-        .await
-        .with_context(|| format!("checkpoint {id} at {position}"))?;
-    sink.commit(id)
-        .await
-        .with_context(|| format!("committing checkpoint {id}"))?;
-    Ok(())
+/// A checkpoint under way: its barrier is placed; `done` pre-commits and commits it.
+struct InFlight {
+    position: SourcePosition,
+    ack: jetstream::AckCut,
+    done: Pin<Box<dyn Future<Output = Result<()>> + Send>>,
+}
+
+impl InFlight {
+    /// Places checkpoint `id`'s barrier behind everything written so far (at `position`).
+    fn start(
+        sink: &Sink,
+        id: u64,
+        position: &SourcePosition,
+        acks: &mut jetstream::Acks,
+    ) -> Result<InFlight> {
+        let pre_commit = sink
+            .start_pre_commit(id, &position.to_state())
+            .with_context(|| format!("checkpoint {id} at {position}"))?;
+        let sink = sink.clone();
+        let described = position.to_string();
+        let done = Box::pin(async move {
+            pre_commit
+                .await
+                .with_context(|| format!("checkpoint {id} at {described}"))?;
+            sink.commit(id)
+                .await
+                .with_context(|| format!("committing checkpoint {id}"))?;
+            Ok(())
+        });
+        Ok(InFlight {
+            position: position.clone(),
+            ack: acks.cut(),
+            done,
+        })
+    }
+
+    /// Waits for the checkpoint, acknowledges its messages and returns its position.
+    async fn finish(self) -> Result<SourcePosition> {
+        self.done.await?;
+        self.ack.acknowledge().await;
+        Ok(self.position)
+    }
 }
 
 async fn wait_for_signal() -> &'static str {
