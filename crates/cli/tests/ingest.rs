@@ -914,3 +914,74 @@ fn an_oversized_line_is_dead_lettered_without_being_buffered() {
     let row: serde_json::Value = serde_json::from_str(&letters[0][2]).unwrap();
     assert_eq!(row["position"], "in.ndjson:10");
 }
+
+/// Reading goes on while a checkpoint is under way, into a buffer that only that checkpoint's
+/// end can free: with a buffer of a few chunks and a checkpoint due every millisecond, the
+/// writer regularly waits for space while a checkpoint runs. The checkpoint must still finish
+/// (it is driven apart from the loop that waits) and the run must end with every record.
+#[test]
+fn a_full_buffer_during_a_checkpoint_does_not_stall_the_run() {
+    const RECORDS: u64 = 300_000;
+    // The stall this guards against depends on timing: several runs make it near certain.
+    const RUNS: usize = 4;
+    let db = TempSqlite::new();
+    let dir = db.dir();
+    let mut file =
+        std::io::BufWriter::new(std::fs::File::create(dir.join("small.ndjson")).unwrap());
+    for id in 0..RECORDS {
+        writeln!(file, "{{\"id\":{id},\"name\":\"n{id}\"}}").unwrap();
+    }
+    file.into_inner().unwrap().sync_all().unwrap();
+    std::fs::write(
+        dir.join("pipeline.toml"),
+        "checkpoint_interval_ms = 1\n\n[sink]\nbuffer_bytes_max = 524288\nbatch_bytes_max = 65536\n",
+    )
+    .unwrap();
+    let into = format!("sqlite://{}", db.path().display());
+    for run in 0..RUNS {
+        let table = format!("small{run}");
+        let mut child = sluice()
+            .args([
+                "ingest",
+                "--from",
+                "small.ndjson",
+                "--into",
+                &into,
+                "--table",
+                &table,
+            ])
+            .args(["--config", "pipeline.toml"])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                let output = child.wait_with_output().unwrap();
+                panic!(
+                    "run {run}: the ingest stalled; stderr:\n{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{:?}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(
+            query(
+                db.path(),
+                &format!("SELECT count(*), count(DISTINCT id) FROM {table}")
+            ),
+            [[RECORDS.to_string(), RECORDS.to_string()]]
+        );
+    }
+}

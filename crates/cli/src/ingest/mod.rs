@@ -46,9 +46,7 @@ use sluice_sink::{
 };
 use source::{Format, Input, Position, SourcePosition};
 use std::collections::{BTreeMap, VecDeque};
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -1134,7 +1132,7 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
                     break;
                 }
             }
-            finished = async { in_flight.as_mut().expect("guarded").done.as_mut().await }, if in_flight.is_some() => {
+            finished = async { InFlight::outcome(&mut in_flight.as_mut().expect("guarded").done).await }, if in_flight.is_some() => {
                 let checkpoint = in_flight.take().expect("guarded");
                 if let Err(error) = finished {
                     outcome = Err(error);
@@ -1196,11 +1194,8 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
     let source_failed = outcome.is_err();
     let mut checkpoint_failed = false;
     if let Some(checkpoint) = in_flight.take() {
-        match checkpoint.done.await {
-            Ok(()) => {
-                committed_position = Some(checkpoint.position);
-                checkpoint.ack.acknowledge().await;
-            }
+        match checkpoint.finish().await {
+            Ok(position) => committed_position = Some(position),
             Err(error) => {
                 checkpoint_failed = true;
                 if source_failed {
@@ -1477,10 +1472,14 @@ fn config_delivery_exactly_once(sink: &Sink) -> bool {
 }
 
 /// A checkpoint under way: its barrier is placed; `done` pre-commits and commits it.
+///
+/// `done` is a task of its own: the loop may wait in `Sink::write` for buffer space that only
+/// this checkpoint's end frees (lanes write nothing after a barrier until it is pre-committed),
+/// so the loop must not be what drives it.
 struct InFlight {
     position: SourcePosition,
     ack: jetstream::AckCut,
-    done: Pin<Box<dyn Future<Output = Result<()>> + Send>>,
+    done: tokio::task::JoinHandle<Result<()>>,
 }
 
 impl InFlight {
@@ -1496,7 +1495,7 @@ impl InFlight {
             .with_context(|| format!("checkpoint {id} at {position}"))?;
         let sink = sink.clone();
         let described = position.to_string();
-        let done = Box::pin(async move {
+        let done = tokio::spawn(async move {
             pre_commit
                 .await
                 .with_context(|| format!("checkpoint {id} at {described}"))?;
@@ -1512,9 +1511,15 @@ impl InFlight {
         })
     }
 
+    /// The checkpoint task's result (a panic in it is a failure too).
+    async fn outcome(done: &mut tokio::task::JoinHandle<Result<()>>) -> Result<()> {
+        done.await
+            .map_err(|error| anyhow!("the checkpoint task failed: {error}"))?
+    }
+
     /// Waits for the checkpoint, acknowledges its messages and returns its position.
-    async fn finish(self) -> Result<SourcePosition> {
-        self.done.await?;
+    async fn finish(mut self) -> Result<SourcePosition> {
+        InFlight::outcome(&mut self.done).await?;
         self.ack.acknowledge().await;
         Ok(self.position)
     }
