@@ -10,7 +10,9 @@ use crate::session::Pooled;
 use crate::statements::{Source, WriteFailure, WritePlan, write_rows};
 use crate::table::{DeadLetterColumns, dead_letter_insert_sql, prepare_table};
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod, Runtime, WeakPool,
+};
 use sluice_sink::{
     BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, DeadLetter, Delivery,
     ErrorClass, Ident, PrepareRequest, Prepared, SinkBackend, SinkConfig, TableWriter,
@@ -50,6 +52,11 @@ pub struct PostgresSinkOptions {
     /// Longest wait for a pooled connection, including opening one, in milliseconds, 1 to
     /// 3,600,000. A timeout is a transient error (retried by the sink). Default: 30,000.
     pub pool_acquire_timeout_ms: u64,
+    /// A pooled connection left idle this long is closed, except the last idle one, in
+    /// milliseconds, 1 to 3,600,000. With adaptive flush concurrency (the sink's default at
+    /// least once) the lanes share the connections the load needs, the most recently used
+    /// first, and the others go idle and are closed. Default: 1,000.
+    pub pool_idle_ms_max: u64,
     /// Longest wait to open one connection, in milliseconds, 1 to 3,600,000; a
     /// `connect_timeout` in the URL takes precedence. Default: 10,000.
     pub connect_timeout_ms: u64,
@@ -80,6 +87,7 @@ impl PostgresSinkOptions {
             target,
             pool_connections_max: 3,
             pool_acquire_timeout_ms: 30_000,
+            pool_idle_ms_max: 1_000,
             connect_timeout_ms: 10_000,
             commit_check_timeout_ms: 60_000,
         })
@@ -117,6 +125,7 @@ impl PostgresSinkOptions {
         )?;
         for (option, value) in [
             ("pool_acquire_timeout_ms", self.pool_acquire_timeout_ms),
+            ("pool_idle_ms_max", self.pool_idle_ms_max),
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("commit_check_timeout_ms", self.commit_check_timeout_ms),
         ] {
@@ -133,6 +142,7 @@ impl fmt::Debug for PostgresSinkOptions {
             .field("target", &self.target)
             .field("pool_connections_max", &self.pool_connections_max)
             .field("pool_acquire_timeout_ms", &self.pool_acquire_timeout_ms)
+            .field("pool_idle_ms_max", &self.pool_idle_ms_max)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("commit_check_timeout_ms", &self.commit_check_timeout_ms)
             .finish()
@@ -174,6 +184,33 @@ fn redact(message: &str, url: &str) -> String {
         message = message.replace(secret, "<redacted>");
     }
     message
+}
+
+/// Closes pooled connections idle for longer than `idle_max`, except the last idle one, until
+/// the pool is dropped.
+async fn close_idle(pool: WeakPool, idle_max: Duration) {
+    let every = (idle_max / 4).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        if pool.is_closed() {
+            return;
+        }
+        let mut closable = pool.status().available.saturating_sub(1);
+        let closed = pool.retain(|_, metrics| {
+            let close = closable > 0 && metrics.last_used() >= idle_max;
+            closable -= usize::from(close);
+            !close
+        });
+        if !closed.removed.is_empty() {
+            tracing::debug!(
+                closed = closed.removed.len(),
+                "Closed idle pooled connections."
+            );
+        }
+    }
 }
 
 /// A PostgreSQL database as a sink target. Cheap to clone; clones share the pool.
@@ -235,6 +272,9 @@ impl PostgresBackend {
             .wait_timeout(Some(acquire))
             .create_timeout(Some(acquire))
             .recycle_timeout(Some(acquire))
+            // The most recently returned connection is handed out first, so connections the
+            // load does not need stay idle and `close_idle` closes them.
+            .queue_mode(QueueMode::Lifo)
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|error| PostgresError::Pool {
@@ -257,6 +297,10 @@ impl PostgresBackend {
                 version,
             });
         }
+        tokio::spawn(close_idle(
+            pool.weak(),
+            Duration::from_millis(options.pool_idle_ms_max),
+        ));
         Ok(PostgresBackend {
             pool,
             options: Arc::new(options),

@@ -952,3 +952,68 @@ async fn passwords_stay_out_of_errors() {
     assert!(shown.contains("writer@127.0.0.1:1/db"), "{shown}");
     assert_eq!(error.code(), "postgres.connection");
 }
+
+/// Connections the load does not need are closed: after a burst opened several, a trickle of
+/// writes keeps one busy (the pool hands out the most recently used one first) and the others
+/// are closed once idle for `pool_idle_ms_max`; the last idle one stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pooled_connections_are_closed() {
+    let Some(db) = TestDb::start(SUITE).await else {
+        return;
+    };
+    let mut options =
+        PostgresSinkOptions::new(&format!("{}?application_name=trickle", db.url)).unwrap();
+    options.pool_connections_max = 4;
+    options.pool_idle_ms_max = 100;
+    let backend = PostgresBackend::connect(options).await.unwrap();
+    let schema = Schema::new("trickle", vec![column("id", ColumnType::I64)], &[]).unwrap();
+    let sink = Sink::open(
+        &backend,
+        schema.clone(),
+        config()
+            .create_table(CreateTable::IfMissing)
+            .flush_concurrency(3)
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    {
+        let pool = backend.pool();
+        let held = tokio::join!(pool.get(), pool.get(), pool.get(), pool.get());
+        drop((
+            held.0.unwrap(),
+            held.1.unwrap(),
+            held.2.unwrap(),
+            held.3.unwrap(),
+        ));
+    }
+    assert_eq!(backend.pool().status().size, 4);
+    let started = std::time::Instant::now();
+    let mut id = 0_i64;
+    while backend.pool().status().size > 1 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "still {} connections open",
+            backend.pool().status().size
+        );
+        sink.write(vec![Row::insert(vec![id.into()])])
+            .await
+            .unwrap();
+        id += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    sink.flush().await.unwrap();
+    let open: i64 = db
+        .admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'trickle'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 1, "the server sees one sink connection");
+    sink.close().await.unwrap();
+    assert_eq!(db.rows(&schema).await.len() as i64, id);
+}

@@ -258,6 +258,7 @@ pub struct SinkConfig {
     batch_bytes_max: usize,
     flush_interval_ms: u64,
     flush_concurrency: usize,
+    flush_concurrency_adaptive: bool,
     buffer_bytes_max: usize,
     backpressure: Backpressure,
     retry_attempts_max: u32,
@@ -310,6 +311,12 @@ impl SinkConfig {
     /// Flushes running at the same time (one per lane).
     pub fn flush_concurrency(&self) -> usize {
         self.flush_concurrency
+    }
+
+    /// Whether at-least-once flushes adapt their concurrency to the load (up to
+    /// `flush_concurrency`).
+    pub fn flush_concurrency_adaptive(&self) -> bool {
+        self.flush_concurrency_adaptive
     }
     /// Bytes of rows accepted but not yet durable, at most.
     pub fn buffer_bytes_max(&self) -> usize {
@@ -381,6 +388,13 @@ pub struct SinkConfigBuilder {
     /// Concurrent flushes, 1 to 64. Rows with the same key always take the same lane, so their
     /// order is kept. Default: 2.
     pub flush_concurrency: Option<usize>,
+    /// At-least-once: whether the lanes writing at the same time follow the load, from 1 up to
+    /// `flush_concurrency` (a pooled backend then keeps only the connections the load needs
+    /// busy, and closes the idle ones): one more at once when writers wait for buffer space or
+    /// a batch waits for its turn longer than `flush_interval_ms`, one fewer after two calm
+    /// seconds in which one fewer would have done. Exactly-once lanes each hold their
+    /// checkpoint's transaction, so this does not apply to them. Default: `true`.
+    pub flush_concurrency_adaptive: Option<bool>,
     /// Bytes accepted but not yet durable, at least `batch_bytes_max * flush_concurrency` and at
     /// most 4 GiB - 1. Default: 16 MiB, or `2 * batch_bytes_max * flush_concurrency` when that
     /// is larger (room for every lane's batch in flight and the next one forming).
@@ -431,6 +445,7 @@ impl SinkConfigBuilder {
     setter!(batch_bytes_max: usize);
     setter!(flush_interval_ms: u64);
     setter!(flush_concurrency: usize);
+    setter!(flush_concurrency_adaptive: bool);
     setter!(buffer_bytes_max: usize);
     setter!(backpressure: Backpressure);
     setter!(retry_attempts_max: u32);
@@ -454,6 +469,7 @@ impl SinkConfigBuilder {
             batch_bytes_max,
             flush_interval_ms: self.flush_interval_ms.unwrap_or(100),
             flush_concurrency,
+            flush_concurrency_adaptive: self.flush_concurrency_adaptive.unwrap_or(true),
             buffer_bytes_max: self.buffer_bytes_max.unwrap_or_else(|| {
                 batch_bytes_max
                     .saturating_mul(flush_concurrency)
@@ -578,6 +594,7 @@ mod tests {
         assert_eq!(config.batch_bytes_max(), 4 << 20);
         assert_eq!(config.flush_interval(), Duration::from_millis(100));
         assert_eq!(config.flush_concurrency(), 2);
+        assert!(config.flush_concurrency_adaptive());
         assert_eq!(config.buffer_bytes_max(), 16 << 20);
         assert_eq!(config.backpressure(), Backpressure::Block);
         assert_eq!(config.retry_attempts_max(), 5);

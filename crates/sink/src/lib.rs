@@ -23,6 +23,7 @@
 mod backend;
 mod batcher;
 mod checkpoint;
+mod concurrency;
 mod config;
 mod dead_letter;
 mod error;

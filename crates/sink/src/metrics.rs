@@ -38,6 +38,8 @@ pub enum MetricName {
     BatchRows,
     /// Bytes accepted and not yet durable.
     BufferBytes,
+    /// Lanes allowed to write at the same time (adaptive flush concurrency).
+    FlushConcurrency,
     /// Bytes accepted into the buffer (with the released total, shows spikes a gauge misses).
     BufferBytesAcceptedTotal,
     /// Bytes released from the buffer after their batch finished.
@@ -63,7 +65,7 @@ pub enum MetricName {
 
 impl MetricName {
     /// Every metric.
-    pub const ALL: [MetricName; 20] = [
+    pub const ALL: [MetricName; 21] = [
         MetricName::RowsReceivedTotal,
         MetricName::RowsWrittenTotal,
         MetricName::RowsDeadLetteredTotal,
@@ -74,6 +76,7 @@ impl MetricName {
         MetricName::FlushDurationSeconds,
         MetricName::BatchRows,
         MetricName::BufferBytes,
+        MetricName::FlushConcurrency,
         MetricName::BufferBytesAcceptedTotal,
         MetricName::BufferBytesReleasedTotal,
         MetricName::RowsSkippedTotal,
@@ -99,6 +102,7 @@ impl MetricName {
             MetricName::FlushDurationSeconds => "sluice_sink_flush_duration_seconds",
             MetricName::BatchRows => "sluice_sink_batch_rows",
             MetricName::BufferBytes => "sluice_sink_buffer_bytes",
+            MetricName::FlushConcurrency => "sluice_sink_flush_concurrency",
             MetricName::BufferBytesAcceptedTotal => "sluice_sink_buffer_bytes_accepted_total",
             MetricName::BufferBytesReleasedTotal => "sluice_sink_buffer_bytes_released_total",
             MetricName::RowsSkippedTotal => "sluice_sink_rows_skipped_total",
@@ -123,6 +127,7 @@ impl MetricName {
             | MetricName::CommitDurationSeconds
             | MetricName::PoolAcquireDurationSeconds => MetricKind::Histogram,
             MetricName::BufferBytes
+            | MetricName::FlushConcurrency
             | MetricName::OrphanedPreparedTransactions
             | MetricName::PoolConnectionsActive
             | MetricName::PoolConnectionsIdle => MetricKind::Gauge,
@@ -165,6 +170,9 @@ impl MetricName {
             }
             MetricName::BatchRows => "Rows per flushed batch.",
             MetricName::BufferBytes => "Bytes accepted by the sink and not yet durable.",
+            MetricName::FlushConcurrency => {
+                "Lanes allowed to write at the same time (follows the load with adaptive flush concurrency)."
+            }
             MetricName::BufferBytesAcceptedTotal => "Bytes accepted into the write buffer.",
             MetricName::BufferBytesReleasedTotal => {
                 "Bytes released from the write buffer after their batch finished."
@@ -201,6 +209,7 @@ pub(crate) struct SinkMetrics {
     flush_duration: metrics::Histogram,
     batch_rows: metrics::Histogram,
     buffer_bytes: metrics::Gauge,
+    flush_concurrency: metrics::Gauge,
     buffer_accepted: metrics::Counter,
     buffer_released: metrics::Counter,
     rows_skipped: metrics::Counter,
@@ -250,6 +259,7 @@ impl SinkMetrics {
             flush_duration: histogram(MetricName::FlushDurationSeconds),
             batch_rows: histogram(MetricName::BatchRows),
             buffer_bytes: metrics::gauge!(MetricName::BufferBytes.as_str(), &labels),
+            flush_concurrency: metrics::gauge!(MetricName::FlushConcurrency.as_str(), &labels),
             buffer_accepted: counter(MetricName::BufferBytesAcceptedTotal),
             buffer_released: counter(MetricName::BufferBytesReleasedTotal),
             rows_skipped: counter(MetricName::RowsSkippedTotal),
@@ -263,6 +273,10 @@ impl SinkMetrics {
         self.rows_received.increment(rows);
         self.buffer_accepted.increment(bytes);
         self.buffer_bytes.set(buffered_bytes as f64);
+    }
+
+    pub(crate) fn flush_concurrency(&self, lanes: usize) {
+        self.flush_concurrency.set(lanes as f64);
     }
 
     pub(crate) fn batch(&self, report: &BatchReport, duration: Duration) {

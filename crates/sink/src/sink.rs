@@ -28,6 +28,7 @@ use crate::backend::{
 };
 use crate::batcher::{BatchLimits, Batcher, Sealed};
 use crate::checkpoint::{CheckpointControl, Phase};
+use crate::concurrency::FlushSlots;
 use crate::config::{Backpressure, DeadLetterConfig, Mode, SinkConfig};
 use crate::dead_letter::{DeadLetterFile, dead_letter, rejected_letter};
 use crate::error::SinkError;
@@ -69,6 +70,9 @@ pub struct SinkStats {
     pub retries: u64,
     /// Bytes accepted and not yet durable.
     pub buffer_bytes: u64,
+    /// Lanes allowed to write at the same time now: `flush_concurrency`, or with adaptive
+    /// flush concurrency what the load needs.
+    pub flush_concurrency: u64,
 }
 
 #[derive(Default)]
@@ -160,6 +164,9 @@ pub(crate) struct Shared {
     pub(crate) gate: watch::Sender<u64>,
     dead_letters: DeadLetterTarget,
     buffer: Semaphore,
+    /// Adaptive flush concurrency (at-least-once, `flush_concurrency_adaptive`): a batch
+    /// waits for a slot before it is written.
+    slots: Option<FlushSlots>,
     pub(crate) counters: Counters,
     pub(crate) metrics: SinkMetrics,
     failure: OnceLock<Arc<SinkError>>,
@@ -261,11 +268,19 @@ impl Sink {
             added_columns = prepared.report.added_columns.len(),
             "Sink opened."
         );
+        let exactly_once = prepared.checkpoints.is_some();
+        let slots = (!exactly_once
+            && config.flush_concurrency_adaptive()
+            && config.flush_concurrency() > 1)
+            .then(|| FlushSlots::new(config.flush_concurrency(), config.flush_interval()));
+        let metrics = SinkMetrics::register(schema.table().as_str(), backend.name());
+        metrics.flush_concurrency(config.flush_concurrency());
         let shared = Arc::new(Shared {
-            metrics: SinkMetrics::register(schema.table().as_str(), backend.name()),
+            metrics,
+            slots,
             schema,
             writer: prepared.writer,
-            exactly_once: prepared.checkpoints.is_some(),
+            exactly_once,
             checkpoints: Mutex::new(prepared.checkpoints),
             gate: watch::Sender::new(0),
             dead_letters,
@@ -367,11 +382,21 @@ impl Sink {
         // buffer_bytes_max <= u32::MAX is checked by the configuration.
         let permits = u32::try_from(bytes).expect("a write fits the buffer");
         let reserved = match shared.config.backpressure() {
-            Backpressure::Block => shared
-                .buffer
-                .acquire_many(permits)
-                .await
-                .map_err(|_| SinkError::Closed)?,
+            Backpressure::Block => match shared.buffer.try_acquire_many(permits) {
+                Ok(reserved) => reserved,
+                Err(TryAcquireError::Closed) => return Err(SinkError::Closed),
+                Err(TryAcquireError::NoPermits) => {
+                    // The sink is behind its writers.
+                    if let Some(slots) = &shared.slots {
+                        slots.note_backpressure();
+                    }
+                    shared
+                        .buffer
+                        .acquire_many(permits)
+                        .await
+                        .map_err(|_| SinkError::Closed)?
+                }
+            },
             Backpressure::Error => {
                 shared
                     .buffer
@@ -535,6 +560,10 @@ impl Sink {
             batches: load(&counters.batches),
             retries: load(&counters.retries),
             buffer_bytes: load(&counters.buffer_bytes),
+            flush_concurrency: self.inner.shared.slots.as_ref().map_or(
+                self.inner.shared.config.flush_concurrency(),
+                FlushSlots::limit,
+            ) as u64,
         }
     }
 
@@ -798,6 +827,14 @@ async fn run_lane(
 
 /// Flushes one sealed batch and accounts for every row of it.
 async fn flush_sealed(shared: Arc<Shared>, lane: usize, batch: Sealed<Entry>) {
+    let _slot = match &shared.slots {
+        Some(slots) => {
+            let slot = slots.acquire().await;
+            shared.metrics.flush_concurrency(slots.limit());
+            Some(slot)
+        }
+        None => None,
+    };
     let started = std::time::Instant::now();
     let mut report = BatchReport {
         rows: batch.items.len() as u64,

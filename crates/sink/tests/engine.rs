@@ -462,3 +462,71 @@ async fn wait_durable_observes_without_hurrying_the_batch() {
     assert!(started.elapsed() < Duration::from_millis(300));
     sink.close().await.unwrap();
 }
+
+/// At least once, the lanes writing at the same time follow the load: a trickle brings the
+/// limit down to one, writers waiting for buffer space bring it back up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_concurrency_follows_the_load() {
+    let backend = MemoryBackend::new();
+    let sink = Sink::open(
+        &backend,
+        schema(),
+        config()
+            .flush_concurrency(3)
+            .flush_interval_ms(5)
+            .batch_bytes_max(4096)
+            .buffer_bytes_max(3 * 4096)
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sink.stats().flush_concurrency, 3, "starts at the maximum");
+    // A trickle: one row every 20 ms, for up to 10 s (two calm windows per step down).
+    let mut id = 0;
+    let started = std::time::Instant::now();
+    while sink.stats().flush_concurrency > 1 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "still at {} lanes",
+            sink.stats().flush_concurrency
+        );
+        sink.write(vec![row(Op::Insert, id, id)]).await.unwrap();
+        id += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A flood: writes as large as a third of the buffer, as fast as they are accepted.
+    let started = std::time::Instant::now();
+    while sink.stats().flush_concurrency < 2 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "did not rise under pressure"
+        );
+        let rows: Vec<Row> = (id..id + 20).map(|id| row(Op::Insert, id, id)).collect();
+        id += 20;
+        sink.write(rows).await.unwrap();
+    }
+    sink.close().await.unwrap();
+    assert_eq!(table(&backend).len() as i64, id, "every row written once");
+}
+
+/// Without `flush_concurrency_adaptive` the limit stays at `flush_concurrency`.
+#[tokio::test]
+async fn fixed_flush_concurrency_stays() {
+    let backend = MemoryBackend::new();
+    let sink = Sink::open(
+        &backend,
+        schema(),
+        config()
+            .flush_concurrency(3)
+            .flush_concurrency_adaptive(false)
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    sink.write(vec![row(Op::Insert, 1, 1)]).await.unwrap();
+    sink.flush().await.unwrap();
+    assert_eq!(sink.stats().flush_concurrency, 3);
+    sink.close().await.unwrap();
+}
