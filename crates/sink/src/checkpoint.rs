@@ -25,6 +25,8 @@
 use crate::config::{Delivery, SinkId};
 use crate::error::SinkError;
 use crate::sink::{LaneMessage, Sink};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Instant;
@@ -42,6 +44,11 @@ pub struct CheckpointState {
     /// The caller's state given to `pre_commit` (for example a source position).
     pub state: String,
 }
+
+/// A pre-commit whose barrier is placed ([`Sink::start_pre_commit`]): await it to finish the
+/// checkpoint. Dropping it unfinished fails the sink.
+pub type PreCommit =
+    Pin<Box<dyn Future<Output = Result<CheckpointState, SinkError>> + Send + 'static>>;
 
 /// How the caller replays its source after [`Sink::recover`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -299,10 +306,7 @@ impl Sink {
         &self,
         checkpoint_id: u64,
         state: &str,
-    ) -> Result<
-        impl std::future::Future<Output = Result<CheckpointState, SinkError>> + Send + 'static,
-        SinkError,
-    > {
+    ) -> Result<PreCommit, SinkError> {
         let control_state = self
             .inner
             .control
@@ -320,10 +324,7 @@ impl Sink {
         mut control_state: OwnedMutexGuard<ControlState>,
         checkpoint_id: u64,
         state: &str,
-    ) -> Result<
-        impl std::future::Future<Output = Result<CheckpointState, SinkError>> + Send + 'static,
-        SinkError,
-    > {
+    ) -> Result<PreCommit, SinkError> {
         let started = Instant::now();
         let inner = &*self.inner;
         let shared = &*inner.shared;
@@ -352,7 +353,7 @@ impl Sink {
         let sink = self.clone();
         let state = state.to_string();
         let mut unfinished = Unfinished(Some(sink.clone()));
-        Ok(async move {
+        Ok(Box::pin(async move {
             let inner = &*sink.inner;
             let shared = &*inner.shared;
             let control = &inner.control;
@@ -402,7 +403,7 @@ impl Sink {
             .await;
             unfinished.disarm();
             finished
-        })
+        }))
     }
 
     /// When the processor reports the checkpoint complete: makes every pre-committed

@@ -5,9 +5,9 @@
 //! and `flush_concurrency`, so a pooled backend keeps only the connections the load needs open
 //! and busy (the pool closes the ones left idle):
 //!
-//! - **Up at once under pressure.** A window (`ADJUST_WINDOW`) in which a writer waited for
-//!   buffer space (the sink is behind) or a batch waited for a slot longer than the flush
-//!   interval raises the limit by one.
+//! - **Up at once under pressure.** A window (`ADJUST_WINDOW`) in which writers waited for
+//!   buffer space for more than `BLOCKED_SHARE` of it (the sink is behind) or a batch waited
+//!   for a slot longer than the flush interval raises the limit by one.
 //! - **Down when one slot fewer would have done.** After `CALM_WINDOWS` windows without
 //!   pressure in which the slots were in use for less than `limit - 1` slots' worth of time (at
 //!   most `SHRINK_USE` of it), the limit drops by one. If that was too few, the next window's
@@ -27,6 +27,9 @@ pub(crate) const ADJUST_WINDOW: Duration = Duration::from_secs(1);
 pub(crate) const CALM_WINDOWS: u32 = 2;
 /// The limit drops when slot use stayed within this share of one slot fewer.
 const SHRINK_USE: f64 = 0.95;
+/// Writers waiting for buffer space longer than this share of a window is pressure (a short
+/// wait at a burst is not worth another connection).
+const BLOCKED_SHARE: f64 = 0.02;
 
 struct SlotState {
     limit: usize,
@@ -35,6 +38,8 @@ struct SlotState {
     used: Duration,
     last_change: Instant,
     window_start: Instant,
+    /// Time writers waited for buffer space in the current window.
+    blocked: Duration,
     pressure: bool,
     calm_windows: u32,
 }
@@ -72,6 +77,7 @@ impl FlushSlots {
                 used: Duration::ZERO,
                 last_change: now,
                 window_start: now,
+                blocked: Duration::ZERO,
                 pressure: false,
                 calm_windows: 0,
             }),
@@ -111,9 +117,9 @@ impl FlushSlots {
         }
     }
 
-    /// A writer had to wait for buffer space: the sink is behind its producers.
-    pub(crate) fn note_backpressure(&self) {
-        self.update(Instant::now(), |state| state.pressure = true);
+    /// A writer waited `waited` for buffer space: the sink is behind its producers.
+    pub(crate) fn note_backpressure(&self, waited: Duration) {
+        self.update(Instant::now(), |state| state.blocked += waited);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
@@ -149,7 +155,7 @@ fn adjust(state: &mut SlotState, max: usize, now: Instant) {
     let window = now.saturating_duration_since(state.window_start);
     // Average slots in use over the window.
     let use_slots = state.used.as_secs_f64() / window.as_secs_f64().max(1e-9);
-    if state.pressure {
+    if state.pressure || state.blocked.as_secs_f64() > window.as_secs_f64() * BLOCKED_SHARE {
         state.calm_windows = 0;
         if state.limit < max {
             state.limit += 1;
@@ -167,6 +173,7 @@ fn adjust(state: &mut SlotState, max: usize, now: Instant) {
         }
     }
     state.pressure = false;
+    state.blocked = Duration::ZERO;
     state.used = Duration::ZERO;
     state.window_start = now;
 }
@@ -183,6 +190,7 @@ mod tests {
             used: Duration::from_millis(used_ms),
             last_change: start,
             window_start: start,
+            blocked: Duration::ZERO,
             pressure,
             calm_windows,
         }
@@ -199,6 +207,16 @@ mod tests {
         assert_eq!(after_window(state(1, 900, true, 5), 2).limit, 2);
         let raised = after_window(state(2, 1_900, true, 0), 2);
         assert_eq!((raised.limit, raised.calm_windows), (2, 0));
+    }
+
+    #[test]
+    fn writers_blocked_for_more_than_a_short_wait_is_pressure() {
+        let mut short = state(1, 900, false, 0);
+        short.blocked = Duration::from_millis(5);
+        assert_eq!(after_window(short, 2).limit, 1);
+        let mut long = state(1, 900, false, 0);
+        long.blocked = Duration::from_millis(50);
+        assert_eq!(after_window(long, 2).limit, 2);
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub use backend::{
     BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed, DeadLetter,
     ErrorClass, PrepareReport, PrepareRequest, Prepared, SinkBackend, TableWriter,
 };
-pub use checkpoint::{CheckpointState, Recovery, Resume};
+pub use checkpoint::{CheckpointState, PreCommit, Recovery, Resume};
 pub use config::{
     BATCH_BYTES_MAX_LIMIT, BATCH_ROWS_MAX_LIMIT, BUFFER_BYTES_MAX_LIMIT, Backpressure, ConfigError,
     CreateTable, DeadLetterConfig, Delivery, Evolve, FLUSH_CONCURRENCY_LIMIT,

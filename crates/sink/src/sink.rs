@@ -386,15 +386,17 @@ impl Sink {
                 Ok(reserved) => reserved,
                 Err(TryAcquireError::Closed) => return Err(SinkError::Closed),
                 Err(TryAcquireError::NoPermits) => {
-                    // The sink is behind its writers.
-                    if let Some(slots) = &shared.slots {
-                        slots.note_backpressure();
-                    }
-                    shared
+                    let waiting = Instant::now();
+                    let reserved = shared
                         .buffer
                         .acquire_many(permits)
                         .await
-                        .map_err(|_| SinkError::Closed)?
+                        .map_err(|_| SinkError::Closed)?;
+                    // The sink is behind its writers.
+                    if let Some(slots) = &shared.slots {
+                        slots.note_backpressure(waiting.elapsed());
+                    }
+                    reserved
                 }
             },
             Backpressure::Error => {
