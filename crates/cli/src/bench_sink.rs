@@ -747,7 +747,8 @@ impl Watcher {
 
 /// Sums of samples of the sink's connections: executing a statement (`pg_stat_activity.state =
 /// 'active'`, which includes a COMMIT waiting for its WAL flush), inside a transaction but
-/// idle, open at all (server side), and checked out of the pool (client side).
+/// idle, open at all (server side), and checked out of the pool (client side); and of the lanes
+/// the sink allowed to write at the same time (`SinkStats::flush_concurrency`).
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 struct PoolSample {
     samples: u64,
@@ -755,13 +756,28 @@ struct PoolSample {
     idle_in_transaction: u64,
     open: u64,
     checked_out: u64,
+    flush_concurrency: u64,
 }
+
+/// The pool's samples over the whole run, and from `POOL_WARMUP` on (the steady state, once an
+/// adaptive sink has settled on the connections the load needs).
+#[derive(Debug, Default, Clone, Copy)]
+struct PoolSamples {
+    whole: PoolSample,
+    steady: PoolSample,
+}
+
+/// Samples before this are left out of the steady-state pool utilisation: adaptive flush
+/// concurrency starts at `flush_concurrency` and lowers it after two calm seconds, and the pool
+/// closes a connection idle for `pool_idle_ms_max` (1 s).
+const POOL_WARMUP: Duration = Duration::from_secs(5);
 
 async fn sample_pool(
     url: String,
     pool: sluice_sink_postgres::deadpool_postgres::Pool,
+    sink: Sink,
     mut stop: watch::Receiver<bool>,
-) -> Result<PoolSample> {
+) -> Result<PoolSamples> {
     let client = pg_connect(&url).await?;
     let query = client
         .prepare(
@@ -773,7 +789,8 @@ async fn sample_pool(
                AND pid <> pg_backend_pid()",
         )
         .await?;
-    let mut sums = PoolSample::default();
+    let mut sums = PoolSamples::default();
+    let started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_millis(5));
     loop {
         tokio::select! {
@@ -783,11 +800,46 @@ async fn sample_pool(
         let status = pool.status();
         let row = client.query_one(&query, &[&APPLICATION_NAME]).await?;
         let count = |i: usize| row.get::<_, i64>(i) as u64;
-        sums.samples += 1;
-        sums.executing += count(0);
-        sums.idle_in_transaction += count(1);
-        sums.open += count(2);
-        sums.checked_out += (status.size - status.available) as u64;
+        let sample = PoolSample {
+            samples: 1,
+            executing: count(0),
+            idle_in_transaction: count(1),
+            open: count(2),
+            checked_out: (status.size - status.available) as u64,
+            flush_concurrency: sink.stats().flush_concurrency,
+        };
+        sums.whole.add(&sample);
+        if started.elapsed() >= POOL_WARMUP {
+            sums.steady.add(&sample);
+        }
+    }
+}
+
+impl PoolSample {
+    fn add(&mut self, other: &PoolSample) {
+        self.samples += other.samples;
+        self.executing += other.executing;
+        self.idle_in_transaction += other.idle_in_transaction;
+        self.open += other.open;
+        self.checked_out += other.checked_out;
+        self.flush_concurrency += other.flush_concurrency;
+    }
+
+    /// The figures of `detail.pool`.
+    fn describe(&self) -> serde_json::Value {
+        let pct = |part: u64, whole: u64| (whole > 0).then(|| part as f64 * 100.0 / whole as f64);
+        let mean = |sum: u64| sum as f64 / self.samples.max(1) as f64;
+        serde_json::json!({
+            "samples": self.samples,
+            "utilisation_pct": pct(self.executing, self.open),
+            "mean_open_connections": mean(self.open),
+            "mean_executing": mean(self.executing),
+            "mean_idle_in_transaction": mean(self.idle_in_transaction),
+            "mean_checked_out": mean(self.checked_out),
+            "mean_flush_concurrency": mean(self.flush_concurrency),
+            "executing_pct_of_checked_out": pct(self.executing, self.checked_out),
+            "in_transaction_pct_of_open": pct(self.executing + self.idle_in_transaction, self.open),
+        })
     }
 }
 
@@ -869,7 +921,7 @@ struct RunOutcome {
     latency: Option<LatencyMs>,
     checkpoint_ms: Vec<f64>,
     empty_checkpoint_ms: Vec<f64>,
-    pool: Option<PoolSample>,
+    pool: Option<PoolSamples>,
     stats: SinkStats,
     pacing_lag_max_ms: Option<f64>,
     /// PostgreSQL checkpoints (timed or requested by WAL volume) that started during the run.
@@ -1225,9 +1277,14 @@ impl Bench {
         }
         let (stop, stopped) = watch::channel(false);
         let pool_sampler = match (&backend, &self.db, plan.sample_pool) {
-            (Backend::Postgres(backend), Db::Postgres { url, .. }, true) => Some(tokio::spawn(
-                sample_pool(url.clone(), backend.pool().clone(), stopped.clone()),
-            )),
+            (Backend::Postgres(backend), Db::Postgres { url, .. }, true) => {
+                Some(tokio::spawn(sample_pool(
+                    url.clone(),
+                    backend.pool().clone(),
+                    sink.clone(),
+                    stopped.clone(),
+                )))
+            }
             _ => None,
         };
         let watcher = plan.watch.then(|| Watcher::start(sink.clone()));
@@ -1688,22 +1745,16 @@ impl Bench {
             let (mut result, outcome) = self
                 .timed(name, base_config(), Some(rate), None, true, false)
                 .await?;
-            let sample = outcome.pool.unwrap_or_default();
-            let pct =
-                |part: u64, whole: u64| (whole > 0).then(|| part as f64 * 100.0 / whole as f64);
-            result.pool_utilisation_pct = pct(sample.executing, sample.open);
-            result.detail["pool"] = serde_json::json!({
-                "samples": sample.samples,
-                "mean_open_connections": sample.open as f64 / sample.samples.max(1) as f64,
-                "mean_executing": sample.executing as f64 / sample.samples.max(1) as f64,
-                "mean_idle_in_transaction": sample.idle_in_transaction as f64 / sample.samples.max(1) as f64,
-                "mean_checked_out": sample.checked_out as f64 / sample.samples.max(1) as f64,
-                "executing_pct_of_checked_out": pct(sample.executing, sample.checked_out),
-                "in_transaction_pct_of_open": pct(sample.executing + sample.idle_in_transaction, sample.open),
-            });
+            let samples = outcome.pool.unwrap_or_default();
+            let steady = &samples.steady;
+            result.pool_utilisation_pct =
+                (steady.open > 0).then(|| steady.executing as f64 * 100.0 / steady.open as f64);
+            result.detail["pool"] = steady.describe();
+            result.detail["pool_whole_run"] = samples.whole.describe();
             result.measured = format!(
-                "{}; pool_utilisation_pct = sum over 5 ms samples of the sink's connections executing a statement (pg_stat_activity.state = 'active', including COMMIT waiting for the WAL flush) / sum of the sink's open connections (held by the pool); detail.pool also gives executing / checked out of the pool (deadpool status)",
-                result.measured
+                "{}; pool_utilisation_pct = sum over 5 ms samples from {} s into the run (the steady state: adaptive flush concurrency starts at flush_concurrency and settles within seconds; detail.pool_whole_run has the whole run) of the sink's connections executing a statement (pg_stat_activity.state = 'active', including COMMIT waiting for the WAL flush) / sum of the sink's open connections (held by the pool); detail.pool also gives executing / checked out of the pool (deadpool status) and the mean lanes allowed to write at once",
+                result.measured,
+                POOL_WARMUP.as_secs()
             );
             results.push(result);
         }
