@@ -16,6 +16,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// jemalloc instead of the system allocator: rows are allocated by one thread (an ingest
+/// reader, a benchmark's generator) and freed by another (a flush lane once its batch is
+/// durable), and glibc's malloc takes the allocating thread's arena lock for every such free.
+/// The profile of `sluice ingest --parse-only` had a quarter of its samples in that lock's
+/// futex waits and wakes; with jemalloc the same run takes 1.4-2.1 CPU s instead of 2.9-3.2,
+/// at the same peak RSS (bench/results/README.md, ingest-round4). mimalloc was as fast but
+/// kept 2-3x the memory resident.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",
