@@ -467,9 +467,11 @@ impl Value {
     }
 }
 
-/// What an allocation of `requested` bytes costs the process: the general-purpose allocators
-/// (glibc's among them) add a word of bookkeeping, round up to 16 bytes and hand out at least
-/// 32. Buffer limits count this, so a limit of N bytes holds about N bytes of memory.
+/// What an allocation of `requested` bytes costs the process, as glibc's malloc hands it out:
+/// a word of bookkeeping, rounded up to 16 bytes, at least 32. Buffer limits count this, so a
+/// limit of N bytes holds about N bytes of memory; allocators without a per-block header
+/// (jemalloc, which the `sluice` binary uses, or mimalloc) hand out a little less, so the
+/// limit errs on the safe side.
 pub fn allocated_bytes(requested: usize) -> usize {
     if requested == 0 {
         0
