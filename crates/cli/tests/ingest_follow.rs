@@ -31,12 +31,7 @@ fn spawn(args: &[&str], dir: &Path) -> Child {
 
 fn finish(child: Child) -> Output {
     let output = child.wait_with_output().unwrap();
-    eprintln!(
-        "sluice ingest: {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::show("sluice ingest", &output);
     output
 }
 

@@ -1133,13 +1133,13 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
                 }
             }
             finished = async { InFlight::outcome(&mut in_flight.as_mut().expect("guarded").done).await }, if in_flight.is_some() => {
-                let checkpoint = in_flight.take().expect("guarded");
-                if let Err(error) = finished {
-                    outcome = Err(error);
-                    break;
+                match in_flight.take().expect("guarded").settle(finished).await {
+                    Ok(position) => committed_position = Some(position),
+                    Err(error) => {
+                        outcome = Err(error);
+                        break;
+                    }
                 }
-                committed_position = Some(checkpoint.position);
-                checkpoint.ack.acknowledge().await;
             }
             _ = ticker.tick() => wanted |= dirty,
             chunk = receiver.recv() => match chunk {
@@ -1517,9 +1517,16 @@ impl InFlight {
             .map_err(|error| anyhow!("the checkpoint task failed: {error}"))?
     }
 
-    /// Waits for the checkpoint, acknowledges its messages and returns its position.
+    /// Waits for the checkpoint, then settles it.
     async fn finish(mut self) -> Result<SourcePosition> {
-        InFlight::outcome(&mut self.done).await?;
+        let finished = InFlight::outcome(&mut self.done).await;
+        self.settle(finished).await
+    }
+
+    /// With the checkpoint's result: once it committed, acknowledges its messages and returns
+    /// its position.
+    async fn settle(self, finished: Result<()>) -> Result<SourcePosition> {
+        finished?;
         self.ack.acknowledge().await;
         Ok(self.position)
     }

@@ -19,13 +19,18 @@ pub(crate) fn run(args: &[&str], dir: Option<&Path>) -> Output {
         command.current_dir(dir);
     }
     let output = command.output().expect("run sluice");
+    show(&format!("sluice ingest {args:?}"), &output);
+    output
+}
+
+/// Prints what a finished `sluice` run said, under `what`.
+pub(crate) fn show(what: &str, output: &Output) {
     eprintln!(
-        "sluice ingest {args:?}: {:?}\nstdout:\n{}\nstderr:\n{}",
+        "{what}: {:?}\nstdout:\n{}\nstderr:\n{}",
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    output
 }
 
 /// Rows of `sql` on the SQLite file `db`, each value as text (`NULL` for NULL).
