@@ -27,9 +27,10 @@
 //! ingest the table is compared with the COPY's (same row count, same sum of
 //! `hashtext(row::text)`) and no prepared transaction may be left.
 
+use crate::bench_sink::pg_connect;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
-use sluice_sink_postgres::tokio_postgres::{self, NoTls};
+use sluice_sink_postgres::tokio_postgres;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -183,18 +184,6 @@ fn generate(dir: &Path, rows: u64, seed: u64) -> Result<(u64, u64)> {
         std::fs::metadata(dir.join("rows.ndjson"))?.len(),
         std::fs::metadata(dir.join("rows.tsv"))?.len(),
     ))
-}
-
-async fn connect(url: &str) -> Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .context("connecting to PostgreSQL")?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(%error, "the benchmark's connection ended");
-        }
-    });
-    Ok(client)
 }
 
 /// Drops and creates `table` (and the ingest's dead letters and progress), then lets the
@@ -401,7 +390,7 @@ pub(crate) async fn run(args: IngestBenchArgs) -> Result<ExitCode> {
             (url, Some(cluster))
         }
     };
-    let client = connect(&url).await?;
+    let client = pg_connect(&url).await?;
     let conditions = conditions(&client).await?;
     println!("machine: {conditions}");
     let prepared_max: i64 = client

@@ -446,7 +446,8 @@ fn update_list(excluded: &str) -> String {
         .join(", ")
 }
 
-async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
+/// A plain connection for a benchmark's own statements (setup, raw limits, sampling).
+pub(crate) async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
         .context("connecting to PostgreSQL")?;

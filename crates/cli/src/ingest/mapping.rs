@@ -895,19 +895,7 @@ mod tests {
             "[1, 2]",
             "{\"a\": {\"b\": null}}",
         ];
-        let types = [
-            ColumnType::Bool,
-            ColumnType::I64,
-            ColumnType::F64,
-            ColumnType::Decimal,
-            ColumnType::Text,
-            ColumnType::Bytes,
-            ColumnType::Json,
-            ColumnType::Uuid,
-            ColumnType::Date,
-            ColumnType::Timestamp,
-            ColumnType::TimestampTz,
-        ];
+        let types = ColumnType::ALL;
         for text in texts {
             let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
             let value: JsonValue = serde_json::from_str(text).unwrap();
