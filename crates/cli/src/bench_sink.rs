@@ -13,7 +13,7 @@
 //! binary `COPY` in one transaction on one connection (upserts: `COPY` into a temporary table
 //! plus `INSERT ... ON CONFLICT` per transaction), SQLite one prepared statement in
 //! transactions of 100,000 rows on a connection with the sink's settings (WAL,
-//! `synchronous = FULL`, 4 KiB pages).
+//! `synchronous = FULL`, the sink's page size).
 //!
 //! Latency is per row, from the start of the `write` call that handed it over to the moment
 //! the program learnt it was durable; how that moment is observed is printed per scenario
@@ -36,7 +36,7 @@ use sluice_sink_postgres::tokio_postgres::types::{IsNull, ToSql, Type, to_sql_ch
 use sluice_sink_postgres::tokio_postgres::{self, NoTls};
 use sluice_sink_postgres::{APPLICATION_NAME, PostgresBackend, PostgresSinkOptions};
 use sluice_sink_sqlite::{SqliteBackend, SqliteSinkOptions};
-use sluice_sqlite::{Location, OpenOptions};
+use sluice_sqlite::Location;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -590,8 +590,10 @@ impl rusqlite::ToSql for SqliteValue<'_> {
 /// The SQLite limit: one prepared single-row statement, transactions of `txn_rows`, on a
 /// connection opened with the sink's settings.
 fn sqlite_raw(path: &Path, rows: &[Row], txn_rows: usize, upsert: bool) -> Result<Duration> {
-    let connection =
-        sluice_sqlite::open_connection(&OpenOptions::new(Location::File(path.into())), false)?;
+    let connection = sluice_sqlite::open_connection(
+        &SqliteSinkOptions::new(Location::File(path.into())).open,
+        false,
+    )?;
     let placeholders = vec!["?"; COLUMNS.len()].join(", ");
     let mut sql = format!(
         "INSERT INTO \"events\" ({}) VALUES ({placeholders})",
@@ -2106,9 +2108,10 @@ async fn print_conditions(db: &Db) -> Result<()> {
     );
     match db {
         Db::Sqlite { dir } => println!(
-            "SQLite {} in {} (WAL, synchronous=FULL, 4 KiB pages, one file per run)",
+            "SQLite {} in {} (WAL, synchronous=FULL, {} KiB pages, one file per run)",
             rusqlite::version(),
-            dir.path().display()
+            dir.path().display(),
+            SqliteSinkOptions::new(Location::Memory).open.page_size_bytes / 1024
         ),
         Db::Postgres { admin, .. } => {
             let rows = admin
