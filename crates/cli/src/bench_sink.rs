@@ -2111,7 +2111,10 @@ async fn print_conditions(db: &Db) -> Result<()> {
             "SQLite {} in {} (WAL, synchronous=FULL, {} KiB pages, one file per run)",
             rusqlite::version(),
             dir.path().display(),
-            SqliteSinkOptions::new(Location::Memory).open.page_size_bytes / 1024
+            SqliteSinkOptions::new(Location::Memory)
+                .open
+                .page_size_bytes
+                / 1024
         ),
         Db::Postgres { admin, .. } => {
             let rows = admin
