@@ -818,6 +818,11 @@ async fn sample_pool(
     }
 }
 
+/// `part` of `whole` in percent; none of nothing.
+fn pct(part: u64, whole: u64) -> Option<f64> {
+    (whole > 0).then(|| part as f64 * 100.0 / whole as f64)
+}
+
 impl PoolSample {
     fn add(&mut self, other: &PoolSample) {
         self.samples += other.samples;
@@ -828,13 +833,17 @@ impl PoolSample {
         self.flush_concurrency += other.flush_concurrency;
     }
 
+    /// Connections executing over connections open, in percent (`pool_utilisation_pct`).
+    fn utilisation_pct(&self) -> Option<f64> {
+        pct(self.executing, self.open)
+    }
+
     /// The figures of `detail.pool`.
     fn describe(&self) -> serde_json::Value {
-        let pct = |part: u64, whole: u64| (whole > 0).then(|| part as f64 * 100.0 / whole as f64);
         let mean = |sum: u64| sum as f64 / self.samples.max(1) as f64;
         serde_json::json!({
             "samples": self.samples,
-            "utilisation_pct": pct(self.executing, self.open),
+            "utilisation_pct": self.utilisation_pct(),
             "mean_open_connections": mean(self.open),
             "mean_executing": mean(self.executing),
             "mean_idle_in_transaction": mean(self.idle_in_transaction),
@@ -1750,8 +1759,7 @@ impl Bench {
                 .await?;
             let samples = outcome.pool.unwrap_or_default();
             let steady = &samples.steady;
-            result.pool_utilisation_pct =
-                (steady.open > 0).then(|| steady.executing as f64 * 100.0 / steady.open as f64);
+            result.pool_utilisation_pct = steady.utilisation_pct();
             result.detail["pool"] = steady.describe();
             result.detail["pool_whole_run"] = samples.whole.describe();
             result.measured = format!(
