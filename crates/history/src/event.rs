@@ -5,6 +5,7 @@ use std::collections::HashSet;
 /// Where a sub-orchestration reports its result: the parent's instance, execution and the
 /// command id under which the parent scheduled it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ParentLink {
     /// The parent instance.
     pub instance_id: String,
@@ -16,8 +17,14 @@ pub struct ParentLink {
 
 /// One entry of an execution's history. The serde encoding is the stored format: variants and
 /// fields may be added (with defaults) but never renamed or given another meaning.
+///
+/// Decoding is strict: a variant or a field this build does not know (a row written by a newer
+/// build, read after a rollback) is an error, never silently ignored, because the older code
+/// cannot tell whether what it would drop matters. Stores report it as corrupt data naming the
+/// row; the runtime retries the turn with backoff (a newer process may take it) and quarantines
+/// the instance past its delivery limit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Event {
     /// A turn began at this time; `now()` in the code returns it until the next turn.
     TurnStarted {
@@ -249,6 +256,23 @@ mod tests {
             r#"{"type":"activity_completed","id":3,"output":"ok"}"#
         );
         assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), event);
+    }
+
+    /// Rows of a newer build are refused, never half-read: an unknown variant, an unknown
+    /// field at the top or nested.
+    #[test]
+    fn unknown_variants_and_fields_are_errors() {
+        for text in [
+            r#"{"type":"activity_paused","id":3}"#,
+            r#"{"type":"activity_completed","id":3,"output":"ok","task_queue":"q"}"#,
+            r#"{"type":"activity_failed","id":3,"failure":{"code":"x","message":"y","retryable":false}}"#,
+            r#"{"type":"activity_scheduled","id":0,"name":"a","input":"","retry":{"max_attempts":2,"backoff":{"kind":"fixed","delay_ms":1,"jitter":true}}}"#,
+        ] {
+            let error = serde_json::from_str::<Event>(text).expect_err(text).to_string();
+            assert!(error.contains("unknown"), "{text}: {error}");
+        }
+        let text = r#"{"type":"event","name":"a","data":"b","priority":1}"#;
+        assert!(serde_json::from_str::<crate::Message>(text).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 /// A failure as recorded in history and reported to callers: a stable machine-readable `code`
 /// and a human-readable `message`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(deny_unknown_fields)]
 #[error("{code}: {message}")]
 pub struct Failure {
     /// A stable code from [`codes`] (or an application-defined one).
@@ -29,7 +30,8 @@ pub mod codes {
     pub const ACTIVITY_TIMED_OUT: &str = "activity_timed_out";
     /// An activity panicked.
     pub const ACTIVITY_PANICKED: &str = "activity_panicked";
-    /// No activity with that name is registered in the worker that took the work item.
+    /// No activity with that name was registered in the processes that took the work item
+    /// during the runtime's `handler_wait_max`.
     pub const ACTIVITY_NOT_REGISTERED: &str = "activity_not_registered";
     /// A work item was delivered more often than the poison limit allows.
     pub const POISONED: &str = "poisoned";
@@ -37,7 +39,8 @@ pub mod codes {
     pub const ORCHESTRATION_FAILED: &str = "orchestration_failed";
     /// The orchestration's code panicked.
     pub const ORCHESTRATION_PANICKED: &str = "orchestration_panicked";
-    /// No orchestration with that name is registered.
+    /// No orchestration with that name was registered in the processes that took its turns
+    /// during the runtime's `handler_wait_max`.
     pub const ORCHESTRATION_NOT_REGISTERED: &str = "orchestration_not_registered";
     /// The history no longer matches the code (see the `nondeterminism.*` codes).
     pub const NONDETERMINISM_PREFIX: &str = "nondeterminism";
@@ -55,4 +58,9 @@ pub mod codes {
     pub const CANCELLED: &str = "cancelled";
     /// Input or output could not be (de)serialised.
     pub const SERDE: &str = "serde";
+    /// A turn of the instance was delivered more often than the runtime's limit without being
+    /// committed (stored data it cannot decode, a store error, a panic, a process crash): the
+    /// instance is quarantined with this code and runs no turn until an operator acts.
+    pub const TURN_POISONED: &str = "turn_poisoned";
+
 }

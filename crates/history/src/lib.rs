@@ -49,6 +49,10 @@ pub enum InstanceStatus {
     Failed,
     /// Cancelled by a client or a cancelled parent.
     Cancelled,
+    /// Taken out of service: its turns failed more often than the runtime's limit (see
+    /// [`codes::TURN_POISONED`]; the reason is the instance's failure). Not final: it keeps
+    /// receiving messages, but no turn runs until an operator acts.
+    Quarantined,
 }
 
 impl InstanceStatus {
@@ -65,6 +69,7 @@ impl InstanceStatus {
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Quarantined => "quarantined",
         }
     }
 
@@ -76,6 +81,7 @@ impl InstanceStatus {
             "completed" => Self::Completed,
             "failed" => Self::Failed,
             "cancelled" => Self::Cancelled,
+            "quarantined" => Self::Quarantined,
             _ => return None,
         })
     }

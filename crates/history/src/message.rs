@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 ///
 /// Results carry the `execution_id` they belong to, so that a result arriving after a
 /// continue-as-new is dropped instead of being matched against the new execution's commands.
+///
+/// Decoding is strict, as for [`Event`]: unknown variants and fields are errors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Message {
     /// Start (or, after continue-as-new, restart) the instance.
     Start {

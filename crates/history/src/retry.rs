@@ -6,6 +6,7 @@ use std::time::Duration;
 /// Retries are durable: a failed attempt puts the work item back in the store, invisible until
 /// the backoff has passed, so a crash during the wait does not forget the retry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Attempts in total, the first included. 1 means no retry.
     pub max_attempts: u32,
@@ -17,7 +18,7 @@ pub struct RetryPolicy {
 
 /// The wait before a retry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Backoff {
     /// The same delay before every retry.
     Fixed {

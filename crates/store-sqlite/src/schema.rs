@@ -4,7 +4,7 @@ use rusqlite::Connection;
 use sluice_sqlite::SqliteError;
 
 /// The schema version this code writes.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 const V1: &str = "
 -- The history length is not stored: it is the history's largest position + 1 (a primary-key
@@ -55,6 +55,13 @@ CREATE TABLE activities (
 );
 ";
 
+/// Version 2: deliveries are counted per inbox message, durably, so that a turn that keeps
+/// failing or crashing its process is recognised after restarts. Counting on the message rows
+/// costs no extra write at commit: the commit deletes them anyway.
+const V2: &str = "
+ALTER TABLE inbox ADD COLUMN deliveries INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Brings the schema to [`SCHEMA_VERSION`]; refuses a database from a newer version.
 pub(crate) fn migrate(connection: &Connection) -> Result<(), SqliteError> {
     let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
@@ -65,9 +72,16 @@ pub(crate) fn migrate(connection: &Connection) -> Result<(), SqliteError> {
             ),
         )));
     }
-    if version < 1 {
+    if version < SCHEMA_VERSION {
+        let mut steps = String::new();
+        if version < 1 {
+            steps.push_str(V1);
+        }
+        if version < 2 {
+            steps.push_str(V2);
+        }
         connection.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            "BEGIN IMMEDIATE; {steps} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         ))?;
     }
     Ok(())

@@ -160,8 +160,11 @@ fn encode<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("history types always serialise")
 }
 
-fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
-    serde_json::from_str(text).map_err(|error| StoreError::Corrupt(format!("{error}: {text}")))
+/// Decodes a stored value; `row` names it in the error. The stored text itself is left out of
+/// the error (it may hold user data, and errors reach logs).
+fn decode<T: serde::de::DeserializeOwned>(text: &str, row: impl FnOnce() -> String) -> StoreResult<T> {
+    serde_json::from_str(text)
+        .map_err(|error| StoreError::Corrupt(format!("{} cannot be decoded: {error}", row())))
 }
 
 fn flatten<T>(result: Result<T, WriteError<StoreError>>) -> StoreResult<T> {
@@ -218,6 +221,84 @@ impl SqliteStore {
             leases: Arc::new(Mutex::new(Leases::default())),
             _lock_file: lock_file,
         })
+    }
+
+    /// Releases a turn's lock; its visible messages become visible again after `delay`. With
+    /// `uncount`, the delivery the fetch counted on them is taken back (messages that arrived
+    /// after the fetch have no count yet and keep it).
+    async fn unlock_turn(
+        &self,
+        instance_id: &str,
+        lock_token: u64,
+        delay: Duration,
+        uncount: bool,
+    ) -> StoreResult<()> {
+        let instance_id = instance_id.to_string();
+        let delay_ms = duration_ms(delay);
+        let leases = self.leases.clone();
+        self.write(move |connection, now| {
+            let mut held = lock_leases(&leases);
+            if !holds(&held.instances, instance_id.as_str(), token_of(lock_token), now) {
+                return Err(StoreError::LeaseLost("instance"));
+            }
+            held.instances.remove(instance_id.as_str());
+            drop(held);
+            if delay_ms > 0 || uncount {
+                connection
+                    .prepare_cached(
+                        "UPDATE inbox SET visible_at_ms = MAX(visible_at_ms, ?2),
+                            deliveries = CASE WHEN ?4 THEN MAX(deliveries - 1, 0) ELSE deliveries END
+                         WHERE instance_id = ?1 AND visible_at_ms <= ?3",
+                    )
+                    .and_then(|mut statement| {
+                        statement.execute(params![instance_id, now + delay_ms, now, uncount])
+                    })
+                    .map_err(db_error)?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.signals.orchestrations.notify_one();
+        Ok(())
+    }
+
+    /// Releases a work item's lock, invisible for `delay`; with `uncount` the fetch's attempt
+    /// is taken back.
+    async fn unlock_activity(
+        &self,
+        item_id: u64,
+        lock_token: u64,
+        delay: Duration,
+        uncount: bool,
+    ) -> StoreResult<()> {
+        let delay_ms = duration_ms(delay);
+        let leases = self.leases.clone();
+        self.write(move |connection, now| {
+            let item_id = i64::try_from(item_id).unwrap_or(-1);
+            if !holds(
+                &lock_leases(&leases).activities,
+                &item_id,
+                token_of(lock_token),
+                now,
+            ) {
+                return Err(StoreError::LeaseLost("activity"));
+            }
+            connection
+                .prepare_cached(
+                    "UPDATE activities SET visible_at_ms = ?2,
+                        attempt = CASE WHEN ?3 THEN MAX(attempt - 1, 0) ELSE attempt END
+                     WHERE item_id = ?1",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![item_id, now + delay_ms, uncount])
+                })
+                .map_err(db_error)?;
+            lock_leases(&leases).activities.remove(&item_id);
+            Ok(())
+        })
+        .await?;
+        self.signals.activities.notify_one();
+        Ok(())
     }
 
     /// The group-commit writer's counters.
@@ -280,7 +361,8 @@ fn insert_message_if_live(
         .prepare_cached(
             "INSERT INTO inbox (instance_id, visible_at_ms, message)
              SELECT ?1, ?2, ?3 WHERE EXISTS (
-                 SELECT 1 FROM instances WHERE instance_id = ?1 AND status IN ('pending', 'running'))",
+                 SELECT 1 FROM instances WHERE instance_id = ?1
+                 AND status IN ('pending', 'running', 'quarantined'))",
         )
         .and_then(|mut statement| {
             statement.execute(params![instance_id, visible_at_ms, encode(message)])
@@ -599,6 +681,7 @@ fn commit_turn_in(
             lock_token: u64::try_from(claim_token).unwrap_or(0),
             attempt: 1,
             activity,
+            unreadable: None,
         })
         .collect::<Vec<_>>();
     Ok(CommitEffects {
@@ -644,10 +727,13 @@ fn fetch_turns_in(
     // Leased instances may head the queue: ask for enough candidates to skip them.
     let leased = lock_leases(leases).instances.len();
     let limit = i64::try_from(max.saturating_add(leased)).unwrap_or(i64::MAX);
+    // Quarantined instances keep their messages but are not candidates (they would otherwise
+    // head the queue forever and starve the rest).
     let queued: Vec<String> = connection
         .prepare_cached(
-            "SELECT instance_id FROM inbox WHERE visible_at_ms <= ?1
-             GROUP BY instance_id ORDER BY MIN(message_id) LIMIT ?2",
+            "SELECT m.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id
+             WHERE m.visible_at_ms <= ?1 AND i.status != 'quarantined'
+             GROUP BY m.instance_id ORDER BY MIN(m.message_id) LIMIT ?2",
         )
         .and_then(|mut statement| {
             statement
@@ -687,23 +773,46 @@ fn fetch_turns_in(
         let Some((name, status, execution_id)) = row else {
             continue;
         };
-        let messages = connection
+        // Each fetch counts a delivery on what it hands out; the commit that consumes the
+        // messages deletes their counts with them.
+        let mut rows = connection
             .prepare_cached(
-                "SELECT message_id, message FROM inbox WHERE instance_id = ?1 AND visible_at_ms <= ?2
-                 ORDER BY message_id",
+                "UPDATE inbox SET deliveries = deliveries + 1
+                 WHERE instance_id = ?1 AND visible_at_ms <= ?2
+                 RETURNING message_id, message, deliveries",
             )
             .and_then(|mut statement| {
                 statement
                     .query_map(params![instance_id, now], |row| {
-                        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, i64>(2)?,
+                        ))
                     })?
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(db_error)?;
-        let messages = messages
-            .into_iter()
-            .map(|(id, text)| Ok((u64::try_from(id).unwrap_or(0), decode::<Message>(&text)?)))
-            .collect::<StoreResult<Vec<_>>>()?;
+        rows.sort_unstable_by_key(|(id, _, _)| *id);
+        let delivery = rows.iter().map(|(_, _, count)| *count).max().unwrap_or(1);
+        let mut unreadable = None;
+        let mut messages = Vec::with_capacity(rows.len());
+        for (id, text, _) in rows {
+            let row = || format!("inbox message {id} of instance '{instance_id}'");
+            match decode::<Message>(&text, row) {
+                Ok(message) => messages.push((u64::try_from(id).unwrap_or(0), message)),
+                Err(error) => {
+                    unreadable.get_or_insert_with(|| error.to_string());
+                }
+            }
+        }
+        let status = match parse_status(&status) {
+            Ok(status) => status,
+            Err(error) => {
+                unreadable.get_or_insert_with(|| format!("instance '{instance_id}': {error}"));
+                InstanceStatus::Running
+            }
+        };
         let history_len = history_len_of(connection, &instance_id, execution_id)?;
         lock_leases(leases).instances.insert(
             instance_id.clone(),
@@ -715,11 +824,13 @@ fn fetch_turns_in(
         turns.push(LockedTurn {
             instance_id,
             name,
-            status: parse_status(&status)?,
+            status,
             execution_id: u64::try_from(execution_id).unwrap_or(0),
             history_len: u64::try_from(history_len).unwrap_or(0),
             lock_token: u64::try_from(token).unwrap_or(0),
             messages,
+            delivery: u32::try_from(delivery).unwrap_or(u32::MAX).max(1),
+            unreadable,
         });
     }
     Ok(turns)
@@ -735,22 +846,36 @@ fn fetch_activities_in(
 ) -> StoreResult<Vec<ActivityWorkItem>> {
     let leased = lock_leases(leases).activities.len();
     let limit = i64::try_from(max.saturating_add(leased)).unwrap_or(i64::MAX);
-    let candidates: Vec<i64> = connection
+    let candidates: Vec<(i64, Option<String>)> = connection
         .prepare_cached(
-            "SELECT item_id FROM activities WHERE visible_at_ms <= ?1 ORDER BY item_id LIMIT ?2",
+            "SELECT a.item_id, i.status FROM activities a
+             LEFT JOIN instances i ON i.instance_id = a.instance_id
+             WHERE a.visible_at_ms <= ?1 ORDER BY a.item_id LIMIT ?2",
         )
         .and_then(|mut statement| {
             statement
-                .query_map(params![now, limit], |row| row.get(0))?
+                .query_map(params![now, limit], |row| Ok((row.get(0)?, row.get(1)?)))?
                 .collect()
         })
         .map_err(db_error)?;
     let mut items = Vec::new();
-    for item_id in candidates {
+    for (item_id, status) in candidates {
         if items.len() >= max {
             break;
         }
         if !is_free(&lock_leases(leases).activities, &item_id, now) {
+            continue;
+        }
+        // Work of a finished (or vanished) instance can no longer matter: it is deleted, never
+        // run (a crash may have left it after its instance was cancelled).
+        let finished = status
+            .as_deref()
+            .is_none_or(|status| InstanceStatus::parse(status).is_some_and(InstanceStatus::is_terminal));
+        if finished {
+            connection
+                .prepare_cached("DELETE FROM activities WHERE item_id = ?1")
+                .and_then(|mut statement| statement.execute(params![item_id]))
+                .map_err(db_error)?;
             continue;
         }
         // The attempt count is stored, so that a work item that keeps crashing its process is
@@ -782,6 +907,14 @@ fn fetch_activities_in(
                 until_ms: now + lease_ms,
             },
         );
+        let (retry, unreadable) = match retry
+            .as_deref()
+            .map(|text| decode(text, || format!("retry policy of activity work item {item_id}")))
+            .transpose()
+        {
+            Ok(retry) => (retry, None),
+            Err(error) => (None, Some(error.to_string())),
+        };
         items.push(ActivityWorkItem {
             item_id: u64::try_from(item_id).unwrap_or(0),
             lock_token: u64::try_from(token).unwrap_or(0),
@@ -792,8 +925,9 @@ fn fetch_activities_in(
                 activity_id: u64::try_from(activity_id).unwrap_or(0),
                 name,
                 input,
-                retry: retry.as_deref().map(decode).transpose()?,
+                retry,
             },
+            unreadable,
         });
     }
     Ok(items)
@@ -867,18 +1001,29 @@ impl Store for SqliteStore {
         let execution = i64::try_from(execution_id).unwrap_or(i64::MAX);
         let from = i64::try_from(from).unwrap_or(i64::MAX);
         self.read(move |connection, _now| {
-            let texts = connection
+            let rows = connection
                 .prepare_cached(
-                    "SELECT event FROM history WHERE instance_id = ?1 AND execution_id = ?2 AND position >= ?3
+                    "SELECT position, event FROM history
+                     WHERE instance_id = ?1 AND execution_id = ?2 AND position >= ?3
                      ORDER BY position",
                 )
                 .and_then(|mut statement| {
                     statement
-                        .query_map(params![instance_id, execution, from], |row| row.get::<_, String>(0))?
+                        .query_map(params![instance_id, execution, from], |row| {
+                            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                        })?
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .map_err(db_error)?;
-            texts.iter().map(|text| decode(text)).collect()
+            rows.iter()
+                .map(|(position, text)| {
+                    decode(text, || {
+                        format!(
+                            "history event {position} of instance '{instance_id}' execution {execution}"
+                        )
+                    })
+                })
+                .collect()
         })
         .await
     }
@@ -907,29 +1052,66 @@ impl Store for SqliteStore {
         lock_token: u64,
         delay: Duration,
     ) -> StoreResult<()> {
+        self.unlock_turn(instance_id, lock_token, delay, false).await
+    }
+
+    async fn release_turn(
+        &self,
+        instance_id: &str,
+        lock_token: u64,
+        delay: Duration,
+    ) -> StoreResult<()> {
+        self.unlock_turn(instance_id, lock_token, delay, true).await
+    }
+
+    async fn renew_turn_lease(
+        &self,
+        instance_id: &str,
+        lock_token: u64,
+        lease: Duration,
+    ) -> StoreResult<()> {
+        let now = self.clock.now_ms();
+        let mut held = lock_leases(&self.leases);
+        let token = token_of(lock_token);
+        if !holds(&held.instances, instance_id, token, now) {
+            return Err(StoreError::LeaseLost("instance"));
+        }
+        held.instances.insert(
+            instance_id.to_string(),
+            Lease {
+                token,
+                until_ms: now + duration_ms(lease),
+            },
+        );
+        Ok(())
+    }
+
+    async fn quarantine_turn(
+        &self,
+        instance_id: &str,
+        lock_token: u64,
+        reason: Failure,
+    ) -> StoreResult<()> {
         let instance_id = instance_id.to_string();
-        let delay_ms = duration_ms(delay);
         let leases = self.leases.clone();
         self.write(move |connection, now| {
             let mut held = lock_leases(&leases);
             if !holds(&held.instances, instance_id.as_str(), token_of(lock_token), now) {
                 return Err(StoreError::LeaseLost("instance"));
             }
+            connection
+                .prepare_cached(
+                    "UPDATE instances SET status = 'quarantined', failure = ?2, updated_at_ms = ?3
+                     WHERE instance_id = ?1",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![instance_id, encode(&reason), now])
+                })
+                .map_err(db_error)?;
             held.instances.remove(instance_id.as_str());
-            drop(held);
-            if delay_ms > 0 {
-                connection
-                    .prepare_cached(
-                        "UPDATE inbox SET visible_at_ms = ?2 WHERE instance_id = ?1 AND visible_at_ms <= ?3",
-                    )
-                    .and_then(|mut statement| statement.execute(params![instance_id, now + delay_ms, now]))
-                    .map_err(db_error)?;
-            }
             Ok(())
         })
-        .await?;
-        self.signals.orchestrations.notify_one();
-        Ok(())
+        .await
     }
 
     async fn fetch_activities(
@@ -1027,28 +1209,17 @@ impl Store for SqliteStore {
         lock_token: u64,
         delay: Duration,
     ) -> StoreResult<()> {
-        let delay_ms = duration_ms(delay);
-        let leases = self.leases.clone();
-        self.write(move |connection, now| {
-            let item_id = i64::try_from(item_id).unwrap_or(-1);
-            if !holds(
-                &lock_leases(&leases).activities,
-                &item_id,
-                token_of(lock_token),
-                now,
-            ) {
-                return Err(StoreError::LeaseLost("activity"));
-            }
-            connection
-                .prepare_cached("UPDATE activities SET visible_at_ms = ?2 WHERE item_id = ?1")
-                .and_then(|mut statement| statement.execute(params![item_id, now + delay_ms]))
-                .map_err(db_error)?;
-            lock_leases(&leases).activities.remove(&item_id);
-            Ok(())
-        })
-        .await?;
-        self.signals.activities.notify_one();
-        Ok(())
+        self.unlock_activity(item_id, lock_token, delay, false)
+            .await
+    }
+
+    async fn release_activity(
+        &self,
+        item_id: u64,
+        lock_token: u64,
+        delay: Duration,
+    ) -> StoreResult<()> {
+        self.unlock_activity(item_id, lock_token, delay, true).await
     }
 
     async fn instance(&self, instance_id: &str) -> StoreResult<Option<InstanceInfo>> {
@@ -1092,6 +1263,12 @@ impl Store for SqliteStore {
             else {
                 return Ok(None);
             };
+            let failure = failure
+                .as_deref()
+                .map(|text| {
+                    decode::<Failure>(text, || format!("failure of instance '{instance_id}'"))
+                })
+                .transpose()?;
             Ok(Some(InstanceInfo {
                 instance_id,
                 name,
@@ -1099,7 +1276,7 @@ impl Store for SqliteStore {
                 execution_id: u64::try_from(execution_id).unwrap_or(0),
                 input,
                 output,
-                failure: failure.as_deref().map(decode::<Failure>).transpose()?,
+                failure,
                 custom_status,
                 created_at_ms: created,
                 updated_at_ms: updated,

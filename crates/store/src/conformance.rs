@@ -679,6 +679,274 @@ pub async fn commits_claim_and_complete_activities<S: Store>(h: Harness<S>) {
     assert_eq!(store.read_history("a", 1, 0).await.unwrap().len(), 3);
 }
 
+/// A renewed turn lease outlives its first term: the instance is not handed out again and the
+/// holder's commit goes through; a lost or released lease cannot be renewed.
+pub async fn turn_lease_renewal<S: Store>(h: Harness<S>) {
+    let store = &h.store;
+    store.create_instance(new_instance("a")).await.unwrap();
+    let turn = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    for _ in 0..3 {
+        h.clock.advance_ms(LEASE_MS / 2);
+        store
+            .renew_turn_lease("a", turn.lock_token, LEASE)
+            .await
+            .unwrap();
+    }
+    // One and a half leases after the fetch: still held.
+    h.clock.advance_ms(LEASE_MS / 2);
+    assert!(
+        store.fetch_turns(1, LEASE, &[]).await.unwrap().is_empty(),
+        "a renewed lease holds"
+    );
+    let wrong = store
+        .renew_turn_lease("a", turn.lock_token.wrapping_add(1), LEASE)
+        .await;
+    assert!(matches!(wrong, Err(StoreError::LeaseLost(_))), "{wrong:?}");
+    store
+        .commit_turn(TurnCommit {
+            instance_id: "a".into(),
+            lock_token: turn.lock_token,
+            execution_id: 1,
+            history_from: 0,
+            append: vec![Event::TurnStarted { now_ms: 0 }],
+            consumed: turn.messages.iter().map(|(id, _)| *id).collect(),
+            status: Some(InstanceStatus::Running),
+            ..TurnCommit::default()
+        })
+        .await
+        .unwrap();
+    let released = store.renew_turn_lease("a", turn.lock_token, LEASE).await;
+    assert!(
+        matches!(released, Err(StoreError::LeaseLost(_))),
+        "{released:?}"
+    );
+    // An expired lease cannot be renewed either.
+    store
+        .enqueue_message("a", go_event(), None)
+        .await
+        .unwrap();
+    let turn = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    h.clock.advance_ms(LEASE_MS + 1);
+    let expired = store.renew_turn_lease("a", turn.lock_token, LEASE).await;
+    assert!(matches!(expired, Err(StoreError::LeaseLost(_))), "{expired:?}");
+}
+
+fn go_event() -> Message {
+    Message::Event {
+        name: "go".into(),
+        data: "1".into(),
+    }
+}
+
+/// Every fetch counts a delivery on what it hands out, whether the turn then fails, loses its
+/// lease or is released; a release takes its count back; consumed messages take their counts
+/// with them.
+pub async fn turn_deliveries_are_counted<S: Store>(h: Harness<S>) {
+    let store = &h.store;
+    store.create_instance(new_instance("a")).await.unwrap();
+    let fetch = || async {
+        store
+            .fetch_turns(1, LEASE, &[])
+            .await
+            .unwrap()
+            .pop()
+            .expect("a turn")
+    };
+    let first = fetch().await;
+    assert_eq!(first.delivery, 1);
+    assert_eq!(first.unreadable, None);
+    store
+        .abandon_turn("a", first.lock_token, Duration::ZERO)
+        .await
+        .unwrap();
+    let second = fetch().await;
+    assert_eq!(second.delivery, 2, "an abandoned turn counts");
+    h.clock.advance_ms(LEASE_MS + 1);
+    let third = fetch().await;
+    assert_eq!(third.delivery, 3, "a lost lease counts");
+    store
+        .release_turn("a", third.lock_token, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(
+        store.fetch_turns(1, LEASE, &[]).await.unwrap().is_empty(),
+        "released with a delay"
+    );
+    h.clock.advance_ms(100);
+    // A message that arrives meanwhile starts its own count; the turn reports the highest.
+    store
+        .enqueue_message("a", go_event(), None)
+        .await
+        .unwrap();
+    let fourth = fetch().await;
+    assert_eq!(fourth.delivery, 3, "a release takes its delivery back");
+    assert_eq!(fourth.messages.len(), 2);
+    store
+        .commit_turn(TurnCommit {
+            instance_id: "a".into(),
+            lock_token: fourth.lock_token,
+            execution_id: 1,
+            history_from: 0,
+            append: vec![Event::TurnStarted { now_ms: 0 }],
+            consumed: fourth.messages.iter().map(|(id, _)| *id).collect(),
+            status: Some(InstanceStatus::Running),
+            ..TurnCommit::default()
+        })
+        .await
+        .unwrap();
+    store
+        .enqueue_message("a", go_event(), None)
+        .await
+        .unwrap();
+    assert_eq!(fetch().await.delivery, 1, "a new message starts at one");
+}
+
+/// A quarantined instance keeps its messages and takes new ones, is handed out only when its
+/// caller asks for it by id, and shows its reason; only the lease holder can quarantine.
+pub async fn quarantine_takes_an_instance_out_of_service<S: Store>(h: Harness<S>) {
+    let store = &h.store;
+    started(store, "a", TurnCommit::default()).await;
+    store
+        .enqueue_message("a", go_event(), None)
+        .await
+        .unwrap();
+    store.create_instance(new_instance("b")).await.unwrap();
+    let turns = store.fetch_turns(10, LEASE, &[]).await.unwrap();
+    assert_eq!(turns.len(), 2);
+    let turn = turns.iter().find(|t| t.instance_id == "a").unwrap();
+    let other = turns.iter().find(|t| t.instance_id == "b").unwrap();
+    let reason = Failure::new(codes::TURN_POISONED, "delivered 3 times");
+    let stale = store
+        .quarantine_turn("a", turn.lock_token.wrapping_add(1), reason.clone())
+        .await;
+    assert!(matches!(stale, Err(StoreError::LeaseLost(_))), "{stale:?}");
+    store
+        .quarantine_turn("a", turn.lock_token, reason.clone())
+        .await
+        .unwrap();
+    store
+        .abandon_turn("b", other.lock_token, Duration::ZERO)
+        .await
+        .unwrap();
+    let info = store.instance("a").await.unwrap().unwrap();
+    assert_eq!(info.status, InstanceStatus::Quarantined);
+    assert_eq!(info.failure, Some(reason));
+    assert!(!info.status.is_terminal());
+    store
+        .enqueue_message("a", go_event(), None)
+        .await
+        .unwrap();
+    let turns = store.fetch_turns(10, LEASE, &[]).await.unwrap();
+    assert_eq!(turns.len(), 1, "only the healthy instance");
+    assert_eq!(turns[0].instance_id, "b");
+    let held = store
+        .fetch_turns(1, LEASE, &["a".to_string()])
+        .await
+        .unwrap()
+        .pop()
+        .expect("asked for by id");
+    assert_eq!(held.instance_id, "a");
+    assert_eq!(held.status, InstanceStatus::Quarantined);
+    assert_eq!(held.messages.len(), 2, "messages kept, new ones taken");
+}
+
+/// Work of a finished instance is never handed out, even when a holder left it behind (a crash
+/// after the instance was cancelled): the fetch deletes it.
+pub async fn activities_of_finished_instances_are_not_handed_out<S: Store>(h: Harness<S>) {
+    let store = &h.store;
+    let held = started_with_one_activity(store).await;
+    store
+        .enqueue_message(
+            "a",
+            Message::Cancel {
+                reason: "stop".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let turn = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    store
+        .commit_turn(TurnCommit {
+            instance_id: "a".into(),
+            lock_token: turn.lock_token,
+            execution_id: 1,
+            history_from: 1,
+            append: vec![Event::Cancelled {
+                reason: "stop".into(),
+            }],
+            consumed: turn.messages.iter().map(|(id, _)| *id).collect(),
+            status: Some(InstanceStatus::Cancelled),
+            failure: Some(Failure::new(codes::CANCELLED, "stop")),
+            outstanding_activities: true,
+            ..TurnCommit::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .renew_activity_lease(held.item_id, held.lock_token, LEASE)
+            .await
+            .unwrap(),
+        "the holder learns that the result is not wanted"
+    );
+    // The holder dies; its lease runs out.
+    h.clock.advance_ms(LEASE_MS + 1);
+    assert!(store.fetch_activities(10, LEASE).await.unwrap().is_empty());
+    assert_eq!(store.next_wake_at().await.unwrap(), None, "nothing left");
+}
+
+/// A released work item (it did not run) keeps its attempt count; a retried one counts.
+pub async fn released_activities_keep_their_attempt<S: Store>(h: Harness<S>) {
+    let store = &h.store;
+    let first = started_with_one_activity(store).await;
+    assert_eq!(first.attempt, 1);
+    assert_eq!(first.unreadable, None);
+    store
+        .release_activity(first.item_id, first.lock_token, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(store.fetch_activities(1, LEASE).await.unwrap().is_empty());
+    h.clock.advance_ms(200);
+    let again = store
+        .fetch_activities(1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(again.attempt, 1, "a release takes its attempt back");
+    let stale = store
+        .release_activity(first.item_id, first.lock_token, Duration::ZERO)
+        .await;
+    assert!(matches!(stale, Err(StoreError::LeaseLost(_))), "{stale:?}");
+    store
+        .retry_activity(again.item_id, again.lock_token, Duration::ZERO)
+        .await
+        .unwrap();
+    let retried = store
+        .fetch_activities(1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(retried.attempt, 2);
+}
+
 /// Declares one `#[tokio::test]` per conformance check. `$factory` is an async expression
 /// evaluating to a [`Harness`].
 #[macro_export]
@@ -695,7 +963,12 @@ macro_rules! conformance_tests {
             events_are_never_dropped_silently,
             continue_as_new_starts_a_new_execution,
             child_start_with_taken_id_fails_the_parent_command,
-            commits_claim_and_complete_activities
+            commits_claim_and_complete_activities,
+            turn_lease_renewal,
+            turn_deliveries_are_counted,
+            quarantine_takes_an_instance_out_of_service,
+            activities_of_finished_instances_are_not_handed_out,
+            released_activities_keep_their_attempt
         );
     };
     (@each $factory:expr; $($check:ident),*) => {

@@ -8,7 +8,15 @@
 //! with a fresh lock token; the holder commits with that token. A commit whose lease was lost
 //! (expired, or taken over by another fetch) is rejected with [`StoreError::LeaseLost`] and
 //! changes nothing. A turn commit is atomic: history append, consumed messages, new work items,
-//! timers, messages to other instances and the status change all happen, or none does.
+//! timers, messages to other instances and the status change all happen, or none does. Holders
+//! renew leases while they work ([`Store::renew_turn_lease`], [`Store::renew_activity_lease`]),
+//! so a turn or an activity of any length commits once.
+//!
+//! Deliveries are counted durably, turns like activities: every fetch counts one on what it
+//! hands out, so that work which keeps failing, or keeps crashing its process, is recognised
+//! and taken out of service ([`Store::quarantine_turn`]) instead of looping. A row that cannot
+//! be decoded affects only its own instance or work item (see [`LockedTurn::unreadable`]).
+//! Work of a finished instance is never handed out.
 //!
 //! Every store passes the conformance suite in [`conformance`] (feature `conformance`).
 #![warn(missing_docs)]
@@ -93,10 +101,12 @@ pub trait Store: Send + Sync + 'static {
         start_if_missing: Option<NewInstance>,
     ) -> StoreResult<()>;
 
-    /// Locks up to `max` instances that have visible messages and are not locked, for `lease`,
-    /// and returns each with its visible messages. Instances listed in `also` are locked too
-    /// (when they exist and are not locked) even without visible messages, ahead of the others:
-    /// the caller holds results for them in memory.
+    /// Locks up to `max` instances that have visible messages and are not locked or
+    /// quarantined, for `lease`, and returns each with its visible messages, counting a
+    /// delivery on each of them. Instances listed in `also` are locked too (when they exist and
+    /// are not locked, whatever their status) even without visible messages, ahead of the
+    /// others: the caller holds results for them in memory. A row that cannot be decoded does
+    /// not fail the fetch: its turn comes back with [`LockedTurn::unreadable`] set.
     async fn fetch_turns(
         &self,
         max: usize,
@@ -117,8 +127,8 @@ pub trait Store: Send + Sync + 'static {
     /// [`TurnCommit::claim_activities`]).
     async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<Vec<ActivityWorkItem>>;
 
-    /// Releases an instance lock without changes; its messages become visible again after
-    /// `delay`.
+    /// Releases an instance lock without changes after a failed turn; its messages become
+    /// visible again after `delay`. The fetch's delivery stays counted.
     async fn abandon_turn(
         &self,
         instance_id: &str,
@@ -126,7 +136,40 @@ pub trait Store: Send + Sync + 'static {
         delay: Duration,
     ) -> StoreResult<()>;
 
+    /// Releases an instance lock without changes for a turn that did not run (no handler in
+    /// this process, shutdown): like [`Store::abandon_turn`], but the fetch's delivery is
+    /// taken back, so waiting does not count toward the poison limit.
+    async fn release_turn(
+        &self,
+        instance_id: &str,
+        lock_token: u64,
+        delay: Duration,
+    ) -> StoreResult<()>;
+
+    /// Extends a turn's lease to `lease` from now, while the turn is still being built or
+    /// committed. [`StoreError::LeaseLost`] when the token no longer holds it.
+    async fn renew_turn_lease(
+        &self,
+        instance_id: &str,
+        lock_token: u64,
+        lease: Duration,
+    ) -> StoreResult<()>;
+
+    /// Takes the instance out of service: its status becomes
+    /// [`InstanceStatus::Quarantined`](sluice_history::InstanceStatus::Quarantined) with
+    /// `reason` as its failure, and the lock is released. Its messages stay (with their
+    /// delivery counts); it keeps receiving more, but [`Store::fetch_turns`] hands it out only
+    /// through `also`, so no turn runs until an operator acts.
+    async fn quarantine_turn(
+        &self,
+        instance_id: &str,
+        lock_token: u64,
+        reason: sluice_history::Failure,
+    ) -> StoreResult<()>;
+
     /// Locks up to `max` visible activity work items for `lease`, counting an attempt on each.
+    /// Work items of finished instances are deleted, not handed out. A work item that cannot be
+    /// decoded comes back with [`ActivityWorkItem::unreadable`] set.
     async fn fetch_activities(
         &self,
         max: usize,
@@ -152,6 +195,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Releases a work item for another attempt, invisible for `delay`.
     async fn retry_activity(
+        &self,
+        item_id: u64,
+        lock_token: u64,
+        delay: Duration,
+    ) -> StoreResult<()>;
+
+    /// Releases a work item that did not run (no handler in this process, shutdown), invisible
+    /// for `delay`: like [`Store::retry_activity`], but the fetch's attempt is taken back.
+    async fn release_activity(
         &self,
         item_id: u64,
         lock_token: u64,

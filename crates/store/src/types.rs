@@ -43,8 +43,18 @@ pub struct LockedTurn {
     pub history_len: u64,
     /// The lock token to commit with.
     pub lock_token: u64,
-    /// Visible messages, oldest first, with their ids.
+    /// Visible messages, oldest first, with their ids (only the decodable ones when
+    /// `unreadable` is set).
     pub messages: Vec<(u64, Message)>,
+    /// How many times these messages have been handed out without being consumed, this fetch
+    /// included: the highest count among them, 1 for a turn without messages. Every fetch
+    /// counts, and the count survives restarts, so errors, lost leases and process crashes all
+    /// add up; [`Store::release_turn`](crate::Store::release_turn) takes a fetch's count back.
+    pub delivery: u32,
+    /// Set when a stored row of this instance (a message, its status) cannot be decoded, for
+    /// example one written by a newer build: what and why, naming the row. Such a turn must not
+    /// run; it is locked like any other so that its caller can back off or quarantine it.
+    pub unreadable: Option<String>,
 }
 
 /// What a turn writes, atomically.
@@ -134,8 +144,11 @@ pub struct ActivityWorkItem {
     pub lock_token: u64,
     /// Which attempt this is (1 for the first delivery; crashes count too).
     pub attempt: u32,
-    /// The activity.
+    /// The activity (with `retry: None` when `unreadable` is set).
     pub activity: NewActivity,
+    /// Set when a stored field of the work item (its retry policy) cannot be decoded, naming
+    /// the row. Such an item must not run: its holder retries it later or fails it.
+    pub unreadable: Option<String>,
 }
 
 /// How an activity ended.
