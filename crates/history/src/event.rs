@@ -268,7 +268,9 @@ mod tests {
             r#"{"type":"activity_failed","id":3,"failure":{"code":"x","message":"y","retryable":false}}"#,
             r#"{"type":"activity_scheduled","id":0,"name":"a","input":"","retry":{"max_attempts":2,"backoff":{"kind":"fixed","delay_ms":1,"jitter":true}}}"#,
         ] {
-            let error = serde_json::from_str::<Event>(text).expect_err(text).to_string();
+            let error = serde_json::from_str::<Event>(text)
+                .expect_err(text)
+                .to_string();
             assert!(error.contains("unknown"), "{text}: {error}");
         }
         let text = r#"{"type":"event","name":"a","data":"b","priority":1}"#;

@@ -62,5 +62,4 @@ pub mod codes {
     /// committed (stored data it cannot decode, a store error, a panic, a process crash): the
     /// instance is quarantined with this code and runs no turn until an operator acts.
     pub const TURN_POISONED: &str = "turn_poisoned";
-
 }

@@ -1,12 +1,18 @@
 //! One orchestration turn: messages in, replay, commit out.
 
+use crate::handoff::LocalResult;
+use crate::metrics;
+use crate::poison::backoff;
 use crate::runtime::Shared;
+use crate::task::{AbortOnDrop, CatchUnwind};
 use crate::worker;
 use sluice_history::{
     Event, Failure, InstanceStatus, Message, ParentLink, codes, pending_children,
 };
 use sluice_replay::{TurnOutcome, run_turn};
-use sluice_store::{LockedTurn, NewActivity, NewInstance, Outbound, StoreError, TurnCommit};
+use sluice_store::{
+    ActivityResult, LockedTurn, NewActivity, NewInstance, Outbound, StoreError, TurnCommit,
+};
 use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -14,18 +20,102 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::task::TaskTracker;
 
+/// Why a turn was not built.
+enum TurnError {
+    /// This process lacks the orchestration's code (and the wait for one that has it is not
+    /// over): the turn is given back, not counted.
+    NoHandler,
+    /// Anything else: counted, retried with backoff, quarantined past the limit.
+    Failed { code: &'static str, message: String },
+}
+
+impl From<StoreError> for TurnError {
+    fn from(error: StoreError) -> Self {
+        TurnError::Failed {
+            code: error.code(),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Stable codes of turn failures that are not store errors.
+const PANICKED: &str = "runtime.panicked";
+
 pub(crate) async fn process_turn(shared: &Arc<Shared>, tracker: &TaskTracker, turn: LockedTurn) {
     let instance_id = turn.instance_id.clone();
     let lock_token = turn.lock_token;
     let local = shared.handoff.take(&instance_id);
+    if turn.status == InstanceStatus::Quarantined {
+        // Fetched only for results parked here: they go to its inbox, durably, and wait there
+        // with the rest of its messages.
+        flush_results(shared, local).await;
+        release(shared, &instance_id, lock_token, Duration::ZERO).await;
+        return;
+    }
+    // The store counts deliveries of stored messages; a turn of results held in memory has
+    // none, so failures here count too.
+    let delivery = turn
+        .delivery
+        .max(shared.turn_failures.count(&instance_id).saturating_add(1));
+    let deliveries_max = shared.options.turn_deliveries_max;
+    let _renewer = AbortOnDrop(
+        tokio::spawn(renew_turn_lease(
+            shared.clone(),
+            instance_id.clone(),
+            lock_token,
+        ))
+        .abort_handle(),
+    );
+    let attempt = TurnAttempt {
+        instance_id: &instance_id,
+        lock_token,
+        delivery,
+    };
+    if let Some(unreadable) = turn.unreadable.clone() {
+        let failure = StoreError::Corrupt(unreadable).into();
+        attempt.fail(shared, local, failure).await;
+        return;
+    }
+    if delivery > deliveries_max {
+        // Earlier deliveries ended without an answer: each crashed its process or lost its
+        // lease (a failure seen by the runtime quarantines at the limit itself).
+        let reason = Failure::new(
+            codes::TURN_POISONED,
+            format!(
+                "the turn was delivered {delivery} times without a commit (limit \
+                 {deliveries_max}); the earlier deliveries ended without an answer: the process \
+                 crashed or lost the lease during the turn"
+            ),
+        );
+        attempt.quarantine(shared, local, reason).await;
+        return;
+    }
     let local_messages: Vec<Message> = local.iter().map(|result| result.message.clone()).collect();
-    let (mut commit, history) = match build_commit(shared, turn, local_messages).await {
-        Ok(built) => built,
-        Err(error) => {
+    let built = CatchUnwind(Box::pin(build_commit(shared, turn, local_messages))).await;
+    let (mut commit, history) = match built {
+        Ok(Ok(built)) => built,
+        Ok(Err(TurnError::NoHandler)) => {
             shared.cache.remove(&instance_id);
             shared.handoff.restore(&instance_id, local);
-            tracing::error!(%instance_id, %error, "preparing a turn failed");
-            abandon(shared, &instance_id, lock_token).await;
+            metrics::handler_missing("orchestration");
+            let delay = shared.options.poll_interval;
+            shared.turn_failures.defer(
+                &instance_id,
+                shared.clock.now_ms().saturating_add(millis(delay)),
+            );
+            release(shared, &instance_id, lock_token, delay).await;
+            return;
+        }
+        Ok(Err(failure)) => {
+            attempt.fail(shared, local, failure).await;
+            return;
+        }
+        Err(panic) => {
+            let failure = TurnError::Failed {
+                code: PANICKED,
+                message: format!("building the turn panicked: {panic}"),
+            };
+            attempt.fail(shared, local, failure).await;
             return;
         }
     };
@@ -51,6 +141,8 @@ pub(crate) async fn process_turn(shared: &Arc<Shared>, tracker: &TaskTracker, tu
         Ok(claimed) => {
             // Committed: the parked results are recorded; their slots and renewals end here.
             drop(local);
+            shared.turn_failures.clear(&instance_id);
+            shared.handler_wait.clear(&instance_id);
             for item in claimed {
                 let slot = slots
                     .pop()
@@ -67,29 +159,150 @@ pub(crate) async fn process_turn(shared: &Arc<Shared>, tracker: &TaskTracker, tu
                 shared.cancel_activities_of(&instance_id);
             }
         }
-        Err(error) => {
+        Err(StoreError::LeaseLost(_)) => {
             shared.cache.remove(&instance_id);
             shared.handoff.restore(&instance_id, local);
-            match error {
-                StoreError::LeaseLost(_) => {
-                    tracing::warn!(%instance_id, "turn discarded: its lease was lost")
-                }
-                error => {
-                    tracing::error!(%instance_id, %error, "committing a turn failed");
-                    abandon(shared, &instance_id, lock_token).await;
-                }
+            metrics::turn_lease_lost();
+            tracing::warn!(%instance_id, "turn discarded: its lease was lost");
+        }
+        Err(error) => attempt.fail(shared, local, error.into()).await,
+    }
+}
+
+/// The delivery of a turn being processed, for its unhappy endings.
+struct TurnAttempt<'a> {
+    instance_id: &'a str,
+    lock_token: u64,
+    delivery: u32,
+}
+
+impl TurnAttempt<'_> {
+    /// A failed delivery: given back with backoff, or past the limit quarantined.
+    async fn fail(&self, shared: &Shared, local: Vec<LocalResult>, failure: TurnError) {
+        let TurnError::Failed { code, message } = failure else {
+            unreachable!("a missing handler is not a failure");
+        };
+        let instance_id = self.instance_id;
+        shared.cache.remove(instance_id);
+        metrics::turn_failed(code);
+        let (delivery, limit) = (self.delivery, shared.options.turn_deliveries_max);
+        if delivery >= limit {
+            let reason = Failure::new(
+                codes::TURN_POISONED,
+                format!(
+                    "the turn was delivered {delivery} times without a commit (limit {limit}); \
+                     the last delivery failed with {code}: {message}"
+                ),
+            );
+            self.quarantine(shared, local, reason).await;
+            return;
+        }
+        let options = &shared.options;
+        let delay = backoff(
+            delivery,
+            options.turn_retry_delay_min,
+            options.turn_retry_delay_max,
+        );
+        tracing::error!(
+            %instance_id,
+            delivery,
+            limit,
+            ?delay,
+            code,
+            %message,
+            "turn failed; it is tried again after a backoff"
+        );
+        shared.handoff.restore(instance_id, local);
+        shared.turn_failures.record(
+            instance_id,
+            shared.clock.now_ms().saturating_add(millis(delay)),
+        );
+        if let Err(error) = shared
+            .store
+            .abandon_turn(instance_id, self.lock_token, delay)
+            .await
+        {
+            tracing::warn!(%instance_id, %error, "abandoning a turn failed; its lease will expire");
+        }
+    }
+
+    /// Takes the instance out of service with `reason`. Results held for it go to its inbox
+    /// first, so nothing waits in memory for a turn that will not come.
+    async fn quarantine(&self, shared: &Shared, local: Vec<LocalResult>, reason: Failure) {
+        let instance_id = self.instance_id;
+        shared.cache.remove(instance_id);
+        tracing::error!(%instance_id, %reason, "instance quarantined: it runs no turn until an operator acts");
+        flush_results(shared, local).await;
+        match shared
+            .store
+            .quarantine_turn(instance_id, self.lock_token, reason)
+            .await
+        {
+            Ok(()) => {
+                metrics::turn_quarantined();
+                shared.turn_failures.clear(instance_id);
+                shared.handler_wait.clear(instance_id);
+            }
+            Err(error) => {
+                tracing::warn!(%instance_id, %error, "quarantining failed; the turn is delivered again when its lease expires");
             }
         }
     }
 }
 
-async fn abandon(shared: &Shared, instance_id: &str, lock_token: u64) {
+/// Records parked activity results in their instances' inboxes (durably), releasing what they
+/// hold. A result whose work item lease was lost is dropped: the item runs again elsewhere.
+pub(crate) async fn flush_results(shared: &Shared, results: Vec<LocalResult>) {
+    for result in results {
+        let outcome = match result.message.clone() {
+            Message::ActivityCompleted { output, .. } => ActivityResult::Completed(output),
+            Message::ActivityFailed { failure, .. } => ActivityResult::Failed(failure),
+            _ => continue,
+        };
+        if let Err(error) = shared
+            .store
+            .complete_activity(result.item_id, result.lock_token, outcome)
+            .await
+        {
+            tracing::warn!(%error, instance_id = %result.instance_id, "recording a held activity result failed; it will run again");
+        }
+    }
+}
+
+/// Gives a turn back uncounted (it did not run).
+async fn release(shared: &Shared, instance_id: &str, lock_token: u64, delay: Duration) {
     if let Err(error) = shared
         .store
-        .abandon_turn(instance_id, lock_token, Duration::from_secs(1))
+        .release_turn(instance_id, lock_token, delay)
         .await
     {
-        tracing::warn!(%instance_id, %error, "abandoning a turn failed; its lease will expire");
+        tracing::warn!(%instance_id, %error, "releasing a turn failed; its lease will expire");
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Renews a turn's lease every third of it until aborted (when the turn ends) or lost.
+async fn renew_turn_lease(shared: Arc<Shared>, instance_id: String, lock_token: u64) {
+    let lease = shared.options.turn_lease;
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        match shared
+            .store
+            .renew_turn_lease(&instance_id, lock_token, lease)
+            .await
+        {
+            Ok(()) => metrics::turn_lease_renewed(),
+            Err(StoreError::LeaseLost(_)) => {
+                tracing::warn!(%instance_id, "turn lease lost while the turn ran; its commit will be refused");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%instance_id, %error, "turn lease renewal failed; trying again");
+            }
+        }
     }
 }
 
@@ -105,7 +318,7 @@ async fn build_commit(
     shared: &Shared,
     turn: LockedTurn,
     local: Vec<Message>,
-) -> Result<(TurnCommit, Option<Arc<Vec<Event>>>), StoreError> {
+) -> Result<(TurnCommit, Option<Arc<Vec<Event>>>), TurnError> {
     let consumed: Vec<u64> = turn.messages.iter().map(|(id, _)| *id).collect();
     let mut commit = TurnCommit {
         instance_id: turn.instance_id.clone(),
@@ -151,12 +364,12 @@ async fn build_commit(
         ),
     };
     if history.len() as u64 != turn.history_len {
-        return Err(StoreError::Corrupt(format!(
+        return Err(TurnError::from(StoreError::Corrupt(format!(
             "instance '{}' has {} history events, its row says {}",
             turn.instance_id,
             history.len(),
             turn.history_len
-        )));
+        ))));
     }
     let now_ms = shared.clock.now_ms();
     let mut new_events = vec![Event::TurnStarted { now_ms }];
@@ -227,10 +440,10 @@ async fn build_commit(
     }
     let Some(parent) = started else {
         // Nothing can run before the start message; leave the messages for later.
-        return Err(StoreError::Contract(format!(
+        return Err(TurnError::from(StoreError::Contract(format!(
             "instance '{}' has messages but no start",
             turn.instance_id
-        )));
+        ))));
     };
 
     if let Some(reason) = cancel {
@@ -255,9 +468,32 @@ async fn build_commit(
     }
 
     let Some(orchestration) = shared.registry.orchestrations.get(&turn.name) else {
+        // A rolling deploy: another process may have the code. Wait for it, up to
+        // `handler_wait_max`, then fail the instance.
+        match shared
+            .handler_wait
+            .missing(&turn.instance_id, shared.clock.now_ms())
+        {
+            None => {
+                tracing::warn!(
+                    instance_id = %turn.instance_id,
+                    orchestration = %turn.name,
+                    wait_max = ?shared.options.handler_wait_max,
+                    "no orchestration of this name is registered here; waiting for a process that has it"
+                );
+                return Err(TurnError::NoHandler);
+            }
+            Some(false) => return Err(TurnError::NoHandler),
+            Some(true) => {}
+        }
+        shared.handler_wait.clear(&turn.instance_id);
         let failure = Failure::new(
             codes::ORCHESTRATION_NOT_REGISTERED,
-            format!("no orchestration named '{}' is registered", turn.name),
+            format!(
+                "no orchestration named '{}' is registered, and no process took the instance \
+                 within handler_wait_max ({:?})",
+                turn.name, shared.options.handler_wait_max
+            ),
         );
         commit.append = new_events;
         commit.append.push(Event::OrchestrationFailed {

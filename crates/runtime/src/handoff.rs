@@ -6,11 +6,11 @@
 //! commit the work item stays in the store, leased (and renewed) by this process: if the process
 //! dies first, the activity runs again after restart, and its result is still recorded once.
 
+use crate::task::AbortOnDrop;
 use sluice_history::Message;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::task::AbortHandle;
 
 /// A result waiting for its instance's next turn.
 pub(crate) struct LocalResult {
@@ -23,15 +23,6 @@ pub(crate) struct LocalResult {
     pub(crate) _slot: OwnedSemaphorePermit,
     /// Keeps the work item's lease renewed until the result is committed.
     pub(crate) _renewer: AbortOnDrop,
-}
-
-/// Aborts a task when dropped.
-pub(crate) struct AbortOnDrop(pub(crate) AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Results by instance, and the instances whose turn this runtime is processing.
@@ -82,12 +73,13 @@ impl Handoff {
         self.results().keys().any(|id| !in_turn.contains(id))
     }
 
-    /// Up to `max` instances with parked results that no turn of ours is processing.
-    pub(crate) fn ready_instances(&self, max: usize) -> Vec<String> {
+    /// Up to `max` instances with parked results that no turn of ours is processing and that
+    /// `wait` does not hold back.
+    pub(crate) fn ready_instances(&self, max: usize, wait: impl Fn(&str) -> bool) -> Vec<String> {
         let in_turn = self.in_turn();
         self.results()
             .keys()
-            .filter(|id| !in_turn.contains(*id))
+            .filter(|id| !in_turn.contains(*id) && !wait(id))
             .take(max)
             .cloned()
             .collect()

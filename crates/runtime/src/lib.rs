@@ -15,13 +15,17 @@ mod client;
 mod dispatcher;
 mod error;
 mod handoff;
+mod metrics;
+mod poison;
 mod registry;
 mod runtime;
+mod task;
 mod worker;
 
 pub use activity::ActivityContext;
 pub use client::{Client, StartOutcome};
 pub use error::ClientError;
+pub use metrics::{MetricKind, MetricName};
 pub use registry::{Activity, BoxedActivityFuture, Registry};
 pub use runtime::{Runtime, RuntimeOptions};
 

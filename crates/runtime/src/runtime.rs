@@ -1,10 +1,9 @@
 use crate::cache::HistoryCache;
 use crate::client::Client;
 use crate::handoff::Handoff;
+use crate::poison::{HandlerWait, TurnFailures};
 use crate::registry::Registry;
 use crate::{dispatcher, worker};
-use sluice_history::Message;
-use sluice_store::ActivityResult;
 use sluice_store::{Clock, Store, SystemClock};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +19,8 @@ pub struct RuntimeOptions {
     pub orchestration_concurrency: usize,
     /// Activities run at the same time.
     pub activity_concurrency: usize,
-    /// How long a fetched turn stays locked to this runtime.
+    /// How long a fetched turn stays locked to this runtime; renewed every third of it while
+    /// the turn runs, so a turn of any length commits once.
     pub turn_lease: Duration,
     /// How long a fetched activity stays locked; renewed every third of it while running.
     pub activity_lease: Duration,
@@ -33,6 +33,20 @@ pub struct RuntimeOptions {
     /// Activity work items this runtime holds at once: waiting to run, running, or with a
     /// result waiting for its turn. Bounds memory and what a crash makes run again.
     pub activity_held_max: usize,
+    /// Deliveries of one turn without a commit (stored data this build cannot decode, a store
+    /// error, a panic, a crash of the process) before the instance is quarantined with
+    /// `turn_poisoned`. Deliveries are counted by the store, so crashes count too.
+    pub turn_deliveries_max: u32,
+    /// Backoff after a failed turn: this before the second delivery, doubled for each further
+    /// one, up to `turn_retry_delay_max`. Also the backoff of undecodable activity work items.
+    pub turn_retry_delay_min: Duration,
+    /// The longest backoff after a failed turn.
+    pub turn_retry_delay_max: Duration,
+    /// How long work whose orchestration or activity this process does not have waits for a
+    /// process that has it (a rolling deploy) before it fails as `orchestration_not_registered`
+    /// or `activity_not_registered`. Meanwhile it is given back every `poll_interval`, counted
+    /// in `sluice_runtime_handler_missing_total`, and not counted as a delivery.
+    pub handler_wait_max: Duration,
 }
 
 impl Default for RuntimeOptions {
@@ -48,6 +62,13 @@ impl Default for RuntimeOptions {
             activity_deliveries_max: 100,
             history_cache_instances_max: 10_000,
             activity_held_max: 4_096,
+            // A crash loop or a persistent error quarantines after 20 deliveries; with the
+            // backoff below a persistent error takes about 12 minutes to get there, so a store
+            // outage of a few minutes quarantines nothing.
+            turn_deliveries_max: 20,
+            turn_retry_delay_min: Duration::from_millis(100),
+            turn_retry_delay_max: Duration::from_secs(60),
+            handler_wait_max: Duration::from_secs(300),
         }
     }
 }
@@ -69,6 +90,10 @@ pub(crate) struct Shared {
     pub(crate) run_slots: Arc<Semaphore>,
     /// Work items held at once (`activity_held_max`).
     pub(crate) held_slots: Arc<Semaphore>,
+    /// Turns that failed in this process, and their backoff.
+    pub(crate) turn_failures: TurnFailures,
+    /// Work this process lacks the code for, since when.
+    pub(crate) handler_wait: HandlerWait,
 }
 
 impl Shared {
@@ -116,6 +141,10 @@ impl Runtime {
             options.activity_held_max >= options.activity_concurrency,
             "activity_held_max must be >= activity_concurrency"
         );
+        assert!(
+            options.turn_deliveries_max > 0,
+            "turn_deliveries_max must be > 0"
+        );
         let shared = Arc::new(Shared {
             cache: HistoryCache::new(options.history_cache_instances_max),
             store,
@@ -127,6 +156,8 @@ impl Runtime {
             handoff: Handoff::default(),
             run_slots: Arc::new(Semaphore::new(options.activity_concurrency)),
             held_slots: Arc::new(Semaphore::new(options.activity_held_max)),
+            turn_failures: TurnFailures::default(),
+            handler_wait: HandlerWait::new(options.handler_wait_max),
             options,
         });
         let tracker = TaskTracker::new();
@@ -175,21 +206,7 @@ impl Runtime {
             let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
         }
         // Results that no turn recorded yet go to the store's inbox, durably.
-        for result in self.shared.handoff.drain_all() {
-            let outcome = match result.message.clone() {
-                Message::ActivityCompleted { output, .. } => ActivityResult::Completed(output),
-                Message::ActivityFailed { failure, .. } => ActivityResult::Failed(failure),
-                _ => continue,
-            };
-            if let Err(error) = self
-                .shared
-                .store
-                .complete_activity(result.item_id, result.lock_token, outcome)
-                .await
-            {
-                tracing::warn!(%error, instance_id = %result.instance_id, "flushing an activity result at shutdown failed; it will run again");
-            }
-        }
+        dispatcher::flush_results(&self.shared, self.shared.handoff.drain_all()).await;
     }
 }
 
@@ -231,7 +248,11 @@ async fn fetch_loop(shared: Arc<Shared>, tracker: TaskTracker, slots: Arc<Semaph
         }
         let fetched = match kind {
             Kind::Turns => {
-                let also = shared.handoff.ready_instances(permits.len());
+                // Instances backing off after a failed turn wait, even with results parked.
+                let now = shared.clock.now_ms();
+                let also = shared.handoff.ready_instances(permits.len(), |id| {
+                    shared.turn_failures.backing_off(id, now)
+                });
                 shared
                     .store
                     .fetch_turns(permits.len(), shared.options.turn_lease, &also)
@@ -250,7 +271,8 @@ async fn fetch_loop(shared: Arc<Shared>, tracker: TaskTracker, slots: Arc<Semaph
                                 dispatcher::process_turn(&shared, &task_tracker, turn).await;
                                 shared.handoff.end_turn(&instance_id);
                                 // Parked results (of this or any instance skipped meanwhile)
-                                // need a turn: wake the fetch loop.
+                                // need a turn: wake the fetch loop (backing-off instances are
+                                // left out of its fetch, and their time is in its sleep).
                                 if shared.handoff.has_ready() {
                                     shared.store.signals().orchestrations.notify_one();
                                 }
@@ -297,7 +319,7 @@ async fn fetch_loop(shared: Arc<Shared>, tracker: TaskTracker, slots: Arc<Semaph
         // Nothing visible: sleep until woken, the next due time, or the fallback interval.
         let now = shared.clock.now_ms();
         let poll_ms = i64::try_from(shared.options.poll_interval.as_millis()).unwrap_or(i64::MAX);
-        let wake_at = match shared.store.next_wake_at().await {
+        let mut wake_at = match shared.store.next_wake_at().await {
             Ok(Some(at)) => at.min(now.saturating_add(poll_ms)),
             Ok(None) => now.saturating_add(poll_ms),
             Err(error) => {
@@ -305,6 +327,9 @@ async fn fetch_loop(shared: Arc<Shared>, tracker: TaskTracker, slots: Arc<Semaph
                 now.saturating_add(poll_ms)
             }
         };
+        if let (Kind::Turns, Some(retry_at)) = (kind, shared.turn_failures.next_retry_at(now)) {
+            wake_at = wake_at.min(retry_at);
+        }
         let sleep_ms = u64::try_from(wake_at.saturating_sub(now).max(0)).unwrap_or(0);
         tokio::select! {
             () = signal(&shared, kind).notified() => {}

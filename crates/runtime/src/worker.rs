@@ -1,12 +1,16 @@
 //! Running one activity attempt: lease renewal, timeout, retry, completion.
 
 use crate::activity::ActivityContext;
-use crate::handoff::{AbortOnDrop, LocalResult};
+use crate::handoff::LocalResult;
+use crate::metrics;
+use crate::poison::backoff;
 use crate::runtime::Shared;
+use crate::task::{AbortOnDrop, CatchUnwind};
 use sluice_history::Message;
 use sluice_history::{Failure, codes};
 use sluice_store::{ActivityWorkItem, StoreError};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -26,56 +30,146 @@ pub(crate) async fn process_activity(
     item: ActivityWorkItem,
     slot: OwnedSemaphorePermit,
 ) {
-    let renewer =
-        AbortOnDrop(tokio::spawn(renew_lease(shared.clone(), item.clone())).abort_handle());
+    // Registered before anything waits, so that the end of its instance stops the item
+    // wherever it is (waiting for a run slot included), not only once it runs.
+    let cancellation = CancellationToken::new();
+    let lease_lost = Arc::new(AtomicBool::new(false));
+    let renewer = AbortOnDrop(
+        tokio::spawn(renew_lease(
+            shared.clone(),
+            item.clone(),
+            cancellation.clone(),
+            lease_lost.clone(),
+        ))
+        .abort_handle(),
+    );
     let activity = &item.activity;
-    let outcome = if item.attempt > shared.options.activity_deliveries_max {
+    let item_key = item.item_id.to_string();
+    register(shared, &activity.instance_id, item.item_id, &cancellation);
+    let _registration = Registration {
+        shared,
+        instance_id: &activity.instance_id,
+        item_id: item.item_id,
+    };
+    let deliveries_max = shared.options.activity_deliveries_max;
+    let outcome = if item.attempt > deliveries_max {
         Attempt::Failed(Failure::new(
             codes::POISONED,
             format!(
-                "activity '{}' was delivered {} times (limit {}); the work item is poisoned",
-                activity.name, item.attempt, shared.options.activity_deliveries_max
+                "activity '{}' was delivered {} times (limit {deliveries_max}); the work item is \
+                 poisoned{}",
+                activity.name,
+                item.attempt,
+                item.unreadable
+                    .as_deref()
+                    .map(|why| format!(": {why}"))
+                    .unwrap_or_default()
             ),
         ))
+    } else if let Some(unreadable) = &item.unreadable {
+        // A newer build may read it: back off like a failed turn, count the attempt.
+        let options = &shared.options;
+        let delay = backoff(
+            item.attempt,
+            options.turn_retry_delay_min,
+            options.turn_retry_delay_max,
+        );
+        tracing::error!(
+            instance_id = %activity.instance_id,
+            activity = %activity.name,
+            attempt = item.attempt,
+            ?delay,
+            %unreadable,
+            "activity work item cannot be decoded; it is tried again after a backoff"
+        );
+        if let Err(error) = shared
+            .store
+            .retry_activity(item.item_id, item.lock_token, delay)
+            .await
+        {
+            log_store_error(&item, &error);
+        }
+        return;
     } else {
         match shared.registry.activities.get(&activity.name) {
-            None => Attempt::Failed(Failure::new(
-                codes::ACTIVITY_NOT_REGISTERED,
-                format!("no activity named '{}' is registered", activity.name),
-            )),
+            None => match shared
+                .handler_wait
+                .missing(&item_key, shared.clock.now_ms())
+            {
+                Some(true) => {
+                    shared.handler_wait.clear(&item_key);
+                    Attempt::Failed(Failure::new(
+                        codes::ACTIVITY_NOT_REGISTERED,
+                        format!(
+                            "no activity named '{}' is registered, and no process took the work \
+                             item within handler_wait_max ({:?})",
+                            activity.name, shared.options.handler_wait_max
+                        ),
+                    ))
+                }
+                first_or_waiting => {
+                    if first_or_waiting.is_none() {
+                        tracing::warn!(
+                            instance_id = %activity.instance_id,
+                            activity = %activity.name,
+                            wait_max = ?shared.options.handler_wait_max,
+                            "no activity of this name is registered here; waiting for a process that has it"
+                        );
+                    }
+                    metrics::handler_missing("activity");
+                    release(shared, &item, shared.options.poll_interval).await;
+                    return;
+                }
+            },
             Some(code) => {
-                let run_slot = tokio::select! {
-                    permit = shared.run_slots.clone().acquire_owned() => permit.expect("never closed"),
-                    () = shared.shutdown.cancelled() => {
-                        release(shared, &item).await;
-                        return;
+                let run_slot = match shared.run_slots.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        let permit = tokio::select! {
+                            permit = shared.run_slots.clone().acquire_owned() => permit.expect("never closed"),
+                            () = cancellation.cancelled() => return stopped_before_start(shared, &item).await,
+                            () = shared.shutdown.cancelled() => {
+                                release(shared, &item, Duration::ZERO).await;
+                                return;
+                            }
+                        };
+                        // It waited: its instance may have ended meanwhile (in another
+                        // process, or before this item was registered).
+                        match shared
+                            .store
+                            .renew_activity_lease(
+                                item.item_id,
+                                item.lock_token,
+                                shared.options.activity_lease,
+                            )
+                            .await
+                        {
+                            Ok(true) => {}
+                            Ok(false) => return stopped_before_start(shared, &item).await,
+                            Err(error) => {
+                                log_store_error(&item, &error);
+                                return;
+                            }
+                        }
+                        permit
                     }
                 };
-                let outcome = run_attempt(shared, &item, code.clone()).await;
+                let outcome = run_attempt(shared, &item, code.clone(), &cancellation).await;
                 // The slot is for running code; bookkeeping below does not hold it.
                 drop(run_slot);
                 outcome
             }
         }
     };
-    let message = |result: Result<String, Failure>| {
-        let (execution_id, id) = (activity.execution_id, activity.activity_id);
-        match result {
-            Ok(output) => Message::ActivityCompleted {
-                execution_id,
-                id,
-                output,
-            },
-            Err(failure) => Message::ActivityFailed {
-                execution_id,
-                id,
-                failure,
-            },
-        }
-    };
+    shared.handler_wait.clear(&item_key);
+    if lease_lost.load(Ordering::SeqCst) {
+        // Another delivery owns the item now; whatever this one produced is not recorded.
+        log_store_error(&item, &StoreError::LeaseLost("activity"));
+        return;
+    }
     let final_result = match outcome {
         Attempt::Cancelled if shared.shutdown.is_cancelled() => {
-            release(shared, &item).await;
+            release(shared, &item, Duration::ZERO).await;
             return;
         }
         Attempt::Cancelled => Err(Failure::new(
@@ -108,23 +202,71 @@ pub(crate) async fn process_activity(
             _ => Err(failure),
         },
     };
+    park(shared, item.clone(), final_result, slot, renewer);
+}
+
+/// Hands a final result to the dispatcher: the instance's next turn records it.
+fn park(
+    shared: &Shared,
+    item: ActivityWorkItem,
+    result: Result<String, Failure>,
+    slot: OwnedSemaphorePermit,
+    renewer: AbortOnDrop,
+) {
+    let (execution_id, id) = (item.activity.execution_id, item.activity.activity_id);
+    let message = match result {
+        Ok(output) => Message::ActivityCompleted {
+            execution_id,
+            id,
+            output,
+        },
+        Err(failure) => Message::ActivityFailed {
+            execution_id,
+            id,
+            failure,
+        },
+    };
     shared.handoff.push(LocalResult {
         item_id: item.item_id,
         lock_token: item.lock_token,
-        instance_id: activity.instance_id.clone(),
-        message: message(final_result),
+        instance_id: item.activity.instance_id,
+        message,
         _slot: slot,
         _renewer: renewer,
     });
     shared.store.signals().orchestrations.notify_one();
 }
 
-/// Gives a work item back at shutdown, visible at once, so a restart takes it without waiting
-/// for its lease.
-async fn release(shared: &Shared, item: &ActivityWorkItem) {
+/// The instance ended while the item waited to run: it never starts. Its work item is
+/// released uncounted; the store deletes it (work of a finished instance is never handed out).
+async fn stopped_before_start(shared: &Shared, item: &ActivityWorkItem) {
+    tracing::debug!(
+        instance_id = %item.activity.instance_id,
+        activity = %item.activity.name,
+        "activity not started: its instance ended"
+    );
+    release(shared, item, Duration::ZERO).await;
+}
+
+/// Unregisters a held item's cancellation token when its processing ends, however it ends.
+struct Registration<'a> {
+    shared: &'a Shared,
+    instance_id: &'a str,
+    item_id: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        unregister(self.shared, self.instance_id, self.item_id);
+    }
+}
+
+/// Gives a work item back uncounted (it did not run): at shutdown, visible at once, so a
+/// restart takes it without waiting for its lease; without a handler, after `delay`.
+async fn release(shared: &Shared, item: &ActivityWorkItem, delay: Duration) {
     if let Err(error) = shared
         .store
-        .retry_activity(item.item_id, item.lock_token, Duration::ZERO)
+        .release_activity(item.item_id, item.lock_token, delay)
         .await
     {
         log_store_error(item, &error);
@@ -152,10 +294,9 @@ async fn run_attempt(
     shared: &Arc<Shared>,
     item: &ActivityWorkItem,
     code: Arc<dyn crate::registry::Activity>,
+    cancellation: &CancellationToken,
 ) -> Attempt {
     let activity = &item.activity;
-    let cancellation = CancellationToken::new();
-    register(shared, &activity.instance_id, item.item_id, &cancellation);
     let lease = shared.options.activity_lease;
     let ctx = ActivityContext {
         instance_id: activity.instance_id.clone(),
@@ -190,7 +331,7 @@ async fn run_attempt(
             Ok(Ok(Err(failure))) => Attempt::Failed(failure),
             Ok(Err(panic)) => Attempt::Failed(Failure::new(
                 codes::ACTIVITY_PANICKED,
-                format!("activity '{}' panicked: {}", activity.name, panic_text(panic.as_ref())),
+                format!("activity '{}' panicked: {panic}", activity.name),
             )),
             Err(limit) => {
                 cancellation.cancel();
@@ -202,41 +343,18 @@ async fn run_attempt(
         },
         () = cancellation.cancelled() => Attempt::Cancelled,
     };
-    unregister(shared, &activity.instance_id, item.item_id);
     outcome
-}
-
-/// Polls an activity future, turning a panic into an error value.
-struct CatchUnwind(crate::registry::BoxedActivityFuture);
-
-impl std::future::Future for CatchUnwind {
-    type Output = Result<Result<String, Failure>, Box<dyn std::any::Any + Send>>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let future = &mut self.0;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-            Ok(std::task::Poll::Ready(result)) => std::task::Poll::Ready(Ok(result)),
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Err(panic) => std::task::Poll::Ready(Err(panic)),
-        }
-    }
-}
-
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|text| text.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-text panic payload".to_string())
 }
 
 /// Renews the item's lease every third of it, from the moment it is held until its result is
 /// committed; cancels the running attempt when the lease is lost or the instance no longer
 /// wants the result.
-async fn renew_lease(shared: Arc<Shared>, item: ActivityWorkItem) {
+async fn renew_lease(
+    shared: Arc<Shared>,
+    item: ActivityWorkItem,
+    cancellation: CancellationToken,
+    lease_lost: Arc<AtomicBool>,
+) {
     let lease = shared.options.activity_lease;
     loop {
         tokio::time::sleep(lease / 3).await;
@@ -247,12 +365,16 @@ async fn renew_lease(shared: Arc<Shared>, item: ActivityWorkItem) {
         {
             Ok(true) => {}
             Ok(false) => shared.cancel_activities_of(&item.activity.instance_id),
+            Err(StoreError::LeaseLost(_)) => {
+                // Only this item stops (its siblings hold leases of their own), and it records
+                // nothing: the item's next holder will.
+                tracing::warn!(instance_id = %item.activity.instance_id, activity = %item.activity.name, "activity lease lost");
+                lease_lost.store(true, Ordering::SeqCst);
+                cancellation.cancel();
+                return;
+            }
             Err(error) => {
                 tracing::warn!(instance_id = %item.activity.instance_id, %error, "activity lease renewal failed");
-                if matches!(error, StoreError::LeaseLost(_)) {
-                    shared.cancel_activities_of(&item.activity.instance_id);
-                    return;
-                }
             }
         }
     }

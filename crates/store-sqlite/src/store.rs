@@ -162,7 +162,10 @@ fn encode<T: serde::Serialize>(value: &T) -> String {
 
 /// Decodes a stored value; `row` names it in the error. The stored text itself is left out of
 /// the error (it may hold user data, and errors reach logs).
-fn decode<T: serde::de::DeserializeOwned>(text: &str, row: impl FnOnce() -> String) -> StoreResult<T> {
+fn decode<T: serde::de::DeserializeOwned>(
+    text: &str,
+    row: impl FnOnce() -> String,
+) -> StoreResult<T> {
     serde_json::from_str(text)
         .map_err(|error| StoreError::Corrupt(format!("{} cannot be decoded: {error}", row())))
 }
@@ -868,9 +871,9 @@ fn fetch_activities_in(
         }
         // Work of a finished (or vanished) instance can no longer matter: it is deleted, never
         // run (a crash may have left it after its instance was cancelled).
-        let finished = status
-            .as_deref()
-            .is_none_or(|status| InstanceStatus::parse(status).is_some_and(InstanceStatus::is_terminal));
+        let finished = status.as_deref().is_none_or(|status| {
+            InstanceStatus::parse(status).is_some_and(InstanceStatus::is_terminal)
+        });
         if finished {
             connection
                 .prepare_cached("DELETE FROM activities WHERE item_id = ?1")
@@ -909,7 +912,11 @@ fn fetch_activities_in(
         );
         let (retry, unreadable) = match retry
             .as_deref()
-            .map(|text| decode(text, || format!("retry policy of activity work item {item_id}")))
+            .map(|text| {
+                decode(text, || {
+                    format!("retry policy of activity work item {item_id}")
+                })
+            })
             .transpose()
         {
             Ok(retry) => (retry, None),
@@ -1052,7 +1059,8 @@ impl Store for SqliteStore {
         lock_token: u64,
         delay: Duration,
     ) -> StoreResult<()> {
-        self.unlock_turn(instance_id, lock_token, delay, false).await
+        self.unlock_turn(instance_id, lock_token, delay, false)
+            .await
     }
 
     async fn release_turn(
@@ -1096,7 +1104,12 @@ impl Store for SqliteStore {
         let leases = self.leases.clone();
         self.write(move |connection, now| {
             let mut held = lock_leases(&leases);
-            if !holds(&held.instances, instance_id.as_str(), token_of(lock_token), now) {
+            if !holds(
+                &held.instances,
+                instance_id.as_str(),
+                token_of(lock_token),
+                now,
+            ) {
                 return Err(StoreError::LeaseLost("instance"));
             }
             connection

@@ -726,10 +726,7 @@ pub async fn turn_lease_renewal<S: Store>(h: Harness<S>) {
         "{released:?}"
     );
     // An expired lease cannot be renewed either.
-    store
-        .enqueue_message("a", go_event(), None)
-        .await
-        .unwrap();
+    store.enqueue_message("a", go_event(), None).await.unwrap();
     let turn = store
         .fetch_turns(1, LEASE, &[])
         .await
@@ -738,7 +735,10 @@ pub async fn turn_lease_renewal<S: Store>(h: Harness<S>) {
         .unwrap();
     h.clock.advance_ms(LEASE_MS + 1);
     let expired = store.renew_turn_lease("a", turn.lock_token, LEASE).await;
-    assert!(matches!(expired, Err(StoreError::LeaseLost(_))), "{expired:?}");
+    assert!(
+        matches!(expired, Err(StoreError::LeaseLost(_))),
+        "{expired:?}"
+    );
 }
 
 fn go_event() -> Message {
@@ -784,10 +784,7 @@ pub async fn turn_deliveries_are_counted<S: Store>(h: Harness<S>) {
     );
     h.clock.advance_ms(100);
     // A message that arrives meanwhile starts its own count; the turn reports the highest.
-    store
-        .enqueue_message("a", go_event(), None)
-        .await
-        .unwrap();
+    store.enqueue_message("a", go_event(), None).await.unwrap();
     let fourth = fetch().await;
     assert_eq!(fourth.delivery, 3, "a release takes its delivery back");
     assert_eq!(fourth.messages.len(), 2);
@@ -804,10 +801,7 @@ pub async fn turn_deliveries_are_counted<S: Store>(h: Harness<S>) {
         })
         .await
         .unwrap();
-    store
-        .enqueue_message("a", go_event(), None)
-        .await
-        .unwrap();
+    store.enqueue_message("a", go_event(), None).await.unwrap();
     assert_eq!(fetch().await.delivery, 1, "a new message starts at one");
 }
 
@@ -816,10 +810,7 @@ pub async fn turn_deliveries_are_counted<S: Store>(h: Harness<S>) {
 pub async fn quarantine_takes_an_instance_out_of_service<S: Store>(h: Harness<S>) {
     let store = &h.store;
     started(store, "a", TurnCommit::default()).await;
-    store
-        .enqueue_message("a", go_event(), None)
-        .await
-        .unwrap();
+    store.enqueue_message("a", go_event(), None).await.unwrap();
     store.create_instance(new_instance("b")).await.unwrap();
     let turns = store.fetch_turns(10, LEASE, &[]).await.unwrap();
     assert_eq!(turns.len(), 2);
@@ -842,10 +833,7 @@ pub async fn quarantine_takes_an_instance_out_of_service<S: Store>(h: Harness<S>
     assert_eq!(info.status, InstanceStatus::Quarantined);
     assert_eq!(info.failure, Some(reason));
     assert!(!info.status.is_terminal());
-    store
-        .enqueue_message("a", go_event(), None)
-        .await
-        .unwrap();
+    store.enqueue_message("a", go_event(), None).await.unwrap();
     let turns = store.fetch_turns(10, LEASE, &[]).await.unwrap();
     assert_eq!(turns.len(), 1, "only the healthy instance");
     assert_eq!(turns[0].instance_id, "b");
