@@ -1,0 +1,20 @@
+//! The PostgreSQL implementation of Sluice's [`Store`](sluice_store::Store): many worker
+//! processes, on many machines, share one database.
+//!
+//! Work is claimed with `FOR UPDATE SKIP LOCKED` under leases judged by the database's clock
+//! (`statement_timestamp()`, through the schema's `now_ms` function), never a worker's. Every
+//! claim takes a fresh token from a sequence, and every later write of that claim (commit,
+//! completion, renewal, release) matches it and the lease's end in the same statement, so a
+//! process whose lease was taken over (paused, partitioned, slow) can never write.
+//!
+//! Where this store stands: it passes the store conformance suite. Not built yet (see issue
+//! 15's note): LISTEN/NOTIFY wake-ups across processes (other processes' work is found by the
+//! runtime's fallback poll), group commit of several turns per transaction, fetching only
+//! registered names, TLS.
+#![warn(missing_docs)]
+
+mod schema;
+mod store;
+
+pub use schema::MigrateError;
+pub use store::{APPLICATION_NAME, PostgresStore, PostgresStoreError, PostgresStoreOptions};
