@@ -4,7 +4,7 @@ use crate::handoff::Handoff;
 use crate::poison::{HandlerWait, TurnFailures};
 use crate::registry::Registry;
 use crate::{dispatcher, worker};
-use sluice_store::{Clock, Store, SystemClock};
+use sluice_store::{Clock, Store, SystemClock, Work};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -319,7 +319,11 @@ async fn fetch_loop(shared: Arc<Shared>, tracker: TaskTracker, slots: Arc<Semaph
         // Nothing visible: sleep until woken, the next due time, or the fallback interval.
         let now = shared.clock.now_ms();
         let poll_ms = i64::try_from(shared.options.poll_interval.as_millis()).unwrap_or(i64::MAX);
-        let mut wake_at = match shared.store.next_wake_at().await {
+        let work = match kind {
+            Kind::Turns => Work::Turns,
+            Kind::Activities => Work::Activities,
+        };
+        let mut wake_at = match shared.store.next_wake_at(work).await {
             Ok(Some(at)) => at.min(now.saturating_add(poll_ms)),
             Ok(None) => now.saturating_add(poll_ms),
             Err(error) => {

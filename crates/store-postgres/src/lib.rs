@@ -7,14 +7,17 @@
 //! completion, renewal, release) matches it and the lease's end in the same statement, so a
 //! process whose lease was taken over (paused, partitioned, slow) can never write.
 //!
-//! Where this store stands: it passes the store conformance suite. Not built yet (see issue
-//! 15's note): LISTEN/NOTIFY wake-ups across processes (other processes' work is found by the
-//! runtime's fallback poll), group commit of several turns per transaction, fetching only
-//! registered names, TLS.
+//! Processes wake each other with LISTEN/NOTIFY, coalesced (see `wake.rs`); the runtime's
+//! slow poll is only the fallback.
+//!
+//! Where this store stands: it passes the store conformance suite and its multi-process
+//! checks. Not built yet (see issue 15's note): group commit of several turns per transaction,
+//! fetching only registered names, TLS.
 #![warn(missing_docs)]
 
 mod schema;
 mod store;
+mod wake;
 
 pub use schema::MigrateError;
 pub use store::{APPLICATION_NAME, PostgresStore, PostgresStoreError, PostgresStoreOptions};

@@ -1,4 +1,5 @@
 use crate::schema::{self, MigrateError};
+use crate::wake::{self, AbortOnDrop, Announcer, ListenerState};
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Object, Pool};
@@ -6,11 +7,12 @@ use sluice_history::{Event, Failure, InstanceStatus, Message, TimestampMs, codes
 use sluice_postgres::{ConnectError, ConnectOptions, PoolOptions};
 use sluice_store::{
     ActivityResult, ActivityWorkItem, Clock, InstanceInfo, LockedTurn, NewActivity, NewInstance,
-    Outbound, Signals, Store, StoreError, StoreResult, TurnCommit,
+    Outbound, Signals, Store, StoreError, StoreResult, TurnCommit, Work,
 };
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 /// The `application_name` of the store's connections unless the URL sets one.
@@ -57,6 +59,11 @@ pub struct PostgresStoreOptions {
     pub pool_acquire_timeout: Duration,
     /// Longest wait to open one connection, unless the URL says. Default: 10 s.
     pub connect_timeout: Duration,
+    /// Wake other processes with NOTIFY and listen for theirs (one more connection). Turn it
+    /// off behind a pooler in transaction mode (PgBouncer), where LISTEN does not work: the
+    /// runtime's poll interval then bounds how late other processes' work is noticed.
+    /// Default: on.
+    pub listen: bool,
 }
 
 impl PostgresStoreOptions {
@@ -68,6 +75,7 @@ impl PostgresStoreOptions {
             pool_connections_max: 4,
             pool_acquire_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            listen: true,
         })
     }
 
@@ -92,6 +100,12 @@ pub struct PostgresStore {
     signals: Arc<Signals>,
     /// `None`: the database's clock. A test clock is passed to every statement instead.
     clock: Option<Arc<dyn Clock>>,
+    announcer: Option<Arc<Announcer>>,
+    listener: Arc<ListenerState>,
+    /// When the last fetch of each kind began (database clock), for `next_wake_at`.
+    fetched_turns_at: AtomicI64,
+    fetched_activities_at: AtomicI64,
+    _tasks: Vec<AbortOnDrop>,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -160,7 +174,9 @@ struct Sql {
     complete_activity: String,
     unlock_activity: String,
     instance: String,
-    next_wake_at: String,
+    next_wake_turns: String,
+    next_wake_activities: String,
+    now: String,
     count_by_status: String,
 }
 
@@ -350,12 +366,16 @@ impl Sql {
                         created_at_ms, updated_at_ms
                  FROM {s}.instances WHERE instance_id = $1",
             ),
-            next_wake_at: sql(
+            next_wake_turns: sql(
                 "SELECT LEAST(
-                    (SELECT min(visible_at_ms) FROM {s}.inbox WHERE visible_at_ms > {s}.now_ms($1)),
-                    (SELECT min(visible_at_ms) FROM {s}.activities WHERE visible_at_ms > {s}.now_ms($1)),
+                    (SELECT min(visible_at_ms) FROM {s}.inbox WHERE visible_at_ms > $2),
                     (SELECT min(locked_until_ms) FROM {s}.instances WHERE locked_until_ms > {s}.now_ms($1)))",
             ),
+            // A work item's lease is its visibility: one minimum covers both.
+            next_wake_activities: sql(
+                "SELECT min(visible_at_ms) FROM {s}.activities WHERE visible_at_ms > $1",
+            ),
+            now: sql("SELECT {s}.now_ms($1)"),
             count_by_status: sql(
                 "SELECT status, count(*) FROM {s}.instances GROUP BY status ORDER BY status",
             ),
@@ -406,13 +426,85 @@ impl PostgresStore {
         })?;
         schema::migrate(&mut client, &options.schema, &quoted).await?;
         drop(client);
+        let signals = Arc::new(Signals::default());
+        let listener = Arc::new(ListenerState::default());
+        let mut tasks = Vec::new();
+        let mut announcer = None;
+        if options.listen {
+            let origin = wake::origin();
+            let channel = options.schema.clone();
+            let announcing = wake::announcer();
+            tasks.push(AbortOnDrop(
+                tokio::spawn(wake::announce(
+                    pool.clone(),
+                    channel.clone(),
+                    origin.clone(),
+                    announcing.clone(),
+                ))
+                .abort_handle(),
+            ));
+            let mut config = options.connect.config().clone();
+            if config.get_application_name().is_none() {
+                config.application_name(APPLICATION_NAME);
+            }
+            if config.get_connect_timeout().is_none() {
+                config.connect_timeout(options.connect_timeout);
+            }
+            tasks.push(AbortOnDrop(
+                tokio::spawn(wake::listen(
+                    config,
+                    channel,
+                    origin,
+                    signals.clone(),
+                    listener.clone(),
+                ))
+                .abort_handle(),
+            ));
+            announcer = Some(announcing);
+        }
         Ok(Self {
             pool,
             sql: Sql::new(&quoted),
             connect: options.connect,
-            signals: Arc::new(Signals::default()),
+            signals,
             clock,
+            announcer,
+            listener,
+            fetched_turns_at: AtomicI64::new(i64::MIN),
+            fetched_activities_at: AtomicI64::new(i64::MIN),
+            _tasks: tasks,
         })
+    }
+
+    /// Whether the wake-up listener is connected and listening.
+    pub fn listening(&self) -> bool {
+        self.listener
+            .listening
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Work for turns appeared: wake local dispatchers now, other processes soon.
+    fn wake_orchestrations(&self) {
+        self.signals.orchestrations.notify_one();
+        if let Some(announcer) = &self.announcer {
+            announcer.orchestrations();
+        }
+    }
+
+    /// Activity work appeared.
+    fn wake_activities(&self) {
+        self.signals.activities.notify_one();
+        if let Some(announcer) = &self.announcer {
+            announcer.activities();
+        }
+    }
+
+    /// An instance finished.
+    fn wake_finished(&self, instance_id: &str) {
+        self.signals.notify_finished(instance_id);
+        if let Some(announcer) = &self.announcer {
+            announcer.finished(instance_id);
+        }
     }
 
     /// The connection pool (for tools and tests).
@@ -725,7 +817,7 @@ impl PostgresStore {
         if unlocked == 0 {
             return Err(StoreError::LeaseLost("instance"));
         }
-        self.signals.orchestrations.notify_one();
+        self.wake_orchestrations();
         Ok(())
     }
 
@@ -753,7 +845,7 @@ impl PostgresStore {
         if updated == 0 {
             return Err(StoreError::LeaseLost("activity"));
         }
-        self.signals.activities.notify_one();
+        self.wake_activities();
         Ok(())
     }
 }
@@ -781,7 +873,7 @@ impl Store for PostgresStore {
             .map_err(|error| self.db_error(error))?
             .is_some();
         if created {
-            self.signals.orchestrations.notify_one();
+            self.wake_orchestrations();
         }
         Ok(created)
     }
@@ -835,7 +927,7 @@ impl Store for PostgresStore {
             }
         }
         transaction.commit().await.map_err(e)?;
-        self.signals.orchestrations.notify_one();
+        self.wake_orchestrations();
         Ok(())
     }
 
@@ -847,13 +939,20 @@ impl Store for PostgresStore {
     ) -> StoreResult<Vec<LockedTurn>> {
         let client = self.client().await?;
         let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let rows = client
-            .query(
-                &self.sql.fetch_turns,
-                &[&self.now(), &max, &also, &duration_ms(lease)],
-            )
-            .await
-            .map_err(|error| self.db_error(error))?;
+        let now = self.now();
+        let lease_ms = duration_ms(lease);
+        // Pipelined: the time is read by the statement sent first, so it is no later than the
+        // fetch's own (`next_wake_at` counts from it).
+        let now_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&now];
+        let fetch_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&now, &max, &also, &lease_ms];
+        let (started, rows) = tokio::try_join!(
+            client.query_one(self.sql.now.as_str(), &now_params),
+            client.query(self.sql.fetch_turns.as_str(), &fetch_params),
+        )
+        .map_err(|error| self.db_error(error))?;
+        self.fetched_turns_at
+            .store(started.get(0), std::sync::atomic::Ordering::SeqCst);
         let mut turns: Vec<LockedTurn> = Vec::new();
         for row in rows {
             let instance_id: String = row.get(0);
@@ -931,13 +1030,13 @@ impl Store for PostgresStore {
     async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<Vec<ActivityWorkItem>> {
         let effects = self.commit_turn_in(&commit).await?;
         if effects.inbox_changed {
-            self.signals.orchestrations.notify_one();
+            self.wake_orchestrations();
         }
         if effects.activities_added {
-            self.signals.activities.notify_one();
+            self.wake_activities();
         }
         if effects.finished {
-            self.signals.notify_finished(&commit.instance_id);
+            self.wake_finished(&commit.instance_id);
         }
         Ok(effects.claimed)
     }
@@ -1018,13 +1117,17 @@ impl Store for PostgresStore {
     ) -> StoreResult<Vec<ActivityWorkItem>> {
         let client = self.client().await?;
         let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let rows = client
-            .query(
-                &self.sql.fetch_activities,
-                &[&self.now(), &max, &duration_ms(lease)],
-            )
-            .await
-            .map_err(|error| self.db_error(error))?;
+        let now = self.now();
+        let lease_ms = duration_ms(lease);
+        let now_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&now];
+        let fetch_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&now, &max, &lease_ms];
+        let (started, rows) = tokio::try_join!(
+            client.query_one(self.sql.now.as_str(), &now_params),
+            client.query(self.sql.fetch_activities.as_str(), &fetch_params),
+        )
+        .map_err(|error| self.db_error(error))?;
+        self.fetched_activities_at
+            .store(started.get(0), std::sync::atomic::Ordering::SeqCst);
         let mut items = Vec::with_capacity(rows.len());
         let mut finished = Vec::new();
         let mut token = 0;
@@ -1148,7 +1251,7 @@ impl Store for PostgresStore {
             .map_err(e)?;
         transaction.commit().await.map_err(e)?;
         if delivered {
-            self.signals.orchestrations.notify_one();
+            self.wake_orchestrations();
         }
         Ok(())
     }
@@ -1201,12 +1304,28 @@ impl Store for PostgresStore {
         }))
     }
 
-    async fn next_wake_at(&self) -> StoreResult<Option<TimestampMs>> {
+    async fn next_wake_at(&self, work: Work) -> StoreResult<Option<TimestampMs>> {
         let client = self.client().await?;
-        let row = client
-            .query_one(&self.sql.next_wake_at, &[&self.now()])
-            .await
-            .map_err(|error| self.db_error(error))?;
+        let now = self.now();
+        let row = match work {
+            Work::Turns => {
+                let since = self
+                    .fetched_turns_at
+                    .load(std::sync::atomic::Ordering::SeqCst);
+                client
+                    .query_one(self.sql.next_wake_turns.as_str(), &[&now, &since])
+                    .await
+            }
+            Work::Activities => {
+                let since = self
+                    .fetched_activities_at
+                    .load(std::sync::atomic::Ordering::SeqCst);
+                client
+                    .query_one(self.sql.next_wake_activities.as_str(), &[&since])
+                    .await
+            }
+        }
+        .map_err(|error| self.db_error(error))?;
         Ok(row.get(0))
     }
 

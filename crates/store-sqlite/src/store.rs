@@ -7,13 +7,13 @@ use sluice_sqlite::{
 };
 use sluice_store::{
     ActivityResult, ActivityWorkItem, Clock, InstanceInfo, LockedTurn, NewActivity, NewInstance,
-    Outbound, Signals, Store, StoreError, StoreResult, SystemClock, TurnCommit,
+    Outbound, Signals, Store, StoreError, StoreResult, SystemClock, TurnCommit, Work,
 };
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,6 +65,9 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
     tokens: Arc<TokenSource>,
     leases: Arc<Mutex<Leases>>,
+    /// When the last fetch of each kind began (store clock), for `next_wake_at`.
+    fetched_turns_at: Arc<AtomicI64>,
+    fetched_activities_at: Arc<AtomicI64>,
     _lock_file: Option<std::fs::File>,
 }
 
@@ -222,6 +225,8 @@ impl SqliteStore {
             clock,
             tokens: Arc::new(TokenSource::new()),
             leases: Arc::new(Mutex::new(Leases::default())),
+            fetched_turns_at: Arc::new(AtomicI64::new(i64::MIN)),
+            fetched_activities_at: Arc::new(AtomicI64::new(i64::MIN)),
             _lock_file: lock_file,
         })
     }
@@ -991,8 +996,10 @@ impl Store for SqliteStore {
         let lease_ms = duration_ms(lease);
         let leases = self.leases.clone();
         let also = also.to_vec();
-        // On the writer thread, so that fetches are ordered with commits; they write nothing.
+        let fetched_at = self.fetched_turns_at.clone();
+        // On the writer thread, so that fetches are ordered with commits.
         self.write(move |connection, now| {
+            fetched_at.store(now, Ordering::SeqCst);
             fetch_turns_in(connection, max, lease_ms, now, &also, token, &leases)
         })
         .await
@@ -1135,7 +1142,9 @@ impl Store for SqliteStore {
         let token = self.tokens.next();
         let lease_ms = duration_ms(lease);
         let leases = self.leases.clone();
+        let fetched_at = self.fetched_activities_at.clone();
         self.write(move |connection, now| {
+            fetched_at.store(now, Ordering::SeqCst);
             fetch_activities_in(connection, max, lease_ms, now, token, &leases)
         })
         .await
@@ -1298,25 +1307,33 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn next_wake_at(&self) -> StoreResult<Option<TimestampMs>> {
+    async fn next_wake_at(&self, work: Work) -> StoreResult<Option<TimestampMs>> {
+        let (since, sql) = match work {
+            Work::Turns => (
+                &self.fetched_turns_at,
+                "SELECT MIN(visible_at_ms) FROM inbox WHERE visible_at_ms > ?1",
+            ),
+            Work::Activities => (
+                &self.fetched_activities_at,
+                "SELECT MIN(visible_at_ms) FROM activities WHERE visible_at_ms > ?1",
+            ),
+        };
+        let since = since.load(Ordering::SeqCst);
         let stored: Option<TimestampMs> = self
-            .read(move |connection, now| {
+            .read(move |connection, _now| {
                 connection
-                    .prepare_cached(
-                        "SELECT MIN(t) FROM (
-                            SELECT MIN(visible_at_ms) AS t FROM inbox WHERE visible_at_ms > ?1
-                            UNION ALL SELECT MIN(visible_at_ms) FROM activities WHERE visible_at_ms > ?1)",
-                    )
-                    .and_then(|mut statement| statement.query_row(params![now], |row| row.get(0)))
+                    .prepare_cached(sql)
+                    .and_then(|mut statement| statement.query_row(params![since], |row| row.get(0)))
                     .map_err(db_error)
             })
             .await?;
         let now = self.clock.now_ms();
         let held = lock_leases(&self.leases);
-        let lease_end = held
-            .instances
-            .values()
-            .chain(held.activities.values())
+        let leases: Box<dyn Iterator<Item = &Lease>> = match work {
+            Work::Turns => Box::new(held.instances.values()),
+            Work::Activities => Box::new(held.activities.values()),
+        };
+        let lease_end = leases
             .map(|lease| lease.until_ms)
             .filter(|until| *until > now)
             .min();

@@ -6,6 +6,7 @@
 
 use crate::{
     ActivityResult, ManualClock, NewActivity, NewInstance, Outbound, Store, StoreError, TurnCommit,
+    Work,
 };
 use sluice_history::{Event, Failure, InstanceStatus, Message, ParentLink, codes};
 use std::any::Any;
@@ -279,7 +280,10 @@ pub async fn timers_become_due<S: Store>(h: Harness<S>) {
     )
     .await;
     assert!(store.fetch_turns(1, LEASE, &[]).await.unwrap().is_empty());
-    assert_eq!(store.next_wake_at().await.unwrap(), Some(now + 1_000));
+    assert_eq!(
+        store.next_wake_at(Work::Turns).await.unwrap(),
+        Some(now + 1_000)
+    );
     h.clock.advance_ms(999);
     assert!(store.fetch_turns(1, LEASE, &[]).await.unwrap().is_empty());
     h.clock.advance_ms(1);
@@ -896,7 +900,13 @@ pub async fn activities_of_finished_instances_are_not_handed_out<S: Store>(h: Ha
     // The holder dies; its lease runs out.
     h.clock.advance_ms(LEASE_MS + 1);
     assert!(store.fetch_activities(10, LEASE).await.unwrap().is_empty());
-    assert_eq!(store.next_wake_at().await.unwrap(), None, "nothing left");
+    for work in [Work::Turns, Work::Activities] {
+        assert_eq!(
+            store.next_wake_at(work).await.unwrap(),
+            None,
+            "nothing left"
+        );
+    }
 }
 
 /// A released work item (it did not run) keeps its attempt count; a retried one counts.
@@ -935,6 +945,43 @@ pub async fn released_activities_keep_their_attempt<S: Store>(h: Harness<S>) {
     assert_eq!(retried.attempt, 2);
 }
 
+/// What became due after the last fetch began is not skipped: the next wake-up is then in the
+/// past (fetch at once), for timers and for retried work items alike.
+pub async fn what_became_due_since_the_last_fetch_wakes_at_once<S: Store>(h: Harness<S>) {
+    let store = &h.store;
+    let now = h.clock.now_ms_for_tests();
+    let item = started_with_one_activity(store).await;
+    started(
+        store,
+        "t",
+        TurnCommit {
+            timers: vec![(
+                now + 10,
+                Message::TimerFired {
+                    execution_id: 1,
+                    id: 0,
+                },
+            )],
+            ..TurnCommit::default()
+        },
+    )
+    .await;
+    store
+        .retry_activity(item.item_id, item.lock_token, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert!(store.fetch_turns(10, LEASE, &[]).await.unwrap().is_empty());
+    assert!(store.fetch_activities(10, LEASE).await.unwrap().is_empty());
+    // Both become due before the dispatchers ask when to wake up.
+    h.clock.advance_ms(20);
+    let turns = store.next_wake_at(Work::Turns).await.unwrap();
+    assert_eq!(turns, Some(now + 10), "the timer is due: wake at once");
+    let activities = store.next_wake_at(Work::Activities).await.unwrap();
+    assert_eq!(activities, Some(now + 10), "the retry is due: wake at once");
+    assert_eq!(store.fetch_turns(10, LEASE, &[]).await.unwrap().len(), 1);
+    assert_eq!(store.fetch_activities(10, LEASE).await.unwrap().len(), 1);
+}
+
 /// Declares one `#[tokio::test]` per conformance check. `$factory` is an async expression
 /// evaluating to a [`Harness`].
 #[macro_export]
@@ -956,7 +1003,8 @@ macro_rules! conformance_tests {
             turn_deliveries_are_counted,
             quarantine_takes_an_instance_out_of_service,
             activities_of_finished_instances_are_not_handed_out,
-            released_activities_keep_their_attempt
+            released_activities_keep_their_attempt,
+            what_became_due_since_the_last_fetch_wakes_at_once
         );
     };
     (@each $factory:expr; $($check:ident),*) => {

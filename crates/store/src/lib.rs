@@ -213,9 +213,12 @@ pub trait Store: Send + Sync + 'static {
     /// The instance's row.
     async fn instance(&self, instance_id: &str) -> StoreResult<Option<InstanceInfo>>;
 
-    /// When the next invisible message or work item becomes visible, or the next lease
-    /// expires: the time a dispatcher should wake up at the latest.
-    async fn next_wake_at(&self) -> StoreResult<Option<sluice_history::TimestampMs>>;
+    /// When a dispatcher of `work` should fetch again at the latest: the earliest time, after
+    /// the moment this store's last fetch of that kind began, at which a message (turns) or a
+    /// work item (activities) becomes visible, or a lease of that kind ends. Measured from the
+    /// last fetch, not from now, so that what became due between that fetch and this call is
+    /// not skipped (the answer is then in the past: fetch at once).
+    async fn next_wake_at(&self, work: Work) -> StoreResult<Option<sluice_history::TimestampMs>>;
 
     /// Counts instances by status (for summaries and tests).
     async fn count_by_status(&self) -> StoreResult<Vec<(sluice_history::InstanceStatus, u64)>>;

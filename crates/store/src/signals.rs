@@ -24,6 +24,21 @@ impl Signals {
         map.entry(instance_id.to_string()).or_default().clone()
     }
 
+    /// Wakes everybody waiting for any instance to finish (each re-reads its status): for a
+    /// store that learns of finishes elsewhere without knowing which.
+    pub fn notify_all_finished(&self) {
+        let all: Vec<Arc<Notify>> = self
+            .finished
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .map(|(_, notify)| notify)
+            .collect();
+        for notify in all {
+            notify.notify_waiters();
+        }
+    }
+
     /// Wakes everybody waiting for `instance_id` to finish.
     pub fn notify_finished(&self, instance_id: &str) {
         let notify = self

@@ -184,3 +184,12 @@ pub struct InstanceInfo {
     /// Last change.
     pub updated_at_ms: TimestampMs,
 }
+
+/// The two kinds of work a dispatcher fetches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Work {
+    /// Orchestration turns (inbox messages, instance leases).
+    Turns,
+    /// Activity work items (and their leases).
+    Activities,
+}
