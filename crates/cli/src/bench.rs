@@ -5,12 +5,15 @@
 //! instance, wait for it (woken by the finishing commit), and start the next, until the
 //! duration (or `--count`) is reached.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use sluice_runtime::{
     ActivityContext, Client, Failure, InstanceStatus, OrchestrationContext, Registry, Runtime,
     RuntimeOptions,
 };
+use sluice_sink_postgres::tokio_postgres;
+use sluice_store::Store;
+use sluice_store_postgres::{PostgresStore, PostgresStoreOptions};
 use sluice_store_sqlite::{Location, SqliteStore, SqliteStoreOptions, Synchronous};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,7 +31,7 @@ pub(crate) enum StoreKind {
     SqliteFile,
     /// An in-memory SQLite database.
     SqliteMemory,
-    /// PostgreSQL (not built yet).
+    /// PostgreSQL: `--pg-url`, or a throwaway cluster started for the run.
     Postgres,
 }
 
@@ -65,6 +68,13 @@ pub(crate) struct OrchestrationBenchArgs {
     /// Database file for --store sqlite-file (default: a fresh temporary file).
     #[arg(long)]
     db: Option<PathBuf>,
+    /// PostgreSQL URL for --store postgres (default: a throwaway cluster of the machine's
+    /// PostgreSQL, started for the run). The store's tables go to a fresh schema.
+    #[arg(long)]
+    pg_url: Option<String>,
+    /// Pooled connections of the PostgreSQL store (plus one for its listener).
+    #[arg(long, default_value_t = 5)]
+    pg_connections: usize,
     /// Write the results as JSON (an array of one object per configuration).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -100,6 +110,12 @@ pub(crate) struct BenchResult {
     raw_commits_per_sec: Option<f64>,
     /// Orchestrations per raw commit: how much group commit and batching multiply the disk.
     orchestrations_per_raw_commit: Option<f64>,
+    /// PostgreSQL: committed transactions of the database per completed orchestration
+    /// (`pg_stat_database.xact_commit`, the benchmark's own few included).
+    pg_commits_per_orchestration: Option<f64>,
+    /// PostgreSQL: WAL bytes per completed orchestration (`pg_current_wal_lsn` before and
+    /// after).
+    pg_wal_bytes_per_orchestration: Option<f64>,
     completed: u64,
     elapsed_sec: f64,
 }
@@ -118,7 +134,16 @@ async fn fan_out(ctx: OrchestrationContext, input: String) -> Result<String, Fai
 }
 
 fn registry(activity_ms: u64, executions: Arc<AtomicU64>) -> Registry {
-    Registry::new().orchestration("fan_out", fan_out).activity(
+    register(Registry::new(), activity_ms, executions)
+}
+
+/// Adds the benchmark's orchestration (`fan_out`) and activity (`work`) to `registry`.
+pub(crate) fn register(
+    registry: Registry,
+    activity_ms: u64,
+    executions: Arc<AtomicU64>,
+) -> Registry {
+    registry.orchestration("fan_out", fan_out).activity(
         "work",
         move |_ctx: ActivityContext, input: String| {
             let executions = executions.clone();
@@ -208,34 +233,135 @@ pub(crate) async fn run(args: OrchestrationBenchArgs) -> Result<std::process::Ex
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// The store under test and what measures it.
+enum BenchStore {
+    Sqlite(Arc<SqliteStore>),
+    Postgres {
+        store: Arc<PostgresStore>,
+        admin: tokio_postgres::Client,
+        _cluster: Option<sluice_testkit::PgCluster>,
+    },
+}
+
+impl BenchStore {
+    fn store(&self) -> Arc<dyn Store> {
+        match self {
+            BenchStore::Sqlite(store) => store.clone(),
+            BenchStore::Postgres { store, .. } => store.clone(),
+        }
+    }
+}
+
+/// PostgreSQL counters read before and after a run.
+#[derive(Clone, Copy)]
+struct PgCounters {
+    commits: i64,
+    wal_lsn_bytes: f64,
+}
+
+async fn pg_counters(admin: &tokio_postgres::Client) -> Result<PgCounters> {
+    // Other sessions' statistics reach the view when they go idle, at most a second late.
+    let row = admin
+        .query_one(
+            "SELECT xact_commit, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8
+             FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await?;
+    Ok(PgCounters {
+        commits: row.get(0),
+        wal_lsn_bytes: row.get(1),
+    })
+}
+
+/// Single-row transactions per second on one connection: what the server's commit path allows
+/// without group commit.
+async fn pg_raw_commits_per_sec(admin: &tokio_postgres::Client) -> Result<f64> {
+    admin
+        .batch_execute("CREATE TABLE IF NOT EXISTS sluice_bench_raw (v integer)")
+        .await?;
+    let commits = 500;
+    let began = Instant::now();
+    for v in 0..commits {
+        admin
+            .execute("INSERT INTO sluice_bench_raw (v) VALUES ($1)", &[&v])
+            .await?;
+    }
+    admin.batch_execute("DROP TABLE sluice_bench_raw").await?;
+    Ok(f64::from(commits) / began.elapsed().as_secs_f64())
+}
+
+async fn open_postgres(args: &OrchestrationBenchArgs) -> Result<BenchStore> {
+    let (url, cluster) = match &args.pg_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let cluster = tokio::task::block_in_place(sluice_testkit::PgCluster::start)
+                .map_err(|e| anyhow::anyhow!("cannot start a throwaway PostgreSQL: {e}"))?;
+            let url = tokio::task::block_in_place(|| cluster.create_database("sluice_bench"))?;
+            (url, Some(cluster))
+        }
+    };
+    let admin = crate::bench_sink::pg_connect(&url).await?;
+    let mut options = PostgresStoreOptions::new(&url)?;
+    // A fresh schema per run, so runs against one database do not see each other's instances.
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    options.schema = format!("sluice_bench_{millis}");
+    options.pool_connections_max = args.pg_connections;
+    let store = PostgresStore::connect(options).await?;
+    Ok(BenchStore::Postgres {
+        store: Arc::new(store),
+        admin,
+        _cluster: cluster,
+    })
+}
+
 async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
     let temp = tempfile::tempdir()?;
-    let location = match args.store {
-        StoreKind::SqliteFile => Location::File(
-            args.db
-                .clone()
-                .unwrap_or_else(|| temp.path().join("bench.db")),
-        ),
-        StoreKind::SqliteMemory => Location::Memory,
-        StoreKind::Postgres => bail!("the PostgreSQL store does not exist yet"),
-    };
-    let mut options = SqliteStoreOptions::new(location);
-    options.synchronous = match args.synchronous {
-        SyncMode::Full => Synchronous::Full,
-        SyncMode::Normal => Synchronous::Normal,
-    };
-    let raw_commits_per_sec = match &options.location {
-        Location::File(path) => {
-            let scratch = path.with_extension("raw-limit.db");
-            let raw = raw_commits_per_sec(&scratch, options.synchronous);
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", scratch.display()));
+    let mut raw_limit = None;
+    let bench_store = match args.store {
+        StoreKind::Postgres => {
+            let opened = open_postgres(args).await?;
+            if let BenchStore::Postgres { admin, .. } = &opened {
+                raw_limit = Some(pg_raw_commits_per_sec(admin).await?);
             }
-            Some(raw?)
+            opened
         }
-        Location::Memory => None,
+        StoreKind::SqliteFile | StoreKind::SqliteMemory => {
+            let location = match args.store {
+                StoreKind::SqliteFile => Location::File(
+                    args.db
+                        .clone()
+                        .unwrap_or_else(|| temp.path().join("bench.db")),
+                ),
+                _ => Location::Memory,
+            };
+            let mut options = SqliteStoreOptions::new(location);
+            options.synchronous = match args.synchronous {
+                SyncMode::Full => Synchronous::Full,
+                SyncMode::Normal => Synchronous::Normal,
+            };
+            if let Location::File(path) = &options.location {
+                let scratch = path.with_extension("raw-limit.db");
+                let raw = raw_commits_per_sec(&scratch, options.synchronous);
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", scratch.display()));
+                }
+                raw_limit = Some(raw?);
+            }
+            BenchStore::Sqlite(Arc::new(SqliteStore::open(options)?))
+        }
     };
-    let store = Arc::new(SqliteStore::open(options)?);
+    let store = bench_store.store();
+    let pg_before = match &bench_store {
+        BenchStore::Postgres { admin, .. } => {
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            Some(pg_counters(admin).await?)
+        }
+        BenchStore::Sqlite(_) => None,
+    };
     let executions = Arc::new(AtomicU64::new(0));
     let runtime = Runtime::start(
         store.clone(),
@@ -292,14 +418,29 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
         _ => None,
     };
     runtime.shutdown(Duration::from_secs(10)).await;
-    let writer = store.writer_stats();
-    let lock_errors = writer.busy_retries.load(Ordering::Relaxed)
+    let busy_retries = match &bench_store {
+        BenchStore::Sqlite(store) => store.writer_stats().busy_retries.load(Ordering::Relaxed),
+        BenchStore::Postgres { .. } => 0,
+    };
+    let lock_errors = busy_retries
         + failures
             .iter()
             .filter(|(kind, _)| kind.contains("locked"))
             .map(|(_, n)| n)
             .sum::<u64>();
+    let pg_delta = match (&bench_store, pg_before) {
+        (BenchStore::Postgres { admin, .. }, Some(before)) => {
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            let after = pg_counters(admin).await?;
+            Some((
+                (after.commits - before.commits) as f64,
+                after.wal_lsn_bytes - before.wal_lsn_bytes,
+            ))
+        }
+        _ => None,
+    };
     drop(store);
+    drop(bench_store);
 
     latencies.sort_by(|a, b| a.total_cmp(b));
     let completed = latencies.len() as u64;
@@ -345,8 +486,14 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
         ceiling_orchestrations_per_sec: ceiling,
         share_of_ceiling: ceiling.map(|c| per_sec / c),
         peak_rss_mb: (peak_rss > 0.0).then_some(peak_rss),
-        raw_commits_per_sec,
-        orchestrations_per_raw_commit: raw_commits_per_sec.map(|raw| per_sec / raw),
+        raw_commits_per_sec: raw_limit,
+        orchestrations_per_raw_commit: raw_limit.map(|raw| per_sec / raw),
+        pg_commits_per_orchestration: pg_delta
+            .filter(|_| completed > 0)
+            .map(|(commits, _)| commits / completed as f64),
+        pg_wal_bytes_per_orchestration: pg_delta
+            .filter(|_| completed > 0)
+            .map(|(_, wal)| wal / completed as f64),
         completed,
         elapsed_sec: elapsed,
     })
@@ -443,6 +590,12 @@ fn print_result(r: &BenchResult) {
         println!(
             "  raw limit {raw:.0} single-row commits/s on this disk; {ratio:.2} orchestrations per raw commit"
         );
+    }
+    if let (Some(commits), Some(wal)) = (
+        r.pg_commits_per_orchestration,
+        r.pg_wal_bytes_per_orchestration,
+    ) {
+        println!("  PostgreSQL: {commits:.2} commits and {wal:.0} WAL bytes per orchestration");
     }
     if let (Some(ceiling), Some(share)) = (r.ceiling_orchestrations_per_sec, r.share_of_ceiling) {
         println!(

@@ -6,6 +6,7 @@ mod bench_ingest;
 mod bench_sink;
 mod demo;
 mod ingest;
+mod worker;
 mod workflows;
 
 use anyhow::{Context, Result};
@@ -49,6 +50,11 @@ enum Command {
     /// exactly once.
     #[command(after_long_help = ingest::EXAMPLES)]
     Ingest(ingest::IngestArgs),
+    /// Host the demo's and the benchmark's orchestrations on a store shared with other
+    /// workers (PostgreSQL), until SIGTERM or Ctrl-C.
+    Worker(worker::WorkerArgs),
+    /// Bring a PostgreSQL store's schema up to date (every process also does at start).
+    Migrate(worker::MigrateArgs),
     /// Print an instance's status and history as JSON.
     Inspect {
         /// The SQLite database.
@@ -114,6 +120,8 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Sink(args)) => bench_sink::run(args).await,
             Command::Bench(BenchCommand::Ingest(args)) => bench_ingest::run(args).await,
             Command::Ingest(args) => ingest::run(args).await,
+            Command::Worker(args) => worker::run(args).await,
+            Command::Migrate(args) => worker::migrate(args).await,
             Command::Inspect { db, instance_id } => inspect(&db, &instance_id).await,
         }
     });

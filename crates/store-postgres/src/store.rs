@@ -160,7 +160,7 @@ struct Sql {
     insert_activities: String,
     delete_completed: String,
     insert_timers: String,
-    insert_child: String,
+    insert_child_with_start: String,
     update_instance: String,
     delete_unheld_activities: String,
     delete_future_messages: String,
@@ -201,7 +201,8 @@ impl Sql {
             insert_message_if_live: sql(
                 "INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
                  SELECT $2, {s}.now_ms($1), $3 FROM {s}.instances
-                 WHERE instance_id = $2 AND status IN ('pending', 'running', 'quarantined')",
+                 WHERE instance_id = $2 AND status IN ('pending', 'running', 'quarantined')
+                 RETURNING instance_id",
             ),
             // Candidates come from the inbox (small: unconsumed messages only), oldest message
             // first, leaving out locked and quarantined instances before the limit; the
@@ -278,10 +279,24 @@ impl Sql {
                 "INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
                  SELECT $1, t.at, t.message FROM unnest($2::bigint[], $3::text[]) AS t(at, message)",
             ),
-            insert_child: sql(
-                "INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms)
-                 VALUES ($2, $3, 'pending', 1, $4, {s}.now_ms($1), {s}.now_ms($1))
-                 ON CONFLICT (instance_id) DO NOTHING",
+            // A child's start: created with its start message, or, when the id is taken and
+            // the start has a parent, a failure for the parent (if it is alive).
+            insert_child_with_start: sql(
+                "WITH created AS (
+                    INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms)
+                    VALUES ($2, $3, 'pending', 1, $4, {s}.now_ms($1), {s}.now_ms($1))
+                    ON CONFLICT (instance_id) DO NOTHING RETURNING instance_id),
+                 started AS (
+                    INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
+                    SELECT instance_id, {s}.now_ms($1), $5 FROM created RETURNING instance_id),
+                 refused AS (
+                    INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
+                    SELECT $6::text, {s}.now_ms($1), $7::text
+                    WHERE $6::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM created)
+                      AND EXISTS (SELECT 1 FROM {s}.instances
+                                  WHERE instance_id = $6::text AND status IN ('pending', 'running', 'quarantined'))
+                    RETURNING instance_id)
+                 SELECT instance_id FROM started UNION ALL SELECT instance_id FROM refused",
             ),
             update_instance: sql(
                 "UPDATE {s}.instances SET
@@ -527,7 +542,11 @@ impl PostgresStore {
     }
 
     fn db_error(&self, error: tokio_postgres::Error) -> StoreError {
-        StoreError::Database(self.connect.describe_error(&error))
+        self.db_error_ref(&error)
+    }
+
+    fn db_error_ref(&self, error: &tokio_postgres::Error) -> StoreError {
+        StoreError::Database(self.connect.describe_error(error))
     }
 }
 
@@ -539,13 +558,20 @@ async fn insert_if_live(
     instance_id: &str,
     message: &Message,
 ) -> Result<bool, tokio_postgres::Error> {
+    let statement = prepared(client, &sql.insert_message_if_live).await?;
     let inserted = client
-        .execute(
-            &sql.insert_message_if_live,
-            &[&now, &instance_id, &encode(message)],
-        )
+        .execute(&statement, &[&now, &instance_id, &encode(message)])
         .await?;
     Ok(inserted == 1)
+}
+
+/// A statement prepared once per connection (the pool's connections keep a cache), so the
+/// server parses and plans it once and each use is one message.
+async fn prepared(
+    client: &impl GenericClient,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+    client.prepare_cached(sql).await
 }
 
 /// What a commit changed, for the wake-ups sent after it.
@@ -557,97 +583,245 @@ struct CommitEffects {
 }
 
 impl PostgresStore {
+    /// One turn commit in one transaction: `BEGIN`, every statement pipelined (sent without
+    /// waiting for the answers, in order, on one connection), `COMMIT`: three round trips
+    /// whatever the turn holds. The lease check is the first statement; when it fails, or any
+    /// statement does, the transaction is rolled back, so nothing of a refused commit remains.
     async fn commit_turn_in(&self, commit: &TurnCommit) -> StoreResult<CommitEffects> {
         let now = self.now();
         let sql = &self.sql;
         let e = |error| self.db_error(error);
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(e)?;
+        let tx = &transaction;
+        let id = commit.instance_id.as_str();
         let token = to_i64(commit.lock_token);
-        let row = transaction
-            .query_opt(&sql.lock_for_commit, &[&now, &commit.instance_id, &token])
+        let execution_id = to_i64(commit.execution_id);
+        let history_from = to_i64(commit.history_from);
+        let appended = i64::try_from(commit.append.len()).unwrap_or(i64::MAX);
+
+        // Everything a statement binds, owned here so that the pipelined futures can borrow it.
+        let events: Vec<String> = commit.append.iter().map(encode).collect();
+        let consumed: Vec<i64> = commit.consumed.iter().map(|id| to_i64(*id)).collect();
+        let (claim_max, claim_lease_ms) = commit
+            .claim_activities
+            .map_or((0, 0), |(max, lease)| (max, duration_ms(lease)));
+        let claim_max = i64::try_from(claim_max).unwrap_or(i64::MAX);
+        let activity_ids: Vec<i64> = commit
+            .activities
+            .iter()
+            .map(|a| to_i64(a.activity_id))
+            .collect();
+        let activity_names: Vec<&str> = commit.activities.iter().map(|a| a.name.as_str()).collect();
+        let activity_inputs: Vec<&str> =
+            commit.activities.iter().map(|a| a.input.as_str()).collect();
+        let activity_retries: Vec<Option<String>> = commit
+            .activities
+            .iter()
+            .map(|a| a.retry.as_ref().map(encode))
+            .collect();
+        let (completed_items, completed_tokens): (Vec<i64>, Vec<i64>) = commit
+            .completed_activities
+            .iter()
+            .map(|(item, token)| (to_i64(*item), to_i64(*token)))
+            .unzip();
+        let (timer_ats, timer_messages): (Vec<i64>, Vec<String>) = commit
+            .timers
+            .iter()
+            .map(|(at, message)| (*at, encode(message)))
+            .unzip();
+        // Starts of other instances: (child id, name, input, its start message, the message
+        // for the parent if the id is taken).
+        let mut starts = Vec::new();
+        let mut messages: Vec<(&str, String)> = Vec::new();
+        for outbound in &commit.outbound {
+            match outbound {
+                Outbound::Start(start) => {
+                    let taken = start.parent.as_ref().map(|parent| {
+                        let message = Message::SubOrchestrationFailed {
+                            execution_id: parent.execution_id,
+                            id: parent.id,
+                            failure: Failure::new(
+                                codes::INSTANCE_EXISTS,
+                                format!("instance '{}' already exists", start.instance_id),
+                            ),
+                        };
+                        (parent.instance_id.as_str(), encode(&message))
+                    });
+                    let (parent, refused) = match taken {
+                        Some((parent, message)) => (Some(parent), Some(message)),
+                        None => (None, None),
+                    };
+                    starts.push((start, encode(&start.start_message()), parent, refused));
+                }
+                Outbound::Message {
+                    instance_id,
+                    message,
+                } => messages.push((instance_id.as_str(), encode(message))),
+            }
+        }
+        let mut new_execution = execution_id;
+        let mut new_input: Option<&str> = None;
+        let mut new_history_len = history_from.saturating_add(appended);
+        let restart = commit.continue_as_new.as_ref().map(|start| {
+            new_execution += 1;
+            new_history_len = 0;
+            if let Message::Start { input, .. } = start {
+                new_input = Some(input.as_str());
+            }
+            encode(start)
+        });
+        let finished = commit.status.is_some_and(InstanceStatus::is_terminal);
+        let status = commit.status.map(InstanceStatus::as_str);
+        let failure = commit.failure.as_ref().map(encode);
+
+        let lock = prepared(tx, &sql.lock_for_commit).await.map_err(e)?;
+        let insert_history = prepared(tx, &sql.insert_history).await.map_err(e)?;
+        let delete_consumed = prepared(tx, &sql.delete_consumed).await.map_err(e)?;
+        let insert_activities = prepared(tx, &sql.insert_activities).await.map_err(e)?;
+        let delete_completed = prepared(tx, &sql.delete_completed).await.map_err(e)?;
+        let insert_timers = prepared(tx, &sql.insert_timers).await.map_err(e)?;
+        let insert_child = prepared(tx, &sql.insert_child_with_start)
             .await
             .map_err(e)?;
-        let Some(row) = row else {
+        let message_if_live = prepared(tx, &sql.insert_message_if_live).await.map_err(e)?;
+        let insert_message = prepared(tx, &sql.insert_message).await.map_err(e)?;
+        let update_instance = prepared(tx, &sql.update_instance).await.map_err(e)?;
+        let delete_unheld = prepared(tx, &sql.delete_unheld_activities)
+            .await
+            .map_err(e)?;
+        let delete_future = prepared(tx, &sql.delete_future_messages).await.map_err(e)?;
+        let has_visible = prepared(tx, &sql.has_visible).await.map_err(e)?;
+
+        type Rows = Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>;
+        type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Rows> + Send + 'a>>;
+        let mut pipeline: Vec<Pending<'_>> = Vec::new();
+        // Each statement's future owns its parameter list (the values stay borrowed).
+        macro_rules! push {
+            ($statement:ident, [$($param:expr),*]) => {{
+                let statement = $statement.clone();
+                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![$($param),*];
+                pipeline.push(Box::pin(async move { tx.query(&statement, &params).await }));
+            }};
+        }
+        push!(lock, [&now, &id, &token]);
+        if !events.is_empty() {
+            push!(insert_history, [&id, &execution_id, &history_from, &events]);
+        }
+        if !consumed.is_empty() {
+            push!(delete_consumed, [&id, &consumed]);
+        }
+        let activities_at = pipeline.len();
+        if !activity_ids.is_empty() {
+            push!(
+                insert_activities,
+                [
+                    &now,
+                    &id,
+                    &execution_id,
+                    &activity_ids,
+                    &activity_names,
+                    &activity_inputs,
+                    &activity_retries,
+                    &claim_max,
+                    &claim_lease_ms,
+                    &token
+                ]
+            );
+        }
+        if !completed_items.is_empty() {
+            push!(
+                delete_completed,
+                [&now, &completed_items, &completed_tokens]
+            );
+        }
+        if !timer_ats.is_empty() {
+            push!(insert_timers, [&id, &timer_ats, &timer_messages]);
+        }
+        let outbound_at = pipeline.len();
+        for (start, start_message, parent, refused) in &starts {
+            push!(
+                insert_child,
+                [
+                    &now,
+                    &start.instance_id,
+                    &start.name,
+                    &start.input,
+                    start_message,
+                    parent,
+                    refused
+                ]
+            );
+        }
+        for (target, message) in &messages {
+            push!(message_if_live, [&now, target, message]);
+        }
+        let outbound_end = pipeline.len();
+        if let Some(restart) = &restart {
+            push!(insert_message, [&now, &id, restart]);
+        }
+        push!(
+            update_instance,
+            [
+                &now,
+                &id,
+                &status,
+                &commit.output,
+                &failure,
+                &commit.custom_status,
+                &new_execution,
+                &new_input,
+                &new_history_len
+            ]
+        );
+        if finished && commit.outstanding_activities {
+            // Work that can no longer matter, unless someone holds it: its holder's completion
+            // then finds the instance finished.
+            push!(delete_unheld, [&now, &id]);
+        }
+        if finished {
+            push!(delete_future, [&now, &id]);
+        }
+        push!(has_visible, [&now, &id]);
+        let results = futures_util::future::join_all(pipeline).await;
+
+        // The lease check decides first: a refused commit is refused whatever else failed.
+        let check = match &results[0] {
+            Ok(rows) => rows.first(),
+            Err(error) => return Err(self.db_error_ref(error)),
+        };
+        let Some(check) = check else {
             return Err(StoreError::InstanceNotFound(commit.instance_id.clone()));
         };
-        let (execution_id, history_len, held): (i64, i64, bool) =
-            (row.get(0), row.get(1), row.get(2));
+        let (stored_execution, stored_len, held): (i64, i64, bool) =
+            (check.get(0), check.get(1), check.get(2));
         if !held {
             return Err(StoreError::LeaseLost("instance"));
         }
-        if to_u64(execution_id) != commit.execution_id {
+        if stored_execution != execution_id {
             return Err(StoreError::Contract(format!(
-                "commit for execution {} but the instance is at execution {execution_id}",
+                "commit for execution {} but the instance is at execution {stored_execution}",
                 commit.execution_id
             )));
         }
-        if to_u64(history_len) != commit.history_from {
+        if stored_len != history_from {
             return Err(StoreError::Contract(format!(
-                "history append at position {} but the history has {history_len} events",
+                "history append at position {} but the history has {stored_len} events",
                 commit.history_from
             )));
         }
-        let id = commit.instance_id.as_str();
-        if !commit.append.is_empty() {
-            let events: Vec<String> = commit.append.iter().map(encode).collect();
-            transaction
-                .execute(
-                    &sql.insert_history,
-                    &[&id, &execution_id, &history_len, &events],
-                )
-                .await
-                .map_err(e)?;
+        if let Some(Err(error)) = results.iter().find(|result| result.is_err()) {
+            return Err(self.db_error_ref(error));
         }
-        if !commit.consumed.is_empty() {
-            let ids: Vec<i64> = commit.consumed.iter().map(|id| to_i64(*id)).collect();
-            transaction
-                .execute(&sql.delete_consumed, &[&id, &ids])
-                .await
-                .map_err(e)?;
-        }
+        let rows = |index: usize| results[index].as_ref().map(Vec::as_slice).unwrap_or(&[]);
         let mut claimed = Vec::new();
-        if !commit.activities.is_empty() {
-            let (claim_max, claim_lease_ms) = commit
-                .claim_activities
-                .map_or((0, 0), |(max, lease)| (max, duration_ms(lease)));
-            let ids: Vec<i64> = commit
-                .activities
-                .iter()
-                .map(|a| to_i64(a.activity_id))
-                .collect();
-            let names: Vec<&str> = commit.activities.iter().map(|a| a.name.as_str()).collect();
-            let inputs: Vec<&str> = commit.activities.iter().map(|a| a.input.as_str()).collect();
-            let retries: Vec<Option<String>> = commit
-                .activities
-                .iter()
-                .map(|a| a.retry.as_ref().map(encode))
-                .collect();
-            let claim_max = i64::try_from(claim_max).unwrap_or(i64::MAX);
-            let rows = transaction
-                .query(
-                    &sql.insert_activities,
-                    &[
-                        &now,
-                        &id,
-                        &execution_id,
-                        &ids,
-                        &names,
-                        &inputs,
-                        &retries,
-                        &claim_max,
-                        &claim_lease_ms,
-                        &token,
-                    ],
-                )
-                .await
-                .map_err(e)?;
+        if !activity_ids.is_empty() {
             let by_id: HashMap<u64, &NewActivity> = commit
                 .activities
                 .iter()
                 .map(|a| (a.activity_id, a))
                 .collect();
-            for row in rows {
+            for row in rows(activities_at) {
                 let (item_id, activity_id, is_claimed): (i64, i64, bool) =
                     (row.get(0), row.get(1), row.get(2));
                 if is_claimed && let Some(activity) = by_id.get(&to_u64(activity_id)) {
@@ -662,130 +836,13 @@ impl PostgresStore {
             }
             claimed.sort_by_key(|item| item.item_id);
         }
-        if !commit.completed_activities.is_empty() {
-            let (items, tokens): (Vec<i64>, Vec<i64>) = commit
-                .completed_activities
-                .iter()
-                .map(|(item, token)| (to_i64(*item), to_i64(*token)))
-                .unzip();
-            transaction
-                .execute(&sql.delete_completed, &[&now, &items, &tokens])
-                .await
-                .map_err(e)?;
-        }
-        let mut inbox_changed = !commit.timers.is_empty();
-        if !commit.timers.is_empty() {
-            let (ats, messages): (Vec<i64>, Vec<String>) = commit
-                .timers
-                .iter()
-                .map(|(at, message)| (*at, encode(message)))
-                .unzip();
-            transaction
-                .execute(&sql.insert_timers, &[&id, &ats, &messages])
-                .await
-                .map_err(e)?;
-        }
-        for outbound in &commit.outbound {
-            match outbound {
-                Outbound::Start(start) => {
-                    let created = transaction
-                        .execute(
-                            &sql.insert_child,
-                            &[&now, &start.instance_id, &start.name, &start.input],
-                        )
-                        .await
-                        .map_err(e)?
-                        == 1;
-                    if created {
-                        transaction
-                            .execute(
-                                &sql.insert_message,
-                                &[&now, &start.instance_id, &encode(&start.start_message())],
-                            )
-                            .await
-                            .map_err(e)?;
-                        inbox_changed = true;
-                    } else if let Some(parent) = &start.parent {
-                        let message = Message::SubOrchestrationFailed {
-                            execution_id: parent.execution_id,
-                            id: parent.id,
-                            failure: Failure::new(
-                                codes::INSTANCE_EXISTS,
-                                format!("instance '{}' already exists", start.instance_id),
-                            ),
-                        };
-                        // The parent is this instance, or another one that must be alive.
-                        inbox_changed |=
-                            insert_if_live(&transaction, sql, now, &parent.instance_id, &message)
-                                .await
-                                .map_err(e)?;
-                    }
-                }
-                Outbound::Message {
-                    instance_id,
-                    message,
-                } => {
-                    inbox_changed |= insert_if_live(&transaction, sql, now, instance_id, message)
-                        .await
-                        .map_err(e)?;
-                }
-            }
-        }
-        let mut new_execution = execution_id;
-        let mut new_input: Option<&str> = None;
-        let mut new_history_len = history_len + i64::try_from(commit.append.len()).unwrap_or(0);
-        if let Some(start) = &commit.continue_as_new {
-            new_execution += 1;
-            new_history_len = 0;
-            if let Message::Start { input, .. } = start {
-                new_input = Some(input.as_str());
-            }
-            transaction
-                .execute(&sql.insert_message, &[&now, &id, &encode(start)])
-                .await
-                .map_err(e)?;
-            inbox_changed = true;
-        }
-        let finished = commit.status.is_some_and(InstanceStatus::is_terminal);
-        transaction
-            .execute(
-                &sql.update_instance,
-                &[
-                    &now,
-                    &id,
-                    &commit.status.map(InstanceStatus::as_str),
-                    &commit.output,
-                    &commit.failure.as_ref().map(encode),
-                    &commit.custom_status,
-                    &new_execution,
-                    &new_input,
-                    &new_history_len,
-                ],
-            )
-            .await
-            .map_err(e)?;
-        if finished && commit.outstanding_activities {
-            // Work that can no longer matter, unless someone holds it: its holder's completion
-            // then finds the instance finished.
-            transaction
-                .execute(&sql.delete_unheld_activities, &[&now, &id])
-                .await
-                .map_err(e)?;
-        }
-        if finished {
-            transaction
-                .execute(&sql.delete_future_messages, &[&now, &id])
-                .await
-                .map_err(e)?;
-        }
-        let pending: bool = transaction
-            .query_one(&sql.has_visible, &[&now, &id])
-            .await
-            .map_err(e)?
-            .get(0);
+        let delivered = (outbound_at..outbound_end).any(|index| !rows(index).is_empty());
+        let pending: bool = rows(results.len() - 1)
+            .first()
+            .is_some_and(|row| row.get(0));
         transaction.commit().await.map_err(e)?;
         Ok(CommitEffects {
-            inbox_changed: inbox_changed || pending,
+            inbox_changed: !commit.timers.is_empty() || delivered || restart.is_some() || pending,
             activities_added: commit.activities.len() > claimed.len(),
             finished,
             claimed,
@@ -802,7 +859,9 @@ impl PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_one(
-                &self.sql.unlock_turn,
+                &prepared(&client, &self.sql.unlock_turn)
+                    .await
+                    .map_err(|error| self.db_error(error))?,
                 &[
                     &self.now(),
                     &to_i64(lock_token),
@@ -831,7 +890,9 @@ impl PostgresStore {
         let client = self.client().await?;
         let updated = client
             .execute(
-                &self.sql.unlock_activity,
+                &prepared(&client, &self.sql.unlock_activity)
+                    .await
+                    .map_err(|error| self.db_error(error))?,
                 &[
                     &self.now(),
                     &to_i64(lock_token),
@@ -860,7 +921,9 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let created = client
             .query_opt(
-                &self.sql.create_instance,
+                &prepared(&client, &self.sql.create_instance)
+                    .await
+                    .map_err(|error| self.db_error(error))?,
                 &[
                     &self.now(),
                     &start.instance_id,
@@ -891,7 +954,9 @@ impl Store for PostgresStore {
         if let Some(start) = &start_if_missing {
             transaction
                 .query_opt(
-                    &self.sql.create_instance,
+                    &prepared(&transaction, &self.sql.create_instance)
+                        .await
+                        .map_err(|error| self.db_error(error))?,
                     &[
                         &now,
                         &start.instance_id,
@@ -946,9 +1011,12 @@ impl Store for PostgresStore {
         let now_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&now];
         let fetch_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&now, &max, &also, &lease_ms];
+        let e = |error| self.db_error(error);
+        let clock = prepared(&client, &self.sql.now).await.map_err(e)?;
+        let fetch = prepared(&client, &self.sql.fetch_turns).await.map_err(e)?;
         let (started, rows) = tokio::try_join!(
-            client.query_one(self.sql.now.as_str(), &now_params),
-            client.query(self.sql.fetch_turns.as_str(), &fetch_params),
+            client.query_one(&clock, &now_params),
+            client.query(&fetch, &fetch_params),
         )
         .map_err(|error| self.db_error(error))?;
         self.fetched_turns_at
@@ -1010,7 +1078,9 @@ impl Store for PostgresStore {
         let execution = to_i64(execution_id);
         let rows = client
             .query(
-                &self.sql.read_history,
+                &prepared(&client, &self.sql.read_history)
+                    .await
+                    .map_err(|error| self.db_error(error))?,
                 &[&instance_id, &execution, &to_i64(from)],
             )
             .await
@@ -1069,7 +1139,9 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let renewed = client
             .execute(
-                &self.sql.renew_turn,
+                &prepared(&client, &self.sql.renew_turn)
+                    .await
+                    .map_err(|error| self.db_error(error))?,
                 &[
                     &self.now(),
                     &to_i64(lock_token),
@@ -1094,7 +1166,9 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let updated = client
             .execute(
-                &self.sql.quarantine,
+                &prepared(&client, &self.sql.quarantine)
+                    .await
+                    .map_err(|error| self.db_error(error))?,
                 &[
                     &self.now(),
                     &to_i64(lock_token),
@@ -1121,9 +1195,14 @@ impl Store for PostgresStore {
         let lease_ms = duration_ms(lease);
         let now_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&now];
         let fetch_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&now, &max, &lease_ms];
+        let e = |error| self.db_error(error);
+        let clock = prepared(&client, &self.sql.now).await.map_err(e)?;
+        let fetch = prepared(&client, &self.sql.fetch_activities)
+            .await
+            .map_err(e)?;
         let (started, rows) = tokio::try_join!(
-            client.query_one(self.sql.now.as_str(), &now_params),
-            client.query(self.sql.fetch_activities.as_str(), &fetch_params),
+            client.query_one(&clock, &now_params),
+            client.query(&fetch, &fetch_params),
         )
         .map_err(|error| self.db_error(error))?;
         self.fetched_activities_at
@@ -1174,7 +1253,12 @@ impl Store for PostgresStore {
         }
         if !finished.is_empty() {
             client
-                .execute(&self.sql.delete_items, &[&finished, &token])
+                .execute(
+                    &prepared(&client, &self.sql.delete_items)
+                        .await
+                        .map_err(|error| self.db_error(error))?,
+                    &[&finished, &token],
+                )
                 .await
                 .map_err(|error| self.db_error(error))?;
         }
@@ -1191,7 +1275,9 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                &self.sql.renew_activity,
+                &prepared(&client, &self.sql.renew_activity)
+                    .await
+                    .map_err(|error| self.db_error(error))?,
                 &[
                     &self.now(),
                     &to_i64(lock_token),
@@ -1224,7 +1310,9 @@ impl Store for PostgresStore {
         let transaction = client.transaction().await.map_err(e)?;
         let row = transaction
             .query_opt(
-                &self.sql.complete_activity,
+                &prepared(&transaction, &self.sql.complete_activity)
+                    .await
+                    .map_err(|error| self.db_error(error))?,
                 &[&now, &to_i64(lock_token), &to_i64(item_id)],
             )
             .await
@@ -1278,7 +1366,12 @@ impl Store for PostgresStore {
     async fn instance(&self, instance_id: &str) -> StoreResult<Option<InstanceInfo>> {
         let client = self.client().await?;
         let row = client
-            .query_opt(&self.sql.instance, &[&instance_id])
+            .query_opt(
+                &prepared(&client, &self.sql.instance)
+                    .await
+                    .map_err(|error| self.db_error(error))?,
+                &[&instance_id],
+            )
             .await
             .map_err(|error| self.db_error(error))?;
         let Some(row) = row else {
@@ -1313,7 +1406,12 @@ impl Store for PostgresStore {
                     .fetched_turns_at
                     .load(std::sync::atomic::Ordering::SeqCst);
                 client
-                    .query_one(self.sql.next_wake_turns.as_str(), &[&now, &since])
+                    .query_one(
+                        &prepared(&client, &self.sql.next_wake_turns)
+                            .await
+                            .map_err(|error| self.db_error(error))?,
+                        &[&now, &since],
+                    )
                     .await
             }
             Work::Activities => {
@@ -1321,7 +1419,12 @@ impl Store for PostgresStore {
                     .fetched_activities_at
                     .load(std::sync::atomic::Ordering::SeqCst);
                 client
-                    .query_one(self.sql.next_wake_activities.as_str(), &[&since])
+                    .query_one(
+                        &prepared(&client, &self.sql.next_wake_activities)
+                            .await
+                            .map_err(|error| self.db_error(error))?,
+                        &[&since],
+                    )
                     .await
             }
         }
@@ -1332,7 +1435,12 @@ impl Store for PostgresStore {
     async fn count_by_status(&self) -> StoreResult<Vec<(InstanceStatus, u64)>> {
         let client = self.client().await?;
         let rows = client
-            .query(&self.sql.count_by_status, &[])
+            .query(
+                &prepared(&client, &self.sql.count_by_status)
+                    .await
+                    .map_err(|error| self.db_error(error))?,
+                &[],
+            )
             .await
             .map_err(|error| self.db_error(error))?;
         rows.iter()

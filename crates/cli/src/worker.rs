@@ -1,0 +1,111 @@
+//! `sluice worker` and `sluice migrate`: a process that hosts the demo's and the benchmark's
+//! orchestrations and activities on a store that many such processes share.
+
+use crate::{SyncMode, bench, open_sqlite, workflows};
+use anyhow::{Context, Result, bail};
+use sluice_runtime::{Runtime, RuntimeOptions};
+use sluice_store::Store;
+use sluice_store_postgres::{PostgresStore, PostgresStoreOptions};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+/// Options of `sluice worker`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct WorkerArgs {
+    /// The store: `postgres://user:password@host/database` (shared by any number of workers on
+    /// any number of machines) or `sqlite://PATH` (one process only).
+    #[arg(long)]
+    store: String,
+    /// The PostgreSQL schema holding the store's tables.
+    #[arg(long, default_value = "sluice")]
+    schema: String,
+    /// Orchestration turns processed at the same time.
+    #[arg(long, default_value_t = 4)]
+    orch_concurrency: usize,
+    /// Activities run at the same time.
+    #[arg(long, default_value_t = 16)]
+    activity_concurrency: usize,
+    /// How long the benchmark's activity sleeps, in milliseconds (as `bench orchestrations
+    /// --activity-ms`).
+    #[arg(long, default_value_t = 0)]
+    activity_ms: u64,
+    /// Pooled PostgreSQL connections (plus one for the wake-up listener).
+    #[arg(long, default_value_t = 5)]
+    pg_connections: usize,
+    /// How long running turns and activities get to finish after SIGTERM or Ctrl-C.
+    #[arg(long, default_value_t = 10)]
+    grace_secs: u64,
+}
+
+/// Options of `sluice migrate`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct MigrateArgs {
+    /// The PostgreSQL store: `postgres://user:password@host/database`.
+    #[arg(long)]
+    store: String,
+    /// The schema holding the store's tables.
+    #[arg(long, default_value = "sluice")]
+    schema: String,
+}
+
+/// Opens the store a URL names.
+pub(crate) async fn open_store(
+    url: &str,
+    schema: &str,
+    pg_connections: usize,
+) -> Result<(Arc<dyn Store>, String)> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let mut options = PostgresStoreOptions::new(url)?;
+        options.schema = schema.to_string();
+        options.pool_connections_max = pg_connections;
+        let target = options.target().to_string();
+        let store = PostgresStore::connect(options)
+            .await
+            .with_context(|| format!("opening the PostgreSQL store on {target}"))?;
+        Ok((
+            Arc::new(store),
+            format!("postgres {target} schema {schema}"),
+        ))
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        let store = open_sqlite(std::path::Path::new(path), SyncMode::Full)?;
+        Ok((store, format!("sqlite {path}")))
+    } else {
+        bail!("--store must start with postgres://, postgresql:// or sqlite://")
+    }
+}
+
+pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
+    let (store, described) = open_store(&args.store, &args.schema, args.pg_connections).await?;
+    let executions = Arc::new(AtomicU64::new(0));
+    let registry = bench::register(workflows::registry(), args.activity_ms, executions);
+    let runtime = Runtime::start(
+        store,
+        registry,
+        RuntimeOptions {
+            orchestration_concurrency: args.orch_concurrency,
+            activity_concurrency: args.activity_concurrency,
+            ..RuntimeOptions::default()
+        },
+    );
+    eprintln!(
+        "sluice worker {} on {described}: running (SIGTERM or Ctrl-C stops it)",
+        std::process::id()
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    eprintln!("sluice worker {}: stopping", std::process::id());
+    runtime.shutdown(Duration::from_secs(args.grace_secs)).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
+    let (_, described) = open_store(&args.store, &args.schema, 1).await?;
+    println!("{described}: schema up to date");
+    Ok(ExitCode::SUCCESS)
+}
