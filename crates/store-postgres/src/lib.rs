@@ -11,10 +11,11 @@
 //! slow poll is only the fallback.
 //!
 //! Where this store stands: it passes the store conformance suite and its multi-process
-//! checks. Not built yet (see issue 15's note): group commit of several turns per transaction,
-//! fetching only registered names, TLS.
+//! checks. Turn commits are grouped: what a process has ready goes in one transaction
+//! (`commit.rs`). Not built yet (see issue 15's note): fetching only registered names, TLS.
 #![warn(missing_docs)]
 
+mod commit;
 mod schema;
 mod store;
 mod wake;

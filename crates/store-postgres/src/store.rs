@@ -1,15 +1,15 @@
+use crate::commit;
 use crate::schema::{self, MigrateError};
 use crate::wake::{self, AbortOnDrop, Announcer, ListenerState};
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Object, Pool};
-use sluice_history::{Event, Failure, InstanceStatus, Message, TimestampMs, codes};
+use sluice_history::{Event, Failure, InstanceStatus, Message, TimestampMs};
 use sluice_postgres::{ConnectError, ConnectOptions, PoolOptions};
 use sluice_store::{
     ActivityResult, ActivityWorkItem, Clock, InstanceInfo, LockedTurn, NewActivity, NewInstance,
-    Outbound, Signals, Store, StoreError, StoreResult, TurnCommit, Work,
+    Signals, Store, StoreError, StoreResult, TurnCommit, Work,
 };
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
@@ -105,6 +105,8 @@ pub struct PostgresStore {
     /// When the last fetch of each kind began (database clock), for `next_wake_at`.
     fetched_turns_at: AtomicI64,
     fetched_activities_at: AtomicI64,
+    /// Turn commits for the committer (`commit.rs`).
+    commits: tokio::sync::mpsc::Sender<(TurnCommit, Option<i64>, commit::Reply)>,
     _tasks: Vec<AbortOnDrop>,
 }
 
@@ -129,7 +131,7 @@ fn duration_ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> String {
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("history types always serialise")
 }
 
@@ -150,21 +152,9 @@ fn parse_status(text: &str) -> StoreResult<InstanceStatus> {
 struct Sql {
     create_instance: String,
     instance_status: String,
-    insert_message: String,
     insert_message_if_live: String,
     fetch_turns: String,
     read_history: String,
-    lock_for_commit: String,
-    insert_history: String,
-    delete_consumed: String,
-    insert_activities: String,
-    delete_completed: String,
-    insert_timers: String,
-    insert_child_with_start: String,
-    update_instance: String,
-    delete_unheld_activities: String,
-    delete_future_messages: String,
-    has_visible: String,
     unlock_turn: String,
     renew_turn: String,
     quarantine: String,
@@ -194,10 +184,6 @@ impl Sql {
                  SELECT instance_id, {s}.now_ms($1), $5 FROM created RETURNING instance_id",
             ),
             instance_status: sql("SELECT status FROM {s}.instances WHERE instance_id = $1"),
-            insert_message: sql(
-                "INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
-                 VALUES ($2, {s}.now_ms($1), $3)",
-            ),
             insert_message_if_live: sql(
                 "INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
                  SELECT $2, {s}.now_ms($1), $3 FROM {s}.instances
@@ -248,81 +234,6 @@ impl Sql {
             read_history: sql(
                 "SELECT position, event FROM {s}.history
                  WHERE instance_id = $1 AND execution_id = $2 AND position >= $3 ORDER BY position",
-            ),
-            lock_for_commit: sql(
-                "SELECT execution_id, history_len,
-                        COALESCE(lock_token = $3 AND locked_until_ms > {s}.now_ms($1), false)
-                 FROM {s}.instances WHERE instance_id = $2 FOR UPDATE",
-            ),
-            insert_history: sql(
-                "INSERT INTO {s}.history (instance_id, execution_id, position, event)
-                 SELECT $1, $2, $3 + ordinality - 1, event FROM unnest($4::text[]) WITH ORDINALITY AS e(event, ordinality)",
-            ),
-            delete_consumed: sql(
-                "DELETE FROM {s}.inbox WHERE instance_id = $1 AND message_id = ANY($2)",
-            ),
-            insert_activities: sql(
-                "INSERT INTO {s}.activities (instance_id, execution_id, activity_id, name, input, retry, visible_at_ms, attempt, lock_token)
-                 SELECT $2, $3, a.activity_id, a.name, a.input, a.retry,
-                        CASE WHEN a.ordinality <= $8 THEN {s}.now_ms($1) + $9 ELSE {s}.now_ms($1) END,
-                        CASE WHEN a.ordinality <= $8 THEN 1 ELSE 0 END,
-                        CASE WHEN a.ordinality <= $8 THEN $10::bigint END
-                 FROM unnest($4::bigint[], $5::text[], $6::text[], $7::text[]) WITH ORDINALITY
-                      AS a(activity_id, name, input, retry, ordinality)
-                 RETURNING item_id, activity_id, lock_token IS NOT NULL",
-            ),
-            delete_completed: sql(
-                "DELETE FROM {s}.activities a USING unnest($2::bigint[], $3::bigint[]) AS c(item_id, token)
-                 WHERE a.item_id = c.item_id AND a.lock_token = c.token AND a.visible_at_ms > {s}.now_ms($1)",
-            ),
-            insert_timers: sql(
-                "INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
-                 SELECT $1, t.at, t.message FROM unnest($2::bigint[], $3::text[]) AS t(at, message)",
-            ),
-            // A child's start: created with its start message, or, when the id is taken and
-            // the start has a parent, a failure for the parent (if it is alive).
-            insert_child_with_start: sql(
-                "WITH created AS (
-                    INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms)
-                    VALUES ($2, $3, 'pending', 1, $4, {s}.now_ms($1), {s}.now_ms($1))
-                    ON CONFLICT (instance_id) DO NOTHING RETURNING instance_id),
-                 started AS (
-                    INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
-                    SELECT instance_id, {s}.now_ms($1), $5 FROM created RETURNING instance_id),
-                 refused AS (
-                    INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
-                    SELECT $6::text, {s}.now_ms($1), $7::text
-                    WHERE $6::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM created)
-                      AND EXISTS (SELECT 1 FROM {s}.instances
-                                  WHERE instance_id = $6::text AND status IN ('pending', 'running', 'quarantined'))
-                    RETURNING instance_id)
-                 SELECT instance_id FROM started UNION ALL SELECT instance_id FROM refused",
-            ),
-            update_instance: sql(
-                "UPDATE {s}.instances SET
-                    status = COALESCE($3, status),
-                    output = COALESCE($4, output),
-                    failure = COALESCE($5, failure),
-                    custom_status = COALESCE($6, custom_status),
-                    execution_id = $7,
-                    input = COALESCE($8, input),
-                    history_len = $9,
-                    locked_until_ms = NULL,
-                    updated_at_ms = CASE WHEN status IS DISTINCT FROM COALESCE($3, status)
-                        OR $4 IS NOT NULL OR $5 IS NOT NULL
-                        OR custom_status IS DISTINCT FROM COALESCE($6, custom_status)
-                        OR execution_id <> $7 THEN {s}.now_ms($1) ELSE updated_at_ms END
-                 WHERE instance_id = $2",
-            ),
-            delete_unheld_activities: sql(
-                "DELETE FROM {s}.activities WHERE instance_id = $2
-                 AND (lock_token IS NULL OR visible_at_ms <= {s}.now_ms($1))",
-            ),
-            delete_future_messages: sql(
-                "DELETE FROM {s}.inbox WHERE instance_id = $2 AND visible_at_ms > {s}.now_ms($1)",
-            ),
-            has_visible: sql(
-                "SELECT EXISTS (SELECT 1 FROM {s}.inbox WHERE instance_id = $2 AND visible_at_ms <= {s}.now_ms($1))",
             ),
             unlock_turn: sql(
                 "WITH unlocked AS (
@@ -444,6 +355,23 @@ impl PostgresStore {
         let signals = Arc::new(Signals::default());
         let listener = Arc::new(ListenerState::default());
         let mut tasks = Vec::new();
+        let (commits, queue) = tokio::sync::mpsc::channel(commit::QUEUE_TURNS_MAX);
+        let describe_connect = options.connect.clone();
+        let pool_connect = options.connect.clone();
+        tasks.push(AbortOnDrop(
+            tokio::spawn(commit::committer(
+                pool.clone(),
+                Arc::new(commit::TurnSql::new(&quoted)),
+                queue,
+                Box::new(move |error| StoreError::Database(describe_connect.describe_error(error))),
+                Box::new(move |error| {
+                    StoreError::Database(
+                        pool_connect.redact(&sluice_postgres::pool_error_chain(&error)),
+                    )
+                }),
+            ))
+            .abort_handle(),
+        ));
         let mut announcer = None;
         if options.listen {
             let origin = wake::origin();
@@ -487,6 +415,7 @@ impl PostgresStore {
             listener,
             fetched_turns_at: AtomicI64::new(i64::MIN),
             fetched_activities_at: AtomicI64::new(i64::MIN),
+            commits,
             _tasks: tasks,
         })
     }
@@ -567,288 +496,14 @@ async fn insert_if_live(
 
 /// A statement prepared once per connection (the pool's connections keep a cache), so the
 /// server parses and plans it once and each use is one message.
-async fn prepared(
+pub(crate) async fn prepared(
     client: &impl GenericClient,
     sql: &str,
 ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
     client.prepare_cached(sql).await
 }
 
-/// What a commit changed, for the wake-ups sent after it.
-struct CommitEffects {
-    inbox_changed: bool,
-    activities_added: bool,
-    finished: bool,
-    claimed: Vec<ActivityWorkItem>,
-}
-
 impl PostgresStore {
-    /// One turn commit in one transaction: `BEGIN`, every statement pipelined (sent without
-    /// waiting for the answers, in order, on one connection), `COMMIT`: three round trips
-    /// whatever the turn holds. The lease check is the first statement; when it fails, or any
-    /// statement does, the transaction is rolled back, so nothing of a refused commit remains.
-    async fn commit_turn_in(&self, commit: &TurnCommit) -> StoreResult<CommitEffects> {
-        let now = self.now();
-        let sql = &self.sql;
-        let e = |error| self.db_error(error);
-        let mut client = self.client().await?;
-        let transaction = client.transaction().await.map_err(e)?;
-        let tx = &transaction;
-        let id = commit.instance_id.as_str();
-        let token = to_i64(commit.lock_token);
-        let execution_id = to_i64(commit.execution_id);
-        let history_from = to_i64(commit.history_from);
-        let appended = i64::try_from(commit.append.len()).unwrap_or(i64::MAX);
-
-        // Everything a statement binds, owned here so that the pipelined futures can borrow it.
-        let events: Vec<String> = commit.append.iter().map(encode).collect();
-        let consumed: Vec<i64> = commit.consumed.iter().map(|id| to_i64(*id)).collect();
-        let (claim_max, claim_lease_ms) = commit
-            .claim_activities
-            .map_or((0, 0), |(max, lease)| (max, duration_ms(lease)));
-        let claim_max = i64::try_from(claim_max).unwrap_or(i64::MAX);
-        let activity_ids: Vec<i64> = commit
-            .activities
-            .iter()
-            .map(|a| to_i64(a.activity_id))
-            .collect();
-        let activity_names: Vec<&str> = commit.activities.iter().map(|a| a.name.as_str()).collect();
-        let activity_inputs: Vec<&str> =
-            commit.activities.iter().map(|a| a.input.as_str()).collect();
-        let activity_retries: Vec<Option<String>> = commit
-            .activities
-            .iter()
-            .map(|a| a.retry.as_ref().map(encode))
-            .collect();
-        let (completed_items, completed_tokens): (Vec<i64>, Vec<i64>) = commit
-            .completed_activities
-            .iter()
-            .map(|(item, token)| (to_i64(*item), to_i64(*token)))
-            .unzip();
-        let (timer_ats, timer_messages): (Vec<i64>, Vec<String>) = commit
-            .timers
-            .iter()
-            .map(|(at, message)| (*at, encode(message)))
-            .unzip();
-        // Starts of other instances: (child id, name, input, its start message, the message
-        // for the parent if the id is taken).
-        let mut starts = Vec::new();
-        let mut messages: Vec<(&str, String)> = Vec::new();
-        for outbound in &commit.outbound {
-            match outbound {
-                Outbound::Start(start) => {
-                    let taken = start.parent.as_ref().map(|parent| {
-                        let message = Message::SubOrchestrationFailed {
-                            execution_id: parent.execution_id,
-                            id: parent.id,
-                            failure: Failure::new(
-                                codes::INSTANCE_EXISTS,
-                                format!("instance '{}' already exists", start.instance_id),
-                            ),
-                        };
-                        (parent.instance_id.as_str(), encode(&message))
-                    });
-                    let (parent, refused) = match taken {
-                        Some((parent, message)) => (Some(parent), Some(message)),
-                        None => (None, None),
-                    };
-                    starts.push((start, encode(&start.start_message()), parent, refused));
-                }
-                Outbound::Message {
-                    instance_id,
-                    message,
-                } => messages.push((instance_id.as_str(), encode(message))),
-            }
-        }
-        let mut new_execution = execution_id;
-        let mut new_input: Option<&str> = None;
-        let mut new_history_len = history_from.saturating_add(appended);
-        let restart = commit.continue_as_new.as_ref().map(|start| {
-            new_execution += 1;
-            new_history_len = 0;
-            if let Message::Start { input, .. } = start {
-                new_input = Some(input.as_str());
-            }
-            encode(start)
-        });
-        let finished = commit.status.is_some_and(InstanceStatus::is_terminal);
-        let status = commit.status.map(InstanceStatus::as_str);
-        let failure = commit.failure.as_ref().map(encode);
-
-        let lock = prepared(tx, &sql.lock_for_commit).await.map_err(e)?;
-        let insert_history = prepared(tx, &sql.insert_history).await.map_err(e)?;
-        let delete_consumed = prepared(tx, &sql.delete_consumed).await.map_err(e)?;
-        let insert_activities = prepared(tx, &sql.insert_activities).await.map_err(e)?;
-        let delete_completed = prepared(tx, &sql.delete_completed).await.map_err(e)?;
-        let insert_timers = prepared(tx, &sql.insert_timers).await.map_err(e)?;
-        let insert_child = prepared(tx, &sql.insert_child_with_start)
-            .await
-            .map_err(e)?;
-        let message_if_live = prepared(tx, &sql.insert_message_if_live).await.map_err(e)?;
-        let insert_message = prepared(tx, &sql.insert_message).await.map_err(e)?;
-        let update_instance = prepared(tx, &sql.update_instance).await.map_err(e)?;
-        let delete_unheld = prepared(tx, &sql.delete_unheld_activities)
-            .await
-            .map_err(e)?;
-        let delete_future = prepared(tx, &sql.delete_future_messages).await.map_err(e)?;
-        let has_visible = prepared(tx, &sql.has_visible).await.map_err(e)?;
-
-        type Rows = Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>;
-        type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Rows> + Send + 'a>>;
-        let mut pipeline: Vec<Pending<'_>> = Vec::new();
-        // Each statement's future owns its parameter list (the values stay borrowed).
-        macro_rules! push {
-            ($statement:ident, [$($param:expr),*]) => {{
-                let statement = $statement.clone();
-                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![$($param),*];
-                pipeline.push(Box::pin(async move { tx.query(&statement, &params).await }));
-            }};
-        }
-        push!(lock, [&now, &id, &token]);
-        if !events.is_empty() {
-            push!(insert_history, [&id, &execution_id, &history_from, &events]);
-        }
-        if !consumed.is_empty() {
-            push!(delete_consumed, [&id, &consumed]);
-        }
-        let activities_at = pipeline.len();
-        if !activity_ids.is_empty() {
-            push!(
-                insert_activities,
-                [
-                    &now,
-                    &id,
-                    &execution_id,
-                    &activity_ids,
-                    &activity_names,
-                    &activity_inputs,
-                    &activity_retries,
-                    &claim_max,
-                    &claim_lease_ms,
-                    &token
-                ]
-            );
-        }
-        if !completed_items.is_empty() {
-            push!(
-                delete_completed,
-                [&now, &completed_items, &completed_tokens]
-            );
-        }
-        if !timer_ats.is_empty() {
-            push!(insert_timers, [&id, &timer_ats, &timer_messages]);
-        }
-        let outbound_at = pipeline.len();
-        for (start, start_message, parent, refused) in &starts {
-            push!(
-                insert_child,
-                [
-                    &now,
-                    &start.instance_id,
-                    &start.name,
-                    &start.input,
-                    start_message,
-                    parent,
-                    refused
-                ]
-            );
-        }
-        for (target, message) in &messages {
-            push!(message_if_live, [&now, target, message]);
-        }
-        let outbound_end = pipeline.len();
-        if let Some(restart) = &restart {
-            push!(insert_message, [&now, &id, restart]);
-        }
-        push!(
-            update_instance,
-            [
-                &now,
-                &id,
-                &status,
-                &commit.output,
-                &failure,
-                &commit.custom_status,
-                &new_execution,
-                &new_input,
-                &new_history_len
-            ]
-        );
-        if finished && commit.outstanding_activities {
-            // Work that can no longer matter, unless someone holds it: its holder's completion
-            // then finds the instance finished.
-            push!(delete_unheld, [&now, &id]);
-        }
-        if finished {
-            push!(delete_future, [&now, &id]);
-        }
-        push!(has_visible, [&now, &id]);
-        let results = futures_util::future::join_all(pipeline).await;
-
-        // The lease check decides first: a refused commit is refused whatever else failed.
-        let check = match &results[0] {
-            Ok(rows) => rows.first(),
-            Err(error) => return Err(self.db_error_ref(error)),
-        };
-        let Some(check) = check else {
-            return Err(StoreError::InstanceNotFound(commit.instance_id.clone()));
-        };
-        let (stored_execution, stored_len, held): (i64, i64, bool) =
-            (check.get(0), check.get(1), check.get(2));
-        if !held {
-            return Err(StoreError::LeaseLost("instance"));
-        }
-        if stored_execution != execution_id {
-            return Err(StoreError::Contract(format!(
-                "commit for execution {} but the instance is at execution {stored_execution}",
-                commit.execution_id
-            )));
-        }
-        if stored_len != history_from {
-            return Err(StoreError::Contract(format!(
-                "history append at position {} but the history has {stored_len} events",
-                commit.history_from
-            )));
-        }
-        if let Some(Err(error)) = results.iter().find(|result| result.is_err()) {
-            return Err(self.db_error_ref(error));
-        }
-        let rows = |index: usize| results[index].as_ref().map(Vec::as_slice).unwrap_or(&[]);
-        let mut claimed = Vec::new();
-        if !activity_ids.is_empty() {
-            let by_id: HashMap<u64, &NewActivity> = commit
-                .activities
-                .iter()
-                .map(|a| (a.activity_id, a))
-                .collect();
-            for row in rows(activities_at) {
-                let (item_id, activity_id, is_claimed): (i64, i64, bool) =
-                    (row.get(0), row.get(1), row.get(2));
-                if is_claimed && let Some(activity) = by_id.get(&to_u64(activity_id)) {
-                    claimed.push(ActivityWorkItem {
-                        item_id: to_u64(item_id),
-                        lock_token: commit.lock_token,
-                        attempt: 1,
-                        activity: (*activity).clone(),
-                        unreadable: None,
-                    });
-                }
-            }
-            claimed.sort_by_key(|item| item.item_id);
-        }
-        let delivered = (outbound_at..outbound_end).any(|index| !rows(index).is_empty());
-        let pending: bool = rows(results.len() - 1)
-            .first()
-            .is_some_and(|row| row.get(0));
-        transaction.commit().await.map_err(e)?;
-        Ok(CommitEffects {
-            inbox_changed: !commit.timers.is_empty() || delivered || restart.is_some() || pending,
-            activities_added: commit.activities.len() > claimed.len(),
-            finished,
-            claimed,
-        })
-    }
-
     async fn unlock_turn(
         &self,
         instance_id: &str,
@@ -1098,7 +753,15 @@ impl Store for PostgresStore {
     }
 
     async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<Vec<ActivityWorkItem>> {
-        let effects = self.commit_turn_in(&commit).await?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let instance_id = commit.instance_id.clone();
+        self.commits
+            .send((commit, self.now(), reply))
+            .await
+            .map_err(|_| StoreError::Database("the store's committer has stopped".into()))?;
+        let effects = answer
+            .await
+            .map_err(|_| StoreError::Database("the store's committer has stopped".into()))??;
         if effects.inbox_changed {
             self.wake_orchestrations();
         }
@@ -1106,7 +769,7 @@ impl Store for PostgresStore {
             self.wake_activities();
         }
         if effects.finished {
-            self.wake_finished(&commit.instance_id);
+            self.wake_finished(&instance_id);
         }
         Ok(effects.claimed)
     }
