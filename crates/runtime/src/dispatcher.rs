@@ -4,7 +4,7 @@ use crate::handoff::LocalResult;
 use crate::metrics;
 use crate::poison::backoff;
 use crate::runtime::Shared;
-use crate::task::{AbortOnDrop, CatchUnwind};
+use crate::task::CatchUnwind;
 use crate::worker;
 use sluice_history::{
     Event, Failure, InstanceStatus, Message, ParentLink, codes, pending_children,
@@ -58,14 +58,7 @@ pub(crate) async fn process_turn(shared: &Arc<Shared>, tracker: &TaskTracker, tu
         .delivery
         .max(shared.turn_failures.count(&instance_id).saturating_add(1));
     let deliveries_max = shared.options.turn_deliveries_max;
-    let _renewer = AbortOnDrop(
-        tokio::spawn(renew_turn_lease(
-            shared.clone(),
-            instance_id.clone(),
-            lock_token,
-        ))
-        .abort_handle(),
-    );
+    let _running = shared.running_turns.hold(&instance_id, lock_token);
     let attempt = TurnAttempt {
         instance_id: &instance_id,
         lock_token,
@@ -284,23 +277,29 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Renews a turn's lease every third of it until aborted (when the turn ends) or lost.
-async fn renew_turn_lease(shared: Arc<Shared>, instance_id: String, lock_token: u64) {
+/// Renews the leases of turns running longer than a third of the lease, every sixth of it:
+/// one task for all of them (most turns end before their first renewal). Ends once the runtime
+/// is shut down and no turn runs any more.
+pub(crate) async fn renew_turn_leases(shared: Arc<Shared>) {
     let lease = shared.options.turn_lease;
     loop {
-        tokio::time::sleep(lease / 3).await;
-        match shared
-            .store
-            .renew_turn_lease(&instance_id, lock_token, lease)
-            .await
-        {
-            Ok(()) => metrics::turn_lease_renewed(),
-            Err(StoreError::LeaseLost(_)) => {
-                tracing::warn!(%instance_id, "turn lease lost while the turn ran; its commit will be refused");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(%instance_id, %error, "turn lease renewal failed; trying again");
+        tokio::time::sleep(lease / 6).await;
+        if shared.shutdown.is_cancelled() && shared.running_turns.is_empty() {
+            return;
+        }
+        for (instance_id, lock_token) in shared.running_turns.due(lease / 3) {
+            match shared
+                .store
+                .renew_turn_lease(&instance_id, lock_token, lease)
+                .await
+            {
+                Ok(()) => metrics::turn_lease_renewed(),
+                Err(StoreError::LeaseLost(_)) => {
+                    tracing::warn!(%instance_id, "turn lease lost while the turn ran; its commit will be refused");
+                }
+                Err(error) => {
+                    tracing::warn!(%instance_id, %error, "turn lease renewal failed; trying again");
+                }
             }
         }
     }

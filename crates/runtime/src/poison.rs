@@ -172,3 +172,58 @@ mod tests {
         assert_eq!(failures.next_retry_at(100), None);
     }
 }
+
+/// The turns this runtime is running, for one renewal task that extends the leases of those
+/// running longer than a third of it (most turns finish long before; no task per turn).
+#[derive(Default)]
+pub(crate) struct RunningTurns(Mutex<HashMap<String, (u64, std::time::Instant)>>);
+
+impl RunningTurns {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, std::time::Instant)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a turn until the guard is dropped.
+    pub(crate) fn hold<'a>(&'a self, instance_id: &str, lock_token: u64) -> RunningTurn<'a> {
+        self.map().insert(
+            instance_id.to_string(),
+            (lock_token, std::time::Instant::now()),
+        );
+        RunningTurn {
+            turns: self,
+            instance_id: instance_id.to_string(),
+        }
+    }
+
+    /// Whether no turn is running.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map().is_empty()
+    }
+
+    /// Turns whose lease was last taken or renewed at least `age` ago, marked as renewed now.
+    pub(crate) fn due(&self, age: Duration) -> Vec<(String, u64)> {
+        let now = std::time::Instant::now();
+        self.map()
+            .iter_mut()
+            .filter(|(_, (_, since))| now.duration_since(*since) >= age)
+            .map(|(id, (token, since))| {
+                *since = now;
+                (id.clone(), *token)
+            })
+            .collect()
+    }
+}
+
+/// A running turn's registration.
+pub(crate) struct RunningTurn<'a> {
+    turns: &'a RunningTurns,
+    instance_id: String,
+}
+
+impl Drop for RunningTurn<'_> {
+    fn drop(&mut self) {
+        self.turns.map().remove(&self.instance_id);
+    }
+}

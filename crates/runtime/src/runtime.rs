@@ -1,7 +1,7 @@
 use crate::cache::HistoryCache;
 use crate::client::Client;
 use crate::handoff::Handoff;
-use crate::poison::{HandlerWait, TurnFailures};
+use crate::poison::{HandlerWait, RunningTurns, TurnFailures};
 use crate::registry::Registry;
 use crate::{dispatcher, worker};
 use sluice_store::{Clock, Store, SystemClock, Work};
@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) turn_failures: TurnFailures,
     /// Work this process lacks the code for, since when.
     pub(crate) handler_wait: HandlerWait,
+    /// Turns running now, for their lease renewal (one task renews them all).
+    pub(crate) running_turns: RunningTurns,
 }
 
 impl Shared {
@@ -158,6 +160,7 @@ impl Runtime {
             held_slots: Arc::new(Semaphore::new(options.activity_held_max)),
             turn_failures: TurnFailures::default(),
             handler_wait: HandlerWait::new(options.handler_wait_max),
+            running_turns: RunningTurns::default(),
             options,
         });
         let tracker = TaskTracker::new();
@@ -175,6 +178,7 @@ impl Runtime {
             held,
             Kind::Activities,
         ));
+        tokio::spawn(dispatcher::renew_turn_leases(shared.clone()));
         Self { shared, tracker }
     }
 

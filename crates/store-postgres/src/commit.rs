@@ -76,8 +76,10 @@ impl TurnSql {
                       AS a(activity_id, name, input, retry, ordinality)
                  WHERE {guard}
                  RETURNING item_id, activity_id, lock_token IS NOT NULL"),
-            completed: sql("DELETE FROM {s}.activities a USING unnest($6::bigint[], $7::bigint[]) AS c(item_id, token)
-                 WHERE a.item_id = c.item_id AND a.lock_token = c.token
+            // By primary key (`= ANY`), each item with its own token.
+            completed: sql("DELETE FROM {s}.activities a
+                 WHERE a.item_id = ANY($6::bigint[])
+                   AND a.lock_token = ($7::bigint[])[array_position($6::bigint[], a.item_id)]
                    AND a.visible_at_ms > {s}.now_ms($1) AND {guard}"),
             timers: sql("INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
                  SELECT $2, t.at, t.message FROM unnest($6::bigint[], $7::text[]) AS t(at, message)

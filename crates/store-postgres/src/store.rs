@@ -197,34 +197,42 @@ impl Sql {
             fetch_turns: sql(
                 "WITH token AS (SELECT nextval('{s}.lock_tokens') AS value),
                  wanted AS (
-                    SELECT i.instance_id, 0::bigint AS rank FROM {s}.instances i
+                    SELECT i.instance_id FROM {s}.instances i
                     WHERE i.instance_id = ANY($3)
                       AND (i.locked_until_ms IS NULL OR i.locked_until_ms <= {s}.now_ms($1))
                     FOR UPDATE SKIP LOCKED),
-                 candidates AS (
-                    SELECT m.instance_id, min(m.message_id) AS first FROM {s}.inbox m
-                    JOIN {s}.instances j ON j.instance_id = m.instance_id
-                    WHERE m.visible_at_ms <= {s}.now_ms($1) AND j.status <> 'quarantined'
-                      AND (j.locked_until_ms IS NULL OR j.locked_until_ms <= {s}.now_ms($1))
-                      AND NOT (m.instance_id = ANY($3))
-                    GROUP BY m.instance_id ORDER BY first LIMIT $2),
+                 candidates AS MATERIALIZED (
+                    SELECT c.instance_id, c.first FROM (
+                        SELECT m.instance_id, min(m.message_id) AS first FROM {s}.inbox m
+                        WHERE m.visible_at_ms <= {s}.now_ms($1) AND NOT (m.instance_id = ANY($3))
+                        GROUP BY m.instance_id) c
+                    CROSS JOIN LATERAL (
+                        SELECT 1 FROM {s}.instances j WHERE j.instance_id = c.instance_id
+                          AND j.status <> 'quarantined'
+                          AND (j.locked_until_ms IS NULL OR j.locked_until_ms <= {s}.now_ms($1))
+                        LIMIT 1) AS free
+                    ORDER BY c.first LIMIT $2),
                  queued AS (
-                    SELECT i.instance_id, c.first AS rank FROM candidates c
-                    JOIN {s}.instances i ON i.instance_id = c.instance_id
-                    WHERE i.status <> 'quarantined'
+                    SELECT i.instance_id FROM {s}.instances i
+                    WHERE i.instance_id = ANY (ARRAY(SELECT instance_id FROM candidates))
+                      AND i.status <> 'quarantined'
                       AND (i.locked_until_ms IS NULL OR i.locked_until_ms <= {s}.now_ms($1))
-                    FOR UPDATE OF i SKIP LOCKED),
-                 picked AS (
-                    SELECT instance_id FROM (SELECT * FROM wanted UNION ALL SELECT * FROM queued) p
-                    ORDER BY rank LIMIT $2),
+                    FOR UPDATE SKIP LOCKED),
+                 picked AS MATERIALIZED (
+                    SELECT p.instance_id FROM (
+                        SELECT instance_id, 0::bigint AS rank FROM wanted
+                        UNION ALL
+                        SELECT q.instance_id, c.first FROM queued q JOIN candidates c USING (instance_id)) p
+                    ORDER BY p.rank LIMIT $2),
                  locked AS (
-                    UPDATE {s}.instances i SET lock_token = token.value,
+                    UPDATE {s}.instances i SET lock_token = (SELECT value FROM token),
                         locked_until_ms = {s}.now_ms($1) + $4
-                    FROM picked, token WHERE i.instance_id = picked.instance_id
+                    WHERE i.instance_id = ANY (ARRAY(SELECT instance_id FROM picked))
                     RETURNING i.instance_id, i.name, i.status, i.execution_id, i.history_len, i.lock_token),
                  delivered AS (
-                    UPDATE {s}.inbox m SET deliveries = m.deliveries + 1 FROM locked
-                    WHERE m.instance_id = locked.instance_id AND m.visible_at_ms <= {s}.now_ms($1)
+                    UPDATE {s}.inbox m SET deliveries = m.deliveries + 1
+                    WHERE m.instance_id = ANY (ARRAY(SELECT instance_id FROM picked))
+                      AND m.visible_at_ms <= {s}.now_ms($1)
                     RETURNING m.instance_id, m.message_id, m.message, m.deliveries)
                  SELECT l.instance_id, l.name, l.status, l.execution_id, l.history_len, l.lock_token,
                         d.message_id, d.message, d.deliveries
