@@ -238,8 +238,8 @@ enum BenchStore {
     Sqlite(Arc<SqliteStore>),
     Postgres {
         store: Arc<PostgresStore>,
-        admin: tokio_postgres::Client,
-        _cluster: Option<sluice_testkit::PgCluster>,
+        admin: Box<tokio_postgres::Client>,
+        _cluster: Option<Box<sluice_testkit::PgCluster>>,
     },
 }
 
@@ -313,8 +313,8 @@ async fn open_postgres(args: &OrchestrationBenchArgs) -> Result<BenchStore> {
     let store = PostgresStore::connect(options).await?;
     Ok(BenchStore::Postgres {
         store: Arc::new(store),
-        admin,
-        _cluster: cluster,
+        admin: Box::new(admin),
+        _cluster: cluster.map(Box::new),
     })
 }
 
