@@ -1,0 +1,97 @@
+//! `sluice migrate` and several `sluice worker` processes sharing one PostgreSQL store: the
+//! work started by a client is shared between them, all of it completes once, and SIGTERM
+//! stops each worker cleanly. Skipped without PostgreSQL (CI requires it).
+
+mod common;
+
+use common::sluice;
+use sluice_runtime::{Client, Event, InstanceStatus};
+use sluice_store_postgres::{PostgresStore, PostgresStoreOptions};
+use sluice_testkit::pg_or_skip;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_one_postgres_store() {
+    let Some(cluster) = pg_or_skip("cli worker") else {
+        return;
+    };
+    let url = cluster.url();
+    let migrate = sluice()
+        .args(["migrate", "--store", &url, "--schema", "shared"])
+        .output()
+        .expect("run sluice migrate");
+    common::show("sluice migrate", &migrate);
+    assert!(migrate.status.success());
+    assert!(String::from_utf8_lossy(&migrate.stdout).contains("schema up to date"));
+
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            sluice()
+                .args([
+                    "worker",
+                    "--store",
+                    &url,
+                    "--schema",
+                    "shared",
+                    "--activity-ms",
+                    "5",
+                ])
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("start sluice worker")
+        })
+        .collect();
+    let mut options = PostgresStoreOptions::new(&url).unwrap();
+    options.schema = "shared".into();
+    let store = Arc::new(PostgresStore::connect(options).await.unwrap());
+    let client = Client::new(store, Duration::from_millis(200));
+    const INSTANCES: usize = 40;
+    for i in 0..INSTANCES {
+        client
+            .start("fan_out", &format!("f{i}"), format!("x{i}"))
+            .await
+            .unwrap();
+    }
+    for i in 0..INSTANCES {
+        let id = format!("f{i}");
+        let info = client
+            .wait_for_completion(&id, Duration::from_secs(120))
+            .await
+            .unwrap();
+        assert_eq!(info.status, InstanceStatus::Completed, "{info:?}");
+        let history = client.history(&id).await.unwrap();
+        let completions = history
+            .iter()
+            .filter(|e| matches!(e, Event::ActivityCompleted { .. }))
+            .count();
+        assert_eq!(completions, 5, "{id}: each activity recorded once");
+    }
+    for mut worker in workers {
+        let pid = worker.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = worker.wait().unwrap();
+        assert!(exit.success(), "worker {pid} exited with {exit:?}");
+    }
+    let bad = sluice()
+        .args([
+            "migrate",
+            "--store",
+            "postgres://u:hunter2@127.0.0.1:1/none",
+        ])
+        .output()
+        .unwrap();
+    common::show("sluice migrate (unreachable)", &bad);
+    assert!(!bad.status.success());
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        said.contains("cannot connect to u@127.0.0.1:1/none"),
+        "{said}"
+    );
+    assert!(!said.contains("hunter2"), "the password stays out: {said}");
+}
