@@ -133,24 +133,9 @@ pub(crate) async fn process_activity(
                                 return;
                             }
                         };
-                        // It waited: its instance may have ended meanwhile (in another
-                        // process, or before this item was registered).
-                        match shared
-                            .store
-                            .renew_activity_lease(
-                                item.item_id,
-                                item.lock_token,
-                                shared.options.activity_lease,
-                            )
-                            .await
-                        {
-                            Ok(true) => {}
-                            Ok(false) => return stopped_before_start(shared, &item).await,
-                            Err(error) => {
-                                log_store_error(&item, &error);
-                                return;
-                            }
-                        }
+                        // An end of its instance while it waited cancelled its token (in this
+                        // process directly, from another one through the lease renewal, which
+                        // asks the store every third of the lease whether it is still wanted).
                         permit
                     }
                 };
