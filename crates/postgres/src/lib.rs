@@ -206,19 +206,13 @@ pub async fn connect_pool(
 
 /// A pool error and its causes.
 pub fn pool_error_chain(error: &deadpool_postgres::PoolError) -> String {
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
+    error_chain(error)
 }
 
-fn error_chain(error: &tokio_postgres::Error) -> String {
+/// An error and its causes, `: `-separated.
+fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
+    let mut source = error.source();
     while let Some(cause) = source {
         message.push_str(": ");
         message.push_str(&cause.to_string());

@@ -82,13 +82,7 @@ pub(crate) async fn process_activity(
             %unreadable,
             "activity work item cannot be decoded; it is tried again after a backoff"
         );
-        if let Err(error) = shared
-            .store
-            .retry_activity(item.item_id, item.lock_token, delay)
-            .await
-        {
-            log_store_error(&item, &error);
-        }
+        retry(shared, &item, delay).await;
         return;
     } else {
         match shared.registry.activities.get(&activity.name) {
@@ -175,13 +169,7 @@ pub(crate) async fn process_activity(
                     %failure,
                     "activity attempt failed; retrying"
                 );
-                if let Err(error) = shared
-                    .store
-                    .retry_activity(item.item_id, item.lock_token, delay)
-                    .await
-                {
-                    log_store_error(&item, &error);
-                }
+                retry(shared, &item, delay).await;
                 return;
             }
             _ => Err(failure),
@@ -243,6 +231,17 @@ struct Registration<'a> {
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         unregister(self.shared, self.instance_id, self.item_id);
+    }
+}
+
+/// Gives a work item back for another attempt after `delay` (counted).
+async fn retry(shared: &Shared, item: &ActivityWorkItem, delay: Duration) {
+    if let Err(error) = shared
+        .store
+        .retry_activity(item.item_id, item.lock_token, delay)
+        .await
+    {
+        log_store_error(item, &error);
     }
 }
 
