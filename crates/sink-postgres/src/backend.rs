@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::NoTls;
-use tokio_postgres::config::Host;
+use sluice_postgres::{describe, redact};
 
 /// The `application_name` the sink's connections use unless the URL sets one.
 pub const APPLICATION_NAME: &str = "sluice-sink";
@@ -147,43 +147,6 @@ impl fmt::Debug for PostgresSinkOptions {
             .field("commit_check_timeout_ms", &self.commit_check_timeout_ms)
             .finish()
     }
-}
-
-/// `user@host:port/database` of a configuration (first host and port).
-fn describe(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(host)) => host.clone(),
-        Some(Host::Unix(path)) => path.display().to_string(),
-        None => "localhost".to_string(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("(default user)");
-    let database = config.get_dbname().unwrap_or("(default database)");
-    format!("{user}@{host}:{port}/{database}")
-}
-
-/// Removes anything that may be the URL's password from `message` (the client library does
-/// not echo it; this guards against that changing).
-fn redact(message: &str, url: &str) -> String {
-    let mut secrets: Vec<&str> = Vec::new();
-    if let Some((_, rest)) = url.split_once("://") {
-        let authority = rest.split(['/', '?']).next().unwrap_or("");
-        if let Some((userinfo, _)) = authority.rsplit_once('@')
-            && let Some((_, password)) = userinfo.split_once(':')
-        {
-            secrets.push(password);
-        }
-    }
-    for part in url.split(['?', '&', ' ']) {
-        if let Some(password) = part.strip_prefix("password=") {
-            secrets.push(password.trim_matches('\''));
-        }
-    }
-    let mut message = message.to_string();
-    for secret in secrets.into_iter().filter(|s| !s.is_empty()) {
-        message = message.replace(secret, "<redacted>");
-    }
-    message
 }
 
 /// Closes pooled connections idle for longer than `idle_max`, except the last idle one, until
