@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{
     Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod, Runtime, WeakPool,
 };
+use sluice_postgres::{describe, redact};
 use sluice_sink::{
     BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, DeadLetter, Delivery,
     ErrorClass, Ident, PrepareRequest, Prepared, SinkBackend, SinkConfig, TableWriter,
@@ -22,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::NoTls;
-use sluice_postgres::{describe, redact};
 
 /// The `application_name` the sink's connections use unless the URL sets one.
 pub const APPLICATION_NAME: &str = "sluice-sink";
