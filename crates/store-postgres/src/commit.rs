@@ -9,9 +9,10 @@
 //! statement fails nevertheless (a constraint, a deadlock, the connection), the whole group is
 //! rolled back and each turn is committed alone, so one bad turn answers for itself only.
 
-use crate::store::{encode, prepared};
+use crate::store::prepared;
 use deadpool_postgres::{GenericClient, Object};
 use sluice_history::{Failure, InstanceStatus, Message, codes};
+use sluice_store::stored::encode;
 use sluice_store::{ActivityWorkItem, NewActivity, NewInstance, Outbound, StoreError, TurnCommit};
 use std::collections::HashMap;
 use std::future::Future;

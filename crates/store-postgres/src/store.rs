@@ -6,6 +6,7 @@ use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Object, Pool};
 use sluice_history::{Event, Failure, InstanceStatus, Message, TimestampMs};
 use sluice_postgres::{ConnectError, ConnectOptions, PoolOptions};
+use sluice_store::stored::{decode, encode, parse_status};
 use sluice_store::{
     ActivityResult, ActivityWorkItem, Clock, InstanceInfo, LockedTurn, NewActivity, NewInstance,
     Signals, Store, StoreError, StoreResult, TurnCommit, Work,
@@ -129,23 +130,6 @@ fn to_u64(value: i64) -> u64 {
 
 fn duration_ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn encode<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("history types always serialise")
-}
-
-/// Decodes a stored value; `row` names it in the error (the stored text stays out of it).
-fn decode<T: serde::de::DeserializeOwned>(
-    text: &str,
-    row: impl FnOnce() -> String,
-) -> StoreResult<T> {
-    serde_json::from_str(text)
-        .map_err(|error| StoreError::Corrupt(format!("{} cannot be decoded: {error}", row())))
-}
-
-fn parse_status(text: &str) -> StoreResult<InstanceStatus> {
-    InstanceStatus::parse(text).ok_or_else(|| StoreError::Corrupt(format!("status {text}")))
 }
 
 /// The store's statements, with the schema name in place.

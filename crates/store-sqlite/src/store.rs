@@ -5,6 +5,7 @@ use sluice_history::{Event, Failure, InstanceStatus, Message, TimestampMs, codes
 use sluice_sqlite::{
     GroupCommitWriter, Location, OpenOptions, ReaderPool, SqliteError, Synchronous, WriteError,
 };
+use sluice_store::stored::{decode, encode, parse_status};
 use sluice_store::{
     ActivityResult, ActivityWorkItem, Clock, InstanceInfo, LockedTurn, NewActivity, NewInstance,
     Outbound, Signals, Store, StoreError, StoreResult, SystemClock, TurnCommit, Work,
@@ -157,20 +158,6 @@ impl TokenSource {
 
 fn db_error(error: rusqlite::Error) -> StoreError {
     StoreError::Database(error.to_string())
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("history types always serialise")
-}
-
-/// Decodes a stored value; `row` names it in the error. The stored text itself is left out of
-/// the error (it may hold user data, and errors reach logs).
-fn decode<T: serde::de::DeserializeOwned>(
-    text: &str,
-    row: impl FnOnce() -> String,
-) -> StoreResult<T> {
-    serde_json::from_str(text)
-        .map_err(|error| StoreError::Corrupt(format!("{} cannot be decoded: {error}", row())))
 }
 
 fn flatten<T>(result: Result<T, WriteError<StoreError>>) -> StoreResult<T> {
@@ -424,10 +411,6 @@ fn history_len_of(
         )
         .and_then(|mut statement| statement.query_row(params![instance_id, execution_id], |row| row.get(0)))
         .map_err(db_error)
-}
-
-fn parse_status(text: &str) -> StoreResult<InstanceStatus> {
-    InstanceStatus::parse(text).ok_or_else(|| StoreError::Corrupt(format!("status {text}")))
 }
 
 /// What a commit changed, for the wake-ups sent after it.

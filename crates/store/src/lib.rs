@@ -25,6 +25,7 @@ mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod signals;
+pub mod stored;
 mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock};
