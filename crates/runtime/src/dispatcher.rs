@@ -355,6 +355,8 @@ async fn build_commit(
         .get(&turn.instance_id, turn.execution_id, turn.history_len)
     {
         Some(history) => history,
+        // A new execution: nothing to read.
+        None if turn.history_len == 0 => Arc::new(Vec::new()),
         None => Arc::new(
             shared
                 .store

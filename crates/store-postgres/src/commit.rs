@@ -1,30 +1,36 @@
-//! Group commit of turns: the turns this process has ready are committed together, in one
-//! transaction with one round trip for all their statements (pipelined), so that at saturation
-//! many turns share one `COMMIT` (and one WAL flush).
+//! Group commit: the turn commits and instance starts this process has ready are committed
+//! together in one transaction of two round trips, with a fixed number of statements whatever
+//! the group's size, so that at saturation many turns share one `COMMIT` (one WAL flush) and
+//! the server parses, plans and starts a handful of statements per group, not per turn.
 //!
-//! Every write of a turn is guarded in SQL by its lease (`lock_token`, `locked_until_ms`
-//! against the database clock) and by the history position it appends at, so a turn whose
-//! lease was lost, or that breaks the contract, writes nothing without any error that would
-//! abort the shared transaction; its first statement reads what decides the answer. If a
-//! statement fails nevertheless (a constraint, a deadlock, the connection), the whole group is
-//! rolled back and each turn is committed alone, so one bad turn answers for itself only.
+//! 1. `BEGIN` and one `SELECT ... FOR UPDATE` of every instance in the group (in id order, so
+//!    two processes never lock in opposite orders). The rows stay locked until the end, so what
+//!    the check read decides each turn: a turn whose lease was lost (`lock_token`, and
+//!    `locked_until_ms` against the database clock) or that breaks the contract (execution,
+//!    history position) answers with its error and writes nothing.
+//! 2. The writes of the valid turns, each kind one statement over arrays (`unnest`): history,
+//!    consumed messages, new and completed activities, timers, messages, restarts, the
+//!    instance rows last; then `COMMIT`, pipelined with them.
+//!
+//! If a statement fails nevertheless (a constraint, a deadlock, the connection), the whole group
+//! is rolled back and each request is committed alone, so one bad turn answers for itself only.
 
 use crate::store::prepared;
 use deadpool_postgres::{GenericClient, Object};
 use sluice_history::{Failure, InstanceStatus, Message, codes};
 use sluice_store::stored::encode;
 use sluice_store::{ActivityWorkItem, NewActivity, NewInstance, Outbound, StoreError, TurnCommit};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
 
-/// Turns committed in one transaction at most.
-pub(crate) const GROUP_TURNS_MAX: usize = 64;
-/// Turns waiting for the committer at most (senders wait beyond: back-pressure).
-pub(crate) const QUEUE_TURNS_MAX: usize = 1_024;
+/// Requests committed in one transaction at most.
+pub(crate) const GROUP_REQUESTS_MAX: usize = 256;
+/// Requests waiting for the committer at most (senders wait beyond: back-pressure).
+pub(crate) const QUEUE_REQUESTS_MAX: usize = 1_024;
 
 /// What a commit changed, for the wake-ups sent after it.
 pub(crate) struct CommitEffects {
@@ -34,102 +40,148 @@ pub(crate) struct CommitEffects {
     pub(crate) claimed: Vec<ActivityWorkItem>,
 }
 
-pub(crate) type Reply = oneshot::Sender<Result<CommitEffects, StoreError>>;
+/// What the committer does: a turn's commit or an instance's start. `now` is the forced time
+/// (a test clock) or `None` for the database's clock.
+pub(crate) enum Request {
+    Turn {
+        commit: Box<TurnCommit>,
+        now: Option<i64>,
+        reply: oneshot::Sender<Result<CommitEffects, StoreError>>,
+    },
+    Create {
+        start: NewInstance,
+        now: Option<i64>,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+}
 
-/// The guarded statements of a turn commit. `{s}` is the schema; `$1` is the forced time
-/// (`NULL`: the database's clock), then instance id, token, execution and history position.
-pub(crate) struct TurnSql {
+impl Request {
+    fn now(&self) -> Option<i64> {
+        match self {
+            Request::Turn { now, .. } | Request::Create { now, .. } => *now,
+        }
+    }
+
+    fn fail(self, error: StoreError) {
+        match self {
+            Request::Turn { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Request::Create { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// The group's statements. `{s}` is the schema; `$1` is the forced time (`NULL`: the
+/// database's clock) wherever the time matters.
+pub(crate) struct GroupSql {
     check: String,
+    create: String,
     history: String,
     consumed: String,
     activities: String,
     completed: String,
     timers: String,
     child: String,
-    message: String,
-    restart: String,
+    messages: String,
+    restarts: String,
     unheld: String,
     future: String,
     update: String,
     visible: String,
 }
 
-impl TurnSql {
+impl GroupSql {
     pub(crate) fn new(s: &str) -> Self {
-        let guard = "EXISTS (SELECT 1 FROM {s}.instances g WHERE g.instance_id = $2
-            AND g.lock_token = $3 AND g.locked_until_ms > {s}.now_ms($1)
-            AND g.execution_id = $4 AND g.history_len = $5)";
-        let sql = |text: &str| text.replace("{guard}", guard).replace("{s}", s);
-        TurnSql {
-            check: sql("SELECT execution_id, history_len,
-                        COALESCE(lock_token = $3 AND locked_until_ms > {s}.now_ms($1), false)
-                 FROM {s}.instances WHERE instance_id = $2 FOR UPDATE"),
+        let sql = |text: &str| text.replace("{s}", s);
+        GroupSql {
+            check: sql("SELECT instance_id, execution_id, history_len, lock_token,
+                        COALESCE(locked_until_ms > {s}.now_ms($1), false)
+                 FROM {s}.instances WHERE instance_id = ANY($2::text[])
+                 ORDER BY instance_id FOR UPDATE"),
+            // Ids are distinct within a group (the committer answers duplicates itself).
+            create: sql("WITH wanted AS (
+                    SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])
+                        AS u(instance_id, name, input, message)),
+                 created AS (
+                    INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms)
+                    SELECT instance_id, name, 'pending', 1, input, {s}.now_ms($1), {s}.now_ms($1) FROM wanted
+                    ON CONFLICT (instance_id) DO NOTHING RETURNING instance_id)
+                 INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
+                 SELECT w.instance_id, {s}.now_ms($1), w.message
+                 FROM created c JOIN wanted w USING (instance_id) RETURNING instance_id"),
             history: sql("INSERT INTO {s}.history (instance_id, execution_id, position, event)
-                 SELECT $2, $4, $5 + e.ordinality - 1, e.event
-                 FROM unnest($6::text[]) WITH ORDINALITY AS e(event, ordinality) WHERE {guard}"),
-            consumed: sql("DELETE FROM {s}.inbox WHERE instance_id = $2 AND message_id = ANY($6) AND {guard}"),
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[])"),
+            consumed: sql("DELETE FROM {s}.inbox WHERE message_id = ANY($1::bigint[])"),
             activities: sql("INSERT INTO {s}.activities (instance_id, execution_id, activity_id, name, input, retry, visible_at_ms, attempt, lock_token)
-                 SELECT $2, $4, a.activity_id, a.name, a.input, a.retry,
-                        CASE WHEN a.ordinality <= $10 THEN {s}.now_ms($1) + $11 ELSE {s}.now_ms($1) END,
-                        CASE WHEN a.ordinality <= $10 THEN 1 ELSE 0 END,
-                        CASE WHEN a.ordinality <= $10 THEN $3::bigint END
-                 FROM unnest($6::bigint[], $7::text[], $8::text[], $9::text[]) WITH ORDINALITY
-                      AS a(activity_id, name, input, retry, ordinality)
-                 WHERE {guard}
-                 RETURNING item_id, activity_id, lock_token IS NOT NULL"),
-            // By primary key (`= ANY`), each item with its own token.
+                 SELECT a.instance_id, a.execution_id, a.activity_id, a.name, a.input, a.retry,
+                        {s}.now_ms($1) + COALESCE(a.lease_ms, 0),
+                        CASE WHEN a.lease_ms IS NULL THEN 0 ELSE 1 END,
+                        CASE WHEN a.lease_ms IS NULL THEN NULL ELSE a.lock_token END
+                 FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
+                             $7::text[], $8::bigint[], $9::bigint[])
+                      AS a(instance_id, execution_id, activity_id, name, input, retry, lease_ms, lock_token)
+                 RETURNING item_id, instance_id, activity_id, lock_token IS NOT NULL"),
+            // By primary key, each item with its own token; an item whose lease was lost is
+            // left to its new holder.
             completed: sql("DELETE FROM {s}.activities a
-                 WHERE a.item_id = ANY($6::bigint[])
-                   AND a.lock_token = ($7::bigint[])[array_position($6::bigint[], a.item_id)]
-                   AND a.visible_at_ms > {s}.now_ms($1) AND {guard}"),
+                 USING unnest($2::bigint[], $3::bigint[]) AS c(item_id, lock_token)
+                 WHERE a.item_id = ANY($2::bigint[]) AND a.item_id = c.item_id
+                   AND a.lock_token = c.lock_token AND a.visible_at_ms > {s}.now_ms($1)"),
             timers: sql("INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
-                 SELECT $2, t.at, t.message FROM unnest($6::bigint[], $7::text[]) AS t(at, message)
-                 WHERE {guard}"),
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])"),
             // A child's start: created with its start message, or, when the id is taken and the
             // start has a parent, a failure for the parent (if it is alive).
             child: sql("WITH created AS (
                     INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms)
-                    SELECT $6, $7, 'pending', 1, $8, {s}.now_ms($1), {s}.now_ms($1) WHERE {guard}
+                    VALUES ($2, $3, 'pending', 1, $4, {s}.now_ms($1), {s}.now_ms($1))
                     ON CONFLICT (instance_id) DO NOTHING RETURNING instance_id),
                  started AS (
                     INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
-                    SELECT instance_id, {s}.now_ms($1), $9 FROM created RETURNING instance_id),
+                    SELECT instance_id, {s}.now_ms($1), $5 FROM created RETURNING instance_id),
                  refused AS (
                     INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
-                    SELECT $10::text, {s}.now_ms($1), $11::text
-                    WHERE $10::text IS NOT NULL AND {guard} AND NOT EXISTS (SELECT 1 FROM created)
+                    SELECT $6::text, {s}.now_ms($1), $7::text
+                    WHERE $6::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM created)
                       AND EXISTS (SELECT 1 FROM {s}.instances
-                                  WHERE instance_id = $10::text AND status IN ('pending', 'running', 'quarantined'))
+                                  WHERE instance_id = $6::text AND status IN ('pending', 'running', 'quarantined'))
                     RETURNING instance_id)
                  SELECT instance_id FROM started UNION ALL SELECT instance_id FROM refused"),
-            message: sql("INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
-                 SELECT $6, {s}.now_ms($1), $7 FROM {s}.instances
-                 WHERE instance_id = $6 AND status IN ('pending', 'running', 'quarantined') AND {guard}
+            messages: sql("INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
+                 SELECT m.instance_id, {s}.now_ms($1), m.message
+                 FROM unnest($2::text[], $3::text[]) AS m(instance_id, message)
+                 WHERE EXISTS (SELECT 1 FROM {s}.instances t WHERE t.instance_id = m.instance_id
+                               AND t.status IN ('pending', 'running', 'quarantined'))
                  RETURNING instance_id"),
-            restart: sql("INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
-                 SELECT $2, {s}.now_ms($1), $6 WHERE {guard}"),
-            unheld: sql("DELETE FROM {s}.activities WHERE instance_id = $2
-                 AND (lock_token IS NULL OR visible_at_ms <= {s}.now_ms($1)) AND {guard}"),
-            future: sql("DELETE FROM {s}.inbox WHERE instance_id = $2
-                 AND visible_at_ms > {s}.now_ms($1) AND {guard}"),
-            // Last of the guarded statements: it moves the history position and ends the lease.
-            update: sql("UPDATE {s}.instances SET
-                    status = COALESCE($6, status),
-                    output = COALESCE($7, output),
-                    failure = COALESCE($8, failure),
-                    custom_status = COALESCE($9, custom_status),
-                    execution_id = $10,
-                    input = COALESCE($11, input),
-                    history_len = $12,
+            restarts: sql("INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
+                 SELECT r.instance_id, {s}.now_ms($1), r.message
+                 FROM unnest($2::text[], $3::text[]) AS r(instance_id, message)"),
+            unheld: sql("DELETE FROM {s}.activities WHERE instance_id = ANY($2::text[])
+                 AND (lock_token IS NULL OR visible_at_ms <= {s}.now_ms($1))"),
+            future: sql("DELETE FROM {s}.inbox WHERE instance_id = ANY($2::text[])
+                 AND visible_at_ms > {s}.now_ms($1)"),
+            // Last of the writes: it moves the history position and ends the lease.
+            update: sql("UPDATE {s}.instances i SET
+                    status = COALESCE(u.status, i.status),
+                    output = COALESCE(u.output, i.output),
+                    failure = COALESCE(u.failure, i.failure),
+                    custom_status = COALESCE(u.custom_status, i.custom_status),
+                    execution_id = u.execution_id,
+                    input = COALESCE(u.input, i.input),
+                    history_len = u.history_len,
                     locked_until_ms = NULL,
-                    updated_at_ms = CASE WHEN status IS DISTINCT FROM COALESCE($6, status)
-                        OR $7 IS NOT NULL OR $8 IS NOT NULL
-                        OR custom_status IS DISTINCT FROM COALESCE($9, custom_status)
-                        OR execution_id <> $10 THEN {s}.now_ms($1) ELSE updated_at_ms END
-                 WHERE instance_id = $2 AND lock_token = $3 AND locked_until_ms > {s}.now_ms($1)
-                   AND execution_id = $4 AND history_len = $5"),
-            visible: sql("SELECT EXISTS (SELECT 1 FROM {s}.inbox
-                 WHERE instance_id = $2 AND visible_at_ms <= {s}.now_ms($1))"),
+                    updated_at_ms = CASE WHEN i.status IS DISTINCT FROM COALESCE(u.status, i.status)
+                        OR u.output IS NOT NULL OR u.failure IS NOT NULL
+                        OR i.custom_status IS DISTINCT FROM COALESCE(u.custom_status, i.custom_status)
+                        OR i.execution_id <> u.execution_id THEN {s}.now_ms($1) ELSE i.updated_at_ms END
+                 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                             $7::bigint[], $8::text[], $9::bigint[])
+                      AS u(instance_id, status, output, failure, custom_status, execution_id, input, history_len)
+                 WHERE i.instance_id = ANY($2::text[]) AND i.instance_id = u.instance_id"),
+            visible: sql("SELECT DISTINCT instance_id FROM {s}.inbox
+                 WHERE instance_id = ANY($2::text[]) AND visible_at_ms <= {s}.now_ms($1)"),
         }
     }
 }
@@ -137,14 +189,15 @@ impl TurnSql {
 /// The statements, prepared on one connection.
 struct Prepared {
     check: Statement,
+    create: Statement,
     history: Statement,
     consumed: Statement,
     activities: Statement,
     completed: Statement,
     timers: Statement,
     child: Statement,
-    message: Statement,
-    restart: Statement,
+    messages: Statement,
+    restarts: Statement,
     unheld: Statement,
     future: Statement,
     update: Statement,
@@ -153,23 +206,63 @@ struct Prepared {
 
 async fn prepare(
     client: &impl GenericClient,
-    sql: &TurnSql,
+    sql: &GroupSql,
 ) -> Result<Prepared, tokio_postgres::Error> {
     Ok(Prepared {
         check: prepared(client, &sql.check).await?,
+        create: prepared(client, &sql.create).await?,
         history: prepared(client, &sql.history).await?,
         consumed: prepared(client, &sql.consumed).await?,
         activities: prepared(client, &sql.activities).await?,
         completed: prepared(client, &sql.completed).await?,
         timers: prepared(client, &sql.timers).await?,
         child: prepared(client, &sql.child).await?,
-        message: prepared(client, &sql.message).await?,
-        restart: prepared(client, &sql.restart).await?,
+        messages: prepared(client, &sql.messages).await?,
+        restarts: prepared(client, &sql.restarts).await?,
         unheld: prepared(client, &sql.unheld).await?,
         future: prepared(client, &sql.future).await?,
         update: prepared(client, &sql.update).await?,
         visible: prepared(client, &sql.visible).await?,
     })
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// What the check read of one instance.
+struct Checked {
+    execution_id: i64,
+    history_len: i64,
+    lock_token: Option<i64>,
+    lease_running: bool,
+}
+
+/// Whether a turn may write, judged on its instance's locked row.
+fn judge(commit: &TurnCommit, checked: Option<&Checked>) -> Result<(), StoreError> {
+    let Some(checked) = checked else {
+        return Err(StoreError::InstanceNotFound(commit.instance_id.clone()));
+    };
+    if checked.lock_token != Some(to_i64(commit.lock_token)) || !checked.lease_running {
+        return Err(StoreError::LeaseLost("instance"));
+    }
+    if checked.execution_id != to_i64(commit.execution_id) {
+        return Err(StoreError::Contract(format!(
+            "commit for execution {} but the instance is at execution {}",
+            commit.execution_id, checked.execution_id
+        )));
+    }
+    if checked.history_len != to_i64(commit.history_from) {
+        return Err(StoreError::Contract(format!(
+            "history append at position {} but the history has {} events",
+            commit.history_from, checked.history_len
+        )));
+    }
+    Ok(())
 }
 
 /// A child start: the child, its start message, and the parent's refusal message if any.
@@ -180,276 +273,431 @@ struct Start<'c> {
     refused: Option<String>,
 }
 
-/// Everything one turn's statements bind, owned so that pipelined futures can borrow it.
-struct Parts<'c> {
-    commit: &'c TurnCommit,
-    now: Option<i64>,
-    token: i64,
-    execution: i64,
-    from: i64,
-    events: Vec<String>,
-    consumed: Vec<i64>,
-    claim_max: i64,
-    claim_lease_ms: i64,
-    activity_ids: Vec<i64>,
-    names: Vec<&'c str>,
-    inputs: Vec<&'c str>,
-    retries: Vec<Option<String>>,
-    completed_items: Vec<i64>,
-    completed_tokens: Vec<i64>,
-    timer_ats: Vec<i64>,
-    timer_messages: Vec<String>,
-    starts: Vec<Start<'c>>,
-    messages: Vec<(&'c str, String)>,
-    restart: Option<String>,
-    new_execution: i64,
-    new_input: Option<&'c str>,
-    new_history_len: i64,
-    status: Option<&'static str>,
-    failure: Option<String>,
-    finished: bool,
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-impl<'c> Parts<'c> {
-    fn new(commit: &'c TurnCommit, now: Option<i64>) -> Self {
-        let from = to_i64(commit.history_from);
-        let execution = to_i64(commit.execution_id);
-        let (claim_max, claim_lease) = commit.claim_activities.unwrap_or_default();
-        let mut starts = Vec::new();
-        let mut messages = Vec::new();
-        for outbound in &commit.outbound {
-            match outbound {
-                Outbound::Start(start) => {
-                    let refusal = start.parent.as_ref().map(|parent| {
-                        let message = Message::SubOrchestrationFailed {
-                            execution_id: parent.execution_id,
-                            id: parent.id,
-                            failure: Failure::new(
-                                codes::INSTANCE_EXISTS,
-                                format!("instance '{}' already exists", start.instance_id),
-                            ),
-                        };
-                        (parent.instance_id.as_str(), encode(&message))
-                    });
-                    starts.push(Start {
-                        start,
-                        message: encode(&start.start_message()),
-                        parent: refusal.as_ref().map(|(parent, _)| *parent),
-                        refused: refusal.map(|(_, message)| message),
-                    });
-                }
-                Outbound::Message {
-                    instance_id,
-                    message,
-                } => messages.push((instance_id.as_str(), encode(message))),
-            }
-        }
-        let appended = i64::try_from(commit.append.len()).unwrap_or(i64::MAX);
-        let (new_execution, new_history_len, new_input) = match &commit.continue_as_new {
-            Some(Message::Start { input, .. }) => (execution + 1, 0, Some(input.as_str())),
-            Some(_) => (execution + 1, 0, None),
-            None => (execution, from.saturating_add(appended), None),
-        };
-        Parts {
-            commit,
-            now,
-            token: to_i64(commit.lock_token),
-            execution,
-            from,
-            events: commit.append.iter().map(encode).collect(),
-            consumed: commit.consumed.iter().map(|id| to_i64(*id)).collect(),
-            claim_max: i64::try_from(claim_max).unwrap_or(i64::MAX),
-            claim_lease_ms: i64::try_from(claim_lease.as_millis()).unwrap_or(i64::MAX),
-            activity_ids: commit
-                .activities
-                .iter()
-                .map(|a| to_i64(a.activity_id))
-                .collect(),
-            names: commit.activities.iter().map(|a| a.name.as_str()).collect(),
-            inputs: commit.activities.iter().map(|a| a.input.as_str()).collect(),
-            retries: commit
-                .activities
-                .iter()
-                .map(|a| a.retry.as_ref().map(encode))
-                .collect(),
-            completed_items: commit
-                .completed_activities
-                .iter()
-                .map(|(item, _)| to_i64(*item))
-                .collect(),
-            completed_tokens: commit
-                .completed_activities
-                .iter()
-                .map(|(_, token)| to_i64(*token))
-                .collect(),
-            timer_ats: commit.timers.iter().map(|(at, _)| *at).collect(),
-            timer_messages: commit.timers.iter().map(|(_, m)| encode(m)).collect(),
-            starts,
-            messages,
-            restart: commit.continue_as_new.as_ref().map(encode),
-            new_execution,
-            new_input,
-            new_history_len,
-            status: commit.status.map(InstanceStatus::as_str),
-            failure: commit.failure.as_ref().map(encode),
-            finished: commit.status.is_some_and(InstanceStatus::is_terminal),
+impl<'c> Start<'c> {
+    fn new(start: &'c NewInstance) -> Self {
+        let refusal = start.parent.as_ref().map(|parent| {
+            let message = Message::SubOrchestrationFailed {
+                execution_id: parent.execution_id,
+                id: parent.id,
+                failure: Failure::new(
+                    codes::INSTANCE_EXISTS,
+                    format!("instance '{}' already exists", start.instance_id),
+                ),
+            };
+            (parent.instance_id.as_str(), encode(&message))
+        });
+        Start {
+            start,
+            message: encode(&start.start_message()),
+            parent: refusal.as_ref().map(|(parent, _)| *parent),
+            refused: refusal.map(|(_, message)| message),
         }
     }
 }
 
-/// Where a turn's answers are among the pipeline's results.
-struct Slots {
-    check: usize,
-    activities: Option<usize>,
-    outbound: std::ops::Range<usize>,
-    visible: usize,
+/// Everything the group's write statements bind: one array per column, over the valid turns.
+#[derive(Default)]
+struct Columns<'c> {
+    // history
+    history_ids: Vec<&'c str>,
+    history_executions: Vec<i64>,
+    history_positions: Vec<i64>,
+    history_events: Vec<String>,
+    consumed: Vec<i64>,
+    // new activities
+    activity_instances: Vec<&'c str>,
+    activity_executions: Vec<i64>,
+    activity_ids: Vec<i64>,
+    activity_names: Vec<&'c str>,
+    activity_inputs: Vec<&'c str>,
+    activity_retries: Vec<Option<String>>,
+    activity_leases: Vec<Option<i64>>,
+    activity_tokens: Vec<i64>,
+    // completed activities
+    completed_items: Vec<i64>,
+    completed_tokens: Vec<i64>,
+    // timers
+    timer_ids: Vec<&'c str>,
+    timer_ats: Vec<i64>,
+    timer_messages: Vec<String>,
+    starts: Vec<Start<'c>>,
+    message_targets: Vec<&'c str>,
+    message_texts: Vec<String>,
+    restart_ids: Vec<&'c str>,
+    restart_messages: Vec<String>,
+    unheld: Vec<&'c str>,
+    finished: Vec<&'c str>,
+    // instance rows
+    ids: Vec<&'c str>,
+    statuses: Vec<Option<&'static str>>,
+    outputs: Vec<Option<&'c str>>,
+    failures: Vec<Option<String>>,
+    custom_statuses: Vec<Option<&'c str>>,
+    executions: Vec<i64>,
+    inputs: Vec<Option<&'c str>>,
+    history_lens: Vec<i64>,
+}
+
+impl<'c> Columns<'c> {
+    fn add(&mut self, commit: &'c TurnCommit) {
+        let id = commit.instance_id.as_str();
+        let execution = to_i64(commit.execution_id);
+        let from = to_i64(commit.history_from);
+        for (offset, event) in (0_i64..).zip(&commit.append) {
+            self.history_ids.push(id);
+            self.history_executions.push(execution);
+            self.history_positions.push(from.saturating_add(offset));
+            self.history_events.push(encode(event));
+        }
+        self.consumed
+            .extend(commit.consumed.iter().map(|id| to_i64(*id)));
+        let (claim_max, claim_lease) = commit.claim_activities.unwrap_or_default();
+        let claim_lease_ms = i64::try_from(claim_lease.as_millis()).unwrap_or(i64::MAX);
+        for (index, activity) in commit.activities.iter().enumerate() {
+            self.activity_instances.push(id);
+            self.activity_executions.push(execution);
+            self.activity_ids.push(to_i64(activity.activity_id));
+            self.activity_names.push(&activity.name);
+            self.activity_inputs.push(&activity.input);
+            self.activity_retries
+                .push(activity.retry.as_ref().map(encode));
+            self.activity_leases
+                .push((index < claim_max).then_some(claim_lease_ms));
+            self.activity_tokens.push(to_i64(commit.lock_token));
+        }
+        for (item, token) in &commit.completed_activities {
+            self.completed_items.push(to_i64(*item));
+            self.completed_tokens.push(to_i64(*token));
+        }
+        for (at, message) in &commit.timers {
+            self.timer_ids.push(id);
+            self.timer_ats.push(*at);
+            self.timer_messages.push(encode(message));
+        }
+        for outbound in &commit.outbound {
+            match outbound {
+                Outbound::Start(start) => self.starts.push(Start::new(start)),
+                Outbound::Message {
+                    instance_id,
+                    message,
+                } => {
+                    self.message_targets.push(instance_id);
+                    self.message_texts.push(encode(message));
+                }
+            }
+        }
+        if let Some(restart) = &commit.continue_as_new {
+            self.restart_ids.push(id);
+            self.restart_messages.push(encode(restart));
+        }
+        let finished = commit.status.is_some_and(InstanceStatus::is_terminal);
+        if finished {
+            // Work that can no longer matter, unless someone holds it: its holder's completion
+            // then finds the instance finished.
+            if commit.outstanding_activities {
+                self.unheld.push(id);
+            }
+            self.finished.push(id);
+        }
+        let appended = i64::try_from(commit.append.len()).unwrap_or(i64::MAX);
+        let (new_execution, new_len, new_input) = match &commit.continue_as_new {
+            Some(Message::Start { input, .. }) => (execution + 1, 0, Some(input.as_str())),
+            Some(_) => (execution + 1, 0, None),
+            None => (execution, from.saturating_add(appended), None),
+        };
+        self.ids.push(id);
+        self.statuses
+            .push(commit.status.map(InstanceStatus::as_str));
+        self.outputs.push(commit.output.as_deref());
+        self.failures.push(commit.failure.as_ref().map(encode));
+        self.custom_statuses.push(commit.custom_status.as_deref());
+        self.executions.push(new_execution);
+        self.inputs.push(new_input);
+        self.history_lens.push(new_len);
+    }
 }
 
 type Rows = Result<Vec<Row>, tokio_postgres::Error>;
 type Pending<'a> = Pin<Box<dyn Future<Output = Rows> + Send + 'a>>;
 
-/// Appends one turn's statements to the pipeline.
-fn push<'a>(
-    pipeline: &mut Vec<Pending<'a>>,
-    tx: &'a deadpool_postgres::Transaction<'a>,
-    statements: &'a Prepared,
-    p: &'a Parts<'a>,
-) -> Slots {
-    macro_rules! add {
-        ($statement:ident $(, $param:expr)*) => {{
-            let params: Vec<&'a (dyn ToSql + Sync)> =
-                vec![&p.now, &p.commit.instance_id, &p.token, &p.execution, &p.from $(, $param)*];
-            let statement = &statements.$statement;
-            pipeline.push(Box::pin(async move { tx.query(statement, &params).await }));
-        }};
-    }
-    let check = {
-        let params: Vec<&'a (dyn ToSql + Sync)> = vec![&p.now, &p.commit.instance_id, &p.token];
-        let statement = &statements.check;
-        pipeline.push(Box::pin(async move { tx.query(statement, &params).await }));
-        pipeline.len() - 1
-    };
-    if !p.events.is_empty() {
-        add!(history, &p.events);
-    }
-    if !p.consumed.is_empty() {
-        add!(consumed, &p.consumed);
-    }
-    let activities = if p.activity_ids.is_empty() {
-        None
-    } else {
-        let index = pipeline.len();
-        add!(
-            activities,
-            &p.activity_ids,
-            &p.names,
-            &p.inputs,
-            &p.retries,
-            &p.claim_max,
-            &p.claim_lease_ms
-        );
-        Some(index)
-    };
-    if !p.completed_items.is_empty() {
-        add!(completed, &p.completed_items, &p.completed_tokens);
-    }
-    if !p.timer_ats.is_empty() {
-        add!(timers, &p.timer_ats, &p.timer_messages);
-    }
-    let outbound_from = pipeline.len();
-    for start in &p.starts {
-        add!(
-            child,
-            &start.start.instance_id,
-            &start.start.name,
-            &start.start.input,
-            &start.message,
-            &start.parent,
-            &start.refused
-        );
-    }
-    for (target, message) in &p.messages {
-        add!(message, target, message);
-    }
-    let outbound = outbound_from..pipeline.len();
-    if let Some(restart) = &p.restart {
-        add!(restart, restart);
-    }
-    if p.finished && p.commit.outstanding_activities {
-        // Work that can no longer matter, unless someone holds it: its holder's completion
-        // then finds the instance finished.
-        add!(unheld);
-    }
-    if p.finished {
-        add!(future);
-    }
-    add!(
-        update,
-        &p.status,
-        &p.commit.output,
-        &p.failure,
-        &p.commit.custom_status,
-        &p.new_execution,
-        &p.new_input,
-        &p.new_history_len
-    );
-    let visible = {
-        let params: Vec<&'a (dyn ToSql + Sync)> = vec![&p.now, &p.commit.instance_id];
-        let statement = &statements.visible;
-        pipeline.push(Box::pin(async move { tx.query(statement, &params).await }));
-        pipeline.len() - 1
-    };
-    Slots {
-        check,
-        activities,
-        outbound,
-        visible,
-    }
+/// What the write phase returned, by statement.
+#[derive(Default)]
+struct Written {
+    claimed: HashMap<String, Vec<(i64, i64)>>,
+    delivered: bool,
+    visible: HashSet<String>,
+    created: HashSet<String>,
 }
 
-/// One turn's answer from its results (all statements succeeded).
-fn answer(results: &[Rows], slots: &Slots, p: &Parts<'_>) -> Result<CommitEffects, StoreError> {
-    let rows = |index: usize| results[index].as_ref().map(Vec::as_slice).unwrap_or(&[]);
-    let commit = p.commit;
-    let Some(check) = rows(slots.check).first() else {
-        return Err(StoreError::InstanceNotFound(commit.instance_id.clone()));
+/// Turns a database error into the store's (redacted) error.
+pub(crate) type Describe = dyn Fn(&tokio_postgres::Error) -> StoreError + Send + Sync;
+
+/// The answers of one group, in request order.
+enum Answer {
+    Turn(Result<CommitEffects, StoreError>),
+    Create(Result<bool, StoreError>),
+}
+
+/// Commits `requests` in one transaction. `Err` when the group as a whole failed (nothing of it
+/// was committed, or its `COMMIT`'s outcome is unknown); otherwise one answer per request.
+async fn commit_group(
+    client: &Object,
+    sql: &GroupSql,
+    requests: &[Request],
+    describe: &Describe,
+) -> Result<Vec<Answer>, StoreError> {
+    let statements = prepare(client, sql).await.map_err(|e| describe(&e))?;
+    // One clock for the group when a test clock is in use (`None` otherwise).
+    let now = requests.iter().map(Request::now).max().flatten();
+    let mut turn_ids: Vec<&str> = requests
+        .iter()
+        .filter_map(|request| match request {
+            Request::Turn { commit, .. } => Some(commit.instance_id.as_str()),
+            Request::Create { .. } => None,
+        })
+        .collect();
+    turn_ids.sort_unstable();
+    turn_ids.dedup();
+    // Phase 1: lock and read every instance the group's turns write.
+    let check_params: [&(dyn ToSql + Sync); 2] = [&now, &turn_ids];
+    let (begun, checked) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.query(&statements.check, &check_params),
+    );
+    let checked = match (begun, checked) {
+        (Ok(()), Ok(rows)) => rows,
+        (Err(error), _) | (_, Err(error)) => {
+            let error = describe(&error);
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(error);
+        }
     };
-    let (stored_execution, stored_len, held): (i64, i64, bool) =
-        (check.get(0), check.get(1), check.get(2));
-    if !held {
-        return Err(StoreError::LeaseLost("instance"));
+    let checked: HashMap<String, Checked> = checked
+        .iter()
+        .map(|row| {
+            (
+                row.get(0),
+                Checked {
+                    execution_id: row.get(1),
+                    history_len: row.get(2),
+                    lock_token: row.get(3),
+                    lease_running: row.get(4),
+                },
+            )
+        })
+        .collect();
+    // Phase 2: the valid turns' writes and the starts, then COMMIT.
+    let mut verdicts = Vec::with_capacity(requests.len());
+    let mut columns = Columns::default();
+    let mut creates: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<String>) = Default::default();
+    let mut seen_creates = HashSet::new();
+    for request in requests {
+        match request {
+            Request::Turn { commit, .. } => {
+                let verdict = judge(commit, checked.get(&commit.instance_id));
+                if verdict.is_ok() {
+                    columns.add(commit);
+                }
+                verdicts.push(verdict.map(|()| true));
+            }
+            Request::Create { start, .. } => {
+                // A second start of the same id in one group is refused like a later one.
+                let first = seen_creates.insert(start.instance_id.as_str());
+                if first {
+                    creates.0.push(&start.instance_id);
+                    creates.1.push(&start.name);
+                    creates.2.push(&start.input);
+                    creates.3.push(encode(&start.start_message()));
+                }
+                verdicts.push(Ok(first));
+            }
+        }
     }
-    if stored_execution != p.execution {
-        return Err(StoreError::Contract(format!(
-            "commit for execution {} but the instance is at execution {stored_execution}",
-            commit.execution_id
-        )));
+    let c = &columns;
+    let mut pipeline: Vec<Pending<'_>> = Vec::new();
+    let mut slots = Slots::default();
+    macro_rules! statement {
+        ($slot:ident, $statement:ident, [$($param:expr),*]) => {{
+            let params: Vec<&(dyn ToSql + Sync)> = vec![$($param),*];
+            let statement = &statements.$statement;
+            slots.$slot = Some(pipeline.len());
+            pipeline.push(Box::pin(async move { client.query(statement, &params).await }));
+        }};
     }
-    if stored_len != p.from {
-        return Err(StoreError::Contract(format!(
-            "history append at position {} but the history has {stored_len} events",
-            commit.history_from
-        )));
+    if !creates.0.is_empty() {
+        statement!(
+            create,
+            create,
+            [&now, &creates.0, &creates.1, &creates.2, &creates.3]
+        );
     }
+    if !c.history_ids.is_empty() {
+        statement!(
+            other,
+            history,
+            [
+                &c.history_ids,
+                &c.history_executions,
+                &c.history_positions,
+                &c.history_events
+            ]
+        );
+    }
+    if !c.consumed.is_empty() {
+        statement!(other, consumed, [&c.consumed]);
+    }
+    if !c.activity_instances.is_empty() {
+        statement!(
+            activities,
+            activities,
+            [
+                &now,
+                &c.activity_instances,
+                &c.activity_executions,
+                &c.activity_ids,
+                &c.activity_names,
+                &c.activity_inputs,
+                &c.activity_retries,
+                &c.activity_leases,
+                &c.activity_tokens
+            ]
+        );
+    }
+    if !c.completed_items.is_empty() {
+        statement!(
+            other,
+            completed,
+            [&now, &c.completed_items, &c.completed_tokens]
+        );
+    }
+    if !c.timer_ids.is_empty() {
+        statement!(
+            other,
+            timers,
+            [&c.timer_ids, &c.timer_ats, &c.timer_messages]
+        );
+    }
+    let starts_from = pipeline.len();
+    for start in &c.starts {
+        statement!(
+            other,
+            child,
+            [
+                &now,
+                &start.start.instance_id,
+                &start.start.name,
+                &start.start.input,
+                &start.message,
+                &start.parent,
+                &start.refused
+            ]
+        );
+    }
+    let starts = starts_from..pipeline.len();
+    if !c.message_targets.is_empty() {
+        statement!(
+            messages,
+            messages,
+            [&now, &c.message_targets, &c.message_texts]
+        );
+    }
+    if !c.restart_ids.is_empty() {
+        statement!(other, restarts, [&now, &c.restart_ids, &c.restart_messages]);
+    }
+    if !c.unheld.is_empty() {
+        statement!(other, unheld, [&now, &c.unheld]);
+    }
+    if !c.finished.is_empty() {
+        statement!(other, future, [&now, &c.finished]);
+    }
+    if !c.ids.is_empty() {
+        statement!(
+            other,
+            update,
+            [
+                &now,
+                &c.ids,
+                &c.statuses,
+                &c.outputs,
+                &c.failures,
+                &c.custom_statuses,
+                &c.executions,
+                &c.inputs,
+                &c.history_lens
+            ]
+        );
+        statement!(visible, visible, [&now, &c.ids]);
+    }
+    let (results, committed) = tokio::join!(
+        futures_util::future::join_all(pipeline),
+        client.batch_execute("COMMIT"),
+    );
+    // A failed statement aborts the transaction, and the pipelined COMMIT then rolls it back.
+    if let Some(Err(error)) = results.iter().find(|result| result.is_err()) {
+        return Err(describe(error));
+    }
+    committed.map_err(|e| describe(&e))?;
+    let rows = |slot: Option<usize>| {
+        slot.and_then(|index| results[index].as_ref().ok())
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    };
+    let mut written = Written::default();
+    for row in rows(slots.activities) {
+        let (item_id, instance_id, activity_id, is_claimed): (i64, String, i64, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        if is_claimed {
+            written
+                .claimed
+                .entry(instance_id)
+                .or_default()
+                .push((item_id, activity_id));
+        }
+    }
+    written.delivered = !rows(slots.messages).is_empty()
+        || starts
+            .clone()
+            .any(|index| results[index].as_ref().is_ok_and(|rows| !rows.is_empty()));
+    written.visible = rows(slots.visible).iter().map(|row| row.get(0)).collect();
+    written.created = rows(slots.create).iter().map(|row| row.get(0)).collect();
+    Ok(requests
+        .iter()
+        .zip(verdicts)
+        .map(|(request, verdict)| match request {
+            Request::Turn { commit, .. } => {
+                Answer::Turn(verdict.map(|_| effects(commit, &mut written)))
+            }
+            Request::Create { start, .. } => Answer::Create(
+                verdict.map(|first| first && written.created.contains(&start.instance_id)),
+            ),
+        })
+        .collect())
+}
+
+/// Where each statement's answers are among the pipeline's results.
+#[derive(Default)]
+struct Slots {
+    create: Option<usize>,
+    activities: Option<usize>,
+    messages: Option<usize>,
+    visible: Option<usize>,
+    /// Statements whose rows nobody reads.
+    other: Option<usize>,
+}
+
+/// A committed turn's effects.
+fn effects(commit: &TurnCommit, written: &mut Written) -> CommitEffects {
     let mut claimed = Vec::new();
-    if let Some(index) = slots.activities {
+    if let Some(items) = written.claimed.remove(&commit.instance_id) {
         let by_id: HashMap<u64, &NewActivity> = commit
             .activities
             .iter()
             .map(|a| (a.activity_id, a))
             .collect();
-        for row in rows(index) {
-            let (item_id, activity_id, is_claimed): (i64, i64, bool) =
-                (row.get(0), row.get(1), row.get(2));
-            if is_claimed
-                && let Some(activity) = by_id.get(&u64::try_from(activity_id).unwrap_or(0))
-            {
+        for (item_id, activity_id) in items {
+            if let Some(activity) = by_id.get(&to_u64(activity_id)) {
                 claimed.push(ActivityWorkItem {
-                    item_id: u64::try_from(item_id).unwrap_or(0),
+                    item_id: to_u64(item_id),
                     lock_token: commit.lock_token,
                     attempt: 1,
                     activity: (*activity).clone(),
@@ -459,101 +707,81 @@ fn answer(results: &[Rows], slots: &Slots, p: &Parts<'_>) -> Result<CommitEffect
         }
         claimed.sort_by_key(|item| item.item_id);
     }
-    let delivered = slots.outbound.clone().any(|index| !rows(index).is_empty());
-    let pending = rows(slots.visible)
-        .first()
-        .is_some_and(|row| row.get::<_, bool>(0));
-    Ok(CommitEffects {
-        inbox_changed: !commit.timers.is_empty() || delivered || p.restart.is_some() || pending,
+    let sent = !commit.outbound.is_empty() && written.delivered;
+    CommitEffects {
+        inbox_changed: !commit.timers.is_empty()
+            || sent
+            || commit.continue_as_new.is_some()
+            || written.visible.contains(&commit.instance_id),
         activities_added: commit.activities.len() > claimed.len(),
-        finished: p.finished,
+        finished: commit.status.is_some_and(InstanceStatus::is_terminal),
         claimed,
-    })
-}
-
-/// Commits `commits` in one transaction. `Err` when the group as a whole failed (nothing of it
-/// was committed, or its `COMMIT`'s outcome is unknown); otherwise one answer per turn.
-async fn commit_group(
-    client: &mut Object,
-    sql: &TurnSql,
-    commits: &[&TurnCommit],
-    now: Option<i64>,
-    describe: &Describe,
-) -> Result<Vec<Result<CommitEffects, StoreError>>, StoreError> {
-    let transaction = client.transaction().await.map_err(|e| describe(&e))?;
-    let statements = prepare(&transaction, sql).await.map_err(|e| describe(&e))?;
-    let parts: Vec<Parts<'_>> = commits.iter().map(|c| Parts::new(c, now)).collect();
-    let mut pipeline = Vec::new();
-    let slots: Vec<Slots> = parts
-        .iter()
-        .map(|p| push(&mut pipeline, &transaction, &statements, p))
-        .collect();
-    let results = futures_util::future::join_all(pipeline).await;
-    if let Some(Err(error)) = results.iter().find(|result| result.is_err()) {
-        // Dropping the transaction rolls it back.
-        return Err(describe(error));
     }
-    let answers: Vec<_> = slots
-        .iter()
-        .zip(&parts)
-        .map(|(slots, p)| answer(&results, slots, p))
-        .collect();
-    drop(results);
-    transaction.commit().await.map_err(|e| describe(&e))?;
-    Ok(answers)
 }
 
-/// Turns a database error into the store's (redacted) error.
-pub(crate) type Describe = dyn Fn(&tokio_postgres::Error) -> StoreError + Send + Sync;
+fn answer(request: Request, answer: Answer) {
+    match (request, answer) {
+        (Request::Turn { reply, .. }, Answer::Turn(answer)) => {
+            let _ = reply.send(answer);
+        }
+        (Request::Create { reply, .. }, Answer::Create(answer)) => {
+            let _ = reply.send(answer);
+        }
+        (request, _) => request.fail(StoreError::Database(
+            "the committer answered a request of another kind".into(),
+        )),
+    }
+}
 
-/// A committer task: takes the turns waiting, commits them as one group, answers each.
+/// The committer task: takes the requests waiting, commits them as one group, answers each.
 pub(crate) async fn committer(
     pool: deadpool_postgres::Pool,
-    sql: std::sync::Arc<TurnSql>,
-    mut queue: mpsc::Receiver<(TurnCommit, Option<i64>, Reply)>,
+    sql: std::sync::Arc<GroupSql>,
+    mut queue: mpsc::Receiver<Request>,
     describe: Box<Describe>,
     pool_error: Box<dyn Fn(deadpool_postgres::PoolError) -> StoreError + Send + Sync>,
 ) {
     while let Some(first) = queue.recv().await {
         let mut group = vec![first];
-        while group.len() < GROUP_TURNS_MAX {
+        while group.len() < GROUP_REQUESTS_MAX {
             match queue.try_recv() {
                 Ok(next) => group.push(next),
                 Err(_) => break,
             }
         }
-        let mut client = match pool.get().await {
+        let client = match pool.get().await {
             Ok(client) => client,
             Err(error) => {
                 let error = pool_error(error).to_string();
-                for (_, _, reply) in group {
-                    let _ = reply.send(Err(StoreError::Database(error.clone())));
+                for request in group {
+                    request.fail(StoreError::Database(error.clone()));
                 }
                 continue;
             }
         };
-        // One clock for the group when a test clock is in use (`None` otherwise).
-        let now = group.iter().map(|(_, now, _)| *now).max().flatten();
-        let commits: Vec<&TurnCommit> = group.iter().map(|(commit, _, _)| commit).collect();
-        match commit_group(&mut client, &sql, &commits, now, &*describe).await {
+        match commit_group(&client, &sql, &group, &*describe).await {
             Ok(answers) => {
-                for ((_, _, reply), answer) in group.into_iter().zip(answers) {
-                    let _ = reply.send(answer);
+                for (request, reply) in group.into_iter().zip(answers) {
+                    answer(request, reply);
                 }
             }
             Err(group_error) if group.len() == 1 => {
-                let (_, _, reply) = group.pop().expect("one");
-                let _ = reply.send(Err(group_error));
+                group.pop().expect("one").fail(group_error);
             }
             Err(_) => {
                 // Each alone, so that the failing one answers for itself.
-                for (commit, now, reply) in group {
-                    let answer =
-                        match commit_group(&mut client, &sql, &[&commit], now, &*describe).await {
-                            Ok(mut answers) => answers.pop().expect("one answer per turn"),
-                            Err(error) => Err(error),
-                        };
-                    let _ = reply.send(answer);
+                for request in group {
+                    let alone = [request];
+                    match commit_group(&client, &sql, &alone, &*describe).await {
+                        Ok(mut answers) => {
+                            let [request] = alone;
+                            answer(request, answers.pop().expect("one answer per request"));
+                        }
+                        Err(error) => {
+                            let [request] = alone;
+                            request.fail(error);
+                        }
+                    }
                 }
             }
         }

@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 mod commit;
+mod read;
 mod schema;
 mod store;
 mod wake;

@@ -1,4 +1,5 @@
 use crate::commit;
+use crate::read;
 use crate::schema::{self, MigrateError};
 use crate::wake::{self, AbortOnDrop, Announcer, ListenerState};
 use async_trait::async_trait;
@@ -106,8 +107,10 @@ pub struct PostgresStore {
     /// When the last fetch of each kind began (database clock), for `next_wake_at`.
     fetched_turns_at: AtomicI64,
     fetched_activities_at: AtomicI64,
-    /// Turn commits for the committer (`commit.rs`).
-    commits: tokio::sync::mpsc::Sender<(TurnCommit, Option<i64>, commit::Reply)>,
+    /// Turn commits and starts for the committer (`commit.rs`).
+    commits: tokio::sync::mpsc::Sender<commit::Request>,
+    /// Instance lookups for the reader (`read.rs`).
+    lookups: tokio::sync::mpsc::Sender<read::Lookup>,
     _tasks: Vec<AbortOnDrop>,
 }
 
@@ -281,8 +284,8 @@ impl Sql {
             ),
             instance: sql(
                 "SELECT name, status, execution_id, input, output, failure, custom_status,
-                        created_at_ms, updated_at_ms
-                 FROM {s}.instances WHERE instance_id = $1",
+                        created_at_ms, updated_at_ms, instance_id
+                 FROM {s}.instances WHERE instance_id = ANY($1::text[])",
             ),
             next_wake_turns: sql(
                 "SELECT LEAST(
@@ -347,18 +350,35 @@ impl PostgresStore {
         let signals = Arc::new(Signals::default());
         let listener = Arc::new(ListenerState::default());
         let mut tasks = Vec::new();
-        let (commits, queue) = tokio::sync::mpsc::channel(commit::QUEUE_TURNS_MAX);
+        let (commits, queue) = tokio::sync::mpsc::channel(commit::QUEUE_REQUESTS_MAX);
         let describe_connect = options.connect.clone();
         let pool_connect = options.connect.clone();
         tasks.push(AbortOnDrop(
             tokio::spawn(commit::committer(
                 pool.clone(),
-                Arc::new(commit::TurnSql::new(&quoted)),
+                Arc::new(commit::GroupSql::new(&quoted)),
                 queue,
                 Box::new(move |error| StoreError::Database(describe_connect.describe_error(error))),
                 Box::new(move |error| {
                     StoreError::Database(
                         pool_connect.redact(&sluice_postgres::pool_error_chain(&error)),
+                    )
+                }),
+            ))
+            .abort_handle(),
+        ));
+        let (lookups, lookup_queue) = tokio::sync::mpsc::channel(read::QUEUE_LOOKUPS_MAX);
+        let describe_read = options.connect.clone();
+        let pool_read = options.connect.clone();
+        tasks.push(AbortOnDrop(
+            tokio::spawn(read::reader(
+                pool.clone(),
+                Sql::new(&quoted).instance,
+                lookup_queue,
+                Box::new(move |error| StoreError::Database(describe_read.describe_error(error))),
+                Box::new(move |error| {
+                    StoreError::Database(
+                        pool_read.redact(&sluice_postgres::pool_error_chain(&error)),
                     )
                 }),
             ))
@@ -408,6 +428,7 @@ impl PostgresStore {
             fetched_turns_at: AtomicI64::new(i64::MIN),
             fetched_activities_at: AtomicI64::new(i64::MIN),
             commits,
+            lookups,
             _tasks: tasks,
         })
     }
@@ -462,6 +483,13 @@ impl PostgresStore {
         })
     }
 
+    async fn send(&self, request: commit::Request) -> StoreResult<()> {
+        self.commits
+            .send(request)
+            .await
+            .map_err(|_| committer_stopped())
+    }
+
     fn db_error(&self, error: tokio_postgres::Error) -> StoreError {
         self.db_error_ref(&error)
     }
@@ -469,6 +497,10 @@ impl PostgresStore {
     fn db_error_ref(&self, error: &tokio_postgres::Error) -> StoreError {
         StoreError::Database(self.connect.describe_error(error))
     }
+}
+
+fn committer_stopped() -> StoreError {
+    StoreError::Database("the store's committer has stopped".into())
 }
 
 /// Runs `INSERT ... SELECT` of a message to an unfinished instance; whether it was delivered.
@@ -565,23 +597,14 @@ impl Store for PostgresStore {
     }
 
     async fn create_instance(&self, start: NewInstance) -> StoreResult<bool> {
-        let client = self.client().await?;
-        let created = client
-            .query_opt(
-                &prepared(&client, &self.sql.create_instance)
-                    .await
-                    .map_err(|error| self.db_error(error))?,
-                &[
-                    &self.now(),
-                    &start.instance_id,
-                    &start.name,
-                    &start.input,
-                    &encode(&start.start_message()),
-                ],
-            )
-            .await
-            .map_err(|error| self.db_error(error))?
-            .is_some();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(commit::Request::Create {
+            start,
+            now: self.now(),
+            reply,
+        })
+        .await?;
+        let created = answer.await.map_err(|_| committer_stopped())??;
         if created {
             self.wake_orchestrations();
         }
@@ -747,13 +770,13 @@ impl Store for PostgresStore {
     async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<Vec<ActivityWorkItem>> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let instance_id = commit.instance_id.clone();
-        self.commits
-            .send((commit, self.now(), reply))
-            .await
-            .map_err(|_| StoreError::Database("the store's committer has stopped".into()))?;
-        let effects = answer
-            .await
-            .map_err(|_| StoreError::Database("the store's committer has stopped".into()))??;
+        self.send(commit::Request::Turn {
+            commit: Box::new(commit),
+            now: self.now(),
+            reply,
+        })
+        .await?;
+        let effects = answer.await.map_err(|_| committer_stopped())??;
         if effects.inbox_changed {
             self.wake_orchestrations();
         }
@@ -1019,37 +1042,15 @@ impl Store for PostgresStore {
     }
 
     async fn instance(&self, instance_id: &str) -> StoreResult<Option<InstanceInfo>> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                &prepared(&client, &self.sql.instance)
-                    .await
-                    .map_err(|error| self.db_error(error))?,
-                &[&instance_id],
-            )
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.lookups
+            .send(read::Lookup {
+                instance_id: instance_id.to_string(),
+                reply,
+            })
             .await
-            .map_err(|error| self.db_error(error))?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let failure: Option<String> = row.get(5);
-        let failure = failure
-            .as_deref()
-            .map(|text| decode::<Failure>(text, || format!("failure of instance '{instance_id}'")))
-            .transpose()?;
-        let status: String = row.get(1);
-        Ok(Some(InstanceInfo {
-            instance_id: instance_id.to_string(),
-            name: row.get(0),
-            status: parse_status(&status)?,
-            execution_id: to_u64(row.get(2)),
-            input: row.get(3),
-            output: row.get(4),
-            failure,
-            custom_status: row.get(6),
-            created_at_ms: row.get(7),
-            updated_at_ms: row.get(8),
-        }))
+            .map_err(|_| committer_stopped())?;
+        answer.await.map_err(|_| committer_stopped())?
     }
 
     async fn next_wake_at(&self, work: Work) -> StoreResult<Option<TimestampMs>> {
