@@ -1,16 +1,16 @@
 //! What Sluice's PostgreSQL users (the orchestration store and the sink's backend) share:
 //! parsing a connection URL once, naming the server without its password, keeping secrets out
-//! of messages, and building the deadpool-postgres pool.
-//!
-//! Not here yet: TLS (connections are plain TCP or a Unix socket; `sslmode` other than
-//! `disable`/`prefer` is refused with a clear error rather than silently downgraded).
+//! of messages, TLS with rustls ([`tls`]: `sslmode`, `sslrootcert`), and building the
+//! deadpool-postgres pool.
 #![warn(missing_docs)]
+
+pub mod tls;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod, Runtime};
 use std::fmt;
 use std::time::Duration;
-use tokio_postgres::NoTls;
-use tokio_postgres::config::{Host, SslMode};
+use tls::{MakeTls, TlsMode};
+use tokio_postgres::config::Host;
 
 /// The oldest supported server (`server_version_num`).
 pub const SERVER_VERSION_MIN: i32 = 120_000;
@@ -47,6 +47,20 @@ pub enum ConnectError {
         /// Why, redacted.
         message: String,
     },
+    /// The TLS settings cannot be used (a CA file that cannot be read, no trusted CA).
+    #[error("cannot set up TLS: {message}")]
+    TlsSetup {
+        /// Why.
+        message: String,
+    },
+    /// The TLS handshake failed or the server offers no TLS where it is required.
+    #[error("cannot connect to {target}: {message}")]
+    Tls {
+        /// The server, without the password.
+        target: String,
+        /// Why, with a hint.
+        message: String,
+    },
     /// The server is older than [`SERVER_VERSION_MIN`].
     #[error("{target} runs PostgreSQL {version}; Sluice needs 12 or later")]
     UnsupportedServer {
@@ -65,6 +79,8 @@ impl ConnectError {
             ConnectError::Unsupported { .. } => "postgres.unsupported",
             ConnectError::Pool { .. } => "postgres.pool",
             ConnectError::Connect { .. } => "postgres.connect",
+            ConnectError::TlsSetup { .. } => "postgres.tls_setup",
+            ConnectError::Tls { .. } => "postgres.tls",
             ConnectError::UnsupportedServer { .. } => "postgres.unsupported_server",
         }
     }
@@ -72,12 +88,16 @@ impl ConnectError {
 
 /// A parsed connection URL (`postgres://user:password@host:port/database?options` or the
 /// `key=value` form). The password lives only in the client library's configuration, whose
-/// `Debug` output redacts it; [`ConnectOptions::target`] names the server in messages.
+/// `Debug` output redacts it; [`ConnectOptions::target`] names the server in messages. The TLS
+/// settings (`sslmode`, `sslrootcert`, `ssl`) are read by this crate ([`tls`]); a CA file is
+/// read when the URL is parsed, so a bad one is reported before anything connects.
 #[derive(Clone)]
 pub struct ConnectOptions {
     config: tokio_postgres::Config,
     target: String,
     secrets: Vec<String>,
+    tls_mode: TlsMode,
+    make_tls: MakeTls,
 }
 
 impl fmt::Debug for ConnectOptions {
@@ -85,6 +105,7 @@ impl fmt::Debug for ConnectOptions {
         formatter
             .debug_struct("ConnectOptions")
             .field("target", &self.target)
+            .field("tls_mode", &self.tls_mode)
             .finish_non_exhaustive()
     }
 }
@@ -92,18 +113,19 @@ impl fmt::Debug for ConnectOptions {
 impl ConnectOptions {
     /// Parses a URL. Errors never repeat the URL or its password.
     pub fn parse(url: &str) -> Result<ConnectOptions, ConnectError> {
-        let config: tokio_postgres::Config =
-            url.parse()
+        let redacted = |error: ConnectError| match error {
+            ConnectError::InvalidUrl { message } => ConnectError::InvalidUrl {
+                message: redact_in(&message, &secrets_of(url)),
+            },
+            other => other,
+        };
+        let (rest, tls_settings) = tls::split_settings(url).map_err(redacted)?;
+        let mut config: tokio_postgres::Config =
+            rest.parse()
                 .map_err(|error: tokio_postgres::Error| ConnectError::InvalidUrl {
                     message: redact_in(&error_chain(&error), &secrets_of(url)),
                 })?;
-        if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
-            return Err(ConnectError::Unsupported {
-                message: "sslmode require/verify: TLS is not built yet; use sslmode=disable \
-                          over a trusted network or a Unix socket"
-                    .into(),
-            });
-        }
+        let make_tls = tls::configure(&tls_settings, &mut config)?;
         let mut secrets = secrets_of(url);
         if let Some(password) = config.get_password() {
             secrets.push(String::from_utf8_lossy(password).into_owned());
@@ -113,7 +135,51 @@ impl ConnectOptions {
             target: describe(&config),
             config,
             secrets,
+            tls_mode: tls_settings.mode,
+            make_tls,
         })
+    }
+
+    /// How connections use TLS.
+    pub fn tls_mode(&self) -> TlsMode {
+        self.tls_mode
+    }
+
+    /// The TLS connector for [`ConnectOptions::config`]`.connect(..)` (also with `disable`).
+    pub fn tls(&self) -> MakeTls {
+        self.make_tls.clone()
+    }
+
+    /// Opens one connection outside any pool (a LISTEN connection, say). The connection
+    /// must be polled (spawned) for the client to work.
+    pub async fn connect(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<tokio_postgres::Socket, tls::TlsStream>,
+        ),
+        ConnectError,
+    > {
+        self.config
+            .connect(self.tls())
+            .await
+            .map_err(|error| self.connect_failure(&error))
+    }
+
+    /// A failure to connect as an error: [`ConnectError::Tls`] (with a hint) when TLS failed,
+    /// else [`ConnectError::Connect`]; redacted.
+    pub fn connect_failure(&self, error: &(dyn std::error::Error + 'static)) -> ConnectError {
+        match tls::describe_failure(error, self.tls_mode) {
+            Some(message) => ConnectError::Tls {
+                target: self.target.clone(),
+                message: self.redact(&message),
+            },
+            None => ConnectError::Connect {
+                target: self.target.clone(),
+                message: self.redact(&error_chain(error)),
+            },
+        }
     }
 
     /// The server as `user@host:port/database`, without the password.
@@ -156,44 +222,21 @@ pub async fn connect_pool(
     options: &ConnectOptions,
     pool: &PoolOptions,
 ) -> Result<Pool, ConnectError> {
-    let mut config = options.config.clone();
-    if config.get_application_name().is_none() {
-        config.application_name(pool.application_name);
-    }
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(pool.connect_timeout);
-    }
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    let built = Pool::builder(manager)
-        .max_size(pool.connections_max)
-        .wait_timeout(Some(pool.acquire_timeout))
-        .create_timeout(Some(pool.acquire_timeout))
-        .recycle_timeout(Some(pool.acquire_timeout))
-        .queue_mode(QueueMode::Lifo)
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|error| ConnectError::Pool {
+    let built = build_pool(options, pool)?;
+    let client = built.get().await.map_err(|error| match &error {
+        deadpool_postgres::PoolError::Backend(backend) => options.connect_failure(backend),
+        other => ConnectError::Connect {
             target: options.target.clone(),
-            message: options.redact(&error.to_string()),
-        })?;
-    let connect_error = |message: String| ConnectError::Connect {
-        target: options.target.clone(),
-        message,
-    };
-    let client = built
-        .get()
-        .await
-        .map_err(|error| connect_error(options.redact(&pool_error_chain(&error))))?;
+            message: options.redact(&pool_error_chain(other)),
+        },
+    })?;
     let version: i32 = client
         .query_one("SELECT current_setting('server_version_num')::int4", &[])
         .await
-        .map_err(|error| connect_error(options.describe_error(&error)))?
+        .map_err(|error| ConnectError::Connect {
+            target: options.target.clone(),
+            message: options.describe_error(&error),
+        })?
         .get(0);
     if version < SERVER_VERSION_MIN {
         return Err(ConnectError::UnsupportedServer {
@@ -204,13 +247,43 @@ pub async fn connect_pool(
     Ok(built)
 }
 
+/// Builds the pool of [`connect_pool`] without opening a connection.
+pub fn build_pool(options: &ConnectOptions, pool: &PoolOptions) -> Result<Pool, ConnectError> {
+    let mut config = options.config.clone();
+    if config.get_application_name().is_none() {
+        config.application_name(pool.application_name);
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(pool.connect_timeout);
+    }
+    let manager = Manager::from_config(
+        config,
+        options.tls(),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(pool.connections_max)
+        .wait_timeout(Some(pool.acquire_timeout))
+        .create_timeout(Some(pool.acquire_timeout))
+        .recycle_timeout(Some(pool.acquire_timeout))
+        .queue_mode(QueueMode::Lifo)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|error| ConnectError::Pool {
+            target: options.target.clone(),
+            message: options.redact(&error.to_string()),
+        })
+}
+
 /// A pool error and its causes.
 pub fn pool_error_chain(error: &deadpool_postgres::PoolError) -> String {
     error_chain(error)
 }
 
 /// An error and its causes, `: `-separated.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -289,9 +362,20 @@ mod tests {
     }
 
     #[test]
-    fn tls_modes_that_are_not_built_are_refused() {
-        let error = ConnectOptions::parse("postgres://u@h/d?sslmode=require").unwrap_err();
-        assert_eq!(error.code(), "postgres.unsupported");
-        ConnectOptions::parse("postgres://u@h/d?sslmode=disable").unwrap();
+    fn tls_settings_are_checked_when_parsed() {
+        let options = ConnectOptions::parse("postgres://u@h/d?sslmode=require").unwrap();
+        assert_eq!(options.tls_mode(), TlsMode::Require);
+        let missing = ConnectOptions::parse("postgres://u:pw@h/d?sslrootcert=/nonexistent/ca.pem")
+            .unwrap_err();
+        assert_eq!(missing.code(), "postgres.tls_setup");
+        assert!(
+            missing.to_string().contains("/nonexistent/ca.pem"),
+            "{missing}"
+        );
+        let unix = ConnectOptions::parse("host=/tmp sslmode=require").unwrap_err();
+        assert_eq!(unix.code(), "postgres.unsupported");
+        ConnectOptions::parse("host=/tmp user=u").unwrap();
+        let bad = ConnectOptions::parse("postgres://u:pw0rd@h/d?sslmode=pw0rd").unwrap_err();
+        assert!(!bad.to_string().contains("pw0rd"), "{bad}");
     }
 }

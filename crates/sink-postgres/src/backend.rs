@@ -10,10 +10,8 @@ use crate::session::Pooled;
 use crate::statements::{Source, WriteFailure, WritePlan, write_rows};
 use crate::table::{DeadLetterColumns, dead_letter_insert_sql, prepare_table};
 use async_trait::async_trait;
-use deadpool_postgres::{
-    Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod, Runtime, WeakPool,
-};
-use sluice_postgres::{describe, redact};
+use deadpool_postgres::{Pool, PoolError, WeakPool};
+use sluice_postgres::{ConnectError, ConnectOptions, PoolOptions, SERVER_VERSION_MIN};
 use sluice_sink::{
     BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, DeadLetter, Delivery,
     ErrorClass, Ident, PrepareRequest, Prepared, SinkBackend, SinkConfig, TableWriter,
@@ -22,7 +20,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_postgres::NoTls;
 
 /// The `application_name` the sink's connections use unless the URL sets one.
 pub const APPLICATION_NAME: &str = "sluice-sink";
@@ -32,18 +29,15 @@ pub const POOL_CONNECTIONS_MAX_LIMIT: usize = 1_000;
 /// Upper bound of every `*_ms` option, in milliseconds (one hour).
 pub const TIMEOUT_MS_LIMIT: u64 = 3_600_000;
 
-/// The oldest supported server (`server_version_num`).
-const SERVER_VERSION_MIN: i32 = 120_000;
-
 /// How to reach a PostgreSQL database for the sink.
 ///
 /// The URL (`postgres://user:password@host:port/database?options`, or the `key=value` form) is
-/// parsed once; the password is kept only inside the client library's configuration, whose
+/// parsed once by `sluice-postgres`, which also reads the TLS settings (`sslmode`,
+/// `sslrootcert`); the password is kept only inside the client library's configuration, whose
 /// `Debug` output redacts it. [`PostgresSinkOptions::target`] names the server in messages.
 #[derive(Clone)]
 pub struct PostgresSinkOptions {
-    config: tokio_postgres::Config,
-    target: String,
+    connect: ConnectOptions,
     /// Connections in the pool, at most, 1 to 1,000. Default: 3, which is right for the
     /// default `flush_concurrency` of 2: one connection per flush lane plus one for `prepare`,
     /// dead letters and commit checks. Use [`PostgresSinkOptions::for_sink`] to derive it from
@@ -68,23 +62,12 @@ pub struct PostgresSinkOptions {
 impl PostgresSinkOptions {
     /// Parses a connection URL. Errors never repeat the URL or its password.
     pub fn new(url: &str) -> Result<PostgresSinkOptions, PostgresError> {
-        let config: tokio_postgres::Config =
-            url.parse().map_err(|error: tokio_postgres::Error| {
-                let mut message = error.to_string();
-                let mut source = std::error::Error::source(&error);
-                while let Some(cause) = source {
-                    message.push_str(": ");
-                    message.push_str(&cause.to_string());
-                    source = cause.source();
-                }
-                PostgresError::InvalidUrl {
-                    message: redact(&message, url),
-                }
-            })?;
-        let target = describe(&config);
+        let connect = ConnectOptions::parse(url).map_err(|error| match error {
+            ConnectError::InvalidUrl { message } => PostgresError::InvalidUrl { message },
+            other => PostgresError::Connection(other),
+        })?;
         Ok(PostgresSinkOptions {
-            config,
-            target,
+            connect,
             pool_connections_max: 3,
             pool_acquire_timeout_ms: 30_000,
             pool_idle_ms_max: 1_000,
@@ -102,7 +85,7 @@ impl PostgresSinkOptions {
 
     /// The server as `user@host:port/database`, without the password.
     pub fn target(&self) -> &str {
-        &self.target
+        self.connect.target()
     }
 
     fn validate(&self) -> Result<(), PostgresError> {
@@ -139,7 +122,8 @@ impl fmt::Debug for PostgresSinkOptions {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter
             .debug_struct("PostgresSinkOptions")
-            .field("target", &self.target)
+            .field("target", &self.connect.target())
+            .field("tls_mode", &self.connect.tls_mode())
             .field("pool_connections_max", &self.pool_connections_max)
             .field("pool_acquire_timeout_ms", &self.pool_acquire_timeout_ms)
             .field("pool_idle_ms_max", &self.pool_idle_ms_max)
@@ -212,53 +196,43 @@ impl PostgresBackend {
     /// Builds the pool and opens one connection to check the server (PostgreSQL 12 or later).
     pub async fn connect(options: PostgresSinkOptions) -> Result<PostgresBackend, PostgresError> {
         options.validate()?;
-        let mut config = options.config.clone();
-        if config.get_application_name().is_none() {
-            config.application_name(APPLICATION_NAME);
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_millis(options.connect_timeout_ms));
-        }
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                // Only checks that the connection is open: a broken one fails its batch with
-                // a transient error and is dropped. It does not check for an open
-                // transaction: connections come back only outside one (`Session`).
-                recycling_method: RecyclingMethod::Fast,
+        // A LIFO pool (the most recently returned connection first, so connections the load
+        // does not need stay idle and `close_idle` closes them) whose recycling only checks
+        // that a connection is open: a broken one fails its batch with a transient error and
+        // is dropped. It does not check for an open transaction: connections come back only
+        // outside one (`Session`).
+        let pool = sluice_postgres::build_pool(
+            &options.connect,
+            &PoolOptions {
+                connections_max: options.pool_connections_max,
+                acquire_timeout: Duration::from_millis(options.pool_acquire_timeout_ms),
+                connect_timeout: Duration::from_millis(options.connect_timeout_ms),
+                application_name: APPLICATION_NAME,
             },
-        );
-        let acquire = Duration::from_millis(options.pool_acquire_timeout_ms);
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_connections_max)
-            .wait_timeout(Some(acquire))
-            .create_timeout(Some(acquire))
-            .recycle_timeout(Some(acquire))
-            // The most recently returned connection is handed out first, so connections the
-            // load does not need stay idle and `close_idle` closes them.
-            .queue_mode(QueueMode::Lifo)
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|error| PostgresError::Pool {
-                target: options.target.clone(),
-                message: error.to_string(),
-            })?;
+        )
+        .map_err(|error| match error {
+            ConnectError::Pool { target, message } => PostgresError::Pool { target, message },
+            other => PostgresError::Connection(other),
+        })?;
+        let target = options.target().to_string();
         let connect_error = |error: BackendError| PostgresError::Connect {
-            target: options.target.clone(),
+            target: target.clone(),
             error,
         };
-        let client = pool.get().await.map_err(|e| connect_error(from_pool(e)))?;
+        let client = pool.get().await.map_err(|error| match error {
+            PoolError::Backend(backend) => match options.connect.connect_failure(&backend) {
+                tls @ ConnectError::Tls { .. } => PostgresError::Connection(tls),
+                _ => connect_error(classify(&backend)),
+            },
+            other => connect_error(from_pool(other)),
+        })?;
         let version: i32 = client
             .query_one("SELECT current_setting('server_version_num')::int4", &[])
             .await
             .map_err(|e| connect_error(classify(&e)))?
             .get(0);
         if version < SERVER_VERSION_MIN {
-            return Err(PostgresError::UnsupportedServer {
-                target: options.target.clone(),
-                version,
-            });
+            return Err(PostgresError::UnsupportedServer { target, version });
         }
         tokio::spawn(close_idle(
             pool.weak(),
@@ -277,7 +251,7 @@ impl PostgresBackend {
 
     /// The server as `user@host:port/database`, without the password.
     pub fn target(&self) -> &str {
-        &self.options.target
+        self.options.target()
     }
 }
 
@@ -375,7 +349,7 @@ impl PostgresBackend {
                         code: "postgres.max_prepared_transactions",
                         message: format!(
                             "delivery = \"two_phase\" needs the server setting max_prepared_transactions to be at least {required} (2 x flush_concurrency {flush_concurrency}: one checkpoint's transactions may be prepared while the previous one's await their commit), but {} has max_prepared_transactions = {setting}; raise it in postgresql.conf (a server restart is needed) or lower flush_concurrency",
-                            self.options.target
+                            self.options.target()
                         ),
                     });
                 }
@@ -603,11 +577,11 @@ mod tests {
             );
         }
         assert_eq!(
-            redact("failed near s3cr3t", "postgres://u:s3cr3t@h/d"),
+            sluice_postgres::redact("failed near s3cr3t", "postgres://u:s3cr3t@h/d"),
             "failed near <redacted>"
         );
         assert_eq!(
-            redact("bad hunter2", "host=h password=hunter2"),
+            sluice_postgres::redact("bad hunter2", "host=h password=hunter2"),
             "bad <redacted>"
         );
     }

@@ -256,6 +256,10 @@ pub enum PostgresError {
         /// The classified error.
         error: BackendError,
     },
+    /// The connection settings cannot be used, or TLS failed (`postgres.tls`,
+    /// `postgres.tls_setup`, `postgres.unsupported`, ...: the shared layer's codes).
+    #[error(transparent)]
+    Connection(#[from] sluice_postgres::ConnectError),
     /// The server is older than the oldest supported version.
     #[error("{target} runs PostgreSQL {version}; the sink needs PostgreSQL 12 or later")]
     UnsupportedServer {
@@ -274,6 +278,7 @@ impl PostgresError {
             PostgresError::InvalidOption { .. } => "postgres.invalid_option",
             PostgresError::Pool { .. } => "postgres.pool",
             PostgresError::Connect { error, .. } => error.code(),
+            PostgresError::Connection(error) => error.code(),
             PostgresError::UnsupportedServer { .. } => "postgres.unsupported_server",
         }
     }

@@ -168,7 +168,10 @@
 //! server's message, SQLSTATE and DETAIL, cut to 1 KiB, and never the connection URL or its
 //! password (servers are named by [`PostgresSinkOptions::target`]: user, host, port, database).
 //!
-//! Connections use no TLS (`NoTls`); PostgreSQL 12 or later is required (tested on 15).
+//! Connections use TLS as the URL's `sslmode` and `sslrootcert` say (rustls, through
+//! `sluice-postgres`: `disable`, `prefer` (the default), `require`, `verify-ca`,
+//! `verify-full`; `sslrootcert` alone means `verify-full`). PostgreSQL 12 or later is required
+//! (tested on 15).
 #![warn(missing_docs)]
 
 mod backend;

@@ -1017,3 +1017,62 @@ async fn idle_pooled_connections_are_closed() {
     sink.close().await.unwrap();
     assert_eq!(db.rows(&schema).await.len() as i64, id);
 }
+
+/// The sink over TLS (`sslmode=verify-full`): rows land through encrypted connections; a host
+/// name the certificate does not list is refused with `postgres.tls`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_writes_over_verified_tls() {
+    let Some((cluster, files)) = sluice_testkit::pg_tls_or_skip(SUITE) else {
+        return;
+    };
+    let url = |host: &str| {
+        format!(
+            "postgres://postgres@{host}:{}/postgres?sslmode=verify-full&sslrootcert={}",
+            cluster.port(),
+            files.ca.display()
+        )
+    };
+    let backend =
+        PostgresBackend::connect(PostgresSinkOptions::new(&url(files.host_name)).unwrap())
+            .await
+            .unwrap();
+    let schema = Schema::new("secured", vec![column("id", ColumnType::I64)], &[]).unwrap();
+    let sink = Sink::open(
+        &backend,
+        schema,
+        config()
+            .create_table(CreateTable::IfMissing)
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    sink.write(
+        (0..100_i64)
+            .map(|id| Row::insert(vec![id.into()]))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    sink.flush().await.unwrap();
+    let client = backend.pool().get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM secured), \
+             (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 100);
+    assert!(row.get::<_, bool>(1), "the connection is encrypted");
+
+    let error = PostgresBackend::connect(PostgresSinkOptions::new(&url("127.0.0.1")).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "postgres.tls", "{error}");
+    assert!(
+        error.to_string().contains("does not name the host"),
+        "{error}"
+    );
+}

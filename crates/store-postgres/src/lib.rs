@@ -12,7 +12,9 @@
 //!
 //! Where this store stands: it passes the store conformance suite and its multi-process
 //! checks. Turn commits are grouped: what a process has ready goes in one transaction
-//! (`commit.rs`). Not built yet (see issue 15's note): fetching only registered names, TLS.
+//! (`commit.rs`). Connections (pool and listener) use TLS as the URL says
+//! (`sluice_postgres::tls`). Not built yet (see issue 15's note): fetching only registered
+//! names.
 #![warn(missing_docs)]
 
 mod commit;

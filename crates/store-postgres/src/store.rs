@@ -407,6 +407,7 @@ impl PostgresStore {
             }
             tasks.push(AbortOnDrop(
                 tokio::spawn(wake::listen(
+                    options.connect.clone(),
                     config,
                     channel,
                     origin,

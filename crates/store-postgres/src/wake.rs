@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 /// At most one notification per process this often.
 pub(crate) const NOTIFY_INTERVAL: Duration = Duration::from_millis(10);
@@ -174,6 +174,7 @@ pub(crate) async fn announce(
 /// Listens on `channel` and wakes this process's dispatchers and waiters, reconnecting with
 /// backoff, until aborted.
 pub(crate) async fn listen(
+    connect: sluice_postgres::ConnectOptions,
     config: tokio_postgres::Config,
     channel: String,
     origin: String,
@@ -182,7 +183,7 @@ pub(crate) async fn listen(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match listen_once(&config, &channel, &origin, &signals, &state).await {
+        match listen_once(&connect, &config, &channel, &origin, &signals, &state).await {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(error) => {
                 tracing::warn!(%error, ?backoff, "the wake-up listener lost its connection; reconnecting (the runtime polls meanwhile)");
@@ -195,13 +196,17 @@ pub(crate) async fn listen(
 }
 
 async fn listen_once(
+    connect: &sluice_postgres::ConnectOptions,
     config: &tokio_postgres::Config,
     channel: &str,
     origin: &str,
     signals: &Signals,
     state: &ListenerState,
 ) -> Result<(), String> {
-    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let (client, mut connection) = config
+        .connect(connect.tls())
+        .await
+        .map_err(|error| connect.connect_failure(&error).to_string())?;
     let (sender, mut notifications) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {

@@ -208,6 +208,61 @@ mod shared {
         assert_eq!(turn.instance_id, "i0");
     }
 
+    /// Over TLS with `sslmode=verify-full`: the pool's connections and the LISTEN connection
+    /// are encrypted, and a wake-up crosses from one store to the other.
+    #[tokio::test]
+    async fn stores_connect_over_verified_tls() {
+        let Some((cluster, files)) = sluice_testkit::pg_tls_or_skip("store-postgres tls") else {
+            return;
+        };
+        let url = format!(
+            "postgres://postgres@{}:{}/postgres?sslmode=verify-full&sslrootcert={}",
+            files.host_name,
+            cluster.port(),
+            files.ca.display()
+        );
+        let connect = || async {
+            let options = PostgresStoreOptions::new(&url).unwrap();
+            Arc::new(PostgresStore::connect(options).await.unwrap())
+        };
+        let (a, b) = (connect().await, connect().await);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !(a.listening() && b.listening()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "listeners never started"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        a.create_instance(new_instance("over-tls")).await.unwrap();
+        let turns = b
+            .fetch_turns(1, Duration::from_secs(60), &[])
+            .await
+            .unwrap();
+        assert_eq!(turns[0].instance_id, "over-tls");
+        let connections = cluster
+            .psql(
+                "SELECT count(*) || ' ' || bool_and(ssl) FROM pg_stat_ssl JOIN pg_stat_activity \
+                 USING (pid) WHERE application_name LIKE 'sluice%'",
+            )
+            .unwrap();
+        let (count, all_encrypted) = connections.trim().split_once(' ').unwrap();
+        assert!(
+            count.parse::<u32>().unwrap() >= 4,
+            "pools and listeners: {count}"
+        );
+        assert_eq!(all_encrypted, "true", "every connection is encrypted");
+        // The wrong CA: a clear error, no store.
+        let wrong = url.replace(
+            &files.ca.display().to_string(),
+            &files.other_ca.display().to_string(),
+        );
+        let error = PostgresStore::connect(PostgresStoreOptions::new(&wrong).unwrap())
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("not signed by a CA"), "{error}");
+    }
+
     /// A database migrated by a newer build is refused with a clear message; concurrent starts
     /// of many processes migrate once.
     #[tokio::test]

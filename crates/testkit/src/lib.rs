@@ -20,5 +20,7 @@ mod sqlite;
 mod sys;
 
 pub use nats::{NatsServer, NatsUnavailable, nats_or_skip, require_nats};
-pub use pg::{PgCluster, PgError, PgUnavailable, pg_or_skip, require_postgres};
+pub use pg::{
+    PgCluster, PgError, PgUnavailable, TlsFiles, pg_or_skip, pg_tls_or_skip, require_postgres,
+};
 pub use sqlite::TempSqlite;

@@ -100,6 +100,9 @@ pub enum PgError {
         "invalid database name {0:?}: use 1-63 ASCII letters, digits, '_' or '-', not starting with a digit or '-'"
     )]
     InvalidDatabaseName(String),
+    /// A role name was rejected before being sent to the server.
+    #[error("invalid role name {0:?}: use 1-63 lower-case ASCII letters or '_'")]
+    InvalidRoleName(String),
 }
 
 /// The PostgreSQL programs a cluster is driven with.
@@ -325,6 +328,19 @@ pub struct PgCluster {
     bins: Binaries,
     launcher: Launcher,
     port: u16,
+    /// Server settings beyond [`SERVER_SETTINGS`] (`ssl=on` and its files).
+    settings: Vec<String>,
+}
+
+/// The certificate files of a cluster started with [`PgCluster::start_with_tls`], all PEM.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA that signed the server's certificate.
+    pub ca: PathBuf,
+    /// Another CA, which signed nothing the server uses.
+    pub other_ca: PathBuf,
+    /// The host name the server's certificate names (`localhost`; not `127.0.0.1`).
+    pub host_name: &'static str,
 }
 
 impl PgCluster {
@@ -335,6 +351,138 @@ impl PgCluster {
     /// the cluster cannot be initialized or started; the reason includes the
     /// failing command's output or the tail of the server log.
     pub fn start() -> Result<Self, PgUnavailable> {
+        Self::start_with(Vec::new(), |_| Ok(()))
+    }
+
+    /// Starts a cluster with `ssl=on` and a certificate for `localhost` signed by a CA made
+    /// for it (with `openssl` from the system). The cluster also accepts plain connections.
+    pub fn start_with_tls() -> Result<(Self, TlsFiles), PgUnavailable> {
+        let mut files = None;
+        let settings = vec![
+            "ssl=on".to_owned(),
+            "ssl_cert_file=server.crt".to_owned(),
+            "ssl_key_file=server.key".to_owned(),
+        ];
+        let cluster = Self::start_with(settings, |cluster| {
+            files = Some(cluster.make_certificates()?);
+            Ok(())
+        })?;
+        let files = files.expect("made before the server starts");
+        Ok((cluster, files))
+    }
+
+    /// Adds a login role with a password that must be given (SCRAM over TCP; every other
+    /// role keeps trust authentication), and reloads the server's configuration.
+    pub fn add_password_role(&self, role: &str, password: &str) -> Result<(), PgError> {
+        let valid = !role.is_empty()
+            && role.len() <= 63
+            && role.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        if !valid {
+            return Err(PgError::InvalidRoleName(role.to_owned()));
+        }
+        self.psql(&format!(
+            "SET password_encryption = 'scram-sha-256'; CREATE ROLE {role} LOGIN PASSWORD '{}'",
+            password.replace('\'', "''")
+        ))?;
+        let hba = self.data_dir().join("pg_hba.conf");
+        let existing = fs::read_to_string(&hba)
+            .map_err(io_err(format!("could not read {}", hba.display())))?;
+        let line = format!(
+            "host all {role} 127.0.0.1/32 scram-sha-256\nhost all {role} ::1/128 scram-sha-256\n"
+        );
+        fs::write(&hba, format!("{line}{existing}"))
+            .map_err(io_err(format!("could not write {}", hba.display())))?;
+        self.psql("SELECT pg_reload_conf()")?;
+        // The postmaster rereads pg_hba.conf on SIGHUP, asynchronously.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
+    }
+
+    fn make_certificates(&self) -> Result<TlsFiles, PgError> {
+        let dir = self.dir.path().join("tls");
+        fs::create_dir(&dir).map_err(io_err(format!("could not create {}", dir.display())))?;
+        let openssl = |args: &[&str]| -> Result<(), PgError> {
+            run(Command::new("openssl").args(args).current_dir(&dir)).map(|_| ())
+        };
+        for ca in ["ca", "other-ca"] {
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=sluice test {ca}"),
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.crt"),
+            ])?;
+        }
+        fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .map_err(io_err("could not write server.ext"))?;
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ])?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ])?;
+        let data = self.data_dir();
+        for name in ["server.crt", "server.key"] {
+            let to = data.join(name);
+            fs::copy(dir.join(name), &to).map_err(io_err(format!("could not copy {name}")))?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o600))
+                .map_err(io_err(format!("could not chmod {name}")))?;
+            if self.launcher.switches_user() {
+                run(Command::new("chown")
+                    .arg(format!("{SERVER_USER}:"))
+                    .arg(&to))?;
+            }
+        }
+        Ok(TlsFiles {
+            ca: dir.join("ca.crt"),
+            other_ca: dir.join("other-ca.crt"),
+            host_name: "localhost",
+        })
+    }
+
+    fn start_with(
+        settings: Vec<String>,
+        before_start: impl FnOnce(&Self) -> Result<(), PgError>,
+    ) -> Result<Self, PgUnavailable> {
         let bins = Binaries::find()?;
         let launcher = Launcher::detect()?;
         let base = temp_base(launcher.switches_user());
@@ -353,6 +501,7 @@ impl PgCluster {
             bins,
             launcher,
             port: 0,
+            settings,
         };
         let root = cluster.dir.path();
         if root.to_str().is_none() {
@@ -371,6 +520,7 @@ impl PgCluster {
                 .arg(root))?;
         }
         cluster.initdb()?;
+        before_start(&cluster)?;
         cluster.start_on_free_port()
     }
 
@@ -428,7 +578,11 @@ impl PgCluster {
             self.port,
             sys::shell_quote(&self.socket_dir().to_string_lossy())
         );
-        for setting in SERVER_SETTINGS {
+        for setting in SERVER_SETTINGS
+            .iter()
+            .copied()
+            .chain(self.settings.iter().map(String::as_str))
+        {
             options.push_str(" -c ");
             options.push_str(setting);
         }
@@ -662,7 +816,16 @@ pub fn require_postgres() -> bool {
 ///
 /// When PostgreSQL is unavailable and `SLUICE_REQUIRE_POSTGRES` is set.
 pub fn pg_or_skip(suite: &str) -> Option<PgCluster> {
-    match PgCluster::start() {
+    or_skip(suite, PgCluster::start())
+}
+
+/// [`pg_or_skip`] for a cluster with TLS ([`PgCluster::start_with_tls`]).
+pub fn pg_tls_or_skip(suite: &str) -> Option<(PgCluster, TlsFiles)> {
+    or_skip(suite, PgCluster::start_with_tls())
+}
+
+fn or_skip<T>(suite: &str, started: Result<T, PgUnavailable>) -> Option<T> {
+    match started {
         Ok(cluster) => Some(cluster),
         Err(e) if require_postgres() => {
             panic!("{suite}: PostgreSQL required ({REQUIRE_ENV} is set) but not available: {e}")
