@@ -90,12 +90,14 @@ pub(crate) struct GroupSql {
     unheld: String,
     future: String,
     update: String,
-    visible: String,
 }
 
 impl GroupSql {
     pub(crate) fn new(s: &str) -> Self {
-        let sql = |text: &str| text.replace("{s}", s);
+        let sql = |text: &str| {
+            text.replace("{due_now}", crate::store::DUE_NOW)
+                .replace("{s}", s)
+        };
         GroupSql {
             check: sql("SELECT instance_id, execution_id, history_len, lock_token,
                         COALESCE(locked_until_ms > {s}.now_ms($1), false)
@@ -106,8 +108,8 @@ impl GroupSql {
                     SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])
                         AS u(instance_id, name, input, message)),
                  created AS (
-                    INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms)
-                    SELECT instance_id, name, 'pending', 1, input, {s}.now_ms($1), {s}.now_ms($1) FROM wanted
+                    INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms, due_at_ms)
+                    SELECT instance_id, name, 'pending', 1, input, {s}.now_ms($1), {s}.now_ms($1), {s}.now_ms($1) FROM wanted
                     ON CONFLICT (instance_id) DO NOTHING RETURNING instance_id)
                  INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
                  SELECT w.instance_id, {s}.now_ms($1), w.message
@@ -135,8 +137,8 @@ impl GroupSql {
             // A child's start: created with its start message, or, when the id is taken and the
             // start has a parent, a failure for the parent (if it is alive).
             child: sql("WITH created AS (
-                    INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms)
-                    VALUES ($2, $3, 'pending', 1, $4, {s}.now_ms($1), {s}.now_ms($1))
+                    INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms, due_at_ms)
+                    VALUES ($2, $3, 'pending', 1, $4, {s}.now_ms($1), {s}.now_ms($1), {s}.now_ms($1))
                     ON CONFLICT (instance_id) DO NOTHING RETURNING instance_id),
                  started AS (
                     INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
@@ -147,14 +149,23 @@ impl GroupSql {
                     WHERE $6::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM created)
                       AND EXISTS (SELECT 1 FROM {s}.instances
                                   WHERE instance_id = $6::text AND status IN ('pending', 'running', 'quarantined'))
-                    RETURNING instance_id)
+                    RETURNING instance_id),
+                 due AS (
+                    UPDATE {s}.instances t SET due_at_ms = {due_now}
+                    FROM refused WHERE t.instance_id = refused.instance_id AND t.status <> 'quarantined')
                  SELECT instance_id FROM started UNION ALL SELECT instance_id FROM refused"),
-            messages: sql("INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
-                 SELECT m.instance_id, {s}.now_ms($1), m.message
-                 FROM unnest($2::text[], $3::text[]) AS m(instance_id, message)
-                 WHERE EXISTS (SELECT 1 FROM {s}.instances t WHERE t.instance_id = m.instance_id
-                               AND t.status IN ('pending', 'running', 'quarantined'))
-                 RETURNING instance_id"),
+            // The targets' rows were locked by the check (in id order with the group's own).
+            messages: sql("WITH sent AS (
+                    INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
+                    SELECT m.instance_id, {s}.now_ms($1), m.message
+                    FROM unnest($2::text[], $3::text[]) AS m(instance_id, message)
+                    WHERE EXISTS (SELECT 1 FROM {s}.instances t WHERE t.instance_id = m.instance_id
+                                  AND t.status IN ('pending', 'running', 'quarantined'))
+                    RETURNING instance_id),
+                 due AS (
+                    UPDATE {s}.instances t SET due_at_ms = {due_now}
+                    WHERE t.instance_id IN (SELECT instance_id FROM sent) AND t.status <> 'quarantined')
+                 SELECT instance_id FROM sent"),
             restarts: sql("INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
                  SELECT r.instance_id, {s}.now_ms($1), r.message
                  FROM unnest($2::text[], $3::text[]) AS r(instance_id, message)"),
@@ -162,7 +173,10 @@ impl GroupSql {
                  AND (lock_token IS NULL OR visible_at_ms <= {s}.now_ms($1))"),
             future: sql("DELETE FROM {s}.inbox WHERE instance_id = ANY($2::text[])
                  AND visible_at_ms > {s}.now_ms($1)"),
-            // Last of the writes: it moves the history position and ends the lease.
+            // Last of the writes: it moves the history position, ends the lease, takes the
+            // delivery count with the consumed messages, and sets when the instance is next
+            // due from what the inbox still holds (this transaction's timers and restarts
+            // included); it answers which instances are due at once.
             update: sql("UPDATE {s}.instances i SET
                     status = COALESCE(u.status, i.status),
                     output = COALESCE(u.output, i.output),
@@ -172,16 +186,18 @@ impl GroupSql {
                     input = COALESCE(u.input, i.input),
                     history_len = u.history_len,
                     locked_until_ms = NULL,
+                    deliveries = 0,
+                    due_at_ms = CASE WHEN u.finished OR COALESCE(u.status, i.status) = 'quarantined' THEN NULL
+                        ELSE (SELECT min(m.visible_at_ms) FROM {s}.inbox m WHERE m.instance_id = i.instance_id) END,
                     updated_at_ms = CASE WHEN i.status IS DISTINCT FROM COALESCE(u.status, i.status)
                         OR u.output IS NOT NULL OR u.failure IS NOT NULL
                         OR i.custom_status IS DISTINCT FROM COALESCE(u.custom_status, i.custom_status)
                         OR i.execution_id <> u.execution_id THEN {s}.now_ms($1) ELSE i.updated_at_ms END
                  FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                             $7::bigint[], $8::text[], $9::bigint[])
-                      AS u(instance_id, status, output, failure, custom_status, execution_id, input, history_len)
-                 WHERE i.instance_id = ANY($2::text[]) AND i.instance_id = u.instance_id"),
-            visible: sql("SELECT DISTINCT instance_id FROM {s}.inbox
-                 WHERE instance_id = ANY($2::text[]) AND visible_at_ms <= {s}.now_ms($1)"),
+                             $7::bigint[], $8::text[], $9::bigint[], $10::bool[])
+                      AS u(instance_id, status, output, failure, custom_status, execution_id, input, history_len, finished)
+                 WHERE i.instance_id = ANY($2::text[]) AND i.instance_id = u.instance_id
+                 RETURNING i.instance_id, i.due_at_ms <= {s}.now_ms($1)"),
         }
     }
 }
@@ -201,7 +217,6 @@ struct Prepared {
     unheld: Statement,
     future: Statement,
     update: Statement,
-    visible: Statement,
 }
 
 async fn prepare(
@@ -222,7 +237,6 @@ async fn prepare(
         unheld: prepared(client, &sql.unheld).await?,
         future: prepared(client, &sql.future).await?,
         update: prepared(client, &sql.update).await?,
-        visible: prepared(client, &sql.visible).await?,
     })
 }
 
@@ -336,6 +350,7 @@ struct Columns<'c> {
     executions: Vec<i64>,
     inputs: Vec<Option<&'c str>>,
     history_lens: Vec<i64>,
+    finished_flags: Vec<bool>,
 }
 
 impl<'c> Columns<'c> {
@@ -414,6 +429,7 @@ impl<'c> Columns<'c> {
         self.executions.push(new_execution);
         self.inputs.push(new_input);
         self.history_lens.push(new_len);
+        self.finished_flags.push(finished);
     }
 }
 
@@ -449,16 +465,27 @@ async fn commit_group(
     let statements = prepare(client, sql).await.map_err(|e| describe(&e))?;
     // One clock for the group when a test clock is in use (`None` otherwise).
     let now = requests.iter().map(Request::now).max().flatten();
-    let mut turn_ids: Vec<&str> = requests
-        .iter()
-        .filter_map(|request| match request {
-            Request::Turn { commit, .. } => Some(commit.instance_id.as_str()),
-            Request::Create { .. } => None,
-        })
-        .collect();
+    // Every instance the group's turns write: their own and those they send messages to.
+    let mut turn_ids: Vec<&str> = Vec::new();
+    for request in requests {
+        if let Request::Turn { commit, .. } = request {
+            turn_ids.push(&commit.instance_id);
+            for outbound in &commit.outbound {
+                match outbound {
+                    Outbound::Message { instance_id, .. } => turn_ids.push(instance_id),
+                    Outbound::Start(start) => {
+                        if let Some(parent) = &start.parent {
+                            turn_ids.push(&parent.instance_id);
+                        }
+                    }
+                }
+            }
+        }
+    }
     turn_ids.sort_unstable();
     turn_ids.dedup();
-    // Phase 1: lock and read every instance the group's turns write.
+    // Phase 1: lock and read every instance the group's turns write, in id order (so two
+    // processes never lock in opposite orders).
     let check_params: [&(dyn ToSql + Sync); 2] = [&now, &turn_ids];
     let (begun, checked) = tokio::join!(
         client.batch_execute("BEGIN"),
@@ -612,7 +639,7 @@ async fn commit_group(
     }
     if !c.ids.is_empty() {
         statement!(
-            other,
+            update,
             update,
             [
                 &now,
@@ -623,10 +650,10 @@ async fn commit_group(
                 &c.custom_statuses,
                 &c.executions,
                 &c.inputs,
-                &c.history_lens
+                &c.history_lens,
+                &c.finished_flags
             ]
         );
-        statement!(visible, visible, [&now, &c.ids]);
     }
     let (results, committed) = tokio::join!(
         futures_util::future::join_all(pipeline),
@@ -658,7 +685,11 @@ async fn commit_group(
         || starts
             .clone()
             .any(|index| results[index].as_ref().is_ok_and(|rows| !rows.is_empty()));
-    written.visible = rows(slots.visible).iter().map(|row| row.get(0)).collect();
+    written.visible = rows(slots.update)
+        .iter()
+        .filter(|row| row.get::<_, Option<bool>>(1) == Some(true))
+        .map(|row| row.get(0))
+        .collect();
     written.created = rows(slots.create).iter().map(|row| row.get(0)).collect();
     Ok(requests
         .iter()
@@ -680,7 +711,7 @@ struct Slots {
     create: Option<usize>,
     activities: Option<usize>,
     messages: Option<usize>,
-    visible: Option<usize>,
+    update: Option<usize>,
     /// Statements whose rows nobody reads.
     other: Option<usize>,
 }

@@ -10,6 +10,19 @@
 //! Leases are columns judged against the database clock (`now_ms`): an instance's
 //! `locked_until_ms`, and for work items `visible_at_ms` itself (a claim pushes it to the end
 //! of the lease, pgmq-style), so the claim query is one range scan of `activities_visible`.
+//!
+//! Turns are claimed from the instance rows, not the inbox: `instances.due_at_ms` says when an
+//! instance next needs a turn (its earliest unconsumed message while unlocked, its lease's end
+//! while locked, `NULL` when it waits for nothing, is quarantined or has finished), so a claim
+//! walks the partial index `instances_due` in time order and stops at its limit, however many
+//! messages wait for instances that are busy. Every write keeps it true: a message for another
+//! instance updates that instance's row in the same transaction (which also takes its row
+//! lock, so a message can never slip in unseen beside the holder's commit), a commit sets it
+//! from what is left in the inbox, a claim and a renewal set it to the lease's end. A turn's
+//! delivery count is the instance's `deliveries` (counted at claim, reset by the commit that
+//! consumes the messages), so a claim reads the inbox rows and writes none.
+//!
+//! Version 1 has not been released; it is changed in place until the first release.
 
 use tokio_postgres::Client;
 
@@ -34,9 +47,11 @@ CREATE TABLE {s}.instances (
     created_at_ms   bigint NOT NULL,
     updated_at_ms   bigint NOT NULL,
     lock_token      bigint,
-    locked_until_ms bigint
+    locked_until_ms bigint,
+    due_at_ms       bigint,
+    deliveries      integer NOT NULL DEFAULT 0
 );
-CREATE INDEX instances_locked ON {s}.instances (locked_until_ms) WHERE locked_until_ms IS NOT NULL;
+CREATE INDEX instances_due ON {s}.instances (due_at_ms) WHERE due_at_ms IS NOT NULL;
 CREATE TABLE {s}.history (
     instance_id  text NOT NULL,
     execution_id bigint NOT NULL,
@@ -48,11 +63,9 @@ CREATE TABLE {s}.inbox (
     message_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     instance_id   text NOT NULL,
     visible_at_ms bigint NOT NULL,
-    message       text NOT NULL,
-    deliveries    integer NOT NULL DEFAULT 0
+    message       text NOT NULL
 );
 CREATE INDEX inbox_instance ON {s}.inbox (instance_id, message_id);
-CREATE INDEX inbox_visible ON {s}.inbox (visible_at_ms) INCLUDE (instance_id, message_id);
 CREATE TABLE {s}.activities (
     item_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     instance_id   text NOT NULL,

@@ -135,6 +135,11 @@ fn duration_ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A message arrived for instance `t`: due now unless its lease runs (then it is due when the
+/// lease ends, and the holder's commit sets it from what is left in the inbox).
+pub(crate) const DUE_NOW: &str = "CASE WHEN t.locked_until_ms > {s}.now_ms($1) THEN t.due_at_ms
+    ELSE LEAST(t.due_at_ms, {s}.now_ms($1)) END";
+
 /// The store's statements, with the schema name in place.
 struct Sql {
     create_instance: String,
@@ -160,96 +165,110 @@ struct Sql {
 impl Sql {
     fn new(s: &str) -> Self {
         let held = "lock_token = $2 AND locked_until_ms > {s}.now_ms($1)";
-        let sql = |text: &str| text.replace("{held}", held).replace("{s}", s);
+        let sql = |text: &str| {
+            text.replace("{held}", held)
+                .replace("{due_now}", DUE_NOW)
+                .replace("{s}", s)
+        };
         Sql {
             create_instance: sql(
                 "WITH created AS (
-                    INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms)
-                    VALUES ($2, $3, 'pending', 1, $4, {s}.now_ms($1), {s}.now_ms($1))
+                    INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms, due_at_ms)
+                    VALUES ($2, $3, 'pending', 1, $4, {s}.now_ms($1), {s}.now_ms($1), {s}.now_ms($1))
                     ON CONFLICT (instance_id) DO NOTHING RETURNING instance_id)
                  INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
                  SELECT instance_id, {s}.now_ms($1), $5 FROM created RETURNING instance_id",
             ),
             instance_status: sql("SELECT status FROM {s}.instances WHERE instance_id = $1"),
+            // The instance row is updated in the same transaction (see `schema.rs`).
             insert_message_if_live: sql(
-                "INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
-                 SELECT $2, {s}.now_ms($1), $3 FROM {s}.instances
-                 WHERE instance_id = $2 AND status IN ('pending', 'running', 'quarantined')
-                 RETURNING instance_id",
+                "WITH sent AS (
+                    INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
+                    SELECT $2, {s}.now_ms($1), $3 FROM {s}.instances
+                    WHERE instance_id = $2 AND status IN ('pending', 'running', 'quarantined')
+                    RETURNING instance_id),
+                 due AS (
+                    UPDATE {s}.instances t SET due_at_ms = {due_now}
+                    FROM sent WHERE t.instance_id = sent.instance_id AND t.status <> 'quarantined')
+                 SELECT instance_id FROM sent",
             ),
-            // Candidates come from the inbox (small: unconsumed messages only), oldest message
-            // first, leaving out locked and quarantined instances before the limit; the
-            // instance rows are then locked with SKIP LOCKED (a concurrent fetcher takes
-            // others) and their lease conditions checked again on the locked version.
+            // Due instances in time order (the partial index `instances_due`), locked with SKIP
+            // LOCKED (a concurrent fetcher takes others) and their conditions checked again on
+            // the locked version; a due row without a visible message (a lease that ran out on
+            // a turn that had none, say) is set right instead of handed out. The inbox is read,
+            // not written: the delivery is counted on the instance row.
             fetch_turns: sql(
                 "WITH token AS (SELECT nextval('{s}.lock_tokens') AS value),
-                 wanted AS (
+                 wanted AS MATERIALIZED (
                     SELECT i.instance_id FROM {s}.instances i
                     WHERE i.instance_id = ANY($3)
                       AND (i.locked_until_ms IS NULL OR i.locked_until_ms <= {s}.now_ms($1))
                     FOR UPDATE SKIP LOCKED),
-                 candidates AS MATERIALIZED (
-                    SELECT c.instance_id, c.first FROM (
-                        SELECT m.instance_id, min(m.message_id) AS first FROM {s}.inbox m
-                        WHERE m.visible_at_ms <= {s}.now_ms($1) AND NOT (m.instance_id = ANY($3))
-                        GROUP BY m.instance_id) c
-                    CROSS JOIN LATERAL (
-                        SELECT 1 FROM {s}.instances j WHERE j.instance_id = c.instance_id
-                          AND j.status <> 'quarantined'
-                          AND (j.locked_until_ms IS NULL OR j.locked_until_ms <= {s}.now_ms($1))
-                        LIMIT 1) AS free
-                    ORDER BY c.first LIMIT $2),
-                 queued AS (
-                    SELECT i.instance_id FROM {s}.instances i
-                    WHERE i.instance_id = ANY (ARRAY(SELECT instance_id FROM candidates))
+                 due AS MATERIALIZED (
+                    SELECT i.instance_id, i.due_at_ms FROM {s}.instances i
+                    WHERE i.due_at_ms <= {s}.now_ms($1) AND NOT (i.instance_id = ANY($3))
                       AND i.status <> 'quarantined'
                       AND (i.locked_until_ms IS NULL OR i.locked_until_ms <= {s}.now_ms($1))
+                    ORDER BY i.due_at_ms LIMIT $2
                     FOR UPDATE SKIP LOCKED),
+                 ready AS MATERIALIZED (
+                    SELECT d.instance_id, d.due_at_ms FROM due d
+                    WHERE EXISTS (SELECT 1 FROM {s}.inbox m WHERE m.instance_id = d.instance_id
+                                  AND m.visible_at_ms <= {s}.now_ms($1))),
+                 idle AS (
+                    UPDATE {s}.instances i SET due_at_ms =
+                        (SELECT min(m.visible_at_ms) FROM {s}.inbox m WHERE m.instance_id = i.instance_id)
+                    FROM due d WHERE i.instance_id = d.instance_id
+                      AND NOT EXISTS (SELECT 1 FROM ready r WHERE r.instance_id = d.instance_id)),
                  picked AS MATERIALIZED (
                     SELECT p.instance_id FROM (
-                        SELECT instance_id, 0::bigint AS rank FROM wanted
+                        SELECT instance_id, 0 AS pass, 0::bigint AS due FROM wanted
                         UNION ALL
-                        SELECT q.instance_id, c.first FROM queued q JOIN candidates c USING (instance_id)) p
-                    ORDER BY p.rank LIMIT $2),
+                        SELECT instance_id, 1, due_at_ms FROM ready) p
+                    ORDER BY p.pass, p.due LIMIT $2),
                  locked AS (
                     UPDATE {s}.instances i SET lock_token = (SELECT value FROM token),
-                        locked_until_ms = {s}.now_ms($1) + $4
+                        locked_until_ms = {s}.now_ms($1) + $4, due_at_ms = {s}.now_ms($1) + $4,
+                        deliveries = i.deliveries + 1
                     WHERE i.instance_id = ANY (ARRAY(SELECT instance_id FROM picked))
-                    RETURNING i.instance_id, i.name, i.status, i.execution_id, i.history_len, i.lock_token),
-                 delivered AS (
-                    UPDATE {s}.inbox m SET deliveries = m.deliveries + 1
-                    WHERE m.instance_id = ANY (ARRAY(SELECT instance_id FROM picked))
-                      AND m.visible_at_ms <= {s}.now_ms($1)
-                    RETURNING m.instance_id, m.message_id, m.message, m.deliveries)
+                    RETURNING i.instance_id, i.name, i.status, i.execution_id, i.history_len,
+                        i.lock_token, i.deliveries)
                  SELECT l.instance_id, l.name, l.status, l.execution_id, l.history_len, l.lock_token,
-                        d.message_id, d.message, d.deliveries
-                 FROM locked l LEFT JOIN delivered d ON d.instance_id = l.instance_id
-                 ORDER BY l.instance_id, d.message_id",
+                        l.deliveries, m.message_id, m.message
+                 FROM locked l LEFT JOIN {s}.inbox m
+                   ON m.instance_id = l.instance_id AND m.visible_at_ms <= {s}.now_ms($1)
+                 ORDER BY l.instance_id, m.message_id",
             ),
             read_history: sql(
                 "SELECT position, event FROM {s}.history
                  WHERE instance_id = $1 AND execution_id = $2 AND position >= $3 ORDER BY position",
             ),
+            // Visible messages wait `$4` more; the instance is due when the first of them or
+            // of its later messages is visible.
             unlock_turn: sql(
                 "WITH unlocked AS (
-                    UPDATE {s}.instances SET locked_until_ms = NULL
+                    UPDATE {s}.instances i SET locked_until_ms = NULL,
+                        deliveries = CASE WHEN $5 THEN GREATEST(i.deliveries - 1, 0) ELSE i.deliveries END,
+                        due_at_ms = CASE WHEN i.status = 'quarantined' THEN NULL ELSE
+                            (SELECT min(CASE WHEN m.visible_at_ms <= {s}.now_ms($1)
+                                             THEN {s}.now_ms($1) + $4 ELSE m.visible_at_ms END)
+                             FROM {s}.inbox m WHERE m.instance_id = i.instance_id) END
                     WHERE instance_id = $3 AND {held} RETURNING instance_id),
                  moved AS (
-                    UPDATE {s}.inbox m SET
-                        visible_at_ms = GREATEST(m.visible_at_ms, {s}.now_ms($1) + $4),
-                        deliveries = CASE WHEN $5 THEN GREATEST(m.deliveries - 1, 0) ELSE m.deliveries END
-                    FROM unlocked WHERE m.instance_id = unlocked.instance_id
+                    UPDATE {s}.inbox m SET visible_at_ms = {s}.now_ms($1) + $4
+                    FROM unlocked WHERE $4 > 0 AND m.instance_id = unlocked.instance_id
                       AND m.visible_at_ms <= {s}.now_ms($1)
                     RETURNING 1)
                  SELECT (SELECT count(*) FROM unlocked), (SELECT count(*) FROM moved)",
             ),
             renew_turn: sql(
-                "UPDATE {s}.instances SET locked_until_ms = {s}.now_ms($1) + $4
+                "UPDATE {s}.instances SET locked_until_ms = {s}.now_ms($1) + $4,
+                    due_at_ms = {s}.now_ms($1) + $4
                  WHERE instance_id = $3 AND {held}",
             ),
             quarantine: sql(
                 "UPDATE {s}.instances SET status = 'quarantined', failure = $4,
-                    updated_at_ms = {s}.now_ms($1), locked_until_ms = NULL
+                    updated_at_ms = {s}.now_ms($1), locked_until_ms = NULL, due_at_ms = NULL
                  WHERE instance_id = $3 AND {held}",
             ),
             fetch_activities: sql(
@@ -287,10 +306,9 @@ impl Sql {
                         created_at_ms, updated_at_ms, instance_id
                  FROM {s}.instances WHERE instance_id = ANY($1::text[])",
             ),
+            // A locked instance is due when its lease ends: one minimum covers both.
             next_wake_turns: sql(
-                "SELECT LEAST(
-                    (SELECT min(visible_at_ms) FROM {s}.inbox WHERE visible_at_ms > $2),
-                    (SELECT min(locked_until_ms) FROM {s}.instances WHERE locked_until_ms > {s}.now_ms($1)))",
+                "SELECT min(due_at_ms) FROM {s}.instances WHERE due_at_ms > $1",
             ),
             // A work item's lease is its visibility: one minimum covers both.
             next_wake_activities: sql(
@@ -639,10 +657,12 @@ impl Store for PostgresStore {
                 .await
                 .map_err(e)?;
         }
-        // Locked, so a finishing commit cannot slip in between the check and the insert.
+        // Locked, so a finishing commit cannot slip in between the check and the insert; FOR
+        // UPDATE, not FOR SHARE: the insert then updates the row (`due_at_ms`), and two
+        // senders holding shared locks would deadlock upgrading them.
         let status: Option<String> = transaction
             .query_opt(
-                &format!("{} FOR SHARE", self.sql.instance_status),
+                &format!("{} FOR UPDATE", self.sql.instance_status),
                 &[&instance_id],
             )
             .await
@@ -715,19 +735,15 @@ impl Store for PostgresStore {
                     history_len: to_u64(row.get(4)),
                     lock_token: to_u64(row.get(5)),
                     messages: Vec::new(),
-                    delivery: 1,
+                    delivery: u32::try_from(row.get::<_, i32>(6)).unwrap_or(1).max(1),
                     unreadable,
                 });
             }
             let turn = turns.last_mut().expect("pushed above");
-            let Some(message_id) = row.get::<_, Option<i64>>(6) else {
+            let Some(message_id) = row.get::<_, Option<i64>>(7) else {
                 continue;
             };
-            let text: String = row.get(7);
-            let deliveries: i32 = row.get(8);
-            turn.delivery = turn
-                .delivery
-                .max(u32::try_from(deliveries).unwrap_or(u32::MAX));
+            let text: String = row.get(8);
             let named = || format!("inbox message {message_id} of instance '{instance_id}'");
             match decode::<Message>(&text, named) {
                 Ok(message) => turn.messages.push((to_u64(message_id), message)),
@@ -1056,7 +1072,6 @@ impl Store for PostgresStore {
 
     async fn next_wake_at(&self, work: Work) -> StoreResult<Option<TimestampMs>> {
         let client = self.client().await?;
-        let now = self.now();
         let row = match work {
             Work::Turns => {
                 let since = self
@@ -1067,7 +1082,7 @@ impl Store for PostgresStore {
                         &prepared(&client, &self.sql.next_wake_turns)
                             .await
                             .map_err(|error| self.db_error(error))?,
-                        &[&now, &since],
+                        &[&since],
                     )
                     .await
             }
