@@ -214,6 +214,10 @@ pub struct PoolOptions {
     pub connect_timeout: Duration,
     /// `application_name`, unless the URL sets one.
     pub application_name: &'static str,
+    /// Server settings for every pooled connection, as `(name, value)`, sent at connect (the
+    /// `options` startup parameter, after any the URL gives, so these win). Names and values
+    /// are the caller's constants.
+    pub session_settings: &'static [(&'static str, &'static str)],
 }
 
 /// Builds a LIFO pool (the most recently returned connection first, so connections the load
@@ -255,6 +259,13 @@ pub fn build_pool(options: &ConnectOptions, pool: &PoolOptions) -> Result<Pool, 
     }
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(pool.connect_timeout);
+    }
+    if !pool.session_settings.is_empty() {
+        let mut startup = config.get_options().unwrap_or_default().to_string();
+        for (name, value) in pool.session_settings {
+            startup.push_str(&format!(" -c {name}={value}"));
+        }
+        config.options(startup.trim_start());
     }
     let manager = Manager::from_config(
         config,

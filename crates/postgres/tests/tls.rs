@@ -12,6 +12,7 @@ fn pool_options() -> PoolOptions {
         acquire_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(10),
         application_name: "sluice-tls-test",
+        session_settings: &[],
     }
 }
 

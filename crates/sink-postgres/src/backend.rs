@@ -208,6 +208,7 @@ impl PostgresBackend {
                 acquire_timeout: Duration::from_millis(options.pool_acquire_timeout_ms),
                 connect_timeout: Duration::from_millis(options.connect_timeout_ms),
                 application_name: APPLICATION_NAME,
+                session_settings: &[],
             },
         )
         .map_err(|error| match error {

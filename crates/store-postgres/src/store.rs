@@ -135,6 +135,15 @@ fn duration_ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Settings of the store's pooled connections. `plan_cache_mode`: every statement is prepared
+/// once per connection, and PostgreSQL switches a prepared statement to a generic plan after
+/// five executions when it costs no more than the custom ones did. A new store's tables are
+/// nearly empty then, and the plan chosen for them stayed cached as the tables grew: runs of
+/// `sluice bench orchestrations --store postgres` (0 ms activities, 500 in flight) split
+/// between about 1,150 and 2,500 orchestrations/s; planned each time, three of three ran at
+/// 2,500-2,800 (bench/results/pg-round2). Planning costs less than the bad plans did.
+const SESSION_SETTINGS: &[(&str, &str)] = &[("plan_cache_mode", "force_custom_plan")];
+
 /// A message arrived for instance `t`: due now unless its lease runs (then it is due when the
 /// lease ends, and the holder's commit sets it from what is left in the inbox).
 pub(crate) const DUE_NOW: &str = "CASE WHEN t.locked_until_ms > {s}.now_ms($1) THEN t.due_at_ms
@@ -351,6 +360,7 @@ impl PostgresStore {
                 acquire_timeout: options.pool_acquire_timeout,
                 connect_timeout: options.connect_timeout,
                 application_name: APPLICATION_NAME,
+                session_settings: SESSION_SETTINGS,
             },
         )
         .await?;
