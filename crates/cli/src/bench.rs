@@ -75,6 +75,16 @@ pub(crate) struct OrchestrationBenchArgs {
     /// Pooled connections of the PostgreSQL store (plus one for its listener).
     #[arg(long, default_value_t = 5)]
     pg_connections: usize,
+    /// PostgreSQL: run the orchestrations and activities in this many `sluice worker`
+    /// processes (each with --orch-concurrency, --activity-concurrency and --pg-connections);
+    /// this process then only starts instances (--in-flight in all) and observes their
+    /// completions. 0: in this process.
+    #[arg(long, default_value_t = 0)]
+    processes: usize,
+    /// Also run the same configuration on a SQLite file in this process, after the first, for
+    /// a baseline measured in the same run.
+    #[arg(long)]
+    with_sqlite: bool,
     /// Write the results as JSON (an array of one object per configuration).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -116,6 +126,8 @@ pub(crate) struct BenchResult {
     /// PostgreSQL: WAL bytes per completed orchestration (`pg_current_wal_lsn` before and
     /// after).
     pg_wal_bytes_per_orchestration: Option<f64>,
+    /// With `--processes`: each worker process's part of the activity executions.
+    process_shares: Option<Vec<crate::bench_processes::ProcessShare>>,
     completed: u64,
     elapsed_sec: f64,
 }
@@ -213,9 +225,21 @@ pub(crate) async fn run(args: OrchestrationBenchArgs) -> Result<std::process::Ex
             ..args.clone()
         })
         .collect()
+    } else if args.with_sqlite {
+        vec![
+            args.clone(),
+            OrchestrationBenchArgs {
+                store: StoreKind::SqliteFile,
+                processes: 0,
+                ..args.clone()
+            },
+        ]
     } else {
         vec![args.clone()]
     };
+    if args.processes > 0 && args.store != StoreKind::Postgres {
+        anyhow::bail!("--processes needs --store postgres (a SQLite store has one process)");
+    }
     let mut results = Vec::new();
     for config in configs {
         let result = run_one(&config).await?;
@@ -239,6 +263,8 @@ enum BenchStore {
     Postgres {
         store: Arc<PostgresStore>,
         admin: Box<tokio_postgres::Client>,
+        url: String,
+        schema: String,
         _cluster: Option<Box<sluice_testkit::PgCluster>>,
     },
 }
@@ -310,10 +336,13 @@ async fn open_postgres(args: &OrchestrationBenchArgs) -> Result<BenchStore> {
         .as_millis();
     options.schema = format!("sluice_bench_{millis}");
     options.pool_connections_max = args.pg_connections;
+    let schema = options.schema.clone();
     let store = PostgresStore::connect(options).await?;
     Ok(BenchStore::Postgres {
         store: Arc::new(store),
         admin: Box::new(admin),
+        url,
+        schema,
         _cluster: cluster.map(Box::new),
     })
 }
@@ -363,16 +392,36 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
         BenchStore::Sqlite(_) => None,
     };
     let executions = Arc::new(AtomicU64::new(0));
-    let runtime = Runtime::start(
-        store.clone(),
-        registry(args.activity_ms, executions.clone()),
-        RuntimeOptions {
-            orchestration_concurrency: args.orch_concurrency,
-            activity_concurrency: args.activity_concurrency,
-            ..RuntimeOptions::default()
-        },
-    );
-    let client = runtime.client();
+    let (runtime, workers, client) = match &bench_store {
+        BenchStore::Postgres { url, schema, .. } if args.processes > 0 => {
+            let spec = crate::bench_processes::WorkerSpec {
+                url,
+                schema,
+                orch_concurrency: args.orch_concurrency,
+                activity_concurrency: args.activity_concurrency,
+                activity_ms: args.activity_ms,
+                pg_connections: args.pg_connections,
+            };
+            let workers = tokio::task::block_in_place(|| {
+                crate::bench_processes::Workers::start(args.processes, &spec)
+            })?;
+            let client = Client::new(store.clone(), RuntimeOptions::default().poll_interval);
+            (None, Some(workers), client)
+        }
+        _ => {
+            let runtime = Runtime::start(
+                store.clone(),
+                registry(args.activity_ms, executions.clone()),
+                RuntimeOptions {
+                    orchestration_concurrency: args.orch_concurrency,
+                    activity_concurrency: args.activity_concurrency,
+                    ..RuntimeOptions::default()
+                },
+            );
+            let client = runtime.client();
+            (Some(runtime), None, client)
+        }
+    };
 
     let started = Instant::now();
     let bytes_before = bytes_written();
@@ -417,7 +466,20 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
         (Some(before), Some(after)) if args.store == StoreKind::SqliteFile => Some(after - before),
         _ => None,
     };
-    runtime.shutdown(Duration::from_secs(10)).await;
+    if let Some(runtime) = runtime {
+        runtime.shutdown(Duration::from_secs(10)).await;
+    }
+    let process_shares = match workers {
+        Some(workers) => {
+            let shares = tokio::task::block_in_place(|| workers.stop())?;
+            executions.store(
+                shares.iter().map(|share| share.activity_executions).sum(),
+                Ordering::Relaxed,
+            );
+            Some(shares)
+        }
+        None => None,
+    };
     let busy_retries = match &bench_store {
         BenchStore::Sqlite(store) => store.writer_stats().busy_retries.load(Ordering::Relaxed),
         BenchStore::Postgres { .. } => 0,
@@ -439,6 +501,14 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
         }
         _ => None,
     };
+    drop(client);
+    if let BenchStore::Postgres { admin, schema, .. } = &bench_store {
+        // The run's tables: a later run must not pay for their autovacuum.
+        admin
+            .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .await
+            .with_context(|| format!("dropping the run's schema {schema}"))?;
+    }
     drop(store);
     drop(bench_store);
 
@@ -446,7 +516,9 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
     let completed = latencies.len() as u64;
     let failed: u64 = failures.values().sum();
     let ceiling = (args.activity_ms > 0).then(|| {
-        args.activity_concurrency as f64 * 1000.0 / args.activity_ms as f64 / FAN_OUT as f64
+        (args.activity_concurrency * args.processes.max(1)) as f64 * 1000.0
+            / args.activity_ms as f64
+            / FAN_OUT as f64
     });
     let per_sec = completed as f64 / elapsed;
     let peak_rss = *rss_peak
@@ -462,6 +534,7 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
             "duration_sec": args.duration,
             "count": args.count,
             "synchronous": format!("{:?}", args.synchronous).to_lowercase(),
+            "processes": args.processes,
         }),
         orchestrations_per_sec: per_sec,
         activities_per_sec: per_sec * FAN_OUT as f64,
@@ -494,6 +567,7 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
         pg_wal_bytes_per_orchestration: pg_delta
             .filter(|_| completed > 0)
             .map(|(_, wal)| wal / completed as f64),
+        process_shares,
         completed,
         elapsed_sec: elapsed,
     })
@@ -596,6 +670,9 @@ fn print_result(r: &BenchResult) {
         r.pg_wal_bytes_per_orchestration,
     ) {
         println!("  PostgreSQL: {commits:.2} commits and {wal:.0} WAL bytes per orchestration");
+    }
+    if let Some(shares) = &r.process_shares {
+        crate::bench_processes::print_shares(shares);
     }
     if let (Some(ceiling), Some(share)) = (r.ceiling_orchestrations_per_sec, r.share_of_ceiling) {
         println!(

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_ingest;
+mod bench_processes;
 mod bench_sink;
 mod demo;
 mod ingest;

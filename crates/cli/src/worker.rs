@@ -37,6 +37,10 @@ pub(crate) struct WorkerArgs {
     /// How long running turns and activities get to finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 10)]
     grace_secs: u64,
+    /// When stopped, write what this worker ran (JSON: pid, activity executions) to this file
+    /// (used by `sluice bench orchestrations --processes`).
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
 }
 
 /// Options of `sluice migrate`.
@@ -79,7 +83,7 @@ pub(crate) async fn open_store(
 pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
     let (store, described) = open_store(&args.store, &args.schema, args.pg_connections).await?;
     let executions = Arc::new(AtomicU64::new(0));
-    let registry = bench::register(workflows::registry(), args.activity_ms, executions);
+    let registry = bench::register(workflows::registry(), args.activity_ms, executions.clone());
     let runtime = Runtime::start(
         store,
         registry,
@@ -101,6 +105,15 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
     }
     eprintln!("sluice worker {}: stopping", std::process::id());
     runtime.shutdown(Duration::from_secs(args.grace_secs)).await;
+    if let Some(path) = &args.report {
+        crate::bench_processes::write_report(
+            path,
+            &crate::bench_processes::WorkerReport {
+                pid: std::process::id(),
+                activity_executions: executions.load(std::sync::atomic::Ordering::Relaxed),
+            },
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

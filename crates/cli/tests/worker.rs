@@ -95,3 +95,42 @@ async fn two_workers_share_one_postgres_store() {
     );
     assert!(!said.contains("hunter2"), "the password stays out: {said}");
 }
+
+/// `sluice bench orchestrations --processes 2`: the work runs in two worker processes, each
+/// reports its share, and the JSON says so.
+#[test]
+fn the_benchmark_runs_its_work_in_worker_processes() {
+    let Some(cluster) = pg_or_skip("cli bench --processes") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let output = sluice()
+        .args(["bench", "orchestrations", "--store", "postgres", "--pg-url"])
+        .arg(cluster.url())
+        .args(["--processes", "2", "--count", "60", "--in-flight", "6"])
+        .args(["--activity-ms", "1", "--orch-concurrency", "2"])
+        .args(["--activity-concurrency", "4", "--json"])
+        .arg(&json)
+        .output()
+        .expect("run sluice bench");
+    common::show("sluice bench --processes 2", &output);
+    assert!(output.status.success());
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let result = &results[0];
+    assert_eq!(result["completed"], 60);
+    assert_eq!(result["activity_executions"], 300);
+    let shares = result["process_shares"].as_array().unwrap();
+    assert_eq!(shares.len(), 2);
+    let executions: u64 = shares
+        .iter()
+        .map(|share| share["activity_executions"].as_u64().unwrap())
+        .sum();
+    assert_eq!(executions, 300, "every activity ran in a worker, once");
+    // The run's schema is dropped.
+    let left = cluster
+        .psql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'sluice_bench%'")
+        .unwrap();
+    assert_eq!(left.trim(), "0");
+}
