@@ -116,9 +116,18 @@ pub(crate) async fn process_turn(shared: &Arc<Shared>, tracker: &TaskTracker, tu
         .iter()
         .map(|result| (result.item_id, result.lock_token))
         .collect();
-    // Claim the new activities this runtime has room to hold, so they run without a fetch.
+    // Claim the new activities this runtime has room to hold, so they run without a fetch:
+    // the ones it has code for, put first (the store claims the first ones).
+    commit
+        .activities
+        .sort_by_key(|activity| !shared.activity_names.contains(&activity.name));
+    let runnable = commit
+        .activities
+        .iter()
+        .filter(|activity| shared.activity_names.contains(&activity.name))
+        .count();
     let mut slots = Vec::new();
-    while slots.len() < commit.activities.len() {
+    while slots.len() < runnable {
         match shared.held_slots.clone().try_acquire_owned() {
             Ok(slot) => slots.push(slot),
             Err(_) => break,

@@ -4,7 +4,7 @@ use crate::handoff::Handoff;
 use crate::poison::{HandlerWait, RunningTurns, TurnFailures};
 use crate::registry::Registry;
 use crate::{dispatcher, worker};
-use sluice_store::{Clock, Store, SystemClock, Work};
+use sluice_store::{Clock, Names, Store, SystemClock, Work};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,8 +45,17 @@ pub struct RuntimeOptions {
     /// How long work whose orchestration or activity this process does not have waits for a
     /// process that has it (a rolling deploy) before it fails as `orchestration_not_registered`
     /// or `activity_not_registered`. Meanwhile it is given back every `poll_interval`, counted
-    /// in `sluice_runtime_handler_missing_total`, and not counted as a delivery.
+    /// in `sluice_runtime_handler_missing_total`, and not counted as a delivery. Applies only
+    /// with `fetch_registered_only` off: otherwise such work is never handed to this process.
     pub handler_wait_max: Duration,
+    /// Fetch only instances of the orchestrations and work items of the activities registered
+    /// here (default), so that processes with different code (old and new versions during a
+    /// rolling deploy, or processes that host different activities) share one store and each
+    /// takes only what it can run. Work whose code no process has then waits in the store
+    /// (by name) instead of failing after `handler_wait_max`. Off: every process takes
+    /// everything, and work it has no code for is handed back and, past `handler_wait_max`,
+    /// failed.
+    pub fetch_registered_only: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -69,6 +78,7 @@ impl Default for RuntimeOptions {
             turn_retry_delay_min: Duration::from_millis(100),
             turn_retry_delay_max: Duration::from_secs(60),
             handler_wait_max: Duration::from_secs(300),
+            fetch_registered_only: true,
         }
     }
 }
@@ -96,6 +106,9 @@ pub(crate) struct Shared {
     pub(crate) handler_wait: HandlerWait,
     /// Turns running now, for their lease renewal (one task renews them all).
     pub(crate) running_turns: RunningTurns,
+    /// What this process fetches: the registered names, or all (`fetch_registered_only`).
+    pub(crate) orchestration_names: Names,
+    pub(crate) activity_names: Names,
 }
 
 impl Shared {
@@ -147,7 +160,17 @@ impl Runtime {
             options.turn_deliveries_max > 0,
             "turn_deliveries_max must be > 0"
         );
+        let (orchestration_names, activity_names) = if options.fetch_registered_only {
+            (
+                Names::only(registry.orchestrations.keys().cloned()),
+                Names::only(registry.activities.keys().cloned()),
+            )
+        } else {
+            (Names::All, Names::All)
+        };
         let shared = Arc::new(Shared {
+            orchestration_names,
+            activity_names,
             cache: HistoryCache::new(options.history_cache_instances_max),
             store,
             registry,
@@ -259,7 +282,12 @@ async fn fetch_loop(shared: Arc<Shared>, tracker: TaskTracker, slots: Arc<Semaph
                 });
                 shared
                     .store
-                    .fetch_turns(permits.len(), shared.options.turn_lease, &also)
+                    .fetch_turns_named(
+                        permits.len(),
+                        shared.options.turn_lease,
+                        &also,
+                        &shared.orchestration_names,
+                    )
                     .await
                     .map(|turns| {
                         let count = turns.len();
@@ -288,7 +316,11 @@ async fn fetch_loop(shared: Arc<Shared>, tracker: TaskTracker, slots: Arc<Semaph
             }
             Kind::Activities => shared
                 .store
-                .fetch_activities(permits.len(), shared.options.activity_lease)
+                .fetch_activities_named(
+                    permits.len(),
+                    shared.options.activity_lease,
+                    &shared.activity_names,
+                )
                 .await
                 .map(|items| {
                     let count = items.len();

@@ -8,7 +8,7 @@ use crate::runtime::Shared;
 use crate::task::{AbortOnDrop, CatchUnwind};
 use sluice_history::Message;
 use sluice_history::{Failure, codes};
-use sluice_store::{ActivityWorkItem, StoreError};
+use sluice_store::{ActivityResult, ActivityWorkItem, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -175,7 +175,29 @@ pub(crate) async fn process_activity(
             _ => Err(failure),
         },
     };
-    park(shared, item.clone(), final_result, slot, renewer);
+    match &item.orchestration {
+        // Another process runs this instance's turns: the result goes through its inbox.
+        Some(orchestration) if !shared.orchestration_names.contains(orchestration) => {
+            let result = match final_result {
+                Ok(output) => ActivityResult::Completed(output),
+                Err(failure) => ActivityResult::Failed(failure),
+            };
+            if let Err(error) = shared
+                .store
+                .complete_activity(item.item_id, item.lock_token, result)
+                .await
+            {
+                tracing::warn!(
+                    instance_id = %activity.instance_id,
+                    activity = %activity.name,
+                    %error,
+                    "the activity's result could not be recorded; it runs again when its lease ends"
+                );
+            }
+            drop((slot, renewer));
+        }
+        _ => park(shared, item.clone(), final_result, slot, renewer),
+    }
 }
 
 /// Hands a final result to the dispatcher: the instance's next turn records it.

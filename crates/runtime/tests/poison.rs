@@ -286,10 +286,24 @@ async fn an_activity_of_a_cancelled_instance_does_not_start() {
 }
 
 /// A process without an orchestration's or an activity's code leaves the work for one that has
-/// it (a rolling deploy), without counting deliveries. Before: the instance failed at once with
-/// `orchestration_not_registered` (or the activity with `activity_not_registered`).
+/// it (a rolling deploy), without counting deliveries: by default it never fetches it
+/// (`fetch_registered_only`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_without_a_handler_waits_for_a_process_that_has_it() {
+    waits_for_a_process_with_the_code(true).await;
+}
+
+/// The same when every process fetches everything: the work is handed back, uncounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_without_a_handler_is_handed_back_when_fetching_everything() {
+    waits_for_a_process_with_the_code(false).await;
+}
+
+async fn waits_for_a_process_with_the_code(fetch_registered_only: bool) {
+    let quick_options = || RuntimeOptions {
+        fetch_registered_only,
+        ..quick_options()
+    };
     async fn new_code(ctx: OrchestrationContext, input: String) -> Result<String, Failure> {
         ctx.schedule_activity("new_activity", input).await
     }
@@ -355,6 +369,7 @@ async fn work_without_a_handler_fails_after_handler_wait_max() {
     let store = open(&temp);
     let options = RuntimeOptions {
         handler_wait_max: Duration::from_millis(300),
+        fetch_registered_only: false,
         ..quick_options()
     };
     let runtime = Runtime::start(

@@ -154,3 +154,64 @@ async fn three_runtimes_share_one_database_and_finish_everything_once() {
         runtime.shutdown(WAIT).await;
     }
 }
+
+/// Processes with different code share one database: each fetches only the orchestrations and
+/// activities it registered, so an activity only one process hosts runs there, orchestrations
+/// only another hosts run there, and nothing fails for want of code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_take_only_the_work_they_have_code_for() {
+    let Some(cluster) = pg_or_skip("runtime postgres registered names") else {
+        return;
+    };
+    async fn invoice(ctx: OrchestrationContext, input: String) -> Result<String, Failure> {
+        let total = ctx.schedule_activity("price", input).await?;
+        ctx.schedule_activity("render", total).await
+    }
+    async fn price(ctx: ActivityContext, input: String) -> Result<String, Failure> {
+        Ok(format!("{input}=42@{}", ctx.instance_id()))
+    }
+    async fn render(_ctx: ActivityContext, input: String) -> Result<String, Failure> {
+        Ok(format!("pdf({input})"))
+    }
+    let url = cluster.url();
+    let (orchestrator_store, pricing_store) = (store(&url).await, store(&url).await);
+    wait_listening(&orchestrator_store).await;
+    wait_listening(&pricing_store).await;
+    let quick = || RuntimeOptions {
+        poll_interval: Duration::from_millis(50),
+        // Would fail work that reached the wrong process; it must never get there.
+        handler_wait_max: Duration::from_millis(1),
+        ..RuntimeOptions::default()
+    };
+    // One process hosts the orchestration and rendering, the other only pricing.
+    let orchestrator = Runtime::start(
+        orchestrator_store,
+        Registry::new()
+            .orchestration("invoice", invoice)
+            .activity("render", render),
+        quick(),
+    );
+    let pricing = Runtime::start(
+        pricing_store.clone(),
+        Registry::new().activity("price", price),
+        quick(),
+    );
+    let client = Client::new(pricing_store, Duration::from_millis(50));
+    for i in 0..20 {
+        client
+            .start("invoice", &format!("inv-{i}"), format!("order{i}"))
+            .await
+            .unwrap();
+    }
+    for i in 0..20 {
+        let id = format!("inv-{i}");
+        let info = client.wait_for_completion(&id, WAIT).await.unwrap();
+        assert_eq!(info.status, InstanceStatus::Completed, "{info:?}");
+        assert_eq!(
+            info.output.as_deref(),
+            Some(format!("pdf(order{i}=42@{id})").as_str())
+        );
+    }
+    orchestrator.shutdown(WAIT).await;
+    pricing.shutdown(WAIT).await;
+}

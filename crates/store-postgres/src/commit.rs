@@ -733,6 +733,7 @@ fn effects(commit: &TurnCommit, written: &mut Written) -> CommitEffects {
                     attempt: 1,
                     activity: (*activity).clone(),
                     unreadable: None,
+                    orchestration: None,
                 });
             }
         }

@@ -9,8 +9,8 @@ use sluice_history::{Event, Failure, InstanceStatus, Message, TimestampMs};
 use sluice_postgres::{ConnectError, ConnectOptions, PoolOptions};
 use sluice_store::stored::{decode, encode, parse_status};
 use sluice_store::{
-    ActivityResult, ActivityWorkItem, Clock, InstanceInfo, LockedTurn, NewActivity, NewInstance,
-    Signals, Store, StoreError, StoreResult, TurnCommit, Work,
+    ActivityResult, ActivityWorkItem, Clock, InstanceInfo, LockedTurn, Names, NewActivity,
+    NewInstance, Signals, Store, StoreError, StoreResult, TurnCommit, Work,
 };
 use std::fmt;
 use std::sync::Arc;
@@ -107,6 +107,9 @@ pub struct PostgresStore {
     /// When the last fetch of each kind began (database clock), for `next_wake_at`.
     fetched_turns_at: AtomicI64,
     fetched_activities_at: AtomicI64,
+    /// The names the last fetch of each kind asked for (`None`: all), for `next_wake_at`.
+    fetched_turn_names: std::sync::Mutex<Option<Vec<String>>>,
+    fetched_activity_names: std::sync::Mutex<Option<Vec<String>>>,
     /// Turn commits and starts for the committer (`commit.rs`).
     commits: tokio::sync::mpsc::Sender<commit::Request>,
     /// Instance lookups for the reader (`read.rs`).
@@ -212,11 +215,13 @@ impl Sql {
                     SELECT i.instance_id FROM {s}.instances i
                     WHERE i.instance_id = ANY($3)
                       AND (i.locked_until_ms IS NULL OR i.locked_until_ms <= {s}.now_ms($1))
+                      AND ($5::text[] IS NULL OR i.name = ANY($5::text[]))
                     FOR UPDATE SKIP LOCKED),
                  due AS MATERIALIZED (
                     SELECT i.instance_id, i.due_at_ms FROM {s}.instances i
                     WHERE i.due_at_ms <= {s}.now_ms($1) AND NOT (i.instance_id = ANY($3))
                       AND i.status <> 'quarantined'
+                      AND ($5::text[] IS NULL OR i.name = ANY($5::text[]))
                       AND (i.locked_until_ms IS NULL OR i.locked_until_ms <= {s}.now_ms($1))
                     ORDER BY i.due_at_ms LIMIT $2
                     FOR UPDATE SKIP LOCKED),
@@ -284,13 +289,15 @@ impl Sql {
                 "WITH token AS (SELECT nextval('{s}.lock_tokens') AS value),
                  picked AS (
                     SELECT item_id FROM {s}.activities WHERE visible_at_ms <= {s}.now_ms($1)
+                      AND ($4::text[] IS NULL OR name = ANY($4::text[]))
                     ORDER BY visible_at_ms, item_id LIMIT $2 FOR UPDATE SKIP LOCKED)
                  UPDATE {s}.activities a SET attempt = a.attempt + 1, lock_token = token.value,
                      visible_at_ms = {s}.now_ms($1) + $3
                  FROM picked, token WHERE a.item_id = picked.item_id
                  RETURNING a.item_id, a.lock_token, a.attempt, a.instance_id, a.execution_id,
                      a.activity_id, a.name, a.input, a.retry,
-                     (SELECT i.status FROM {s}.instances i WHERE i.instance_id = a.instance_id)",
+                     (SELECT i.status FROM {s}.instances i WHERE i.instance_id = a.instance_id),
+                     (SELECT i.name FROM {s}.instances i WHERE i.instance_id = a.instance_id)",
             ),
             delete_items: sql(
                 "DELETE FROM {s}.activities WHERE item_id = ANY($1) AND lock_token = $2",
@@ -317,11 +324,13 @@ impl Sql {
             ),
             // A locked instance is due when its lease ends: one minimum covers both.
             next_wake_turns: sql(
-                "SELECT min(due_at_ms) FROM {s}.instances WHERE due_at_ms > $1",
+                "SELECT min(due_at_ms) FROM {s}.instances WHERE due_at_ms > $1
+                 AND ($2::text[] IS NULL OR name = ANY($2::text[]))",
             ),
             // A work item's lease is its visibility: one minimum covers both.
             next_wake_activities: sql(
-                "SELECT min(visible_at_ms) FROM {s}.activities WHERE visible_at_ms > $1",
+                "SELECT min(visible_at_ms) FROM {s}.activities WHERE visible_at_ms > $1
+                 AND ($2::text[] IS NULL OR name = ANY($2::text[]))",
             ),
             now: sql("SELECT {s}.now_ms($1)"),
             count_by_status: sql(
@@ -456,6 +465,8 @@ impl PostgresStore {
             listener,
             fetched_turns_at: AtomicI64::new(i64::MIN),
             fetched_activities_at: AtomicI64::new(i64::MIN),
+            fetched_turn_names: std::sync::Mutex::new(None),
+            fetched_activity_names: std::sync::Mutex::new(None),
             commits,
             lookups,
             _tasks: tasks,
@@ -526,6 +537,12 @@ impl PostgresStore {
     fn db_error_ref(&self, error: &tokio_postgres::Error) -> StoreError {
         StoreError::Database(self.connect.describe_error(error))
     }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn committer_stopped() -> StoreError {
@@ -697,12 +714,15 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn fetch_turns(
+    async fn fetch_turns_named(
         &self,
         max: usize,
         lease: Duration,
         also: &[String],
+        names: &Names,
     ) -> StoreResult<Vec<LockedTurn>> {
+        let names = names.as_slice().map(<[String]>::to_vec);
+        *lock(&self.fetched_turn_names) = names.clone();
         let client = self.client().await?;
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         let now = self.now();
@@ -710,8 +730,8 @@ impl Store for PostgresStore {
         // Pipelined: the time is read by the statement sent first, so it is no later than the
         // fetch's own (`next_wake_at` counts from it).
         let now_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&now];
-        let fetch_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&now, &max, &also, &lease_ms];
+        let fetch_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&now, &max, &also, &lease_ms, &names];
         let e = |error| self.db_error(error);
         let clock = prepared(&client, &self.sql.now).await.map_err(e)?;
         let fetch = prepared(&client, &self.sql.fetch_turns).await.map_err(e)?;
@@ -889,17 +909,21 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn fetch_activities(
+    async fn fetch_activities_named(
         &self,
         max: usize,
         lease: Duration,
+        names: &Names,
     ) -> StoreResult<Vec<ActivityWorkItem>> {
+        let names = names.as_slice().map(<[String]>::to_vec);
+        *lock(&self.fetched_activity_names) = names.clone();
         let client = self.client().await?;
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         let now = self.now();
         let lease_ms = duration_ms(lease);
         let now_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&now];
-        let fetch_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&now, &max, &lease_ms];
+        let fetch_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&now, &max, &lease_ms, &names];
         let e = |error| self.db_error(error);
         let clock = prepared(&client, &self.sql.now).await.map_err(e)?;
         let fetch = prepared(&client, &self.sql.fetch_activities)
@@ -954,6 +978,7 @@ impl Store for PostgresStore {
                     retry,
                 },
                 unreadable,
+                orchestration: row.get(10),
             });
         }
         if !finished.is_empty() {
@@ -1087,12 +1112,13 @@ impl Store for PostgresStore {
                 let since = self
                     .fetched_turns_at
                     .load(std::sync::atomic::Ordering::SeqCst);
+                let names = lock(&self.fetched_turn_names).clone();
                 client
                     .query_one(
                         &prepared(&client, &self.sql.next_wake_turns)
                             .await
                             .map_err(|error| self.db_error(error))?,
-                        &[&since],
+                        &[&since, &names],
                     )
                     .await
             }
@@ -1100,12 +1126,13 @@ impl Store for PostgresStore {
                 let since = self
                     .fetched_activities_at
                     .load(std::sync::atomic::Ordering::SeqCst);
+                let names = lock(&self.fetched_activity_names).clone();
                 client
                     .query_one(
                         &prepared(&client, &self.sql.next_wake_activities)
                             .await
                             .map_err(|error| self.db_error(error))?,
-                        &[&since],
+                        &[&since, &names],
                     )
                     .await
             }

@@ -7,8 +7,8 @@ use sluice_sqlite::{
 };
 use sluice_store::stored::{decode, encode, parse_status};
 use sluice_store::{
-    ActivityResult, ActivityWorkItem, Clock, InstanceInfo, LockedTurn, NewActivity, NewInstance,
-    Outbound, Signals, Store, StoreError, StoreResult, SystemClock, TurnCommit, Work,
+    ActivityResult, ActivityWorkItem, Clock, InstanceInfo, LockedTurn, Names, NewActivity,
+    NewInstance, Outbound, Signals, Store, StoreError, StoreResult, SystemClock, TurnCommit, Work,
 };
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -69,6 +69,10 @@ pub struct SqliteStore {
     /// When the last fetch of each kind began (store clock), for `next_wake_at`.
     fetched_turns_at: Arc<AtomicI64>,
     fetched_activities_at: Arc<AtomicI64>,
+    /// The names the last fetch of each kind asked for (JSON arrays; `None`: all), for
+    /// `next_wake_at`.
+    fetched_turn_names: Mutex<Option<String>>,
+    fetched_activity_names: Mutex<Option<String>>,
     _lock_file: Option<std::fs::File>,
 }
 
@@ -105,7 +109,11 @@ fn is_free<K: std::hash::Hash + Eq + ?Sized>(
 }
 
 fn lock_leases(leases: &Mutex<Leases>) -> std::sync::MutexGuard<'_, Leases> {
-    leases
+    lock(leases)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -214,6 +222,8 @@ impl SqliteStore {
             leases: Arc::new(Mutex::new(Leases::default())),
             fetched_turns_at: Arc::new(AtomicI64::new(i64::MIN)),
             fetched_activities_at: Arc::new(AtomicI64::new(i64::MIN)),
+            fetched_turn_names: Mutex::new(None),
+            fetched_activity_names: Mutex::new(None),
             _lock_file: lock_file,
         })
     }
@@ -673,6 +683,7 @@ fn commit_turn_in(
             attempt: 1,
             activity,
             unreadable: None,
+            orchestration: None,
         })
         .collect::<Vec<_>>();
     Ok(CommitEffects {
@@ -706,12 +717,21 @@ fn tokens_next_for_claims(
     token
 }
 
+/// `names` as the JSON array the statements take (`None`: all).
+fn names_json(names: &Names) -> Option<String> {
+    names
+        .as_slice()
+        .map(|names| serde_json::to_string(names).expect("strings serialize"))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn fetch_turns_in(
     connection: &Connection,
     max: usize,
     lease_ms: i64,
     now: TimestampMs,
     also: &[String],
+    names: &Names,
     token: i64,
     leases: &Mutex<Leases>,
 ) -> StoreResult<Vec<LockedTurn>> {
@@ -724,11 +744,12 @@ fn fetch_turns_in(
         .prepare_cached(
             "SELECT m.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id
              WHERE m.visible_at_ms <= ?1 AND i.status != 'quarantined'
+               AND (?3 IS NULL OR i.name IN (SELECT value FROM json_each(?3)))
              GROUP BY m.instance_id ORDER BY MIN(m.message_id) LIMIT ?2",
         )
         .and_then(|mut statement| {
             statement
-                .query_map(params![now, limit], |row| row.get(0))?
+                .query_map(params![now, limit, names_json(names)], |row| row.get(0))?
                 .collect::<Result<Vec<String>, _>>()
         })
         .map_err(db_error)?;
@@ -764,6 +785,9 @@ fn fetch_turns_in(
         let Some((name, status, execution_id)) = row else {
             continue;
         };
+        if !names.contains(&name) {
+            continue;
+        }
         // Each fetch counts a delivery on what it hands out; the commit that consumes the
         // messages deletes their counts with them.
         let mut rows = connection
@@ -832,25 +856,30 @@ fn fetch_activities_in(
     max: usize,
     lease_ms: i64,
     now: TimestampMs,
+    names: &Names,
     token: i64,
     leases: &Mutex<Leases>,
 ) -> StoreResult<Vec<ActivityWorkItem>> {
     let leased = lock_leases(leases).activities.len();
     let limit = i64::try_from(max.saturating_add(leased)).unwrap_or(i64::MAX);
-    let candidates: Vec<(i64, Option<String>)> = connection
+    let candidates: Vec<(i64, Option<String>, Option<String>)> = connection
         .prepare_cached(
-            "SELECT a.item_id, i.status FROM activities a
+            "SELECT a.item_id, i.status, i.name FROM activities a
              LEFT JOIN instances i ON i.instance_id = a.instance_id
-             WHERE a.visible_at_ms <= ?1 ORDER BY a.item_id LIMIT ?2",
+             WHERE a.visible_at_ms <= ?1
+               AND (?3 IS NULL OR a.name IN (SELECT value FROM json_each(?3)))
+             ORDER BY a.item_id LIMIT ?2",
         )
         .and_then(|mut statement| {
             statement
-                .query_map(params![now, limit], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .query_map(params![now, limit, names_json(names)], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?
                 .collect()
         })
         .map_err(db_error)?;
     let mut items = Vec::new();
-    for (item_id, status) in candidates {
+    for (item_id, status, orchestration) in candidates {
         if items.len() >= max {
             break;
         }
@@ -923,6 +952,7 @@ fn fetch_activities_in(
                 retry,
             },
             unreadable,
+            orchestration,
         });
     }
     Ok(items)
@@ -969,21 +999,26 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn fetch_turns(
+    async fn fetch_turns_named(
         &self,
         max: usize,
         lease: Duration,
         also: &[String],
+        names: &Names,
     ) -> StoreResult<Vec<LockedTurn>> {
         let token = self.tokens.next();
         let lease_ms = duration_ms(lease);
         let leases = self.leases.clone();
         let also = also.to_vec();
         let fetched_at = self.fetched_turns_at.clone();
+        *lock(&self.fetched_turn_names) = names_json(names);
+        let names = names.clone();
         // On the writer thread, so that fetches are ordered with commits.
         self.write(move |connection, now| {
             fetched_at.store(now, Ordering::SeqCst);
-            fetch_turns_in(connection, max, lease_ms, now, &also, token, &leases)
+            fetch_turns_in(
+                connection, max, lease_ms, now, &also, &names, token, &leases,
+            )
         })
         .await
     }
@@ -1117,18 +1152,21 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn fetch_activities(
+    async fn fetch_activities_named(
         &self,
         max: usize,
         lease: Duration,
+        names: &Names,
     ) -> StoreResult<Vec<ActivityWorkItem>> {
         let token = self.tokens.next();
         let lease_ms = duration_ms(lease);
         let leases = self.leases.clone();
         let fetched_at = self.fetched_activities_at.clone();
+        *lock(&self.fetched_activity_names) = names_json(names);
+        let names = names.clone();
         self.write(move |connection, now| {
             fetched_at.store(now, Ordering::SeqCst);
-            fetch_activities_in(connection, max, lease_ms, now, token, &leases)
+            fetch_activities_in(connection, max, lease_ms, now, &names, token, &leases)
         })
         .await
     }
@@ -1291,22 +1329,30 @@ impl Store for SqliteStore {
     }
 
     async fn next_wake_at(&self, work: Work) -> StoreResult<Option<TimestampMs>> {
-        let (since, sql) = match work {
+        let (since, names, sql) = match work {
             Work::Turns => (
                 &self.fetched_turns_at,
-                "SELECT MIN(visible_at_ms) FROM inbox WHERE visible_at_ms > ?1",
+                &self.fetched_turn_names,
+                "SELECT MIN(m.visible_at_ms) FROM inbox m WHERE m.visible_at_ms > ?1
+                   AND (?2 IS NULL OR (SELECT i.name FROM instances i WHERE i.instance_id = m.instance_id)
+                                      IN (SELECT value FROM json_each(?2)))",
             ),
             Work::Activities => (
                 &self.fetched_activities_at,
-                "SELECT MIN(visible_at_ms) FROM activities WHERE visible_at_ms > ?1",
+                &self.fetched_activity_names,
+                "SELECT MIN(visible_at_ms) FROM activities WHERE visible_at_ms > ?1
+                   AND (?2 IS NULL OR name IN (SELECT value FROM json_each(?2)))",
             ),
         };
         let since = since.load(Ordering::SeqCst);
+        let names = lock(names).clone();
         let stored: Option<TimestampMs> = self
             .read(move |connection, _now| {
                 connection
                     .prepare_cached(sql)
-                    .and_then(|mut statement| statement.query_row(params![since], |row| row.get(0)))
+                    .and_then(|mut statement| {
+                        statement.query_row(params![since, names], |row| row.get(0))
+                    })
                     .map_err(db_error)
             })
             .await?;

@@ -982,6 +982,89 @@ pub async fn what_became_due_since_the_last_fetch_wakes_at_once<S: Store>(h: Har
     assert_eq!(store.fetch_activities(10, LEASE).await.unwrap().len(), 1);
 }
 
+/// A fetch for some names hands out only instances and work items of those names (the ones
+/// the caller holds results for included), and its next wake-up counts only them, so a process
+/// never takes work it has no code for and never spins on work it cannot take.
+pub async fn fetches_hand_out_only_the_names_asked_for<S: Store>(h: Harness<S>) {
+    let store = &h.store;
+    let billing = crate::Names::only(["billing"]);
+    store.create_instance(new_instance("a")).await.unwrap();
+    let b = NewInstance {
+        name: "billing".into(),
+        ..new_instance("b")
+    };
+    store.create_instance(b).await.unwrap();
+    let ids = |turns: Vec<crate::LockedTurn>| -> Vec<String> {
+        turns.into_iter().map(|turn| turn.instance_id).collect()
+    };
+    let turn = store
+        .fetch_turns_named(10, LEASE, &["a".to_string()], &billing)
+        .await
+        .unwrap();
+    assert_eq!(
+        turn.len(),
+        1,
+        "only billing, even when 'a' is asked for by id"
+    );
+    assert_eq!(turn[0].instance_id, "b");
+    let fetched = store
+        .fetch_turns_named(10, LEASE, &[], &billing)
+        .await
+        .unwrap();
+    assert!(fetched.is_empty(), "'a' is not billing: {:?}", ids(fetched));
+    // 'c' becomes due after that fetch, but not for this fetcher: only b's lease counts.
+    let fetched_at = h.clock.now_ms_for_tests();
+    h.clock.advance_ms(5);
+    store.create_instance(new_instance("c")).await.unwrap();
+    let wake = store.next_wake_at(Work::Turns).await.unwrap();
+    assert_eq!(
+        wake,
+        Some(fetched_at + LEASE_MS),
+        "b's lease end, not c's start"
+    );
+    // The commit schedules two activities of different names.
+    store
+        .commit_turn(TurnCommit {
+            instance_id: "b".into(),
+            lock_token: turn[0].lock_token,
+            execution_id: 1,
+            history_from: 0,
+            append: vec![Event::TurnStarted { now_ms: 0 }],
+            consumed: turn[0].messages.iter().map(|(id, _)| *id).collect(),
+            status: Some(InstanceStatus::Running),
+            activities: vec![
+                activity("b", 0),
+                NewActivity {
+                    name: "mail".into(),
+                    ..activity("b", 1)
+                },
+            ],
+            ..TurnCommit::default()
+        })
+        .await
+        .unwrap();
+    let mail = crate::Names::only(["mail"]);
+    let items = store
+        .fetch_activities_named(10, LEASE, &mail)
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].activity.name, "mail");
+    assert!(
+        store
+            .fetch_activities_named(10, LEASE, &mail)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let items = store.fetch_activities(10, LEASE).await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].activity.name, "charge");
+    let mut rest = ids(store.fetch_turns(10, LEASE, &[]).await.unwrap());
+    rest.sort();
+    assert_eq!(rest, ["a", "c"]);
+}
+
 /// Declares one `#[tokio::test]` per conformance check. `$factory` is an async expression
 /// evaluating to a [`Harness`].
 #[macro_export]
@@ -1004,7 +1087,8 @@ macro_rules! conformance_tests {
             quarantine_takes_an_instance_out_of_service,
             activities_of_finished_instances_are_not_handed_out,
             released_activities_keep_their_attempt,
-            what_became_due_since_the_last_fetch_wakes_at_once
+            what_became_due_since_the_last_fetch_wakes_at_once,
+            fetches_hand_out_only_the_names_asked_for
         );
     };
     (@each $factory:expr; $($check:ident),*) => {

@@ -107,13 +107,27 @@ pub trait Store: Send + Sync + 'static {
     /// delivery on each of them. Instances listed in `also` are locked too (when they exist and
     /// are not locked, whatever their status) even without visible messages, ahead of the
     /// others: the caller holds results for them in memory. A row that cannot be decoded does
-    /// not fail the fetch: its turn comes back with [`LockedTurn::unreadable`] set.
+    /// not fail the fetch: its turn comes back with [`LockedTurn::unreadable`] set. Only
+    /// instances whose orchestration `names` has are handed out (`also` ones included), so a
+    /// process never takes work it has no code for; [`Store::next_wake_at`] then counts only
+    /// those names too.
+    async fn fetch_turns_named(
+        &self,
+        max: usize,
+        lease: Duration,
+        also: &[String],
+        names: &Names,
+    ) -> StoreResult<Vec<LockedTurn>>;
+
+    /// [`Store::fetch_turns_named`] with [`Names::All`].
     async fn fetch_turns(
         &self,
         max: usize,
         lease: Duration,
         also: &[String],
-    ) -> StoreResult<Vec<LockedTurn>>;
+    ) -> StoreResult<Vec<LockedTurn>> {
+        self.fetch_turns_named(max, lease, also, &Names::All).await
+    }
 
     /// Reads an execution's history from position `from` on.
     async fn read_history(
@@ -170,12 +184,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Locks up to `max` visible activity work items for `lease`, counting an attempt on each.
     /// Work items of finished instances are deleted, not handed out. A work item that cannot be
-    /// decoded comes back with [`ActivityWorkItem::unreadable`] set.
+    /// decoded comes back with [`ActivityWorkItem::unreadable`] set. Only work items of the
+    /// activities `names` has are handed out (and counted by [`Store::next_wake_at`]).
+    async fn fetch_activities_named(
+        &self,
+        max: usize,
+        lease: Duration,
+        names: &Names,
+    ) -> StoreResult<Vec<ActivityWorkItem>>;
+
+    /// [`Store::fetch_activities_named`] with [`Names::All`].
     async fn fetch_activities(
         &self,
         max: usize,
         lease: Duration,
-    ) -> StoreResult<Vec<ActivityWorkItem>>;
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
+        self.fetch_activities_named(max, lease, &Names::All).await
+    }
 
     /// Extends an activity's lease. Returns whether the owning instance is still running (an
     /// activity of a finished or cancelled instance should stop).
@@ -218,7 +243,8 @@ pub trait Store: Send + Sync + 'static {
     /// the moment this store's last fetch of that kind began, at which a message (turns) or a
     /// work item (activities) becomes visible, or a lease of that kind ends. Measured from the
     /// last fetch, not from now, so that what became due between that fetch and this call is
-    /// not skipped (the answer is then in the past: fetch at once).
+    /// not skipped (the answer is then in the past: fetch at once). Only work of the names that
+    /// fetch asked for counts.
     async fn next_wake_at(&self, work: Work) -> StoreResult<Option<sluice_history::TimestampMs>>;
 
     /// Counts instances by status (for summaries and tests).

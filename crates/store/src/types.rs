@@ -149,6 +149,11 @@ pub struct ActivityWorkItem {
     /// Set when a stored field of the work item (its retry policy) cannot be decoded, naming
     /// the row. Such an item must not run: its holder retries it later or fails it.
     pub unreadable: Option<String>,
+    /// The orchestration of the instance the item belongs to, as the fetch read it; `None`
+    /// for items claimed by a turn commit (the committer runs that orchestration). A runtime
+    /// that does not host it sends the result through the store instead of keeping it for the
+    /// instance's next turn.
+    pub orchestration: Option<String>,
 }
 
 /// How an activity ended.
@@ -192,4 +197,44 @@ pub enum Work {
     Turns,
     /// Activity work items (and their leases).
     Activities,
+}
+
+/// Which orchestrations or activities a fetch hands out, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Names {
+    /// Every name.
+    #[default]
+    All,
+    /// Only these (sorted, without duplicates).
+    Only(std::sync::Arc<[String]>),
+}
+
+impl Names {
+    /// Only `names`.
+    pub fn only<I, S>(names: I) -> Names
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut names: Vec<String> = names.into_iter().map(Into::into).collect();
+        names.sort_unstable();
+        names.dedup();
+        Names::Only(names.into())
+    }
+
+    /// Whether `name` is among them.
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            Names::All => true,
+            Names::Only(names) => names.binary_search_by(|n| n.as_str().cmp(name)).is_ok(),
+        }
+    }
+
+    /// The names, or `None` for all.
+    pub fn as_slice(&self) -> Option<&[String]> {
+        match self {
+            Names::All => None,
+            Names::Only(names) => Some(names),
+        }
+    }
 }
