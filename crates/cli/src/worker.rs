@@ -34,6 +34,17 @@ pub(crate) struct WorkerArgs {
     /// Pooled PostgreSQL connections (plus one for the wake-up listener).
     #[arg(long, default_value_t = 5)]
     pg_connections: usize,
+    /// Lease of a claimed turn or work item, in milliseconds (renewed while it runs): how long
+    /// a dead worker's work waits before another takes it over.
+    #[arg(long, default_value_t = 5_000)]
+    lease_ms: u64,
+    /// Fallback poll interval in milliseconds (wake-ups normally come by LISTEN/NOTIFY).
+    #[arg(long, default_value_t = 1_000)]
+    poll_ms: u64,
+    /// How long to keep trying to reach the store at start (PostgreSQL restarting, say), in
+    /// seconds, before giving up.
+    #[arg(long, default_value_t = 60)]
+    startup_wait_secs: u64,
     /// How long running turns and activities get to finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 10)]
     grace_secs: u64,
@@ -81,7 +92,23 @@ pub(crate) async fn open_store(
 }
 
 pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
-    let (store, described) = open_store(&args.store, &args.schema, args.pg_connections).await?;
+    // A database that is restarting or not up yet is waited for, with backoff.
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.startup_wait_secs);
+    let mut backoff = Duration::from_millis(100);
+    let (store, described) = loop {
+        match open_store(&args.store, &args.schema, args.pg_connections).await {
+            Ok(opened) => break opened,
+            Err(error) if may_pass(&error) && std::time::Instant::now() + backoff < deadline => {
+                eprintln!(
+                    "sluice worker {}: {error:#}; retrying in {backoff:?}",
+                    std::process::id()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error),
+        }
+    };
     let executions = Arc::new(AtomicU64::new(0));
     let registry = bench::register(workflows::registry(), args.activity_ms, executions.clone());
     let runtime = Runtime::start(
@@ -90,6 +117,9 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
         RuntimeOptions {
             orchestration_concurrency: args.orch_concurrency,
             activity_concurrency: args.activity_concurrency,
+            turn_lease: Duration::from_millis(args.lease_ms.max(1)),
+            activity_lease: Duration::from_millis(args.lease_ms.max(1)),
+            poll_interval: Duration::from_millis(args.poll_ms.max(1)),
             ..RuntimeOptions::default()
         },
     );
@@ -115,6 +145,20 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether an error opening the store may go away by itself (the server unreachable or
+/// restarting), unlike a bad URL, a refused password, TLS or a schema from a newer build.
+fn may_pass(error: &anyhow::Error) -> bool {
+    let Some(store) = error.downcast_ref::<sluice_store_postgres::PostgresStoreError>() else {
+        return false;
+    };
+    let text = store.to_string();
+    matches!(
+        store.code(),
+        "postgres.connect" | "postgres.pool" | "store.migrate"
+    ) && !text.contains("password authentication failed")
+        && !text.contains("does not exist")
 }
 
 pub(crate) async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
