@@ -22,6 +22,9 @@ pub(crate) struct WorkerReport {
     pub(crate) pid: u32,
     /// Activity executions it ran.
     pub(crate) activity_executions: u64,
+    /// PostgreSQL: its writes the store refused because their lease was lost.
+    #[serde(default)]
+    pub(crate) refused_writes: Option<u64>,
 }
 
 /// A worker's part of a run, as the benchmark reports it.

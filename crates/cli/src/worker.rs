@@ -70,7 +70,7 @@ pub(crate) async fn open_store(
     url: &str,
     schema: &str,
     pg_connections: usize,
-) -> Result<(Arc<dyn Store>, String)> {
+) -> Result<(Arc<dyn Store>, String, Option<Arc<PostgresStore>>)> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let mut options = PostgresStoreOptions::new(url)?;
         options.schema = schema.to_string();
@@ -79,13 +79,15 @@ pub(crate) async fn open_store(
         let store = PostgresStore::connect(options)
             .await
             .with_context(|| format!("opening the PostgreSQL store on {target}"))?;
+        let store = Arc::new(store);
         Ok((
-            Arc::new(store),
+            store.clone(),
             format!("postgres {target} schema {schema}"),
+            Some(store),
         ))
     } else if let Some(path) = url.strip_prefix("sqlite://") {
         let store = open_sqlite(std::path::Path::new(path), SyncMode::Full)?;
-        Ok((store, format!("sqlite {path}")))
+        Ok((store, format!("sqlite {path}"), None))
     } else {
         bail!("--store must start with postgres://, postgresql:// or sqlite://")
     }
@@ -95,7 +97,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
     // A database that is restarting or not up yet is waited for, with backoff.
     let deadline = std::time::Instant::now() + Duration::from_secs(args.startup_wait_secs);
     let mut backoff = Duration::from_millis(100);
-    let (store, described) = loop {
+    let (store, described, postgres) = loop {
         match open_store(&args.store, &args.schema, args.pg_connections).await {
             Ok(opened) => break opened,
             Err(error) if may_pass(&error) && std::time::Instant::now() + backoff < deadline => {
@@ -141,6 +143,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
             &crate::bench_processes::WorkerReport {
                 pid: std::process::id(),
                 activity_executions: executions.load(std::sync::atomic::Ordering::Relaxed),
+                refused_writes: postgres.as_ref().map(|store| store.refused_writes()),
             },
         )?;
     }
@@ -162,7 +165,7 @@ fn may_pass(error: &anyhow::Error) -> bool {
 }
 
 pub(crate) async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
-    let (_, described) = open_store(&args.store, &args.schema, 1).await?;
+    let (_, described, _) = open_store(&args.store, &args.schema, 1).await?;
     println!("{described}: schema up to date");
     Ok(ExitCode::SUCCESS)
 }

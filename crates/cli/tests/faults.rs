@@ -257,3 +257,112 @@ async fn raise_with_retry(client: &Client, id: &str) {
         }
     }
 }
+
+/// A worker paused with SIGSTOP for twice its lease while another takes its work over, then
+/// resumed, 20 times: the store refuses its late writes (counted by the store, reported by the
+/// worker), and every activity is recorded once in its instance's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_can_never_write_over_the_one_that_took_its_work() {
+    let Some(cluster) = pg_or_skip("cli faults: paused worker") else {
+        return;
+    };
+    const LEASE_MS: u64 = 500;
+    let pauses = setting("SLUICE_FAULT_PAUSES", 20);
+    let url = cluster.url();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        PostgresStore::connect(PostgresStoreOptions::new(&url).unwrap())
+            .await
+            .unwrap(),
+    );
+    let client = Client::new(store.clone(), Duration::from_millis(100));
+    let start = |slot: usize| {
+        let log = std::fs::File::create(dir.path().join(format!("paused-{slot}.log"))).unwrap();
+        sluice()
+            .args(["worker", "--store", &url, "--activity-ms", "300"])
+            .args(["--orch-concurrency", "4", "--activity-concurrency", "8"])
+            .args(["--lease-ms", &LEASE_MS.to_string(), "--poll-ms", "100"])
+            .arg("--report")
+            .arg(dir.path().join(format!("paused-{slot}.json")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sluice worker")
+    };
+    let mut workers = [start(0), start(1)];
+    let paused = libc_pid(&workers[0]);
+    let mut ids = Vec::new();
+    for round in 0..pauses {
+        for j in 0..3 {
+            let id = format!("p{round}-{j}");
+            client.start("fan_out", &id, id.clone()).await.unwrap();
+            ids.push(id);
+        }
+        // Long enough for both workers to hold activities, then worker 0 stops mid-work.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // SAFETY: kill(2) on a child this test started and has not reaped.
+        unsafe {
+            libc::kill(paused, libc::SIGSTOP);
+        }
+        tokio::time::sleep(Duration::from_millis(2 * LEASE_MS)).await;
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(paused, libc::SIGCONT);
+        }
+    }
+    for id in &ids {
+        let info = client
+            .wait_for_completion(id, Duration::from_secs(120))
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(info.status, InstanceStatus::Completed, "{id}: {info:?}");
+        // `fan_out` sums the lengths of its five "done {input}-{i}" results.
+        let expected = (0..5)
+            .map(|i| format!("done {id}-{i}").len())
+            .sum::<usize>();
+        assert_eq!(
+            info.output.as_deref(),
+            Some(expected.to_string().as_str()),
+            "{id}"
+        );
+        let mut completed = BTreeSet::new();
+        for event in client.history(id).await.unwrap() {
+            if let Event::ActivityCompleted { id: activity, .. } = event {
+                assert!(
+                    completed.insert(activity),
+                    "{id}: activity {activity} recorded twice"
+                );
+            }
+        }
+        assert_eq!(completed.len(), 5, "{id}");
+    }
+    for worker in &mut workers {
+        if let Some(status) = worker.try_wait().unwrap() {
+            panic!("worker {} exited on its own: {status}", worker.id());
+        }
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(libc_pid(worker), libc::SIGTERM);
+        }
+    }
+    let mut refused = Vec::new();
+    for (slot, worker) in workers.iter_mut().enumerate() {
+        assert!(worker.wait().unwrap().success());
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(format!("paused-{slot}.json"))).unwrap(),
+        )
+        .unwrap();
+        refused.push(report["refused_writes"].as_u64().unwrap());
+    }
+    eprintln!(
+        "{pauses} pauses of {} ms: late writes refused: paused worker {}, other worker {}",
+        2 * LEASE_MS,
+        refused[0],
+        refused[1]
+    );
+    assert!(
+        refused[0] > 0,
+        "the paused worker tried late writes, and they were refused"
+    );
+}

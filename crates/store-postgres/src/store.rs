@@ -14,7 +14,7 @@ use sluice_store::{
 };
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
 /// The `application_name` of the store's connections unless the URL sets one.
@@ -114,6 +114,8 @@ pub struct PostgresStore {
     commits: tokio::sync::mpsc::Sender<commit::Request>,
     /// Instance lookups for the reader (`read.rs`).
     lookups: tokio::sync::mpsc::Sender<read::Lookup>,
+    /// Writes refused because their lease was lost (stale token or lease ended).
+    refused_writes: AtomicU64,
     _tasks: Vec<AbortOnDrop>,
 }
 
@@ -465,6 +467,7 @@ impl PostgresStore {
             listener,
             fetched_turns_at: AtomicI64::new(i64::MIN),
             fetched_activities_at: AtomicI64::new(i64::MIN),
+            refused_writes: AtomicU64::new(0),
             fetched_turn_names: std::sync::Mutex::new(None),
             fetched_activity_names: std::sync::Mutex::new(None),
             commits,
@@ -502,6 +505,20 @@ impl PostgresStore {
         if let Some(announcer) = &self.announcer {
             announcer.finished(instance_id);
         }
+    }
+
+    /// Writes of this store refused so far because their claim's lease was lost (a stale
+    /// token, or a lease that ended by the database's clock): turn commits, completions,
+    /// renewals, releases.
+    pub fn refused_writes(&self) -> u64 {
+        self.refused_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lease_lost(&self, what: &'static str) -> StoreError {
+        self.refused_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        StoreError::LeaseLost(what)
     }
 
     /// The connection pool (for tools and tests).
@@ -599,7 +616,7 @@ impl PostgresStore {
             .map_err(|error| self.db_error(error))?;
         let unlocked: i64 = row.get(0);
         if unlocked == 0 {
-            return Err(StoreError::LeaseLost("instance"));
+            return Err(self.lease_lost("instance"));
         }
         self.wake_orchestrations();
         Ok(())
@@ -629,7 +646,7 @@ impl PostgresStore {
             .await
             .map_err(|error| self.db_error(error))?;
         if updated == 0 {
-            return Err(StoreError::LeaseLost("activity"));
+            return Err(self.lease_lost("activity"));
         }
         self.wake_activities();
         Ok(())
@@ -823,7 +840,10 @@ impl Store for PostgresStore {
             reply,
         })
         .await?;
-        let effects = answer.await.map_err(|_| committer_stopped())??;
+        let effects = match answer.await.map_err(|_| committer_stopped())? {
+            Err(StoreError::LeaseLost(what)) => return Err(self.lease_lost(what)),
+            other => other?,
+        };
         if effects.inbox_changed {
             self.wake_orchestrations();
         }
@@ -877,7 +897,7 @@ impl Store for PostgresStore {
             .await
             .map_err(|error| self.db_error(error))?;
         if renewed == 0 {
-            return Err(StoreError::LeaseLost("instance"));
+            return Err(self.lease_lost("instance"));
         }
         Ok(())
     }
@@ -904,7 +924,7 @@ impl Store for PostgresStore {
             .await
             .map_err(|error| self.db_error(error))?;
         if updated == 0 {
-            return Err(StoreError::LeaseLost("instance"));
+            return Err(self.lease_lost("instance"));
         }
         Ok(())
     }
@@ -1018,7 +1038,7 @@ impl Store for PostgresStore {
             .await
             .map_err(|error| self.db_error(error))?;
         let Some(row) = row else {
-            return Err(StoreError::LeaseLost("activity"));
+            return Err(self.lease_lost("activity"));
         };
         let status: Option<String> = row.get(0);
         Ok(status
@@ -1048,7 +1068,7 @@ impl Store for PostgresStore {
             .await
             .map_err(e)?;
         let Some(row) = row else {
-            return Err(StoreError::LeaseLost("activity"));
+            return Err(self.lease_lost("activity"));
         };
         let instance_id: String = row.get(0);
         let (execution_id, id) = (to_u64(row.get(1)), to_u64(row.get(2)));
