@@ -7,6 +7,7 @@ mod bench_processes;
 mod bench_sink;
 mod demo;
 mod ingest;
+mod store_copy;
 mod worker;
 mod workflows;
 
@@ -56,6 +57,9 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Bring a PostgreSQL store's schema up to date (every process also does at start).
     Migrate(worker::MigrateArgs),
+    /// Work with stores as a whole.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Print an instance's status and history as JSON.
     Inspect {
         /// The SQLite database.
@@ -64,6 +68,13 @@ enum Command {
         /// The instance id.
         instance_id: String,
     },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Move every instance of a stopped SQLite store (histories, messages, timers, activity
+    /// work) into a PostgreSQL store, where runtimes carry on with them.
+    Copy(store_copy::CopyArgs),
 }
 
 #[derive(Subcommand)]
@@ -123,6 +134,7 @@ fn main() -> ExitCode {
             Command::Ingest(args) => ingest::run(args).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Migrate(args) => worker::migrate(args).await,
+            Command::Store(StoreCommand::Copy(args)) => store_copy::run(args).await,
             Command::Inspect { db, instance_id } => inspect(&db, &instance_id).await,
         }
     });

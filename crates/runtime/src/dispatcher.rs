@@ -292,9 +292,17 @@ fn millis(duration: Duration) -> i64 {
 pub(crate) async fn renew_turn_leases(shared: Arc<Shared>) {
     let lease = shared.options.turn_lease;
     loop {
-        tokio::time::sleep(lease / 6).await;
-        if shared.shutdown.is_cancelled() && shared.running_turns.is_empty() {
-            return;
+        if shared.shutdown.is_cancelled() {
+            // Shutting down: renew until the last turn ends, then let go of the store.
+            if shared.running_turns.is_empty() {
+                return;
+            }
+            tokio::time::sleep((lease / 6).min(Duration::from_millis(50))).await;
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep(lease / 6) => {}
+                () = shared.shutdown.cancelled() => continue,
+            }
         }
         for (instance_id, lock_token) in shared.running_turns.due(lease / 3) {
             match shared

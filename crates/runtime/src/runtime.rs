@@ -201,7 +201,8 @@ impl Runtime {
             held,
             Kind::Activities,
         ));
-        tokio::spawn(dispatcher::renew_turn_leases(shared.clone()));
+        // In the tracker: `shutdown` waits for it, so that no task holds the store after.
+        tracker.spawn(dispatcher::renew_turn_leases(shared.clone()));
         Self { shared, tracker }
     }
 

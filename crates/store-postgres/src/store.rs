@@ -9,8 +9,8 @@ use sluice_history::{Event, Failure, InstanceStatus, Message, TimestampMs};
 use sluice_postgres::{ConnectError, ConnectOptions, PoolOptions};
 use sluice_store::stored::{decode, encode, parse_status};
 use sluice_store::{
-    ActivityResult, ActivityWorkItem, Clock, InstanceInfo, LockedTurn, Names, NewActivity,
-    NewInstance, Signals, Store, StoreError, StoreResult, TurnCommit, Work,
+    ActivityResult, ActivityWorkItem, Clock, ExportedInstance, InstanceInfo, LockedTurn, Names,
+    NewActivity, NewInstance, Signals, Store, StoreError, StoreResult, TurnCommit, Work,
 };
 use std::fmt;
 use std::sync::Arc;
@@ -174,6 +174,11 @@ struct Sql {
     next_wake_activities: String,
     now: String,
     count_by_status: String,
+    import_exists: String,
+    import_instances: String,
+    import_history: String,
+    import_inbox: String,
+    import_activities: String,
 }
 
 impl Sql {
@@ -333,6 +338,28 @@ impl Sql {
             next_wake_activities: sql(
                 "SELECT min(visible_at_ms) FROM {s}.activities WHERE visible_at_ms > $1
                  AND ($2::text[] IS NULL OR name = ANY($2::text[]))",
+            ),
+            import_exists: sql("SELECT instance_id FROM {s}.instances WHERE instance_id"),
+            import_instances: sql(
+                "INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, output,
+                    failure, custom_status, history_len, created_at_ms, updated_at_ms, due_at_ms)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[],
+                    $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[],
+                    $12::bigint[])",
+            ),
+            import_history: sql(
+                "INSERT INTO {s}.history (instance_id, execution_id, position, event)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[])",
+            ),
+            import_inbox: sql(
+                "INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])",
+            ),
+            import_activities: sql(
+                "INSERT INTO {s}.activities (instance_id, execution_id, activity_id, name, input,
+                    retry, attempt, visible_at_ms)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
+                    $6::text[], $7::int4[], $8::bigint[])",
             ),
             now: sql("SELECT {s}.now_ms($1)"),
             count_by_status: sql(
@@ -507,6 +534,87 @@ impl PostgresStore {
         }
     }
 
+    /// Adds instances taken from another store (`sluice store copy`), with their histories,
+    /// messages and work items, in one transaction: all of `batch` or nothing. An id that
+    /// exists here already refuses the batch. Returns how many were added.
+    pub async fn import_instances(&self, batch: &[ExportedInstance]) -> StoreResult<usize> {
+        let e = |error| self.db_error(error);
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(e)?;
+        let ids: Vec<&str> = batch.iter().map(|i| i.instance_id.as_str()).collect();
+        let taken = transaction
+            .query(
+                &format!("{} = ANY($1) LIMIT 1", self.sql.import_exists),
+                &[&ids],
+            )
+            .await
+            .map_err(e)?;
+        if let Some(row) = taken.first() {
+            let id: String = row.get(0);
+            return Err(StoreError::Contract(format!(
+                "instance '{id}' exists in the target store already"
+            )));
+        }
+        let mut c = ImportColumns::default();
+        for instance in batch {
+            c.add(instance);
+        }
+        transaction
+            .execute(
+                &self.sql.import_instances,
+                &[
+                    &c.ids,
+                    &c.names,
+                    &c.statuses,
+                    &c.executions,
+                    &c.inputs,
+                    &c.outputs,
+                    &c.failures,
+                    &c.custom_statuses,
+                    &c.history_lens,
+                    &c.created,
+                    &c.updated,
+                    &c.due,
+                ],
+            )
+            .await
+            .map_err(e)?;
+        transaction
+            .execute(
+                &self.sql.import_history,
+                &[&c.h_ids, &c.h_executions, &c.h_positions, &c.h_events],
+            )
+            .await
+            .map_err(e)?;
+        transaction
+            .execute(
+                &self.sql.import_inbox,
+                &[&c.m_ids, &c.m_visible, &c.m_messages],
+            )
+            .await
+            .map_err(e)?;
+        transaction
+            .execute(
+                &self.sql.import_activities,
+                &[
+                    &c.a_ids,
+                    &c.a_executions,
+                    &c.a_activity_ids,
+                    &c.a_names,
+                    &c.a_inputs,
+                    &c.a_retries,
+                    &c.a_attempts,
+                    &c.a_visible,
+                ],
+            )
+            .await
+            .map_err(e)?;
+        transaction.commit().await.map_err(e)?;
+        self.wake_orchestrations();
+        self.wake_activities();
+        Ok(batch.len())
+    }
+
     /// Writes of this store refused so far because their claim's lease was lost (a stale
     /// token, or a lease that ended by the database's clock): turn commits, completions,
     /// renewals, releases.
@@ -553,6 +661,93 @@ impl PostgresStore {
 
     fn db_error_ref(&self, error: &tokio_postgres::Error) -> StoreError {
         StoreError::Database(self.connect.describe_error(error))
+    }
+}
+
+/// The arrays `import_instances` binds.
+#[derive(Default)]
+struct ImportColumns<'a> {
+    ids: Vec<&'a str>,
+    names: Vec<&'a str>,
+    statuses: Vec<&'a str>,
+    executions: Vec<i64>,
+    inputs: Vec<&'a str>,
+    outputs: Vec<Option<&'a str>>,
+    failures: Vec<Option<&'a str>>,
+    custom_statuses: Vec<Option<&'a str>>,
+    history_lens: Vec<i64>,
+    created: Vec<i64>,
+    updated: Vec<i64>,
+    due: Vec<Option<i64>>,
+    h_ids: Vec<&'a str>,
+    h_executions: Vec<i64>,
+    h_positions: Vec<i64>,
+    h_events: Vec<&'a str>,
+    m_ids: Vec<&'a str>,
+    m_visible: Vec<i64>,
+    m_messages: Vec<&'a str>,
+    a_ids: Vec<&'a str>,
+    a_executions: Vec<i64>,
+    a_activity_ids: Vec<i64>,
+    a_names: Vec<&'a str>,
+    a_inputs: Vec<&'a str>,
+    a_retries: Vec<Option<&'a str>>,
+    a_attempts: Vec<i32>,
+    a_visible: Vec<i64>,
+}
+
+impl<'a> ImportColumns<'a> {
+    fn add(&mut self, instance: &'a ExportedInstance) {
+        let id = instance.instance_id.as_str();
+        let history_len = instance
+            .history
+            .iter()
+            .filter(|(execution, _, _)| *execution == instance.execution_id)
+            .count();
+        // Due at its first message unless it waits for nothing (see `schema.rs`).
+        let waits = InstanceStatus::parse(&instance.status)
+            .is_some_and(|status| !status.is_terminal() && status != InstanceStatus::Quarantined);
+        let due = instance
+            .inbox
+            .iter()
+            .map(|message| message.visible_at_ms)
+            .min()
+            .filter(|_| waits);
+        self.ids.push(id);
+        self.names.push(&instance.name);
+        self.statuses.push(&instance.status);
+        self.executions.push(to_i64(instance.execution_id));
+        self.inputs.push(&instance.input);
+        self.outputs.push(instance.output.as_deref());
+        self.failures.push(instance.failure.as_deref());
+        self.custom_statuses.push(instance.custom_status.as_deref());
+        self.history_lens
+            .push(i64::try_from(history_len).unwrap_or(i64::MAX));
+        self.created.push(instance.created_at_ms);
+        self.updated.push(instance.updated_at_ms);
+        self.due.push(due);
+        for (execution, position, event) in &instance.history {
+            self.h_ids.push(id);
+            self.h_executions.push(to_i64(*execution));
+            self.h_positions.push(to_i64(*position));
+            self.h_events.push(event);
+        }
+        for message in &instance.inbox {
+            self.m_ids.push(id);
+            self.m_visible.push(message.visible_at_ms);
+            self.m_messages.push(&message.message);
+        }
+        for activity in &instance.activities {
+            self.a_ids.push(id);
+            self.a_executions.push(to_i64(activity.execution_id));
+            self.a_activity_ids.push(to_i64(activity.activity_id));
+            self.a_names.push(&activity.name);
+            self.a_inputs.push(&activity.input);
+            self.a_retries.push(activity.retry.as_deref());
+            self.a_attempts
+                .push(i32::try_from(activity.attempt).unwrap_or(i32::MAX));
+            self.a_visible.push(activity.visible_at_ms);
+        }
     }
 }
 

@@ -7,8 +7,9 @@ use sluice_sqlite::{
 };
 use sluice_store::stored::{decode, encode, parse_status};
 use sluice_store::{
-    ActivityResult, ActivityWorkItem, Clock, InstanceInfo, LockedTurn, Names, NewActivity,
-    NewInstance, Outbound, Signals, Store, StoreError, StoreResult, SystemClock, TurnCommit, Work,
+    ActivityResult, ActivityWorkItem, Clock, ExportedActivity, ExportedInstance, ExportedMessage,
+    InstanceInfo, LockedTurn, Names, NewActivity, NewInstance, Outbound, Signals, Store,
+    StoreError, StoreResult, SystemClock, TurnCommit, Work,
 };
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -164,6 +165,81 @@ impl TokenSource {
     }
 }
 
+fn export_in(
+    connection: &Connection,
+    after: Option<&str>,
+    limit: i64,
+) -> rusqlite::Result<Vec<ExportedInstance>> {
+    let to_u64 = |value: i64| u64::try_from(value).unwrap_or(0);
+    let mut instances = connection
+        .prepare_cached(
+            "SELECT instance_id, name, status, execution_id, input, output, failure,
+                    custom_status, created_at_ms, updated_at_ms
+             FROM instances WHERE ?1 IS NULL OR instance_id > ?1
+             ORDER BY instance_id LIMIT ?2",
+        )?
+        .query_map(params![after, limit], |row| {
+            Ok(ExportedInstance {
+                instance_id: row.get(0)?,
+                name: row.get(1)?,
+                status: row.get(2)?,
+                execution_id: to_u64(row.get(3)?),
+                input: row.get(4)?,
+                output: row.get(5)?,
+                failure: row.get(6)?,
+                custom_status: row.get(7)?,
+                created_at_ms: row.get(8)?,
+                updated_at_ms: row.get(9)?,
+                history: Vec::new(),
+                inbox: Vec::new(),
+                activities: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for instance in &mut instances {
+        let id = &instance.instance_id;
+        instance.history = connection
+            .prepare_cached(
+                "SELECT execution_id, position, event FROM history WHERE instance_id = ?1
+                 ORDER BY execution_id, position",
+            )?
+            .query_map(params![id], |row| {
+                Ok((to_u64(row.get(0)?), to_u64(row.get(1)?), row.get(2)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        instance.inbox = connection
+            .prepare_cached(
+                "SELECT visible_at_ms, message FROM inbox WHERE instance_id = ?1
+                 ORDER BY message_id",
+            )?
+            .query_map(params![id], |row| {
+                Ok(ExportedMessage {
+                    visible_at_ms: row.get(0)?,
+                    message: row.get(1)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        instance.activities = connection
+            .prepare_cached(
+                "SELECT execution_id, activity_id, name, input, retry, attempt, visible_at_ms
+                 FROM activities WHERE instance_id = ?1 ORDER BY item_id",
+            )?
+            .query_map(params![id], |row| {
+                Ok(ExportedActivity {
+                    execution_id: to_u64(row.get(0)?),
+                    activity_id: to_u64(row.get(1)?),
+                    name: row.get(2)?,
+                    input: row.get(3)?,
+                    retry: row.get(4)?,
+                    attempt: u32::try_from(row.get::<_, i64>(5)?).unwrap_or(0),
+                    visible_at_ms: row.get(6)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(instances)
+}
+
 fn db_error(error: rusqlite::Error) -> StoreError {
     StoreError::Database(error.to_string())
 }
@@ -184,6 +260,21 @@ fn duration_ms(duration: Duration) -> i64 {
 }
 
 impl SqliteStore {
+    /// Up to `max` instances whose id sorts after `after` (all of them from `None` on), each
+    /// with its history, unconsumed messages and activity work items, for moving them to another
+    /// store (`sluice store copy`). Delivery counts are not carried over.
+    pub async fn export_instances(
+        &self,
+        after: Option<String>,
+        max: usize,
+    ) -> StoreResult<Vec<ExportedInstance>> {
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        self.read(move |connection, _now| {
+            export_in(connection, after.as_deref(), limit).map_err(db_error)
+        })
+        .await
+    }
+
     /// Opens (creating if needed) a store with the system clock.
     pub fn open(options: SqliteStoreOptions) -> Result<Self, SqliteError> {
         Self::open_with_clock(options, Arc::new(SystemClock))

@@ -238,3 +238,64 @@ impl Names {
         }
     }
 }
+
+/// One instance with everything a store holds for it, in the stored text forms
+/// ([`crate::stored`]), as moved between stores (`sluice store copy`). Leases are not part of
+/// it: an exported instance is taken from a store no runtime is using.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportedInstance {
+    /// Its id.
+    pub instance_id: String,
+    /// Orchestration name.
+    pub name: String,
+    /// Status, as stored (`running`, ...).
+    pub status: String,
+    /// Current execution.
+    pub execution_id: u64,
+    /// Input of the current execution.
+    pub input: String,
+    /// Output, as stored.
+    pub output: Option<String>,
+    /// Failure, as stored.
+    pub failure: Option<String>,
+    /// Custom status.
+    pub custom_status: Option<String>,
+    /// Creation time.
+    pub created_at_ms: sluice_history::TimestampMs,
+    /// Last change.
+    pub updated_at_ms: sluice_history::TimestampMs,
+    /// History events of every execution: `(execution_id, position, event)`, in order.
+    pub history: Vec<(u64, u64, String)>,
+    /// Unconsumed messages (timers among them), oldest first.
+    pub inbox: Vec<ExportedMessage>,
+    /// Activity work items not yet recorded.
+    pub activities: Vec<ExportedActivity>,
+}
+
+/// An inbox message of an [`ExportedInstance`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportedMessage {
+    /// When it becomes visible.
+    pub visible_at_ms: sluice_history::TimestampMs,
+    /// The message, as stored.
+    pub message: String,
+}
+
+/// An activity work item of an [`ExportedInstance`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportedActivity {
+    /// The execution that scheduled it.
+    pub execution_id: u64,
+    /// Its id in that execution.
+    pub activity_id: u64,
+    /// Activity name.
+    pub name: String,
+    /// Input.
+    pub input: String,
+    /// Retry policy, as stored.
+    pub retry: Option<String>,
+    /// Attempts made so far.
+    pub attempt: u32,
+    /// When it may next be handed out.
+    pub visible_at_ms: sluice_history::TimestampMs,
+}
