@@ -85,9 +85,46 @@ pub(crate) struct OrchestrationBenchArgs {
     /// a baseline measured in the same run.
     #[arg(long)]
     with_sqlite: bool,
+    /// The orchestration each instance runs: `fan-out` (five activities, joined) or `ping`
+    /// (no activity: one turn; with `--processes 1 --in-flight 1` its latency is a round
+    /// trip between processes: the start's wake-up, the turn, the completion's wake-up).
+    #[arg(long, value_enum, default_value = "fan-out")]
+    orchestration: BenchOrchestration,
+    /// Pause of each client task between an instance's completion and its next start, in
+    /// milliseconds (0: none). With `--processes 1 --in-flight 1 --orchestration ping`, 20 ms
+    /// measures an idle pickup: no process has sent a wake-up within NOTIFY's 10 ms
+    /// coalescing window when the next start is announced.
+    #[arg(long, default_value_t = 0)]
+    think_ms: u64,
     /// Write the results as JSON (an array of one object per configuration).
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// The benchmark's orchestrations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum BenchOrchestration {
+    /// Five activities in parallel, joined.
+    FanOut,
+    /// Returns its input in its first turn.
+    Ping,
+}
+
+impl BenchOrchestration {
+    fn name(self) -> &'static str {
+        match self {
+            BenchOrchestration::FanOut => "fan_out",
+            BenchOrchestration::Ping => "ping",
+        }
+    }
+
+    fn activities(self) -> usize {
+        match self {
+            BenchOrchestration::FanOut => FAN_OUT,
+            BenchOrchestration::Ping => 0,
+        }
+    }
 }
 
 /// Latency percentiles in milliseconds.
@@ -155,9 +192,13 @@ pub(crate) fn register(
     activity_ms: u64,
     executions: Arc<AtomicU64>,
 ) -> Registry {
-    registry.orchestration("fan_out", fan_out).activity(
-        "work",
-        move |_ctx: ActivityContext, input: String| {
+    registry
+        .orchestration("fan_out", fan_out)
+        .orchestration(
+            "ping",
+            |_ctx: OrchestrationContext, input: String| async move { Ok::<_, Failure>(input) },
+        )
+        .activity("work", move |_ctx: ActivityContext, input: String| {
             let executions = executions.clone();
             async move {
                 executions.fetch_add(1, Ordering::Relaxed);
@@ -172,8 +213,7 @@ pub(crate) fn register(
                 }
                 Ok(format!("done {input}"))
             }
-        },
-    )
+        })
 }
 
 /// Bytes this process has passed to write(2)-like calls so far (`wchar` in /proc/self/io).
@@ -442,13 +482,15 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
             }
         })
     };
+    let orchestration = args.orchestration.name();
+    let think = Duration::from_millis(args.think_ms);
     let mut loops = Vec::new();
     for _ in 0..args.in_flight {
         let client = client.clone();
         let issued = issued.clone();
         let count = args.count;
         loops.push(tokio::spawn(async move {
-            closed_loop(client, issued, count, deadline).await
+            closed_loop(client, orchestration, think, issued, count, deadline).await
         }));
     }
     let mut latencies = Vec::new();
@@ -515,10 +557,10 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
     latencies.sort_by(|a, b| a.total_cmp(b));
     let completed = latencies.len() as u64;
     let failed: u64 = failures.values().sum();
-    let ceiling = (args.activity_ms > 0).then(|| {
+    let ceiling = (args.activity_ms > 0 && args.orchestration.activities() > 0).then(|| {
         (args.activity_concurrency * args.processes.max(1)) as f64 * 1000.0
             / args.activity_ms as f64
-            / FAN_OUT as f64
+            / args.orchestration.activities().max(1) as f64
     });
     let per_sec = completed as f64 / elapsed;
     let peak_rss = *rss_peak
@@ -535,11 +577,13 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
             "count": args.count,
             "synchronous": format!("{:?}", args.synchronous).to_lowercase(),
             "processes": args.processes,
+            "orchestration": args.orchestration,
+            "think_ms": args.think_ms,
         }),
         orchestrations_per_sec: per_sec,
-        activities_per_sec: per_sec * FAN_OUT as f64,
+        activities_per_sec: per_sec * args.orchestration.activities() as f64,
         activity_executions: executions.load(Ordering::Relaxed),
-        logical_activities: completed * FAN_OUT as u64,
+        logical_activities: completed * args.orchestration.activities() as u64,
         latency_ms: LatencyMs {
             p50: percentile(&latencies, 50.0),
             p90: percentile(&latencies, 90.0),
@@ -596,6 +640,8 @@ fn raw_commits_per_sec(path: &std::path::Path, synchronous: Synchronous) -> Resu
 /// failures by kind.
 async fn closed_loop(
     client: Client,
+    orchestration: &'static str,
+    think: Duration,
     issued: Arc<AtomicU64>,
     count: Option<u64>,
     deadline: Instant,
@@ -609,10 +655,13 @@ async fn closed_loop(
             None if Instant::now() >= deadline => break,
             _ => {}
         }
+        if !think.is_zero() {
+            tokio::time::sleep(think).await;
+        }
         let id = format!("bench-{n}");
         let began = Instant::now();
         let outcome = async {
-            client.start("fan_out", &id, "x").await?;
+            client.start(orchestration, &id, "x").await?;
             client
                 .wait_for_completion(&id, Duration::from_secs(120))
                 .await
