@@ -38,6 +38,10 @@ pub(crate) struct WorkerArgs {
     /// a dead worker's work waits before another takes it over.
     #[arg(long, default_value_t = 5_000)]
     lease_ms: u64,
+    /// A task queue whose activities this worker runs (repeat for several); `default` is the
+    /// queue of activities scheduled without one. Default: only `default`.
+    #[arg(long = "task-queue", value_name = "QUEUE")]
+    task_queues: Vec<String>,
     /// Fallback poll interval in milliseconds (wake-ups normally come by LISTEN/NOTIFY).
     #[arg(long, default_value_t = 1_000)]
     poll_ms: u64,
@@ -122,6 +126,20 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
             turn_lease: Duration::from_millis(args.lease_ms.max(1)),
             activity_lease: Duration::from_millis(args.lease_ms.max(1)),
             poll_interval: Duration::from_millis(args.poll_ms.max(1)),
+            task_queues: if args.task_queues.is_empty() {
+                vec![String::new()]
+            } else {
+                args.task_queues
+                    .iter()
+                    .map(|queue| {
+                        if queue == "default" {
+                            String::new()
+                        } else {
+                            queue.clone()
+                        }
+                    })
+                    .collect()
+            },
             ..RuntimeOptions::default()
         },
     );

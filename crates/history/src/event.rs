@@ -52,6 +52,10 @@ pub enum Event {
         input: String,
         /// Retry policy, if any.
         retry: Option<RetryPolicy>,
+        /// The task queue it runs on (`None`: the default queue), served only by the
+        /// processes that name it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        queue: Option<String>,
     },
     /// An activity returned a value.
     ActivityCompleted {

@@ -130,7 +130,7 @@ impl OrchestrationContext {
         name: impl Into<String>,
         input: impl Into<String>,
     ) -> ActivityFuture {
-        self.schedule(name.into(), input.into(), None)
+        self.schedule(name.into(), input.into(), None, None)
     }
 
     /// Schedules an activity that is retried by `retry` when an attempt fails or times out.
@@ -148,15 +148,43 @@ impl OrchestrationContext {
             self.with_state(|state| state.fail(failure));
             return Durable::new(self.clone(), Slot::Dead);
         }
-        self.schedule(name.into(), input.into(), Some(retry))
+        self.schedule(name.into(), input.into(), Some(retry), None)
     }
 
-    fn schedule(&self, name: String, input: String, retry: Option<RetryPolicy>) -> ActivityFuture {
+    /// Schedules an activity on the task queue `queue`: only runtimes that serve that queue
+    /// (`RuntimeOptions::task_queues`) run it; `retry` as in
+    /// [`OrchestrationContext::schedule_activity_with_retry`].
+    pub fn schedule_activity_on(
+        &self,
+        queue: impl Into<String>,
+        name: impl Into<String>,
+        input: impl Into<String>,
+        retry: Option<RetryPolicy>,
+    ) -> ActivityFuture {
+        if let Some(Err(error)) = retry.as_ref().map(RetryPolicy::validate) {
+            let failure = Failure::new(
+                codes::ORCHESTRATION_FAILED,
+                format!("bad retry policy: {error}"),
+            );
+            self.with_state(|state| state.fail(failure));
+            return Durable::new(self.clone(), Slot::Dead);
+        }
+        self.schedule(name.into(), input.into(), retry, Some(queue.into()))
+    }
+
+    fn schedule(
+        &self,
+        name: String,
+        input: String,
+        retry: Option<RetryPolicy>,
+        queue: Option<String>,
+    ) -> ActivityFuture {
         self.issue(|id| Event::ActivityScheduled {
             id,
             name,
             input,
             retry,
+            queue,
         })
         .0
     }

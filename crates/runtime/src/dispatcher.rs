@@ -118,14 +118,16 @@ pub(crate) async fn process_turn(shared: &Arc<Shared>, tracker: &TaskTracker, tu
         .collect();
     // Claim the new activities this runtime has room to hold, so they run without a fetch:
     // the ones it has code for, put first (the store claims the first ones).
+    let runs_here = |activity: &NewActivity| {
+        shared.activity_names.contains(&activity.name)
+            && shared
+                .task_queues
+                .contains(activity.task_queue.as_deref().unwrap_or(""))
+    };
     commit
         .activities
-        .sort_by_key(|activity| !shared.activity_names.contains(&activity.name));
-    let runnable = commit
-        .activities
-        .iter()
-        .filter(|activity| shared.activity_names.contains(&activity.name))
-        .count();
+        .sort_by_key(|activity| !runs_here(activity));
+    let runnable = commit.activities.iter().filter(|a| runs_here(a)).count();
     let mut slots = Vec::new();
     while slots.len() < runnable {
         match shared.held_slots.clone().try_acquire_owned() {
@@ -599,6 +601,7 @@ fn add_command(commit: &mut TurnCommit, instance_id: &str, execution_id: u64, co
             name,
             input,
             retry,
+            queue,
         } => commit.activities.push(NewActivity {
             instance_id: instance_id.to_string(),
             execution_id,
@@ -606,6 +609,7 @@ fn add_command(commit: &mut TurnCommit, instance_id: &str, execution_id: u64, co
             name: name.clone(),
             input: input.clone(),
             retry: retry.clone(),
+            task_queue: queue.clone(),
         }),
         Event::TimerCreated { id, fire_at_ms } => commit.timers.push((
             *fire_at_ms,

@@ -56,6 +56,10 @@ pub struct RuntimeOptions {
     /// everything, and work it has no code for is handed back and, past `handler_wait_max`,
     /// failed.
     pub fetch_registered_only: bool,
+    /// The task queues whose activities this runtime runs; `""` is the default queue (of
+    /// activities scheduled without one). Default: only `""`. A process that serves `gpu`
+    /// alone never takes an activity of the default queue, and the reverse.
+    pub task_queues: Vec<String>,
 }
 
 impl Default for RuntimeOptions {
@@ -79,6 +83,7 @@ impl Default for RuntimeOptions {
             turn_retry_delay_max: Duration::from_secs(60),
             handler_wait_max: Duration::from_secs(300),
             fetch_registered_only: true,
+            task_queues: vec![String::new()],
         }
     }
 }
@@ -109,6 +114,7 @@ pub(crate) struct Shared {
     /// What this process fetches: the registered names, or all (`fetch_registered_only`).
     pub(crate) orchestration_names: Names,
     pub(crate) activity_names: Names,
+    pub(crate) task_queues: Names,
 }
 
 impl Shared {
@@ -168,7 +174,9 @@ impl Runtime {
         } else {
             (Names::All, Names::All)
         };
+        let task_queues = Names::only(options.task_queues.iter().cloned());
         let shared = Arc::new(Shared {
+            task_queues,
             orchestration_names,
             activity_names,
             cache: HistoryCache::new(options.history_cache_instances_max),
@@ -321,6 +329,7 @@ async fn fetch_loop(shared: Arc<Shared>, tracker: TaskTracker, slots: Arc<Semaph
                     permits.len(),
                     shared.options.activity_lease,
                     &shared.activity_names,
+                    &shared.task_queues,
                 )
                 .await
                 .map(|items| {

@@ -809,6 +809,7 @@ fn history_check_flags_broken_histories() {
             name: ACTIVITY.into(),
             input: format!("7.{id}"),
             retry: None,
+            queue: None,
         });
     }
     for id in 0..3 {
@@ -827,6 +828,7 @@ fn history_check_flags_broken_histories() {
         name: ACTIVITY.into(),
         input: "7.final".into(),
         retry: None,
+        queue: None,
     });
     good.push(Event::ActivityCompleted {
         id: 4,

@@ -215,3 +215,58 @@ async fn processes_take_only_the_work_they_have_code_for() {
     orchestrator.shutdown(WAIT).await;
     pricing.shutdown(WAIT).await;
 }
+
+/// An activity scheduled on a task queue runs only in a process that serves that queue, even
+/// where other processes have its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activities_on_a_task_queue_run_only_where_it_is_served() {
+    let Some(cluster) = pg_or_skip("runtime postgres task queues") else {
+        return;
+    };
+    async fn render(ctx: OrchestrationContext, input: String) -> Result<String, Failure> {
+        let frame = ctx
+            .schedule_activity_on("gpu", "encode", input, None)
+            .await?;
+        let note = ctx.schedule_activity("encode", "note").await?;
+        Ok(format!("{frame}+{note}"))
+    }
+    let registry = |host: &'static str| {
+        Registry::new().orchestration("render", render).activity(
+            "encode",
+            move |_ctx: ActivityContext, input: String| async move {
+                Ok::<_, Failure>(format!("{input}@{host}"))
+            },
+        )
+    };
+    let url = cluster.url();
+    let (cpu_store, gpu_store) = (store(&url).await, store(&url).await);
+    wait_listening(&cpu_store).await;
+    wait_listening(&gpu_store).await;
+    let options = |queues: &[&str]| RuntimeOptions {
+        poll_interval: Duration::from_millis(50),
+        task_queues: queues.iter().map(|q| q.to_string()).collect(),
+        ..RuntimeOptions::default()
+    };
+    let cpu = Runtime::start(cpu_store.clone(), registry("cpu"), options(&[""]));
+    let gpu = Runtime::start(gpu_store, registry("gpu"), options(&["gpu"]));
+    let client = Client::new(cpu_store, Duration::from_millis(50));
+    for i in 0..10 {
+        client
+            .start("render", &format!("r{i}"), format!("f{i}"))
+            .await
+            .unwrap();
+    }
+    for i in 0..10 {
+        let info = client
+            .wait_for_completion(&format!("r{i}"), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(info.status, InstanceStatus::Completed, "{info:?}");
+        assert_eq!(
+            info.output.as_deref(),
+            Some(format!("f{i}@gpu+note@cpu").as_str())
+        );
+    }
+    cpu.shutdown(WAIT).await;
+    gpu.shutdown(WAIT).await;
+}

@@ -117,14 +117,15 @@ impl GroupSql {
             history: sql("INSERT INTO {s}.history (instance_id, execution_id, position, event)
                  SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[])"),
             consumed: sql("DELETE FROM {s}.inbox WHERE message_id = ANY($1::bigint[])"),
-            activities: sql("INSERT INTO {s}.activities (instance_id, execution_id, activity_id, name, input, retry, visible_at_ms, attempt, lock_token)
+            activities: sql("INSERT INTO {s}.activities (instance_id, execution_id, activity_id, name, input, retry, visible_at_ms, attempt, lock_token, task_queue)
                  SELECT a.instance_id, a.execution_id, a.activity_id, a.name, a.input, a.retry,
                         {s}.now_ms($1) + COALESCE(a.lease_ms, 0),
                         CASE WHEN a.lease_ms IS NULL THEN 0 ELSE 1 END,
-                        CASE WHEN a.lease_ms IS NULL THEN NULL ELSE a.lock_token END
+                        CASE WHEN a.lease_ms IS NULL THEN NULL ELSE a.lock_token END,
+                        a.task_queue
                  FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
-                             $7::text[], $8::bigint[], $9::bigint[])
-                      AS a(instance_id, execution_id, activity_id, name, input, retry, lease_ms, lock_token)
+                             $7::text[], $8::bigint[], $9::bigint[], $10::text[])
+                      AS a(instance_id, execution_id, activity_id, name, input, retry, lease_ms, lock_token, task_queue)
                  RETURNING item_id, instance_id, activity_id, lock_token IS NOT NULL"),
             // By primary key, each item with its own token; an item whose lease was lost is
             // left to its new holder.
@@ -327,6 +328,7 @@ struct Columns<'c> {
     activity_retries: Vec<Option<String>>,
     activity_leases: Vec<Option<i64>>,
     activity_tokens: Vec<i64>,
+    activity_queues: Vec<Option<&'c str>>,
     // completed activities
     completed_items: Vec<i64>,
     completed_tokens: Vec<i64>,
@@ -379,6 +381,7 @@ impl<'c> Columns<'c> {
             self.activity_leases
                 .push((index < claim_max).then_some(claim_lease_ms));
             self.activity_tokens.push(to_i64(commit.lock_token));
+            self.activity_queues.push(activity.task_queue.as_deref());
         }
         for (item, token) in &commit.completed_activities {
             self.completed_items.push(to_i64(*item));
@@ -586,7 +589,8 @@ async fn commit_group(
                 &c.activity_inputs,
                 &c.activity_retries,
                 &c.activity_leases,
-                &c.activity_tokens
+                &c.activity_tokens,
+                &c.activity_queues
             ]
         );
     }

@@ -76,7 +76,8 @@ CREATE TABLE {s}.activities (
     retry         text,
     attempt       integer NOT NULL DEFAULT 0,
     visible_at_ms bigint NOT NULL,
-    lock_token    bigint
+    lock_token    bigint,
+    task_queue    text
 );
 CREATE INDEX activities_visible ON {s}.activities (visible_at_ms, item_id);
 CREATE INDEX activities_instance ON {s}.activities (instance_id);

@@ -109,7 +109,7 @@ pub struct PostgresStore {
     fetched_activities_at: AtomicI64,
     /// The names the last fetch of each kind asked for (`None`: all), for `next_wake_at`.
     fetched_turn_names: std::sync::Mutex<Option<Vec<String>>>,
-    fetched_activity_names: std::sync::Mutex<Option<Vec<String>>>,
+    fetched_activity_names: std::sync::Mutex<(NameList, NameList)>,
     /// Turn commits and starts for the committer (`commit.rs`).
     commits: tokio::sync::mpsc::Sender<commit::Request>,
     /// Instance lookups for the reader (`read.rs`).
@@ -297,6 +297,7 @@ impl Sql {
                  picked AS (
                     SELECT item_id FROM {s}.activities WHERE visible_at_ms <= {s}.now_ms($1)
                       AND ($4::text[] IS NULL OR name = ANY($4::text[]))
+                      AND ($5::text[] IS NULL OR COALESCE(task_queue, '') = ANY($5::text[]))
                     ORDER BY visible_at_ms, item_id LIMIT $2 FOR UPDATE SKIP LOCKED)
                  UPDATE {s}.activities a SET attempt = a.attempt + 1, lock_token = token.value,
                      visible_at_ms = {s}.now_ms($1) + $3
@@ -304,7 +305,8 @@ impl Sql {
                  RETURNING a.item_id, a.lock_token, a.attempt, a.instance_id, a.execution_id,
                      a.activity_id, a.name, a.input, a.retry,
                      (SELECT i.status FROM {s}.instances i WHERE i.instance_id = a.instance_id),
-                     (SELECT i.name FROM {s}.instances i WHERE i.instance_id = a.instance_id)",
+                     (SELECT i.name FROM {s}.instances i WHERE i.instance_id = a.instance_id),
+                     a.task_queue",
             ),
             delete_items: sql(
                 "DELETE FROM {s}.activities WHERE item_id = ANY($1) AND lock_token = $2",
@@ -337,7 +339,8 @@ impl Sql {
             // A work item's lease is its visibility: one minimum covers both.
             next_wake_activities: sql(
                 "SELECT min(visible_at_ms) FROM {s}.activities WHERE visible_at_ms > $1
-                 AND ($2::text[] IS NULL OR name = ANY($2::text[]))",
+                 AND ($2::text[] IS NULL OR name = ANY($2::text[]))
+                 AND ($3::text[] IS NULL OR COALESCE(task_queue, '') = ANY($3::text[]))",
             ),
             import_exists: sql("SELECT instance_id FROM {s}.instances WHERE instance_id"),
             import_instances: sql(
@@ -357,9 +360,9 @@ impl Sql {
             ),
             import_activities: sql(
                 "INSERT INTO {s}.activities (instance_id, execution_id, activity_id, name, input,
-                    retry, attempt, visible_at_ms)
+                    retry, attempt, visible_at_ms, task_queue)
                  SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
-                    $6::text[], $7::int4[], $8::bigint[])",
+                    $6::text[], $7::int4[], $8::bigint[], $9::text[])",
             ),
             now: sql("SELECT {s}.now_ms($1)"),
             count_by_status: sql(
@@ -496,7 +499,7 @@ impl PostgresStore {
             fetched_activities_at: AtomicI64::new(i64::MIN),
             refused_writes: AtomicU64::new(0),
             fetched_turn_names: std::sync::Mutex::new(None),
-            fetched_activity_names: std::sync::Mutex::new(None),
+            fetched_activity_names: std::sync::Mutex::new((None, None)),
             commits,
             lookups,
             _tasks: tasks,
@@ -605,6 +608,7 @@ impl PostgresStore {
                     &c.a_retries,
                     &c.a_attempts,
                     &c.a_visible,
+                    &c.a_queues,
                 ],
             )
             .await
@@ -664,6 +668,9 @@ impl PostgresStore {
     }
 }
 
+/// Names a fetch asked for, as bound (`None`: all).
+type NameList = Option<Vec<String>>;
+
 /// The arrays `import_instances` binds.
 #[derive(Default)]
 struct ImportColumns<'a> {
@@ -694,6 +701,7 @@ struct ImportColumns<'a> {
     a_retries: Vec<Option<&'a str>>,
     a_attempts: Vec<i32>,
     a_visible: Vec<i64>,
+    a_queues: Vec<Option<&'a str>>,
 }
 
 impl<'a> ImportColumns<'a> {
@@ -747,6 +755,7 @@ impl<'a> ImportColumns<'a> {
             self.a_attempts
                 .push(i32::try_from(activity.attempt).unwrap_or(i32::MAX));
             self.a_visible.push(activity.visible_at_ms);
+            self.a_queues.push(activity.task_queue.as_deref());
         }
     }
 }
@@ -1129,16 +1138,18 @@ impl Store for PostgresStore {
         max: usize,
         lease: Duration,
         names: &Names,
+        queues: &Names,
     ) -> StoreResult<Vec<ActivityWorkItem>> {
         let names = names.as_slice().map(<[String]>::to_vec);
-        *lock(&self.fetched_activity_names) = names.clone();
+        let queues = queues.as_slice().map(<[String]>::to_vec);
+        *lock(&self.fetched_activity_names) = (names.clone(), queues.clone());
         let client = self.client().await?;
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         let now = self.now();
         let lease_ms = duration_ms(lease);
         let now_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&now];
-        let fetch_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&now, &max, &lease_ms, &names];
+        let fetch_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&now, &max, &lease_ms, &names, &queues];
         let e = |error| self.db_error(error);
         let clock = prepared(&client, &self.sql.now).await.map_err(e)?;
         let fetch = prepared(&client, &self.sql.fetch_activities)
@@ -1191,6 +1202,7 @@ impl Store for PostgresStore {
                     name: row.get(6),
                     input: row.get(7),
                     retry,
+                    task_queue: row.get(11),
                 },
                 unreadable,
                 orchestration: row.get(10),
@@ -1341,13 +1353,13 @@ impl Store for PostgresStore {
                 let since = self
                     .fetched_activities_at
                     .load(std::sync::atomic::Ordering::SeqCst);
-                let names = lock(&self.fetched_activity_names).clone();
+                let (names, queues) = lock(&self.fetched_activity_names).clone();
                 client
                     .query_one(
                         &prepared(&client, &self.sql.next_wake_activities)
                             .await
                             .map_err(|error| self.db_error(error))?,
-                        &[&since, &names],
+                        &[&since, &names, &queues],
                     )
                     .await
             }

@@ -166,6 +166,7 @@ mod shared {
                             name: "charge".into(),
                             input: String::new(),
                             retry: None,
+                            task_queue: None,
                         }],
                         ..TurnCommit::default()
                     })

@@ -4,7 +4,7 @@ use rusqlite::Connection;
 use sluice_sqlite::SqliteError;
 
 /// The schema version this code writes.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 const V1: &str = "
 -- The history length is not stored: it is the history's largest position + 1 (a primary-key
@@ -62,6 +62,11 @@ const V2: &str = "
 ALTER TABLE inbox ADD COLUMN deliveries INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Version 3: activities carry their task queue (`NULL`: the default queue).
+const V3: &str = "
+ALTER TABLE activities ADD COLUMN task_queue TEXT;
+";
+
 /// Brings the schema to [`SCHEMA_VERSION`]; refuses a database from a newer version.
 pub(crate) fn migrate(connection: &Connection) -> Result<(), SqliteError> {
     let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
@@ -79,6 +84,9 @@ pub(crate) fn migrate(connection: &Connection) -> Result<(), SqliteError> {
         }
         if version < 2 {
             steps.push_str(V2);
+        }
+        if version < 3 {
+            steps.push_str(V3);
         }
         connection.execute_batch(&format!(
             "BEGIN IMMEDIATE; {steps} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"

@@ -73,7 +73,7 @@ pub struct SqliteStore {
     /// The names the last fetch of each kind asked for (JSON arrays; `None`: all), for
     /// `next_wake_at`.
     fetched_turn_names: Mutex<Option<String>>,
-    fetched_activity_names: Mutex<Option<String>>,
+    fetched_activity_names: Mutex<(Option<String>, Option<String>)>,
     _lock_file: Option<std::fs::File>,
 }
 
@@ -221,7 +221,8 @@ fn export_in(
             .collect::<rusqlite::Result<_>>()?;
         instance.activities = connection
             .prepare_cached(
-                "SELECT execution_id, activity_id, name, input, retry, attempt, visible_at_ms
+                "SELECT execution_id, activity_id, name, input, retry, attempt, visible_at_ms,
+                        task_queue
                  FROM activities WHERE instance_id = ?1 ORDER BY item_id",
             )?
             .query_map(params![id], |row| {
@@ -233,6 +234,7 @@ fn export_in(
                     retry: row.get(4)?,
                     attempt: u32::try_from(row.get::<_, i64>(5)?).unwrap_or(0),
                     visible_at_ms: row.get(6)?,
+                    task_queue: row.get(7)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -314,7 +316,7 @@ impl SqliteStore {
             fetched_turns_at: Arc::new(AtomicI64::new(i64::MIN)),
             fetched_activities_at: Arc::new(AtomicI64::new(i64::MIN)),
             fetched_turn_names: Mutex::new(None),
-            fetched_activity_names: Mutex::new(None),
+            fetched_activity_names: Mutex::new((None, None)),
             _lock_file: lock_file,
         })
     }
@@ -598,8 +600,8 @@ fn commit_turn_in(
     {
         let mut insert = connection
             .prepare_cached(
-                "INSERT INTO activities (instance_id, execution_id, activity_id, name, input, retry, visible_at_ms, attempt)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING item_id",
+                "INSERT INTO activities (instance_id, execution_id, activity_id, name, input, retry, visible_at_ms, attempt, task_queue)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING item_id",
             )
             .map_err(db_error)?;
         for activity in &commit.activities {
@@ -617,7 +619,8 @@ fn commit_turn_in(
                         activity.input,
                         retry,
                         now,
-                        i64::from(claim)
+                        i64::from(claim),
+                        activity.task_queue
                     ],
                     |row| row.get(0),
                 )
@@ -942,12 +945,14 @@ fn fetch_turns_in(
     Ok(turns)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn fetch_activities_in(
     connection: &Connection,
     max: usize,
     lease_ms: i64,
     now: TimestampMs,
     names: &Names,
+    queues: &Names,
     token: i64,
     leases: &Mutex<Leases>,
 ) -> StoreResult<Vec<ActivityWorkItem>> {
@@ -959,13 +964,15 @@ fn fetch_activities_in(
              LEFT JOIN instances i ON i.instance_id = a.instance_id
              WHERE a.visible_at_ms <= ?1
                AND (?3 IS NULL OR a.name IN (SELECT value FROM json_each(?3)))
+               AND (?4 IS NULL OR COALESCE(a.task_queue, '') IN (SELECT value FROM json_each(?4)))
              ORDER BY a.item_id LIMIT ?2",
         )
         .and_then(|mut statement| {
             statement
-                .query_map(params![now, limit, names_json(names)], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                })?
+                .query_map(
+                    params![now, limit, names_json(names), names_json(queues)],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )?
                 .collect()
         })
         .map_err(db_error)?;
@@ -994,7 +1001,8 @@ fn fetch_activities_in(
         let row = connection
             .prepare_cached(
                 "UPDATE activities SET attempt = attempt + 1 WHERE item_id = ?1
-                 RETURNING instance_id, execution_id, activity_id, name, input, retry, attempt",
+                 RETURNING instance_id, execution_id, activity_id, name, input, retry, attempt,
+                     task_queue",
             )
             .and_then(|mut statement| {
                 statement.query_row(params![item_id], |row| {
@@ -1006,11 +1014,12 @@ fn fetch_activities_in(
                         row.get::<_, String>(4)?,
                         row.get::<_, Option<String>>(5)?,
                         row.get::<_, i64>(6)?,
+                        row.get::<_, Option<String>>(7)?,
                     ))
                 })
             })
             .map_err(db_error)?;
-        let (instance_id, execution_id, activity_id, name, input, retry, attempt) = row;
+        let (instance_id, execution_id, activity_id, name, input, retry, attempt, task_queue) = row;
         lock_leases(leases).activities.insert(
             item_id,
             Lease {
@@ -1041,6 +1050,7 @@ fn fetch_activities_in(
                 name,
                 input,
                 retry,
+                task_queue,
             },
             unreadable,
             orchestration,
@@ -1248,16 +1258,19 @@ impl Store for SqliteStore {
         max: usize,
         lease: Duration,
         names: &Names,
+        queues: &Names,
     ) -> StoreResult<Vec<ActivityWorkItem>> {
         let token = self.tokens.next();
         let lease_ms = duration_ms(lease);
         let leases = self.leases.clone();
         let fetched_at = self.fetched_activities_at.clone();
-        *lock(&self.fetched_activity_names) = names_json(names);
-        let names = names.clone();
+        *lock(&self.fetched_activity_names) = (names_json(names), names_json(queues));
+        let (names, queues) = (names.clone(), queues.clone());
         self.write(move |connection, now| {
             fetched_at.store(now, Ordering::SeqCst);
-            fetch_activities_in(connection, max, lease_ms, now, &names, token, &leases)
+            fetch_activities_in(
+                connection, max, lease_ms, now, &names, &queues, token, &leases,
+            )
         })
         .await
     }
@@ -1420,29 +1433,31 @@ impl Store for SqliteStore {
     }
 
     async fn next_wake_at(&self, work: Work) -> StoreResult<Option<TimestampMs>> {
-        let (since, names, sql) = match work {
+        let (since, filter, sql) = match work {
             Work::Turns => (
                 &self.fetched_turns_at,
-                &self.fetched_turn_names,
+                (lock(&self.fetched_turn_names).clone(), None),
                 "SELECT MIN(m.visible_at_ms) FROM inbox m WHERE m.visible_at_ms > ?1
                    AND (?2 IS NULL OR (SELECT i.name FROM instances i WHERE i.instance_id = m.instance_id)
-                                      IN (SELECT value FROM json_each(?2)))",
+                                      IN (SELECT value FROM json_each(?2)))
+                   AND ?3 IS NULL",
             ),
             Work::Activities => (
                 &self.fetched_activities_at,
-                &self.fetched_activity_names,
+                lock(&self.fetched_activity_names).clone(),
                 "SELECT MIN(visible_at_ms) FROM activities WHERE visible_at_ms > ?1
-                   AND (?2 IS NULL OR name IN (SELECT value FROM json_each(?2)))",
+                   AND (?2 IS NULL OR name IN (SELECT value FROM json_each(?2)))
+                   AND (?3 IS NULL OR COALESCE(task_queue, '') IN (SELECT value FROM json_each(?3)))",
             ),
         };
         let since = since.load(Ordering::SeqCst);
-        let names = lock(names).clone();
+        let (names, queues) = filter;
         let stored: Option<TimestampMs> = self
             .read(move |connection, _now| {
                 connection
                     .prepare_cached(sql)
                     .and_then(|mut statement| {
-                        statement.query_row(params![since, names], |row| row.get(0))
+                        statement.query_row(params![since, names, queues], |row| row.get(0))
                     })
                     .map_err(db_error)
             })

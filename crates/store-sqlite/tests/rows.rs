@@ -59,6 +59,7 @@ async fn start_with_activities(store: &SqliteStore, id: &str, activities: u64) {
                     name: "charge".into(),
                     input: String::new(),
                     retry: Some(RetryPolicy::attempts(2)),
+                    task_queue: None,
                 })
                 .collect(),
             ..TurnCommit::default()
@@ -173,7 +174,8 @@ async fn deliveries_survive_a_restart() {
     assert_eq!(second[0].delivery, 2);
 }
 
-/// A version-1 database (no delivery counts) is upgraded in place; its messages start at zero.
+/// A version-1 database (no delivery counts, no task queues) is upgraded in place; its
+/// messages start at zero.
 #[tokio::test]
 async fn a_version_1_database_is_upgraded() {
     let temp = TempSqlite::new();
@@ -181,13 +183,16 @@ async fn a_version_1_database_is_upgraded() {
     store.create_instance(new_instance("a")).await.unwrap();
     drop(store);
     raw(&temp)
-        .execute_batch("ALTER TABLE inbox DROP COLUMN deliveries; PRAGMA user_version = 1;")
+        .execute_batch(
+            "ALTER TABLE inbox DROP COLUMN deliveries; ALTER TABLE activities DROP COLUMN task_queue;
+             PRAGMA user_version = 1;",
+        )
         .unwrap();
     let store = open(&temp);
     let version: i64 = raw(&temp)
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let turn = store.fetch_turns(1, LEASE, &[]).await.unwrap();
     assert_eq!(turn[0].delivery, 1);
     assert!(matches!(turn[0].messages[0].1, Message::Start { .. }));

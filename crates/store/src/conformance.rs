@@ -43,6 +43,7 @@ fn activity(id: &str, activity_id: u64) -> NewActivity {
         name: "charge".into(),
         input: "x".into(),
         retry: None,
+        task_queue: None,
     }
 }
 
@@ -187,6 +188,7 @@ pub async fn turn_commit_is_atomic<S: Store>(h: Harness<S>) {
                 name: "charge".into(),
                 input: "x".into(),
                 retry: None,
+                queue: None,
             },
             Event::TimerCreated {
                 id: 1,
@@ -983,8 +985,9 @@ pub async fn what_became_due_since_the_last_fetch_wakes_at_once<S: Store>(h: Har
 }
 
 /// A fetch for some names hands out only instances and work items of those names (the ones
-/// the caller holds results for included), and its next wake-up counts only them, so a process
-/// never takes work it has no code for and never spins on work it cannot take.
+/// the caller holds results for included) and, for work items, of the task queues it names;
+/// its next wake-up counts only them, so a process never takes work it has no code for (or
+/// does not serve) and never spins on work it cannot take.
 pub async fn fetches_hand_out_only_the_names_asked_for<S: Store>(h: Harness<S>) {
     let store = &h.store;
     let billing = crate::Names::only(["billing"]);
@@ -1036,6 +1039,7 @@ pub async fn fetches_hand_out_only_the_names_asked_for<S: Store>(h: Harness<S>) 
                 activity("b", 0),
                 NewActivity {
                     name: "mail".into(),
+                    task_queue: Some("email".into()),
                     ..activity("b", 1)
                 },
             ],
@@ -1044,19 +1048,25 @@ pub async fn fetches_hand_out_only_the_names_asked_for<S: Store>(h: Harness<S>) 
         .await
         .unwrap();
     let mail = crate::Names::only(["mail"]);
-    let items = store
-        .fetch_activities_named(10, LEASE, &mail)
-        .await
-        .unwrap();
-    assert_eq!(items.len(), 1);
-    assert_eq!(items[0].activity.name, "mail");
+    let default_queue = crate::Names::only([""]);
+    let email_queue = crate::Names::only(["email"]);
+    let fetch = |names, queues| store.fetch_activities_named(10, LEASE, names, queues);
     assert!(
-        store
-            .fetch_activities_named(10, LEASE, &mail)
+        fetch(&mail, &default_queue).await.unwrap().is_empty(),
+        "mail runs on the email queue"
+    );
+    let gpu_queue = crate::Names::only(["gpu"]);
+    assert!(
+        fetch(&crate::Names::All, &gpu_queue)
             .await
             .unwrap()
             .is_empty()
     );
+    let items = fetch(&mail, &email_queue).await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].activity.name, "mail");
+    assert_eq!(items[0].activity.task_queue.as_deref(), Some("email"));
+    assert!(fetch(&mail, &email_queue).await.unwrap().is_empty());
     let items = store.fetch_activities(10, LEASE).await.unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].activity.name, "charge");

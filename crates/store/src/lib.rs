@@ -185,21 +185,24 @@ pub trait Store: Send + Sync + 'static {
     /// Locks up to `max` visible activity work items for `lease`, counting an attempt on each.
     /// Work items of finished instances are deleted, not handed out. A work item that cannot be
     /// decoded comes back with [`ActivityWorkItem::unreadable`] set. Only work items of the
-    /// activities `names` has are handed out (and counted by [`Store::next_wake_at`]).
+    /// activities `names` has, on the task queues `queues` has (the default queue is named
+    /// `""`), are handed out (and counted by [`Store::next_wake_at`]).
     async fn fetch_activities_named(
         &self,
         max: usize,
         lease: Duration,
         names: &Names,
+        queues: &Names,
     ) -> StoreResult<Vec<ActivityWorkItem>>;
 
-    /// [`Store::fetch_activities_named`] with [`Names::All`].
+    /// [`Store::fetch_activities_named`] with [`Names::All`] names and queues.
     async fn fetch_activities(
         &self,
         max: usize,
         lease: Duration,
     ) -> StoreResult<Vec<ActivityWorkItem>> {
-        self.fetch_activities_named(max, lease, &Names::All).await
+        self.fetch_activities_named(max, lease, &Names::All, &Names::All)
+            .await
     }
 
     /// Extends an activity's lease. Returns whether the owning instance is still running (an

@@ -133,6 +133,9 @@ pub struct NewActivity {
     pub input: String,
     /// Retry policy.
     pub retry: Option<RetryPolicy>,
+    /// Task queue (`None`: the default one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_queue: Option<String>,
 }
 
 /// A locked activity work item.
@@ -298,4 +301,6 @@ pub struct ExportedActivity {
     pub attempt: u32,
     /// When it may next be handed out.
     pub visible_at_ms: sluice_history::TimestampMs,
+    /// Task queue (`None`: the default one).
+    pub task_queue: Option<String>,
 }
