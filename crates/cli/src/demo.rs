@@ -17,9 +17,16 @@ use std::time::{Duration, Instant};
 /// Options of `sluice demo`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct DemoArgs {
-    /// The SQLite database file (created if missing).
+    /// The SQLite database file (created if missing), unless --store is given.
     #[arg(long, default_value = "sluice-demo.db")]
     db: PathBuf,
+    /// A store by URL instead: `postgres://user:password@host/database` (shared with any
+    /// `sluice worker` processes on it, which then take part of the work) or `sqlite://PATH`.
+    #[arg(long)]
+    store: Option<String>,
+    /// The PostgreSQL schema, with --store postgres://.
+    #[arg(long, default_value = "sluice")]
+    schema: String,
     /// Orders to run (ids order-0 .. order-N-1; existing ones are resumed, not restarted).
     #[arg(long, default_value_t = 200)]
     orders: u32,
@@ -73,7 +80,7 @@ struct Finished {
 }
 
 pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
-    if args.fresh {
+    if args.fresh && args.store.is_none() {
         for suffix in ["", "-wal", "-shm"] {
             let path = PathBuf::from(format!("{}{suffix}", args.db.display()));
             if path.exists() {
@@ -82,7 +89,16 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
             }
         }
     }
-    let store = open_sqlite(&args.db, args.synchronous)?;
+    let (store, described) = match &args.store {
+        Some(url) => {
+            let (store, described, _) = crate::worker::open_store(url, &args.schema, 5).await?;
+            (store, described)
+        }
+        None => (
+            open_sqlite(&args.db, args.synchronous)? as std::sync::Arc<dyn Store>,
+            format!("{} (synchronous={:?})", args.db.display(), args.synchronous),
+        ),
+    };
     let options = RuntimeOptions {
         orchestration_concurrency: args.orch_concurrency,
         activity_concurrency: args.activity_concurrency,
@@ -91,10 +107,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     let runtime = Runtime::start(store.clone(), registry(), options);
     let client = runtime.client();
     println!(
-        "sluice demo: {} orders on {} (synchronous={:?}); Ctrl-C to interrupt, run again to resume",
+        "sluice demo: {} orders on {described}; Ctrl-C to interrupt, run again to resume",
         args.orders,
-        args.db.display(),
-        args.synchronous
     );
 
     let began = Instant::now();

@@ -134,3 +134,39 @@ fn the_benchmark_runs_its_work_in_worker_processes() {
         .unwrap();
     assert_eq!(left.trim(), "0");
 }
+
+/// `sluice demo --store postgres://...` runs its orders on PostgreSQL, with a `sluice worker`
+/// on the same store taking part, and every order finishes.
+#[test]
+fn the_demo_runs_on_postgres_beside_a_worker() {
+    let Some(cluster) = pg_or_skip("cli demo on postgres") else {
+        return;
+    };
+    let url = cluster.url();
+    let mut worker = sluice()
+        .args(["worker", "--store", &url])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start sluice worker");
+    let demo = sluice()
+        .args(["demo", "--store", &url, "--orders", "30"])
+        .args(["--approval-timeout-ms", "200"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sluice demo");
+    common::show("sluice demo --store postgres", &demo);
+    assert!(demo.status.success());
+    let finished = cluster
+        .psql(
+            "SELECT count(*) FROM sluice.instances WHERE name = 'order'
+             AND status IN ('completed', 'failed')",
+        )
+        .unwrap();
+    assert_eq!(finished.trim(), "30", "every order finished");
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "the worker still runs"
+    );
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+}

@@ -215,8 +215,8 @@ pub struct PoolOptions {
     /// `application_name`, unless the URL sets one.
     pub application_name: &'static str,
     /// Server settings for every pooled connection, as `(name, value)`, sent at connect (the
-    /// `options` startup parameter, after any the URL gives, so these win). Names and values
-    /// are the caller's constants.
+    /// `options` startup parameter, before any the URL gives, so the URL's win). Names and
+    /// values are the caller's constants.
     pub session_settings: &'static [(&'static str, &'static str)],
 }
 
@@ -261,11 +261,12 @@ pub fn build_pool(options: &ConnectOptions, pool: &PoolOptions) -> Result<Pool, 
         config.connect_timeout(pool.connect_timeout);
     }
     if !pool.session_settings.is_empty() {
-        let mut startup = config.get_options().unwrap_or_default().to_string();
+        let mut startup = String::new();
         for (name, value) in pool.session_settings {
-            startup.push_str(&format!(" -c {name}={value}"));
+            startup.push_str(&format!("-c {name}={value} "));
         }
-        config.options(startup.trim_start());
+        startup.push_str(config.get_options().unwrap_or_default());
+        config.options(startup.trim_end());
     }
     let manager = Manager::from_config(
         config,
