@@ -469,27 +469,27 @@ async fn commit_group(
     // One clock for the group when a test clock is in use (`None` otherwise).
     let now = requests.iter().map(Request::now).max().flatten();
     // Every instance the group's turns write: their own and those they send messages to.
-    let mut turn_ids: Vec<&str> = Vec::new();
+    let mut locked_ids: Vec<&str> = Vec::new();
     for request in requests {
         if let Request::Turn { commit, .. } = request {
-            turn_ids.push(&commit.instance_id);
+            locked_ids.push(&commit.instance_id);
             for outbound in &commit.outbound {
                 match outbound {
-                    Outbound::Message { instance_id, .. } => turn_ids.push(instance_id),
+                    Outbound::Message { instance_id, .. } => locked_ids.push(instance_id),
                     Outbound::Start(start) => {
                         if let Some(parent) = &start.parent {
-                            turn_ids.push(&parent.instance_id);
+                            locked_ids.push(&parent.instance_id);
                         }
                     }
                 }
             }
         }
     }
-    turn_ids.sort_unstable();
-    turn_ids.dedup();
+    locked_ids.sort_unstable();
+    locked_ids.dedup();
     // Phase 1: lock and read every instance the group's turns write, in id order (so two
     // processes never lock in opposite orders).
-    let check_params: [&(dyn ToSql + Sync); 2] = [&now, &turn_ids];
+    let check_params: [&(dyn ToSql + Sync); 2] = [&now, &locked_ids];
     let (begun, checked) = tokio::join!(
         client.batch_execute("BEGIN"),
         client.query(&statements.check, &check_params),

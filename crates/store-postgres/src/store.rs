@@ -295,18 +295,17 @@ impl Sql {
             fetch_activities: sql(
                 "WITH token AS (SELECT nextval('{s}.lock_tokens') AS value),
                  picked AS (
-                    SELECT item_id FROM {s}.activities WHERE visible_at_ms <= {s}.now_ms($1)
+                    SELECT item_id, instance_id FROM {s}.activities WHERE visible_at_ms <= {s}.now_ms($1)
                       AND ($4::text[] IS NULL OR name = ANY($4::text[]))
                       AND ($5::text[] IS NULL OR COALESCE(task_queue, '') = ANY($5::text[]))
                     ORDER BY visible_at_ms, item_id LIMIT $2 FOR UPDATE SKIP LOCKED)
                  UPDATE {s}.activities a SET attempt = a.attempt + 1, lock_token = token.value,
                      visible_at_ms = {s}.now_ms($1) + $3
-                 FROM picked, token WHERE a.item_id = picked.item_id
+                 FROM picked CROSS JOIN token
+                      LEFT JOIN {s}.instances i ON i.instance_id = picked.instance_id
+                 WHERE a.item_id = picked.item_id
                  RETURNING a.item_id, a.lock_token, a.attempt, a.instance_id, a.execution_id,
-                     a.activity_id, a.name, a.input, a.retry,
-                     (SELECT i.status FROM {s}.instances i WHERE i.instance_id = a.instance_id),
-                     (SELECT i.name FROM {s}.instances i WHERE i.instance_id = a.instance_id),
-                     a.task_queue",
+                     a.activity_id, a.name, a.input, a.retry, i.status, i.name, a.task_queue",
             ),
             delete_items: sql(
                 "DELETE FROM {s}.activities WHERE item_id = ANY($1) AND lock_token = $2",
