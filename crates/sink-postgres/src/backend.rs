@@ -14,7 +14,8 @@ use deadpool_postgres::{Pool, PoolError, WeakPool};
 use sluice_postgres::{ConnectError, ConnectOptions, PoolOptions, SERVER_VERSION_MIN};
 use sluice_sink::{
     BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, DeadLetter, Delivery,
-    ErrorClass, Ident, PrepareRequest, Prepared, SinkBackend, SinkConfig, TableWriter,
+    DescribedColumn, ErrorClass, Ident, PrepareRequest, Prepared, SinkBackend, SinkConfig,
+    TableWriter,
 };
 use std::fmt;
 use std::sync::Arc;
@@ -260,6 +261,14 @@ impl PostgresBackend {
 impl SinkBackend for PostgresBackend {
     fn name(&self) -> &'static str {
         "postgres"
+    }
+
+    async fn describe_table(
+        &self,
+        table: &Ident,
+    ) -> Result<Option<Vec<DescribedColumn>>, BackendError> {
+        let client = Pooled::new(self.pool.clone(), table).get().await?;
+        crate::describe::describe_table(&client, table).await
     }
 
     async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError> {

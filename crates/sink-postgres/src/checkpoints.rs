@@ -12,8 +12,9 @@
 //!   row is locked, so the next checkpoint writes the row `lane + 64` (then `+ 128`, ...)
 //!   instead of waiting for a commit that may only come after this `pre_commit` (see
 //!   [`progress_row`]). A prepared transaction survives crashes of the writer and
-//!   of the server; `recover(restored)` commits this writer's up to `restored` and rolls back
-//!   the later ones.
+//!   of the server; `recover(restored, resume)` commits this writer's up to the completed
+//!   checkpoint (`restored`, or with `Resume::Committed` the highest one a lane committed when
+//!   that is higher) and rolls back the later ones.
 //!
 //! Every `write_batch` runs in a savepoint of its lane's transaction: a row error (SQLSTATE
 //! classes 22 and 23, a value the encoder refuses) rolls back to the savepoint and is returned
@@ -37,7 +38,7 @@ use deadpool_postgres::Object;
 use metrics::Gauge;
 use sluice_sink::{
     BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed, DeadLetter,
-    Delivery, ErrorClass, FLUSH_CONCURRENCY_LIMIT, Ident, MetricName,
+    Delivery, ErrorClass, FLUSH_CONCURRENCY_LIMIT, Ident, MetricName, Resume,
 };
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -604,7 +605,11 @@ impl CheckpointWriter for PostgresCheckpoints {
         Ok(())
     }
 
-    async fn recover(&self, restored: Option<u64>) -> Result<Option<Committed>, BackendError> {
+    async fn recover(
+        &self,
+        restored: Option<u64>,
+        resume: Resume,
+    ) -> Result<Option<Committed>, BackendError> {
         self.roll_back_open().await;
         if self.two_phase {
             self.pending.lock().await.clear();
@@ -617,7 +622,7 @@ impl CheckpointWriter for PostgresCheckpoints {
         let started = std::time::Instant::now();
         loop {
             if self.two_phase {
-                self.resolve_prepared(restored).await?;
+                self.resolve_prepared(restored, resume).await?;
             }
             let mut session = self.shared.pool.session().await?;
             session.begin_with(None).await?;
@@ -655,10 +660,34 @@ impl CheckpointWriter for PostgresCheckpoints {
 }
 
 impl PostgresCheckpoints {
-    /// Commits this writer's prepared transactions up to `restored` and rolls back the later
-    /// ones (two-phase recovery).
-    async fn resolve_prepared(&self, restored: Option<u64>) -> Result<(), BackendError> {
+    /// Commits this writer's prepared transactions up to the completed checkpoint and rolls
+    /// back the later ones (two-phase recovery). The completed checkpoint is `restored`, or
+    /// with `Resume::Committed` the higher of it and the highest one a lane committed (a lane
+    /// commits only after every lane prepared). Before reading that, waits until no
+    /// `COMMIT PREPARED` of this writer is still running on the server (one an earlier run
+    /// sent just before it died): its lane's progress row must be seen before the other
+    /// lanes' transactions of that checkpoint are judged.
+    async fn resolve_prepared(
+        &self,
+        restored: Option<u64>,
+        resume: Resume,
+    ) -> Result<(), BackendError> {
         let client = self.shared.pool.get().await?;
+        let restored = match resume {
+            Resume::Restored => restored,
+            Resume::Committed => {
+                self.wait_for_commits_in_flight(&client).await?;
+                let latest = client
+                    .query_opt(&self.progress.latest, &[&self.sink_id, &self.writer_id])
+                    .await
+                    .map_err(|e| classify(&e))?;
+                let latest = latest
+                    .map(|row| self.committed(&row))
+                    .transpose()?
+                    .map(|committed| committed.checkpoint_id);
+                restored.max(latest)
+            }
+        };
         let rows = client
             .query(
                 "SELECT gid FROM pg_catalog.pg_prepared_xacts \
@@ -699,6 +728,42 @@ impl PostgresCheckpoints {
         }
         self.orphaned.set(0.0);
         Ok(())
+    }
+
+    /// Waits (up to [`RECOVERY_LOCK_WAIT`]) until no session runs a `COMMIT PREPARED` of this
+    /// writer's transactions.
+    async fn wait_for_commits_in_flight(&self, client: &Object) -> Result<(), BackendError> {
+        let statement = format!("COMMIT PREPARED {}", literal(&self.prefix));
+        // The literal's closing quote is not part of the prefix of a whole gid's literal.
+        let statement = statement.trim_end_matches('\'').to_string();
+        let started = std::time::Instant::now();
+        loop {
+            let running: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_catalog.pg_stat_activity \
+                     WHERE pid <> pg_backend_pid() AND state = 'active' \
+                       AND starts_with(query, $1)",
+                    &[&statement],
+                )
+                .await
+                .map_err(|e| classify(&e))?
+                .get(0);
+            if running == 0 {
+                return Ok(());
+            }
+            if started.elapsed() >= RECOVERY_LOCK_WAIT {
+                return Err(BackendError::Fatal {
+                    code: "postgres.writer_busy",
+                    message: format!(
+                        "a COMMIT PREPARED of sink {} writer {} did not end within {} s",
+                        self.sink_id,
+                        self.writer_id,
+                        RECOVERY_LOCK_WAIT.as_secs()
+                    ),
+                });
+            }
+            tokio::time::sleep(RECOVERY_LOCK_POLL).await;
+        }
     }
 
     /// The progress row read at recovery.

@@ -4,32 +4,12 @@
 
 use crate::error::classify;
 use crate::values::PgType;
-use sluice_sink::{BackendError, ColumnType, Ident};
-
-/// One column of an existing table, as [`describe_table`] reads it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DescribedColumn {
-    /// The column's name, exactly as stored.
-    pub name: String,
-    /// The sink's column type whose values the column holds exactly, or `None` when the
-    /// sink does not write the column's type (for example `real`, `character(n)`, arrays).
-    pub column_type: Option<ColumnType>,
-    /// The type as PostgreSQL shows it (`format_type`), for messages.
-    pub type_name: String,
-    /// Whether NULL is allowed.
-    pub nullable: bool,
-    /// Whether the table fills the column when a row leaves it out: a default, an identity
-    /// or a generated column.
-    pub filled_by_table: bool,
-    /// Whether nothing may be written to it: a generated column or `GENERATED ALWAYS AS
-    /// IDENTITY`.
-    pub read_only: bool,
-}
+use sluice_sink::{BackendError, ColumnType, DescribedColumn, Ident};
 
 /// The columns of table `table` (resolved on the search path like the sink resolves it), in
 /// their order, or `None` when no table of that name exists. A view or another kind of
 /// relation is `None` too: the sink does not write into them.
-pub async fn describe_table(
+pub(crate) async fn describe_table(
     client: &tokio_postgres::Client,
     table: &Ident,
 ) -> Result<Option<Vec<DescribedColumn>>, BackendError> {

@@ -16,7 +16,7 @@
 //! code of their class (`postgres.<class>xxx`).
 //!
 //! Messages are the server's message with its SQLSTATE and DETAIL, cut to
-//! [`MESSAGE_BYTES_MAX`]. No message ever contains the connection URL: the client library's
+//! [`sluice_sink::MESSAGE_BYTES_MAX`]. No message ever contains the connection URL: the client library's
 //! errors do not echo it, and this crate names a server only by [`crate::PostgresSinkOptions::target`]
 //! (host, port, database and user, never the password).
 
@@ -24,9 +24,6 @@ use deadpool_postgres::PoolError;
 use sluice_sink::BackendError;
 use std::error::Error as _;
 use tokio_postgres::error::DbError;
-
-/// The longest error message kept, in bytes.
-pub(crate) const MESSAGE_BYTES_MAX: usize = 1024;
 
 macro_rules! codes {
     ($($state:literal)*) => { &[$(concat!("postgres.", $state)),*] };
@@ -92,18 +89,7 @@ pub(crate) fn sqlstate_class(state: &str) -> sluice_sink::ErrorClass {
     }
 }
 
-/// Cuts `message` to [`MESSAGE_BYTES_MAX`] bytes on a character boundary.
-pub(crate) fn shortened(mut message: String) -> String {
-    if message.len() > MESSAGE_BYTES_MAX {
-        let mut end = MESSAGE_BYTES_MAX;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push_str("...");
-    }
-    message
-}
+pub(crate) use sluice_sink::shortened_message as shortened;
 
 fn db_message(db: &DbError) -> String {
     let mut message = format!("{} (SQLSTATE {})", db.message(), db.code().code());
@@ -329,8 +315,8 @@ mod tests {
 
     #[test]
     fn long_messages_are_cut_on_a_character_boundary() {
-        let message = shortened("é".repeat(MESSAGE_BYTES_MAX));
-        assert!(message.len() <= MESSAGE_BYTES_MAX + 3);
+        let message = shortened("é".repeat(sluice_sink::MESSAGE_BYTES_MAX));
+        assert!(message.len() <= sluice_sink::MESSAGE_BYTES_MAX + 3);
         assert!(message.ends_with("..."));
         assert_eq!(shortened("short".into()), "short");
     }

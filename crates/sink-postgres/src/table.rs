@@ -18,15 +18,7 @@ use std::collections::BTreeSet;
 use tokio_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
-/// Columns of the dead-letter table the sink writes (besides its `id`), as in the SQLite
-/// backend.
-pub const DEAD_LETTER_COLUMNS: [&str; 5] = [
-    "failed_at_us",
-    "table_name",
-    "error_code",
-    "error",
-    "row_json",
-];
+pub(crate) use sluice_sink::DEAD_LETTER_COLUMNS;
 
 /// The first half of the advisory-lock key the sink takes while preparing a table ("sluc").
 const ADVISORY_LOCK_CLASS: i32 = 0x736c_7563;

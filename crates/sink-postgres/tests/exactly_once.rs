@@ -7,57 +7,22 @@
 
 mod common;
 
-use async_trait::async_trait;
-use common::{TestDb, backend, connect, fresh_database};
-use sluice_sink::compliance::Harness;
+use common::{PgHarness, TestDb, backend, connect, fresh_database, prepared};
 use sluice_sink::{
-    Column, ColumnType, CreateTable, DeadLetter, Delivery, Ident, Mode, Resume, Row, Schema, Sink,
-    SinkBackend, SinkConfig, SinkConfigBuilder, SinkError, SinkId, Value,
+    Column, ColumnType, CreateTable, Delivery, Mode, Resume, Row, Schema, Sink, SinkBackend,
+    SinkConfig, SinkConfigBuilder, SinkError, SinkId, Value,
 };
 use sluice_testkit::pg_or_skip;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 const SUITE: &str = "sink-postgres exactly-once";
 
-/// The compliance harness over a database of its own.
-struct PgHarness(TestDb);
-
-impl PgHarness {
-    async fn start() -> Option<PgHarness> {
-        TestDb::start(SUITE).await.map(PgHarness)
-    }
-}
-
-#[async_trait]
-impl Harness for PgHarness {
-    fn backend(&self) -> &dyn SinkBackend {
-        self.0.sink_backend()
-    }
-
-    async fn read_rows(&self, schema: &Schema) -> Vec<Vec<Value>> {
-        self.0.rows(schema).await
-    }
-
-    async fn read_dead_letters(&self, table: &Ident) -> Vec<DeadLetter> {
-        self.0.dead_letters(table.as_str()).await
-    }
-
-    fn scratch_dir(&self) -> PathBuf {
-        self.0.scratch.path().to_path_buf()
-    }
-
-    async fn prepared_transactions(&self) -> Vec<String> {
-        prepared(&self.0.admin).await
-    }
-}
-
 mod transactional_marker {
     use super::PgHarness;
     sluice_sink::exactly_once_compliance_tests!(
-        match PgHarness::start().await {
+        match PgHarness::start(super::SUITE).await {
             Some(harness) => harness,
             None => return,
         },
@@ -68,7 +33,7 @@ mod transactional_marker {
 mod two_phase {
     use super::PgHarness;
     sluice_sink::exactly_once_compliance_tests!(
-        match PgHarness::start().await {
+        match PgHarness::start(super::SUITE).await {
             Some(harness) => harness,
             None => return,
         },
@@ -124,19 +89,6 @@ fn upserts(range: std::ops::Range<i64>, v: &str) -> Vec<Row> {
 }
 
 /// Global ids of the prepared transactions of the current database.
-async fn prepared(client: &sluice_sink_postgres::tokio_postgres::Client) -> Vec<String> {
-    client
-        .query(
-            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY gid",
-            &[],
-        )
-        .await
-        .expect("list prepared transactions")
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
-}
-
 /// Rows of `table`, as another session sees them.
 async fn count(client: &sluice_sink_postgres::tokio_postgres::Client, table: &str) -> i64 {
     client

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use rusqlite::limits::Limit;
 use sluice_sink::{
-    BackendError, Batch, BatchOutcome, CheckpointWriter, DeadLetter, Delivery, PrepareRequest,
-    Prepared, SinkBackend, TableWriter,
+    BackendError, Batch, BatchOutcome, CheckpointWriter, DeadLetter, Delivery, DescribedColumn,
+    Ident, PrepareRequest, Prepared, SinkBackend, TableWriter,
 };
 use sluice_sqlite::{GroupCommitWriter, Location, OpenOptions, SqliteError};
 use std::sync::Arc;
@@ -92,6 +92,18 @@ impl SqliteBackend {
 impl SinkBackend for SqliteBackend {
     fn name(&self) -> &'static str {
         "sqlite"
+    }
+
+    // How declared types map to the sink's: `describe::describe_table`.
+    async fn describe_table(
+        &self,
+        table: &Ident,
+    ) -> Result<Option<Vec<DescribedColumn>>, BackendError> {
+        let table = table.clone();
+        self.writer
+            .write(move |connection| crate::describe::describe_table(connection, &table))
+            .await
+            .map_err(from_write_error)
     }
 
     async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError> {

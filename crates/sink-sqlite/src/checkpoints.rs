@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension};
 use sluice_sink::{
     BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed, DeadLetter,
-    Ident,
+    Ident, Resume,
 };
 use sluice_sqlite::{GroupCommitWriter, HeldClaim, WriteError};
 use std::convert::Infallible;
@@ -286,7 +286,11 @@ impl CheckpointWriter for SqliteCheckpoints {
         self.rollback().await
     }
 
-    async fn recover(&self, _restored: Option<u64>) -> Result<Option<Committed>, BackendError> {
+    async fn recover(
+        &self,
+        _restored: Option<u64>,
+        _resume: Resume,
+    ) -> Result<Option<Committed>, BackendError> {
         // An earlier run's open transaction is gone already (a crashed process's died with its
         // connection; a dropped sink's claim rolled it back). This also acknowledges a held
         // transaction SQLite reported lost, so that writing can start again.

@@ -5,33 +5,19 @@
 use crate::error::classify;
 use crate::table::Affinity;
 use rusqlite::{Connection, OptionalExtension};
-use sluice_sink::{BackendError, ColumnType, Ident};
-
-/// One column of an existing table, as [`describe_table`] reads it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DescribedColumn {
-    /// The column's name, exactly as stored.
-    pub name: String,
-    /// The sink's column type the declared type stands for, or `None` when it is ambiguous
-    /// (NUMERIC affinity: `NUMERIC`, `DECIMAL`, `DATE`, `JSON`, ...; declare those columns).
-    /// `BOOL...` is a boolean; otherwise by affinity: INTEGER an `i64`, TEXT `text`, REAL
-    /// `f64`, `BLOB` `bytes`, no declared type `text`. The sink stores dates, timestamps and
-    /// UUIDs in INTEGER and BLOB columns, so those read back as `i64` and `bytes`.
-    pub column_type: Option<ColumnType>,
-    /// The declared type, for messages.
-    pub type_name: String,
-    /// Whether NULL is allowed.
-    pub nullable: bool,
-    /// Whether the table fills the column when a row leaves it out: a default, a generated
-    /// column, or an `INTEGER PRIMARY KEY` (the rowid).
-    pub filled_by_table: bool,
-    /// Whether nothing may be written to it: a generated or hidden column.
-    pub read_only: bool,
-}
+use sluice_sink::{BackendError, ColumnType, DescribedColumn, Ident};
 
 /// The columns of table `table` in their order, or `None` when no table of that name exists
 /// (a view is `None` too).
-pub fn describe_table(
+///
+/// A column's type is the sink's column type the declared type stands for, or `None` when it
+/// is ambiguous (NUMERIC affinity: `NUMERIC`, `DECIMAL`, `DATE`, `JSON`, ...; declare those
+/// columns). `BOOL...` is a boolean; otherwise by affinity: INTEGER an `i64`, TEXT `text`,
+/// REAL `f64`, `BLOB` `bytes`, no declared type `text`. The sink stores dates, timestamps and
+/// UUIDs in INTEGER and BLOB columns, so those read back as `i64` and `bytes`. A default, a
+/// generated column or an `INTEGER PRIMARY KEY` (the rowid) is filled by the table; a
+/// generated or hidden column is read-only.
+pub(crate) fn describe_table(
     connection: &Connection,
     table: &Ident,
 ) -> Result<Option<Vec<DescribedColumn>>, BackendError> {

@@ -4,21 +4,7 @@ use rusqlite::ErrorCode;
 use sluice_sink::BackendError;
 use sluice_sqlite::WriteError;
 
-/// The longest error message kept, in bytes: SQLite quotes the whole statement in some
-/// messages, and a multi-row statement can be megabytes long.
-const MESSAGE_BYTES_MAX: usize = 1024;
-
-fn shortened(mut message: String) -> String {
-    if message.len() > MESSAGE_BYTES_MAX {
-        let mut end = MESSAGE_BYTES_MAX;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push_str("...");
-    }
-    message
-}
+use sluice_sink::shortened_message as shortened;
 
 /// Classifies an error from a statement.
 pub(crate) fn classify(error: rusqlite::Error) -> BackendError {

@@ -79,9 +79,7 @@ mod table;
 mod values;
 
 pub use backend::{SqliteBackend, SqliteSinkOptions};
-pub use describe::{DescribedColumn, describe_table};
 pub use read::{read_dead_letters, read_rows};
 pub use sluice_sqlite::{Location, OpenOptions, Synchronous};
 pub use statements::ROWS_PER_STATEMENT_MAX;
-pub use table::DEAD_LETTER_COLUMNS;
 pub use values::ReadError;

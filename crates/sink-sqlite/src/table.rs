@@ -12,14 +12,7 @@ use sluice_sink::{
 };
 use std::collections::BTreeSet;
 
-/// Columns of the dead-letter table the sink writes (besides its `id`).
-pub const DEAD_LETTER_COLUMNS: [&str; 5] = [
-    "failed_at_us",
-    "table_name",
-    "error_code",
-    "error",
-    "row_json",
-];
+pub(crate) use sluice_sink::DEAD_LETTER_COLUMNS;
 
 /// SQLite's type affinity of a declared column type (section 3.1 of "Datatypes In SQLite").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

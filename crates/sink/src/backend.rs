@@ -24,10 +24,11 @@
 //! Errors are classified by [`BackendError`]: transient ones are retried with backoff, row
 //! errors make the engine bisect the batch, fatal ones stop the sink.
 
+use crate::checkpoint::Resume;
 use crate::config::{CreateTable, Delivery, Evolve, Mode, SinkId};
 use crate::ident::Ident;
 use crate::schema::{Row, Schema};
-use crate::value::TimestampTz;
+use crate::value::{ColumnType, TimestampTz};
 use async_trait::async_trait;
 use std::ops::Range;
 use std::sync::Arc;
@@ -104,6 +105,65 @@ pub trait SinkBackend: Send + Sync {
     /// Creates the table or adds nullable columns when allowed, and creates the dead-letter
     /// table.
     async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError>;
+
+    /// The columns of an existing table `table`, in their order, or `None` when no table of
+    /// that name exists (a view or another kind of relation is `None` too: the sink does not
+    /// write into them). Read-only: nothing is created. For tools that build a schema from the
+    /// table (`sluice ingest` without declared columns).
+    async fn describe_table(
+        &self,
+        table: &Ident,
+    ) -> Result<Option<Vec<DescribedColumn>>, BackendError>;
+}
+
+/// One column of an existing table, as [`SinkBackend::describe_table`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DescribedColumn {
+    /// The column's name, exactly as stored.
+    pub name: String,
+    /// The sink's column type whose values the column holds exactly, or `None` when the sink
+    /// does not write the column's type or the declared type is ambiguous (each backend's docs
+    /// say which).
+    pub column_type: Option<ColumnType>,
+    /// The type as the database shows it, for messages.
+    pub type_name: String,
+    /// Whether NULL is allowed.
+    pub nullable: bool,
+    /// Whether the table fills the column when a row leaves it out: a default, an identity,
+    /// a generated column or a rowid alias.
+    pub filled_by_table: bool,
+    /// Whether nothing may be written to it: a generated column, a hidden column or
+    /// `GENERATED ALWAYS AS IDENTITY`.
+    pub read_only: bool,
+}
+
+/// The columns of a dead-letter table besides its `id`, in every backend: `failed_at_us`
+/// (microseconds since the Unix epoch, UTC), `table_name`, `error_code`, `error` and
+/// `row_json` (see [`DeadLetter`]).
+pub const DEAD_LETTER_COLUMNS: [&str; 5] = [
+    "failed_at_us",
+    "table_name",
+    "error_code",
+    "error",
+    "row_json",
+];
+
+/// The longest database error message a backend keeps, in bytes: databases quote whole
+/// statements in some messages, and a multi-row statement can be megabytes long.
+pub const MESSAGE_BYTES_MAX: usize = 1024;
+
+/// Cuts `message` to [`MESSAGE_BYTES_MAX`] bytes on a character boundary, marking the cut
+/// with `...`.
+pub fn shortened_message(mut message: String) -> String {
+    if message.len() > MESSAGE_BYTES_MAX {
+        let mut end = MESSAGE_BYTES_MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
 }
 
 /// Writes batches into one prepared table (at-least-once delivery: each call commits).
@@ -145,10 +205,14 @@ pub struct Committed {
 ///   prepares one transaction per lane that wrote (visible at `commit`).
 /// - `commit(c)` makes every checkpoint up to `c` visible; calling it again, or after a
 ///   restart for a checkpoint recovery already committed, is not an error.
-/// - `recover(restored)` resolves what an earlier run of this writer left behind: open
-///   transactions are gone; prepared ones up to `restored` are committed, later ones rolled
-///   back; transactions of other writers and applications are not touched. Returns the
-///   progress row (the highest checkpoint whose rows are visible), if any.
+/// - `recover(restored, resume)` resolves what an earlier run of this writer left behind: open
+///   transactions are gone; prepared ones up to the completed checkpoint are committed, later
+///   ones rolled back; transactions of other writers and applications are not touched. The
+///   completed checkpoint is `restored` with `Resume::Restored`; with `Resume::Committed` it is
+///   the higher of `restored` and the highest checkpoint any lane committed (a lane commits
+///   only after every lane prepared, so the other lanes' prepared transactions of that
+///   checkpoint are committed too). Returns the progress row (the highest checkpoint whose
+///   rows are visible), if any.
 #[async_trait]
 pub trait CheckpointWriter: Send + Sync {
     /// Writes one batch into `lane`'s open transaction (opening it if needed).
@@ -173,7 +237,11 @@ pub trait CheckpointWriter: Send + Sync {
     async fn abort(&self, checkpoint_id: u64) -> Result<(), BackendError>;
 
     /// Resolves what an earlier run left (see the trait docs).
-    async fn recover(&self, restored: Option<u64>) -> Result<Option<Committed>, BackendError>;
+    async fn recover(
+        &self,
+        restored: Option<u64>,
+        resume: Resume,
+    ) -> Result<Option<Committed>, BackendError>;
 }
 
 /// Rows for one `write_batch` call: a range of a shared, reduced row list (bisection hands out

@@ -180,8 +180,12 @@ impl Sink {
     /// database and says where to resume. `restored` is the sink's state from the checkpoint
     /// the processor restored (`None` on a first start).
     ///
-    /// - `two_phase`: prepared transactions of this writer up to the restored checkpoint are
-    ///   committed, later ones rolled back; others' are not touched.
+    /// - `two_phase`: prepared transactions of this writer up to the completed checkpoint are
+    ///   committed, later ones rolled back; others' are not touched. The completed checkpoint
+    ///   is `restored` with `Resume::Restored`; with `Resume::Committed` it is the highest one
+    ///   the database shows committed when that is ahead (a crash between two lanes'
+    ///   `COMMIT PREPARED`, or a processor that keeps no checkpoint store of its own), and the
+    ///   recovery hands back its state.
     /// - `transactional_marker`: the progress row may be ahead of `restored` (the processor
     ///   died after `pre_commit`); `resume` says whether the caller seeks to the database's
     ///   position or replays and lets the sink drop what the database has.
@@ -225,12 +229,22 @@ impl Sink {
             return Ok(recovery);
         };
         let committed = checkpoints
-            .recover(restored_id)
+            .recover(restored_id, resume)
             .await
             .map_err(SinkError::Backend)?;
         let mut phase = Phase::Running;
         control.set_last(&mut state, restored_id);
-        if control.delivery == Delivery::TransactionalMarker {
+        if control.delivery == Delivery::TwoPhase
+            && resume == Resume::Committed
+            && let Some(committed) = committed.as_ref()
+            && restored_id.is_none_or(|restored_id| committed.checkpoint_id > restored_id)
+        {
+            // The backend completed the highest checkpoint a lane committed.
+            recovery.committed_ahead = Some(committed.checkpoint_id);
+            control.set_last(&mut state, Some(committed.checkpoint_id));
+            recovery.checkpoint_id = Some(committed.checkpoint_id);
+            recovery.state = Some(committed.state.clone());
+        } else if control.delivery == Delivery::TransactionalMarker {
             let committed_id = committed.as_ref().map(|committed| committed.checkpoint_id);
             if let Some(restored_id) = restored_id
                 && committed_id.is_none_or(|committed_id| committed_id < restored_id)
@@ -459,5 +473,107 @@ impl Sink {
                 .map_err(SinkError::Backend)?;
         }
         Ok(())
+    }
+}
+
+/// Runs checkpoints for a caller that owns its source position and keeps no checkpoint store
+/// of its own (a file reader, a broker consumer): one checkpoint at a time, pre-committed and
+/// then committed on a task of its own, while the caller goes on reading and writing.
+///
+/// Why a task of its own: between a barrier and its pre-commit the lanes write nothing of the
+/// next checkpoint, so a [`Sink::write`] waiting for buffer space can only be released by that
+/// pre-commit finishing. A caller that drove the pre-commit from the task that also writes
+/// would wait for itself once the buffer filled; with the driver that cannot be written.
+///
+/// ```
+/// # async fn example(sink: sluice_sink::Sink) -> Result<(), sluice_sink::SinkError> {
+/// use sluice_sink::{CheckpointDriver, Resume, Row, Value};
+/// let recovery = sink.recover(None, Resume::Committed).await?;
+/// // Seek the source to `recovery.state` (`None`: from the beginning).
+/// let mut checkpoints = CheckpointDriver::new(&sink, &recovery);
+/// sink.write(vec![Row::insert(vec![Value::I64(1)])]).await?;
+/// checkpoints.start("offset=1")?; // the barrier is behind the row above
+/// sink.write(vec![Row::insert(vec![Value::I64(2)])]).await?; // the next checkpoint's
+/// let done = checkpoints.finished().await?; // or in a `select!` beside the source
+/// assert_eq!(done.state, "offset=1");
+/// checkpoints.start("offset=2")?;
+/// checkpoints.finish().await?;
+/// # Ok(()) }
+/// ```
+pub struct CheckpointDriver {
+    sink: Sink,
+    next_id: u64,
+    in_flight: Option<(
+        u64,
+        tokio::task::JoinHandle<Result<CheckpointState, SinkError>>,
+    )>,
+}
+
+impl CheckpointDriver {
+    /// After [`Sink::recover`]: checkpoint ids continue after the recovered one.
+    pub fn new(sink: &Sink, recovery: &Recovery) -> CheckpointDriver {
+        CheckpointDriver {
+            sink: sink.clone(),
+            next_id: recovery.checkpoint_id.map_or(1, |id| id + 1),
+            in_flight: None,
+        }
+    }
+
+    /// The id the next [`CheckpointDriver::start`] uses.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// The checkpoint under way, if any.
+    pub fn in_flight(&self) -> Option<u64> {
+        self.in_flight.as_ref().map(|(id, _)| *id)
+    }
+
+    /// Places the next checkpoint's barrier behind everything written so far, with the
+    /// caller's `state` (its source position after those rows), and starts finishing it:
+    /// pre-commit, then commit. Rows written after this call belong to the next checkpoint.
+    /// Returns the checkpoint's id. Refused with [`SinkError::CheckpointBusy`] while one is
+    /// under way: wait for it with [`CheckpointDriver::finished`] first.
+    pub fn start(&mut self, state: &str) -> Result<u64, SinkError> {
+        if self.in_flight.is_some() {
+            return Err(SinkError::CheckpointBusy);
+        }
+        let id = self.next_id;
+        let pre_commit = self.sink.start_pre_commit(id, state)?;
+        let sink = self.sink.clone();
+        let task = tokio::spawn(async move {
+            let state = pre_commit.await?;
+            sink.commit(id).await?;
+            Ok(state)
+        });
+        self.in_flight = Some((id, task));
+        self.next_id += 1;
+        Ok(id)
+    }
+
+    /// Waits for the checkpoint under way to be committed and returns what it stored; never
+    /// returns while none is under way (for a `select!` branch guarded by
+    /// [`CheckpointDriver::in_flight`]). Cancel-safe: dropping the future leaves the
+    /// checkpoint running.
+    pub async fn finished(&mut self) -> Result<CheckpointState, SinkError> {
+        let Some((_, task)) = &mut self.in_flight else {
+            return std::future::pending().await;
+        };
+        let outcome = task.await;
+        self.in_flight = None;
+        match outcome {
+            Ok(result) => result,
+            Err(error) => Err(SinkError::Contract(format!(
+                "the checkpoint task ended without an answer: {error}"
+            ))),
+        }
+    }
+
+    /// Waits for the checkpoint under way, if any.
+    pub async fn finish(&mut self) -> Result<Option<CheckpointState>, SinkError> {
+        if self.in_flight.is_none() {
+            return Ok(None);
+        }
+        self.finished().await.map(Some)
     }
 }

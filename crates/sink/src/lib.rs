@@ -40,10 +40,11 @@ mod value;
 pub mod compliance;
 
 pub use backend::{
-    BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed, DeadLetter,
-    ErrorClass, PrepareReport, PrepareRequest, Prepared, SinkBackend, TableWriter,
+    BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed,
+    DEAD_LETTER_COLUMNS, DeadLetter, DescribedColumn, ErrorClass, MESSAGE_BYTES_MAX, PrepareReport,
+    PrepareRequest, Prepared, SinkBackend, TableWriter, shortened_message,
 };
-pub use checkpoint::{CheckpointState, PreCommit, Recovery, Resume};
+pub use checkpoint::{CheckpointDriver, CheckpointState, PreCommit, Recovery, Resume};
 pub use config::{
     BATCH_BYTES_MAX_LIMIT, BATCH_ROWS_MAX_LIMIT, BUFFER_BYTES_MAX_LIMIT, Backpressure, ConfigError,
     CreateTable, DeadLetterConfig, Delivery, Evolve, FLUSH_CONCURRENCY_LIMIT,

@@ -7,9 +7,11 @@
 
 use crate::backend::{
     BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed, DeadLetter,
-    PrepareReport, PrepareRequest, Prepared, SinkBackend, TableWriter,
+    DescribedColumn, PrepareReport, PrepareRequest, Prepared, SinkBackend, TableWriter,
 };
+use crate::checkpoint::Resume;
 use crate::config::{CreateTable, Delivery, Evolve};
+use crate::ident::Ident;
 use crate::schema::{Column, Op, Row};
 use crate::value::Value;
 use async_trait::async_trait;
@@ -136,6 +138,27 @@ fn key_of(values: &[Value], key: &[usize]) -> Vec<KeyPart> {
 impl SinkBackend for MemoryBackend {
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    async fn describe_table(
+        &self,
+        table: &Ident,
+    ) -> Result<Option<Vec<DescribedColumn>>, BackendError> {
+        let state = lock(&self.state);
+        Ok(state.tables.get(table.as_str()).map(|table| {
+            table
+                .columns
+                .iter()
+                .map(|column| DescribedColumn {
+                    name: column.name.as_str().to_string(),
+                    column_type: Some(column.column_type),
+                    type_name: column.column_type.name().to_string(),
+                    nullable: column.nullable,
+                    filled_by_table: false,
+                    read_only: false,
+                })
+                .collect()
+        }))
     }
 
     async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError> {
@@ -518,25 +541,42 @@ impl CheckpointWriter for MemoryCheckpoints {
         Ok(())
     }
 
-    async fn recover(&self, restored: Option<u64>) -> Result<Option<Committed>, BackendError> {
+    async fn recover(
+        &self,
+        restored: Option<u64>,
+        resume: Resume,
+    ) -> Result<Option<Committed>, BackendError> {
         for slot in &self.lanes {
             lock(slot).take();
         }
         let mut state = lock(&self.writer.backend.state);
+        let completed = match resume {
+            Resume::Restored => restored,
+            Resume::Committed => {
+                restored.max(self.latest(&state).map(|committed| committed.checkpoint_id))
+            }
+        };
         for (checkpoint, gid) in self.prepared(&state) {
             let transaction = state.prepared.remove(&gid).expect("listed");
-            if restored.is_some_and(|restored| checkpoint <= restored) {
+            if completed.is_some_and(|completed| checkpoint <= completed) {
                 apply_transaction(&mut state, transaction);
             }
         }
+        Ok(self.latest(&state))
+    }
+}
+
+impl MemoryCheckpoints {
+    /// This writer's progress row: the highest checkpoint whose rows are visible.
+    fn latest(&self, state: &State) -> Option<Committed> {
         let sink = self.spec.sink_id.as_str();
         let writer = self.spec.writer_id;
-        Ok(state
+        state
             .progress
             .iter()
             .filter(|((s, w, _), _)| s == sink && *w == writer)
             .map(|(_, committed)| committed.clone())
-            .max_by_key(|committed| committed.checkpoint_id))
+            .max_by_key(|committed| committed.checkpoint_id)
     }
 }
 
@@ -544,5 +584,18 @@ impl MemoryBackend {
     /// Global ids of prepared (two-phase) transactions left in the database.
     pub fn prepared_transactions(&self) -> Vec<String> {
         lock(&self.state).prepared.keys().cloned().collect()
+    }
+
+    /// Commits one prepared transaction by its global id, as `COMMIT PREPARED` would (for
+    /// tests of a crash between two lanes' commits). Returns whether it was there.
+    pub fn commit_prepared(&self, gid: &str) -> bool {
+        let mut state = lock(&self.state);
+        match state.prepared.remove(gid) {
+            Some(transaction) => {
+                apply_transaction(&mut state, transaction);
+                true
+            }
+            None => false,
+        }
     }
 }

@@ -42,6 +42,10 @@ impl Harness for MemoryHarness {
     async fn prepared_transactions(&self) -> Vec<String> {
         self.backend.prepared_transactions()
     }
+
+    async fn commit_prepared(&self, gid: &str) -> bool {
+        self.backend.commit_prepared(gid)
+    }
 }
 
 mod transactional_marker {
@@ -67,8 +71,8 @@ mod barrier {
     use async_trait::async_trait;
     use sluice_sink::{
         BackendError, Batch, BatchOutcome, CheckpointWriter, Column, ColumnType, Committed,
-        CreateTable, DeadLetter, Delivery, MemoryBackend, PrepareRequest, Prepared, Resume, Row,
-        Schema, Sink, SinkBackend, SinkConfig, SinkId, Value,
+        CreateTable, DeadLetter, Delivery, DescribedColumn, Ident, MemoryBackend, PrepareRequest,
+        Prepared, Resume, Row, Schema, Sink, SinkBackend, SinkConfig, SinkId, Value,
     };
     use std::sync::Arc;
     use tokio::sync::Semaphore;
@@ -109,6 +113,13 @@ mod barrier {
     impl SinkBackend for Held {
         fn name(&self) -> &'static str {
             "memory"
+        }
+
+        async fn describe_table(
+            &self,
+            table: &Ident,
+        ) -> Result<Option<Vec<DescribedColumn>>, BackendError> {
+            self.inner.describe_table(table).await
         }
 
         async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError> {
@@ -152,8 +163,12 @@ mod barrier {
         async fn abort(&self, checkpoint_id: u64) -> Result<(), BackendError> {
             self.inner.abort(checkpoint_id).await
         }
-        async fn recover(&self, restored: Option<u64>) -> Result<Option<Committed>, BackendError> {
-            self.inner.recover(restored).await
+        async fn recover(
+            &self,
+            restored: Option<u64>,
+            resume: Resume,
+        ) -> Result<Option<Committed>, BackendError> {
+            self.inner.recover(restored, resume).await
         }
     }
 

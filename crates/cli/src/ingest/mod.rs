@@ -901,45 +901,45 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
     if plan.parse_only {
         return parse_only(plan).await;
     }
-    // The pool is kept for two-phase recovery (see `two_phase_restored`).
-    let (backend, target_name, table_columns, pool): (Box<dyn SinkBackend>, String, _, _) =
-        match &plan.target {
-            Target::Sqlite(path) => {
-                let table_columns = describe_sqlite(path, &plan.table)?;
-                let options = sluice_sink_sqlite::SqliteSinkOptions::new(
-                    sluice_sink_sqlite::Location::File(path.clone()),
-                );
-                let backend = sluice_sink_sqlite::SqliteBackend::open(&options)
-                    .map_err(|error| anyhow!("opening {}: {error}", path.display()))?;
-                (
-                    Box::new(backend),
-                    format!("sqlite://{}", path.display()),
-                    table_columns,
-                    None,
-                )
-            }
-            Target::Postgres(url) => {
-                let options =
-                    match sluice_sink_postgres::PostgresSinkOptions::for_sink(url, &config) {
-                        Ok(options) => options,
-                        Err(error) => return usage(UsageError::new("into", error.to_string())),
-                    };
-                let target = options.target().to_string();
-                let backend = sluice_sink_postgres::PostgresBackend::connect(options)
-                    .await
-                    .map_err(|error| anyhow!("connecting to {target}: {error}"))?;
-                let table_columns = describe_postgres(&backend, &plan.table)
-                    .await
-                    .with_context(|| format!("reading table {} in {target}", plan.table))?;
-                let pool = backend.pool().clone();
-                (
-                    Box::new(backend),
-                    format!("postgres {target}"),
-                    table_columns,
-                    Some(pool),
-                )
-            }
-        };
+    let (backend, target_name): (Box<dyn SinkBackend>, String) = match &plan.target {
+        Target::Sqlite(path) => {
+            let options = sluice_sink_sqlite::SqliteSinkOptions::new(
+                sluice_sink_sqlite::Location::File(path.clone()),
+            );
+            let backend = sluice_sink_sqlite::SqliteBackend::open(&options)
+                .map_err(|error| anyhow!("opening {}: {error}", path.display()))?;
+            (Box::new(backend), format!("sqlite://{}", path.display()))
+        }
+        Target::Postgres(url) => {
+            let options = match sluice_sink_postgres::PostgresSinkOptions::for_sink(url, &config) {
+                Ok(options) => options,
+                Err(error) => return usage(UsageError::new("into", error.to_string())),
+            };
+            let target = options.target().to_string();
+            let backend = sluice_sink_postgres::PostgresBackend::connect(options)
+                .await
+                .map_err(|error| anyhow!("connecting to {target}: {error}"))?;
+            (Box::new(backend), format!("postgres {target}"))
+        }
+    };
+    let ident = sluice_sink::Ident::new(&plan.table).expect("validated by plan");
+    let table_columns = backend
+        .describe_table(&ident)
+        .await
+        .with_context(|| format!("reading table {} in {target_name}", plan.table))?
+        .map(|columns| {
+            columns
+                .into_iter()
+                .map(|column| TableColumn {
+                    name: column.name,
+                    column_type: column.column_type,
+                    type_name: column.type_name,
+                    nullable: column.nullable,
+                    filled_by_table: column.filled_by_table,
+                    read_only: column.read_only,
+                })
+                .collect()
+        });
     let prepared = match &plan.jetstream {
         None => prepare(&plan, table_columns)
             .await?
@@ -969,16 +969,8 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
             ));
         }
     };
-    let restored = match &pool {
-        Some(pool) if sink.config().delivery() == Delivery::TwoPhase => {
-            two_phase_restored(pool, sink.config())
-                .await
-                .context("reading the committed checkpoint")?
-        }
-        _ => None,
-    };
     let recovery = sink
-        .recover(restored.as_ref(), Resume::Committed)
+        .recover(None, Resume::Committed)
         .await
         .context("recovering the sink's committed position")?;
     let mut next_checkpoint = recovery.checkpoint_id.map_or(1, |id| id + 1);
@@ -1258,47 +1250,6 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
     }
 }
 
-/// The checkpoint two-phase recovery restores. `Sink::recover` commits a two-phase sink's
-/// prepared transactions up to the checkpoint the caller says completed and rolls back the
-/// later ones; it does not pick the database's (`Resume::Committed` applies to the marker
-/// only). Ingest keeps no checkpoint store of its own, so the completed checkpoint is the
-/// highest one any lane committed (`COMMIT PREPARED`) in the progress table: recovery then
-/// commits the other lanes' prepared transactions of that checkpoint (a crash between two
-/// lanes' `COMMIT PREPARED`) and rolls back later ones, and ingest resumes at its position.
-async fn two_phase_restored(
-    pool: &sluice_sink_postgres::deadpool_postgres::Pool,
-    config: &sluice_sink::SinkConfig,
-) -> Result<Option<sluice_sink::CheckpointState>> {
-    let client = pool.get().await.map_err(|error| anyhow!("{error}"))?;
-    let table = config.progress_table().quoted();
-    let exists: bool = client
-        .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&table])
-        .await?
-        .get(0);
-    if !exists {
-        return Ok(None);
-    }
-    let sink_id = config
-        .sink_id()
-        .context("an exactly-once sink has a sink_id")?;
-    let writer_id = i32::try_from(config.writer_id()).context("writer_id")?;
-    let row = client
-        .query_opt(
-            &format!(
-                "SELECT checkpoint_id, state FROM {table} WHERE sink_id = $1 AND writer_id = $2 \
-                 ORDER BY checkpoint_id DESC LIMIT 1"
-            ),
-            &[&sink_id.as_str(), &writer_id],
-        )
-        .await?;
-    Ok(row.map(|row| sluice_sink::CheckpointState {
-        sink_id: Some(sink_id.clone()),
-        writer_id: config.writer_id(),
-        checkpoint_id: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
-        state: row.get(1),
-    }))
-}
-
 /// Builds the mapper on a blocking task (it reads the first input).
 async fn prepare(
     plan: &Plan,
@@ -1343,57 +1294,6 @@ fn mapper_spec(plan: &Plan, table_columns: Option<Vec<TableColumn>>) -> MapperSp
         table: plan.table.clone(),
         table_columns,
     }
-}
-
-fn table_columns<C>(columns: Vec<C>, convert: impl Fn(C) -> TableColumn) -> Vec<TableColumn> {
-    columns.into_iter().map(convert).collect()
-}
-
-/// The existing table's columns in a SQLite file (read-only; nothing is created).
-fn describe_sqlite(path: &std::path::Path, table: &str) -> Result<Option<Vec<TableColumn>>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let options = sluice_sqlite::OpenOptions::new(sluice_sqlite::Location::File(path.into()));
-    let connection = sluice_sqlite::open_connection(&options, true)
-        .map_err(|error| anyhow!("opening {} to read table {table}: {error}", path.display()))?;
-    let ident = sluice_sink::Ident::new(table).expect("validated by plan");
-    let columns = sluice_sink_sqlite::describe_table(&connection, &ident)
-        .map_err(|error| anyhow!("reading table {table} in {}: {error}", path.display()))?;
-    Ok(columns.map(|columns| {
-        table_columns(columns, |column| TableColumn {
-            name: column.name,
-            column_type: column.column_type,
-            type_name: column.type_name,
-            nullable: column.nullable,
-            filled_by_table: column.filled_by_table,
-            read_only: column.read_only,
-        })
-    }))
-}
-
-/// The existing table's columns in PostgreSQL.
-async fn describe_postgres(
-    backend: &sluice_sink_postgres::PostgresBackend,
-    table: &str,
-) -> Result<Option<Vec<TableColumn>>> {
-    let client = backend
-        .pool()
-        .get()
-        .await
-        .map_err(|error| anyhow!("{error}"))?;
-    let ident = sluice_sink::Ident::new(table).expect("validated by plan");
-    let columns = sluice_sink_postgres::describe_table(&client, &ident).await?;
-    Ok(columns.map(|columns| {
-        table_columns(columns, |column| TableColumn {
-            name: column.name,
-            column_type: column.column_type,
-            type_name: column.type_name,
-            nullable: column.nullable,
-            filled_by_table: column.filled_by_table,
-            read_only: column.read_only,
-        })
-    }))
 }
 
 /// `--parse-only`: the reader, framer and mapper without a sink (for `sluice bench ingest`).

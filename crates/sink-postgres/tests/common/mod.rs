@@ -6,6 +6,8 @@
 //! left running when the process exits. A test starting after that starts a new cluster.
 #![allow(dead_code, unreachable_pub)]
 
+use async_trait::async_trait;
+use sluice_sink::compliance::Harness;
 use sluice_sink::{DeadLetter, Ident, Schema, SinkBackend, Value};
 use sluice_sink_postgres::{
     PostgresBackend, PostgresSinkOptions, read_dead_letters, read_rows, tokio_postgres,
@@ -144,4 +146,61 @@ pub async fn sink_backend_waiting(admin: &tokio_postgres::Client, wait_event: &s
         // Polling the server for a state another task is driving towards.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The compliance harness over a database of its own.
+pub struct PgHarness(pub TestDb);
+
+impl PgHarness {
+    /// `None` (after a SKIPPED line) when PostgreSQL is unavailable.
+    pub async fn start(suite: &str) -> Option<PgHarness> {
+        TestDb::start(suite).await.map(PgHarness)
+    }
+}
+
+#[async_trait]
+impl Harness for PgHarness {
+    fn backend(&self) -> &dyn SinkBackend {
+        self.0.sink_backend()
+    }
+
+    async fn read_rows(&self, schema: &Schema) -> Vec<Vec<Value>> {
+        self.0.rows(schema).await
+    }
+
+    async fn read_dead_letters(&self, table: &Ident) -> Vec<DeadLetter> {
+        self.0.dead_letters(table.as_str()).await
+    }
+
+    fn scratch_dir(&self) -> std::path::PathBuf {
+        self.0.scratch.path().to_path_buf()
+    }
+
+    async fn prepared_transactions(&self) -> Vec<String> {
+        prepared(&self.0.admin).await
+    }
+
+    async fn commit_prepared(&self, gid: &str) -> bool {
+        // A gid of the sink is `sluice:` and `[A-Za-z0-9_:-]`: nothing to escape.
+        assert!(!gid.contains('\''), "a sink gid");
+        self.0
+            .admin
+            .batch_execute(&format!("COMMIT PREPARED '{gid}'"))
+            .await
+            .is_ok()
+    }
+}
+
+/// The global ids of the database's prepared transactions, in order.
+pub async fn prepared(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY gid",
+            &[],
+        )
+        .await
+        .expect("list prepared transactions")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
 }

@@ -10,8 +10,8 @@
 use super::faults::{FailPoint, FaultyBackend};
 use super::{Harness, base, column, kv};
 use crate::{
-    CheckpointState, ColumnType, Delivery, Ident, Mode, Resume, Row, Schema, Sink,
-    SinkConfigBuilder, SinkId, Value,
+    CheckpointDriver, CheckpointState, ColumnType, Delivery, Ident, Mode, Resume, Row, Schema,
+    Sink, SinkConfigBuilder, SinkId, Value,
 };
 use std::collections::BTreeMap;
 
@@ -312,6 +312,82 @@ pub async fn recovery_after_unrecorded_checkpoint<H: Harness>(harness: H, delive
     let _ = schema;
 }
 
+/// A processor that keeps no checkpoint store of its own (it resumes where the database says,
+/// `recover(None, Resume::Committed)`) through the [`CheckpointDriver`]: after a crash the
+/// next run resumes at the last checkpoint the database holds, even when the crash fell
+/// between two lanes' `COMMIT PREPARED` (two-phase: the other lanes' prepared transactions
+/// of that checkpoint are committed, later ones rolled back), and every event lands once.
+pub async fn stateless_processor_resumes_where_the_database_says<H: Harness>(
+    harness: H,
+    delivery: Delivery,
+) {
+    let schema = events_schema("stateless");
+    let open = || async {
+        open_with(
+            harness.backend(),
+            &schema,
+            config(delivery, "stateless")
+                .flush_concurrency(3)
+                .batch_rows_max(7),
+        )
+        .await
+    };
+    // First run: checkpoints 1 and 2 complete, 3 pre-committed (two-phase: prepared in every
+    // lane, then the process dies having committed one lane's part).
+    let sink = open().await;
+    let recovery = sink.recover(None, Resume::Committed).await.unwrap();
+    assert_eq!(recovery.checkpoint_id, None);
+    let mut checkpoints = CheckpointDriver::new(&sink, &recovery);
+    for end in [40, 80] {
+        sink.write(events(end - 40..end)).await.unwrap();
+        checkpoints.start(&end.to_string()).unwrap();
+        // The next checkpoint's rows go in while this one finishes.
+        checkpoints.finished().await.unwrap();
+    }
+    // Unkeyed rows go to one lane per write call: several calls spread over the lanes.
+    for start in (80..120).step_by(10) {
+        sink.write(events(start..start + 10)).await.unwrap();
+    }
+    let third = sink.pre_commit(3, "120").await.unwrap();
+    assert_eq!(third.checkpoint_id, 3);
+    let mut half_committed = false;
+    if delivery == Delivery::TwoPhase {
+        let prepared = harness.prepared_transactions().await;
+        assert!(
+            prepared.len() >= 2,
+            "checkpoint 3 prepared in several lanes: {prepared:?}"
+        );
+        half_committed = harness.commit_prepared(&prepared[0]).await;
+        assert!(half_committed, "the harness commits a prepared transaction");
+    }
+    sink.write(events(120..130)).await.unwrap();
+    crash(&sink).await;
+    // Second run: resumes after checkpoint 3 (the marker committed it; two-phase completes
+    // it because one lane committed), writes the rest.
+    let sink = open().await;
+    let recovery = sink.recover(None, Resume::Committed).await.unwrap();
+    assert_eq!(
+        recovery.checkpoint_id,
+        Some(3),
+        "half committed: {half_committed}"
+    );
+    assert_eq!(recovery.state.as_deref(), Some("120"));
+    let mut checkpoints = CheckpointDriver::new(&sink, &recovery);
+    assert_eq!(checkpoints.next_id(), 4);
+    sink.write(events(120..150)).await.unwrap();
+    assert_eq!(checkpoints.start("150").unwrap(), 4);
+    assert!(matches!(
+        checkpoints.start("150"),
+        Err(crate::SinkError::CheckpointBusy)
+    ));
+    let done = checkpoints.finish().await.unwrap().expect("one under way");
+    assert_eq!((done.checkpoint_id, done.state.as_str()), (4, "150"));
+    assert_eq!(checkpoints.finish().await.unwrap(), None);
+    sink.close().await.unwrap();
+    assert_exactly(&id_counts(&harness, &schema).await, 0..150);
+    assert!(harness.prepared_transactions().await.is_empty());
+}
+
 /// What a dying process leaves: no more writes from this sink, open transactions gone,
 /// prepared ones kept.
 async fn crash(sink: &Sink) {
@@ -433,6 +509,7 @@ macro_rules! exactly_once_compliance_tests {
             protocol_misuse_refused,
             bad_rows_inside_checkpoint,
             recovery_after_unrecorded_checkpoint,
+            stateless_processor_resumes_where_the_database_says,
             crash_replay_exactly_once
         );
     };

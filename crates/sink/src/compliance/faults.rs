@@ -5,9 +5,11 @@
 //! happened, but the answer is lost: the case a crash right after the call produces).
 
 use crate::backend::{
-    BackendError, Batch, BatchOutcome, CheckpointWriter, Committed, DeadLetter, PrepareRequest,
-    Prepared, SinkBackend,
+    BackendError, Batch, BatchOutcome, CheckpointWriter, Committed, DeadLetter, DescribedColumn,
+    PrepareRequest, Prepared, SinkBackend,
 };
+use crate::checkpoint::Resume;
+use crate::ident::Ident;
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -118,6 +120,13 @@ impl SinkBackend for FaultyBackend<'_> {
         self.inner.name()
     }
 
+    async fn describe_table(
+        &self,
+        table: &Ident,
+    ) -> Result<Option<Vec<DescribedColumn>>, BackendError> {
+        self.inner.describe_table(table).await
+    }
+
     async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError> {
         let mut prepared = self.inner.prepare(request).await?;
         prepared.checkpoints = prepared.checkpoints.map(|inner| {
@@ -166,8 +175,12 @@ impl CheckpointWriter for FaultyCheckpoints {
         self.inner.abort(checkpoint_id).await
     }
 
-    async fn recover(&self, restored: Option<u64>) -> Result<Option<Committed>, BackendError> {
+    async fn recover(
+        &self,
+        restored: Option<u64>,
+        resume: Resume,
+    ) -> Result<Option<Committed>, BackendError> {
         self.points.check(FailPoint::BeforeRecover)?;
-        self.inner.recover(restored).await
+        self.inner.recover(restored, resume).await
     }
 }

@@ -34,6 +34,13 @@ pub trait Harness: Send + Sync {
     async fn prepared_transactions(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Commits one prepared transaction by its global id (`COMMIT PREPARED`), as a process
+    /// that died between two lanes' commits leaves it; returns whether it was there. Needed
+    /// by the two-phase checks only.
+    async fn commit_prepared(&self, gid: &str) -> bool {
+        let _ = gid;
+        false
+    }
 }
 
 fn base() -> SinkConfigBuilder {
@@ -839,6 +846,48 @@ pub async fn lifecycle<H: Harness>(harness: H) {
     assert_eq!(sink.stats().buffer_bytes, 0);
 }
 
+/// `describe_table` reads what `prepare` created, column by column and in order, and a
+/// missing table is `None`.
+pub async fn describe_reads_existing_tables<H: Harness>(harness: H) {
+    let missing = Ident::new("never_created").unwrap();
+    assert_eq!(
+        harness.backend().describe_table(&missing).await.unwrap(),
+        None
+    );
+    let schema = Schema::new(
+        "described",
+        vec![
+            column("id", ColumnType::I64).not_null(),
+            column("name", ColumnType::Text),
+            column("flag", ColumnType::Bool).not_null(),
+        ],
+        &["id"],
+    )
+    .unwrap();
+    let sink = open(&harness, &schema, base()).await;
+    sink.close().await.unwrap();
+    let described = harness
+        .backend()
+        .describe_table(schema.table())
+        .await
+        .unwrap()
+        .expect("the table exists");
+    let found: Vec<(&str, Option<ColumnType>, bool)> = described
+        .iter()
+        .map(|column| (column.name.as_str(), column.column_type, column.nullable))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            ("id", Some(ColumnType::I64), false),
+            ("name", Some(ColumnType::Text), true),
+            ("flag", Some(ColumnType::Bool), false),
+        ]
+    );
+    assert!(described.iter().all(|column| !column.read_only));
+    assert!(described.iter().all(|column| !column.type_name.is_empty()));
+}
+
 /// Instantiates every check for a backend: `compliance_tests!(async { make_harness() }.await)`.
 #[macro_export]
 macro_rules! compliance_tests {
@@ -856,7 +905,8 @@ macro_rules! compliance_tests {
             identifiers_are_validated_and_quoted,
             bad_rows_dead_lettered,
             dead_letters_to_file,
-            lifecycle
+            lifecycle,
+            describe_reads_existing_tables
         );
     };
     (@each $factory:expr; $($check:ident),*) => {
