@@ -7,6 +7,7 @@ mod bench_processes;
 mod bench_sink;
 mod demo;
 mod ingest;
+mod ingest_progress;
 mod store_copy;
 mod worker;
 mod workflows;
@@ -51,7 +52,7 @@ enum Command {
     /// Move records from files, standard input or NATS JetStream into a database table,
     /// exactly once.
     #[command(after_long_help = ingest::EXAMPLES)]
-    Ingest(ingest::IngestArgs),
+    Ingest(Box<ingest::IngestArgs>),
     /// Host the demo's and the benchmark's orchestrations on a store shared with other
     /// workers (PostgreSQL), until SIGTERM or Ctrl-C.
     Worker(worker::WorkerArgs),
@@ -131,7 +132,7 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Orchestrations(args)) => bench::run(args).await,
             Command::Bench(BenchCommand::Sink(args)) => bench_sink::run(args).await,
             Command::Bench(BenchCommand::Ingest(args)) => bench_ingest::run(args).await,
-            Command::Ingest(args) => ingest::run(args).await,
+            Command::Ingest(args) => ingest::run(*args).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Migrate(args) => worker::migrate(args).await,
             Command::Store(StoreCommand::Copy(args)) => store_copy::run(args).await,

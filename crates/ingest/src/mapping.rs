@@ -45,8 +45,8 @@
 //! `timestamp_tz` from their ISO text. A value that does not cast refuses its record, which
 //! goes to the dead letters with its position and the reason.
 
-use super::UsageError;
 use super::format::Payload;
+use crate::error::UsageError;
 use serde_json::Value as JsonValue;
 use serde_json::value::RawValue;
 use sluice_sink::{
@@ -59,7 +59,7 @@ use std::collections::{BTreeMap, HashSet};
 /// One `[columns]` entry.
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ColumnConfig {
+pub struct ColumnConfig {
     /// The column type. Default: `text`.
     #[serde(rename = "type")]
     column_type: Option<ColumnType>,
@@ -98,16 +98,7 @@ struct ColumnMap {
 }
 
 /// A column of the existing target table, as the backend describes it.
-#[derive(Clone, Debug)]
-pub(crate) struct TableColumn {
-    pub(crate) name: String,
-    /// `None`: a type the sink does not write.
-    pub(crate) column_type: Option<ColumnType>,
-    pub(crate) type_name: String,
-    pub(crate) nullable: bool,
-    pub(crate) filled_by_table: bool,
-    pub(crate) read_only: bool,
-}
+pub(crate) use sluice_sink::DescribedColumn as TableColumn;
 
 /// Turns payloads into rows of the schema.
 pub(crate) struct Mapper {

@@ -6,7 +6,7 @@
 //! N" also says that every file before F is done. Resuming seeks a plain file to the offset;
 //! a gzip file is decompressed again from the start and the first N bytes are skipped.
 
-use super::UsageError;
+use crate::error::UsageError;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 
 /// The record format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Format {
+pub enum Format {
     /// One JSON object per line.
     Ndjson,
     /// Comma (or `--delimiter`) separated values with a header row.

@@ -1,25 +1,26 @@
 //! Progress: a bar on a terminal, plain log lines every few seconds otherwise.
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressDrawTarget, ProgressStyle};
+use sluice_ingest::Progress;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 /// How often a log line is printed when stderr is not a terminal.
 const LOG_INTERVAL: Duration = Duration::from_secs(5);
 
-pub(crate) struct Progress {
-    bar: Option<ProgressBar>,
+pub(crate) struct ProgressBar {
+    bar: Option<indicatif::ProgressBar>,
     started: Instant,
     last_log: Instant,
 }
 
-impl Progress {
+impl ProgressBar {
     /// `total_bytes`: the size of the input when known (plain files), for percent and ETA.
-    pub(crate) fn new(total_bytes: Option<u64>) -> Progress {
+    pub(crate) fn new(total_bytes: Option<u64>) -> ProgressBar {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = match total_bytes {
                 Some(total) => {
-                    let bar = ProgressBar::new(total);
+                    let bar = indicatif::ProgressBar::new(total);
                     bar.set_style(
                         ProgressStyle::with_template(
                             "{bar:30} {percent:>3}% {bytes}/{total_bytes} {msg} ETA {eta}",
@@ -29,7 +30,7 @@ impl Progress {
                     bar
                 }
                 None => {
-                    let bar = ProgressBar::new_spinner();
+                    let bar = indicatif::ProgressBar::new_spinner();
                     bar.set_style(
                         ProgressStyle::with_template("{spinner} {bytes} {msg}")
                             .expect("a valid template"),
@@ -41,14 +42,20 @@ impl Progress {
             bar
         });
         let now = Instant::now();
-        Progress {
+        ProgressBar {
             bar,
             started: now,
             last_log: now,
         }
     }
 
-    pub(crate) fn update(&mut self, records: u64, bytes: u64, written: u64, dead_lettered: u64) {
+    pub(crate) fn update(&mut self, progress: &Progress) {
+        let Progress {
+            records,
+            bytes,
+            rows_written: written,
+            dead_lettered,
+        } = *progress;
         let elapsed = self.started.elapsed().as_secs_f64().max(1e-3);
         let rate = records as f64 / elapsed;
         let message = format!(
@@ -68,7 +75,7 @@ impl Progress {
         }
     }
 
-    pub(crate) fn finish(&self) {
+    pub(crate) fn finish(self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }

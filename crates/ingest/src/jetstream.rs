@@ -23,8 +23,14 @@
 
 use super::format::Payload;
 use super::mapping::{self, Mapper};
-use super::{CHUNK_BYTES_MAX, CHUNK_INTERVAL, CHUNK_RECORDS_MAX, Chunk, PrepareError, UsageError};
-use anyhow::{Context as _, Result, anyhow};
+use crate::error::{IngestError, Result, UsageError};
+macro_rules! jetstream_error {
+    ($($format:tt)*) => {
+        IngestError::JetStream(format!($($format)*))
+    };
+}
+
+use crate::pipeline::{CHUNK_BYTES_MAX, CHUNK_INTERVAL, CHUNK_RECORDS_MAX, Chunk};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::Stream;
@@ -167,7 +173,7 @@ pub(crate) struct Connection {
 }
 
 /// Connects and looks the stream up. A missing stream is a usage error.
-pub(crate) async fn connect(plan: &JetStreamPlan) -> Result<Connection, PrepareError> {
+pub(crate) async fn connect(plan: &JetStreamPlan) -> Result<Connection> {
     let described = plan.describe();
     let client = async_nats::ConnectOptions::new()
         .name("sluice-ingest")
@@ -175,7 +181,7 @@ pub(crate) async fn connect(plan: &JetStreamPlan) -> Result<Connection, PrepareE
         .connect(plan.url.as_str())
         .await
         // The error names no credentials; the URL is printed without them.
-        .map_err(|error| anyhow!("connecting to {described}: {error}"))?;
+        .map_err(|error| jetstream_error!("connecting to {described}: {error}"))?;
     let context = async_nats::jetstream::new(client.clone());
     let stream = match context.get_stream(&plan.stream).await {
         Ok(stream) => stream,
@@ -190,7 +196,7 @@ pub(crate) async fn connect(plan: &JetStreamPlan) -> Result<Connection, PrepareE
                 )
                 .into());
             }
-            return Err(anyhow!("looking up stream {}: {error}", plan.stream).into());
+            return Err(jetstream_error!("looking up stream {}: {error}", plan.stream));
         }
     };
     Ok(Connection {
@@ -216,7 +222,7 @@ impl Connection {
     /// The first message on the subject that holds a JSON object (what column inference and
     /// a table's filled columns look at), read by a short-lived consumer that acknowledges
     /// nothing. `None` when there is none among the first [`PROBE_MESSAGES_MAX`].
-    pub(crate) async fn first_record(&self) -> Result<Option<Payload>, PrepareError> {
+    pub(crate) async fn first_record(&self) -> Result<Option<Payload>> {
         let probe: PullConsumer = self
             .stream
             .create_consumer(pull::Config {
@@ -227,7 +233,9 @@ impl Connection {
                 ..Default::default()
             })
             .await
-            .map_err(|error| anyhow!("creating a consumer to read the first record: {error}"))?;
+            .map_err(|error| {
+                jetstream_error!("creating a consumer to read the first record: {error}")
+            })?;
         let probe_name = probe.cached_info().name.clone();
         let first = self.probe(&probe).await;
         if let Err(error) = self.stream.delete_consumer(&probe_name).await {
@@ -236,7 +244,7 @@ impl Connection {
         first
     }
 
-    async fn probe(&self, probe: &PullConsumer) -> Result<Option<Payload>, PrepareError> {
+    async fn probe(&self, probe: &PullConsumer) -> Result<Option<Payload>> {
         let mut read = 0;
         while read < PROBE_MESSAGES_MAX {
             let mut batch = probe
@@ -244,11 +252,11 @@ impl Connection {
                 .max_messages(FETCH_MESSAGES_MAX)
                 .messages()
                 .await
-                .map_err(|error| anyhow!("reading {}: {error}", self.plan.stream))?;
+                .map_err(|error| jetstream_error!("reading {}: {error}", self.plan.stream))?;
             let mut got = 0;
             while let Some(message) = batch.next().await {
-                let message =
-                    message.map_err(|error| anyhow!("reading {}: {error}", self.plan.stream))?;
+                let message = message
+                    .map_err(|error| jetstream_error!("reading {}: {error}", self.plan.stream))?;
                 got += 1;
                 let payload = payload(&message.payload);
                 if mapping::can_infer_from(&payload) {
@@ -271,7 +279,7 @@ impl Connection {
         mapper: Mapper,
         follow: bool,
         checkpoint_interval: Duration,
-    ) -> Result<(StreamReader, Acks), PrepareError> {
+    ) -> Result<(StreamReader, Acks)> {
         let plan = &self.plan;
         let name = plan.consumer.as_str();
         let config = |start: u64| pull::Config {
@@ -295,9 +303,10 @@ impl Connection {
             Ok(info) => Some(info),
             Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => None,
             Err(error) => {
-                return Err(
-                    anyhow!("looking up consumer {name} of {}: {error}", plan.stream).into(),
-                );
+                return Err(jetstream_error!(
+                    "looking up consumer {name} of {}: {error}",
+                    plan.stream
+                ));
             }
         };
         let recreate = match &existing {
@@ -337,18 +346,18 @@ impl Connection {
             self.stream
                 .delete_consumer(name)
                 .await
-                .map_err(|error| anyhow!("deleting consumer {name}: {error}"))?;
+                .map_err(|error| jetstream_error!("deleting consumer {name}: {error}"))?;
         }
         let consumer: PullConsumer = if existing.is_none() || recreate {
             self.stream
                 .create_consumer(config(start))
                 .await
-                .map_err(|error| anyhow!("creating consumer {name}: {error}"))?
+                .map_err(|error| jetstream_error!("creating consumer {name}: {error}"))?
         } else {
             self.stream
                 .get_consumer(name)
                 .await
-                .map_err(|error| anyhow!("opening consumer {name}: {error}"))?
+                .map_err(|error| jetstream_error!("opening consumer {name}: {error}"))?
         };
         let max_ack_pending = consumer.cached_info().config.max_ack_pending;
         // Checkpoint early when half the server's allowance is waiting for its ack, so the
@@ -520,15 +529,20 @@ impl StreamReader {
                 .expires(FETCH_WAIT)
                 .messages()
                 .await
-                .with_context(|| format!("pulling from stream {}", self.stream))?;
+                .map_err(|error| {
+                    jetstream_error!("pulling from stream {}: {error}", self.stream)
+                })?;
             let mut got = 0;
             while let Some(message) = batch.next().await {
-                let message = message
-                    .map_err(|error| anyhow!("pulling from stream {}: {error}", self.stream))?;
+                let message = message.map_err(|error| {
+                    jetstream_error!("pulling from stream {}: {error}", self.stream)
+                })?;
                 got += 1;
                 let sequence = message
                     .info()
-                    .map_err(|error| anyhow!("a message without JetStream metadata: {error}"))?
+                    .map_err(|error| {
+                        jetstream_error!("a message without JetStream metadata: {error}")
+                    })?
                     .stream_sequence;
                 if sequence <= self.last {
                     // A redelivery of a message already read: never written again.
@@ -562,11 +576,9 @@ impl StreamReader {
                 break;
             }
             if got == 0 && !self.follow {
-                let info = self
-                    .consumer
-                    .info()
-                    .await
-                    .with_context(|| format!("reading consumer info of {}", self.stream))?;
+                let info = self.consumer.info().await.map_err(|error| {
+                    jetstream_error!("reading consumer info of {}: {error}", self.stream)
+                })?;
                 if info.num_pending == 0 {
                     return Ok(None);
                 }
@@ -576,7 +588,7 @@ impl StreamReader {
             rows,
             rejected,
             records,
-            position: super::SourcePosition::Stream(self.position()),
+            position: crate::source::SourcePosition::Stream(self.position()),
             bytes_done: self.bytes_done,
             ack,
         }))
