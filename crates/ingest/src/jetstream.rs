@@ -196,7 +196,10 @@ pub(crate) async fn connect(plan: &JetStreamPlan) -> Result<Connection> {
                 )
                 .into());
             }
-            return Err(jetstream_error!("looking up stream {}: {error}", plan.stream));
+            return Err(jetstream_error!(
+                "looking up stream {}: {error}",
+                plan.stream
+            ));
         }
     };
     Ok(Connection {
