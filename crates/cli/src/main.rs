@@ -1,10 +1,7 @@
-//! The `sluice` binary: the demo, inspection commands (and later the benchmarks and the sink).
+//! The `sluice` binary: argument parsing and glue over the library crates (the demo, the
+//! ingest, the workers, the benchmarks, inspection).
 //! `anyhow` and exit codes live here only.
 
-mod bench;
-mod bench_ingest;
-mod bench_processes;
-mod bench_sink;
 mod demo;
 mod ingest;
 mod ingest_progress;
@@ -13,8 +10,8 @@ mod worker;
 mod workflows;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
-use sluice_store_sqlite::{Location, SqliteStore, SqliteStoreOptions, Synchronous};
+use clap::{Parser, Subcommand};
+use sluice_store_sqlite::{Location, SqliteStore, SqliteStoreOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -45,8 +42,8 @@ struct Cli {
 enum Command {
     /// Run the sample order workflows on an embedded SQLite file; interrupt and re-run to resume.
     Demo(demo::DemoArgs),
-    /// Print an instance's status and history as JSON.
-    /// Benchmarks; each prints figures and can write JSON.
+    /// Benchmarks; each prints figures against a baseline measured in the same run, and can
+    /// write JSON.
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Move records from files, standard input or NATS JetStream into a database table,
@@ -81,28 +78,18 @@ enum StoreCommand {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// The orchestration stress workload (fan-out of five activities, closed loop).
-    Orchestrations(bench::OrchestrationBenchArgs),
-    /// The database sink against the raw limit of its database (issue 6).
-    Sink(bench_sink::SinkBenchArgs),
-    /// `sluice ingest` of NDJSON into PostgreSQL against psql's COPY of the same rows (issue 7).
-    Ingest(bench_ingest::IngestBenchArgs),
+    Orchestrations(sluice_bench::OrchestrationBenchArgs),
+    /// The database sink against the raw limit of its database on the same rows.
+    Sink(sluice_bench::SinkBenchArgs),
+    /// `sluice ingest` of NDJSON into PostgreSQL against psql's COPY of the same rows.
+    Ingest(sluice_bench::IngestBenchArgs),
 }
 
-/// Commit durability on SQLite.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub(crate) enum SyncMode {
-    /// Every commit is on disk before it is acknowledged.
-    Full,
-    /// Faster; a power loss may lose the last commits (a process crash does not).
-    Normal,
-}
+pub(crate) use sluice_bench::SyncMode;
 
 pub(crate) fn open_sqlite(db: &std::path::Path, sync: SyncMode) -> Result<Arc<SqliteStore>> {
     let mut options = SqliteStoreOptions::new(Location::File(db.to_path_buf()));
-    options.synchronous = match sync {
-        SyncMode::Full => Synchronous::Full,
-        SyncMode::Normal => Synchronous::Normal,
-    };
+    options.synchronous = sync.synchronous();
     let store = SqliteStore::open(options).with_context(|| format!("opening {}", db.display()))?;
     Ok(Arc::new(store))
 }
@@ -129,9 +116,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
-            Command::Bench(BenchCommand::Orchestrations(args)) => bench::run(args).await,
-            Command::Bench(BenchCommand::Sink(args)) => bench_sink::run(args).await,
-            Command::Bench(BenchCommand::Ingest(args)) => bench_ingest::run(args).await,
+            Command::Bench(BenchCommand::Orchestrations(args)) => {
+                sluice_bench::run_orchestrations(args).await
+            }
+            Command::Bench(BenchCommand::Sink(args)) => sluice_bench::run_sink(args).await,
+            Command::Bench(BenchCommand::Ingest(args)) => sluice_bench::run_ingest(args).await,
             Command::Ingest(args) => ingest::run(*args).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Migrate(args) => worker::migrate(args).await,

@@ -1,7 +1,7 @@
 //! `sluice worker` and `sluice migrate`: a process that hosts the demo's and the benchmark's
 //! orchestrations and activities on a store that many such processes share.
 
-use crate::{SyncMode, bench, open_sqlite, workflows};
+use crate::{SyncMode, open_sqlite, workflows};
 use anyhow::{Context, Result, bail};
 use sluice_runtime::{Runtime, RuntimeOptions};
 use sluice_store::Store;
@@ -116,7 +116,8 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
         }
     };
     let executions = Arc::new(AtomicU64::new(0));
-    let registry = bench::register(workflows::registry(), args.activity_ms, executions.clone());
+    let registry =
+        sluice_bench::register(workflows::registry(), args.activity_ms, executions.clone());
     let runtime = Runtime::start(
         store,
         registry,
@@ -156,9 +157,9 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
     eprintln!("sluice worker {}: stopping", std::process::id());
     runtime.shutdown(Duration::from_secs(args.grace_secs)).await;
     if let Some(path) = &args.report {
-        crate::bench_processes::write_report(
+        sluice_bench::write_report(
             path,
-            &crate::bench_processes::WorkerReport {
+            &sluice_bench::WorkerReport {
                 pid: std::process::id(),
                 activity_executions: executions.load(std::sync::atomic::Ordering::Relaxed),
                 refused_writes: postgres.as_ref().map(|store| store.refused_writes()),

@@ -194,4 +194,4 @@ pub use error::PostgresError;
 pub use progress::{WRITER_LOCK_CLASS, writer_lock_key};
 pub use read::{read_dead_letters, read_rows};
 pub use tokio_postgres;
-pub use values::ReadError;
+pub use values::{BinaryValue, ReadError};

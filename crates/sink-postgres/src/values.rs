@@ -630,6 +630,34 @@ impl ToSql for ColumnArray<'_> {
     to_sql_checked!();
 }
 
+/// A value in PostgreSQL's binary format, encoded exactly as the sink encodes it for a column of
+/// the statement's type: for callers that run their own statements or `COPY` beside the sink
+/// (the benchmarks measure the raw limit with the sink's own encoding).
+#[derive(Debug)]
+pub struct BinaryValue<'a>(pub &'a Value);
+
+impl ToSql for BinaryValue<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if matches!(self.0, Value::Null) {
+            return Ok(IsNull::Yes);
+        }
+        let pg = PgType::from_oid(ty.oid())
+            .ok_or_else(|| EncodeError(format!("the sink does not write {ty} columns")))?;
+        encode(self.0, pg, out)?;
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        PgType::from_oid(ty.oid()).is_some()
+    }
+
+    to_sql_checked!();
+}
+
 /// Appends the binary form of a non-NULL `value` for a column of type `pg`.
 fn encode(value: &Value, pg: PgType, out: &mut BytesMut) -> Result<(), EncodeError> {
     let narrow = |v: i64, ty: &str| EncodeError(format!("{v} is out of range for {ty}"));

@@ -82,4 +82,4 @@ pub use backend::{SqliteBackend, SqliteSinkOptions};
 pub use read::{read_dead_letters, read_rows};
 pub use sluice_sqlite::{Location, OpenOptions, Synchronous};
 pub use statements::ROWS_PER_STATEMENT_MAX;
-pub use values::ReadError;
+pub use values::{Bind, ReadError};

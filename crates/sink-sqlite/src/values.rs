@@ -3,8 +3,11 @@
 use rusqlite::types::{ToSql, ToSqlOutput, Value as SqlValue, ValueRef};
 use sluice_sink::{ColumnType, Date, Decimal, Json, Timestamp, TimestampTz, Uuid, Value};
 
-/// A value bound as a statement parameter, without copying text or blobs.
-pub(crate) struct Bind<'a>(pub(crate) &'a Value);
+/// A value bound as a statement parameter, stored exactly as the sink stores it, without
+/// copying text or blobs: for callers that run their own statements beside the sink (the
+/// benchmarks measure the raw limit with the sink's own encoding).
+#[derive(Debug)]
+pub struct Bind<'a>(pub &'a Value);
 
 impl ToSql for Bind<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {

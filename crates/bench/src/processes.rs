@@ -17,14 +17,14 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a worker writes to its `--report` file when it stops.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct WorkerReport {
+pub struct WorkerReport {
     /// The worker's process id.
-    pub(crate) pid: u32,
+    pub pid: u32,
     /// Activity executions it ran.
-    pub(crate) activity_executions: u64,
+    pub activity_executions: u64,
     /// PostgreSQL: its writes the store refused because their lease was lost.
     #[serde(default)]
-    pub(crate) refused_writes: Option<u64>,
+    pub refused_writes: Option<u64>,
 }
 
 /// A worker's part of a run, as the benchmark reports it.
@@ -113,10 +113,9 @@ impl Workers {
     /// Stops the workers (SIGTERM, then their grace period) and reads what each ran.
     pub(crate) fn stop(mut self) -> Result<Vec<ProcessShare>> {
         for (child, _) in &self.children {
-            let pid = libc::pid_t::try_from(child.id()).context("a worker's pid")?;
-            // SAFETY: kill(2) with a pid this process started and has not yet waited for.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
+            // A worker that already exited is seen below, with its status.
+            if let Err(error) = crate::host::terminate(child) {
+                tracing::warn!(%error, pid = child.id(), "cannot signal a worker");
             }
         }
         let mut reports = Vec::new();
@@ -173,7 +172,7 @@ fn read_report(path: &Path) -> Result<WorkerReport> {
 }
 
 /// Writes a worker's report (`sluice worker --report`).
-pub(crate) fn write_report(path: &Path, report: &WorkerReport) -> Result<()> {
+pub fn write_report(path: &Path, report: &WorkerReport) -> Result<()> {
     std::fs::write(path, serde_json::to_string(report)?)
         .with_context(|| format!("writing {}", path.display()))
 }

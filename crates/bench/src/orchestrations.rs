@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::SyncMode;
+use crate::stats::{Latencies, LatencyMs};
+use crate::{SyncMode, host, postgres};
 
 /// Where the benchmark keeps its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -37,7 +38,7 @@ pub(crate) enum StoreKind {
 
 /// Options of `sluice bench orchestrations`.
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct OrchestrationBenchArgs {
+pub struct OrchestrationBenchArgs {
     /// The store.
     #[arg(long, value_enum, default_value = "sqlite-file")]
     store: StoreKind,
@@ -127,15 +128,6 @@ impl BenchOrchestration {
     }
 }
 
-/// Latency percentiles in milliseconds.
-#[derive(Debug, Serialize)]
-pub(crate) struct LatencyMs {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
-}
-
 /// One configuration's figures; the JSON keys are part of the benchmark's contract.
 #[derive(Debug, Serialize)]
 pub(crate) struct BenchResult {
@@ -164,7 +156,7 @@ pub(crate) struct BenchResult {
     /// after).
     pg_wal_bytes_per_orchestration: Option<f64>,
     /// With `--processes`: each worker process's part of the activity executions.
-    process_shares: Option<Vec<crate::bench_processes::ProcessShare>>,
+    process_shares: Option<Vec<crate::processes::ProcessShare>>,
     completed: u64,
     elapsed_sec: f64,
 }
@@ -187,11 +179,7 @@ fn registry(activity_ms: u64, executions: Arc<AtomicU64>) -> Registry {
 }
 
 /// Adds the benchmark's orchestration (`fan_out`) and activity (`work`) to `registry`.
-pub(crate) fn register(
-    registry: Registry,
-    activity_ms: u64,
-    executions: Arc<AtomicU64>,
-) -> Registry {
+pub fn register(registry: Registry, activity_ms: u64, executions: Arc<AtomicU64>) -> Registry {
     registry
         .orchestration("fan_out", fan_out)
         .orchestration(
@@ -216,37 +204,7 @@ pub(crate) fn register(
         })
 }
 
-/// Bytes this process has passed to write(2)-like calls so far (`wchar` in /proc/self/io).
-fn bytes_written() -> Option<u64> {
-    let io = std::fs::read_to_string("/proc/self/io").ok()?;
-    io.lines()
-        .find_map(|line| line.strip_prefix("wchar: "))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Resident set size in MB (`VmRSS` in /proc/self/status).
-fn rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-pub(crate) async fn run(args: OrchestrationBenchArgs) -> Result<std::process::ExitCode> {
+pub async fn run(args: OrchestrationBenchArgs) -> Result<std::process::ExitCode> {
     let configs: Vec<OrchestrationBenchArgs> = if args.seed_table {
         [
             (StoreKind::SqliteMemory, 1),
@@ -305,7 +263,7 @@ enum BenchStore {
         admin: Box<tokio_postgres::Client>,
         url: String,
         schema: String,
-        _cluster: Option<Box<sluice_testkit::PgCluster>>,
+        _server: postgres::Server,
     },
 }
 
@@ -358,16 +316,9 @@ async fn pg_raw_commits_per_sec(admin: &tokio_postgres::Client) -> Result<f64> {
 }
 
 async fn open_postgres(args: &OrchestrationBenchArgs) -> Result<BenchStore> {
-    let (url, cluster) = match &args.pg_url {
-        Some(url) => (url.clone(), None),
-        None => {
-            let cluster = tokio::task::block_in_place(sluice_testkit::PgCluster::start)
-                .map_err(|e| anyhow::anyhow!("cannot start a throwaway PostgreSQL: {e}"))?;
-            let url = tokio::task::block_in_place(|| cluster.create_database("sluice_bench"))?;
-            (url, Some(cluster))
-        }
-    };
-    let admin = crate::bench_sink::pg_connect(&url).await?;
+    let server = postgres::Server::open(args.pg_url.as_deref()).await?;
+    let url = server.url.clone();
+    let admin = postgres::connect(&url).await?;
     let mut options = PostgresStoreOptions::new(&url)?;
     // A fresh schema per run, so runs against one database do not see each other's instances.
     let millis = std::time::SystemTime::now()
@@ -383,7 +334,7 @@ async fn open_postgres(args: &OrchestrationBenchArgs) -> Result<BenchStore> {
         admin: Box::new(admin),
         url,
         schema,
-        _cluster: cluster.map(Box::new),
+        _server: server,
     })
 }
 
@@ -408,10 +359,7 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
                 _ => Location::Memory,
             };
             let mut options = SqliteStoreOptions::new(location);
-            options.synchronous = match args.synchronous {
-                SyncMode::Full => Synchronous::Full,
-                SyncMode::Normal => Synchronous::Normal,
-            };
+            options.synchronous = args.synchronous.synchronous();
             if let Location::File(path) = &options.location {
                 let scratch = path.with_extension("raw-limit.db");
                 let raw = raw_commits_per_sec(&scratch, options.synchronous);
@@ -434,7 +382,7 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
     let executions = Arc::new(AtomicU64::new(0));
     let (runtime, workers, client) = match &bench_store {
         BenchStore::Postgres { url, schema, .. } if args.processes > 0 => {
-            let spec = crate::bench_processes::WorkerSpec {
+            let spec = crate::processes::WorkerSpec {
                 url,
                 schema,
                 orch_concurrency: args.orch_concurrency,
@@ -443,7 +391,7 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
                 pg_connections: args.pg_connections,
             };
             let workers = tokio::task::block_in_place(|| {
-                crate::bench_processes::Workers::start(args.processes, &spec)
+                crate::processes::Workers::start(args.processes, &spec)
             })?;
             let client = Client::new(store.clone(), RuntimeOptions::default().poll_interval);
             (None, Some(workers), client)
@@ -464,16 +412,18 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
     };
 
     let started = Instant::now();
-    let bytes_before = bytes_written();
+    let bytes_before = host::bytes_written();
     let deadline = started + Duration::from_secs(args.duration);
     let issued = Arc::new(AtomicU64::new(0));
-    let rss_peak = Arc::new(std::sync::Mutex::new(rss_mb().unwrap_or(0.0)));
+    let rss_peak = Arc::new(std::sync::Mutex::new(
+        host::status_mib("VmRSS").unwrap_or(0.0),
+    ));
     let sampler = {
         let rss_peak = rss_peak.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Some(rss) = rss_mb() {
+                if let Some(rss) = host::status_mib("VmRSS") {
                     let mut peak = rss_peak
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -493,18 +443,22 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
             closed_loop(client, orchestration, think, issued, count, deadline).await
         }));
     }
-    let mut latencies = Vec::new();
+    let mut latencies = Latencies::new();
+    let mut completed = 0u64;
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     for handle in loops {
         let (lat, fails) = handle.await?;
-        latencies.extend(lat);
+        completed += lat.len() as u64;
+        for ms in lat {
+            latencies.record_ms(ms, 1);
+        }
         for (kind, n) in fails {
             *failures.entry(kind).or_default() += n;
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
     sampler.abort();
-    let bytes = match (bytes_before, bytes_written()) {
+    let bytes = match (bytes_before, host::bytes_written()) {
         (Some(before), Some(after)) if args.store == StoreKind::SqliteFile => Some(after - before),
         _ => None,
     };
@@ -554,8 +508,6 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
     drop(store);
     drop(bench_store);
 
-    latencies.sort_by(|a, b| a.total_cmp(b));
-    let completed = latencies.len() as u64;
     let failed: u64 = failures.values().sum();
     let ceiling = (args.activity_ms > 0 && args.orchestration.activities() > 0).then(|| {
         (args.activity_concurrency * args.processes.max(1)) as f64 * 1000.0
@@ -584,12 +536,12 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
         activities_per_sec: per_sec * args.orchestration.activities() as f64,
         activity_executions: executions.load(Ordering::Relaxed),
         logical_activities: completed * args.orchestration.activities() as u64,
-        latency_ms: LatencyMs {
-            p50: percentile(&latencies, 50.0),
-            p90: percentile(&latencies, 90.0),
-            p99: percentile(&latencies, 99.0),
-            max: latencies.last().copied().unwrap_or(0.0),
-        },
+        latency_ms: latencies.summary().unwrap_or(LatencyMs {
+            p50: 0.0,
+            p90: 0.0,
+            p99: 0.0,
+            max: 0.0,
+        }),
         success_rate: if completed + failed == 0 {
             0.0
         } else {
@@ -721,7 +673,7 @@ fn print_result(r: &BenchResult) {
         println!("  PostgreSQL: {commits:.2} commits and {wal:.0} WAL bytes per orchestration");
     }
     if let Some(shares) = &r.process_shares {
-        crate::bench_processes::print_shares(shares);
+        crate::processes::print_shares(shares);
     }
     if let (Some(ceiling), Some(share)) = (r.ceiling_orchestrations_per_sec, r.share_of_ceiling) {
         println!(

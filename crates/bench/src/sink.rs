@@ -24,18 +24,19 @@
 //! lanes the return of `Sink::wait_durable` called as each write returned (it does not hurry
 //! the batches).
 
+use crate::generate::EventRows;
+use crate::stats::{Latencies, LatencyMs};
+use crate::{host, postgres};
 use anyhow::{Context, Result, anyhow, bail};
-use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 use sluice_sink::{
-    Column, ColumnType, CreateTable, Decimal, Delivery, Json, Mode, Resume, Row, Schema, Sink,
-    SinkBackend, SinkConfig, SinkConfigBuilder, SinkId, SinkStats, TimestampTz, Uuid, Value,
+    Column, ColumnType, CreateTable, Delivery, Mode, Resume, Row, Schema, Sink, SinkBackend,
+    SinkConfig, SinkConfigBuilder, SinkId, SinkStats, Value,
 };
 use sluice_sink_postgres::tokio_postgres::binary_copy::BinaryCopyInWriter;
-use sluice_sink_postgres::tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use sluice_sink_postgres::tokio_postgres::{self, NoTls};
-use sluice_sink_postgres::{APPLICATION_NAME, PostgresBackend, PostgresSinkOptions};
-use sluice_sink_sqlite::{SqliteBackend, SqliteSinkOptions};
+use sluice_sink_postgres::tokio_postgres::{self, types::Type};
+use sluice_sink_postgres::{APPLICATION_NAME, BinaryValue, PostgresBackend, PostgresSinkOptions};
+use sluice_sink_sqlite::{Bind, SqliteBackend, SqliteSinkOptions};
 use sluice_sqlite::Location;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -119,7 +120,7 @@ const ALL_SCENARIOS: [ScenarioArg; 11] = [
 
 /// Options of `sluice bench sink`.
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct SinkBenchArgs {
+pub struct SinkBenchArgs {
     /// The database.
     #[arg(long, value_enum)]
     target: Target,
@@ -166,12 +167,6 @@ const SQLITE_RAW_TXN_ROWS: usize = 100_000;
 /// Rows per transaction and connections of the raw PostgreSQL upsert limit: each is tried, the
 /// fastest counts.
 const PG_RAW_UPSERT: [(usize, usize); 4] = [(10_000, 1), (100_000, 1), (10_000, 2), (100_000, 2)];
-/// Template rows the generator clones.
-const TEMPLATES: usize = 4_096;
-/// 2026-01-01T00:00:00Z in microseconds since the Unix epoch.
-const BASE_TIME_US: i64 = 1_767_225_600_000_000;
-/// Microseconds between 1970-01-01 and PostgreSQL's epoch, 2000-01-01.
-const PG_EPOCH_US: i64 = 946_684_800_000_000;
 const COLUMNS: [&str; 9] = [
     "id",
     "event_time",
@@ -194,14 +189,6 @@ const PG_TYPES: [Type; 9] = [
     Type::TEXT,
     Type::JSONB,
 ];
-
-/// Latency percentiles in milliseconds.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-pub(crate) struct LatencyMs {
-    p50: f64,
-    p99: f64,
-    max: f64,
-}
 
 /// One scenario's figures; the first ten keys are the contract of issue 6.
 #[derive(Debug, Serialize, Deserialize)]
@@ -228,96 +215,6 @@ pub(crate) struct ScenarioResult {
 
 // ---------------------------------------------------------------------------------------------
 // Rows
-
-/// splitmix64: a fast, well-mixed, deterministic stream.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(1);
-        mix(self.0)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn alphanumeric(&mut self, len: usize) -> String {
-        const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-        (0..len)
-            .map(|_| char::from(CHARS[self.below(CHARS.len() as u64) as usize]))
-            .collect()
-    }
-}
-
-/// The deterministic row source (see the module docs).
-struct Generator {
-    seed: u64,
-    templates: Vec<Vec<Value>>,
-}
-
-impl Generator {
-    fn new(seed: u64) -> Result<Generator> {
-        let mut rng = Rng(mix(seed));
-        let mut templates = Vec::with_capacity(TEMPLATES);
-        for _ in 0..TEMPLATES {
-            let key = [rng.next().to_be_bytes(), rng.next().to_be_bytes()].concat();
-            let decimal = |text: String| Decimal::parse(&text).map(Value::Decimal);
-            let amount = decimal(format!("{}.{:02}", rng.below(100_000), rng.below(100)))?;
-            let price = decimal(format!("{}.{:04}", rng.below(1_000), rng.below(10_000)))?;
-            let quantity = decimal(format!("{}", 1 + rng.below(500)))?;
-            let fee = decimal(format!("0.{:02}", rng.below(100)))?;
-            let label = Value::Text(rng.alphanumeric(40));
-            let mut doc = format!(
-                r#"{{"user":"u{:06}","country":"{}","device":"{}","score":{},"tags":["{}","{}"],"pad":""#,
-                rng.below(1_000_000),
-                rng.alphanumeric(2).to_uppercase(),
-                rng.alphanumeric(12),
-                rng.below(10_000),
-                rng.alphanumeric(6),
-                rng.alphanumeric(6),
-            );
-            let pad = 200 - 2 - doc.len();
-            doc.push_str(&rng.alphanumeric(pad));
-            doc.push_str("\"}");
-            let payload = Value::Json(Json::parse(&doc)?);
-            templates.push(vec![
-                Value::I64(0),
-                Value::TimestampTz(TimestampTz(0)),
-                Value::Uuid(Uuid(key.try_into().expect("16 bytes"))),
-                amount,
-                price,
-                quantity,
-                fee,
-                label,
-                payload,
-            ]);
-        }
-        Ok(Generator { seed, templates })
-    }
-
-    fn row(&self, id: i64) -> Row {
-        let template = &self.templates[(mix(self.seed ^ id as u64) % TEMPLATES as u64) as usize];
-        let mut values = template.clone();
-        values[0] = Value::I64(id);
-        values[1] = Value::TimestampTz(TimestampTz(BASE_TIME_US + id * 10));
-        Row::insert(values)
-    }
-
-    /// Rows with ids `first, first + step, ...` (`count` of them).
-    fn rows(&self, first: i64, count: usize, step: i64) -> Vec<Row> {
-        (0..count as i64)
-            .map(|i| self.row(first + i * step))
-            .collect()
-    }
-}
 
 fn schema(table: &str, keyed: bool) -> Result<Schema> {
     let column = |name: &str, column_type| Column::new(name, column_type);
@@ -351,85 +248,6 @@ fn into_chunks(rows: Vec<Row>, chunk_rows: usize) -> Vec<Vec<Row>> {
 // ---------------------------------------------------------------------------------------------
 // Raw limits
 
-/// A value in PostgreSQL's binary form, encoded as the sink encodes it.
-#[derive(Debug)]
-struct PgValue<'a>(&'a Value);
-
-impl ToSql for PgValue<'_> {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match self.0 {
-            Value::Null => return Ok(IsNull::Yes),
-            Value::I64(v) => out.put_i64(*v),
-            Value::TimestampTz(TimestampTz(v)) => out.put_i64(v - PG_EPOCH_US),
-            Value::Uuid(v) => out.put_slice(&v.0),
-            Value::Decimal(v) => encode_numeric(v.as_str(), out),
-            Value::Text(v) => out.put_slice(v.as_bytes()),
-            Value::Json(v) => {
-                out.put_u8(1);
-                out.put_slice(v.as_str().as_bytes());
-            }
-            other => return Err(format!("the benchmark row has no {other:?}").into()),
-        }
-        Ok(IsNull::No)
-    }
-
-    fn accepts(_ty: &Type) -> bool {
-        true
-    }
-
-    to_sql_checked!();
-}
-
-/// PostgreSQL's binary `numeric` of canonical decimal text (base-10000 digits).
-fn encode_numeric(text: &str, out: &mut BytesMut) {
-    let (negative, unsigned) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (integer, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
-    let lead = (4 - integer.len() % 4) % 4;
-    let trail = (4 - fraction.len() % 4) % 4;
-    let mut digits: Vec<i16> = Vec::with_capacity(8);
-    let (mut group, mut filled) = (0i16, 0);
-    let decimal_digits = std::iter::repeat_n(b'0', lead)
-        .chain(integer.bytes())
-        .chain(fraction.bytes())
-        .chain(std::iter::repeat_n(b'0', trail));
-    for byte in decimal_digits {
-        group = group * 10 + i16::from(byte - b'0');
-        filled += 1;
-        if filled == 4 {
-            digits.push(group);
-            (group, filled) = (0, 0);
-        }
-    }
-    let mut weight = ((lead + integer.len()) / 4) as i16 - 1;
-    let zeros = digits.iter().take_while(|&&d| d == 0).count();
-    let sign: u16 = if zeros == digits.len() {
-        digits.clear();
-        weight = 0;
-        0
-    } else {
-        digits.drain(..zeros);
-        weight -= zeros as i16;
-        while digits.last() == Some(&0) {
-            digits.pop();
-        }
-        if negative { 0x4000 } else { 0 }
-    };
-    out.put_i16(digits.len() as i16);
-    out.put_i16(weight);
-    out.put_u16(sign);
-    out.put_u16(fraction.len() as u16);
-    for digit in digits {
-        out.put_i16(digit);
-    }
-}
-
 fn quoted_columns() -> String {
     COLUMNS
         .iter()
@@ -444,19 +262,6 @@ fn update_list(excluded: &str) -> String {
         .map(|c| format!("\"{c}\" = {excluded}.\"{c}\""))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A plain connection for a benchmark's own statements (setup, raw limits, sampling).
-pub(crate) async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .context("connecting to PostgreSQL")?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(%error, "a benchmark connection ended");
-        }
-    });
-    Ok(client)
 }
 
 /// Binary COPY of `rows` into `table` on `client`'s current transaction.
@@ -481,15 +286,15 @@ async fn pg_copy_into(
     Ok(())
 }
 
-/// A row's values as COPY fields (a named iterator: `map(PgValue)` defeats the `Send` check of
+/// A row's values as COPY fields (a named iterator: `map(BinaryValue)` defeats the `Send` check of
 /// a spawned caller through its higher-ranked lifetimes).
 struct PgFields<'a>(std::slice::Iter<'a, Value>);
 
 impl<'a> Iterator for PgFields<'a> {
-    type Item = PgValue<'a>;
+    type Item = BinaryValue<'a>;
 
-    fn next(&mut self) -> Option<PgValue<'a>> {
-        self.0.next().map(PgValue)
+    fn next(&mut self) -> Option<BinaryValue<'a>> {
+        self.0.next().map(BinaryValue)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -501,7 +306,7 @@ impl ExactSizeIterator for PgFields<'_> {}
 
 /// The insert limit: one binary COPY of every row, one connection, one transaction.
 async fn pg_raw_copy(url: &str, table: &str, rows: &[Row]) -> Result<Duration> {
-    let mut client = pg_connect(url).await?;
+    let mut client = postgres::connect(url).await?;
     let started = Instant::now();
     let transaction = client.transaction().await?;
     pg_copy_into(&transaction, &format!("\"{table}\""), rows).await?;
@@ -530,7 +335,7 @@ async fn pg_raw_upsert(
             ready.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let mut client = pg_connect(&url).await?;
+            let mut client = postgres::connect(&url).await?;
             let staging = format!("\"stage_{table}\"");
             client
                 .batch_execute(&format!(
@@ -564,29 +369,6 @@ async fn pg_raw_upsert(
     Ok(finished.duration_since(started))
 }
 
-/// A value bound as the SQLite backend stores it.
-struct SqliteValue<'a>(&'a Value);
-
-impl rusqlite::ToSql for SqliteValue<'_> {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        use rusqlite::types::{ToSqlOutput, ValueRef};
-        Ok(ToSqlOutput::Borrowed(match self.0 {
-            Value::Null => ValueRef::Null,
-            Value::I64(v) => ValueRef::Integer(*v),
-            Value::TimestampTz(TimestampTz(v)) => ValueRef::Integer(*v),
-            Value::Uuid(v) => ValueRef::Blob(&v.0),
-            Value::Decimal(v) => ValueRef::Text(v.as_str().as_bytes()),
-            Value::Text(v) => ValueRef::Text(v.as_bytes()),
-            Value::Json(v) => ValueRef::Text(v.as_str().as_bytes()),
-            other => {
-                return Err(rusqlite::Error::ToSqlConversionFailure(
-                    format!("the benchmark row has no {other:?}").into(),
-                ));
-            }
-        }))
-    }
-}
-
 /// The SQLite limit: one prepared single-row statement, transactions of `txn_rows`, on a
 /// connection opened with the sink's settings.
 fn sqlite_raw(path: &Path, rows: &[Row], txn_rows: usize, upsert: bool) -> Result<Duration> {
@@ -610,9 +392,7 @@ fn sqlite_raw(path: &Path, rows: &[Row], txn_rows: usize, upsert: bool) -> Resul
     for part in rows.chunks(txn_rows) {
         connection.execute_batch("BEGIN IMMEDIATE")?;
         for row in part {
-            statement.execute(rusqlite::params_from_iter(
-                row.values.iter().map(SqliteValue),
-            ))?;
+            statement.execute(rusqlite::params_from_iter(row.values.iter().map(Bind)))?;
         }
         connection.execute_batch("COMMIT")?;
     }
@@ -639,26 +419,8 @@ fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
 }
 
-fn summarize(mut samples: Weighted) -> Option<LatencyMs> {
-    samples.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total: u64 = samples.iter().map(|(_, rows)| rows).sum();
-    let max = samples.last()?.0;
-    let pick = |p: f64| {
-        let rank = ((p * total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (latency, rows) in &samples {
-            seen += rows;
-            if seen >= rank {
-                return *latency;
-            }
-        }
-        max
-    };
-    Some(LatencyMs {
-        p50: pick(0.50),
-        p99: pick(0.99),
-        max,
-    })
+fn summarize(samples: Weighted) -> Option<LatencyMs> {
+    samples.into_iter().collect::<Latencies>().summary()
 }
 
 /// A chunk is covered by the first checkpoint (or final flush) called after its `write`
@@ -781,7 +543,7 @@ async fn sample_pool(
     sink: Sink,
     mut stop: watch::Receiver<bool>,
 ) -> Result<PoolSamples> {
-    let client = pg_connect(&url).await?;
+    let client = postgres::connect(&url).await?;
     let query = client
         .prepare(
             "SELECT count(*) FILTER (WHERE state = 'active'), \
@@ -855,20 +617,6 @@ impl PoolSample {
     }
 }
 
-fn status_mb(field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))?
-        .trim_start_matches(':')
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Runs
 
@@ -895,7 +643,7 @@ enum Db {
     Postgres {
         url: String,
         admin: tokio_postgres::Client,
-        _cluster: Option<sluice_testkit::PgCluster>,
+        _server: postgres::Server,
     },
 }
 
@@ -972,7 +720,7 @@ async fn write_chunks(sink: Sink, chunks: Vec<Vec<Row>>) -> Result<WriterReport>
 
 async fn write_generated(
     sink: Sink,
-    generator: Arc<Generator>,
+    generator: Arc<EventRows>,
     first_id: i64,
     (chunk_rows, duration, rate, observe): (usize, Duration, Option<f64>, bool),
     started: Instant,
@@ -1064,9 +812,9 @@ async fn checkpointer(
 struct Bench {
     args: SinkBenchArgs,
     db: Db,
-    generator: Arc<Generator>,
+    generator: Arc<EventRows>,
     /// Rows of the tables upserts find already there (other values than the generator's).
-    preload_generator: Generator,
+    preload_generator: EventRows,
     tables: AtomicUsize,
     /// The most recent raw insert limit, for scenarios that do not measure their own.
     last_limit: std::sync::Mutex<Option<f64>>,
@@ -1774,8 +1522,8 @@ impl Bench {
 
     /// In this process: peak RSS at the maximum rate with the default configuration.
     async fn memory_in_process(&self) -> Result<ScenarioResult> {
-        let baseline_hwm = status_mb("VmHWM");
-        let baseline_rss = status_mb("VmRSS");
+        let baseline_hwm = host::status_mib("VmHWM");
+        let baseline_rss = host::status_mib("VmRSS");
         let mut config = base_config();
         if let Some(bytes) = self.args.memory_buffer_bytes {
             config = config.buffer_bytes_max(bytes);
@@ -1783,7 +1531,7 @@ impl Bench {
         let (mut result, _) = self
             .timed("memory", config, None, None, false, false)
             .await?;
-        result.peak_rss_mb = status_mb("VmHWM");
+        result.peak_rss_mb = host::status_mib("VmHWM");
         result.detail["baseline_rss_mb"] = baseline_rss.into();
         result.detail["baseline_hwm_mb"] = baseline_hwm.into();
         result.measured = format!(
@@ -2084,36 +1832,19 @@ async fn open_db(args: &SinkBenchArgs) -> Result<Db> {
             dir: tempfile::tempdir()?,
         },
         Target::Postgres => {
-            let (url, cluster) = match &args.pg_url {
-                Some(url) => (url.clone(), None),
-                None => {
-                    let cluster = tokio::task::block_in_place(sluice_testkit::PgCluster::start)
-                        .map_err(|e| anyhow!("cannot start a throwaway PostgreSQL: {e}"))?;
-                    let url =
-                        tokio::task::block_in_place(|| cluster.create_database("sluice_bench"))?;
-                    (url, Some(cluster))
-                }
-            };
-            let admin = pg_connect(&url).await?;
+            let server = postgres::Server::open(args.pg_url.as_deref()).await?;
+            let admin = postgres::connect(&server.url).await?;
             Db::Postgres {
-                url,
+                url: server.url.clone(),
                 admin,
-                _cluster: cluster,
+                _server: server,
             }
         }
     })
 }
 
 async fn print_conditions(db: &Db) -> Result<()> {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "machine: {} cores, load average {}",
-        std::thread::available_parallelism().map_or(0, usize::from),
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    println!("machine: {}", host::machine());
     match db {
         Db::Sqlite { dir } => println!(
             "SQLite {} in {} (WAL, synchronous=FULL, {} KiB pages, one file per run)",
@@ -2125,25 +1856,13 @@ async fn print_conditions(db: &Db) -> Result<()> {
                 / 1024
         ),
         Db::Postgres { admin, .. } => {
-            let rows = admin
-                .query(
-                    "SELECT name, setting FROM pg_settings WHERE name IN ('server_version', \
-                     'synchronous_commit', 'fsync', 'full_page_writes', 'shared_buffers', \
-                     'max_wal_size', 'wal_level', 'max_prepared_transactions') ORDER BY name",
-                    &[],
-                )
-                .await?;
-            let settings: Vec<String> = rows
-                .iter()
-                .map(|row| format!("{}={}", row.get::<_, String>(0), row.get::<_, String>(1)))
-                .collect();
-            println!("PostgreSQL: {}", settings.join(" "));
+            println!("PostgreSQL: {}", postgres::settings(admin).await?);
         }
     }
     Ok(())
 }
 
-pub(crate) async fn run(args: SinkBenchArgs) -> Result<ExitCode> {
+pub async fn run(args: SinkBenchArgs) -> Result<ExitCode> {
     anyhow::ensure!(args.rows > 0, "--rows must be positive");
     anyhow::ensure!(args.chunk_rows > 0, "--chunk-rows must be positive");
     let mut scenarios: Vec<ScenarioArg> = if args.scenario.contains(&ScenarioArg::All) {
@@ -2152,10 +1871,10 @@ pub(crate) async fn run(args: SinkBenchArgs) -> Result<ExitCode> {
         args.scenario.clone()
     };
     scenarios.dedup();
-    let generator = Arc::new(Generator::new(args.seed)?);
+    let generator = Arc::new(EventRows::new(args.seed)?);
     let bench = Bench {
         db: open_db(&args).await?,
-        preload_generator: Generator::new(args.seed ^ 0x5eed_5eed)?,
+        preload_generator: EventRows::new(args.seed ^ 0x5eed_5eed)?,
         generator,
         args,
         tables: AtomicUsize::new(0),
@@ -2237,10 +1956,10 @@ mod tests {
 
     #[test]
     fn rows_are_deterministic_and_sized() {
-        let a = Generator::new(7).unwrap();
-        let b = Generator::new(7).unwrap();
+        let a = EventRows::new(7).unwrap();
+        let b = EventRows::new(7).unwrap();
         assert_eq!(a.row(12_345), b.row(12_345));
-        assert_ne!(a.row(1), Generator::new(8).unwrap().row(1));
+        assert_ne!(a.row(1), EventRows::new(8).unwrap().row(1));
         let row = a.row(3);
         assert_eq!(row.values[0], Value::I64(3));
         let Value::Text(label) = &row.values[7] else {
@@ -2255,22 +1974,6 @@ mod tests {
             .unwrap()
             .check_row(&row)
             .expect("the row fits the schema");
-    }
-
-    #[test]
-    fn numeric_encoding_matches_postgres() {
-        let encode = |text: &str| {
-            let mut out = BytesMut::new();
-            encode_numeric(text, &mut out);
-            out.to_vec()
-        };
-        // 12345.67: digits 1, 2345, 6700; weight 1; dscale 2.
-        assert_eq!(
-            encode("12345.67"),
-            [0, 3, 0, 1, 0, 0, 0, 2, 0, 1, 0x09, 0x29, 0x1a, 0x2c]
-        );
-        assert_eq!(encode("0.00"), [0, 0, 0, 0, 0, 0, 0, 2]);
-        assert_eq!(encode("-5"), [0, 1, 0, 0, 0x40, 0, 0, 0, 0, 5]);
     }
 
     #[test]
@@ -2302,7 +2005,5 @@ mod tests {
         assert_eq!(covered, vec![(7.0, 10), (8.0, 10)]);
         // Observed chunks only.
         assert_eq!(latency_by_observers(&chunks), vec![(12.0, 10)]);
-        let summary = summarize(vec![(1.0, 98), (50.0, 1), (100.0, 1)]).unwrap();
-        assert_eq!((summary.p50, summary.p99, summary.max), (1.0, 50.0, 100.0));
     }
 }

@@ -1,5 +1,5 @@
 //! `sluice bench ingest`: `sluice ingest` of an NDJSON file into PostgreSQL, exactly once,
-//! against `psql`'s COPY of the same rows pre-converted to TSV, in the same run (issue 7).
+//! against `psql`'s COPY of the same rows pre-converted to TSV, in the same run.
 //!
 //! The file is generated deterministically from `--seed`: `--rows` lines of an id, a short
 //! text, a float, a timestamp and a small nested object
@@ -27,14 +27,17 @@
 //! ingest the table is compared with the COPY's (same row count, same sum of
 //! `hashtext(row::text)`) and no prepared transaction may be left.
 
-use crate::bench_sink::pg_connect;
+use crate::generate::{INGEST_TS_STEP_MS, IngestRow};
+use crate::host::{self, Finished};
+use crate::postgres;
+use crate::stats::median;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use sluice_sink_postgres::tokio_postgres;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// PostgreSQL 15's psql.
 const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
@@ -50,13 +53,10 @@ const PARSE_COLUMNS: &str = "[columns]\nid = { type = \"i64\" }\nname = { type =
                              score = { type = \"f64\" }\nts = { type = \"timestamp_tz\" }\nmeta = { type = \"json\" }\n";
 const COPY_TABLE: &str = "bench_copy";
 const INGEST_TABLE: &str = "bench_ingest";
-/// Milliseconds between two rows' timestamps (1,000,000 rows stay within one day).
-const TS_STEP_MS: u64 = 50;
-const SOURCES: [&str; 4] = ["web", "app", "api", "batch"];
 
 /// Options of `sluice bench ingest`.
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct IngestBenchArgs {
+pub struct IngestBenchArgs {
     /// PostgreSQL to use; without it a throwaway cluster is started (initdb + pg_ctl).
     #[arg(long)]
     pg_url: Option<String>,
@@ -131,52 +131,18 @@ struct Report {
     parsing_is_bottleneck: bool,
 }
 
-fn mix(mut x: u64) -> u64 {
-    // splitmix64's finaliser.
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// Row `id`'s fields: name, score, timestamp text, meta source and n.
-fn row(seed: u64, id: u64) -> (String, f64, String, &'static str, u64) {
-    let hash = mix(seed ^ mix(id));
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let name: String = (0..8)
-        .map(|index| ALPHABET[((hash >> (index * 5)) % ALPHABET.len() as u64) as usize] as char)
-        .collect();
-    let score = (hash >> 40) as f64 / 1_000.0;
-    let ms = id * TS_STEP_MS;
-    let ts = format!(
-        "2026-01-01T{:02}:{:02}:{:02}.{:03}Z",
-        ms / 3_600_000,
-        ms / 60_000 % 60,
-        ms / 1_000 % 60,
-        ms % 1_000
-    );
-    let source = SOURCES[(hash % SOURCES.len() as u64) as usize];
-    (name, score, ts, source, (hash >> 8) % 100)
-}
-
 /// Writes the NDJSON and TSV files; returns their sizes in bytes.
 fn generate(dir: &Path, rows: u64, seed: u64) -> Result<(u64, u64)> {
     anyhow::ensure!(
-        rows * TS_STEP_MS < 86_400_000,
+        rows * INGEST_TS_STEP_MS < 86_400_000,
         "--rows {rows} is more than the generator's timestamps cover in a day"
     );
     let mut ndjson = std::io::BufWriter::new(std::fs::File::create(dir.join("rows.ndjson"))?);
     let mut tsv = std::io::BufWriter::new(std::fs::File::create(dir.join("rows.tsv"))?);
     for id in 0..rows {
-        let (name, score, ts, source, n) = row(seed, id);
-        writeln!(
-            ndjson,
-            r#"{{"id":{id},"name":"{name}","score":{score},"ts":"{ts}","meta":{{"source":"{source}","n":{n}}}}}"#
-        )?;
-        writeln!(
-            tsv,
-            "{id}\t{name}\t{score}\t{ts}\t{{\"source\":\"{source}\",\"n\":{n}}}"
-        )?;
+        let row = IngestRow::new(seed, id);
+        writeln!(ndjson, "{}", row.ndjson())?;
+        writeln!(tsv, "{}", row.tsv())?;
     }
     ndjson.flush()?;
     tsv.flush()?;
@@ -197,21 +163,11 @@ async fn fresh_table(client: &tokio_postgres::Client, table: &str) -> Result<()>
         ))
         .await
         .with_context(|| format!("creating {table}"))?;
-    // SAFETY: sync takes no arguments and cannot fail.
-    unsafe { libc::sync() };
+    host::sync_disks();
     Ok(())
 }
 
-/// A finished child: its exit status, wall time and resource use.
-struct Finished {
-    success: bool,
-    wall: Duration,
-    cpu_sec: f64,
-    peak_rss_mib: f64,
-}
-
-/// Runs `command` to its end with its output in `log`, and reads its resource use with
-/// `wait4`.
+/// Runs `command` to its end with its output in `log`, and reads its resource use.
 async fn run_child(mut command: std::process::Command, log: &Path) -> Result<Finished> {
     let out = std::fs::File::create(log)?;
     command
@@ -220,28 +176,10 @@ async fn run_child(mut command: std::process::Command, log: &Path) -> Result<Fin
         .stderr(out);
     let started = Instant::now();
     let child = command.spawn().context("starting the child process")?;
-    let pid = child.id() as libc::pid_t;
-    tokio::task::spawn_blocking(move || {
-        let mut status = 0;
-        // SAFETY: both pointers are to live locals; the child is ours and not waited on
-        // elsewhere (`child` is dropped without `wait`, which std allows).
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        drop(child);
-        if reaped != pid {
-            bail!("wait4: {}", std::io::Error::last_os_error());
-        }
-        let wall = started.elapsed();
-        let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
-        Ok(Finished {
-            success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            wall,
-            cpu_sec: seconds(usage.ru_utime) + seconds(usage.ru_stime),
-            // Linux reports kibibytes.
-            peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
-        })
-    })
-    .await?
+    let finished = tokio::task::spawn_blocking(move || host::wait_with_usage(child, started))
+        .await?
+        .context("waiting for the child process")?;
+    Ok(finished)
 }
 
 fn check_success(finished: &Finished, what: &str, log: &Path) -> Result<()> {
@@ -295,38 +233,11 @@ fn best<'a>(samples: &'a [Sample], measurement: &str) -> Result<&'a Sample> {
 }
 
 async fn conditions(client: &tokio_postgres::Client) -> Result<String> {
-    let rows = client
-        .query(
-            "SELECT name, setting FROM pg_settings WHERE name IN ('server_version', \
-             'synchronous_commit', 'fsync', 'full_page_writes', 'shared_buffers', \
-             'max_wal_size', 'wal_level') ORDER BY name",
-            &[],
-        )
-        .await?;
-    let settings: Vec<String> = rows
-        .iter()
-        .map(|row| format!("{}={}", row.get::<_, String>(0), row.get::<_, String>(1)))
-        .collect();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     Ok(format!(
-        "{} cores, load average {}; PostgreSQL: {}",
-        std::thread::available_parallelism().map_or(0, usize::from),
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" "),
-        settings.join(" ")
+        "{}; PostgreSQL: {}",
+        host::machine(),
+        postgres::settings(client).await?
     ))
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[middle]
-    } else {
-        (values[middle - 1] + values[middle]) / 2.0
-    }
 }
 
 /// Runs `sluice ingest` of the NDJSON file into a fresh table (with `config`, a pipeline file,
@@ -374,23 +285,16 @@ async fn ingest_once(
     Ok((sample(measurement, round, rows, &finished, true), finished))
 }
 
-pub(crate) async fn run(args: IngestBenchArgs) -> Result<ExitCode> {
+pub async fn run(args: IngestBenchArgs) -> Result<ExitCode> {
     anyhow::ensure!(args.rows > 0, "--rows must be positive");
     anyhow::ensure!(args.runs > 0, "--runs must be positive");
     anyhow::ensure!(
         Path::new(PSQL).exists(),
         "{PSQL} is missing (PostgreSQL 15's client)"
     );
-    let (url, _cluster) = match &args.pg_url {
-        Some(url) => (url.clone(), None),
-        None => {
-            let cluster = tokio::task::block_in_place(sluice_testkit::PgCluster::start)
-                .map_err(|e| anyhow!("cannot start a throwaway PostgreSQL: {e}"))?;
-            let url = tokio::task::block_in_place(|| cluster.create_database("sluice_bench"))?;
-            (url, Some(cluster))
-        }
-    };
-    let client = pg_connect(&url).await?;
+    let server = postgres::Server::open(args.pg_url.as_deref()).await?;
+    let url = server.url.clone();
+    let client = postgres::connect(&url).await?;
     let conditions = conditions(&client).await?;
     println!("machine: {conditions}");
     let prepared_max: i64 = client
@@ -576,7 +480,7 @@ pub(crate) async fn run(args: IngestBenchArgs) -> Result<ExitCode> {
     println!("| measurement | rows/s | share of COPY | peak RSS MiB | CPU s | target here | met |");
     println!("|---|---|---|---|---|---|---|");
     println!(
-        "| psql COPY of the TSV | {:.0} | 100% | - | - | (the issue saw 160-184K rows/s here) | - |",
+        "| psql COPY of the TSV | {:.0} | 100% | - | - | (the baseline) | - |",
         copy.rows_per_sec
     );
     for result in &report.ingest {
@@ -626,8 +530,6 @@ mod tests {
         generate(dir.path(), 1_000, 7).unwrap();
         let ndjson = std::fs::read_to_string(dir.path().join("rows.ndjson")).unwrap();
         let tsv = std::fs::read_to_string(dir.path().join("rows.tsv")).unwrap();
-        assert_eq!(row(7, 999), row(7, 999));
-        assert_ne!(row(7, 1).0, row(8, 1).0);
         for (line, fields) in ndjson.lines().zip(tsv.lines()) {
             let json: serde_json::Value = serde_json::from_str(line).unwrap();
             let fields: Vec<&str> = fields.split('\t').collect();
