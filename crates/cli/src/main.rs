@@ -31,16 +31,66 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(
     name = "sluice",
     version,
-    about = "Durable orchestrations and an exactly-once database sink"
+    about = "Durable orchestrations and an exactly-once database sink",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// More log output on standard error: -v info, -vv debug, -vvv trace (`RUST_LOG` or
+    /// `SLUICE_LOG`, as `tracing` filter directives, take precedence).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Errors only in the log; progress bars and summaries are unaffected.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// The log's format: `text` for people, `json` (one object per line) for collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Printed after every command's help (the ingest's has its own, with codes 2 and 130).
+const EXIT_CODES: &str =
+    "Exit codes: 0 done, 1 failed (the error is printed on standard error), 2 bad usage.";
+
+/// The log filter: `RUST_LOG`, else `SLUICE_LOG`, else the level -v/-q ask for.
+fn log_filter(verbose: u8, quiet: bool) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    for variable in ["RUST_LOG", "SLUICE_LOG"] {
+        if let Ok(filter) = EnvFilter::try_from_env(variable) {
+            return filter;
+        }
+    }
+    EnvFilter::new(match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    })
+}
+
+fn init_logging(cli: &Cli) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(log_filter(cli.verbose, cli.quiet))
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the sample order workflows on an embedded SQLite file; interrupt and re-run to resume.
+    #[command(after_help = EXIT_CODES)]
     Demo(demo::DemoArgs),
     /// Benchmarks; each prints figures against a baseline measured in the same run, and can
     /// write JSON.
@@ -52,13 +102,16 @@ enum Command {
     Ingest(Box<ingest::IngestArgs>),
     /// Host the demo's and the benchmark's orchestrations on a store shared with other
     /// workers (PostgreSQL), until SIGTERM or Ctrl-C.
+    #[command(after_help = EXIT_CODES)]
     Worker(worker::WorkerArgs),
     /// Bring a PostgreSQL store's schema up to date (every process also does at start).
+    #[command(after_help = EXIT_CODES)]
     Migrate(worker::MigrateArgs),
     /// Work with stores as a whole.
     #[command(subcommand)]
     Store(StoreCommand),
     /// Print an instance's status and history as JSON.
+    #[command(after_help = EXIT_CODES)]
     Inspect {
         /// The SQLite database.
         #[arg(long, default_value = "sluice-demo.db")]
@@ -72,16 +125,20 @@ enum Command {
 enum StoreCommand {
     /// Move every instance of a stopped SQLite store (histories, messages, timers, activity
     /// work) into a PostgreSQL store, where runtimes carry on with them.
+    #[command(after_help = EXIT_CODES)]
     Copy(store_copy::CopyArgs),
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
     /// The orchestration stress workload (fan-out of five activities, closed loop).
+    #[command(after_help = EXIT_CODES)]
     Orchestrations(sluice_bench::OrchestrationBenchArgs),
     /// The database sink against the raw limit of its database on the same rows.
+    #[command(after_help = EXIT_CODES)]
     Sink(sluice_bench::SinkBenchArgs),
     /// `sluice ingest` of NDJSON into PostgreSQL against psql's COPY of the same rows.
+    #[command(after_help = EXIT_CODES)]
     Ingest(sluice_bench::IngestBenchArgs),
 }
 
@@ -96,13 +153,7 @@ pub(crate) fn open_sqlite(db: &std::path::Path, sync: SyncMode) -> Result<Arc<Sq
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -146,6 +197,17 @@ async fn inspect(db: &std::path::Path, instance_id: &str) -> Result<ExitCode> {
     };
     let history = client.history(instance_id).await?;
     let report = serde_json::json!({ "instance": info, "history": history });
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    print_quietly_on_closed_pipe(&serde_json::to_string_pretty(&report)?)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `text` and a newline to standard output; a reader that went away (`sluice inspect
+/// ID | head`) ends the output quietly instead of failing.
+fn print_quietly_on_closed_pipe(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
