@@ -399,3 +399,88 @@ fn jetstream_redeliveries_during_a_run_are_skipped() {
         [["100", "100"]]
     );
 }
+
+/// `--metrics-listen` serves the sink's and the ingest's metrics in Prometheus text format,
+/// each with its HELP text, valid for `promtool check metrics` (Debian's `prometheus` package;
+/// `SLUICE_REQUIRE_PROMTOOL=1` makes its absence a failure).
+#[test]
+fn metrics_listen_serves_valid_prometheus_text() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    std::fs::write(dir.join("in.ndjson"), "{\"id\":1}\n{\"id\":2}\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "--from",
+        "in.ndjson",
+        "--into",
+        "sqlite://out.db",
+        "--table",
+        "events",
+        "--follow",
+        "--metrics-listen",
+        &listen,
+    ];
+    let mut child = spawn(&args, dir);
+    wait_for_rows(&dir.join("out.db"), "events", 2, &mut child);
+    let body = scrape(&listen);
+    terminate(&child);
+    let output = finish(child);
+    assert_eq!(output.status.code(), Some(130));
+    for name in [
+        "sluice_ingest_records_read_total",
+        "sluice_ingest_bytes_read_total",
+        "sluice_sink_rows_written_total",
+    ] {
+        assert!(body.contains(&format!("# HELP {name} ")), "{name}:\n{body}");
+    }
+    let promtool = std::path::Path::new("/usr/bin/promtool");
+    if !promtool.exists() {
+        assert!(
+            std::env::var("SLUICE_REQUIRE_PROMTOOL").as_deref() != Ok("1"),
+            "SLUICE_REQUIRE_PROMTOOL=1 but /usr/bin/promtool is missing"
+        );
+        eprintln!("skipped: promtool check metrics (no /usr/bin/promtool)");
+        return;
+    }
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let checked = check.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+/// The body of `GET /metrics` at `address`.
+fn scrape(address: &str) -> String {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}

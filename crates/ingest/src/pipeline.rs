@@ -858,6 +858,7 @@ impl Running<'_> {
         let mut ticker = tokio::time::interval(plan.checkpoint_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
+        describe_metrics();
         let records_counter =
             metrics::counter!("sluice_ingest_records_read_total", "table" => plan.table.clone());
         let bytes_counter =
@@ -1095,4 +1096,26 @@ struct MapperSpec {
     table: String,
     /// The existing target table's columns.
     table_columns: Option<Vec<TableColumn>>,
+}
+
+/// The ingest's own metrics, beside the sink's (docs/specs/metrics.md), labelled by `table`.
+const METRICS: [(&str, &str); 3] = [
+    (
+        "sluice_ingest_records_read_total",
+        "Records read from the source (parsed or not).",
+    ),
+    (
+        "sluice_ingest_bytes_read_total",
+        "Bytes read from the source (decompressed).",
+    ),
+    (
+        "sluice_ingest_records_rejected_total",
+        "Records that could not be parsed or converted (sent to the dead letters).",
+    ),
+];
+
+fn describe_metrics() {
+    for (name, help) in METRICS {
+        metrics::describe_counter!(name, help);
+    }
 }
