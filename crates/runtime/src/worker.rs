@@ -119,20 +119,28 @@ pub(crate) async fn process_activity(
                 let run_slot = match shared.run_slots.clone().try_acquire_owned() {
                     Ok(permit) => permit,
                     Err(_) => {
-                        let permit = tokio::select! {
-                            permit = shared.run_slots.clone().acquire_owned() => permit.expect("never closed"),
+                        // An end of its instance while it waited cancels its token (in this
+                        // process directly, from another one through the lease renewal, which
+                        // asks the store every third of the lease whether it is still wanted).
+                        // Biased: when the slot frees in the same instant as the cancellation
+                        // (the activity that held it stopped for the same cancel), the
+                        // cancellation wins.
+                        tokio::select! {
+                            biased;
                             () = cancellation.cancelled() => return stopped_before_start(shared, &item).await,
                             () = shared.shutdown.cancelled() => {
                                 release(shared, &item, Duration::ZERO).await;
                                 return;
                             }
-                        };
-                        // An end of its instance while it waited cancelled its token (in this
-                        // process directly, from another one through the lease renewal, which
-                        // asks the store every third of the lease whether it is still wanted).
-                        permit
+                            permit = shared.run_slots.clone().acquire_owned() => permit.expect("never closed"),
+                        }
                     }
                 };
+                if cancellation.is_cancelled() {
+                    // Cancelled between the slot's grant and this poll: the code never starts.
+                    drop(run_slot);
+                    return stopped_before_start(shared, &item).await;
+                }
                 let outcome = run_attempt(shared, &item, code.clone(), &cancellation).await;
                 // The slot is for running code; bookkeeping below does not hold it.
                 drop(run_slot);
