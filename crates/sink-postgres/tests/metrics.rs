@@ -6,102 +6,71 @@
 mod common;
 
 use common::TestDb;
-use metrics::{
-    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
-    SharedString, Unit,
-};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use sluice_sink::{
     Column, ColumnType, CreateTable, Delivery, MetricName, Resume, Row, Schema, Sink, SinkConfig,
     SinkId,
 };
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
-#[derive(Default)]
-struct Series {
-    gauge: Mutex<f64>,
-    observations: Mutex<Vec<f64>>,
+/// Reads the recorder. A snapshot resets counters and gauges and drains histograms, so the
+/// histograms' values are gathered across snapshots; a gauge reads what was set since the last
+/// snapshot (the backend sets each of its gauges anew wherever it changes).
+struct Recorded {
+    snapshotter: Snapshotter,
+    observations: BTreeMap<&'static str, Vec<f64>>,
 }
 
-impl CounterFn for Series {
-    fn increment(&self, _: u64) {}
-    fn absolute(&self, _: u64) {}
-}
-
-impl GaugeFn for Series {
-    fn increment(&self, value: f64) {
-        *self.gauge.lock().unwrap() += value;
-    }
-    fn decrement(&self, value: f64) {
-        *self.gauge.lock().unwrap() -= value;
-    }
-    fn set(&self, value: f64) {
-        *self.gauge.lock().unwrap() = value;
-    }
-}
-
-impl HistogramFn for Series {
-    fn record(&self, value: f64) {
-        self.observations.lock().unwrap().push(value);
-    }
-}
-
-type Labels = Vec<(String, String)>;
-type Registry = BTreeMap<(String, Labels), Arc<Series>>;
-
-/// Series by name and labels.
-#[derive(Clone, Default)]
-struct TestRecorder {
-    series: Arc<Mutex<Registry>>,
-}
-
-impl TestRecorder {
-    fn series(&self, key: &Key) -> Arc<Series> {
-        let labels = key
-            .labels()
-            .map(|l| (l.key().to_string(), l.value().to_string()))
-            .collect();
-        self.series
-            .lock()
-            .unwrap()
-            .entry((key.name().to_string(), labels))
-            .or_default()
-            .clone()
+impl Recorded {
+    /// The gauges of this test's table now, by name; every metric must be described.
+    fn gauges(&mut self) -> BTreeMap<String, f64> {
+        let labels = [("table", "metered"), ("backend", "postgres")];
+        let mut gauges = BTreeMap::new();
+        for (key, _, description, value) in self.snapshotter.snapshot().into_vec() {
+            let key = key.key();
+            if !key
+                .labels()
+                .map(|label| (label.key(), label.value()))
+                .eq(labels.iter().copied())
+            {
+                continue;
+            }
+            assert!(description.is_some(), "{} is described", key.name());
+            match value {
+                DebugValue::Gauge(value) => {
+                    gauges.insert(key.name().to_string(), value.into_inner());
+                }
+                DebugValue::Histogram(values) => {
+                    let name = MetricName::ALL
+                        .into_iter()
+                        .find(|name| name.as_str() == key.name())
+                        .expect("a sink metric");
+                    self.observations
+                        .entry(name.as_str())
+                        .or_default()
+                        .extend(values.into_iter().map(|v| v.into_inner()));
+                }
+                DebugValue::Counter(_) => {}
+            }
+        }
+        gauges
     }
 
-    fn get(&self, name: MetricName, table: &str) -> Arc<Series> {
-        let labels = vec![
-            ("table".to_string(), table.to_string()),
-            ("backend".to_string(), "postgres".to_string()),
-        ];
-        self.series
-            .lock()
-            .unwrap()
-            .get(&(name.as_str().to_string(), labels))
-            .cloned()
-            .unwrap_or_else(|| panic!("{} was not registered for {table}", name.as_str()))
-    }
-}
-
-impl Recorder for TestRecorder {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        Counter::from_arc(self.series(key))
-    }
-    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::from_arc(self.series(key))
-    }
-    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::from_arc(self.series(key))
+    fn gauge(&mut self, name: MetricName) -> f64 {
+        *self
+            .gauges()
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("{} was not registered", name.as_str()))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_and_orphaned_prepared_transaction_metrics() {
-    let recorder = TestRecorder::default();
-    metrics::set_global_recorder(recorder.clone()).expect("the only recorder in this binary");
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("the only recorder in this binary");
     let Some(db) = TestDb::start("sink-postgres metrics").await else {
         return;
     };
@@ -124,13 +93,12 @@ async fn pool_and_orphaned_prepared_transaction_metrics() {
         .unwrap();
     let sink = Sink::open(&db.backend, schema, config).await.unwrap();
     sink.recover(None, Resume::Committed).await.unwrap();
-    let orphaned = || {
-        *recorder
-            .get(MetricName::OrphanedPreparedTransactions, "metered")
-            .gauge
-            .lock()
-            .unwrap()
+    let mut recorded = Recorded {
+        snapshotter,
+        observations: BTreeMap::new(),
     };
+    // Each pre-commit sets the gauge anew.
+    let mut orphaned = || recorded.gauge(MetricName::OrphanedPreparedTransactions);
     // Checkpoints 1 to 5 pre-committed, none committed: at 5, checkpoints 1 and 2 are more
     // than two checkpoints old.
     for checkpoint in 1..=5_i64 {
@@ -150,27 +118,15 @@ async fn pool_and_orphaned_prepared_transaction_metrics() {
     sink.commit(6).await.unwrap();
     sink.close().await.unwrap();
 
-    let acquired = recorder
-        .get(MetricName::PoolAcquireDurationSeconds, "metered")
-        .observations
-        .lock()
-        .unwrap()
-        .clone();
+    let gauges = recorded.gauges();
+    let acquired = &recorded.observations[MetricName::PoolAcquireDurationSeconds.as_str()];
     // At least prepare, recovery, one lane transaction per checkpoint and the commits.
     assert!(acquired.len() >= 9, "{acquired:?}");
     assert!(acquired.iter().all(|seconds| *seconds >= 0.0));
     let max = db.backend.pool().status().max_size as f64;
-    let active = *recorder
-        .get(MetricName::PoolConnectionsActive, "metered")
-        .gauge
-        .lock()
-        .unwrap();
-    let idle = *recorder
-        .get(MetricName::PoolConnectionsIdle, "metered")
-        .gauge
-        .lock()
-        .unwrap();
-    // Set right after an acquire: the acquired connection is active.
+    // Set right after the last acquire (the last commit's): the acquired connection is active.
+    let active = gauges[MetricName::PoolConnectionsActive.as_str()];
+    let idle = gauges[MetricName::PoolConnectionsIdle.as_str()];
     assert!(
         active >= 1.0 && active + idle <= max,
         "{active} + {idle} of {max}"
