@@ -35,7 +35,10 @@
 //!
 //! A field missing from a record, or null, takes the column's default, else NULL; a column that
 //! is not nullable (and every key column) then refuses the record. In CSV an empty field is the
-//! empty string in a `text` column and NULL in the others.
+//! empty string in a `text` column and NULL in the others. Null markers (`null = ["NA", ""]`
+//! in the pipeline, `--null NA`; a column's own `null = [...]` replaces the pipeline's list for
+//! it) are field texts read as NULL, like a missing field: CSV fields and NDJSON string values
+//! equal to one of them. `""` among them makes the empty field NULL in `text` columns too.
 //!
 //! Casts (JSON value or CSV text to the column type): `i64` from integers and integer text;
 //! `f64` from numbers and number text (`NaN`, `inf`); `bool` from booleans and
@@ -71,6 +74,8 @@ pub struct ColumnConfig {
     default: Option<toml::Value>,
     /// Whether NULL is allowed. Default: true (false for key columns).
     nullable: Option<bool>,
+    /// Field texts read as NULL in this column, replacing the pipeline's `null` list.
+    null: Option<Vec<String>>,
 }
 
 /// Why a record was refused: a stable code and a reason.
@@ -95,6 +100,16 @@ struct ColumnMap {
     /// The field, then nested keys; empty for the unmapped-fields column.
     path: Vec<String>,
     default: Option<Value>,
+    /// Field texts read as NULL: the column's own list, else the pipeline's.
+    nulls: Option<Vec<String>>,
+}
+
+impl ColumnMap {
+    fn is_null_marker(&self, text: &str) -> bool {
+        self.nulls
+            .as_ref()
+            .is_some_and(|nulls| nulls.iter().any(|null| null == text))
+    }
 }
 
 /// A column of the existing target table, as the backend describes it.
@@ -174,6 +189,7 @@ impl Mapper {
                 nullable: config.nullable.unwrap_or(!is_key) && !is_key,
                 path,
                 default,
+                nulls: config.null.clone(),
             });
         }
         Ok(Mapper::new(maps, op, delimiter))
@@ -223,6 +239,7 @@ impl Mapper {
                 nullable: !is_key,
                 path: vec![name],
                 default: None,
+                nulls: None,
             });
         }
         Ok(Mapper::new(maps, op, delimiter))
@@ -300,6 +317,7 @@ impl Mapper {
                 nullable: column.nullable && !is_key,
                 path: vec![column.name.clone()],
                 default: None,
+                nulls: None,
             });
         }
         if maps.is_empty() {
@@ -320,6 +338,15 @@ impl Mapper {
             delimiter,
             mapped_fields: None,
             csv_unmapped: Vec::new(),
+        }
+    }
+
+    /// The pipeline's null markers, for every column without its own list.
+    pub(crate) fn set_nulls(&mut self, nulls: &[String]) {
+        for column in &mut self.columns {
+            if column.nulls.is_none() && !nulls.is_empty() {
+                column.nulls = Some(nulls.to_vec());
+            }
         }
     }
 
@@ -347,6 +374,7 @@ impl Mapper {
             nullable: true,
             path: Vec::new(),
             default: None,
+            nulls: None,
         });
         self.csv_index.push(None);
         Ok(())
@@ -480,6 +508,15 @@ impl Mapper {
                     };
                     let converted = match fields.get(field) {
                         None => Ok(None),
+                        Some(raw)
+                            if nested.is_empty()
+                                && column.nulls.is_some()
+                                && raw.get().starts_with('"')
+                                && serde_json::from_str::<Name<'_>>(raw.get())
+                                    .is_ok_and(|name| column.is_null_marker(&name.0)) =>
+                        {
+                            Ok(None)
+                        }
                         Some(raw) if nested.is_empty() => convert_raw(raw, column.column_type),
                         Some(raw) => parse_raw(raw).and_then(|value| {
                             let mut found = Some(&value);
@@ -520,6 +557,10 @@ impl Mapper {
                                     format!("column {}: not valid UTF-8: {error}", column.name),
                                 )
                             })?;
+                            if column.is_null_marker(text) {
+                                values.push(self.finish(column, None)?);
+                                continue;
+                            }
                             convert_text(text, column.column_type).map_err(|refusal| Refusal {
                                 code: refusal.code,
                                 reason: format!("column {}: {}", column.name, refusal.reason),

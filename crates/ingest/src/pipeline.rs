@@ -190,6 +190,7 @@ fn build_mapper(
             }
         },
     };
+    mapper.set_nulls(&plan.nulls);
     if let Some(column) = &plan.unmapped {
         mapper.add_unmapped(column)?;
     }
@@ -1039,6 +1040,7 @@ fn mapper_spec(plan: &Pipeline, table_columns: Option<Vec<TableColumn>>) -> Mapp
         op: plan.op,
         columns: plan.columns.clone(),
         unmapped: plan.unmapped.clone(),
+        nulls: plan.nulls.clone(),
         table: plan.table.clone(),
         table_columns,
     }
@@ -1093,6 +1095,7 @@ struct MapperSpec {
     op: Op,
     columns: Option<BTreeMap<String, ColumnConfig>>,
     unmapped: Option<String>,
+    nulls: Vec<String>,
     table: String,
     /// The existing target table's columns.
     table_columns: Option<Vec<TableColumn>>,

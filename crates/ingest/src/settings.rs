@@ -152,6 +152,12 @@ pipeline_settings! {
         /// key `unmapped = { column = "..." }`). Default: they are ignored.
         #[cfg_attr(feature = "cli", arg(long = "unmapped-into", value_name = "COLUMN", value_parser = parse_unmapped))]
         pub unmapped: Option<Unmapped>,
+        /// A field whose text is one of these is NULL (repeatable: `--null NA --null ""`; the
+        /// pipeline key `null = ["NA", ""]`; a column's own `null` list replaces it). CSV fields
+        /// and NDJSON string values. Default: none (an empty CSV field stays the empty string in a
+        /// `text` column and NULL in the others).
+        #[cfg_attr(feature = "cli", arg(long, value_name = "TEXT"))]
+        pub null: Option<Vec<String>>,
         /// The sink's configuration (`[sink]`; see the sink's documentation).
         #[cfg_attr(feature = "cli", arg(skip))]
         pub sink: Option<SinkConfigBuilder>,
@@ -219,6 +225,7 @@ pub struct Pipeline {
     pub(crate) op: Op,
     pub(crate) columns: Option<BTreeMap<String, ColumnConfig>>,
     pub(crate) unmapped: Option<String>,
+    pub(crate) nulls: Vec<String>,
     pub(crate) sink: SinkConfigBuilder,
     pub(crate) checkpoint_interval: Duration,
     pub(crate) metrics_listen: Option<std::net::SocketAddr>,
@@ -416,6 +423,7 @@ impl Pipeline {
             op,
             columns: settings.columns,
             unmapped,
+            nulls: settings.null.unwrap_or_default(),
             sink,
             checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
             metrics_listen,
