@@ -3,7 +3,7 @@
 
 use crate::ingest_progress::ProgressBar;
 use anyhow::{Context, Result};
-use sluice_ingest::{Observer, Pipeline, PipelineSettings, Progress, Report, Status};
+use sluice_ingest::{Observer, Pipeline, PipelineSettings, Preview, Progress, Report, Status};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -38,7 +38,17 @@ pub(crate) struct IngestArgs {
     /// `[columns]` (the mapping).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Write nothing: show the table (the one that would be created, with its inferred or
+    /// declared types, or the existing one's columns) and the first rows that would be
+    /// written or refused, then exit.
+    #[arg(long)]
+    dry_run: bool,
 }
+
+/// Records a dry run maps and shows.
+const DRY_RUN_RECORDS: usize = 10;
+/// Characters of a value a dry run shows.
+const DRY_RUN_VALUE_CHARS: usize = 40;
 
 /// Notes and progress on stderr, the summary on stdout.
 struct Terminal {
@@ -117,6 +127,63 @@ fn print_report(report: &Report) {
     }
 }
 
+fn print_preview(preview: &Preview) {
+    let schema = &preview.schema;
+    let table = schema.table();
+    if preview.table_exists {
+        println!(
+            "table {table} exists in {}; rows are cast to its columns:",
+            preview.target
+        );
+    } else {
+        println!(
+            "table {table} does not exist in {}; it would be created:",
+            preview.target
+        );
+    }
+    match &preview.create_table_sql {
+        Some(sql) => println!("  {sql}"),
+        None => {
+            for column in schema.columns() {
+                let null = if column.nullable { "" } else { " not null" };
+                println!("  {} {}{null}", column.name, column.column_type);
+            }
+        }
+    }
+    println!(
+        "the rows it would write from the first {} records:",
+        preview.rows.len() + preview.rejected.len()
+    );
+    let names: Vec<&str> = schema.columns().iter().map(|c| c.name.as_str()).collect();
+    println!("  {}", names.join(" | "));
+    for row in &preview.rows {
+        let values: Vec<String> = row
+            .values
+            .iter()
+            .map(|value| {
+                let text = value.to_string();
+                if text.chars().count() > DRY_RUN_VALUE_CHARS {
+                    let short: String = text.chars().take(DRY_RUN_VALUE_CHARS - 1).collect();
+                    format!("{short}…")
+                } else {
+                    text
+                }
+            })
+            .collect();
+        println!("  {}", values.join(" | "));
+    }
+    if !preview.rejected.is_empty() {
+        println!("records among them that would go to the dead letters:");
+        for rejected in &preview.rejected {
+            println!(
+                "  {} {}: {}",
+                rejected.position, rejected.code, rejected.reason
+            );
+        }
+    }
+    println!("nothing was written (dry run)");
+}
+
 fn usage(error: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: bad configuration: {error}");
     ExitCode::from(EXIT_USAGE)
@@ -144,6 +211,19 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
     let terminal = Terminal {
         bar: Mutex::new(None),
     };
+    if args.dry_run {
+        return match pipeline.preview(DRY_RUN_RECORDS, &terminal).await {
+            Ok(preview) => {
+                print_preview(&preview);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) if error.is_usage() => Ok(usage(error)),
+            Err(error) => {
+                eprintln!("error: {error}");
+                Ok(ExitCode::FAILURE)
+            }
+        };
+    }
     match pipeline.run(&terminal, wait_for_signal()).await {
         Ok(report) if report.status == Status::Stopped => {
             eprintln!(

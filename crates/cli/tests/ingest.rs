@@ -985,3 +985,62 @@ fn a_full_buffer_during_a_checkpoint_does_not_stall_the_run() {
         );
     }
 }
+
+#[test]
+fn a_dry_run_shows_the_inferred_table_and_first_rows_and_writes_nothing() {
+    let db = TempSqlite::new();
+    let dir = db.dir();
+    std::fs::write(
+        dir.join("in.csv"),
+        "id,zip,score,seen,at,note\n1,02134,1.5,t,2024-03-01,NA\n2,10001,2,f,NA,\"a, b\"\nx,1,1,yes,2024-03-02,c\n",
+    )
+    .unwrap();
+    let into = format!("sqlite://{}", db.path().display());
+    let args = [
+        "--from",
+        "in.csv",
+        "--into",
+        &into,
+        "--table",
+        "t",
+        "--null",
+        "NA",
+        "--dry-run",
+    ];
+    let output = run(&args, dir);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains(
+            "CREATE TABLE \"t\" (\"id\" TEXT, \"zip\" TEXT, \"score\" REAL, \"seen\" BOOLEAN, \"at\" INTEGER, \"note\" TEXT)"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  id | zip | score | seen | at | note\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  1 | 02134 | 1.5 | true | 2024-03-01 | NULL\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  2 | 10001 | 2 | false | NULL | a, b\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("nothing was written (dry run)\n"),
+        "{stdout}"
+    );
+    assert!(!db.path().exists(), "no database file is created");
+    // The id column holds "x" once the sample does, so it is text; with only the first two
+    // records sampled it is an integer and "x" goes to the dead letters.
+    let mut sampled = args.to_vec();
+    sampled.extend(["--infer-rows-max", "2"]);
+    let stdout = String::from_utf8(run(&sampled, dir).stdout).unwrap();
+    assert!(stdout.contains("(\"id\" INTEGER,"), "{stdout}");
+    assert!(
+        stdout.contains("records among them that would go to the dead letters:\n  in.csv:"),
+        "{stdout}"
+    );
+}

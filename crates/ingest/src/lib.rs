@@ -7,14 +7,16 @@
 //!   set over another (flags over the file).
 //! - [`Pipeline::new`] validates the settings and resolves the source (files listed, formats
 //!   known) without opening anything; [`Pipeline::run`] runs it until the source ends or the
-//!   stop future resolves, telling an [`Observer`] what happens, and returns a [`Report`].
+//!   stop future resolves, telling an [`Observer`] what happens, and returns a [`Report`];
+//!   [`Pipeline::preview`] settles the table and maps the first records without writing (a
+//!   dry run).
 //! - [`IngestError`]: typed, with stable codes; [`IngestError::is_usage`] tells a bad
 //!   configuration from a failure.
 //!
 //! How it works: a reader (a thread for files, a task for JetStream) frames records (NDJSON
 //! lines or CSV records, gzip or plain, bounded in size), maps them to rows of the table or
-//! refusals (declared `[columns]`, the existing table's columns, or inferred from the first
-//! record) and hands chunks to the loop, which writes rows (`Sink::write`), sends refused
+//! refusals (declared `[columns]`, the existing table's columns, or inferred: NDJSON from the
+//! first record's JSON types, CSV from the first `infer_rows_max` records' values) and hands chunks to the loop, which writes rows (`Sink::write`), sends refused
 //! records to the dead letters (`Sink::reject`) and checkpoints every
 //! `checkpoint_interval_ms` through the sink's [`sluice_sink::CheckpointDriver`]: the source
 //! position (file and byte offset of the next record, or the stream sequence of the last
@@ -58,5 +60,5 @@ mod source;
 
 pub use error::{IngestError, Result, UsageError};
 pub use mapping::ColumnConfig;
-pub use pipeline::{Observer, Progress, Quiet, Report, Status};
+pub use pipeline::{Observer, Preview, Progress, Quiet, Report, Status};
 pub use settings::{Format, IngestMode, Pipeline, PipelineSettings, Unmapped};

@@ -21,10 +21,16 @@
 //! left out when it is nullable or filled by the table, and stops the run otherwise (declare
 //! it in `[columns]`).
 //!
-//! Without `[columns]` and without a table they are inferred from the first record that
-//! parses: NDJSON fields by their JSON type (integer `i64`, other numbers `f64`, `bool`, string
-//! and null `text`, object and array `json`); CSV header fields all `text` (CSV carries no
-//! types: declare `[columns]` to cast).
+//! Without `[columns]` and without a table they are inferred. NDJSON: from the first record
+//! that parses, each field by its JSON type (integer `i64`, other numbers `f64`, `bool`,
+//! string and null `text`, object and array `json`). CSV: each header field from its values in
+//! the first `infer_rows_max` records (default 1,000; 0 makes every column `text`), ignoring
+//! empty fields and null markers: `i64` when every value is an integer (without leading zeros,
+//! which codes such as ZIP codes have), `f64` when every value is a number, `bool` for
+//! `true/false/t/f/yes/no` in any case, `date` for `YYYY-MM-DD`, `timestamp_tz` for RFC 3339
+//! times with a zone, `timestamp` for times without one, else (and when no value was seen)
+//! `text`. A later record whose value does not cast goes to the dead letters like any other;
+//! `--dry-run` shows the inferred table before anything is written.
 //!
 //! Fields without a column are ignored by default (`unmapped = "ignore"`). With `unmapped = {
 //! column = "extra" }` (or `--unmapped-into extra`) they go, as one JSON object, into that
@@ -79,6 +85,7 @@ pub struct ColumnConfig {
 }
 
 /// Why a record was refused: a stable code and a reason.
+#[derive(Debug)]
 pub(crate) struct Refusal {
     pub(crate) code: &'static str,
     pub(crate) reason: String,
@@ -195,32 +202,48 @@ impl Mapper {
         Ok(Mapper::new(maps, op, delimiter))
     }
 
-    /// Inferred from the first record (see the module docs).
+    /// Inferred from the first records (see the module docs): `samples` are the records read
+    /// ahead (NDJSON: the first one that parses as an object is used; CSV: all of them), and
+    /// `nulls` the pipeline's null markers.
     pub(crate) fn inferred(
-        first: &Payload,
+        samples: &[&Payload],
         header: &[String],
+        nulls: &[String],
         key: &[String],
         op: Op,
         delimiter: u8,
     ) -> Result<Mapper, UsageError> {
-        let fields: Vec<(String, ColumnType)> = match first {
-            Payload::Csv(_) => header
+        let fields: Vec<(String, ColumnType)> = if samples
+            .iter()
+            .all(|payload| matches!(payload, Payload::Csv(_)))
+        {
+            let records: Vec<&csv::ByteRecord> = samples
                 .iter()
-                .map(|name| (name.clone(), ColumnType::Text))
-                .collect(),
-            Payload::Oversized { .. } => {
-                unreachable!("inferred only from a record that parses as an object")
-            }
-            Payload::Json(line) => {
-                let Ok(JsonValue::Object(object)) = serde_json::from_slice::<JsonValue>(line)
-                else {
-                    unreachable!("inferred only from a record that parses as an object")
-                };
-                object
-                    .iter()
-                    .map(|(name, value)| (name.clone(), infer_type(value)))
-                    .collect()
-            }
+                .filter_map(|payload| match payload {
+                    Payload::Csv(record) => Some(record),
+                    _ => None,
+                })
+                .collect();
+            header
+                .iter()
+                .cloned()
+                .zip(infer_csv_types(&records, header.len(), nulls))
+                .collect()
+        } else {
+            let object = samples
+                .iter()
+                .find_map(|payload| match payload {
+                    Payload::Json(line) => match serde_json::from_slice::<JsonValue>(line) {
+                        Ok(JsonValue::Object(object)) => Some(object),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .expect("inferred only with a record that parses as an object");
+            object
+                .iter()
+                .map(|(name, value)| (name.clone(), infer_type(value)))
+                .collect()
         };
         let mut maps = Vec::with_capacity(fields.len());
         for (name, column_type) in fields {
@@ -780,6 +803,91 @@ fn infer_type(value: &JsonValue) -> ColumnType {
     }
 }
 
+/// The column types that CSV inference chooses from, narrowest first (see the module docs).
+const INFERRED: [ColumnType; 6] = [
+    ColumnType::I64,
+    ColumnType::F64,
+    ColumnType::Bool,
+    ColumnType::Date,
+    ColumnType::TimestampTz,
+    ColumnType::Timestamp,
+];
+
+/// The types of [`INFERRED`] that `text` reads as, one bit each.
+fn text_types(text: &str) -> u8 {
+    let text = text.trim();
+    let mut types = 0u8;
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let leading_zero = digits.len() > 1 && digits.starts_with('0');
+    if !leading_zero && text.parse::<i64>().is_ok() {
+        types |= 1 << 0;
+    }
+    // A number with at least one digit ("inf" or "nan" alone is a word, not a measurement).
+    if !leading_zero_integer_part(digits)
+        && text.bytes().any(|b| b.is_ascii_digit())
+        && text.parse::<f64>().is_ok()
+    {
+        types |= 1 << 1;
+    }
+    if matches!(
+        text.to_ascii_lowercase().as_str(),
+        "true" | "false" | "t" | "f" | "yes" | "no"
+    ) {
+        types |= 1 << 2;
+    }
+    if text.len() == 10 && Date::parse(text).is_ok() {
+        types |= 1 << 3;
+    }
+    if TimestampTz::parse(text).is_ok() {
+        types |= 1 << 4;
+    }
+    if Timestamp::parse(text).is_ok() {
+        types |= 1 << 5;
+    }
+    types
+}
+
+/// `0123` or `00.5`: digits after a leading zero before any point (a code, not a number).
+fn leading_zero_integer_part(digits: &str) -> bool {
+    let integer = digits.split(['.', 'e', 'E']).next().unwrap_or_default();
+    integer.len() > 1 && integer.starts_with('0')
+}
+
+/// Each of `width` CSV columns' type from its values in `records` (see the module docs).
+fn infer_csv_types(
+    records: &[&csv::ByteRecord],
+    width: usize,
+    nulls: &[String],
+) -> Vec<ColumnType> {
+    (0..width)
+        .map(|index| {
+            let mut possible = u8::MAX;
+            let mut seen = false;
+            for record in records {
+                let Some(text) = record
+                    .get(index)
+                    .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                else {
+                    continue;
+                };
+                if text.is_empty() || nulls.iter().any(|null| null == text) {
+                    continue;
+                }
+                seen = true;
+                possible &= text_types(text);
+                if possible == 0 {
+                    break;
+                }
+            }
+            INFERRED
+                .iter()
+                .enumerate()
+                .find(|(bit, _)| seen && possible & (1 << bit) != 0)
+                .map_or(ColumnType::Text, |(_, column_type)| *column_type)
+        })
+        .collect()
+}
+
 fn json_kind(value: &JsonValue) -> &'static str {
     match value {
         JsonValue::Null => "null",
@@ -1003,6 +1111,136 @@ mod tests {
         assert_eq!(
             convert_json(&serde_json::json!({"a": 1}), ColumnType::Text).ok(),
             Some(Value::Text("{\"a\":1}".into()))
+        );
+    }
+
+    fn csv(fields: &[&str]) -> Payload {
+        Payload::Csv(csv::ByteRecord::from(fields.to_vec()))
+    }
+
+    fn inferred(rows: &[&[&str]], nulls: &[&str]) -> Vec<ColumnType> {
+        let records: Vec<csv::ByteRecord> = rows
+            .iter()
+            .map(|row| csv::ByteRecord::from(row.to_vec()))
+            .collect();
+        let records: Vec<&csv::ByteRecord> = records.iter().collect();
+        let nulls: Vec<String> = nulls.iter().map(|null| null.to_string()).collect();
+        infer_csv_types(&records, rows[0].len(), &nulls)
+    }
+
+    #[test]
+    fn csv_types_are_inferred_as_a_person_would_choose_them() {
+        use ColumnType::*;
+        let rows: &[&[&str]] = &[
+            &[
+                "1",
+                "1.5",
+                "t",
+                "2013-01-01",
+                "2013-01-01T10:00:00Z",
+                "2013-01-01 10:00:00",
+                "02134",
+                "x",
+                "",
+            ],
+            &[
+                "-20",
+                "2",
+                "FALSE",
+                "1999-12-31",
+                "2013-01-01T10:00:00+05:30",
+                "2013-01-01T10:00:00.5",
+                "10001",
+                "7",
+                "",
+            ],
+            &["", "1e3", "yes", "", "", "", "", "", ""],
+        ];
+        assert_eq!(
+            inferred(rows, &[]),
+            [
+                I64,
+                F64,
+                Bool,
+                Date,
+                TimestampTz,
+                Timestamp,
+                Text,
+                Text,
+                Text
+            ]
+        );
+        // 1 and 0 are integers, not booleans; a word that parses as a float is not a number.
+        let rows: &[&[&str]] = &[&["1", "nan", "0.5"], &["0", "inf", "007.5"]];
+        assert_eq!(inferred(rows, &[]), [I64, Text, Text]);
+        // A value outside every type, anywhere in the sample, makes the column text.
+        let rows: &[&[&str]] = &[
+            &["1", "2013-01-01"],
+            &["2", "2013-01-01T10:00:00"],
+            &["x", "y"],
+        ];
+        assert_eq!(inferred(rows, &[]), [Text, Text]);
+        // Null markers are skipped like empty fields.
+        let rows: &[&[&str]] = &[&["517", "NA"], &["NA", "NA"], &["1", "N14228"]];
+        assert_eq!(inferred(rows, &["NA"]), [I64, Text]);
+        assert_eq!(inferred(rows, &[]), [Text, Text]);
+    }
+
+    #[test]
+    fn null_markers_read_as_null_for_the_pipeline_and_per_column() {
+        let columns: BTreeMap<String, ColumnConfig> = toml::from_str(
+            r#"
+            # (in name order, as [columns] is read)
+            a_n = { type = "i64", source = "n" }
+            b_t = { source = "t" }
+            c_own = { null = ["-"], source = "own" }
+            "#,
+        )
+        .unwrap();
+        let header = ["n", "t", "own"].map(String::from);
+        let mut mapper = Mapper::declared(&columns, &[], Op::Insert, b',', None).unwrap();
+        mapper.set_nulls(&["NA".to_string(), String::new()]);
+        mapper.set_header(&header).unwrap();
+        let row = mapper.map(&csv(&["NA", "", "-"])).unwrap();
+        assert_eq!(row.values, [Value::Null, Value::Null, Value::Null]);
+        // The column's own list replaces the pipeline's: NA is text there.
+        let row = mapper.map(&csv(&["7", "NA", "NA"])).unwrap();
+        assert_eq!(
+            row.values,
+            [Value::I64(7), Value::Null, Value::Text("NA".into())]
+        );
+        // NDJSON: string values equal to a marker, not other JSON values.
+        let line = |text: &str| Payload::Json(text.as_bytes().to_vec());
+        let row = mapper
+            .map(&line(r#"{"n": "NA", "t": "NA", "own": "-"}"#))
+            .unwrap();
+        assert_eq!(row.values, [Value::Null, Value::Null, Value::Null]);
+        let row = mapper
+            .map(&line(r#"{"n": 3, "t": "NAN", "own": "NA"}"#))
+            .unwrap();
+        assert_eq!(
+            row.values,
+            [
+                Value::I64(3),
+                Value::Text("NAN".into()),
+                Value::Text("NA".into())
+            ]
+        );
+        // Without markers an empty CSV field stays the empty string in a text column.
+        let mut plain = Mapper::declared(&columns, &[], Op::Insert, b',', None).unwrap();
+        plain.set_header(&header).unwrap();
+        let row = plain.map(&csv(&["", "", "NA"])).unwrap();
+        assert_eq!(
+            row.values,
+            [
+                Value::Null,
+                Value::Text(String::new()),
+                Value::Text("NA".into())
+            ]
+        );
+        assert!(
+            plain.map(&csv(&["NA", "", ""])).is_err(),
+            "NA is no integer"
         );
     }
 }

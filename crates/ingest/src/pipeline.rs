@@ -117,9 +117,15 @@ fn prepare_mapper(
         ),
     };
     let mut pending = VecDeque::new();
-    // The first record that parses as an object, unless the columns are declared.
+    // Unless the columns are declared: the first record that parses as an object (NDJSON; it
+    // also tells which columns the table fills itself are written), or the records CSV type
+    // inference samples (a new table only).
     let mut first = None;
     if plan.columns.is_none() {
+        let samples_max = match plan.format {
+            Format::Csv if plan.table_columns.is_none() => plan.infer_rows_max.max(1),
+            _ => 1,
+        };
         while let Some(frame) = framer
             .next_frame()
             .with_context(|| format!("reading {}", input.name()))?
@@ -127,21 +133,26 @@ fn prepare_mapper(
             let usable = mapping::can_infer_from(&frame.payload);
             pending.push_back(frame);
             if usable {
-                first = Some(pending.len() - 1);
+                first.get_or_insert(pending.len() - 1);
+            }
+            if usable && pending.len() >= samples_max {
                 break;
             }
         }
     }
-    let first = first.map(|index| &pending[index].payload);
-    let mapper = build_mapper(plan, first, &header, &input.name(), notes)?;
+    let samples: Vec<&Payload> = match first {
+        Some(first) => pending.range(first..).map(|frame| &frame.payload).collect(),
+        None => Vec::new(),
+    };
+    let mapper = build_mapper(plan, &samples, &header, &input.name(), notes)?;
     Ok((mapper, framer, pending))
 }
 
-/// The mapper from `[columns]`, the existing table, or the first record (`first`, of the source
-/// named `name`), with the CSV `header`.
+/// The mapper from `[columns]`, the existing table, or the first records (`samples`, from the
+/// first that parses, of the source named `name`), with the CSV `header`.
 fn build_mapper(
     plan: &MapperSpec,
-    first: Option<&Payload>,
+    samples: &[&Payload],
     header: &[String],
     name: &str,
     notes: &mut Vec<String>,
@@ -157,7 +168,7 @@ fn build_mapper(
         (None, Some(table)) => {
             let (mapper, left_out) = Mapper::from_table(
                 table,
-                first,
+                samples.first().copied(),
                 header,
                 &plan.key,
                 plan.op,
@@ -177,18 +188,40 @@ fn build_mapper(
             }
             mapper
         }
-        (None, None) => match first {
-            Some(first) => Mapper::inferred(first, header, &plan.key, plan.op, plan.delimiter)?,
-            None => {
-                return Err(UsageError::new(
-                    "columns",
-                    format!(
-                        "{name} holds no record to infer the columns from: declare them in a [columns] table",
-                    ),
-                )
-                .into());
+        (None, None) if samples.is_empty() => {
+            return Err(UsageError::new(
+                "columns",
+                format!(
+                    "{name} holds no record to infer the columns from: declare them in a [columns] table",
+                ),
+            )
+            .into());
+        }
+        (None, None) => {
+            // infer_rows_max = 0: CSV columns are text (the samples are read all the same).
+            let samples = if plan.format == Format::Csv && plan.infer_rows_max == 0 {
+                &[]
+            } else {
+                samples
+            };
+            let mapper = Mapper::inferred(
+                samples,
+                header,
+                &plan.nulls,
+                &plan.key,
+                plan.op,
+                plan.delimiter,
+            )?;
+            if plan.format == Format::Csv {
+                notes.push(format!(
+                    "table {} is new: its columns are inferred from {} records ({})",
+                    plan.table,
+                    samples.len(),
+                    mapper.describe()
+                ));
             }
-        },
+            mapper
+        }
     };
     mapper.set_nulls(&plan.nulls);
     if let Some(column) = &plan.unmapped {
@@ -378,6 +411,37 @@ impl Reader {
         }
     }
 
+    /// Maps the frame just read to its row or its refusal, and moves the position past it.
+    fn map_frame(&mut self, frame: &Frame) -> std::result::Result<Row, Rejected> {
+        let path = self.inputs[self.index].name();
+        let mapped = self.mapper.map(&frame.payload).map_err(|refusal| Rejected {
+            record: self.mapper.raw(&frame.payload),
+            position: format!("{path}:{}", frame.start),
+            code: refusal.code.to_string(),
+            reason: refusal.reason,
+        });
+        self.position = Position {
+            source: self.source.clone(),
+            path,
+            offset: frame.end,
+        };
+        mapped
+    }
+
+    /// Maps the first `records_max` records for a preview (nothing is handed over).
+    fn preview(mut self, records_max: usize) -> Result<(Vec<Row>, Vec<Rejected>)> {
+        let (mut rows, mut rejected) = (Vec::new(), Vec::new());
+        while rows.len() + rejected.len() < records_max
+            && let Some(frame) = self.next_frame()?
+        {
+            match self.map_frame(&frame) {
+                Ok(row) => rows.push(row),
+                Err(refusal) => rejected.push(refusal),
+            }
+        }
+        Ok((rows, rejected))
+    }
+
     /// Reads, maps and hands over chunks until the inputs end or the receiver is gone.
     fn run(mut self, sender: mpsc::Sender<Result<Chunk>>) {
         loop {
@@ -419,21 +483,10 @@ impl Reader {
                 };
                 bytes += (frame.end - frame.start) as usize;
                 chunk.records += 1;
-                let path = self.inputs[self.index].name();
-                match self.mapper.map(&frame.payload) {
+                match self.map_frame(&frame) {
                     Ok(row) => chunk.rows.push(row),
-                    Err(refusal) => chunk.rejected.push(Rejected {
-                        record: self.mapper.raw(&frame.payload),
-                        position: format!("{path}:{}", frame.start),
-                        code: refusal.code.to_string(),
-                        reason: refusal.reason,
-                    }),
+                    Err(rejected) => chunk.rejected.push(rejected),
                 }
-                self.position = Position {
-                    source: self.source.clone(),
-                    path,
-                    offset: frame.end,
-                };
             }
             chunk.position = self.position.clone().into();
             // Past the last input, `bytes_before` already counts the file of the position.
@@ -599,42 +652,7 @@ impl Pipeline {
             .clone()
             .build()
             .expect("validated by Pipeline::new");
-        let (backend, target_name): (Box<dyn SinkBackend>, String) = match &plan.target {
-            Target::Sqlite(path) => {
-                let options = sluice_sink_sqlite::SqliteSinkOptions::new(
-                    sluice_sink_sqlite::Location::File(path.clone()),
-                );
-                let backend =
-                    sluice_sink_sqlite::SqliteBackend::open(&options).map_err(|error| {
-                        IngestError::Sink {
-                            message: format!("opening {}: {error}", path.display()),
-                            sink_code: "sqlite.open",
-                        }
-                    })?;
-                (Box::new(backend), format!("sqlite://{}", path.display()))
-            }
-            Target::Postgres(url) => {
-                let options = sluice_sink_postgres::PostgresSinkOptions::for_sink(url, &config)
-                    .map_err(|error| UsageError::new("into", error.to_string()))?;
-                let target = options.target().to_string();
-                let backend = sluice_sink_postgres::PostgresBackend::connect(options)
-                    .await
-                    .map_err(|error| IngestError::Sink {
-                        message: format!("connecting to {target}: {error}"),
-                        sink_code: "postgres.connect",
-                    })?;
-                (Box::new(backend), format!("postgres {target}"))
-            }
-        };
-        let ident = sluice_sink::Ident::new(&plan.table).expect("validated by Pipeline::new");
-        let table_columns =
-            backend
-                .describe_table(&ident)
-                .await
-                .map_err(|error| IngestError::Sink {
-                    message: format!("reading table {} in {target_name}: {error}", plan.table),
-                    sink_code: error.code(),
-                })?;
+        let (backend, target_name, table_columns) = open_backend(&plan, false).await?;
         let (mapper, first_frames, connection) = match &plan.jetstream {
             None => {
                 let (mapper, framer, pending) = prepare(&plan, table_columns, observer).await?;
@@ -979,6 +997,136 @@ impl Running<'_> {
     }
 }
 
+/// What a pipeline would do, settled before anything is written ([`Pipeline::preview`],
+/// `sluice ingest --dry-run`).
+#[derive(Clone, Debug)]
+pub struct Preview {
+    /// The target database as shown (no password).
+    pub target: String,
+    /// The table's schema as the run would write it: the columns, their types, the key.
+    pub schema: sluice_sink::Schema,
+    /// Whether the table exists (records are cast to its columns); else the run creates it.
+    pub table_exists: bool,
+    /// The statement that creates the table, when it is missing and the database speaks SQL.
+    pub create_table_sql: Option<String>,
+    /// The first records' rows, as they would be written.
+    pub rows: Vec<Row>,
+    /// The first records that would go to the dead letters, with their reasons.
+    pub rejected: Vec<Rejected>,
+}
+
+impl Pipeline {
+    /// Settles the table as [`Pipeline::run`] would (declared, read from the existing table,
+    /// or inferred from the first records) and maps the first `records_max` records, writing
+    /// nothing: the database is only read (a JetStream source shows its first message and
+    /// acknowledges nothing).
+    pub async fn preview(self, records_max: usize, observer: &dyn Observer) -> Result<Preview> {
+        let plan = self;
+        if plan.parse_only {
+            return Err(UsageError::new("parse_only", "a preview writes nothing already").into());
+        }
+        let (backend, target, table_columns) = open_backend(&plan, true).await?;
+        let table_exists = table_columns.is_some();
+        let (schema, rows, rejected) = match &plan.jetstream {
+            None => {
+                let (mapper, framer, pending) = prepare(&plan, table_columns, observer).await?;
+                let schema = mapper.schema(&plan.table, &plan.key)?;
+                let reader = Reader::new(&plan, mapper, Some((framer, pending)));
+                let (rows, rejected) =
+                    tokio::task::spawn_blocking(move || reader.preview(records_max))
+                        .await
+                        .context("the reader task")??;
+                (schema, rows, rejected)
+            }
+            Some(source) => {
+                let (mapper, connection) =
+                    prepare_stream(&plan, source, table_columns, observer).await?;
+                let (mut rows, mut rejected) = (Vec::new(), Vec::new());
+                if records_max > 0
+                    && let Some(first) = connection.first_record().await?
+                {
+                    match mapper.map(&first) {
+                        Ok(row) => rows.push(row),
+                        Err(refusal) => rejected.push(Rejected {
+                            record: mapper.raw(&first),
+                            position: connection.describe_records(),
+                            code: refusal.code.to_string(),
+                            reason: refusal.reason,
+                        }),
+                    }
+                }
+                (mapper.schema(&plan.table, &plan.key)?, rows, rejected)
+            }
+        };
+        let create_table_sql = if table_exists {
+            None
+        } else {
+            backend.create_table_sql(&schema)
+        };
+        Ok(Preview {
+            target,
+            schema,
+            table_exists,
+            create_table_sql,
+            rows,
+            rejected,
+        })
+    }
+}
+
+/// Opens the target database and reads the target table's columns (`None`: no such table).
+/// For a preview (`read_only`), a SQLite file that does not exist is not created: an empty
+/// database in memory stands for it.
+async fn open_backend(
+    plan: &Pipeline,
+    read_only: bool,
+) -> Result<(Box<dyn SinkBackend>, String, Option<Vec<TableColumn>>)> {
+    let config = plan
+        .sink
+        .clone()
+        .build()
+        .expect("validated by Pipeline::new");
+    let (backend, target_name): (Box<dyn SinkBackend>, String) = match &plan.target {
+        Target::Sqlite(path) => {
+            let location = if read_only && !path.exists() {
+                sluice_sink_sqlite::Location::Memory
+            } else {
+                sluice_sink_sqlite::Location::File(path.clone())
+            };
+            let options = sluice_sink_sqlite::SqliteSinkOptions::new(location);
+            let backend = sluice_sink_sqlite::SqliteBackend::open(&options).map_err(|error| {
+                IngestError::Sink {
+                    message: format!("opening {}: {error}", path.display()),
+                    sink_code: "sqlite.open",
+                }
+            })?;
+            (Box::new(backend), format!("sqlite://{}", path.display()))
+        }
+        Target::Postgres(url) => {
+            let options = sluice_sink_postgres::PostgresSinkOptions::for_sink(url, &config)
+                .map_err(|error| UsageError::new("into", error.to_string()))?;
+            let target = options.target().to_string();
+            let backend = sluice_sink_postgres::PostgresBackend::connect(options)
+                .await
+                .map_err(|error| IngestError::Sink {
+                    message: format!("connecting to {target}: {error}"),
+                    sink_code: "postgres.connect",
+                })?;
+            (Box::new(backend), format!("postgres {target}"))
+        }
+    };
+    let ident = sluice_sink::Ident::new(&plan.table).expect("validated by Pipeline::new");
+    let table_columns =
+        backend
+            .describe_table(&ident)
+            .await
+            .map_err(|error| IngestError::Sink {
+                message: format!("reading table {} in {target_name}: {error}", plan.table),
+                sink_code: error.code(),
+            })?;
+    Ok((backend, target_name, table_columns))
+}
+
 /// Builds the mapper on a blocking task (it reads the first input).
 async fn prepare(
     plan: &Pipeline,
@@ -1015,9 +1163,10 @@ async fn prepare_stream(
         None
     };
     let mut notes = Vec::new();
+    let samples: Vec<&Payload> = first.iter().collect();
     let mapper = build_mapper(
         &spec,
-        first.as_ref(),
+        &samples,
         &[],
         &connection.describe_records(),
         &mut notes,
@@ -1041,6 +1190,7 @@ fn mapper_spec(plan: &Pipeline, table_columns: Option<Vec<TableColumn>>) -> Mapp
         columns: plan.columns.clone(),
         unmapped: plan.unmapped.clone(),
         nulls: plan.nulls.clone(),
+        infer_rows_max: plan.infer_rows_max,
         table: plan.table.clone(),
         table_columns,
     }
@@ -1096,6 +1246,8 @@ struct MapperSpec {
     columns: Option<BTreeMap<String, ColumnConfig>>,
     unmapped: Option<String>,
     nulls: Vec<String>,
+    /// Records CSV type inference samples (0: every column is text).
+    infer_rows_max: usize,
     table: String,
     /// The existing target table's columns.
     table_columns: Option<Vec<TableColumn>>,

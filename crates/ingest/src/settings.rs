@@ -158,6 +158,11 @@ pipeline_settings! {
         /// `text` column and NULL in the others).
         #[cfg_attr(feature = "cli", arg(long, value_name = "TEXT"))]
         pub null: Option<Vec<String>>,
+        /// CSV into a new table without `[columns]`: the records whose values decide each
+        /// column's type (integers, floats, booleans, dates, timestamps with and without zone,
+        /// else text), 0 to 100,000; 0 makes every column text. Default: 1,000.
+        #[cfg_attr(feature = "cli", arg(long))]
+        pub infer_rows_max: Option<u64>,
         /// The sink's configuration (`[sink]`; see the sink's documentation).
         #[cfg_attr(feature = "cli", arg(skip))]
         pub sink: Option<SinkConfigBuilder>,
@@ -199,6 +204,11 @@ impl PipelineSettings {
     }
 }
 
+/// Records CSV type inference samples by default.
+const INFER_ROWS_DEFAULT: usize = 1_000;
+/// At most (they are held in memory until the table is settled).
+const INFER_ROWS_MAX: usize = 100_000;
+
 /// Where rows go.
 #[derive(Clone, Debug)]
 pub(crate) enum Target {
@@ -226,6 +236,7 @@ pub struct Pipeline {
     pub(crate) columns: Option<BTreeMap<String, ColumnConfig>>,
     pub(crate) unmapped: Option<String>,
     pub(crate) nulls: Vec<String>,
+    pub(crate) infer_rows_max: usize,
     pub(crate) sink: SinkConfigBuilder,
     pub(crate) checkpoint_interval: Duration,
     pub(crate) metrics_listen: Option<std::net::SocketAddr>,
@@ -369,6 +380,16 @@ impl Pipeline {
             (source, inputs, format, None)
         };
         let stdin = matches!(inputs.first(), Some(Input::Stdin));
+        let infer_rows_max = match settings.infer_rows_max {
+            None => INFER_ROWS_DEFAULT,
+            Some(rows) if rows <= INFER_ROWS_MAX as u64 => rows as usize,
+            Some(rows) => {
+                return Err(UsageError::new(
+                    "infer_rows_max",
+                    format!("{rows} is more than {INFER_ROWS_MAX}"),
+                ));
+            }
+        };
         let at_least_once = settings.at_least_once.unwrap_or(false) || stdin;
         let mut sink = settings.sink.unwrap_or_default();
         if sink.mode.is_some_and(|configured| configured != sink_mode) && !mode_set {
@@ -424,6 +445,7 @@ impl Pipeline {
             columns: settings.columns,
             unmapped,
             nulls: settings.null.unwrap_or_default(),
+            infer_rows_max,
             sink,
             checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
             metrics_listen,

@@ -271,6 +271,10 @@ impl SinkBackend for PostgresBackend {
         crate::describe::describe_table(&client, table).await
     }
 
+    fn create_table_sql(&self, schema: &sluice_sink::Schema) -> Option<String> {
+        Some(crate::table::create_table_sql(schema))
+    }
+
     async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError> {
         let pool = Arc::new(Pooled::new(self.pool.clone(), request.schema.table()));
         if let Some(spec) = &request.checkpoints {

@@ -106,6 +106,10 @@ impl SinkBackend for SqliteBackend {
             .map_err(from_write_error)
     }
 
+    fn create_table_sql(&self, schema: &sluice_sink::Schema) -> Option<String> {
+        Some(crate::table::create_table_sql(schema))
+    }
+
     async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError> {
         let spec = match &request.checkpoints {
             None => None,

@@ -150,7 +150,7 @@ fn unique_sets(
     Ok(sets)
 }
 
-fn create_table_sql(schema: &Schema) -> String {
+pub(crate) fn create_table_sql(schema: &Schema) -> String {
     let mut parts: Vec<String> = schema
         .columns()
         .iter()

@@ -114,6 +114,13 @@ pub trait SinkBackend: Send + Sync {
         &self,
         table: &Ident,
     ) -> Result<Option<Vec<DescribedColumn>>, BackendError>;
+
+    /// The statement [`SinkBackend::prepare`] runs to create `schema`'s table when it is
+    /// missing, for previews (`sluice ingest --dry-run`); `None` for a backend without SQL.
+    fn create_table_sql(&self, schema: &Schema) -> Option<String> {
+        let _ = schema;
+        None
+    }
 }
 
 /// One column of an existing table, as [`SinkBackend::describe_table`] reads it.

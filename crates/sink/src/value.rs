@@ -423,6 +423,30 @@ pub enum Value {
     TimestampTz(TimestampTz),
 }
 
+/// As a person reads it, for previews and messages: `NULL`, `true`, numbers and text as they
+/// are, bytes as `\x` and hex, the others in their ISO or JSON text. Not a SQL literal.
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Null => f.write_str("NULL"),
+            Value::Bool(value) => write!(f, "{value}"),
+            Value::I64(value) => write!(f, "{value}"),
+            Value::F64(value) => write!(f, "{value}"),
+            Value::Decimal(value) => write!(f, "{value}"),
+            Value::Text(value) => f.write_str(value),
+            Value::Bytes(bytes) => {
+                f.write_str("\\x")?;
+                bytes.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+            }
+            Value::Json(value) => f.write_str(value.as_str()),
+            Value::Uuid(value) => write!(f, "{value}"),
+            Value::Date(value) => write!(f, "{value}"),
+            Value::Timestamp(value) => write!(f, "{value}"),
+            Value::TimestampTz(value) => write!(f, "{value}"),
+        }
+    }
+}
+
 impl Value {
     /// The type of the value; `None` for NULL, which fits every nullable column.
     pub fn column_type(&self) -> Option<ColumnType> {
@@ -722,6 +746,30 @@ fn parse_timestamp_prefix<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_display_as_a_person_reads_them() {
+        let shown = [
+            (Value::Null, "NULL"),
+            (Value::Bool(false), "false"),
+            (Value::I64(-7), "-7"),
+            (Value::F64(0.5), "0.5"),
+            (Value::Text("NA".into()), "NA"),
+            (Value::Bytes(vec![0, 255]), "\\x00ff"),
+            (Value::Json(Json::parse("{\"a\":1}").unwrap()), "{\"a\":1}"),
+            (
+                Value::Date(Date::parse("2013-01-01").unwrap()),
+                "2013-01-01",
+            ),
+            (
+                Value::TimestampTz(TimestampTz::parse("2013-01-01T10:00:00+01:00").unwrap()),
+                "2013-01-01T09:00:00.000000Z",
+            ),
+        ];
+        for (value, text) in shown {
+            assert_eq!(value.to_string(), text);
+        }
+    }
 
     #[test]
     fn decimals_are_canonical_text() {

@@ -127,6 +127,10 @@ impl SinkBackend for FaultyBackend<'_> {
         self.inner.describe_table(table).await
     }
 
+    fn create_table_sql(&self, schema: &crate::Schema) -> Option<String> {
+        self.inner.create_table_sql(schema)
+    }
+
     async fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, BackendError> {
         let mut prepared = self.inner.prepare(request).await?;
         prepared.checkpoints = prepared.checkpoints.map(|inner| {
