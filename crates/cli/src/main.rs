@@ -110,6 +110,21 @@ enum Command {
     /// Work with stores as a whole.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Print a shell completion script (for example `sluice completions bash >
+    /// /etc/bash_completion.d/sluice`, or `source <(sluice completions zsh)`).
+    #[command(after_help = EXIT_CODES)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on standard output, or with --out-dir write one page per
+    /// command (`sluice.1`, `sluice-ingest.1`, `sluice-bench-sink.1`, ...) into a directory.
+    #[command(after_help = EXIT_CODES)]
+    Man {
+        /// Write every command's page into this existing directory.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Print an instance's status and history as JSON.
     #[command(after_help = EXIT_CODES)]
     Inspect {
@@ -176,6 +191,8 @@ fn main() -> ExitCode {
             Command::Worker(args) => worker::run(args).await,
             Command::Migrate(args) => worker::migrate(args).await,
             Command::Store(StoreCommand::Copy(args)) => store_copy::run(args).await,
+            Command::Completions { shell } => completions(shell),
+            Command::Man { out_dir } => man(out_dir.as_deref()),
             Command::Inspect { db, instance_id } => inspect(&db, &instance_id).await,
         }
     });
@@ -186,6 +203,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The completion script of `shell`, generated from the same definitions as the parser.
+fn completions(shell: clap_complete::Shell) -> Result<ExitCode> {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut script);
+    print_quietly_on_closed_pipe(std::str::from_utf8(&script)?.trim_end())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The manual pages, generated from the same definitions as the parser.
+fn man(out_dir: Option<&std::path::Path>) -> Result<ExitCode> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    match out_dir {
+        Some(dir) => {
+            anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+            clap_mangen::generate_to(command, dir)
+                .with_context(|| format!("writing the manual pages into {}", dir.display()))?;
+        }
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command).render(&mut page)?;
+            print_quietly_on_closed_pipe(std::str::from_utf8(&page)?.trim_end())?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn inspect(db: &std::path::Path, instance_id: &str) -> Result<ExitCode> {

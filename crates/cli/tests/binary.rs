@@ -17,6 +17,8 @@ fn every_help_names_its_exit_codes() {
         &["migrate"],
         &["store", "copy"],
         &["inspect"],
+        &["completions"],
+        &["man"],
         &["bench", "orchestrations"],
         &["bench", "sink"],
         &["bench", "ingest"],
@@ -115,4 +117,47 @@ fn a_closed_pipe_ends_quietly() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Completions and manual pages come from the parser's own definitions: every command and
+/// flag is in them.
+#[test]
+fn completions_and_manual_pages_follow_the_commands() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let output = sluice().args(["completions", shell]).output().unwrap();
+        assert!(output.status.success(), "{shell}: {output:?}");
+        let script = String::from_utf8(output.stdout).unwrap();
+        for word in ["ingest", "dry-run", "infer-rows-max", "log-format"] {
+            assert!(script.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let output = sluice().arg("man").output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let page = String::from_utf8(output.stdout).unwrap();
+    assert!(page.contains(".TH sluice 1"), "{page}");
+    assert!(
+        page.contains("sluice\\-ingest(1)"),
+        "the page lists its commands: {page}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let output = sluice()
+        .args(["man", "--out-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let ingest = std::fs::read_to_string(dir.path().join("sluice-ingest.1")).unwrap();
+    assert!(ingest.contains("\\-\\-null"), "{ingest}");
+    for page in ["sluice.1", "sluice-bench-sink.1", "sluice-store-copy.1"] {
+        assert!(dir.path().join(page).exists(), "{page}");
+    }
+    let missing = dir.path().join("missing");
+    let output = sluice()
+        .args(["man", "--out-dir"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not a directory"));
 }
