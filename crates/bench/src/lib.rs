@@ -20,6 +20,25 @@
 //!
 //! Errors are `anyhow`: a benchmark's failure is printed and ends the command, nothing
 //! matches on it.
+//!
+//! Each benchmark's options are a `clap::Args` value, so another binary can offer the same
+//! command:
+//!
+//! ```no_run
+//! use clap::Parser;
+//!
+//! #[derive(Parser)]
+//! struct Bench {
+//!     #[command(flatten)]
+//!     sink: sluice_bench::SinkBenchArgs,
+//! }
+//!
+//! # async fn example() -> anyhow::Result<()> {
+//! let args = Bench::parse_from(["bench", "--target", "sqlite", "--json", "sink.json"]);
+//! let exit = sluice_bench::run_sink(args.sink).await?; // prints the figures, writes the JSON
+//! # let _ = exit;
+//! # Ok(()) }
+//! ```
 
 mod generate;
 mod host;

@@ -14,6 +14,22 @@
 //! - *command*: something the code asks for (schedule an activity, create a timer, start a
 //!   sub-orchestration); recorded in history as a `*Scheduled`/`*Created` event with a sequence
 //!   `id` and matched by that id on replay.
+//!
+//! ```
+//! use sluice_history::{Backoff, Failure, RetryPolicy, codes};
+//!
+//! // A failure carries a stable code; the runtime's own codes are in `codes`.
+//! let failure = Failure::new("payment.declined", "card expired");
+//! assert_eq!(failure.code, "payment.declined");
+//! assert_eq!(codes::CANCELLED, "cancelled");
+//!
+//! // Retry policies are validated, and encode as they are stored.
+//! let policy = RetryPolicy::attempts(5).with_backoff(Backoff::Fixed { delay_ms: 250 });
+//! policy.validate().unwrap();
+//! assert_eq!(policy.delay_before(2).as_millis(), 250);
+//! let stored = serde_json::to_string(&policy).unwrap();
+//! assert_eq!(serde_json::from_str::<RetryPolicy>(&stored).unwrap(), policy);
+//! ```
 #![warn(missing_docs)]
 
 mod event;

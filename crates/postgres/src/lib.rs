@@ -2,6 +2,18 @@
 //! parsing a connection URL once, naming the server without its password, keeping secrets out
 //! of messages, TLS with rustls ([`tls`]: `sslmode`, `sslrootcert`), and building the
 //! deadpool-postgres pool.
+//!
+//! ```
+//! use sluice_postgres::ConnectOptions;
+//!
+//! let options = ConnectOptions::parse("postgres://app:s3cret@db.internal:5433/orders").unwrap();
+//! assert_eq!(options.target(), "app@db.internal:5433/orders");
+//! assert_eq!(
+//!     options.redact("password authentication failed: s3cret"),
+//!     "password authentication failed: <redacted>"
+//! );
+//! assert!(ConnectOptions::parse("postgres://app@db/orders?sslmode=bogus").is_err());
+//! ```
 #![warn(missing_docs)]
 
 pub mod tls;

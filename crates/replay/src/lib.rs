@@ -13,6 +13,41 @@
 //!
 //! Architecture invariant: this crate does no I/O, reads no clock and draws no randomness. Time
 //! comes from `TurnStarted` events and GUIDs from the seed in `OrchestrationStarted`.
+//!
+//! A turn is a pure function of the code and the history: the first turn schedules the
+//! activity, the second, given its result, completes.
+//!
+//! ```
+//! use sluice_history::{Event, Failure};
+//! use sluice_replay::{OrchestrationContext, TurnOutcome, run_turn};
+//! use std::sync::Arc;
+//!
+//! async fn shout(ctx: OrchestrationContext, input: String) -> Result<String, Failure> {
+//!     let upper = ctx.schedule_activity("upper", input).await?;
+//!     Ok(format!("{upper}!"))
+//! }
+//!
+//! let start = vec![
+//!     Event::TurnStarted { now_ms: 1_000 },
+//!     Event::OrchestrationStarted {
+//!         name: "shout".into(),
+//!         input: "hi".into(),
+//!         parent: None,
+//!         guid_seed: 7,
+//!     },
+//! ];
+//! let first = run_turn(&shout, "i1", 1, Arc::new(Vec::new()), start);
+//! assert!(matches!(first.outcome, TurnOutcome::Waiting));
+//! let scheduled: Vec<&Event> = first.new_commands().collect();
+//! assert!(matches!(scheduled[..], [Event::ActivityScheduled { id: 0, .. }]));
+//!
+//! let result = vec![
+//!     Event::TurnStarted { now_ms: 2_000 },
+//!     Event::ActivityCompleted { id: 0, output: "HI".into() },
+//! ];
+//! let second = run_turn(&shout, "i1", 1, Arc::new(first.appended), result);
+//! assert!(matches!(second.outcome, TurnOutcome::Completed(ref output) if output == "HI!"));
+//! ```
 #![warn(missing_docs)]
 
 mod context;

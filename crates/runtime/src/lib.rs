@@ -7,6 +7,46 @@
 //! other processes. A [`Client`] starts, signals, cancels, waits for and inspects instances.
 //!
 //! Architecture invariant: the runtime knows only the `Store` trait, never a concrete store.
+//!
+//! ```
+//! use sluice_runtime::{
+//!     ActivityContext, Failure, InstanceStatus, OrchestrationContext, Registry, Runtime,
+//!     RuntimeOptions,
+//! };
+//! use sluice_store_sqlite::{Location, SqliteStore, SqliteStoreOptions};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! /// An orchestration: replayed from its history, so it only asks for work through `ctx`.
+//! async fn greet(ctx: OrchestrationContext, name: String) -> Result<String, Failure> {
+//!     let greeting = ctx.schedule_activity("hello", name).await?;
+//!     ctx.create_timer(Duration::from_millis(10)).await;
+//!     Ok(greeting)
+//! }
+//!
+//! /// An activity: ordinary code, run at least once, its result recorded.
+//! async fn hello(_ctx: ActivityContext, name: String) -> Result<String, Failure> {
+//!     Ok(format!("hello, {name}"))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let store = Arc::new(SqliteStore::open(SqliteStoreOptions::new(Location::Memory)).unwrap());
+//! let registry = Registry::new()
+//!     .orchestration("greet", greet)
+//!     .activity("hello", hello);
+//! let runtime = Runtime::start(store, registry, RuntimeOptions::default());
+//! let client = runtime.client();
+//! client.start("greet", "greet-ada", "Ada").await.unwrap();
+//! let done = client
+//!     .wait_for_completion("greet-ada", Duration::from_secs(30))
+//!     .await
+//!     .unwrap();
+//! assert_eq!(done.status, InstanceStatus::Completed);
+//! assert_eq!(done.output.as_deref(), Some("hello, Ada"));
+//! runtime.shutdown(Duration::from_secs(5)).await;
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 mod activity;

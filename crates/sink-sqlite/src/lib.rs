@@ -67,6 +67,42 @@
 //! `CREATE TABLE IF NOT EXISTS <table>_dead_letters (id INTEGER PRIMARY KEY, failed_at_us
 //! INTEGER NOT NULL, table_name TEXT NOT NULL, error_code TEXT NOT NULL, error TEXT NOT NULL,
 //! row_json TEXT NOT NULL)`.
+//!
+//! ```
+//! use sluice_sink::{Column, ColumnType, CreateTable, Row, Schema, Sink, SinkConfig};
+//! use sluice_sink_sqlite::{Location, SqliteBackend, SqliteSinkOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let file = sluice_testkit::TempSqlite::new();
+//! let backend =
+//!     SqliteBackend::open(&SqliteSinkOptions::new(Location::File(file.path().into()))).unwrap();
+//! let schema = Schema::new(
+//!     "events",
+//!     vec![
+//!         Column::new("id", ColumnType::I64).unwrap().not_null(),
+//!         Column::new("at", ColumnType::TimestampTz).unwrap(),
+//!     ],
+//!     &[],
+//! )
+//! .unwrap();
+//! let config = SinkConfig::builder()
+//!     .create_table(CreateTable::IfMissing)
+//!     .build()
+//!     .unwrap();
+//! let sink = Sink::open(&backend, schema, config).await.unwrap();
+//! let at = sluice_sink::TimestampTz::parse("2026-01-02T10:00:00+01:00").unwrap();
+//! sink.write((0..100).map(|id| Row::insert(vec![id.into(), at.into()])).collect())
+//!     .await
+//!     .unwrap();
+//! sink.close().await.unwrap();
+//! let connection = rusqlite::Connection::open(file.path()).unwrap();
+//! let count: i64 = connection
+//!     .query_row("SELECT count(*) FROM events", [], |row| row.get(0))
+//!     .unwrap();
+//! assert_eq!(count, 100);
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 mod backend;

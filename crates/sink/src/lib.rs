@@ -18,6 +18,46 @@
 //! - `compliance` (feature `compliance`): the checks every backend must pass.
 //!
 //! This crate does not depend on the orchestration half of Sluice.
+//!
+//! ```
+//! use sluice_sink::{
+//!     Column, ColumnType, CreateTable, MemoryBackend, Mode, Row, Schema, Sink, SinkConfig, Value,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let schema = Schema::new(
+//!     "prices",
+//!     vec![
+//!         Column::new("sku", ColumnType::Text).unwrap().not_null(),
+//!         Column::new("cents", ColumnType::I64).unwrap(),
+//!     ],
+//!     &["sku"],
+//! )
+//! .unwrap();
+//! let config = SinkConfig::builder()
+//!     .mode(Mode::Upsert)
+//!     .create_table(CreateTable::IfMissing)
+//!     .batch_rows_max(1_000)
+//!     .build()
+//!     .unwrap();
+//! // Any backend: MemoryBackend here, sluice-sink-sqlite or sluice-sink-postgres for real.
+//! let backend = MemoryBackend::new();
+//! let sink = Sink::open(&backend, schema, config).await.unwrap();
+//! sink.write(vec![
+//!     Row::upsert(vec!["apple".into(), 120.into()]),
+//!     Row::upsert(vec!["pear".into(), 90.into()]),
+//!     Row::upsert(vec!["apple".into(), 125.into()]), // the last change per key wins
+//!     Row::upsert(vec![Value::Null, 1.into()]),      // no key: to the dead letters
+//! ])
+//! .await
+//! .unwrap();
+//! sink.close().await.unwrap(); // flushes: everything written is durable
+//! let rows = backend.rows("prices").unwrap(); // by key
+//! assert_eq!(rows, vec![vec!["apple".into(), 125.into()], vec!["pear".into(), 90.into()]]);
+//! assert_eq!(backend.dead_letters("prices_dead_letters").len(), 1);
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 mod backend;

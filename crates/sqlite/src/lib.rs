@@ -20,6 +20,35 @@
 //! Limits: the request queue holds at most `queue_requests_max` requests (senders wait when it
 //! is full: back-pressure) and one group transaction runs at most `batch_requests_max` of them
 //! (a held transaction runs every request until its owner ends it).
+//!
+//! ```
+//! use sluice_sqlite::{GroupCommitWriter, Location, OpenOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let dir = tempfile::tempdir().unwrap();
+//! let options = OpenOptions::new(Location::File(dir.path().join("app.db")));
+//! // Queue at most 1,024 requests; one transaction takes at most 256 of them.
+//! let writer = GroupCommitWriter::open(&options, 1_024, 256, |connection| {
+//!     connection.execute_batch("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT)")?;
+//!     Ok(())
+//! })
+//! .unwrap();
+//! // Concurrent writes share one transaction and one fsync; each is answered once durable.
+//! let insert = |key: &'static str| {
+//!     writer.write(move |connection| connection.execute("INSERT INTO kv VALUES (?1, 'v')", [key]))
+//! };
+//! let (a, b) = tokio::join!(insert("a"), insert("b"));
+//! assert_eq!((a.unwrap(), b.unwrap()), (1, 1));
+//! // A failing write rolls back its own savepoint only.
+//! assert!(insert("a").await.is_err(), "the key exists");
+//! let count: i64 = writer
+//!     .write(|connection| connection.query_row("SELECT count(*) FROM kv", [], |row| row.get(0)))
+//!     .await
+//!     .unwrap();
+//! assert_eq!(count, 2);
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 mod checkpointer;

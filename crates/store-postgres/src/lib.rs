@@ -13,8 +13,22 @@
 //! Where this store stands: it passes the store conformance suite and its multi-process
 //! checks. Turn commits are grouped: what a process has ready goes in one transaction
 //! (`commit.rs`). Connections (pool and listener) use TLS as the URL says
-//! (`sluice_postgres::tls`). Not built yet (see issue 15's note): fetching only registered
-//! names.
+//! (`sluice_postgres::tls`). A process can fetch only the orchestration and activity names it
+//! has code for (`fetch_turns_named`, `fetch_activities_named`), so builds with different code
+//! share one database.
+//!
+//! ```no_run
+//! use sluice_store_postgres::{PostgresStore, PostgresStoreOptions};
+//! use std::sync::Arc;
+//!
+//! # async fn example() -> Result<(), sluice_store_postgres::PostgresStoreError> {
+//! // Every worker process connects to the same database; the schema is migrated on connect.
+//! let options = PostgresStoreOptions::new("postgres://sluice@db.internal/sluice?sslmode=require")?;
+//! let store = Arc::new(PostgresStore::connect(options).await?);
+//! // Hand `store` to `sluice_runtime::Runtime::start` as any other store.
+//! # let _ = store;
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs)]
 
 mod commit;

@@ -8,6 +8,28 @@
 //! Commits are durable when acknowledged (`synchronous=FULL`) unless the store was opened with
 //! [`Synchronous::Normal`], which may lose the last commits on power loss (not on a process
 //! crash).
+//!
+//! ```
+//! use sluice_store::{NewInstance, Store};
+//! use sluice_store_sqlite::{Location, SqliteStore, SqliteStoreOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let file = sluice_testkit::TempSqlite::new();
+//! let options = SqliteStoreOptions::new(Location::File(file.path().to_path_buf()));
+//! let store = SqliteStore::open(options).unwrap();
+//! let start = NewInstance {
+//!     instance_id: "order-1".into(),
+//!     name: "checkout".into(),
+//!     input: "{}".into(),
+//!     parent: None,
+//! };
+//! assert!(store.create_instance(start.clone()).await.unwrap());
+//! assert!(!store.create_instance(start).await.unwrap(), "starting is idempotent");
+//! let info = store.instance("order-1").await.unwrap().unwrap();
+//! assert_eq!(info.name, "checkout");
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 mod schema;

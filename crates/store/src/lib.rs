@@ -19,6 +19,28 @@
 //! Work of a finished instance is never handed out.
 //!
 //! Every store passes the conformance suite in [`conformance`] (feature `conformance`).
+//!
+//! Code over the contract works with every store (sluice-store-sqlite, sluice-store-postgres);
+//! a store's time comes from a [`Clock`], which tests replace.
+//!
+//! ```
+//! use sluice_store::{Clock, ManualClock, NewInstance, Store, StoreResult};
+//!
+//! /// Starts a checkout for `order` unless one exists, on any store.
+//! async fn start_checkout(store: &dyn Store, order: &str) -> StoreResult<bool> {
+//!     let start = NewInstance {
+//!         instance_id: format!("checkout-{order}"),
+//!         name: "checkout".into(),
+//!         input: format!("{{\"order\": \"{order}\"}}"),
+//!         parent: None,
+//!     };
+//!     store.create_instance(start).await
+//! }
+//!
+//! let clock = ManualClock::new(1_000);
+//! clock.advance_ms(30_000); // a lease of 30 s has run out, as the store judges it
+//! assert_eq!(clock.now_ms(), 31_000);
+//! ```
 #![warn(missing_docs)]
 
 mod clock;

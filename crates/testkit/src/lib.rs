@@ -12,6 +12,20 @@
 //! * [`NatsServer`]: a throwaway `nats-server -js` on a free loopback port with its store in a
 //!   temporary directory, killed on drop; [`nats_or_skip`] / [`require_nats`] follow the same
 //!   convention with `SLUICE_REQUIRE_NATS`.
+//!
+//! ```
+//! use sluice_testkit::{TempSqlite, pg_or_skip};
+//!
+//! let file = TempSqlite::new(); // a path in a fresh directory, removed on drop
+//! assert!(!file.path().exists());
+//! // A throwaway PostgreSQL 15 cluster, or a SKIPPED line when there is none (unless
+//! // SLUICE_REQUIRE_POSTGRES is set, which makes that a failure).
+//! if let Some(cluster) = pg_or_skip("testkit example") {
+//!     let url = cluster.create_database("example").unwrap();
+//!     assert!(url.starts_with("postgres://"));
+//!     assert_eq!(cluster.psql_in("example", "SELECT 1 + 1").unwrap(), "2");
+//! }
+//! ```
 #![warn(missing_docs)]
 
 mod nats;
