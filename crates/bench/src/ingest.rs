@@ -57,7 +57,8 @@ const INGEST_TABLE: &str = "bench_ingest";
 /// Options of `sluice bench ingest`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct IngestBenchArgs {
-    /// PostgreSQL to use; without it a throwaway cluster is started (initdb + pg_ctl).
+    /// PostgreSQL to use. Required, unless the binary was built with the `throwaway-postgres`
+    /// feature, which then starts a throwaway cluster (initdb + pg_ctl).
     #[arg(long)]
     pg_url: Option<String>,
     /// Lines of the generated file.

@@ -32,7 +32,7 @@ pub(crate) enum StoreKind {
     SqliteFile,
     /// An in-memory SQLite database.
     SqliteMemory,
-    /// PostgreSQL: `--pg-url`, or a throwaway cluster started for the run.
+    /// PostgreSQL: `--pg-url`, or (feature `throwaway-postgres`) a throwaway cluster.
     Postgres,
 }
 
@@ -69,8 +69,9 @@ pub struct OrchestrationBenchArgs {
     /// Database file for --store sqlite-file (default: a fresh temporary file).
     #[arg(long)]
     db: Option<PathBuf>,
-    /// PostgreSQL URL for --store postgres (default: a throwaway cluster of the machine's
-    /// PostgreSQL, started for the run). The store's tables go to a fresh schema.
+    /// PostgreSQL URL for --store postgres; required unless the binary was built with the
+    /// `throwaway-postgres` feature, which then starts a throwaway cluster of the machine's
+    /// PostgreSQL. The store's tables go to a fresh schema.
     #[arg(long)]
     pg_url: Option<String>,
     /// Pooled connections of the PostgreSQL store (plus one for its listener).

@@ -124,7 +124,8 @@ pub struct SinkBenchArgs {
     /// The database.
     #[arg(long, value_enum)]
     target: Target,
-    /// PostgreSQL to use; without it a throwaway cluster is started (initdb + pg_ctl).
+    /// PostgreSQL to use. Required, unless the binary was built with the `throwaway-postgres`
+    /// feature, which then starts a throwaway cluster (initdb + pg_ctl).
     #[arg(long)]
     pg_url: Option<String>,
     /// Scenarios, comma-separated, or `all`.
