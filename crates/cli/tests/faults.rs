@@ -12,10 +12,11 @@ mod common;
 use common::sluice;
 use sluice_runtime::{Client, Event, InstanceStatus};
 use sluice_store_postgres::{PostgresStore, PostgresStoreOptions};
+use sluice_testkit::crash::Schedule;
 use sluice_testkit::pg_or_skip;
+use sluice_testkit::process::{LoggedChild, Signal, signal};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,35 +34,15 @@ fn setting(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A small deterministic generator (the test needs no statistics, only spread).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % below
-    }
-}
-
-fn start_worker(url: &str, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("worker log");
-    sluice()
-        .args(["worker", "--store", url, "--activity-ms", "0"])
-        .args(["--orch-concurrency", "8", "--activity-concurrency", "16"])
-        .args(["--lease-ms", &LEASE_MS.to_string()])
-        .args(["--poll-ms", &POLL_MS.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start sluice worker")
+fn start_worker(url: &str, log: &Path) -> LoggedChild {
+    LoggedChild::spawn(
+        sluice()
+            .args(["worker", "--store", url, "--activity-ms", "0"])
+            .args(["--orch-concurrency", "8", "--activity-concurrency", "16"])
+            .args(["--lease-ms", &LEASE_MS.to_string()])
+            .args(["--poll-ms", &POLL_MS.to_string()]),
+        log,
+    )
 }
 
 fn order_input(i: usize) -> (String, u64) {
@@ -80,14 +61,13 @@ fn order_input(i: usize) -> (String, u64) {
 }
 
 /// Panics if a worker has exited: none may exit on its own.
-fn assert_all_running(workers: &mut [Child], logs: &Path) {
-    for (slot, worker) in workers.iter_mut().enumerate() {
-        if let Some(status) = worker.try_wait().expect("try_wait") {
-            let log = std::fs::read_to_string(logs.join(format!("worker-{slot}.log")));
+fn assert_all_running(workers: &mut [LoggedChild]) {
+    for worker in workers {
+        if let Some(status) = worker.child().try_wait().expect("try_wait") {
             panic!(
                 "worker {} exited on its own: {status}; its log:\n{}",
-                worker.id(),
-                log.unwrap_or_default()
+                worker.child().id(),
+                worker.log()
             );
         }
     }
@@ -109,7 +89,7 @@ async fn workers_killed_and_postgres_restarted_lose_and_duplicate_nothing() {
     );
     let client = Client::new(store.clone(), Duration::from_millis(POLL_MS));
     let log_of = |slot: usize| logs.path().join(format!("worker-{slot}.log"));
-    let mut workers: Vec<Child> = (0..WORKERS)
+    let mut workers: Vec<LoggedChild> = (0..WORKERS)
         .map(|slot| start_worker(&url, &log_of(slot)))
         .collect();
     let began = Instant::now();
@@ -123,16 +103,17 @@ async fn workers_killed_and_postgres_restarted_lose_and_duplicate_nothing() {
     eprintln!("started {instances} orders in {:?}", began.elapsed());
 
     // Faults, with approvals sent meanwhile.
-    let mut random = Lcg(0x5eed);
+    let mut random = Schedule::new(0x5eed);
     let restarts_at = [kills / 3, 2 * kills / 3];
     let mut approvals: Vec<usize> = (0..instances).filter(|i| i % 2 == 1).collect();
     let per_fault = approvals.len().div_ceil(kills.max(1));
     for fault in 0..kills {
-        tokio::time::sleep(Duration::from_millis(100 + random.next(400))).await;
-        assert_all_running(&mut workers, logs.path());
-        let slot = random.next(WORKERS as u64) as usize;
-        workers[slot].kill().expect("SIGKILL a worker");
-        workers[slot].wait().expect("reap the worker");
+        tokio::time::sleep(Duration::from_millis(100 + random.below(400))).await;
+        assert_all_running(&mut workers);
+        let slot = random.below(WORKERS as u64) as usize;
+        let worker = workers[slot].child();
+        worker.kill().expect("SIGKILL a worker");
+        worker.wait().expect("reap the worker");
         workers[slot] = start_worker(&url, &log_of(slot));
         if restarts_at.contains(&fault) {
             tokio::task::block_in_place(|| cluster.crash_and_restart())
@@ -168,7 +149,7 @@ async fn workers_killed_and_postgres_restarted_lose_and_duplicate_nothing() {
         last_fault.elapsed(),
         began.elapsed()
     );
-    assert_all_running(&mut workers, logs.path());
+    assert_all_running(&mut workers);
 
     // Histories: positions without gaps, each activity completed once and as scheduled.
     let gaps = cluster
@@ -226,21 +207,13 @@ async fn workers_killed_and_postgres_restarted_lose_and_duplicate_nothing() {
     assert_eq!(left.trim(), "0 0", "work items and messages left behind");
 
     for worker in &mut workers {
-        let pid = libc_pid(worker);
-        // SAFETY: kill(2) on a child this test started and has not reaped.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
+        signal(worker.child(), Signal::TERM).expect("SIGTERM a worker");
     }
     for worker in &mut workers {
-        let status = worker.wait().unwrap();
+        let status = worker.child().wait().unwrap();
         assert!(status.success(), "a worker stopped badly: {status}");
     }
     drop(store);
-}
-
-fn libc_pid(child: &Child) -> libc::pid_t {
-    libc::pid_t::try_from(child.id()).expect("a pid")
 }
 
 /// Raises the approval, retrying while PostgreSQL restarts.
@@ -277,21 +250,17 @@ async fn a_paused_worker_can_never_write_over_the_one_that_took_its_work() {
     );
     let client = Client::new(store.clone(), Duration::from_millis(100));
     let start = |slot: usize| {
-        let log = std::fs::File::create(dir.path().join(format!("paused-{slot}.log"))).unwrap();
-        sluice()
-            .args(["worker", "--store", &url, "--activity-ms", "300"])
-            .args(["--orch-concurrency", "4", "--activity-concurrency", "8"])
-            .args(["--lease-ms", &LEASE_MS.to_string(), "--poll-ms", "100"])
-            .arg("--report")
-            .arg(dir.path().join(format!("paused-{slot}.json")))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start sluice worker")
+        LoggedChild::spawn(
+            sluice()
+                .args(["worker", "--store", &url, "--activity-ms", "300"])
+                .args(["--orch-concurrency", "4", "--activity-concurrency", "8"])
+                .args(["--lease-ms", &LEASE_MS.to_string(), "--poll-ms", "100"])
+                .arg("--report")
+                .arg(dir.path().join(format!("paused-{slot}.json"))),
+            dir.path().join(format!("paused-{slot}.log")),
+        )
     };
     let mut workers = [start(0), start(1)];
-    let paused = libc_pid(&workers[0]);
     let mut ids = Vec::new();
     for round in 0..pauses {
         for j in 0..3 {
@@ -301,15 +270,9 @@ async fn a_paused_worker_can_never_write_over_the_one_that_took_its_work() {
         }
         // Long enough for both workers to hold activities, then worker 0 stops mid-work.
         tokio::time::sleep(Duration::from_millis(150)).await;
-        // SAFETY: kill(2) on a child this test started and has not reaped.
-        unsafe {
-            libc::kill(paused, libc::SIGSTOP);
-        }
+        signal(workers[0].child(), Signal::STOP).expect("SIGSTOP worker 0");
         tokio::time::sleep(Duration::from_millis(2 * LEASE_MS)).await;
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(paused, libc::SIGCONT);
-        }
+        signal(workers[0].child(), Signal::CONT).expect("SIGCONT worker 0");
     }
     for id in &ids {
         let info = client
@@ -337,18 +300,13 @@ async fn a_paused_worker_can_never_write_over_the_one_that_took_its_work() {
         }
         assert_eq!(completed.len(), 5, "{id}");
     }
+    assert_all_running(&mut workers);
     for worker in &mut workers {
-        if let Some(status) = worker.try_wait().unwrap() {
-            panic!("worker {} exited on its own: {status}", worker.id());
-        }
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(libc_pid(worker), libc::SIGTERM);
-        }
+        signal(worker.child(), Signal::TERM).expect("SIGTERM a worker");
     }
     let mut refused = Vec::new();
     for (slot, worker) in workers.iter_mut().enumerate() {
-        assert!(worker.wait().unwrap().success());
+        assert!(worker.child().wait().unwrap().success());
         let report: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(dir.path().join(format!("paused-{slot}.json"))).unwrap(),
         )

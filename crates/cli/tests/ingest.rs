@@ -7,13 +7,15 @@
 
 mod common;
 
-use common::{query, sluice};
+use common::{check_crash_letters, query, sluice};
 use rusqlite::Connection;
+use sluice_testkit::crash::{CrashLoop, Ended, Schedule};
+use sluice_testkit::process::wait_timeout;
 use sluice_testkit::{TempSqlite, pg_or_skip};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Records in the crash-loop file, as the issue asks.
 const CRASH_RECORDS: u64 = 500_000;
@@ -416,7 +418,6 @@ fn crash_good_sum() -> u64 {
 /// rate needs for an equal share of what is left, so the kills spread over the whole file
 /// whatever the machine's speed and a run rarely finishes before its kill.
 fn crash_loop(dir: &Path, into: &str, extra: &[&str], committed: impl Fn() -> u64) {
-    let started_loop = Instant::now();
     let mut args = vec![
         "ingest",
         "--from",
@@ -429,26 +430,14 @@ fn crash_loop(dir: &Path, into: &str, extra: &[&str], committed: impl Fn() -> u6
         "20",
     ];
     args.extend_from_slice(extra);
-    let seed = std::env::var("SLUICE_INGEST_CRASH_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or(0x1_9e57_c4a5u64);
-    eprintln!("crash loop seed {seed} (SLUICE_INGEST_CRASH_SEED replays it)");
-    let mut state = seed;
-    let mut random = move || {
-        // xorshift64*
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    };
-    let mut kills = 0;
-    let mut finished_early = 0;
+    let seed = Schedule::from_env("SLUICE_INGEST_CRASH_SEED", 0x1_9e57_c4a5);
+    let mut crashes = CrashLoop::new(CRASH_KILLS, seed);
     let mut delay_spread_ms = CRASH_FIRST_DELAY_SPREAD_MS;
     let mut done_before = 0u64;
     // The fastest rate a run showed, rows per millisecond of its delay (start-up included).
     let mut rate_max = 0.0f64;
-    while kills < CRASH_KILLS {
+    while crashes.more() {
+        let delay_ms = 5 + crashes.schedule().below(delay_spread_ms);
         let mut child = sluice()
             .args(&args)
             .current_dir(dir)
@@ -457,46 +446,27 @@ fn crash_loop(dir: &Path, into: &str, extra: &[&str], committed: impl Fn() -> u6
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let delay_ms = 5 + random() % delay_spread_ms;
-        let delay = Duration::from_millis(delay_ms);
-        let started = Instant::now();
-        let mut exited = None;
-        while started.elapsed() < delay {
-            if let Some(status) = child.try_wait().unwrap() {
-                exited = Some(status);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
+        // A run that finishes before its kill ends the loop: later runs would find nothing.
+        if let Ended::Exited(status) =
+            crashes.kill_after(&mut child, Duration::from_millis(delay_ms))
+        {
+            assert!(status.success(), "the ingest failed: {status:?}");
+            break;
         }
-        match exited {
-            Some(status) => {
-                assert!(status.success(), "the ingest failed: {status:?}");
-                finished_early += 1;
-                // It finished before its kill: later runs would find nothing left to do.
-                break;
-            }
-            None => {
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
-                kills += 1;
-                let done = committed();
-                rate_max = rate_max.max(done.saturating_sub(done_before) as f64 / delay_ms as f64);
-                done_before = done;
-                if rate_max == 0.0 {
-                    // Nothing committed yet: the runs die while starting.
-                    delay_spread_ms *= 2;
-                } else {
-                    let share = CRASH_RECORDS.saturating_sub(done) as f64
-                        / (CRASH_KILLS - kills + 3) as f64;
-                    delay_spread_ms = ((2.0 * share / rate_max) as u64).max(10);
-                }
-            }
+        let done = committed();
+        rate_max = rate_max.max(done.saturating_sub(done_before) as f64 / delay_ms as f64);
+        done_before = done;
+        if rate_max == 0.0 {
+            // Nothing committed yet: the runs die while starting.
+            delay_spread_ms *= 2;
+        } else {
+            let share = CRASH_RECORDS.saturating_sub(done) as f64
+                / (CRASH_KILLS - crashes.kills() + 3) as f64;
+            delay_spread_ms = ((2.0 * share / rate_max) as u64).max(10);
         }
     }
-    eprintln!(
-        "{kills} kills, {finished_early} runs finished before their kill, {:.1} s",
-        started_loop.elapsed().as_secs_f64()
-    );
+    eprintln!("{crashes}");
+    let kills = crashes.kills();
     assert!(kills >= 20, "too few kills landed: {kills}");
     let left = CRASH_RECORDS.saturating_sub(committed());
     let output = sluice()
@@ -512,24 +482,8 @@ fn crash_loop(dir: &Path, into: &str, extra: &[&str], committed: impl Fn() -> u6
     );
     eprintln!(
         "crash loop with the final run ({left} records, malformed ones included, were left to it): {:.1} s",
-        started_loop.elapsed().as_secs_f64()
+        crashes.elapsed().as_secs_f64()
     );
-}
-
-/// Checks the dead letters' `row_json` values: exactly the malformed records, each once.
-fn check_crash_letters(letters: &[String], bad: u64) {
-    assert_eq!(letters.len() as u64, bad);
-    let mut positions: Vec<String> = letters
-        .iter()
-        .map(|letter| {
-            let row: serde_json::Value = serde_json::from_str(letter).unwrap();
-            assert!(row["record"].as_str().unwrap().ends_with("broken"));
-            row["position"].as_str().unwrap().to_string()
-        })
-        .collect();
-    positions.sort();
-    positions.dedup();
-    assert_eq!(positions.len() as u64, bad, "a dead letter was duplicated");
 }
 
 /// Kills `sluice ingest` with SIGKILL at random moments and restarts it; at the end every good
@@ -940,34 +894,29 @@ fn a_full_buffer_during_a_checkpoint_does_not_stall_the_run() {
     let into = format!("sqlite://{}", db.path().display());
     for run in 0..RUNS {
         let table = format!("small{run}");
-        let mut child = sluice()
-            .args([
-                "ingest",
+        let mut child = common::spawn(
+            &[
                 "--from",
                 "small.ndjson",
                 "--into",
                 &into,
                 "--table",
                 &table,
-            ])
-            .args(["--config", "pipeline.toml"])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                child.kill().unwrap();
-                let output = child.wait_with_output().unwrap();
-                panic!(
-                    "run {run}: the ingest stalled; stderr:\n{}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+                "--config",
+                "pipeline.toml",
+            ],
+            Some(dir),
+        );
+        if wait_timeout(&mut child, Duration::from_secs(120))
+            .unwrap()
+            .is_none()
+        {
+            child.kill().unwrap();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "run {run}: the ingest stalled; stderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         let output = child.wait_with_output().unwrap();
         assert!(

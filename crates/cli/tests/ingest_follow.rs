@@ -7,7 +7,8 @@
 mod common;
 
 use async_nats::jetstream::{self, stream};
-use common::{sluice, try_query as query};
+use common::try_query as query;
+use sluice_testkit::process::{Signal, signal};
 use sluice_testkit::{TempSqlite, nats_or_skip};
 use std::io::Write;
 use std::path::Path;
@@ -18,29 +19,19 @@ use std::time::{Duration, Instant};
 const WAIT_COMMITTED: Duration = Duration::from_secs(30);
 
 fn spawn(args: &[&str], dir: &Path) -> Child {
-    sluice()
-        .arg("ingest")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sluice")
+    common::spawn(args, Some(dir))
 }
 
 fn finish(child: Child) -> Output {
-    let output = child.wait_with_output().unwrap();
-    common::show("sluice ingest", &output);
-    output
+    common::finish(child, "sluice ingest --follow")
+}
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    common::run(args, Some(dir))
 }
 
 fn terminate(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(child, Signal::TERM).expect("SIGTERM the ingest");
 }
 
 fn wait_for_rows(db: &Path, table: &str, rows: usize, child: &mut Child) {
@@ -127,7 +118,7 @@ fn follow_reads_a_growing_file_and_stops_at_a_checkpoint_on_sigterm() {
     // The partial seventh line is completed after the stop: a restart (without --follow)
     // continues after the committed position and reads it once.
     append(&file, " \"name\": \"g\"}\n{\"id\": 8, \"name\": \"h\"}\n");
-    let output = finish(spawn(&args, dir));
+    let output = run(&args, dir);
     assert_eq!(output.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("records read:   2"), "{stdout}");
@@ -185,7 +176,7 @@ fn follow_reads_a_growing_csv_file_a_quoted_newline_waits_for_its_record() {
             vec!["4", "partial"],
         ]
     );
-    let output = finish(spawn(&args, dir));
+    let output = run(&args, dir);
     assert_eq!(output.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("records read:   0"), "{stdout}");
@@ -197,7 +188,7 @@ fn follow_refuses_a_gzip_file() {
     let dir = db.dir();
     std::fs::write(dir.join("in.ndjson.gz"), []).unwrap();
     let into = format!("sqlite://{}", db.path().display());
-    let output = finish(spawn(
+    let output = run(
         &[
             "--from",
             "in.ndjson.gz",
@@ -208,7 +199,7 @@ fn follow_refuses_a_gzip_file() {
             "--follow",
         ],
         dir,
-    ));
+    );
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("follow:"), "{stderr}");
@@ -293,7 +284,7 @@ fn follow_reads_jetstream_until_sigterm_and_a_restart_continues() {
         "acknowledged up to what was committed"
     );
     publish(25..30);
-    let output = finish(spawn(&args, dir));
+    let output = run(&args, dir);
     assert_eq!(output.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("records read:   5"), "{stdout}");

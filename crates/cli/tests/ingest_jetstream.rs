@@ -7,7 +7,8 @@
 mod common;
 
 use async_nats::jetstream::{self, stream};
-use common::{query, sluice};
+use common::{check_crash_letters, query, sluice};
+use sluice_testkit::crash::{CrashLoop, Ended, Schedule};
 use sluice_testkit::{NatsServer, TempSqlite, nats_or_skip, pg_or_skip};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
@@ -415,23 +416,12 @@ fn crash_loop_ingests_every_jetstream_record_exactly_once() {
         "--checkpoint-interval-ms",
         "100",
     ];
-    let seed = std::env::var("SLUICE_INGEST_CRASH_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or(0x5eed_7e57u64);
-    eprintln!("crash loop seed {seed} (SLUICE_INGEST_CRASH_SEED replays it)");
-    let mut state = seed;
-    let mut random = move || {
-        // xorshift64*
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    };
-    let looped = Instant::now();
-    let mut kills = 0;
-    let mut finished_early = 0;
-    while kills < CRASH_KILLS {
+    let mut crashes = CrashLoop::new(
+        CRASH_KILLS,
+        Schedule::from_env("SLUICE_INGEST_CRASH_SEED", 0x5eed_7e57),
+    );
+    while crashes.more() {
+        let delay = Duration::from_millis(crashes.schedule().in_range(50..=449));
         let mut child = sluice()
             .args(args)
             .stdin(Stdio::null())
@@ -439,36 +429,15 @@ fn crash_loop_ingests_every_jetstream_record_exactly_once() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let delay = Duration::from_millis(50 + random() % 400);
-        let started = Instant::now();
-        let mut exited = None;
-        while started.elapsed() < delay {
-            if let Some(status) = child.try_wait().unwrap() {
-                exited = Some(status);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        match exited {
-            Some(status) => {
-                assert!(status.success(), "the ingest failed: {status:?}");
-                finished_early += 1;
-                break;
-            }
-            None => {
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
-                kills += 1;
-            }
+        if let Ended::Exited(status) = crashes.kill_after(&mut child, delay) {
+            assert!(status.success(), "the ingest failed: {status:?}");
         }
     }
     let partial = query(db.path(), "SELECT count(*) FROM events")
         .first()
         .map(|row| row[0].clone());
-    eprintln!(
-        "{kills} kills, {finished_early} runs finished before their kill, {:?} in the loop, rows committed by then: {partial:?}",
-        looped.elapsed()
-    );
+    eprintln!("{crashes}, rows committed by then: {partial:?}");
+    let kills = crashes.kills();
     assert!(kills >= 10, "too few kills landed: {kills}");
     let last = Instant::now();
     let output = sluice().args(args).stdin(Stdio::null()).output().unwrap();
@@ -498,22 +467,14 @@ fn crash_loop_ingests_every_jetstream_record_exactly_once() {
             .to_string()
         ]]
     );
-    let letters = query(
+    let letters: Vec<String> = query(
         db.path(),
         "SELECT row_json FROM events_dead_letters ORDER BY id",
-    );
-    assert_eq!(letters.len() as u64, bad);
-    let mut positions: Vec<String> = letters
-        .iter()
-        .map(|letter| {
-            let row: serde_json::Value = serde_json::from_str(&letter[0]).unwrap();
-            assert!(row["record"].as_str().unwrap().ends_with("broken"));
-            row["position"].as_str().unwrap().to_string()
-        })
-        .collect();
-    positions.sort();
-    positions.dedup();
-    assert_eq!(positions.len() as u64, bad, "a dead letter was duplicated");
+    )
+    .into_iter()
+    .map(|mut row| row.remove(0))
+    .collect();
+    check_crash_letters(&letters, bad);
     // Every message acknowledged once committed.
     assert_eq!(consumer_state(&server, "CRASH", "crash").1, 0);
 }

@@ -8,6 +8,7 @@ use common::sluice;
 use sluice_runtime::{Client, Event, InstanceStatus};
 use sluice_store_postgres::{PostgresStore, PostgresStoreOptions};
 use sluice_testkit::pg_or_skip;
+use sluice_testkit::process::{Signal, signal};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,12 +70,8 @@ async fn two_workers_share_one_postgres_store() {
         assert_eq!(completions, 5, "{id}: each activity recorded once");
     }
     for mut worker in workers {
-        let pid = worker.id().to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let pid = worker.id();
+        signal(&worker, Signal::TERM).expect("SIGTERM the worker");
         let exit = worker.wait().unwrap();
         assert!(exit.success(), "worker {pid} exited with {exit:?}");
     }

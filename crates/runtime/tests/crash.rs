@@ -13,12 +13,14 @@ use sluice_runtime::{
 use sluice_store::Store;
 use sluice_store_sqlite::{Location, SqliteStore, SqliteStoreOptions};
 use sluice_testkit::TempSqlite;
+use sluice_testkit::crash::{CrashLoop, Ended, Schedule};
+use sluice_testkit::process::LoggedChild;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -259,24 +261,6 @@ async fn run_worker(worker: usize, is_final: bool) {
 // The parent test.
 // ---------------------------------------------------------------------------------------------
 
-/// xorshift64: a reproducible schedule from a printed seed, no `rand` needed.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn in_range(&mut self, range: std::ops::RangeInclusive<u64>) -> u64 {
-        range.start() + self.next() % (range.end() - range.start() + 1)
-    }
-}
-
 struct Paths {
     db: PathBuf,
     acked: PathBuf,
@@ -284,62 +268,21 @@ struct Paths {
     dir: PathBuf,
 }
 
-/// A worker process, killed and reaped on drop so a failing assertion leaves no orphan.
-struct Worker {
-    child: Child,
-    index: usize,
-    log: PathBuf,
-}
-
-impl Worker {
-    fn spawn(paths: &Paths, index: usize, is_final: bool) -> Self {
-        let log = paths.dir.join(format!("worker-{index}.log"));
-        let out = File::create(&log).expect("create the worker log");
-        let err = out.try_clone().expect("clone the worker log");
-        let mut command = Command::new(std::env::current_exe().expect("current test binary"));
-        command
-            .args(["crash_worker", "--exact", "--nocapture", "--test-threads=1"])
-            .env(ENV_WORKER, index.to_string())
-            .env(ENV_DB, &paths.db)
-            .env(ENV_ACKED, &paths.acked)
-            .env(ENV_EXECUTIONS, &paths.executions)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        if is_final {
-            command.env(ENV_FINAL, "1");
-        } else {
-            command.env_remove(ENV_FINAL);
-        }
-        let child = command.spawn().expect("spawn a worker");
-        Self { child, index, log }
+/// Starts worker `index` (this binary re-executed), its output in `worker-<index>.log`.
+fn spawn_worker(paths: &Paths, index: usize, is_final: bool) -> LoggedChild {
+    let mut command = Command::new(std::env::current_exe().expect("current test binary"));
+    command
+        .args(["crash_worker", "--exact", "--nocapture", "--test-threads=1"])
+        .env(ENV_WORKER, index.to_string())
+        .env(ENV_DB, &paths.db)
+        .env(ENV_ACKED, &paths.acked)
+        .env(ENV_EXECUTIONS, &paths.executions);
+    if is_final {
+        command.env(ENV_FINAL, "1");
+    } else {
+        command.env_remove(ENV_FINAL);
     }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// SIGKILLs the worker, which must still be running.
-    fn kill(mut self) {
-        if let Some(status) = self.child.try_wait().expect("poll the worker") {
-            panic!(
-                "worker {} exited on its own ({status}) before it was killed; its log:\n{}",
-                self.index,
-                self.log_tail()
-            );
-        }
-        self.child.kill().expect("SIGKILL the worker");
-        self.child.wait().expect("reap the worker");
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    LoggedChild::spawn(&mut command, paths.dir.join(format!("worker-{index}.log")))
 }
 
 fn connect(db: &Path) -> rusqlite::Connection {
@@ -386,15 +329,8 @@ fn crash_recovery_of_500_instances() {
     if std::env::var_os(ENV_WORKER).is_some() {
         return;
     }
-    let seed = std::env::var(ENV_SEED)
-        .ok()
-        .map(|text| text.parse().expect("SLUICE_CRASH_SEED is a u64"))
-        .unwrap_or(DEFAULT_SEED)
-        .max(1);
-    println!(
-        "crash test: seed {seed} (set {ENV_SEED} to replay), {KILLS} kills, {INSTANCES} instances"
-    );
-    let mut rng = XorShift(seed);
+    let mut crashes = CrashLoop::new(KILLS, Schedule::from_env(ENV_SEED, DEFAULT_SEED));
+    println!("crash test: {KILLS} kills, {INSTANCES} instances");
     let temp = TempSqlite::new();
     let paths = Paths {
         db: temp.path().to_path_buf(),
@@ -406,15 +342,22 @@ fn crash_recovery_of_500_instances() {
 
     // Kill cycles. After each kill, with no worker running, every acknowledged start must be
     // in the file: checked here because the next worker starts every id again.
-    for index in 0..KILLS {
-        let worker = Worker::spawn(&paths, index, false);
-        let delay = rng.in_range(if index == 0 {
+    while crashes.more() {
+        let index = crashes.kills();
+        let mut worker = spawn_worker(&paths, index, false);
+        let delay = crashes.schedule().in_range(if index == 0 {
             FIRST_KILL_AFTER_MS
         } else {
             KILL_AFTER_MS
         });
-        std::thread::sleep(Duration::from_millis(delay));
-        worker.kill();
+        if let Ended::Exited(status) =
+            crashes.kill_after(worker.child(), Duration::from_millis(delay))
+        {
+            panic!(
+                "worker {index} exited on its own ({status}) before it was killed; its log:\n{}",
+                worker.log_tail(40)
+            );
+        }
         let statuses = statuses(&paths.db);
         let (acked, torn) = acked_starts(&paths.acked);
         let lost: Vec<&String> = acked
@@ -436,45 +379,39 @@ fn crash_recovery_of_500_instances() {
     }
 
     // The final worker runs until every instance is terminal, then exits by itself.
-    let mut last = Worker::spawn(&paths, KILLS, true);
-    let deadline = Instant::now() + FINAL_TIMEOUT;
-    let status = loop {
-        if let Some(status) = last.child.try_wait().expect("poll the final worker") {
-            break status;
+    let mut last = spawn_worker(&paths, KILLS, true);
+    let Some(status) = last.wait_timeout(FINAL_TIMEOUT) else {
+        let tail = last.log_tail(40);
+        drop(last);
+        let statuses = statuses(&paths.db);
+        let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+        for status in statuses.values() {
+            *by_status.entry(status.as_str()).or_default() += 1;
         }
-        if Instant::now() >= deadline {
-            let tail = last.log_tail();
-            drop(last);
-            let statuses = statuses(&paths.db);
-            let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
-            for status in statuses.values() {
-                *by_status.entry(status.as_str()).or_default() += 1;
-            }
-            let stuck: Vec<&String> = statuses
-                .iter()
-                .filter(|(_, s)| !matches!(s.as_str(), "completed" | "failed" | "cancelled"))
-                .map(|(id, _)| id)
-                .take(20)
-                .collect();
-            panic!(
-                "the final worker did not finish all {INSTANCES} instances within {FINAL_TIMEOUT:?}: \
-                 {by_status:?}; some unfinished: {stuck:?}; its log:\n{tail}"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        let stuck: Vec<&String> = statuses
+            .iter()
+            .filter(|(_, s)| !matches!(s.as_str(), "completed" | "failed" | "cancelled"))
+            .map(|(id, _)| id)
+            .take(20)
+            .collect();
+        panic!(
+            "the final worker did not finish all {INSTANCES} instances within {FINAL_TIMEOUT:?}: \
+             {by_status:?}; some unfinished: {stuck:?}; its log:\n{tail}"
+        );
     };
     assert!(
         status.success(),
         "the final worker failed ({status}); its log:\n{}",
-        last.log_tail()
+        last.log_tail(40)
     );
     drop(last);
     let elapsed = began.elapsed();
 
     let executions = verify(&paths);
     println!(
-        "crash test summary: seed {seed}, kills {KILLS}, instances {INSTANCES}, activity executions {}, \
+        "crash test summary: seed {}, kills {KILLS}, instances {INSTANCES}, activity executions {}, \
          logical activities {}, re-executions {} (bound {}), elapsed {:.1} s",
+        crashes.schedule().seed(),
         executions.total,
         executions.logical,
         executions.total - executions.logical,

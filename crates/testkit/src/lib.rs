@@ -12,6 +12,10 @@
 //! * [`NatsServer`]: a throwaway `nats-server -js` on a free loopback port with its store in a
 //!   temporary directory, killed on drop; [`nats_or_skip`] / [`require_nats`] follow the same
 //!   convention with `SLUICE_REQUIRE_NATS`.
+//! * [`process`]: signals to child processes (`kill(2)`), waiting with a timeout, and
+//!   [`process::LoggedChild`] (output in a log file, killed on drop).
+//! * [`crash`]: crash loops, a child SIGKILLed at seeded random moments
+//!   ([`crash::Schedule`], [`crash::CrashLoop`]).
 //!
 //! ```
 //! use sluice_testkit::{TempSqlite, pg_or_skip};
@@ -28,8 +32,10 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod crash;
 mod nats;
 mod pg;
+pub mod process;
 mod sqlite;
 mod sys;
 

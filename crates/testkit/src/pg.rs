@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use crate::process::Signal;
 use crate::sys;
 
 /// Environment variable naming a directory holding `initdb` and `pg_ctl`.
@@ -634,15 +635,9 @@ impl PgCluster {
         eprintln!("sluice-testkit: pg_ctl stop failed: {e}");
         let pid = fs::read_to_string(&pid_file)
             .ok()
-            .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()))
-            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
         if let Some(pid) = pid {
-            let _ = Command::new("kill")
-                .args(["-QUIT", &pid])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let _ = crate::process::signal_pid(pid, Signal::QUIT);
             std::thread::sleep(Duration::from_millis(200));
         }
     }

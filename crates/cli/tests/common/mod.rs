@@ -1,26 +1,41 @@
-//! What the `sluice ingest` test files share: running the binary, and reading a SQLite table as
-//! text.
+//! What the `sluice ingest` test files share: running the binary, reading a SQLite table as
+//! text, and checking the crash loops' dead letters.
 #![allow(dead_code)] // each test file uses its part
 
 use rusqlite::Connection;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 /// The `sluice` binary under test.
 pub(crate) fn sluice() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
 }
 
-/// Runs `sluice ingest ARGS` (in `dir`, if given) to its end and prints what it said.
-pub(crate) fn run(args: &[&str], dir: Option<&Path>) -> Output {
+/// Starts `sluice ingest ARGS` (in `dir`, if given) with its output captured.
+pub(crate) fn spawn(args: &[&str], dir: Option<&Path>) -> Child {
     let mut command = sluice();
-    command.arg("ingest").args(args).stdin(Stdio::null());
+    command
+        .arg("ingest")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if let Some(dir) = dir {
         command.current_dir(dir);
     }
-    let output = command.output().expect("run sluice");
-    show(&format!("sluice ingest {args:?}"), &output);
+    command.spawn().expect("run sluice")
+}
+
+/// Waits for a child from [`spawn`] to exit and prints what it said, under `what`.
+pub(crate) fn finish(child: Child, what: &str) -> Output {
+    let output = child.wait_with_output().expect("wait for sluice");
+    show(what, &output);
     output
+}
+
+/// Runs `sluice ingest ARGS` (in `dir`, if given) to its end and prints what it said.
+pub(crate) fn run(args: &[&str], dir: Option<&Path>) -> Output {
+    finish(spawn(args, dir), &format!("sluice ingest {args:?}"))
 }
 
 /// Prints what a finished `sluice` run said, under `what`.
@@ -66,4 +81,20 @@ pub(crate) fn try_query(db: &Path, sql: &str) -> Option<Vec<Vec<String>>> {
             .collect::<Result<_, _>>()
             .unwrap(),
     )
+}
+
+/// Checks the dead letters' `row_json` values: exactly the malformed records, each once.
+pub(crate) fn check_crash_letters(letters: &[String], bad: u64) {
+    assert_eq!(letters.len() as u64, bad);
+    let mut positions: Vec<String> = letters
+        .iter()
+        .map(|letter| {
+            let row: serde_json::Value = serde_json::from_str(letter).unwrap();
+            assert!(row["record"].as_str().unwrap().ends_with("broken"));
+            row["position"].as_str().unwrap().to_string()
+        })
+        .collect();
+    positions.sort();
+    positions.dedup();
+    assert_eq!(positions.len() as u64, bad, "a dead letter was duplicated");
 }

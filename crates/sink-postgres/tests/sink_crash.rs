@@ -16,11 +16,13 @@ use sluice_sink::{
 };
 use sluice_sink_postgres::{PostgresBackend, PostgresSinkOptions};
 use sluice_sink_sqlite::{Location, SqliteBackend, SqliteSinkOptions};
+use sluice_testkit::crash::{CrashLoop, Ended, Schedule, kill_self_after};
+use sluice_testkit::process::LoggedChild;
 use sluice_testkit::{PgCluster, TempSqlite, pg_or_skip};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const EVENTS: i64 = 200_000;
@@ -102,20 +104,17 @@ fn event(id: i64) -> Row {
     Row::insert(vec![id.into(), format!("event {id}").into()])
 }
 
-/// Kills this process with SIGKILL now (the kill lands within a few milliseconds, while the
-/// caller goes on with what it was doing).
+/// How long after `kill_self_soon` the SIGKILL is sent: the caller goes on meanwhile, into the
+/// phase it is meant to land in.
+const KILL_SOON: Duration = Duration::from_millis(2);
+
 fn kill_self_soon() {
-    let mut kill = Command::new("kill")
-        .args(["-KILL", &std::process::id().to_string()])
-        .spawn()
-        .expect("spawn kill");
-    // Reaped by a thread, so the caller goes on at once (until the signal lands).
-    std::thread::spawn(move || kill.wait());
+    kill_self_after(KILL_SOON);
 }
 
 /// Kills this process and waits for the signal.
 fn kill_self_now() -> ! {
-    kill_self_soon();
+    kill_self_after(Duration::ZERO);
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -250,145 +249,82 @@ async fn drive(target: &str) {
 // The parent: kill schedule and verification.
 // ---------------------------------------------------------------------------------------------
 
-/// splitmix64: a seeded schedule without a dependency.
-struct Schedule(u64);
-
-impl Schedule {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-}
-
-struct Driver {
-    child: Child,
+/// Starts the driver (this binary re-executed), its output in `log`.
+fn spawn_driver(
+    target: &str,
+    delivery: &str,
+    record: &Path,
     log: PathBuf,
-}
-
-impl Driver {
-    fn spawn(
-        target: &str,
-        delivery: &str,
-        record: &Path,
-        log: PathBuf,
-        kill: Option<(KillAt, u64)>,
-    ) -> Driver {
-        let out = File::create(&log).expect("create the driver log");
-        let err = out.try_clone().unwrap();
-        let mut command = Command::new(std::env::current_exe().unwrap());
+    kill: Option<(KillAt, u64)>,
+) -> LoggedChild {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "sink_crash_driver",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ENV_DRIVER, "1")
+        .env(ENV_TARGET, target)
+        .env(ENV_DELIVERY, delivery)
+        .env(ENV_RECORD, record)
+        .env_remove(ENV_KILL_AT);
+    if let Some((at, checkpoint)) = kill {
         command
-            .args([
-                "sink_crash_driver",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(ENV_DRIVER, "1")
-            .env(ENV_TARGET, target)
-            .env(ENV_DELIVERY, delivery)
-            .env(ENV_RECORD, record)
-            .env_remove(ENV_KILL_AT)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        if let Some((at, checkpoint)) = kill {
-            command
-                .env(ENV_KILL_AT, at.name())
-                .env(ENV_KILL_CHECKPOINT, checkpoint.to_string());
-        }
-        Driver {
-            child: command.spawn().expect("spawn the driver"),
-            log,
-        }
+            .env(ENV_KILL_AT, at.name())
+            .env(ENV_KILL_CHECKPOINT, checkpoint.to_string());
     }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_until(&mut self, deadline: Instant) -> Option<ExitStatus> {
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
+    LoggedChild::spawn(&mut command, log)
 }
 
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn killed(status: &ExitStatus) -> bool {
-    use std::os::unix::process::ExitStatusExt;
-    status.signal() == Some(9)
-}
-
-/// Runs the kill loop against one target and returns the number of kills per kind.
+/// Runs the kill loop against one target and returns the kind of each kill.
 fn run_loop(name: &str, target: &str, delivery: &str, dir: &Path) -> Vec<String> {
-    let seed = std::env::var(ENV_SEED)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(DEFAULT_SEED);
-    println!("{name}: seed {seed} (set {ENV_SEED} to replay)");
-    let mut schedule = Schedule(seed);
+    let mut crashes = CrashLoop::new(KILLS, Schedule::from_env(ENV_SEED, DEFAULT_SEED));
     let record = dir.join(format!("{name}.checkpoint.json"));
     let mut kills = Vec::new();
-    let mut run = 0;
-    while kills.len() < KILLS {
-        run += 1;
+    while crashes.more() {
+        let run = crashes.runs() + 1;
         let log = dir.join(format!("{name}-{run}.log"));
         // Three kills in five land on a phase boundary, chosen by the driver itself; the rest at
         // a random time chosen here.
+        let schedule = crashes.schedule();
         let phase = if schedule.below(5) < 3 {
             let at = KillAt::ALL[schedule.below(KillAt::ALL.len() as u64) as usize];
             Some((at, 1 + schedule.below(3)))
         } else {
             None
         };
-        let mut driver = Driver::spawn(target, delivery, &record, log, phase);
-        let deadline = match phase {
-            Some(_) => Instant::now() + Duration::from_secs(60),
-            None => Instant::now() + Duration::from_millis(100 + schedule.below(900)),
-        };
-        let status = match driver.wait_until(deadline) {
-            Some(status) => status,
-            None if phase.is_none() => {
-                driver.child.kill().unwrap();
-                driver.child.wait().unwrap()
+        let mut driver = spawn_driver(target, delivery, &record, log, phase);
+        let ended = match phase {
+            None => {
+                let delay = Duration::from_millis(crashes.schedule().in_range(100..=999));
+                crashes.kill_after(driver.child(), delay)
             }
-            None => panic!("{name}: driver run {run} hung; log:\n{}", driver.log()),
+            Some(_) => crashes
+                .wait(driver.child(), Duration::from_secs(60))
+                .unwrap_or_else(|| panic!("{name}: driver run {run} hung; log:\n{}", driver.log())),
         };
-        if status.success() {
-            // The stream finished before this kill: nothing left to kill.
-            println!(
-                "{name}: stream finished in run {run} after {} kills",
-                kills.len()
-            );
-            break;
+        match ended {
+            Ended::Killed => {
+                kills.push(phase.map_or("random".to_string(), |(at, _)| at.name().to_string()));
+            }
+            Ended::Exited(status) => assert!(
+                status.success(),
+                "{name}: driver run {run} failed ({status}); log:\n{}",
+                driver.log()
+            ),
         }
-        assert!(
-            killed(&status),
-            "{name}: driver run {run} failed ({status}); log:\n{}",
-            driver.log()
-        );
-        kills.push(phase.map_or("random".to_string(), |(at, _)| at.name().to_string()));
     }
-    let mut driver = Driver::spawn(
+    if crashes.exited().is_some() {
+        // The stream finished before this kill: nothing left to kill.
+        println!(
+            "{name}: stream finished in run {} after {} kills",
+            crashes.runs(),
+            crashes.kills()
+        );
+    }
+    let mut driver = spawn_driver(
         target,
         delivery,
         &record,
@@ -396,7 +332,7 @@ fn run_loop(name: &str, target: &str, delivery: &str, dir: &Path) -> Vec<String>
         None,
     );
     let status = driver
-        .wait_until(Instant::now() + Duration::from_secs(180))
+        .wait_timeout(Duration::from_secs(180))
         .unwrap_or_else(|| panic!("{name}: the final run hung; log:\n{}", driver.log()));
     assert!(
         status.success(),
