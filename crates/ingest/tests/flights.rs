@@ -36,6 +36,18 @@ fn settings(into: String) -> PipelineSettings {
     }
 }
 
+/// Runs the excerpt into `into` to its end: every row written, none dead-lettered.
+async fn ingest_every_row(into: String) {
+    let report = Pipeline::new(settings(into))
+        .unwrap()
+        .run(&Quiet, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(report.status, Status::Done);
+    assert_eq!(report.progress.rows_written, 2000);
+    assert_eq!(report.progress.dead_lettered, 0);
+}
+
 /// The types inferred for a new table, as PostgreSQL names them.
 const INFERRED: [(&str, &str); 19] = [
     ("year", "bigint"),
@@ -146,14 +158,7 @@ async fn flights_into_a_new_postgres_table_get_inferred_types_and_na_as_null() {
         .unwrap();
     assert_eq!(tables, "0", "a dry run creates nothing");
 
-    let report = Pipeline::new(settings(url.clone()))
-        .unwrap()
-        .run(&Quiet, std::future::pending())
-        .await
-        .unwrap();
-    assert_eq!(report.status, Status::Done);
-    assert_eq!(report.progress.rows_written, 2000);
-    assert_eq!(report.progress.dead_lettered, 0);
+    ingest_every_row(url.clone()).await;
     let types = cluster
         .psql_in(
             "flights_new",
@@ -204,13 +209,7 @@ async fn flights_into_an_existing_typed_table_lose_no_row_to_na() {
         report.rejected[0].reason
     );
 
-    let report = Pipeline::new(settings(url))
-        .unwrap()
-        .run(&Quiet, std::future::pending())
-        .await
-        .unwrap();
-    assert_eq!(report.progress.rows_written, 2000);
-    assert_eq!(report.progress.dead_lettered, 0);
+    ingest_every_row(url).await;
     check_contents(&cluster, "flights_typed");
 }
 
@@ -232,13 +231,7 @@ async fn flights_into_a_new_sqlite_table() {
             .contains("\"dep_time\" INTEGER")
     );
     assert!(!db.exists(), "a dry run does not create the database file");
-    let report = Pipeline::new(settings(into))
-        .unwrap()
-        .run(&Quiet, std::future::pending())
-        .await
-        .unwrap();
-    assert_eq!(report.progress.rows_written, 2000);
-    assert_eq!(report.progress.dead_lettered, 0);
+    ingest_every_row(into).await;
     let connection = rusqlite::Connection::open(&db).unwrap();
     let (rows, departures, types): (i64, i64, String) = connection
         .query_row(
