@@ -1,9 +1,15 @@
 //! Exactly-once delivery: the [`CheckpointWriter`] of the PostgreSQL backend.
 //!
-//! - **`transactional_marker`:** every lane writes into one transaction on one held
-//!   connection (the lanes take turns on it). `pre_commit(c, state)` upserts the progress row
-//!   `(sink_id, writer_id, 0)` in that transaction and commits: the checkpoint's rows and its
-//!   progress become visible together. The next write opens the next transaction.
+//! - **`transactional_marker`:** each lane holds a pooled connection with a transaction of
+//!   its own, opened at the lane's first write of the checkpoint, as at-least-once lanes write
+//!   in parallel. `pre_commit(cut)` upserts every lane's progress row `(sink_id, writer_id,
+//!   lane)` with the cut (its id and state, the lanes its entries were routed over, their
+//!   counts, and the previous complete checkpoint) in that lane's transaction and commits all
+//!   lanes at once; a lane that wrote nothing commits just its row. A process that dies
+//!   between the lanes' commits leaves some lanes at the new checkpoint and the others
+//!   before it: recovery reads every row ([`Recovered::from_lanes`]) and reports the
+//!   checkpoint as partial, and the sink replays it into the lanes that lost it (its routing
+//!   sends the same entries to the same lanes; see `sluice_sink`'s `Recovery::partial`).
 //! - **`two_phase`:** each lane holds a pooled connection with a transaction of its own, opened
 //!   at the lane's first write of the checkpoint. `pre_commit(c, state)` upserts each writing
 //!   lane's progress row `(sink_id, writer_id, lane)` in its transaction and runs `PREPARE
@@ -37,8 +43,9 @@ use async_trait::async_trait;
 use deadpool_postgres::Object;
 use metrics::Gauge;
 use sluice_sink::{
-    BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed, DeadLetter,
-    Delivery, ErrorClass, FLUSH_CONCURRENCY_LIMIT, Ident, MetricName, Resume,
+    BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed, Cut,
+    DeadLetter, Delivery, ErrorClass, FLUSH_CONCURRENCY_LIMIT, Ident, LaneProgress, MetricName,
+    Recovered, Resume,
 };
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -154,7 +161,7 @@ pub(crate) struct PostgresCheckpoints {
     lanes: usize,
     /// `two_phase`; otherwise `transactional_marker`.
     two_phase: bool,
-    /// The open transactions: one per lane (two-phase), or one that all lanes share.
+    /// The open transactions, one per lane.
     slots: Vec<Mutex<Option<LaneTx>>>,
     /// Two-phase: the prepared transactions awaiting `commit`.
     pending: Mutex<Pending>,
@@ -194,7 +201,6 @@ impl PostgresCheckpoints {
             ),
         })?;
         let two_phase = spec.delivery == Delivery::TwoPhase;
-        let slots = if two_phase { lanes } else { 1 };
         let labels = [
             ("table", shared.table.to_string()),
             ("backend", "postgres".to_string()),
@@ -212,7 +218,7 @@ impl PostgresCheckpoints {
             prefix: gid_prefix(&spec.sink_id, spec.writer_id),
             lanes,
             two_phase,
-            slots: (0..slots).map(|_| Mutex::new(None)).collect(),
+            slots: (0..lanes).map(|_| Mutex::new(None)).collect(),
             pending: Mutex::new(Pending::new()),
             shared,
         })
@@ -226,11 +232,7 @@ impl PostgresCheckpoints {
                 message: format!("lane {lane} is beyond flush_concurrency ({})", self.lanes),
             });
         }
-        Ok(if self.two_phase {
-            &self.slots[lane]
-        } else {
-            &self.slots[0]
-        })
+        Ok(&self.slots[lane])
     }
 
     /// The slot's transaction, opened (connection, statements, `BEGIN`) if there is none.
@@ -402,6 +404,148 @@ impl PostgresCheckpoints {
     }
 }
 
+impl PostgresCheckpoints {
+    /// The marker's pre-commit: every lane's transaction (a new one for a lane that wrote
+    /// nothing) upserts the lane's progress row with the cut and commits, all lanes at once.
+    /// When one fails, the others may have committed: the sink fails, and recovery finds the
+    /// checkpoint partial.
+    async fn commit_lanes(&self, cut: &Cut<'_>) -> Result<(), BackendError> {
+        let mut open = Vec::with_capacity(self.slots.len());
+        for slot in &self.slots {
+            open.push(slot.lock().await.take());
+        }
+        let results = join_all(
+            open.into_iter()
+                .enumerate()
+                .map(|(lane, tx)| self.commit_lane(lane, tx, cut))
+                .collect(),
+        )
+        .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        Ok(())
+    }
+
+    async fn commit_lane(
+        &self,
+        lane: usize,
+        tx: Option<LaneTx>,
+        cut: &Cut<'_>,
+    ) -> Result<(), BackendError> {
+        let mut session = match tx {
+            Some(tx) => tx.session,
+            None => {
+                let mut session = self.shared.pool.session().await?;
+                session.begin_with(Some(&self.lock_shared)).await?;
+                session
+            }
+        };
+        let checkpoint = checkpoint_param(cut.checkpoint_id)?;
+        let numbers = (
+            i32::try_from(lane).ok(),
+            i32::try_from(cut.lanes).ok(),
+            i64::try_from(cut.stripe_rows).ok(),
+            i64::try_from(cut.rows).ok(),
+            i64::try_from(cut.rejected).ok(),
+        );
+        let (Some(lane_param), Some(lanes), Some(stripe_rows), Some(rows), Some(rejected)) =
+            numbers
+        else {
+            return Err(BackendError::Fatal {
+                code: "postgres.progress_range",
+                message: format!(
+                    "checkpoint {} counts do not fit the progress table",
+                    cut.checkpoint_id
+                ),
+            });
+        };
+        let previous_id = cut
+            .previous
+            .map(|previous| checkpoint_param(previous.checkpoint_id))
+            .transpose()?;
+        let previous_state = cut.previous.map(|previous| previous.state.as_str());
+        let client = session.client();
+        let upserted = async {
+            let statement = client.prepare_cached(&self.progress.marker_upsert).await?;
+            client
+                .execute(
+                    &statement,
+                    &[
+                        &self.sink_id,
+                        &self.writer_id,
+                        &lane_param,
+                        &checkpoint,
+                        &cut.state,
+                        &lanes,
+                        &stripe_rows,
+                        &rows,
+                        &rejected,
+                        &previous_id,
+                        &previous_state,
+                    ],
+                )
+                .await
+        }
+        .await;
+        if let Err(error) = upserted {
+            // Dropping the session closes its connection: the server rolls back.
+            return Err(classify(&error));
+        }
+        match session.commit().await {
+            Ok(()) => Ok(()),
+            Err(error) if commit_outcome_unknown(&error) => Err(BackendError::Fatal {
+                code: "postgres.checkpoint_commit_unknown",
+                message: shortened(format!(
+                    "COMMIT of lane {lane} of checkpoint {} failed ({}); whether it took effect is known at recovery, from the progress table",
+                    cut.checkpoint_id,
+                    classify(&error)
+                )),
+            }),
+            Err(error) => Err(classify(&error)),
+        }
+    }
+
+    /// One row of [`ProgressSql::marker_rows`]. A row from before the lane rows (no
+    /// `lanes`) was written by the marker's single transaction: one lane, complete.
+    fn lane_progress(&self, row: &tokio_postgres::Row) -> Result<LaneProgress, BackendError> {
+        let corrupt = |what: String| BackendError::Fatal {
+            code: "postgres.progress_corrupt",
+            message: format!(
+                "a progress row of sink {} writer {} {what}",
+                self.sink_id, self.writer_id
+            ),
+        };
+        let lane: i32 = row.get(0);
+        let checkpoint: i64 = row.get(1);
+        let lanes: Option<i32> = row.get(3);
+        let stripe_rows: Option<i64> = row.get(4);
+        let rows: Option<i64> = row.get(5);
+        let rejected: Option<i64> = row.get(6);
+        let previous_id: Option<i64> = row.get(7);
+        let previous_state: Option<String> = row.get(8);
+        let unsigned = |value: i64, what: &str| {
+            u64::try_from(value).map_err(|_| corrupt(format!("has the negative {what} {value}")))
+        };
+        let previous = match (previous_id, previous_state) {
+            (Some(id), Some(state)) => Some(Committed {
+                checkpoint_id: unsigned(id, "previous checkpoint")?,
+                state,
+            }),
+            _ => None,
+        };
+        Ok(LaneProgress {
+            lane: usize::try_from(lane).map_err(|_| corrupt(format!("has the lane {lane}")))?,
+            checkpoint_id: unsigned(checkpoint, "checkpoint")?,
+            state: row.get(2),
+            lanes: usize::try_from(lanes.unwrap_or(1))
+                .map_err(|_| corrupt(format!("has {lanes:?} lanes")))?,
+            stripe_rows: unsigned(stripe_rows.unwrap_or(1), "stripe")?,
+            rows: unsigned(rows.unwrap_or(0), "row count")?,
+            rejected: unsigned(rejected.unwrap_or(0), "rejected count")?,
+            previous,
+        })
+    }
+}
+
 /// A checkpoint id as a `bigint`.
 fn checkpoint_param(checkpoint_id: u64) -> Result<i64, BackendError> {
     i64::try_from(checkpoint_id).map_err(|_| BackendError::Fatal {
@@ -444,8 +588,6 @@ impl CheckpointWriter for PostgresCheckpoints {
         let rows = batch.rows();
         let (good, rejected) = self.shared.plan.check_rows(rows);
         if !good.is_empty() {
-            // Encoded before the lane's transaction is taken: with the marker every lane
-            // shares one connection, and this overlaps the other lanes' batches.
             let encoded = self.shared.plan.encode(Source::Arrays, rows, &good)?;
             let mut slot = self.slot(lane)?.lock().await;
             let tx = self.open(&mut slot).await?;
@@ -494,8 +636,13 @@ impl CheckpointWriter for PostgresCheckpoints {
         Ok(())
     }
 
-    async fn pre_commit(&self, checkpoint_id: u64, state: &str) -> Result<(), BackendError> {
-        if state.contains('\0') {
+    async fn pre_commit(&self, cut: &Cut<'_>) -> Result<(), BackendError> {
+        let (checkpoint_id, state) = (cut.checkpoint_id, cut.state);
+        if state.contains('\0')
+            || cut
+                .previous
+                .is_some_and(|previous| previous.state.contains('\0'))
+        {
             return Err(BackendError::Fatal {
                 code: "postgres.state_nul",
                 message: "the checkpoint state contains a NUL character, which PostgreSQL text cannot hold".into(),
@@ -503,23 +650,7 @@ impl CheckpointWriter for PostgresCheckpoints {
         }
         checkpoint_param(checkpoint_id)?;
         if !self.two_phase {
-            let mut slot = self.slots[0].lock().await;
-            // The progress row commits even when no lane wrote.
-            self.open(&mut slot).await?;
-            let mut tx = slot.take().expect("opened above");
-            self.record_progress(tx.session.client(), 0, checkpoint_id, state)
-                .await?;
-            return match tx.session.commit().await {
-                Ok(()) => Ok(()),
-                Err(error) if commit_outcome_unknown(&error) => Err(BackendError::Fatal {
-                    code: "postgres.checkpoint_commit_unknown",
-                    message: shortened(format!(
-                        "COMMIT of checkpoint {checkpoint_id} failed ({}); whether it took effect is known at recovery, from the progress table",
-                        classify(&error)
-                    )),
-                }),
-                Err(error) => Err(classify(&error)),
-            };
+            return self.commit_lanes(cut).await;
         }
         let mut pending = self.pending.lock().await;
         let mut open = Vec::new();
@@ -609,7 +740,7 @@ impl CheckpointWriter for PostgresCheckpoints {
         &self,
         restored: Option<u64>,
         resume: Resume,
-    ) -> Result<Option<Committed>, BackendError> {
+    ) -> Result<Recovered, BackendError> {
         self.roll_back_open().await;
         if self.two_phase {
             self.pending.lock().await.clear();
@@ -633,13 +764,36 @@ impl CheckpointWriter for PostgresCheckpoints {
                 .map_err(|e| classify(&e))?
                 .get(0);
             if locked {
-                let latest = session
-                    .client()
-                    .query_opt(&self.progress.latest, &[&self.sink_id, &self.writer_id])
-                    .await
-                    .map_err(|e| classify(&e))?;
+                let recovered = if self.two_phase {
+                    let latest = session
+                        .client()
+                        .query_opt(&self.progress.latest, &[&self.sink_id, &self.writer_id])
+                        .await
+                        .map_err(|e| classify(&e))?;
+                    Recovered::whole(latest.map(|row| self.committed(&row)).transpose()?)
+                } else {
+                    let rows = session
+                        .client()
+                        .query(
+                            &self.progress.marker_rows,
+                            &[&self.sink_id, &self.writer_id],
+                        )
+                        .await
+                        .map_err(|e| classify(&e))?;
+                    let rows = rows
+                        .iter()
+                        .map(|row| self.lane_progress(row))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Recovered::from_lanes(&rows).map_err(|problem| BackendError::Fatal {
+                        code: "postgres.progress_corrupt",
+                        message: format!(
+                            "the progress rows of sink {} writer {} disagree: {problem}",
+                            self.sink_id, self.writer_id
+                        ),
+                    })?
+                };
                 session.commit().await.map_err(|e| classify(&e))?;
-                return latest.map(|row| self.committed(&row)).transpose();
+                return Ok(recovered);
             }
             session.rollback().await;
             drop(session);

@@ -34,7 +34,25 @@ pub(crate) struct ProgressSql {
     /// `$1` sink id, `$2` writer id, `$3` lane: the highest checkpoint of that lane's rows
     /// (`lane`, `lane + 64`, ...), NULL when there is none.
     pub(crate) lane: String,
+    /// The marker's upsert of one lane's row with its cut: `$1`-`$5` as [`Self::upsert`],
+    /// `$6` lanes, `$7` stripe rows, `$8` rows, `$9` rejected, `$10` previous checkpoint id,
+    /// `$11` its state.
+    pub(crate) marker_upsert: String,
+    /// `$1` sink id, `$2` writer id: every row, for [`sluice_sink::Recovered::from_lanes`].
+    pub(crate) marker_rows: String,
+    /// Adds the columns of the marker's lane rows to a table created before them.
+    pub(crate) add_lane_columns: String,
 }
+
+/// The columns the marker's lane rows add (name, type), after the first six.
+const LANE_COLUMNS: [(&str, &str); 6] = [
+    ("lanes", "integer"),
+    ("stripe_rows", "bigint"),
+    ("rows", "bigint"),
+    ("rejected", "bigint"),
+    ("previous_checkpoint_id", "bigint"),
+    ("previous_state", "text"),
+];
 
 /// The parameter types of [`ProgressSql::upsert`], as the code binds them.
 const UPSERT_TYPES: [Type; 5] = [Type::TEXT, Type::INT4, Type::INT4, Type::INT8, Type::TEXT];
@@ -46,8 +64,39 @@ impl ProgressSql {
             create: format!(
                 "CREATE TABLE IF NOT EXISTS {table} (\"sink_id\" text, \"writer_id\" integer, \
                  \"lane\" integer, \"checkpoint_id\" bigint NOT NULL, \"state\" text NOT NULL, \
-                 \"committed_at\" timestamptz NOT NULL, \
-                 PRIMARY KEY (\"sink_id\", \"writer_id\", \"lane\"))"
+                 \"committed_at\" timestamptz NOT NULL, {}, \
+                 PRIMARY KEY (\"sink_id\", \"writer_id\", \"lane\"))",
+                LANE_COLUMNS
+                    .iter()
+                    .map(|(name, kind)| format!("\"{name}\" {kind}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            marker_upsert: format!(
+                "INSERT INTO {table} (\"sink_id\", \"writer_id\", \"lane\", \"checkpoint_id\", \
+                 \"state\", \"committed_at\", \"lanes\", \"stripe_rows\", \"rows\", \"rejected\", \
+                 \"previous_checkpoint_id\", \"previous_state\") \
+                 VALUES ($1, $2, $3, $4, $5, now(), $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (\"sink_id\", \"writer_id\", \"lane\") DO UPDATE SET \
+                 \"checkpoint_id\" = EXCLUDED.\"checkpoint_id\", \"state\" = EXCLUDED.\"state\", \
+                 \"committed_at\" = EXCLUDED.\"committed_at\", \"lanes\" = EXCLUDED.\"lanes\", \
+                 \"stripe_rows\" = EXCLUDED.\"stripe_rows\", \
+                 \"rows\" = EXCLUDED.\"rows\", \"rejected\" = EXCLUDED.\"rejected\", \
+                 \"previous_checkpoint_id\" = EXCLUDED.\"previous_checkpoint_id\", \
+                 \"previous_state\" = EXCLUDED.\"previous_state\""
+            ),
+            marker_rows: format!(
+                "SELECT \"lane\", \"checkpoint_id\", \"state\", \"lanes\", \"stripe_rows\", \"rows\", \"rejected\", \
+                 \"previous_checkpoint_id\", \"previous_state\" FROM {table} \
+                 WHERE \"sink_id\" = $1 AND \"writer_id\" = $2"
+            ),
+            add_lane_columns: format!(
+                "ALTER TABLE {table} {}",
+                LANE_COLUMNS
+                    .iter()
+                    .map(|(name, kind)| format!("ADD COLUMN IF NOT EXISTS \"{name}\" {kind}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             upsert: format!(
                 "INSERT INTO {table} (\"sink_id\", \"writer_id\", \"lane\", \"checkpoint_id\", \
@@ -100,8 +149,35 @@ pub(crate) async fn prepare_progress_table(
             ]));
         }
     }
+    // A table from before the marker's lane rows: add their columns (only when missing, as
+    // ALTER TABLE waits for every open transaction on the table).
+    let missing: i64 = transaction
+        .query_one(
+            "SELECT count(*) FROM unnest($2::text[]) AS wanted(name) \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute \
+               WHERE attrelid = to_regclass($1::text) AND attname = wanted.name AND NOT attisdropped)",
+            &[
+                &table.quoted(),
+                &LANE_COLUMNS.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+            ],
+        )
+        .await
+        .map_err(|e| classify(&e))?
+        .get(0);
+    if missing > 0 {
+        transaction
+            .batch_execute(&sql.add_lane_columns)
+            .await
+            .map_err(|e| classify(&e))?;
+    }
     let mut problems = Vec::new();
-    for text in [&sql.upsert, &sql.latest, &sql.lane] {
+    for text in [
+        &sql.upsert,
+        &sql.latest,
+        &sql.lane,
+        &sql.marker_upsert,
+        &sql.marker_rows,
+    ] {
         match transaction.prepare(text).await {
             Ok(statement) if text == &sql.upsert && statement.params() != UPSERT_TYPES => {
                 let found: Vec<String> =

@@ -214,25 +214,48 @@ async fn marker_commits_at_pre_commit_and_a_dropped_sink_leaves_nothing() {
     sink.commit(2).await.unwrap();
     sink.close().await.unwrap();
     assert_each_once(&id_counts(&db, &schema).await, 0..200);
+    // One progress row per lane, each committed with its lane's transaction, recording the
+    // cut and the checkpoint before it.
+    let lanes = sink.config().flush_concurrency();
     let progress = db
         .admin
         .query(
-            "SELECT writer_id, lane, checkpoint_id, state FROM sluice_sink_progress WHERE sink_id = 'm1'",
+            "SELECT writer_id, lane, checkpoint_id, state, lanes, rows, previous_checkpoint_id, \
+             previous_state FROM sluice_sink_progress WHERE sink_id = 'm1' ORDER BY lane",
             &[],
         )
         .await
         .unwrap();
-    assert_eq!(progress.len(), 1);
-    let row = &progress[0];
-    assert_eq!(
-        (
-            row.get::<_, i32>(0),
-            row.get::<_, i32>(1),
-            row.get::<_, i64>(2),
-            row.get::<_, String>(3)
-        ),
-        (0, 0, 2, "200".to_string())
-    );
+    let found: Vec<_> = progress
+        .iter()
+        .map(|row| {
+            (
+                row.get::<_, i32>(0),
+                row.get::<_, i32>(1),
+                row.get::<_, i64>(2),
+                row.get::<_, String>(3),
+                row.get::<_, i32>(4),
+                row.get::<_, i64>(5),
+                row.get::<_, Option<i64>>(6),
+                row.get::<_, Option<String>>(7),
+            )
+        })
+        .collect();
+    let expected: Vec<_> = (0..lanes as i32)
+        .map(|lane| {
+            (
+                0,
+                lane,
+                2,
+                "200".to_string(),
+                lanes as i32,
+                100,
+                Some(1),
+                Some(first.state.clone()),
+            )
+        })
+        .collect();
+    assert_eq!(found, expected);
 }
 
 /// Two-phase: rows are prepared at `pre_commit` (invisible, one prepared transaction per lane
@@ -653,7 +676,8 @@ async fn commit_prepared_done_by_hand_is_resolved_from_the_progress_table() {
 }
 
 /// Checkpoint 1 (rows 0..10) committed by a first run of `sink_id`, then an earlier run's
-/// transaction of checkpoint 2 (rows 10..20, lane 0's progress row) left open on the returned
+/// transaction of checkpoint 2 (rows 10..20; two-phase: lane 0's progress row, marker: every
+/// lane's) left open on the returned
 /// connection as the writer would leave it (the writer lock shared): the caller commits or
 /// prepares it.
 async fn checkpoint_2_in_flight(
@@ -673,11 +697,19 @@ async fn checkpoint_2_in_flight(
         .batch_execute(&format!(
             "BEGIN; SELECT pg_advisory_xact_lock_shared({}, {}); \
              INSERT INTO {} SELECT g, 'e' || g FROM generate_series(10, 19) g; \
-             UPDATE sluice_sink_progress SET checkpoint_id = 2, state = '20' \
-             WHERE sink_id = '{sink_id}' AND writer_id = 0 AND lane = 0",
+             UPDATE sluice_sink_progress SET checkpoint_id = 2, state = '20', \
+               previous_checkpoint_id = 1, previous_state = '10' \
+             WHERE sink_id = '{sink_id}' AND writer_id = 0 AND {lanes}",
             sluice_sink_postgres::WRITER_LOCK_CLASS,
             sluice_sink_postgres::writer_lock_key(sink_id, 0),
             schema.table().quoted(),
+            // The marker commits every lane's row (one transaction here plays them all); a
+            // two-phase lane 0 prepares its own.
+            lanes = if delivery == Delivery::TwoPhase {
+                "lane = 0"
+            } else {
+                "true"
+            },
         ))
         .await
         .unwrap();

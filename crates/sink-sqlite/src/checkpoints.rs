@@ -14,8 +14,8 @@ use crate::statements::Statements;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension};
 use sluice_sink::{
-    BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed, DeadLetter,
-    Ident, Resume,
+    BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed, Cut,
+    DeadLetter, Ident, Recovered, Resume,
 };
 use sluice_sqlite::{GroupCommitWriter, HeldClaim, WriteError};
 use std::convert::Infallible;
@@ -257,7 +257,9 @@ impl CheckpointWriter for SqliteCheckpoints {
             .map_err(from_held_error)
     }
 
-    async fn pre_commit(&self, checkpoint_id: u64, state: &str) -> Result<(), BackendError> {
+    async fn pre_commit(&self, cut: &Cut<'_>) -> Result<(), BackendError> {
+        // One transaction for every lane: the cut's routing does not need recording.
+        let (checkpoint_id, state) = (cut.checkpoint_id, cut.state);
         let checkpoint = i64::try_from(checkpoint_id).map_err(|_| BackendError::Fatal {
             code: "sqlite.checkpoint_id_range",
             message: format!(
@@ -290,7 +292,7 @@ impl CheckpointWriter for SqliteCheckpoints {
         &self,
         _restored: Option<u64>,
         _resume: Resume,
-    ) -> Result<Option<Committed>, BackendError> {
+    ) -> Result<Recovered, BackendError> {
         // An earlier run's open transaction is gone already (a crashed process's died with its
         // connection; a dropped sink's claim rolled it back). This also acknowledges a held
         // transaction SQLite reported lost, so that writing can start again.
@@ -301,6 +303,7 @@ impl CheckpointWriter for SqliteCheckpoints {
         self.writer
             .write(move |connection| progress.read(connection, &sink_id, writer_id))
             .await
+            .map(Recovered::whole)
             .map_err(from_write_error)
     }
 }

@@ -206,6 +206,7 @@ async fn a_crash_loses_only_the_open_transaction_and_replay_is_exactly_once() {
             state: Some("next=120".into()),
             committed_ahead: None,
             skipping_through: None,
+            partial: None,
         }
     );
     assert_eq!(ids(&temp), (0..120).collect::<Vec<_>>());
@@ -246,6 +247,7 @@ async fn database_ahead_resume_committed_returns_the_database_state() {
             state: Some("next=200".into()),
             committed_ahead: Some(2),
             skipping_through: None,
+            partial: None,
         }
     );
     // The next checkpoint id must be past the database's.

@@ -194,6 +194,185 @@ pub struct Committed {
     pub state: String,
 }
 
+/// A checkpoint's cut, handed to [`CheckpointWriter::pre_commit`]: its id, the caller's state,
+/// and how its entries were routed (see [`Sink`](crate::Sink)'s routing rule), which a
+/// backend that commits lane by lane records with each lane's progress so that a replay can
+/// tell which lane already holds what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cut<'a> {
+    /// The checkpoint id.
+    pub checkpoint_id: u64,
+    /// The caller's state (for example a source position).
+    pub state: &'a str,
+    /// The lanes the checkpoint's entries were routed over (`flush_concurrency`).
+    pub lanes: usize,
+    /// The stripe of its unkeyed entries (`batch_rows_max`): that many consecutive ones went
+    /// to one lane.
+    pub stripe_rows: u64,
+    /// Rows the checkpoint received (written or refused), over all lanes.
+    pub rows: u64,
+    /// Rejected source records ([`Sink::reject`](crate::Sink::reject)) it received.
+    pub rejected: u64,
+    /// The checkpoint before it, the last one whose rows are all visible (`None` before the
+    /// first): recorded with each lane's progress, so recovery knows where to resume when
+    /// only some lanes commit this one.
+    pub previous: Option<&'a Committed>,
+}
+
+/// One lane's progress row, as a backend that commits lane by lane records it at
+/// `pre_commit` in that lane's transaction: the lane and its [`Cut`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaneProgress {
+    /// The lane.
+    pub lane: usize,
+    /// [`Cut::checkpoint_id`].
+    pub checkpoint_id: u64,
+    /// [`Cut::state`].
+    pub state: String,
+    /// [`Cut::lanes`].
+    pub lanes: usize,
+    /// [`Cut::stripe_rows`].
+    pub stripe_rows: u64,
+    /// [`Cut::rows`].
+    pub rows: u64,
+    /// [`Cut::rejected`].
+    pub rejected: u64,
+    /// [`Cut::previous`].
+    pub previous: Option<Committed>,
+}
+
+impl LaneProgress {
+    /// The row `lane` records for `cut`.
+    pub fn new(lane: usize, cut: &Cut<'_>) -> LaneProgress {
+        LaneProgress {
+            lane,
+            checkpoint_id: cut.checkpoint_id,
+            state: cut.state.to_string(),
+            lanes: cut.lanes,
+            stripe_rows: cut.stripe_rows,
+            rows: cut.rows,
+            rejected: cut.rejected,
+            previous: cut.previous.cloned(),
+        }
+    }
+}
+
+/// A checkpoint that some lanes committed and others did not: the process died between
+/// the lanes' commits of a backend that commits lane by lane (the PostgreSQL marker). Its
+/// rows in the lanes that hold it are visible; the others' are lost with their
+/// transactions. The sink replays it from the complete checkpoint before it, writing only
+/// the entries routed to the lanes in `missing`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartialCheckpoint {
+    /// The checkpoint id.
+    pub checkpoint_id: u64,
+    /// Its state.
+    pub state: String,
+    /// The lanes its entries were routed over ([`Cut::lanes`]).
+    pub lanes: usize,
+    /// [`Cut::stripe_rows`].
+    pub stripe_rows: u64,
+    /// The lanes (below `lanes`) whose transaction of it did not commit.
+    pub missing: Vec<usize>,
+    /// [`Cut::rows`], for checking the replay.
+    pub rows: u64,
+    /// [`Cut::rejected`].
+    pub rejected: u64,
+}
+
+/// What [`CheckpointWriter::recover`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The highest checkpoint whose rows are all visible.
+    pub committed: Option<Committed>,
+    /// The checkpoint after it, when only some lanes committed it.
+    pub partial: Option<PartialCheckpoint>,
+}
+
+impl Recovered {
+    /// A backend that commits every lane in one transaction, or none.
+    pub fn whole(committed: Option<Committed>) -> Recovered {
+        Recovered {
+            committed,
+            partial: None,
+        }
+    }
+
+    /// What the progress rows of a backend that commits lane by lane say (every row of one
+    /// writer, any lanes). The highest checkpoint is complete when every lane it was routed
+    /// over holds it; otherwise it is partial and the complete one is the `previous` its rows
+    /// recorded. Rows of lanes beyond it (an earlier run with more lanes) do not count. An
+    /// error says which rows disagree.
+    pub fn from_lanes(rows: &[LaneProgress]) -> Result<Recovered, String> {
+        let Some(highest) = rows.iter().max_by_key(|row| row.checkpoint_id) else {
+            return Ok(Recovered::default());
+        };
+        let at_highest: Vec<&LaneProgress> = rows
+            .iter()
+            .filter(|row| row.checkpoint_id == highest.checkpoint_id)
+            .collect();
+        let disagree = at_highest.iter().find(|row| {
+            (
+                &row.state,
+                row.lanes,
+                row.stripe_rows,
+                row.rows,
+                row.rejected,
+                &row.previous,
+            ) != (
+                &highest.state,
+                highest.lanes,
+                highest.stripe_rows,
+                highest.rows,
+                highest.rejected,
+                &highest.previous,
+            )
+        });
+        if let Some(row) = disagree {
+            return Err(format!(
+                "lanes {} and {} recorded checkpoint {} differently: {highest:?} and {row:?}",
+                highest.lane, row.lane, highest.checkpoint_id
+            ));
+        }
+        if highest.lanes == 0 || highest.stripe_rows == 0 {
+            return Err(format!(
+                "lane {} recorded checkpoint {} over {} lanes in stripes of {} rows",
+                highest.lane, highest.checkpoint_id, highest.lanes, highest.stripe_rows
+            ));
+        }
+        let missing: Vec<usize> = (0..highest.lanes)
+            .filter(|lane| !at_highest.iter().any(|row| row.lane == *lane))
+            .collect();
+        let this = Committed {
+            checkpoint_id: highest.checkpoint_id,
+            state: highest.state.clone(),
+        };
+        if missing.is_empty() {
+            return Ok(Recovered::whole(Some(this)));
+        }
+        if let Some(previous) = &highest.previous
+            && previous.checkpoint_id >= highest.checkpoint_id
+        {
+            return Err(format!(
+                "checkpoint {} recorded the later checkpoint {} as its previous one",
+                highest.checkpoint_id, previous.checkpoint_id
+            ));
+        }
+        Ok(Recovered {
+            committed: highest.previous.clone(),
+            partial: Some(PartialCheckpoint {
+                checkpoint_id: this.checkpoint_id,
+                state: this.state,
+                lanes: highest.lanes,
+                stripe_rows: highest.stripe_rows,
+                missing,
+                rows: highest.rows,
+                rejected: highest.rejected,
+            }),
+        })
+    }
+}
+
 /// Exactly-once writes: each lane's batches go into a transaction that stays open until the
 /// checkpoint barrier, so a crash before the barrier leaves nothing of them.
 ///
@@ -207,9 +386,10 @@ pub struct Committed {
 ///   the call is kept and the transaction stays usable (the engine bisects, as for
 ///   `TableWriter`). Any other error means the transaction may be lost; the engine fails the
 ///   sink (it cannot retry only the last batch) and the caller recovers.
-/// - `pre_commit(c, state)` makes every lane's rows durable together with the writer's
-///   progress (`c`, `state`): `TransactionalMarker` commits them (visible now), `TwoPhase`
-///   prepares one transaction per lane that wrote (visible at `commit`).
+/// - `pre_commit(cut)` makes every lane's rows durable together with the writer's progress
+///   (`cut.checkpoint_id`, `cut.state`): `TransactionalMarker` commits them (visible now; in
+///   one transaction, or one per lane, each with that lane's progress and the cut's routing),
+///   `TwoPhase` prepares one transaction per lane that wrote (visible at `commit`).
 /// - `commit(c)` makes every checkpoint up to `c` visible; calling it again, or after a
 ///   restart for a checkpoint recovery already committed, is not an error.
 /// - `recover(restored, resume)` resolves what an earlier run of this writer left behind: open
@@ -218,8 +398,9 @@ pub struct Committed {
 ///   completed checkpoint is `restored` with `Resume::Restored`; with `Resume::Committed` it is
 ///   the higher of `restored` and the highest checkpoint any lane committed (a lane commits
 ///   only after every lane prepared, so the other lanes' prepared transactions of that
-///   checkpoint are committed too). Returns the progress row (the highest checkpoint whose
-///   rows are visible), if any.
+///   checkpoint are committed too). Returns the highest checkpoint whose rows are all
+///   visible, and a later one that only some lanes committed (a marker committed lane by
+///   lane: see [`PartialCheckpoint`]).
 #[async_trait]
 pub trait CheckpointWriter: Send + Sync {
     /// Writes one batch into `lane`'s open transaction (opening it if needed).
@@ -233,7 +414,7 @@ pub trait CheckpointWriter: Send + Sync {
     ) -> Result<(), BackendError>;
 
     /// Makes the checkpoint's rows durable with the writer's progress (see the trait docs).
-    async fn pre_commit(&self, checkpoint_id: u64, state: &str) -> Result<(), BackendError>;
+    async fn pre_commit(&self, cut: &Cut<'_>) -> Result<(), BackendError>;
 
     /// Makes every pre-committed checkpoint up to `checkpoint_id` visible. Idempotent.
     async fn commit(&self, checkpoint_id: u64) -> Result<(), BackendError>;
@@ -248,7 +429,7 @@ pub trait CheckpointWriter: Send + Sync {
         &self,
         restored: Option<u64>,
         resume: Resume,
-    ) -> Result<Option<Committed>, BackendError>;
+    ) -> Result<Recovered, BackendError>;
 }
 
 /// Rows for one `write_batch` call: a range of a shared, reduced row list (bisection hands out

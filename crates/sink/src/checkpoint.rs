@@ -22,6 +22,7 @@
 //! With `at_least_once` the same calls work as a plain checkpoint protocol: `pre_commit` is a
 //! `flush`, `commit` and `abort` do nothing, `recover` hands back the restored state.
 
+use crate::backend::{Committed, Cut, PartialCheckpoint};
 use crate::config::{Delivery, SinkId};
 use crate::error::SinkError;
 use crate::sink::{LaneMessage, Sink};
@@ -79,6 +80,24 @@ pub struct Recovery {
     /// `Resume::Restored` with the database ahead: rows are dropped until the barrier of this
     /// checkpoint.
     pub skipping_through: Option<u64>,
+    /// The checkpoint after [`Recovery::checkpoint_id`], when only some of its lanes
+    /// committed it (the process died between the lanes' commits; see
+    /// [`PartialCheckpoint`]). The caller must replay it exactly: from [`Recovery::state`]
+    /// up to this state, then place this checkpoint's barrier, with this id (the
+    /// [`CheckpointDriver`]'s next one). The sink writes only the entries of the lanes that
+    /// lost it and checks that the replay adds up to what was written (the same rows and
+    /// rejected records, the same state), failing with [`SinkError::PartialReplayMismatch`]
+    /// before anything is committed when it does not.
+    pub partial: Option<ReplayCut>,
+}
+
+/// A checkpoint that must be replayed exactly (see [`Recovery::partial`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayCut {
+    /// Its id.
+    pub checkpoint_id: u64,
+    /// Its state: place its barrier when the source reaches this position.
+    pub state: String,
 }
 
 /// Whether writes are accepted, dropped or refused.
@@ -93,6 +112,10 @@ struct ControlState {
     recovered: bool,
     last: Option<u64>,
     skipping_through: Option<u64>,
+    /// A partial checkpoint to replay once the skipping ends.
+    partial: Option<PartialCheckpoint>,
+    /// The last checkpoint known complete, with its state ([`Cut::previous`]).
+    complete: Option<Committed>,
 }
 
 /// Fails the sink when a pre-commit is dropped between its barrier and its end: the lanes
@@ -141,6 +164,8 @@ impl CheckpointControl {
                 recovered: false,
                 last: None,
                 skipping_through: None,
+                partial: None,
+                complete: None,
             })),
         }
     }
@@ -222,16 +247,18 @@ impl Sink {
             state: restored_state,
             committed_ahead: None,
             skipping_through: None,
+            partial: None,
         };
         let Some(checkpoints) = shared.checkpoint_writer()? else {
             state.recovered = true;
             control.set_last(&mut state, restored_id);
             return Ok(recovery);
         };
-        let committed = checkpoints
+        let recovered = checkpoints
             .recover(restored_id, resume)
             .await
             .map_err(SinkError::Backend)?;
+        let committed = recovered.committed;
         let mut phase = Phase::Running;
         control.set_last(&mut state, restored_id);
         if control.delivery == Delivery::TwoPhase
@@ -271,6 +298,37 @@ impl Sink {
                     }
                 }
             }
+            if let Some(partial) = recovered.partial {
+                let follows = match committed_id {
+                    Some(id) => partial.checkpoint_id == id + 1,
+                    None => true,
+                };
+                if !follows || partial.missing.iter().any(|&lane| lane >= partial.lanes) {
+                    return Err(SinkError::Recovery(format!(
+                        "the backend reports checkpoint {} partially committed (lanes {:?} of {} missing) after the complete checkpoint {committed_id:?}",
+                        partial.checkpoint_id, partial.missing, partial.lanes
+                    )));
+                }
+                tracing::warn!(
+                    checkpoint_id = partial.checkpoint_id,
+                    missing_lanes = ?partial.missing,
+                    lanes = partial.lanes,
+                    "Only some lanes committed the last checkpoint; its replay writes the other lanes' rows."
+                );
+                recovery.partial = Some(ReplayCut {
+                    checkpoint_id: partial.checkpoint_id,
+                    state: partial.state.clone(),
+                });
+                if phase == Phase::Skipping {
+                    state.partial = Some(partial);
+                } else {
+                    inner
+                        .router
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .replay(partial);
+                }
+            }
         }
         tracing::info!(
             sink_id = ?shared.config.sink_id().map(SinkId::as_str),
@@ -278,8 +336,17 @@ impl Sink {
             restored = ?restored_id,
             resume_after = ?recovery.checkpoint_id,
             skipping_through = ?recovery.skipping_through,
+            partial = ?recovery.partial.as_ref().map(|partial| partial.checkpoint_id),
             "Sink recovered."
         );
+        state.complete =
+            recovery
+                .checkpoint_id
+                .zip(recovery.state.clone())
+                .map(|(checkpoint_id, state)| Committed {
+                    checkpoint_id,
+                    state,
+                });
         state.recovered = true;
         control.set_phase(phase);
         Ok(recovery)
@@ -358,12 +425,58 @@ impl Sink {
             });
         }
         let mut replies = Vec::with_capacity(inner.lanes.len());
-        for lane in &inner.lanes {
-            let (reply, answer) = oneshot::channel();
-            lane.send(LaneMessage::Barrier(checkpoint_id, reply))
-                .map_err(|_| SinkError::Closed)?;
-            replies.push(answer);
+        let counted = {
+            // Under the router's lock: no write call is split by the barrier.
+            let mut router = inner
+                .router
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for lane in &inner.lanes {
+                let (reply, answer) = oneshot::channel();
+                lane.send(LaneMessage::Barrier(checkpoint_id, reply))
+                    .map_err(|_| SinkError::Closed)?;
+                replies.push(answer);
+            }
+            let skipped = control_state
+                .skipping_through
+                .is_some_and(|through| checkpoint_id <= through);
+            if skipped && control_state.skipping_through == Some(checkpoint_id) {
+                // The last checkpoint the database holds: what follows is written (the phase
+                // changes now, not when the pre-commit ends, as the next rows may come first).
+                control.set_phase(Phase::Running);
+                if let Some(partial) = control_state.partial.take() {
+                    router.replay(partial);
+                }
+            }
+            // A skipped checkpoint routed nothing (its rows were dropped before the router).
+            (!skipped).then(|| router.cut())
+        };
+        if let Some(counted) = &counted
+            && let Some(partial) = &counted.replay
+        {
+            let mut problems = Vec::new();
+            if checkpoint_id != partial.checkpoint_id {
+                problems.push(format!("the barrier's id is {checkpoint_id}"));
+            }
+            if state != partial.state {
+                problems.push(format!("its state is {state:?}, not {:?}", partial.state));
+            }
+            if (counted.rows, counted.rejected) != (partial.rows, partial.rejected) {
+                problems.push(format!(
+                    "it holds {} rows and {} rejected records, not {} and {}",
+                    counted.rows, counted.rejected, partial.rows, partial.rejected
+                ));
+            }
+            if !problems.is_empty() {
+                let error = SinkError::PartialReplayMismatch {
+                    checkpoint_id: partial.checkpoint_id,
+                    problems: problems.join("; "),
+                };
+                shared.fail(error.clone());
+                return Err(error);
+            }
         }
+        let (rows, rejected) = counted.map_or((0, 0), |counted| (counted.rows, counted.rejected));
         let sink = self.clone();
         let state = state.to_string();
         let mut unfinished = Unfinished(Some(sink.clone()));
@@ -382,7 +495,6 @@ impl Sink {
                         Some(through) if checkpoint_id <= through => {
                             if checkpoint_id == through {
                                 control_state.skipping_through = None;
-                                control.set_phase(Phase::Running);
                             }
                         }
                         Some(through) => {
@@ -394,8 +506,16 @@ impl Sink {
                             return Err(error);
                         }
                         None => {
-                            if let Err(error) = checkpoints.pre_commit(checkpoint_id, &state).await
-                            {
+                            let cut = Cut {
+                                checkpoint_id,
+                                state: &state,
+                                lanes: inner.lanes.len(),
+                                stripe_rows: shared.config.batch_rows_max() as u64,
+                                rows,
+                                rejected,
+                                previous: control_state.complete.as_ref(),
+                            };
+                            if let Err(error) = checkpoints.pre_commit(&cut).await {
                                 let error = SinkError::CheckpointLost(error);
                                 shared.fail(error.clone());
                                 return Err(error);
@@ -404,6 +524,10 @@ impl Sink {
                     }
                 }
                 control.set_last(&mut control_state, Some(checkpoint_id));
+                control_state.complete = Some(Committed {
+                    checkpoint_id,
+                    state: state.clone(),
+                });
                 shared.gate.send_replace(checkpoint_id);
                 shared.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
                 shared.metrics.checkpoint(started.elapsed());

@@ -114,6 +114,18 @@ pub enum SinkError {
         /// The barrier's id.
         checkpoint_id: u64,
     },
+    /// The replay of a checkpoint only some lanes committed did not repeat it: another id or
+    /// state at its barrier, or other counts of rows. Nothing of the replay was committed;
+    /// the source no longer holds what was written (a changed file, a trimmed stream).
+    #[error(
+        "the replay of checkpoint {checkpoint_id}, which only some lanes committed, does not repeat it: {problems}; nothing of it was committed (did the source change?)"
+    )]
+    PartialReplayMismatch {
+        /// The partial checkpoint.
+        checkpoint_id: u64,
+        /// What differs.
+        problems: String,
+    },
     /// A checkpoint's open transaction was lost (connection lost, database restarted, or any
     /// error other than a refused row): rows since the last checkpoint must be replayed after
     /// `recover`.
@@ -149,6 +161,7 @@ impl SinkError {
             SinkError::CheckpointBusy => "sink.checkpoint_busy",
             SinkError::CheckpointAhead { .. } => "sink.checkpoint_ahead",
             SinkError::ReplayMismatch { .. } => "sink.replay_mismatch",
+            SinkError::PartialReplayMismatch { .. } => "sink.partial_replay_mismatch",
             SinkError::CheckpointLost(_) => "sink.checkpoint_lost",
             SinkError::Aborted(_) => "sink.aborted",
         }

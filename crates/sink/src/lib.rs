@@ -72,6 +72,7 @@ mod memory;
 mod metrics;
 mod reduce;
 mod retry;
+mod route;
 mod schema;
 mod sink;
 mod value;
@@ -80,11 +81,12 @@ mod value;
 pub mod compliance;
 
 pub use backend::{
-    BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed,
-    DEAD_LETTER_COLUMNS, DeadLetter, DescribedColumn, ErrorClass, MESSAGE_BYTES_MAX, PrepareReport,
-    PrepareRequest, Prepared, SinkBackend, TableWriter, shortened_message,
+    BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed, Cut,
+    DEAD_LETTER_COLUMNS, DeadLetter, DescribedColumn, ErrorClass, LaneProgress, MESSAGE_BYTES_MAX,
+    PartialCheckpoint, PrepareReport, PrepareRequest, Prepared, Recovered, SinkBackend,
+    TableWriter, shortened_message,
 };
-pub use checkpoint::{CheckpointDriver, CheckpointState, PreCommit, Recovery, Resume};
+pub use checkpoint::{CheckpointDriver, CheckpointState, PreCommit, Recovery, ReplayCut, Resume};
 pub use config::{
     BATCH_BYTES_MAX_LIMIT, BATCH_ROWS_MAX_LIMIT, BUFFER_BYTES_MAX_LIMIT, Backpressure, ConfigError,
     CreateTable, DeadLetterConfig, Delivery, Evolve, FLUSH_CONCURRENCY_LIMIT,

@@ -6,8 +6,9 @@
 //! can inject faults: transient failures on chosen calls and row errors for chosen rows.
 
 use crate::backend::{
-    BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed, DeadLetter,
-    DescribedColumn, PrepareReport, PrepareRequest, Prepared, SinkBackend, TableWriter,
+    BackendError, Batch, BatchOutcome, CheckpointSpec, CheckpointWriter, Committed, Cut,
+    DeadLetter, DescribedColumn, LaneProgress, PrepareReport, PrepareRequest, Prepared, Recovered,
+    SinkBackend, TableWriter,
 };
 use crate::checkpoint::Resume;
 use crate::config::{CreateTable, Delivery, Evolve};
@@ -32,8 +33,11 @@ pub struct MemoryBackend {
 struct State {
     tables: HashMap<String, Table>,
     dead_letters: HashMap<String, Vec<DeadLetter>>,
-    /// Exactly-once progress rows: (sink, writer, lane) -> (checkpoint, state).
-    progress: HashMap<(String, u32, usize), Committed>,
+    /// Exactly-once progress rows: (sink, writer, lane) -> that lane's last cut.
+    progress: HashMap<(String, u32, usize), LaneProgress>,
+    /// The next marker `pre_commit` commits this many lanes, then fails as a crash would
+    /// ([`MemoryBackend::crash_next_marker_commit_after`]).
+    marker_crash_after: Option<usize>,
     /// Prepared transactions by global id; they survive the writer (a "crash").
     prepared: BTreeMap<String, Transaction>,
 }
@@ -45,7 +49,7 @@ struct Transaction {
     changes: Vec<(Op, Vec<Value>)>,
     dead_letter_table: Option<String>,
     letters: Vec<DeadLetter>,
-    progress: Option<((String, u32, usize), Committed)>,
+    progress: Option<((String, u32, usize), LaneProgress)>,
 }
 
 struct Table {
@@ -485,32 +489,46 @@ impl CheckpointWriter for MemoryCheckpoints {
         Ok(())
     }
 
-    async fn pre_commit(&self, checkpoint_id: u64, state_text: &str) -> Result<(), BackendError> {
-        let committed = Committed {
-            checkpoint_id,
-            state: state_text.to_string(),
-        };
+    async fn pre_commit(&self, cut: &Cut<'_>) -> Result<(), BackendError> {
         let sink = self.spec.sink_id.to_string();
         let writer = self.spec.writer_id;
+        let checkpoint_id = cut.checkpoint_id;
         let mut state = lock(&self.writer.backend.state);
         match self.spec.delivery {
             Delivery::TwoPhase => {
                 for (lane, slot) in self.lanes.iter().enumerate() {
                     if let Some(mut transaction) = lock(slot).take() {
                         transaction.progress =
-                            Some(((sink.clone(), writer, lane), committed.clone()));
+                            Some(((sink.clone(), writer, lane), LaneProgress::new(lane, cut)));
                         let gid = format!("{}{checkpoint_id}:{lane}", self.gid_prefix());
                         state.prepared.insert(gid, transaction);
                     }
                 }
             }
             _ => {
-                for slot in &self.lanes {
-                    if let Some(transaction) = lock(slot).take() {
-                        apply_transaction(&mut state, transaction);
+                // Lane by lane, as the PostgreSQL marker does: each lane's transaction holds
+                // its rows and its progress row.
+                let crash_after = state.marker_crash_after.take();
+                for (lane, slot) in self.lanes.iter().enumerate() {
+                    if crash_after == Some(lane) {
+                        for slot in &self.lanes[lane..] {
+                            lock(slot).take();
+                        }
+                        return Err(BackendError::Fatal {
+                            code: "memory.crashed",
+                            message: format!(
+                                "the process \"died\" after {lane} lanes committed checkpoint {checkpoint_id}"
+                            ),
+                        });
                     }
+                    let mut transaction = lock(slot).take().unwrap_or_else(|| Transaction {
+                        table: self.writer.table.clone(),
+                        ..Transaction::default()
+                    });
+                    transaction.progress =
+                        Some(((sink.clone(), writer, lane), LaneProgress::new(lane, cut)));
+                    apply_transaction(&mut state, transaction);
                 }
-                state.progress.insert((sink, writer, 0), committed);
             }
         }
         Ok(())
@@ -545,16 +563,31 @@ impl CheckpointWriter for MemoryCheckpoints {
         &self,
         restored: Option<u64>,
         resume: Resume,
-    ) -> Result<Option<Committed>, BackendError> {
+    ) -> Result<Recovered, BackendError> {
         for slot in &self.lanes {
             lock(slot).take();
         }
         let mut state = lock(&self.writer.backend.state);
+        if self.spec.delivery != Delivery::TwoPhase {
+            return Recovered::from_lanes(&self.rows(&state)).map_err(|problem| {
+                BackendError::Fatal {
+                    code: "memory.progress_corrupt",
+                    message: problem,
+                }
+            });
+        }
+        let latest = |state: &State| {
+            self.rows(state)
+                .into_iter()
+                .max_by_key(|row| row.checkpoint_id)
+                .map(|row| Committed {
+                    checkpoint_id: row.checkpoint_id,
+                    state: row.state,
+                })
+        };
         let completed = match resume {
             Resume::Restored => restored,
-            Resume::Committed => {
-                restored.max(self.latest(&state).map(|committed| committed.checkpoint_id))
-            }
+            Resume::Committed => restored.max(latest(&state).map(|c| c.checkpoint_id)),
         };
         for (checkpoint, gid) in self.prepared(&state) {
             let transaction = state.prepared.remove(&gid).expect("listed");
@@ -562,25 +595,32 @@ impl CheckpointWriter for MemoryCheckpoints {
                 apply_transaction(&mut state, transaction);
             }
         }
-        Ok(self.latest(&state))
+        Ok(Recovered::whole(latest(&state)))
     }
 }
 
 impl MemoryCheckpoints {
-    /// This writer's progress row: the highest checkpoint whose rows are visible.
-    fn latest(&self, state: &State) -> Option<Committed> {
+    /// This writer's progress rows.
+    fn rows(&self, state: &State) -> Vec<LaneProgress> {
         let sink = self.spec.sink_id.as_str();
         let writer = self.spec.writer_id;
         state
             .progress
             .iter()
             .filter(|((s, w, _), _)| s == sink && *w == writer)
-            .map(|(_, committed)| committed.clone())
-            .max_by_key(|committed| committed.checkpoint_id)
+            .map(|(_, row)| row.clone())
+            .collect()
     }
 }
 
 impl MemoryBackend {
+    /// Makes the next `transactional_marker` pre-commit commit only its first `lanes` lanes
+    /// and then fail, as a process that died between the lanes' commits would leave the
+    /// database (for tests of the partial checkpoint's replay).
+    pub fn crash_next_marker_commit_after(&self, lanes: usize) {
+        lock(&self.state).marker_crash_after = Some(lanes);
+    }
+
     /// Global ids of prepared (two-phase) transactions left in the database.
     pub fn prepared_transactions(&self) -> Vec<String> {
         lock(&self.state).prepared.keys().cloned().collect()

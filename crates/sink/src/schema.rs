@@ -239,16 +239,6 @@ impl Schema {
         }
         Ok(())
     }
-
-    /// A hash of the row's key values (stable within a process), to route each key to one
-    /// flush lane. Meaningless for an empty key.
-    pub(crate) fn key_hash(&self, row: &Row) -> u64 {
-        let mut hasher = std::hash::DefaultHasher::new();
-        for &index in &self.key {
-            KeyValue(&row.values[index]).hash(&mut hasher);
-        }
-        hasher.finish()
-    }
 }
 
 /// What a row does to the table.

@@ -35,6 +35,7 @@ use crate::error::SinkError;
 use crate::metrics::{BatchReport, SinkMetrics};
 use crate::reduce::reduce;
 use crate::retry::Backoff;
+use crate::route::Router;
 use crate::schema::{Op, Row, RowError, Schema};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -181,7 +182,9 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     writers_active: AtomicUsize,
     writers_idle: Notify,
-    next_lane: AtomicUsize,
+    /// Routes entries to lanes (see [`crate::route`]); held while a write call is sent and
+    /// while a barrier is placed.
+    pub(crate) router: Mutex<Router>,
     report: PrepareReport,
 }
 
@@ -301,6 +304,11 @@ impl Sink {
             tasks.push(tokio::spawn(run_lane(shared.clone(), lane, receiver)));
         }
         let control = CheckpointControl::new(shared.config.delivery());
+        let router = Router::new(
+            lanes.len(),
+            shared.config.batch_rows_max() as u64,
+            shared.config.mode().is_keyed(),
+        );
         Ok(Sink {
             inner: Arc::new(Inner {
                 shared,
@@ -310,7 +318,7 @@ impl Sink {
                 closed: AtomicBool::new(false),
                 writers_active: AtomicUsize::new(0),
                 writers_idle: Notify::new(),
-                next_lane: AtomicUsize::new(0),
+                router: Mutex::new(router),
                 report: prepared.report,
             }),
         })
@@ -424,24 +432,37 @@ impl Sink {
         let row_count = entries.len() as u64;
 
         let lane_count = inner.lanes.len();
-        let spread = inner.next_lane.fetch_add(1, Ordering::Relaxed) % lane_count;
-        let mode = shared.config.mode();
         let mut per_lane: Vec<Vec<(Entry, usize)>> = (0..lane_count).map(|_| Vec::new()).collect();
+        // Routed and sent under the router's lock: a barrier comes before or after the whole
+        // call, and the checkpoint's counts are exact.
+        let mut router = inner
+            .router
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mut held, mut held_bytes) = (0_u64, 0_usize);
         for (entry, size) in entries {
-            let lane = match &entry {
-                Entry::Row {
-                    row,
-                    rejection: None,
-                } if mode.is_keyed() => (shared.schema.key_hash(row) % lane_count as u64) as usize,
-                _ => spread,
-            };
-            per_lane[lane].push((entry, size));
+            match router.route(&shared.schema, &entry) {
+                Some(lane) => per_lane[lane].push((entry, size)),
+                None => {
+                    held += 1;
+                    held_bytes += size;
+                }
+            }
         }
         shared
             .counters
             .rows_received
             .fetch_add(row_count, Ordering::Relaxed);
         shared.metrics.accepted(row_count, bytes as u64, buffered);
+        if held > 0 {
+            // Replaying a checkpoint that these entries' lanes committed already.
+            shared
+                .counters
+                .rows_skipped
+                .fetch_add(held, Ordering::Relaxed);
+            shared.metrics.skipped(held);
+            shared.release(held_bytes);
+        }
         for (lane, entries) in per_lane.into_iter().enumerate() {
             if entries.is_empty() {
                 continue;

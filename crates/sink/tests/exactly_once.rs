@@ -46,6 +46,11 @@ impl Harness for MemoryHarness {
     async fn commit_prepared(&self, gid: &str) -> bool {
         self.backend.commit_prepared(gid)
     }
+
+    async fn fail_next_marker_commit(&self, lanes_committed: usize) -> bool {
+        self.backend.crash_next_marker_commit_after(lanes_committed);
+        true
+    }
 }
 
 mod transactional_marker {
@@ -70,9 +75,9 @@ mod two_phase {
 mod barrier {
     use async_trait::async_trait;
     use sluice_sink::{
-        BackendError, Batch, BatchOutcome, CheckpointWriter, Column, ColumnType, Committed,
-        CreateTable, DeadLetter, Delivery, DescribedColumn, Ident, MemoryBackend, PrepareRequest,
-        Prepared, Resume, Row, Schema, Sink, SinkBackend, SinkConfig, SinkId, Value,
+        BackendError, Batch, BatchOutcome, CheckpointWriter, Column, ColumnType, CreateTable, Cut,
+        DeadLetter, Delivery, DescribedColumn, Ident, MemoryBackend, PrepareRequest, Prepared,
+        Recovered, Resume, Row, Schema, Sink, SinkBackend, SinkConfig, SinkId, Value,
     };
     use std::sync::Arc;
     use tokio::sync::Semaphore;
@@ -152,10 +157,10 @@ mod barrier {
         ) -> Result<(), BackendError> {
             self.inner.write_dead_letters(lane, letters).await
         }
-        async fn pre_commit(&self, checkpoint_id: u64, state: &str) -> Result<(), BackendError> {
+        async fn pre_commit(&self, cut: &Cut<'_>) -> Result<(), BackendError> {
             self.entered.add_permits(1);
             self.gate.acquire().await.expect("open").forget();
-            self.inner.pre_commit(checkpoint_id, state).await
+            self.inner.pre_commit(cut).await
         }
         async fn commit(&self, checkpoint_id: u64) -> Result<(), BackendError> {
             self.inner.commit(checkpoint_id).await
@@ -167,7 +172,7 @@ mod barrier {
             &self,
             restored: Option<u64>,
             resume: Resume,
-        ) -> Result<Option<Committed>, BackendError> {
+        ) -> Result<Recovered, BackendError> {
             self.inner.recover(restored, resume).await
         }
     }

@@ -189,6 +189,37 @@ impl Harness for PgHarness {
             .await
             .is_ok()
     }
+
+    async fn fail_next_marker_commit(&self, lanes_committed: usize) -> bool {
+        // A deferred trigger refuses the COMMIT of the next transactions whose progress row
+        // is of a lane at or above `lanes_committed`, once per such lane: a sequence counts
+        // the refusals, as its increments survive the rollbacks.
+        self.0
+            .admin
+            .batch_execute(&format!(
+                "CREATE SEQUENCE IF NOT EXISTS sluice_test_refusals;
+                 SELECT setval('sluice_test_refusals', 1, false);
+                 CREATE OR REPLACE FUNCTION sluice_test_refuse_lane() RETURNS trigger
+                 LANGUAGE plpgsql AS $$
+                 BEGIN
+                   IF NEW.lane >= {lanes_committed} AND NEW.lane < coalesce(NEW.lanes, 0) THEN
+                     IF nextval('sluice_test_refusals') <= NEW.lanes - {lanes_committed} THEN
+                       RAISE EXCEPTION 'injected: lane % of checkpoint % does not commit',
+                         NEW.lane, NEW.checkpoint_id;
+                     END IF;
+                   END IF;
+                   RETURN NULL;
+                 END $$;
+                 DROP TRIGGER IF EXISTS sluice_test_refuse ON sluice_sink_progress;
+                 CREATE CONSTRAINT TRIGGER sluice_test_refuse
+                   AFTER INSERT OR UPDATE ON sluice_sink_progress
+                   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+                   EXECUTE FUNCTION sluice_test_refuse_lane();"
+            ))
+            .await
+            .expect("install the commit fault");
+        true
+    }
 }
 
 /// The global ids of the database's prepared transactions, in order.

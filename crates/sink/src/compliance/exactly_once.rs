@@ -10,8 +10,8 @@
 use super::faults::{FailPoint, FaultyBackend};
 use super::{Harness, base, column, kv};
 use crate::{
-    CheckpointDriver, CheckpointState, ColumnType, Delivery, Ident, Mode, Resume, Row, Schema,
-    Sink, SinkConfigBuilder, SinkId, Value,
+    CheckpointDriver, CheckpointState, ColumnType, Delivery, Ident, Mode, Rejected, ReplayCut,
+    Resume, Row, Schema, Sink, SinkConfigBuilder, SinkId, Value,
 };
 use std::collections::BTreeMap;
 
@@ -390,6 +390,122 @@ pub async fn stateless_processor_resumes_where_the_database_says<H: Harness>(
 
 /// What a dying process leaves: no more writes from this sink, open transactions gone,
 /// prepared ones kept.
+/// The marker committed lane by lane (PostgreSQL): a process that dies between the lanes'
+/// commits of a checkpoint leaves some lanes with it and the others without. A processor that
+/// resumes where the database says learns of the partial checkpoint (`Recovery::partial`),
+/// replays from the complete one before it up to the partial one's state, and every event and
+/// dead letter (a refused row, rejected records) lands once, whatever the grouping of the
+/// replay's write calls. A replay that does not repeat the checkpoint fails before anything of
+/// it commits. A backend that commits every lane in one transaction has no partial
+/// checkpoints: nothing to check.
+pub async fn partial_checkpoint_replayed_into_the_lanes_that_lost_it<H: Harness>(
+    harness: H,
+    delivery: Delivery,
+) {
+    if delivery != Delivery::TransactionalMarker {
+        return;
+    }
+    let schema = events_schema("partial");
+    let open = || async {
+        open_with(
+            harness.backend(),
+            &schema,
+            config(delivery, "partial")
+                .flush_concurrency(3)
+                .batch_rows_max(7),
+        )
+        .await
+    };
+    let mut third = events(80..120);
+    // A row the schema refuses (a NULL id): a dead letter, counted among the rows.
+    third.insert(15, Row::insert(vec![Value::Null, Value::Text("refused".into())]));
+    let rejects: Vec<Rejected> = (0..9)
+        .map(|n| Rejected {
+            record: format!("garbage {n}"),
+            position: format!("input:{n}"),
+            code: "test.garbage".into(),
+            reason: "not an event".into(),
+        })
+        .collect();
+    let letters_table = Ident::new("partial_dead_letters").unwrap();
+
+    // First run: checkpoints 1 and 2 complete; checkpoint 3 commits in lane 0 only.
+    let sink = open().await;
+    let recovery = sink.recover(None, Resume::Committed).await.unwrap();
+    let mut checkpoints = CheckpointDriver::new(&sink, &recovery);
+    for end in [40, 80] {
+        sink.write(events(end - 40..end)).await.unwrap();
+        checkpoints.start(&end.to_string()).unwrap();
+        checkpoints.finished().await.unwrap();
+    }
+    for chunk in third.chunks(10) {
+        sink.write(chunk.to_vec()).await.unwrap();
+    }
+    sink.reject(rejects.clone()).await.unwrap();
+    if !harness.fail_next_marker_commit(1).await {
+        sink.close().await.unwrap();
+        return;
+    }
+    checkpoints.start("120").unwrap();
+    assert!(checkpoints.finished().await.is_err(), "lanes 1 and 2 failed");
+    crash(&sink).await;
+    let counts = id_counts(&harness, &schema).await;
+    let visible = (80..120).filter(|id| counts.contains_key(id)).count();
+    assert!(
+        visible > 0 && visible < 40,
+        "lane 0's part of checkpoint 3 is visible, the rest is not: {visible} of 40"
+    );
+    let partial = Some(ReplayCut {
+        checkpoint_id: 3,
+        state: "120".into(),
+    });
+
+    // Second run: a replay that stops short of checkpoint 3's state is refused at its
+    // barrier, and nothing of it commits.
+    let sink = open().await;
+    let recovery = sink.recover(None, Resume::Committed).await.unwrap();
+    assert_eq!(
+        (recovery.checkpoint_id, recovery.state.as_deref()),
+        (Some(2), Some("80"))
+    );
+    assert_eq!(recovery.partial, partial);
+    let mut checkpoints = CheckpointDriver::new(&sink, &recovery);
+    assert_eq!(checkpoints.next_id(), 3);
+    sink.write(third[..30].to_vec()).await.unwrap();
+    let refused = checkpoints.start("110").unwrap_err();
+    assert_eq!(refused.code(), "sink.partial_replay_mismatch", "{refused}");
+    crash(&sink).await;
+    assert_eq!(id_counts(&harness, &schema).await, counts);
+
+    // Third run: the exact replay, grouped differently, then the rest.
+    let sink = open().await;
+    let recovery = sink.recover(None, Resume::Committed).await.unwrap();
+    assert_eq!(recovery.partial, partial);
+    let mut checkpoints = CheckpointDriver::new(&sink, &recovery);
+    sink.write(third.clone()).await.unwrap();
+    sink.reject(rejects[..4].to_vec()).await.unwrap();
+    sink.reject(rejects[4..].to_vec()).await.unwrap();
+    assert_eq!(checkpoints.start("120").unwrap(), 3);
+    checkpoints.finished().await.unwrap();
+    let skipped = sink.stats().rows_skipped;
+    assert!(skipped > 0, "lane 0's entries were not written again");
+    sink.write(events(120..150)).await.unwrap();
+    checkpoints.start("150").unwrap();
+    checkpoints.finished().await.unwrap();
+    sink.close().await.unwrap();
+    assert_exactly(&id_counts(&harness, &schema).await, 0..150);
+    let letters = harness.read_dead_letters(&letters_table).await;
+    let mut seen: Vec<String> = letters.iter().map(|letter| letter.row.clone()).collect();
+    seen.sort();
+    let before = seen.len();
+    seen.dedup();
+    assert_eq!(
+        (before, seen.len()),
+        (10, 10),
+        "the refused row and 9 rejected records, once each: {letters:?}"
+    );
+}
+
 async fn crash(sink: &Sink) {
     // Abort rolls back the open transaction and stops every lane; checkpoint u64::MAX keeps
     // every prepared transaction, as a crash would.
@@ -510,6 +626,7 @@ macro_rules! exactly_once_compliance_tests {
             bad_rows_inside_checkpoint,
             recovery_after_unrecorded_checkpoint,
             stateless_processor_resumes_where_the_database_says,
+            partial_checkpoint_replayed_into_the_lanes_that_lost_it,
             crash_replay_exactly_once
         );
     };

@@ -5,8 +5,8 @@
 //! happened, but the answer is lost: the case a crash right after the call produces).
 
 use crate::backend::{
-    BackendError, Batch, BatchOutcome, CheckpointWriter, Committed, DeadLetter, DescribedColumn,
-    PrepareRequest, Prepared, SinkBackend,
+    BackendError, Batch, BatchOutcome, CheckpointWriter, Cut, DeadLetter, DescribedColumn,
+    PrepareRequest, Prepared, Recovered, SinkBackend,
 };
 use crate::checkpoint::Resume;
 use crate::ident::Ident;
@@ -163,9 +163,9 @@ impl CheckpointWriter for FaultyCheckpoints {
         self.inner.write_dead_letters(lane, letters).await
     }
 
-    async fn pre_commit(&self, checkpoint_id: u64, state: &str) -> Result<(), BackendError> {
+    async fn pre_commit(&self, cut: &Cut<'_>) -> Result<(), BackendError> {
         self.points.check(FailPoint::BeforePreCommit)?;
-        self.inner.pre_commit(checkpoint_id, state).await?;
+        self.inner.pre_commit(cut).await?;
         self.points.check(FailPoint::AfterPreCommit)
     }
 
@@ -183,7 +183,7 @@ impl CheckpointWriter for FaultyCheckpoints {
         &self,
         restored: Option<u64>,
         resume: Resume,
-    ) -> Result<Option<Committed>, BackendError> {
+    ) -> Result<Recovered, BackendError> {
         self.points.check(FailPoint::BeforeRecover)?;
         self.inner.recover(restored, resume).await
     }

@@ -41,6 +41,15 @@ pub trait Harness: Send + Sync {
         let _ = gid;
         false
     }
+    /// Makes the next `transactional_marker` pre-commit (of the default progress table,
+    /// `sluice_sink_progress`) commit only lanes below `lanes_committed` and fail the others,
+    /// as a process that died between the lanes' commits leaves the database; returns
+    /// whether it can. A backend that commits every lane in one transaction cannot (it has
+    /// no partial checkpoints), and the check that needs it passes trivially.
+    async fn fail_next_marker_commit(&self, lanes_committed: usize) -> bool {
+        let _ = lanes_committed;
+        false
+    }
 }
 
 fn base() -> SinkConfigBuilder {
