@@ -379,6 +379,8 @@ impl Connection {
             committed: committed.unwrap_or(0),
             follow,
             bytes_done: 0,
+            until: None,
+            held: std::collections::VecDeque::new(),
         };
         let acks = Acks {
             client: Some(self.client),
@@ -481,9 +483,20 @@ pub(crate) struct StreamReader {
     committed: u64,
     follow: bool,
     bytes_done: u64,
+    /// Replaying a checkpoint only some of the sink's lanes committed: a chunk ends exactly
+    /// after this sequence (its state), so the pipeline can place that checkpoint's barrier
+    /// there.
+    until: Option<u64>,
+    /// Messages pulled past `until`, read first by the next chunk.
+    held: std::collections::VecDeque<async_nats::jetstream::Message>,
 }
 
 impl StreamReader {
+    /// Ends a chunk exactly after `sequence` (see `Recovery::partial` of the sink).
+    pub(crate) fn replay_until(&mut self, sequence: u64) {
+        self.until = Some(sequence);
+    }
+
     /// Where the next record is.
     pub(crate) fn position(&self) -> StreamPosition {
         StreamPosition {
@@ -514,17 +527,19 @@ impl StreamReader {
 
     /// The next chunk, or `None` at the end.
     async fn next_chunk(&mut self, sender: &mpsc::Sender<Result<Chunk>>) -> Result<Option<Chunk>> {
-        let mut rows = Vec::new();
-        let mut rejected = Vec::new();
-        let mut records = 0u64;
-        let mut bytes = 0usize;
-        let mut ack = None;
+        let mut chunk = Building::default();
         let started = Instant::now();
+        // Messages held back by the last chunk's replay end come first.
+        while let Some(message) = self.held.pop_front() {
+            if self.take(message, &mut chunk).await? {
+                return Ok(Some(self.finish(chunk)));
+            }
+        }
         loop {
             if sender.is_closed() {
                 return Ok(None);
             }
-            let want = FETCH_MESSAGES_MAX.min(CHUNK_RECORDS_MAX - records as usize);
+            let want = FETCH_MESSAGES_MAX.min(CHUNK_RECORDS_MAX - chunk.records as usize);
             let mut batch = self
                 .consumer
                 .batch()
@@ -536,46 +551,25 @@ impl StreamReader {
                     jetstream_error!("pulling from stream {}: {error}", self.stream)
                 })?;
             let mut got = 0;
+            let mut replay_end = false;
             while let Some(message) = batch.next().await {
                 let message = message.map_err(|error| {
                     jetstream_error!("pulling from stream {}: {error}", self.stream)
                 })?;
                 got += 1;
-                let sequence = message
-                    .info()
-                    .map_err(|error| {
-                        jetstream_error!("a message without JetStream metadata: {error}")
-                    })?
-                    .stream_sequence;
-                if sequence <= self.last {
-                    // A redelivery of a message already read: never written again.
-                    if sequence <= self.committed
-                        && let Err(error) = message.ack().await
-                    {
-                        tracing::warn!(%error, sequence, "Cannot acknowledge a committed message.");
-                    }
-                    continue;
+                if replay_end {
+                    self.held.push_back(message);
+                } else {
+                    replay_end = self.take(message, &mut chunk).await?;
                 }
-                self.last = sequence;
-                records += 1;
-                bytes += message.payload.len();
-                self.bytes_done += message.payload.len() as u64;
-                let payload = payload(&message.payload);
-                match self.mapper.map(&payload) {
-                    Ok(row) => rows.push(row),
-                    Err(refusal) => rejected.push(Rejected {
-                        record: self.mapper.raw(&payload),
-                        position: format!("{}:{sequence}", self.stream),
-                        code: refusal.code.to_string(),
-                        reason: refusal.reason,
-                    }),
-                }
-                ack = Some(Ack(message));
             }
-            let full = records as usize >= CHUNK_RECORDS_MAX
-                || bytes >= CHUNK_BYTES_MAX
+            if replay_end {
+                break;
+            }
+            let full = chunk.records as usize >= CHUNK_RECORDS_MAX
+                || chunk.bytes >= CHUNK_BYTES_MAX
                 || started.elapsed() >= CHUNK_INTERVAL;
-            if records > 0 && (got == 0 || full) {
+            if chunk.records > 0 && (got == 0 || full) {
                 break;
             }
             if got == 0 && !self.follow {
@@ -587,13 +581,82 @@ impl StreamReader {
                 }
             }
         }
-        Ok(Some(Chunk {
+        Ok(Some(self.finish(chunk)))
+    }
+
+    /// Adds one message to the chunk (a redelivery of one already read is skipped); returns
+    /// whether it is the replay's last, which ends the chunk.
+    async fn take(
+        &mut self,
+        message: async_nats::jetstream::Message,
+        chunk: &mut Building,
+    ) -> Result<bool> {
+        let sequence = message
+            .info()
+            .map_err(|error| jetstream_error!("a message without JetStream metadata: {error}"))?
+            .stream_sequence;
+        if sequence <= self.last {
+            // A redelivery of a message already read: never written again.
+            if sequence <= self.committed
+                && let Err(error) = message.ack().await
+            {
+                tracing::warn!(%error, sequence, "Cannot acknowledge a committed message.");
+            }
+            return Ok(false);
+        }
+        if self.until.is_some_and(|until| sequence > until) {
+            // Past the replay's end without meeting it (the stream lost messages): the
+            // checkpoint cannot be repeated; the sink refuses the barrier placed here.
+            self.until = None;
+        }
+        self.last = sequence;
+        chunk.records += 1;
+        chunk.bytes += message.payload.len();
+        self.bytes_done += message.payload.len() as u64;
+        let payload = payload(&message.payload);
+        match self.mapper.map(&payload) {
+            Ok(row) => chunk.rows.push(row),
+            Err(refusal) => chunk.rejected.push(Rejected {
+                record: self.mapper.raw(&payload),
+                position: format!("{}:{sequence}", self.stream),
+                code: refusal.code.to_string(),
+                reason: refusal.reason,
+            }),
+        }
+        chunk.ack = Some(Ack(message));
+        if self.until == Some(sequence) {
+            self.until = None;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn finish(&self, chunk: Building) -> Chunk {
+        let Building {
+            rows,
+            rejected,
+            records,
+            ack,
+            ..
+        } = chunk;
+        Chunk {
             rows,
             rejected,
             records,
             position: crate::source::SourcePosition::Stream(self.position()),
             bytes_done: self.bytes_done,
             ack,
-        }))
+        }
     }
 }
+
+/// A chunk being filled.
+#[derive(Default)]
+struct Building {
+    rows: Vec<sluice_sink::Row>,
+    rejected: Vec<Rejected>,
+    records: u64,
+    bytes: usize,
+    ack: Option<Ack>,
+}
+

@@ -83,6 +83,10 @@ struct Reader {
     follow: bool,
     /// Set by `next_frame` when a followed file has no complete line after its position yet.
     idle: bool,
+    /// Replaying a checkpoint only some of the sink's lanes committed: a chunk ends exactly
+    /// at this position (its state), so the pipeline can place that checkpoint's barrier
+    /// there.
+    until: Option<Position>,
 }
 
 /// Reads the first input far enough to build the mapper (inference and the table's filled
@@ -258,6 +262,7 @@ impl Reader {
             },
             follow: plan.follow && !plan.parse_only,
             idle: false,
+            until: None,
         }
     }
 
@@ -487,6 +492,10 @@ impl Reader {
                     Ok(row) => chunk.rows.push(row),
                     Err(rejected) => chunk.rejected.push(rejected),
                 }
+                if self.until.as_ref() == Some(&self.position) {
+                    self.until = None;
+                    break;
+                }
             }
             chunk.position = self.position.clone().into();
             // Past the last input, `bytes_before` already counts the file of the position.
@@ -705,6 +714,18 @@ impl Pipeline {
                 "resuming after the committed position: {position}"
             ));
         }
+        // A checkpoint only some of the sink's lanes committed (the last run died between
+        // their commits) is read again up to its position exactly, where its barrier goes;
+        // the sink writes only the lanes' part that was lost.
+        let replay = recovery
+            .partial
+            .as_ref()
+            .and_then(|partial| SourcePosition::from_state(&partial.state));
+        if let Some(position) = &replay {
+            observer.note(&format!(
+                "the last run committed its last checkpoint in part; replaying it up to {position}"
+            ));
+        }
         let (sender, receiver) = mpsc::channel(4);
         let exactly_once = sink.config().delivery().is_exactly_once();
         let (position, acks) = match connection {
@@ -714,6 +735,10 @@ impl Pipeline {
                     _ => None,
                 };
                 let mut reader = Reader::new(&plan, mapper, None);
+                reader.until = match &replay {
+                    Some(SourcePosition::File(position)) => Some(position.clone()),
+                    _ => None,
+                };
                 let reuse = if committed.is_none() {
                     first_frames
                 } else {
@@ -749,13 +774,16 @@ impl Pipeline {
                 let opened = connection
                     .reader(committed, mapper, plan.follow, plan.checkpoint_interval)
                     .await;
-                let (reader, acks) = match opened {
+                let (mut reader, acks) = match opened {
                     Ok(opened) => opened,
                     Err(error) => {
                         let _ = sink.close().await;
                         return Err(error);
                     }
                 };
+                if let Some(SourcePosition::Stream(position)) = &replay {
+                    reader.replay_until(position.sequence);
+                }
                 let position = SourcePosition::Stream(reader.position());
                 tokio::spawn(reader.run(sender));
                 (position, acks)
@@ -782,6 +810,7 @@ impl Pipeline {
             checkpoints,
             position,
             acks,
+            replay,
         };
         let (outcome, progress, committed_position, elapsed) = running.drive(receiver, stop).await;
         let closed = sink.close().await;
@@ -829,6 +858,9 @@ struct Running<'a> {
     /// Where the record after the last one handed to the sink starts.
     position: SourcePosition,
     acks: jetstream::Acks,
+    /// The position of a partial checkpoint being replayed: no checkpoint starts before the
+    /// source reaches it, and the first one starts there.
+    replay: Option<SourcePosition>,
 }
 
 impl Running<'_> {
@@ -891,6 +923,12 @@ impl Running<'_> {
         // for their acknowledgement) and starts once the one under way finished.
         let mut wanted = false;
         let mut stop = std::pin::pin!(stop);
+        if self.replay.as_ref() == Some(&self.position) {
+            // The partial checkpoint holds no record after the complete one: cut it at once.
+            self.replay = None;
+            wanted = true;
+            dirty = true;
+        }
         loop {
             tokio::select! {
                 biased;
@@ -941,6 +979,10 @@ impl Running<'_> {
                             dirty = true;
                         }
                         wanted |= dirty && self.acks.due();
+                        if self.replay.as_ref() == Some(&self.position) {
+                            self.replay = None;
+                            wanted = true;
+                        }
                         let stats = sink.stats();
                         progress.rows_written = stats.rows_written;
                         progress.dead_lettered = stats.rows_dead_lettered;
@@ -948,7 +990,7 @@ impl Running<'_> {
                     }
                 }
             }
-            if wanted && dirty && pending.is_none() {
+            if wanted && dirty && pending.is_none() && self.replay.is_none() {
                 match self.start_checkpoint() {
                     Ok(started) => {
                         pending = Some(started);
