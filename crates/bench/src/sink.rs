@@ -879,8 +879,14 @@ impl Bench {
                 }
             }
             Db::Postgres { admin, .. } => {
+                // The run's sink id is its table's name: its progress rows go too, or a run on
+                // a database an earlier invocation used would resume that one's checkpoints.
                 admin
-                    .batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))
+                    .batch_execute(&format!(
+                        "DROP TABLE IF EXISTS \"{table}\"; \
+                         DO $$ BEGIN IF to_regclass('sluice_sink_progress') IS NOT NULL THEN \
+                         DELETE FROM sluice_sink_progress WHERE sink_id = '{table}'; END IF; END $$"
+                    ))
                     .await?;
             }
         }

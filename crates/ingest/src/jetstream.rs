@@ -659,4 +659,3 @@ struct Building {
     bytes: usize,
     ack: Option<Ack>,
 }
-

@@ -52,7 +52,11 @@ async fn a_checkpoint_committed_in_part_is_replayed_by_the_next_run() {
         // One checkpoint, at the end of the file.
         checkpoint_interval_ms: Some(600_000),
         // Two lanes taking stripes of 100 rows: each holds half of the checkpoint.
-        sink: Some(SinkConfig::builder().flush_concurrency(2).batch_rows_max(100)),
+        sink: Some(
+            SinkConfig::builder()
+                .flush_concurrency(2)
+                .batch_rows_max(100),
+        ),
         ..PipelineSettings::default()
     };
     let count = |sql: &str| cluster.psql_in("partial", sql).unwrap();

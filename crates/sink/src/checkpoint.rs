@@ -213,7 +213,10 @@ impl Sink {
     ///   recovery hands back its state.
     /// - `transactional_marker`: the progress row may be ahead of `restored` (the processor
     ///   died after `pre_commit`); `resume` says whether the caller seeks to the database's
-    ///   position or replays and lets the sink drop what the database has.
+    ///   position or replays and lets the sink drop what the database has. A backend that
+    ///   commits lane by lane (PostgreSQL) may hold the next checkpoint in part (the process
+    ///   died between the lanes' commits): [`Recovery::partial`] says so, and the caller
+    ///   replays it exactly.
     /// - `at_least_once`: hands back `restored`.
     pub async fn recover(
         &self,

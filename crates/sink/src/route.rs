@@ -63,6 +63,18 @@ fn splitmix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The key hash the rule uses for `entry` in a sink of a keyed (`keyed`) mode, if any:
+/// computed before the router is locked, so writers hash in parallel.
+pub(crate) fn hash_of(keyed: bool, schema: &Schema, entry: &Entry) -> Option<u64> {
+    match entry {
+        Entry::Row {
+            row,
+            rejection: None,
+        } if keyed => Some(key_hash(schema, row)),
+        _ => None,
+    }
+}
+
 /// The replay of a partial checkpoint: which of its lanes still need their entries, and
 /// what the replayed checkpoint must add up to.
 #[derive(Debug)]
@@ -122,7 +134,15 @@ impl Router {
 
     /// The lane of the next entry, or `None` when it is replayed into a lane that holds it
     /// already (drop it).
+    #[cfg(test)]
     pub(crate) fn route(&mut self, schema: &Schema, entry: &Entry) -> Option<usize> {
+        let hash = hash_of(self.keyed, schema, entry);
+        self.route_hashed(entry, hash)
+    }
+
+    /// [`Router::route`] with the entry's [`hash_of`].
+    pub(crate) fn route_hashed(&mut self, entry: &Entry, hash: Option<u64>) -> Option<usize> {
+        debug_assert!(hash.is_none() || self.keyed, "only keyed modes hash");
         let (lanes, stripe_rows) = self
             .replay
             .as_ref()
@@ -130,19 +150,16 @@ impl Router {
                 (replay.checkpoint.lanes, replay.checkpoint.stripe_rows)
             });
         let stripe = |index: u64| ((index / stripe_rows) % lanes as u64) as usize;
-        let lane = match entry {
-            Entry::Row {
-                row,
-                rejection: None,
-            } if self.keyed => {
+        let lane = match (entry, hash) {
+            (Entry::Row { .. }, Some(hash)) => {
                 self.rows += 1;
-                (key_hash(schema, row) % lanes as u64) as usize
+                (hash % lanes as u64) as usize
             }
-            Entry::Row { .. } => {
+            (Entry::Row { .. }, None) => {
                 self.rows += 1;
                 stripe(self.rows - 1)
             }
-            Entry::Rejected(_) => {
+            (Entry::Rejected(_), _) => {
                 self.rejected += 1;
                 stripe(self.rejected - 1)
             }

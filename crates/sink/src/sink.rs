@@ -35,7 +35,7 @@ use crate::error::SinkError;
 use crate::metrics::{BatchReport, SinkMetrics};
 use crate::reduce::reduce;
 use crate::retry::Backoff;
-use crate::route::Router;
+use crate::route::{self, Router};
 use crate::schema::{Op, Row, RowError, Schema};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -433,6 +433,11 @@ impl Sink {
 
         let lane_count = inner.lanes.len();
         let mut per_lane: Vec<Vec<(Entry, usize)>> = (0..lane_count).map(|_| Vec::new()).collect();
+        let keyed = shared.config.mode().is_keyed();
+        let hashes: Vec<Option<u64>> = entries
+            .iter()
+            .map(|(entry, _)| route::hash_of(keyed, &shared.schema, entry))
+            .collect();
         // Routed and sent under the router's lock: a barrier comes before or after the whole
         // call, and the checkpoint's counts are exact.
         let mut router = inner
@@ -440,8 +445,8 @@ impl Sink {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (mut held, mut held_bytes) = (0_u64, 0_usize);
-        for (entry, size) in entries {
-            match router.route(&shared.schema, &entry) {
+        for ((entry, size), hash) in entries.into_iter().zip(hashes) {
+            match router.route_hashed(&entry, hash) {
                 Some(lane) => per_lane[lane].push((entry, size)),
                 None => {
                     held += 1;

@@ -418,7 +418,10 @@ pub async fn partial_checkpoint_replayed_into_the_lanes_that_lost_it<H: Harness>
     };
     let mut third = events(80..120);
     // A row the schema refuses (a NULL id): a dead letter, counted among the rows.
-    third.insert(15, Row::insert(vec![Value::Null, Value::Text("refused".into())]));
+    third.insert(
+        15,
+        Row::insert(vec![Value::Null, Value::Text("refused".into())]),
+    );
     let rejects: Vec<Rejected> = (0..9)
         .map(|n| Rejected {
             record: format!("garbage {n}"),
@@ -447,7 +450,10 @@ pub async fn partial_checkpoint_replayed_into_the_lanes_that_lost_it<H: Harness>
         return;
     }
     checkpoints.start("120").unwrap();
-    assert!(checkpoints.finished().await.is_err(), "lanes 1 and 2 failed");
+    assert!(
+        checkpoints.finished().await.is_err(),
+        "lanes 1 and 2 failed"
+    );
     crash(&sink).await;
     let counts = id_counts(&harness, &schema).await;
     let visible = (80..120).filter(|id| counts.contains_key(id)).count();
