@@ -344,7 +344,20 @@ impl PostgresBackend {
         flush_concurrency: usize,
     ) -> Result<(), BackendError> {
         match spec.delivery {
-            Delivery::TransactionalMarker => Ok(()),
+            Delivery::TransactionalMarker => {
+                // Each lane holds a connection for its open transaction until the barrier: a
+                // lane left without one would wait for a checkpoint that waits for it.
+                if self.options.pool_connections_max < flush_concurrency {
+                    return Err(BackendError::Fatal {
+                        code: "postgres.pool_too_small",
+                        message: format!(
+                            "delivery = \"transactional_marker\" needs pool_connections_max of at least flush_concurrency = {flush_concurrency}, not {} (each lane holds a connection for its checkpoint transaction; PostgresSinkOptions::for_sink sets it)",
+                            self.options.pool_connections_max
+                        ),
+                    });
+                }
+                Ok(())
+            }
             Delivery::TwoPhase => {
                 // A checkpoint's lanes may be prepared while the previous checkpoint's still
                 // await their COMMIT PREPARED.

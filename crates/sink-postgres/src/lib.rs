@@ -49,16 +49,18 @@
 //! transactions that stay open until the checkpoint barrier, next to a progress table
 //! (`progress_table`, default `sluice_sink_progress`, created if missing at `prepare`):
 //! `(sink_id text, writer_id integer, lane integer, checkpoint_id bigint, state text,
-//! committed_at timestamptz)`, primary key `(sink_id, writer_id, lane)`.
+//! committed_at timestamptz, lanes integer, stripe_rows bigint, rows bigint, rejected bigint,
+//! previous_checkpoint_id bigint, previous_state text)`, primary key `(sink_id, writer_id,
+//! lane)` (the last six are the marker's record of the cut, added to an older table).
 //!
 //! | | `transactional_marker` | `two_phase` |
 //! |---|---|---|
-//! | Transactions | one per checkpoint, on one held connection; the lanes take turns on it | one per lane and checkpoint, each on a pooled connection the lane holds, opened at its first write |
-//! | `pre_commit(c, state)` | upserts the progress row `(sink_id, writer_id, 0)` and `COMMIT`s: rows visible | upserts each writing lane's progress row and runs `PREPARE TRANSACTION 'sluice:<sink_id>:<writer_id>:<c>:<lane>'`: rows durable, invisible |
+//! | Transactions | one per lane and checkpoint, each on a pooled connection the lane holds, opened at its first write | the same |
+//! | `pre_commit(c, state)` | upserts every lane's progress row with the cut and `COMMIT`s every lane at once (a lane that wrote nothing commits just its row): rows visible; a crash between the commits leaves a partial checkpoint, which recovery reports and the sink replays into the lanes that lost it | upserts each writing lane's progress row and runs `PREPARE TRANSACTION 'sluice:<sink_id>:<writer_id>:<c>:<lane>'`: rows durable, invisible |
 //! | `commit(c)` | nothing | `COMMIT PREPARED` of every pending transaction up to `c` |
 //! | `abort(c)` | rolls back the open transaction (committed checkpoints stay) | rolls back the open transactions and `ROLLBACK PREPARED` from `c` on |
-//! | `recover(restored)` | drops any open transaction; returns the progress row | commits this writer's prepared transactions up to `restored`, rolls back the later ones (all of them without `restored`); returns the highest progress row |
-//! | Needs | nothing more | `max_prepared_transactions >= 2 x flush_concurrency` and `pool_connections_max >= flush_concurrency + 1`, checked before anything is created |
+//! | `recover(restored)` | drops any open transactions; returns the complete checkpoint and a partial one, from every lane's row | commits this writer's prepared transactions up to `restored`, rolls back the later ones (all of them without `restored`); returns the highest progress row |
+//! | Needs | `pool_connections_max >= flush_concurrency` | `max_prepared_transactions >= 2 x flush_concurrency` and `pool_connections_max >= flush_concurrency + 1`, checked before anything is created |
 //!
 //! Common to both:
 //!

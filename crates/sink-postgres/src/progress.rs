@@ -2,9 +2,11 @@
 //! transactions.
 //!
 //! The progress table holds one row per `(sink_id, writer_id, lane)`: the last checkpoint whose
-//! rows that lane committed, with the caller's state. `transactional_marker` writes lane 0 in
-//! the checkpoint's one transaction; `two_phase` writes each lane's row in that lane's prepared
-//! transaction, so the row becomes visible exactly when the lane's rows do. A prepared
+//! rows that lane committed, with the caller's state. `transactional_marker` writes every
+//! lane's row in that lane's transaction, with the cut (`lanes`, `stripe_rows`, `rows`,
+//! `rejected`, `previous_checkpoint_id`, `previous_state`; columns a table created before them
+//! gets added, and rows written before them read as one complete lane); `two_phase` writes each
+//! lane's row in that lane's prepared transaction, so the row becomes visible exactly when the lane's rows do. A prepared
 //! transaction holds its row locked until it commits, so while a lane's checkpoint awaits its
 //! commit, the lane's next checkpoint writes the row `lane + 64` (64 being the most lanes a
 //! sink has), and so on: a lane's progress is the highest checkpoint of its rows. Its name is

@@ -548,6 +548,23 @@ async fn two_phase_refused_when_the_server_or_pool_cannot_carry_it() {
     .err()
     .expect("refused");
     assert_eq!(backend_code(&error), "postgres.pool_too_small");
+    // The marker's lanes hold a connection each too.
+    let error = Sink::open(
+        &narrow,
+        schema.clone(),
+        config(Delivery::TransactionalMarker, "narrow_marker")
+            .flush_concurrency(3)
+            .build()
+            .unwrap(),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(backend_code(&error), "postgres.pool_too_small");
+    assert!(
+        error.to_string().contains("transactional_marker"),
+        "{error}"
+    );
     let created: (Option<String>, Option<String>) = {
         let row = db
             .admin

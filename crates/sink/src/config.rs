@@ -108,7 +108,7 @@ pub enum Evolve {
 /// | Delivery | Databases | Rows visible | After a crash |
 /// |---|---|---|---|
 /// | `at_least_once` | all | when their batch commits | rows since the caller's last `flush` may be written twice |
-/// | `transactional_marker` | SQLite, PostgreSQL | at `pre_commit` (one transaction: the checkpoint's rows plus the writer's progress row) | exactly once: the progress row names the last checkpoint in the table |
+/// | `transactional_marker` | SQLite, PostgreSQL | at `pre_commit` (SQLite: one transaction of the checkpoint's rows plus the writer's progress row; PostgreSQL: one per lane, each with its lane's progress row) | exactly once: the progress rows name the last checkpoint in the table; one only some PostgreSQL lanes committed is replayed into the others (`Recovery::partial`) |
 /// | `two_phase` | PostgreSQL | at `commit` (`COMMIT PREPARED`) | exactly once: prepared transactions after the restored checkpoint are rolled back |
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -14,6 +14,11 @@
 //!   checkpoint's rejected records before it (a count of its own: a source may hand its rows
 //!   and its rejects over in different groupings when it replays).
 //!
+//! Only the PostgreSQL marker's replay needs the rule, so only `transactional_marker` sinks
+//! follow it for unkeyed entries; the other deliveries send each write call's unkeyed entries
+//! to the next lane in turn (spreading a paced load over the lanes at once, where a stripe would
+//! keep one lane busy for a whole batch while the others idle).
+//!
 //! `key_hash` is FNV-1a 64 over a fixed encoding of the key's values (a tag byte, then
 //! integers little-endian and text and bytes length-prefixed), mixed by the `splitmix64`
 //! finaliser: no Rust hasher promises the same output in another release, and a replay may
@@ -99,18 +104,24 @@ pub(crate) struct Router {
     lanes: usize,
     stripe_rows: u64,
     keyed: bool,
+    /// Unkeyed entries go by write call instead of by stripe (see the module docs).
+    per_call: bool,
+    /// Write calls routed so far (`per_call`).
+    calls: usize,
     rows: u64,
     rejected: u64,
     replay: Option<Replay>,
 }
 
 impl Router {
-    pub(crate) fn new(lanes: usize, stripe_rows: u64, keyed: bool) -> Router {
+    pub(crate) fn new(lanes: usize, stripe_rows: u64, keyed: bool, per_call: bool) -> Router {
         assert!(lanes > 0 && stripe_rows > 0, "a sink has lanes and batches");
         Router {
             lanes,
             stripe_rows,
             keyed,
+            per_call,
+            calls: 0,
             rows: 0,
             rejected: 0,
             replay: None,
@@ -140,6 +151,11 @@ impl Router {
         self.route_hashed(entry, hash)
     }
 
+    /// Before the entries of a write call.
+    pub(crate) fn begin_call(&mut self) {
+        self.calls = self.calls.wrapping_add(1);
+    }
+
     /// [`Router::route`] with the entry's [`hash_of`].
     pub(crate) fn route_hashed(&mut self, entry: &Entry, hash: Option<u64>) -> Option<usize> {
         debug_assert!(hash.is_none() || self.keyed, "only keyed modes hash");
@@ -149,7 +165,10 @@ impl Router {
             .map_or((self.lanes, self.stripe_rows), |replay| {
                 (replay.checkpoint.lanes, replay.checkpoint.stripe_rows)
             });
-        let stripe = |index: u64| ((index / stripe_rows) % lanes as u64) as usize;
+        let per_call = (self.per_call && self.replay.is_none()).then_some(self.calls % lanes);
+        let stripe = |index: u64| {
+            per_call.unwrap_or_else(|| ((index / stripe_rows) % lanes as u64) as usize)
+        };
         let lane = match (entry, hash) {
             (Entry::Row { .. }, Some(hash)) => {
                 self.rows += 1;
@@ -230,9 +249,25 @@ mod tests {
     }
 
     #[test]
+    fn without_the_marker_each_write_call_takes_the_next_lane() {
+        let schema = schema();
+        let mut router = Router::new(3, 10, false, true);
+        let mut lanes = Vec::new();
+        for call in 0..4 {
+            router.begin_call();
+            for id in 0..25 {
+                lanes.push((call, router.route(&schema, &row(id)).unwrap()));
+            }
+        }
+        for (call, lane) in lanes {
+            assert_eq!(lane, (call + 1) % 3);
+        }
+    }
+
+    #[test]
     fn unkeyed_rows_go_in_stripes_counted_from_the_barrier() {
         let schema = schema();
-        let mut router = Router::new(3, 10, false);
+        let mut router = Router::new(3, 10, false, false);
         let lanes: Vec<usize> = (0..31)
             .map(|id| router.route(&schema, &row(id)).unwrap())
             .collect();
@@ -249,11 +284,11 @@ mod tests {
     fn a_replay_drops_what_the_lanes_that_hold_it_have_and_maps_the_rest() {
         let schema = schema();
         // Written over 4 lanes; lanes 1 and 3 lost their transaction.
-        let mut original = Router::new(4, 7, true);
+        let mut original = Router::new(4, 7, true, false);
         let lanes: Vec<usize> = (0..200)
             .map(|id| original.route(&schema, &row(id)).unwrap())
             .collect();
-        let mut replay = Router::new(2, 100, true);
+        let mut replay = Router::new(2, 100, true, false);
         replay.replay(PartialCheckpoint {
             checkpoint_id: 5,
             state: "s".into(),

@@ -29,7 +29,7 @@ use crate::backend::{
 use crate::batcher::{BatchLimits, Batcher, Sealed};
 use crate::checkpoint::{CheckpointControl, Phase};
 use crate::concurrency::FlushSlots;
-use crate::config::{Backpressure, DeadLetterConfig, Mode, SinkConfig};
+use crate::config::{Backpressure, DeadLetterConfig, Delivery, Mode, SinkConfig};
 use crate::dead_letter::{DeadLetterFile, dead_letter, rejected_letter};
 use crate::error::SinkError;
 use crate::metrics::{BatchReport, SinkMetrics};
@@ -308,6 +308,7 @@ impl Sink {
             lanes.len(),
             shared.config.batch_rows_max() as u64,
             shared.config.mode().is_keyed(),
+            shared.config.delivery() != Delivery::TransactionalMarker,
         );
         Ok(Sink {
             inner: Arc::new(Inner {
@@ -444,6 +445,7 @@ impl Sink {
             .router
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        router.begin_call();
         let (mut held, mut held_bytes) = (0_u64, 0_usize);
         for ((entry, size), hash) in entries.into_iter().zip(hashes) {
             match router.route_hashed(&entry, hash) {

@@ -416,12 +416,17 @@ async fn wait_durable_observes_without_hurrying_the_batch() {
         .build()
         .unwrap();
     let sink = Sink::open(&backend, schema(), config).await.unwrap();
-    // 25 rows in stripes of 10 (`batch_rows_max`) over two lanes: rows 0-9 and 20-24 go to
-    // lane 0, 10-19 to lane 1: two full batches of 10 leave at once, 5 rows wait for the
-    // interval.
-    sink.write((0..25).map(|id| row(Op::Insert, id, id)).collect())
+    // 25 rows per lane: two full batches of 10 leave at once, 5 rows wait for the interval.
+    for lane_share in 0..2 {
+        let first = lane_share * 25;
+        sink.write(
+            (first..first + 25)
+                .map(|id| row(Op::Insert, id, id))
+                .collect(),
+        )
         .await
         .unwrap();
+    }
     let started = std::time::Instant::now();
     sink.wait_durable().await.unwrap();
     let waited = started.elapsed();
@@ -431,18 +436,25 @@ async fn wait_durable_observes_without_hurrying_the_batch() {
     );
     assert_eq!(
         table(&backend).len(),
-        25,
+        50,
         "every row before the call is durable"
     );
 
     // The same situation with `flush`: the open batches leave at once.
-    sink.write((25..50).map(|id| row(Op::Insert, id, id)).collect())
+    for lane_share in 2..4 {
+        let first = lane_share * 25;
+        sink.write(
+            (first..first + 25)
+                .map(|id| row(Op::Insert, id, id))
+                .collect(),
+        )
         .await
         .unwrap();
+    }
     let started = std::time::Instant::now();
     sink.flush().await.unwrap();
     assert!(started.elapsed() < Duration::from_millis(300));
-    assert_eq!(table(&backend).len(), 50);
+    assert_eq!(table(&backend).len(), 100);
 
     // Nothing buffered: answered at once.
     let started = std::time::Instant::now();
