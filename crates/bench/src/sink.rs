@@ -36,7 +36,7 @@ use sluice_sink::{
 use sluice_sink_postgres::tokio_postgres::binary_copy::BinaryCopyInWriter;
 use sluice_sink_postgres::tokio_postgres::{self, types::Type};
 use sluice_sink_postgres::{APPLICATION_NAME, BinaryValue, PostgresBackend, PostgresSinkOptions};
-use sluice_sink_sqlite::{Bind, SqliteBackend, SqliteSinkOptions};
+use sluice_sink_sqlite::{Bind, Journal, SqliteBackend, SqliteSinkOptions};
 use sluice_sqlite::Location;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -159,6 +159,34 @@ pub struct SinkBenchArgs {
     /// Run `memory` in this process (used by the child process the benchmark starts).
     #[arg(long, hide = true)]
     in_process: bool,
+    /// The journal of the SQLite databases (and of the raw limit's connection).
+    #[arg(long, value_enum, default_value = "wal")]
+    sqlite_journal: JournalArg,
+}
+
+/// `--sqlite-journal`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum JournalArg {
+    /// Write-ahead log (the default).
+    Wal,
+    /// Rollback journal (`journal_mode = TRUNCATE`).
+    Rollback,
+}
+
+impl JournalArg {
+    fn journal(self) -> Journal {
+        match self {
+            JournalArg::Wal => Journal::Wal,
+            JournalArg::Rollback => Journal::Rollback,
+        }
+    }
+}
+
+/// The sink's options for a SQLite file of a run.
+fn sqlite_options(path: &Path, journal: Journal) -> SqliteSinkOptions {
+    let mut options = SqliteSinkOptions::new(Location::File(path.into()));
+    options.open.journal = journal;
+    options
 }
 
 /// Rows per `write` call in paced runs.
@@ -372,11 +400,14 @@ async fn pg_raw_upsert(
 
 /// The SQLite limit: one prepared single-row statement, transactions of `txn_rows`, on a
 /// connection opened with the sink's settings.
-fn sqlite_raw(path: &Path, rows: &[Row], txn_rows: usize, upsert: bool) -> Result<Duration> {
-    let connection = sluice_sqlite::open_connection(
-        &SqliteSinkOptions::new(Location::File(path.into())).open,
-        false,
-    )?;
+fn sqlite_raw(
+    path: &Path,
+    journal: Journal,
+    rows: &[Row],
+    txn_rows: usize,
+    upsert: bool,
+) -> Result<Duration> {
+    let connection = sluice_sqlite::open_connection(&sqlite_options(path, journal).open, false)?;
     let placeholders = vec!["?"; COLUMNS.len()].join(", ");
     let mut sql = format!(
         "INSERT INTO \"events\" ({}) VALUES ({placeholders})",
@@ -640,6 +671,7 @@ impl Backend {
 enum Db {
     Sqlite {
         dir: tempfile::TempDir,
+        journal: Journal,
     },
     Postgres {
         url: String,
@@ -829,7 +861,7 @@ impl Bench {
 
     fn sqlite_path(&self, table: &str) -> Option<PathBuf> {
         match &self.db {
-            Db::Sqlite { dir } => Some(dir.path().join(format!("{table}.db"))),
+            Db::Sqlite { dir, .. } => Some(dir.path().join(format!("{table}.db"))),
             Db::Postgres { .. } => None,
         }
     }
@@ -844,11 +876,9 @@ impl Bench {
 
     async fn open_backend(&self, table: &str, config: &SinkConfig) -> Result<Backend> {
         Ok(match &self.db {
-            Db::Sqlite { dir } => {
+            Db::Sqlite { dir, journal } => {
                 let path = dir.path().join(format!("{table}.db"));
-                Backend::Sqlite(SqliteBackend::open(&SqliteSinkOptions::new(
-                    Location::File(path),
-                ))?)
+                Backend::Sqlite(SqliteBackend::open(&sqlite_options(&path, *journal))?)
             }
             Db::Postgres { url, .. } => Backend::Postgres(
                 PostgresBackend::connect(PostgresSinkOptions::for_sink(url, config)?).await?,
@@ -873,8 +903,8 @@ impl Bench {
 
     async fn drop_table(&self, table: &str) -> Result<()> {
         match &self.db {
-            Db::Sqlite { dir } => {
-                for suffix in ["", "-wal", "-shm"] {
+            Db::Sqlite { dir, .. } => {
+                for suffix in ["", "-wal", "-shm", "-journal"] {
                     let _ = std::fs::remove_file(dir.path().join(format!("{table}.db{suffix}")));
                 }
             }
@@ -917,10 +947,10 @@ impl Bench {
         (txn_rows, connections): (usize, usize),
     ) -> Result<Duration> {
         match &self.db {
-            Db::Sqlite { .. } => {
+            Db::Sqlite { journal, .. } => {
                 let path = self.sqlite_path(table).expect("a SQLite path");
                 let txn_rows = txn_rows.min(SQLITE_RAW_TXN_ROWS);
-                tokio::task::block_in_place(|| sqlite_raw(&path, rows, txn_rows, upsert))
+                tokio::task::block_in_place(|| sqlite_raw(&path, *journal, rows, txn_rows, upsert))
             }
             Db::Postgres { url, .. } if upsert => {
                 pg_raw_upsert(url, table, rows, txn_rows, connections).await
@@ -968,11 +998,11 @@ impl Bench {
                 (Db::Postgres { .. }, true) => format!(
                     "{connections} connection(s), each a contiguous share of the ids; per {txn_rows} rows: binary COPY into a temporary table + INSERT ... ON CONFLICT DO UPDATE in one transaction"
                 ),
-                (Db::Sqlite { .. }, false) => format!(
-                    "one prepared INSERT, {txn_rows} rows per transaction, WAL, synchronous=FULL"
+                (Db::Sqlite { journal, .. }, false) => format!(
+                    "one prepared INSERT, {txn_rows} rows per transaction, {journal:?} journal, synchronous=FULL"
                 ),
-                (Db::Sqlite { .. }, true) => format!(
-                    "one prepared INSERT ... ON CONFLICT DO UPDATE, {txn_rows} rows per transaction, WAL, synchronous=FULL"
+                (Db::Sqlite { journal, .. }, true) => format!(
+                    "one prepared INSERT ... ON CONFLICT DO UPDATE, {txn_rows} rows per transaction, {journal:?} journal, synchronous=FULL"
                 ),
             };
             println!(
@@ -1572,6 +1602,9 @@ impl Bench {
         if let Some(bytes) = self.args.memory_buffer_bytes {
             command.args(["--memory-buffer-bytes", &bytes.to_string()]);
         }
+        if self.args.sqlite_journal == JournalArg::Rollback {
+            command.args(["--sqlite-journal", "rollback"]);
+        }
         command.arg("--json").arg(&json);
         if let Db::Postgres { url, .. } = &self.db {
             command.args(["--pg-url", url]);
@@ -1837,6 +1870,7 @@ async fn open_db(args: &SinkBenchArgs) -> Result<Db> {
     Ok(match args.target {
         Target::Sqlite => Db::Sqlite {
             dir: tempfile::tempdir()?,
+            journal: args.sqlite_journal.journal(),
         },
         Target::Postgres => {
             let server = postgres::Server::open(args.pg_url.as_deref()).await?;
@@ -1853,10 +1887,11 @@ async fn open_db(args: &SinkBenchArgs) -> Result<Db> {
 async fn print_conditions(db: &Db) -> Result<()> {
     println!("machine: {}", host::machine());
     match db {
-        Db::Sqlite { dir } => println!(
-            "SQLite {} in {} (WAL, synchronous=FULL, {} KiB pages, one file per run)",
+        Db::Sqlite { dir, journal } => println!(
+            "SQLite {} in {} ({:?} journal, synchronous=FULL, {} KiB pages, one file per run)",
             rusqlite::version(),
             dir.path().display(),
+            journal,
             SqliteSinkOptions::new(Location::Memory)
                 .open
                 .page_size_bytes

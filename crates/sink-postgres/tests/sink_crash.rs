@@ -15,7 +15,7 @@ use sluice_sink::{
     SinkBackend, SinkConfig, SinkId,
 };
 use sluice_sink_postgres::{PostgresBackend, PostgresSinkOptions};
-use sluice_sink_sqlite::{Location, SqliteBackend, SqliteSinkOptions};
+use sluice_sink_sqlite::{Journal, Location, SqliteBackend, SqliteSinkOptions};
 use sluice_testkit::crash::{CrashLoop, Ended, Schedule, kill_self_after};
 use sluice_testkit::process::LoggedChild;
 use sluice_testkit::{PgCluster, TempSqlite, pg_or_skip};
@@ -171,8 +171,14 @@ async fn drive(target: &str) {
         .flush_interval_ms(20)
         .build()
         .unwrap();
-    let backend: Box<dyn SinkBackend> = if let Some(path) = target.strip_prefix("sqlite:") {
-        let options = SqliteSinkOptions::new(Location::File(path.into()));
+    let sqlite = match target.split_once(':') {
+        Some(("sqlite", path)) => Some((path, Journal::Wal)),
+        Some(("sqlite-rollback", path)) => Some((path, Journal::Rollback)),
+        _ => None,
+    };
+    let backend: Box<dyn SinkBackend> = if let Some((path, journal)) = sqlite {
+        let mut options = SqliteSinkOptions::new(Location::File(path.into()));
+        options.open.journal = journal;
         Box::new(SqliteBackend::open(&options).expect("open SQLite"))
     } else {
         let options = PostgresSinkOptions::for_sink(target, &config).expect("a valid URL");
@@ -367,13 +373,24 @@ fn verify_counts(name: &str, counts: (i64, i64, i64, i64)) {
 
 #[test]
 fn sqlite_marker_survives_sigkill() {
+    sqlite_loop("sqlite_marker", "sqlite");
+}
+
+/// The same with a rollback journal: a kill leaves a hot journal, which the next open rolls
+/// back.
+#[test]
+fn sqlite_rollback_journal_marker_survives_sigkill() {
+    sqlite_loop("sqlite_rollback_marker", "sqlite-rollback");
+}
+
+fn sqlite_loop(name: &str, scheme: &str) {
     if std::env::var_os(ENV_DRIVER).is_some() {
         return;
     }
     let temp = TempSqlite::new();
-    let target = format!("sqlite:{}", temp.path().display());
-    let kills = run_loop("sqlite_marker", &target, "transactional_marker", temp.dir());
-    check_kills("sqlite_marker", &kills);
+    let target = format!("{scheme}:{}", temp.path().display());
+    let kills = run_loop(name, &target, "transactional_marker", temp.dir());
+    check_kills(name, &kills);
     let connection = rusqlite::Connection::open(temp.path()).unwrap();
     let counts = connection
         .query_row(
@@ -382,7 +399,7 @@ fn sqlite_marker_survives_sigkill() {
             |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
         )
         .unwrap();
-    verify_counts("sqlite_marker", counts);
+    verify_counts(name, counts);
     let integrity: String = connection
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .unwrap();

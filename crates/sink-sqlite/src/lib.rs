@@ -116,6 +116,6 @@ mod values;
 
 pub use backend::{SqliteBackend, SqliteSinkOptions};
 pub use read::{read_dead_letters, read_rows};
-pub use sluice_sqlite::{Location, OpenOptions, Synchronous};
+pub use sluice_sqlite::{Journal, Location, OpenOptions, Synchronous};
 pub use statements::ROWS_PER_STATEMENT_MAX;
 pub use values::{Bind, ReadError};

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use sluice_sink::compliance::Harness;
 use sluice_sink::{DeadLetter, Ident, Schema, SinkBackend, Value};
 use sluice_sink_sqlite::{
-    Location, OpenOptions, SqliteBackend, SqliteSinkOptions, read_dead_letters, read_rows,
+    Journal, Location, OpenOptions, SqliteBackend, SqliteSinkOptions, read_dead_letters, read_rows,
 };
 use sluice_testkit::TempSqlite;
 use std::path::PathBuf;
@@ -16,8 +16,18 @@ struct SqliteHarness {
 
 impl SqliteHarness {
     fn new() -> SqliteHarness {
+        SqliteHarness::with(Journal::Wal)
+    }
+
+    /// The database with a rollback journal instead of the WAL.
+    fn rollback() -> SqliteHarness {
+        SqliteHarness::with(Journal::Rollback)
+    }
+
+    fn with(journal: Journal) -> SqliteHarness {
         let temp = TempSqlite::new();
-        let options = SqliteSinkOptions::new(Location::File(temp.path().to_path_buf()));
+        let mut options = SqliteSinkOptions::new(Location::File(temp.path().to_path_buf()));
+        options.open.journal = journal;
         let backend = SqliteBackend::open(&options).expect("open the database");
         SqliteHarness { temp, backend }
     }
@@ -55,4 +65,18 @@ mod exactly_once {
         SqliteHarness::new(),
         sluice_sink::Delivery::TransactionalMarker
     );
+}
+
+/// The same suites with a rollback journal (`Journal::Rollback`).
+mod rollback_journal {
+    use super::SqliteHarness;
+    sluice_sink::compliance_tests!(SqliteHarness::rollback());
+
+    mod exactly_once {
+        use super::super::SqliteHarness;
+        sluice_sink::exactly_once_compliance_tests!(
+            SqliteHarness::rollback(),
+            sluice_sink::Delivery::TransactionalMarker
+        );
+    }
 }

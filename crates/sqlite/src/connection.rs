@@ -11,10 +11,36 @@ pub const SQLITE_VERSION_MIN: i32 = 3_051_003;
 /// Where the database lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {
-    /// A file (WAL mode; readers get their own connections).
+    /// A file (WAL mode unless [`OpenOptions::journal`] says otherwise; readers get their own
+    /// connections).
     File(PathBuf),
     /// Private to the writer's connection; gone when the writer stops.
     Memory,
+}
+
+/// How a file database keeps its transactions atomic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Journal {
+    /// Write-ahead log (the default): readers read the last committed state while the writer
+    /// writes; a transaction's pages are written to the WAL, then copied into the database
+    /// after the commit (by the checkpointer).
+    #[default]
+    Wal,
+    /// Rollback journal (`journal_mode = TRUNCATE`): a transaction's pages go to the database
+    /// file once, and the journal keeps the original content of the pages it changes. No copy
+    /// after the commit, so one very large transaction (a sink's exactly-once checkpoint)
+    /// costs far less; but a commit, and a large transaction spilling to the file, lock every
+    /// reader of the file out until it ends. For a database nothing reads while it fills.
+    Rollback,
+}
+
+impl Journal {
+    fn pragma_value(self) -> &'static str {
+        match self {
+            Journal::Wal => "wal",
+            Journal::Rollback => "truncate",
+        }
+    }
 }
 
 /// How hard a commit waits for the disk.
@@ -56,6 +82,8 @@ pub struct OpenOptions {
     /// starts the WAL over. Below it, checkpoints run on their own thread (see
     /// `checkpointer`). Default: 65,536 pages (256 MiB with 4 KiB pages).
     pub wal_pages_max: u32,
+    /// The journal of a file database. Default: [`Journal::Wal`].
+    pub journal: Journal,
 }
 
 impl OpenOptions {
@@ -67,6 +95,7 @@ impl OpenOptions {
             busy_timeout_ms: 5_000,
             page_size_bytes: 4096,
             wal_pages_max: 65_536,
+            journal: Journal::Wal,
         }
     }
 }
@@ -120,9 +149,12 @@ pub fn open_connection(options: &OpenOptions, read_only: bool) -> Result<Connect
             )?;
         }
         if let Location::File(_) = options.location {
+            let wanted = options.journal.pragma_value();
             let mode: String =
-                connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-            expect_pragma("journal_mode", "wal", &mode.to_lowercase())?;
+                connection.query_row(&format!("PRAGMA journal_mode = {wanted}"), [], |row| {
+                    row.get(0)
+                })?;
+            expect_pragma("journal_mode", wanted, &mode.to_lowercase())?;
         }
         connection.pragma_update(None, "synchronous", options.synchronous.pragma_value())?;
         let synchronous: i64 = connection.query_row("PRAGMA synchronous", [], |row| row.get(0))?;

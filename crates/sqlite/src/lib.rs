@@ -58,7 +58,8 @@ mod writer;
 
 pub use checkpointer::WAL_CHECKPOINT_PAGES;
 pub use connection::{
-    Location, OpenOptions, SQLITE_VERSION_MIN, Synchronous, check_library_version, open_connection,
+    Journal, Location, OpenOptions, SQLITE_VERSION_MIN, Synchronous, check_library_version,
+    open_connection,
 };
 pub use reader::ReaderPool;
 pub use writer::{GroupCommitWriter, HeldClaim, WriteError, WriterStats};

@@ -14,7 +14,7 @@
 //! locked" reach a caller.
 
 use crate::checkpointer::Checkpointer;
-use crate::{Location, OpenOptions, SqliteError, open_connection};
+use crate::{Journal, Location, OpenOptions, SqliteError, open_connection};
 use rusqlite::{Connection, ErrorCode};
 use std::convert::Infallible;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -138,9 +138,12 @@ impl GroupCommitWriter {
         );
         let mut connection = open_connection(options, false)?;
         init(&connection)?;
-        let checkpointer = match options.location {
-            Location::File(_) => Some(Checkpointer::start(options, &mut connection)?),
-            Location::Memory => None,
+        let checkpointer = match (&options.location, options.journal) {
+            (Location::File(_), Journal::Wal) => {
+                Some(Checkpointer::start(options, &mut connection)?)
+            }
+            // A rollback journal has nothing to copy after a commit.
+            (Location::File(_), Journal::Rollback) | (Location::Memory, _) => None,
         };
         let (sender, receiver) = mpsc::channel(queue_requests_max);
         let stats = Arc::new(WriterStats::default());
