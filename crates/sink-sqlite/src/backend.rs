@@ -17,7 +17,11 @@ use std::sync::Arc;
 /// How to open a SQLite database for the sink.
 #[derive(Clone, Debug)]
 pub struct SqliteSinkOptions {
-    /// Location and durability (`synchronous = FULL` by default).
+    /// Location and durability (`synchronous = FULL` by default), and the journal: the WAL
+    /// by default; `open.journal = Journal::Rollback` makes a 10 s exactly-once checkpoint
+    /// several times cheaper (no copy of the held transaction after its commit; see
+    /// bench/results/README.md, sink round 5) for a database that nothing reads while the
+    /// sink fills it, since readers wait for each commit.
     pub open: OpenOptions,
     /// Write requests queued for the writer thread, at most. Default: 1,024 requests.
     pub queue_requests_max: usize,
