@@ -10,9 +10,10 @@
 //!   `(i / stripe_rows) % lanes`, where `i` counts the checkpoint's rows before it (all of
 //!   them, keyed ones included) and `stripe_rows` is `batch_rows_max`: a lane fills a batch,
 //!   then the next lane takes over;
-//! - a rejected source record goes to `(j / stripe_rows) % lanes`, `j` counting the
-//!   checkpoint's rejected records before it (a count of its own: a source may hand its rows
-//!   and its rejects over in different groupings when it replays).
+//! - a rejected source record ([`Sink::reject`](crate::Sink::reject)) goes to lane 0, so the
+//!   dead letters of bad input keep the source's order (they are few); they are counted apart
+//!   from the rows, as a source may hand its rows and its rejects over in different groupings
+//!   when it replays.
 //!
 //! Only the PostgreSQL marker's replay needs the rule, so only `transactional_marker` sinks
 //! follow it for unkeyed entries; the other deliveries send each write call's unkeyed entries
@@ -180,7 +181,7 @@ impl Router {
             }
             (Entry::Rejected(_), _) => {
                 self.rejected += 1;
-                stripe(self.rejected - 1)
+                0
             }
         };
         match &self.replay {
