@@ -434,11 +434,17 @@ impl Sink {
 
         let lane_count = inner.lanes.len();
         let mut per_lane: Vec<Vec<(Entry, usize)>> = (0..lane_count).map(|_| Vec::new()).collect();
+        // Key hashes before the lock, so writers hash in parallel (none in unkeyed modes).
         let keyed = shared.config.mode().is_keyed();
-        let hashes: Vec<Option<u64>> = entries
-            .iter()
-            .map(|(entry, _)| route::hash_of(keyed, &shared.schema, entry))
-            .collect();
+        let hashes: Vec<Option<u64>> = if keyed {
+            entries
+                .iter()
+                .map(|(entry, _)| route::hash_of(keyed, &shared.schema, entry))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut hashes = hashes.into_iter();
         // Routed and sent under the router's lock: a barrier comes before or after the whole
         // call, and the checkpoint's counts are exact.
         let mut router = inner
@@ -447,8 +453,8 @@ impl Sink {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         router.begin_call();
         let (mut held, mut held_bytes) = (0_u64, 0_usize);
-        for ((entry, size), hash) in entries.into_iter().zip(hashes) {
-            match router.route_hashed(&entry, hash) {
+        for (entry, size) in entries {
+            match router.route_hashed(&entry, hashes.next().flatten()) {
                 Some(lane) => per_lane[lane].push((entry, size)),
                 None => {
                     held += 1;
@@ -463,11 +469,7 @@ impl Sink {
         shared.metrics.accepted(row_count, bytes as u64, buffered);
         if held > 0 {
             // Replaying a checkpoint that these entries' lanes committed already.
-            shared
-                .counters
-                .rows_skipped
-                .fetch_add(held, Ordering::Relaxed);
-            shared.metrics.skipped(held);
+            shared.count_skipped(held);
             shared.release(held_bytes);
         }
         for (lane, entries) in per_lane.into_iter().enumerate() {
@@ -696,10 +698,7 @@ impl Shared {
                 self.counters
                     .rows_received
                     .fetch_add(count, Ordering::Relaxed);
-                self.counters
-                    .rows_skipped
-                    .fetch_add(count, Ordering::Relaxed);
-                self.metrics.skipped(count);
+                self.count_skipped(count);
                 Ok(false)
             }
             Phase::NeedsRecovery => Err(SinkError::Recovery(
@@ -707,6 +706,14 @@ impl Shared {
                     .into(),
             )),
         }
+    }
+
+    /// Rows dropped because the database holds them already (a replay).
+    fn count_skipped(&self, count: u64) {
+        self.counters
+            .rows_skipped
+            .fetch_add(count, Ordering::Relaxed);
+        self.metrics.skipped(count);
     }
 
     pub(crate) fn check_failed(&self) -> Result<(), SinkError> {
