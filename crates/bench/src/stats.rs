@@ -32,6 +32,11 @@ impl Latencies {
             .expect("an auto-resizing histogram records any value");
     }
 
+    /// Samples recorded (rows, with the weights).
+    pub(crate) fn count(&self) -> u64 {
+        self.0.len()
+    }
+
     /// The percentiles, or `None` when nothing was recorded.
     pub(crate) fn summary(&self) -> Option<LatencyMs> {
         if self.0.is_empty() {
