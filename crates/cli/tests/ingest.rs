@@ -718,10 +718,18 @@ fn an_existing_sqlite_table_drives_the_casts() {
             &into,
             "--table",
             "readings",
+            // A rollback journal: the file is not switched to WAL (which would persist).
+            "--sqlite-journal",
+            "rollback",
         ],
         dir,
     );
     assert_eq!(output.status.code(), Some(0));
+    let mode: String = Connection::open(db.path())
+        .unwrap()
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("id i64, label text, score f64, ok bool"),

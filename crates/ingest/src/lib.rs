@@ -61,4 +61,4 @@ mod source;
 pub use error::{IngestError, Result, UsageError};
 pub use mapping::ColumnConfig;
 pub use pipeline::{Observer, Preview, Progress, Quiet, Report, Status};
-pub use settings::{Format, IngestMode, Pipeline, PipelineSettings, Unmapped};
+pub use settings::{Format, IngestMode, Pipeline, PipelineSettings, SqliteJournal, Unmapped};

@@ -1129,13 +1129,14 @@ async fn open_backend(
         .build()
         .expect("validated by Pipeline::new");
     let (backend, target_name): (Box<dyn SinkBackend>, String) = match &plan.target {
-        Target::Sqlite(path) => {
+        Target::Sqlite { path, journal } => {
             let location = if read_only && !path.exists() {
                 sluice_sink_sqlite::Location::Memory
             } else {
                 sluice_sink_sqlite::Location::File(path.clone())
             };
-            let options = sluice_sink_sqlite::SqliteSinkOptions::new(location);
+            let mut options = sluice_sink_sqlite::SqliteSinkOptions::new(location);
+            options.open.journal = *journal;
             let backend = sluice_sink_sqlite::SqliteBackend::open(&options).map_err(|error| {
                 IngestError::Sink {
                     message: format!("opening {}: {error}", path.display()),

@@ -3,7 +3,8 @@
 //! twice.
 
 use sluice_ingest::{
-    IngestError, Observer, Pipeline, PipelineSettings, Progress, Quiet, Report, Status,
+    IngestError, Observer, Pipeline, PipelineSettings, Progress, Quiet, Report, SqliteJournal,
+    Status,
 };
 use std::io::Write;
 use std::sync::Mutex;
@@ -161,4 +162,65 @@ fn settings_from_the_file_and_the_command_line_overlay_and_validate() {
     .unwrap_err();
     assert_eq!(bad_scheme.key(), "into");
     assert!(!bad_scheme.to_string().contains("secret"), "{bad_scheme}");
+
+    let journal = PipelineSettings::from_toml("sqlite_journal = \"rollback\"\n").unwrap();
+    assert_eq!(journal.sqlite_journal, Some(SqliteJournal::Rollback));
+    let not_sqlite = Pipeline::new(PipelineSettings {
+        from: Some("-".into()),
+        into: Some("postgres://root:secret@host/db".into()),
+        table: Some("t".into()),
+        sqlite_journal: Some(SqliteJournal::Rollback),
+        ..PipelineSettings::default()
+    })
+    .unwrap_err();
+    assert_eq!(not_sqlite.key(), "sqlite_journal");
+    assert!(!not_sqlite.to_string().contains("secret"), "{not_sqlite}");
+}
+
+/// `sqlite_journal = "rollback"` gives the database a rollback journal; a second run resumes
+/// from the position committed with the rows, as under the WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_journal_target_ingests_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("events.ndjson");
+    let db = dir.path().join("target.db");
+    let write = |from: usize, to: usize| {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&source)
+            .unwrap();
+        for id in from..to {
+            writeln!(file, r#"{{"id": {id}, "name": "n{id}"}}"#).unwrap();
+        }
+    };
+    write(0, 300);
+    let rollback = || PipelineSettings {
+        sqlite_journal: Some(SqliteJournal::Rollback),
+        ..settings(&source, &db)
+    };
+    let first = Pipeline::new(rollback())
+        .unwrap()
+        .run(&Quiet, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(first.progress.rows_written, 300);
+    let connection = rusqlite::Connection::open(&db).unwrap();
+    let mode: String = connection
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    // WAL mode is a property of the file; the rollback modes are per connection, so a new
+    // connection starts in the default rollback mode, `delete`: not `wal` is what counts.
+    assert_eq!(mode, "delete");
+    drop(connection);
+    assert!(!dir.path().join("target.db-wal").exists());
+    write(300, 350);
+    let second = Pipeline::new(rollback())
+        .unwrap()
+        .run(&Quiet, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(second.progress.rows_written, 50);
+    assert_eq!(count(&db, "SELECT count(*) FROM events"), 350);
+    assert_eq!(count(&db, "SELECT count(DISTINCT id) FROM events"), 350);
 }
