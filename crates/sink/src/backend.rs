@@ -206,7 +206,7 @@ pub struct Cut<'a> {
     pub state: &'a str,
     /// The lanes the checkpoint's entries were routed over (`flush_concurrency`).
     pub lanes: usize,
-    /// The stripe of its unkeyed entries (`batch_rows_max`): that many consecutive ones went
+    /// The stripe of its unkeyed entries (`batch_rows_max`, at most 256): that many consecutive ones went
     /// to one lane.
     pub stripe_rows: u64,
     /// Rows the checkpoint received (written or refused), over all lanes.

@@ -513,7 +513,9 @@ impl Sink {
                                 checkpoint_id,
                                 state: &state,
                                 lanes: inner.lanes.len(),
-                                stripe_rows: shared.config.batch_rows_max() as u64,
+                                stripe_rows: crate::route::stripe_rows(
+                                    shared.config.batch_rows_max(),
+                                ),
                                 rows,
                                 rejected,
                                 previous: control_state.complete.as_ref(),

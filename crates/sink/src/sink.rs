@@ -306,7 +306,7 @@ impl Sink {
         let control = CheckpointControl::new(shared.config.delivery());
         let router = Router::new(
             lanes.len(),
-            shared.config.batch_rows_max() as u64,
+            crate::route::stripe_rows(shared.config.batch_rows_max()),
             shared.config.mode().is_keyed(),
             shared.config.delivery() != Delivery::TransactionalMarker,
         );
