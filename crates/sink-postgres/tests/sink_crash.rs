@@ -201,21 +201,35 @@ async fn drive(target: &str) {
         .as_deref()
         .map_or(0, |state| state.parse().expect("a position"));
     let mut next_id = recovery.checkpoint_id.map_or(1, |id| id + 1);
-    println!("resuming at {position}, next checkpoint {next_id}");
+    // A checkpoint only some lanes committed: replay up to its position exactly and cut it
+    // there, as a stream processor replays its source to the checkpoint's barrier.
+    let mut replay_until: Option<i64> = recovery.partial.as_ref().map(|partial| {
+        assert_eq!(
+            partial.checkpoint_id, next_id,
+            "the partial checkpoint is the next one"
+        );
+        partial.state.parse().expect("a position")
+    });
+    println!("resuming at {position}, next checkpoint {next_id}, partial up to {replay_until:?}");
     let mut checkpoints_this_run = 0;
     let mut last_checkpoint = Instant::now();
     loop {
         let done = position >= EVENTS;
         if !done {
-            let end = (position + CHUNK).min(EVENTS);
+            let end = (position + CHUNK)
+                .min(EVENTS)
+                .min(replay_until.unwrap_or(i64::MAX));
             sink.write((position..end).map(event).collect())
                 .await
                 .expect("write");
             position = end;
             tokio::time::sleep(CHUNK_INTERVAL).await;
         }
-        if !done && last_checkpoint.elapsed() < CHECKPOINT_INTERVAL {
-            continue;
+        match replay_until {
+            Some(until) if position < until => continue,
+            Some(_) => replay_until = None,
+            None if !done && last_checkpoint.elapsed() < CHECKPOINT_INTERVAL => continue,
+            None => {}
         }
         last_checkpoint = Instant::now();
         checkpoints_this_run += 1;
