@@ -831,7 +831,6 @@ async fn write_generated(
     });
     let deadline = started + duration;
     let mut records = Vec::new();
-    let mut lag_max = Duration::ZERO;
     for k in 0u64.. {
         let due = match rate {
             Some(rate) => {
@@ -851,7 +850,6 @@ async fn write_generated(
             .ok_or_else(|| anyhow!("the row generator stopped"))?;
         let start = Instant::now();
         let lag = due.map_or(Duration::ZERO, |due| start.saturating_duration_since(due));
-        lag_max = lag_max.max(lag);
         let rows = chunk.len() as u64;
         sink.write(chunk).await?;
         if observe {
@@ -873,9 +871,17 @@ async fn write_generated(
     for (record, observer) in records.iter_mut().zip(observers) {
         record.durable = Some(observer.await??);
     }
+    // Paced runs only: the largest lag of any write (each record keeps its own).
+    let lag_max = rate.map(|_| {
+        records
+            .iter()
+            .map(|record| record.lag)
+            .max()
+            .unwrap_or_default()
+    });
     Ok(WriterReport {
         chunks: records,
-        lag_max: rate.map(|_| lag_max),
+        lag_max,
     })
 }
 
