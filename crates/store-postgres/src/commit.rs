@@ -86,6 +86,7 @@ pub(crate) struct GroupSql {
     timers: String,
     child: String,
     messages: String,
+    ended: String,
     restarts: String,
     unheld: String,
     future: String,
@@ -105,11 +106,11 @@ impl GroupSql {
                  ORDER BY instance_id FOR UPDATE"),
             // Ids are distinct within a group (the committer answers duplicates itself).
             create: sql("WITH wanted AS (
-                    SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])
-                        AS u(instance_id, name, input, message)),
+                    SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+                        AS u(instance_id, name, input, message, parent_id)),
                  created AS (
-                    INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms, due_at_ms)
-                    SELECT instance_id, name, 'pending', 1, input, {s}.now_ms($1), {s}.now_ms($1), {s}.now_ms($1) FROM wanted
+                    INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms, due_at_ms, parent_id)
+                    SELECT instance_id, name, 'pending', 1, input, {s}.now_ms($1), {s}.now_ms($1), {s}.now_ms($1), parent_id FROM wanted
                     ON CONFLICT (instance_id) DO NOTHING RETURNING instance_id)
                  INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
                  SELECT w.instance_id, {s}.now_ms($1), w.message
@@ -138,8 +139,8 @@ impl GroupSql {
             // A child's start: created with its start message, or, when the id is taken and the
             // start has a parent, a failure for the parent (if it is alive).
             child: sql("WITH created AS (
-                    INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms, due_at_ms)
-                    VALUES ($2, $3, 'pending', 1, $4, {s}.now_ms($1), {s}.now_ms($1), {s}.now_ms($1))
+                    INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms, due_at_ms, parent_id)
+                    VALUES ($2, $3, 'pending', 1, $4, {s}.now_ms($1), {s}.now_ms($1), {s}.now_ms($1), $6::text)
                     ON CONFLICT (instance_id) DO NOTHING RETURNING instance_id),
                  started AS (
                     INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
@@ -167,6 +168,11 @@ impl GroupSql {
                     UPDATE {s}.instances t SET due_at_ms = {due_now}
                     WHERE t.instance_id IN (SELECT instance_id FROM sent) AND t.status <> 'quarantined')
                  SELECT instance_id FROM sent"),
+            // The executions that continue as new keep their times (before the update below).
+            ended: sql("INSERT INTO {s}.executions (instance_id, execution_id, started_at_ms, finished_at_ms, history_len)
+                 SELECT i.instance_id, i.execution_id, i.started_at_ms, {s}.now_ms($1), e.history_len
+                 FROM unnest($2::text[], $3::bigint[]) AS e(instance_id, history_len)
+                 JOIN {s}.instances i ON i.instance_id = e.instance_id"),
             restarts: sql("INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
                  SELECT r.instance_id, {s}.now_ms($1), r.message
                  FROM unnest($2::text[], $3::text[]) AS r(instance_id, message)"),
@@ -190,6 +196,11 @@ impl GroupSql {
                     deliveries = 0,
                     due_at_ms = CASE WHEN u.finished OR COALESCE(u.status, i.status) = 'quarantined' THEN NULL
                         ELSE (SELECT min(m.visible_at_ms) FROM {s}.inbox m WHERE m.instance_id = i.instance_id) END,
+                    started_at_ms = CASE WHEN i.execution_id <> u.execution_id THEN {s}.now_ms($1)
+                        WHEN i.started_at_ms IS NULL AND COALESCE(u.status, i.status) <> 'pending' THEN {s}.now_ms($1)
+                        ELSE i.started_at_ms END,
+                    finished_at_ms = CASE WHEN COALESCE(u.status, i.status) IN ('completed', 'failed', 'cancelled')
+                        THEN COALESCE(i.finished_at_ms, {s}.now_ms($1)) END,
                     updated_at_ms = CASE WHEN i.status IS DISTINCT FROM COALESCE(u.status, i.status)
                         OR u.output IS NOT NULL OR u.failure IS NOT NULL
                         OR i.custom_status IS DISTINCT FROM COALESCE(u.custom_status, i.custom_status)
@@ -214,6 +225,7 @@ struct Prepared {
     timers: Statement,
     child: Statement,
     messages: Statement,
+    ended: Statement,
     restarts: Statement,
     unheld: Statement,
     future: Statement,
@@ -234,6 +246,7 @@ async fn prepare(
         timers: prepared(client, &sql.timers).await?,
         child: prepared(client, &sql.child).await?,
         messages: prepared(client, &sql.messages).await?,
+        ended: prepared(client, &sql.ended).await?,
         restarts: prepared(client, &sql.restarts).await?,
         unheld: prepared(client, &sql.unheld).await?,
         future: prepared(client, &sql.future).await?,
@@ -340,6 +353,7 @@ struct Columns<'c> {
     message_targets: Vec<&'c str>,
     message_texts: Vec<String>,
     restart_ids: Vec<&'c str>,
+    ended_lens: Vec<i64>,
     restart_messages: Vec<String>,
     unheld: Vec<&'c str>,
     finished: Vec<&'c str>,
@@ -406,6 +420,8 @@ impl<'c> Columns<'c> {
         }
         if let Some(restart) = &commit.continue_as_new {
             self.restart_ids.push(id);
+            let appended = i64::try_from(commit.append.len()).unwrap_or(i64::MAX);
+            self.ended_lens.push(from.saturating_add(appended));
             self.restart_messages.push(encode(restart));
         }
         let finished = commit.status.is_some_and(InstanceStatus::is_terminal);
@@ -519,7 +535,13 @@ async fn commit_group(
     // Phase 2: the valid turns' writes and the starts, then COMMIT.
     let mut verdicts = Vec::with_capacity(requests.len());
     let mut columns = Columns::default();
-    let mut creates: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<String>) = Default::default();
+    let mut creates: (
+        Vec<&str>,
+        Vec<&str>,
+        Vec<&str>,
+        Vec<String>,
+        Vec<Option<&str>>,
+    ) = Default::default();
     let mut seen_creates = HashSet::new();
     for request in requests {
         match request {
@@ -538,6 +560,12 @@ async fn commit_group(
                     creates.1.push(&start.name);
                     creates.2.push(&start.input);
                     creates.3.push(encode(&start.start_message()));
+                    creates.4.push(
+                        start
+                            .parent
+                            .as_ref()
+                            .map(|parent| parent.instance_id.as_str()),
+                    );
                 }
                 verdicts.push(Ok(first));
             }
@@ -558,7 +586,9 @@ async fn commit_group(
         statement!(
             create,
             create,
-            [&now, &creates.0, &creates.1, &creates.2, &creates.3]
+            [
+                &now, &creates.0, &creates.1, &creates.2, &creates.3, &creates.4
+            ]
         );
     }
     if !c.history_ids.is_empty() {
@@ -633,6 +663,7 @@ async fn commit_group(
         );
     }
     if !c.restart_ids.is_empty() {
+        statement!(other, ended, [&now, &c.restart_ids, &c.ended_lens]);
         statement!(other, restarts, [&now, &c.restart_ids, &c.restart_messages]);
     }
     if !c.unheld.is_empty() {

@@ -6,7 +6,7 @@
 use crate::store::prepared;
 use sluice_history::Failure;
 use sluice_store::stored::{decode, parse_status};
-use sluice_store::{InstanceInfo, StoreError, StoreResult};
+use sluice_store::{InstanceInfo, InstanceSummary, StoreError, StoreResult};
 use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Row;
@@ -25,27 +25,47 @@ pub(crate) struct Lookup {
 type Describe = dyn Fn(&tokio_postgres::Error) -> StoreError + Send + Sync;
 type PoolDescribe = dyn Fn(deadpool_postgres::PoolError) -> StoreError + Send + Sync;
 
-/// An instance row (`name, status, execution_id, input, output, failure, custom_status,
-/// created_at_ms, updated_at_ms, instance_id`) as the store's type.
-fn info(row: &Row) -> StoreResult<InstanceInfo> {
-    let instance_id: String = row.get(9);
-    let failure: Option<String> = row.get(5);
+/// The columns of [`sluice_store::listing::COLUMNS`] as the store's type.
+pub(crate) fn summary(row: &Row) -> StoreResult<InstanceSummary> {
+    let instance_id: String = row.get(0);
+    let failure: Option<String> = row.get(4);
     let failure = failure
         .as_deref()
         .map(|text| decode::<Failure>(text, || format!("failure of instance '{instance_id}'")))
         .transpose()?;
-    let status: String = row.get(1);
-    Ok(InstanceInfo {
-        name: row.get(0),
+    let status: String = row.get(2);
+    Ok(InstanceSummary {
+        name: row.get(1),
         status: parse_status(&status)?,
-        execution_id: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
-        input: row.get(3),
-        output: row.get(4),
+        execution_id: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
         failure,
-        custom_status: row.get(6),
+        custom_status: row.get(5),
+        parent_id: row.get(6),
         created_at_ms: row.get(7),
-        updated_at_ms: row.get(8),
+        started_at_ms: row.get(8),
+        updated_at_ms: row.get(9),
+        finished_at_ms: row.get(10),
         instance_id,
+    })
+}
+
+/// An instance row (the listing's columns, then `input, output`) as the store's type.
+fn info(row: &Row) -> StoreResult<InstanceInfo> {
+    let summary = summary(row)?;
+    Ok(InstanceInfo {
+        instance_id: summary.instance_id,
+        name: summary.name,
+        status: summary.status,
+        execution_id: summary.execution_id,
+        input: row.get(11),
+        output: row.get(12),
+        failure: summary.failure,
+        custom_status: summary.custom_status,
+        parent_id: summary.parent_id,
+        created_at_ms: summary.created_at_ms,
+        started_at_ms: summary.started_at_ms,
+        updated_at_ms: summary.updated_at_ms,
+        finished_at_ms: summary.finished_at_ms,
     })
 }
 
@@ -88,7 +108,7 @@ pub(crate) async fn reader(
                             StoreError::Corrupt(text) => text,
                             other => other.to_string(),
                         });
-                        (row.get::<_, String>(9), info)
+                        (row.get::<_, String>(0), info)
                     })
                     .collect();
                 for lookup in batch {

@@ -23,11 +23,13 @@
 //! consumes the messages), so a claim reads the inbox rows and writes none.
 //!
 //! Version 1 has not been released; it is changed in place until the first release.
+//!
+//! Version 2 adds what operators list and count instances by (see [`V2`]).
 
 use tokio_postgres::Client;
 
 /// The schema version this build writes.
-pub(crate) const SCHEMA_VERSION: i32 = 1;
+pub(crate) const SCHEMA_VERSION: i32 = 2;
 
 /// Version 1. `{s}` is the quoted schema name.
 const V1: &str = r#"
@@ -81,6 +83,103 @@ CREATE TABLE {s}.activities (
 );
 CREATE INDEX activities_visible ON {s}.activities (visible_at_ms, item_id);
 CREATE INDEX activities_instance ON {s}.activities (instance_id);
+"#;
+
+/// Version 2: listing and counting instances.
+///
+/// - The parent, when the current execution started running and when the instance finished
+///   are columns; `derive_listing(ids)` fills them from the histories and start messages (for
+///   every row here, for the imported ones after a `sluice store copy`).
+/// - Listings walk `instances_status_created` or `instances_status_updated`, one range per
+///   status, merged (see `sluice_store::listing`); `instances_name_created` serves a name
+///   filter, `instances_parent` the children of one parent.
+/// - Counts are kept, not counted: a trigger appends a row to `instance_count_deltas` on every
+///   insert, status change and delete of an instance (appends take no lock another writer
+///   waits for, where one counter row per status would serialise every commit), and
+///   `compact_instance_counts()` folds the deltas into `instance_counts` (the store does it
+///   every few seconds and before it reads them). A count is the sum of both tables.
+/// - `executions` keeps the times of executions that continued as new.
+const V2: &str = r#"
+ALTER TABLE {s}.instances ADD COLUMN parent_id text, ADD COLUMN started_at_ms bigint,
+    ADD COLUMN finished_at_ms bigint;
+CREATE TABLE {s}.executions (
+    instance_id    text NOT NULL,
+    execution_id   bigint NOT NULL,
+    started_at_ms  bigint,
+    finished_at_ms bigint NOT NULL,
+    history_len    bigint NOT NULL,
+    PRIMARY KEY (instance_id, execution_id)
+);
+CREATE FUNCTION {s}.derive_listing(ids text[]) RETURNS void LANGUAGE sql AS $$
+    UPDATE {s}.instances i SET
+        finished_at_ms = CASE WHEN i.status IN ('completed', 'failed', 'cancelled') THEN i.updated_at_ms END,
+        started_at_ms = CASE WHEN i.status = 'pending' THEN NULL ELSE COALESCE(
+            (SELECT (h.event::jsonb ->> 'now_ms')::bigint FROM {s}.history h
+              WHERE h.instance_id = i.instance_id AND h.execution_id = i.execution_id
+                AND h.event::jsonb ->> 'type' = 'turn_started'
+              ORDER BY h.position LIMIT 1),
+            i.created_at_ms) END,
+        parent_id = COALESCE(
+            (SELECT h.event::jsonb -> 'parent' ->> 'instance_id' FROM {s}.history h
+              WHERE h.instance_id = i.instance_id
+                AND h.event::jsonb ->> 'type' = 'orchestration_started'
+              ORDER BY h.execution_id, h.position LIMIT 1),
+            (SELECT m.message::jsonb -> 'parent' ->> 'instance_id' FROM {s}.inbox m
+              WHERE m.instance_id = i.instance_id AND m.message::jsonb ->> 'type' = 'start'
+              ORDER BY m.message_id LIMIT 1))
+    WHERE ids IS NULL OR i.instance_id = ANY(ids);
+    INSERT INTO {s}.executions (instance_id, execution_id, started_at_ms, finished_at_ms, history_len)
+    SELECT h.instance_id, h.execution_id,
+           min((h.event::jsonb ->> 'now_ms')::bigint) FILTER (WHERE h.event::jsonb ->> 'type' = 'turn_started'),
+           COALESCE(max((h.event::jsonb ->> 'now_ms')::bigint) FILTER (WHERE h.event::jsonb ->> 'type' = 'turn_started'), 0),
+           max(h.position) + 1
+    FROM {s}.history h JOIN {s}.instances i ON i.instance_id = h.instance_id
+    WHERE h.execution_id < i.execution_id AND (ids IS NULL OR h.instance_id = ANY(ids))
+    GROUP BY h.instance_id, h.execution_id
+    ON CONFLICT DO NOTHING;
+$$;
+SELECT {s}.derive_listing(NULL);
+CREATE INDEX instances_status_created ON {s}.instances (status, created_at_ms, instance_id);
+CREATE INDEX instances_status_updated ON {s}.instances (status, updated_at_ms, instance_id);
+CREATE INDEX instances_name_created ON {s}.instances (name, created_at_ms, instance_id);
+CREATE INDEX instances_parent ON {s}.instances (parent_id) WHERE parent_id IS NOT NULL;
+
+CREATE TABLE {s}.instance_counts (
+    status text NOT NULL,
+    name   text NOT NULL,
+    n      bigint NOT NULL,
+    PRIMARY KEY (status, name)
+);
+CREATE TABLE {s}.instance_count_deltas (
+    status text NOT NULL,
+    name   text NOT NULL,
+    delta  bigint NOT NULL
+);
+INSERT INTO {s}.instance_counts (status, name, n)
+    SELECT status, name, count(*) FROM {s}.instances GROUP BY status, name;
+CREATE FUNCTION {s}.count_instance_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {s}.instance_count_deltas VALUES (NEW.status, NEW.name, 1);
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO {s}.instance_count_deltas VALUES (OLD.status, OLD.name, -1);
+    ELSE
+        INSERT INTO {s}.instance_count_deltas VALUES (OLD.status, OLD.name, -1), (NEW.status, NEW.name, 1);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER instance_counts_insert AFTER INSERT ON {s}.instances
+    FOR EACH ROW EXECUTE FUNCTION {s}.count_instance_change();
+CREATE TRIGGER instance_counts_update AFTER UPDATE OF status ON {s}.instances
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION {s}.count_instance_change();
+CREATE TRIGGER instance_counts_delete AFTER DELETE ON {s}.instances
+    FOR EACH ROW EXECUTE FUNCTION {s}.count_instance_change();
+CREATE FUNCTION {s}.compact_instance_counts() RETURNS void LANGUAGE sql AS $$
+    WITH moved AS (DELETE FROM {s}.instance_count_deltas RETURNING status, name, delta)
+    INSERT INTO {s}.instance_counts AS c (status, name, n)
+    SELECT status, name, sum(delta) FROM moved GROUP BY status, name
+    ON CONFLICT (status, name) DO UPDATE SET n = c.n + EXCLUDED.n;
+$$;
 "#;
 
 /// Why the schema could not be brought up to date.
@@ -155,7 +254,7 @@ pub(crate) async fn migrate(
             supported: SCHEMA_VERSION,
         });
     }
-    let steps = [V1];
+    let steps = [V1, V2];
     for (index, step) in steps.iter().enumerate() {
         let version = i32::try_from(index + 1).expect("few steps");
         if version <= found {

@@ -9,8 +9,9 @@ use sluice_history::{Event, Failure, InstanceStatus, Message, TimestampMs};
 use sluice_postgres::{ConnectError, ConnectOptions, PoolOptions};
 use sluice_store::stored::{decode, encode, parse_status};
 use sluice_store::{
-    ActivityResult, ActivityWorkItem, Clock, ExportedInstance, InstanceInfo, LockedTurn, Names,
-    NewActivity, NewInstance, Signals, Store, StoreError, StoreResult, TurnCommit, Work,
+    ActivityResult, ActivityWorkItem, Clock, ExecutionInfo, ExecutionStatus, ExportedInstance,
+    InstanceCount, InstanceInfo, InstancePage, InstanceQuery, LockedTurn, Names, NewActivity,
+    NewInstance, Signals, Store, StoreError, StoreResult, TurnCommit, Work,
 };
 use std::fmt;
 use std::sync::Arc;
@@ -156,6 +157,8 @@ pub(crate) const DUE_NOW: &str = "CASE WHEN t.locked_until_ms > {s}.now_ms($1) T
 
 /// The store's statements, with the schema name in place.
 struct Sql {
+    /// The quoted schema.
+    schema: String,
     create_instance: String,
     instance_status: String,
     insert_message_if_live: String,
@@ -173,7 +176,10 @@ struct Sql {
     next_wake_turns: String,
     next_wake_activities: String,
     now: String,
-    count_by_status: String,
+    instance_counts: String,
+    compact_counts: String,
+    executions: String,
+    derive_listing: String,
     import_exists: String,
     import_instances: String,
     import_history: String,
@@ -190,10 +196,11 @@ impl Sql {
                 .replace("{s}", s)
         };
         Sql {
+            schema: s.to_string(),
             create_instance: sql(
                 "WITH created AS (
-                    INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms, due_at_ms)
-                    VALUES ($2, $3, 'pending', 1, $4, {s}.now_ms($1), {s}.now_ms($1), {s}.now_ms($1))
+                    INSERT INTO {s}.instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms, due_at_ms, parent_id)
+                    VALUES ($2, $3, 'pending', 1, $4, {s}.now_ms($1), {s}.now_ms($1), {s}.now_ms($1), $6)
                     ON CONFLICT (instance_id) DO NOTHING RETURNING instance_id)
                  INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
                  SELECT instance_id, {s}.now_ms($1), $5 FROM created RETURNING instance_id",
@@ -262,7 +269,8 @@ impl Sql {
             ),
             read_history: sql(
                 "SELECT position, event FROM {s}.history
-                 WHERE instance_id = $1 AND execution_id = $2 AND position >= $3 ORDER BY position",
+                 WHERE instance_id = $1 AND execution_id = $2 AND position >= $3 ORDER BY position
+                 LIMIT $4",
             ),
             // Visible messages wait `$4` more; the instance is due when the first of them or
             // of its later messages is visible.
@@ -325,11 +333,10 @@ impl Sql {
                     attempt = CASE WHEN $5 THEN GREATEST(attempt - 1, 0) ELSE attempt END
                  WHERE item_id = $3 AND lock_token = $2 AND visible_at_ms > {s}.now_ms($1)",
             ),
-            instance: sql(
-                "SELECT name, status, execution_id, input, output, failure, custom_status,
-                        created_at_ms, updated_at_ms, instance_id
-                 FROM {s}.instances WHERE instance_id = ANY($1::text[])",
-            ),
+            instance: sql(&format!(
+                "SELECT {}, input, output FROM {{s}}.instances WHERE instance_id = ANY($1::text[])",
+                sluice_store::listing::COLUMNS
+            )),
             // A locked instance is due when its lease ends: one minimum covers both.
             next_wake_turns: sql(
                 "SELECT min(due_at_ms) FROM {s}.instances WHERE due_at_ms > $1
@@ -364,9 +371,22 @@ impl Sql {
                     $6::text[], $7::int4[], $8::bigint[], $9::text[])",
             ),
             now: sql("SELECT {s}.now_ms($1)"),
-            count_by_status: sql(
-                "SELECT status, count(*) FROM {s}.instances GROUP BY status ORDER BY status",
+            instance_counts: sql(
+                "SELECT status, name, sum(n)::bigint FROM (
+                    SELECT status, name, n FROM {s}.instance_counts
+                    UNION ALL SELECT status, name, delta FROM {s}.instance_count_deltas) AS c
+                 GROUP BY status, name HAVING sum(n) > 0 ORDER BY status, name",
             ),
+            compact_counts: sql("SELECT {s}.compact_instance_counts()"),
+            executions: sql(
+                "SELECT execution_id, started_at_ms, finished_at_ms, history_len, NULL::text
+                 FROM {s}.executions WHERE instance_id = $1
+                 UNION ALL
+                 SELECT execution_id, started_at_ms, finished_at_ms, history_len, status
+                 FROM {s}.instances WHERE instance_id = $1
+                 ORDER BY 1",
+            ),
+            derive_listing: sql("SELECT {s}.derive_listing($1::text[])"),
         }
     }
 }
@@ -451,6 +471,10 @@ impl PostgresStore {
                 }),
             ))
             .abort_handle(),
+        ));
+        tasks.push(AbortOnDrop(
+            tokio::spawn(fold_counts(pool.clone(), Sql::new(&quoted).compact_counts))
+                .abort_handle(),
         ));
         let mut announcer = None;
         if options.listen {
@@ -612,10 +636,47 @@ impl PostgresStore {
             )
             .await
             .map_err(e)?;
+        // What listings filter by, from the histories just written.
+        transaction
+            .execute(&self.sql.derive_listing, &[&ids])
+            .await
+            .map_err(e)?;
         transaction.commit().await.map_err(e)?;
         self.wake_orchestrations();
         self.wake_activities();
         Ok(batch.len())
+    }
+
+    /// An execution's history from `from` on, at most `max` events.
+    async fn history_range(
+        &self,
+        instance_id: &str,
+        execution_id: u64,
+        from: u64,
+        max: Option<usize>,
+    ) -> StoreResult<Vec<Event>> {
+        let client = self.client().await?;
+        let execution = to_i64(execution_id);
+        let limit = max.map(|max| i64::try_from(max).unwrap_or(i64::MAX));
+        let rows = client
+            .query(
+                &prepared(&client, &self.sql.read_history)
+                    .await
+                    .map_err(|error| self.db_error(error))?,
+                &[&instance_id, &execution, &to_i64(from), &limit],
+            )
+            .await
+            .map_err(|error| self.db_error(error))?;
+        rows.iter()
+            .map(|row| {
+                let position: i64 = row.get(0);
+                decode(row.get(1), || {
+                    format!(
+                        "history event {position} of instance '{instance_id}' execution {execution}"
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Writes of this store refused so far because their claim's lease was lost (a stale
@@ -755,6 +816,27 @@ impl<'a> ImportColumns<'a> {
                 .push(i32::try_from(activity.attempt).unwrap_or(i32::MAX));
             self.a_visible.push(activity.visible_at_ms);
             self.a_queues.push(activity.task_queue.as_deref());
+        }
+    }
+}
+
+/// How often a store folds the instance count deltas into the counts, in milliseconds.
+pub(crate) const COUNTS_FOLD_INTERVAL_MS: u64 = 5_000;
+
+/// Folds the count deltas every [`COUNTS_FOLD_INTERVAL_MS`], so that they stay few however long
+/// nobody reads the counts. Every process does; concurrent folds are safe (each moves the
+/// deltas it deletes, and a row deleted by one is skipped by the others).
+async fn fold_counts(pool: Pool, sql: String) {
+    let mut tick = tokio::time::interval(Duration::from_millis(COUNTS_FOLD_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Ok(client) = pool.get().await else {
+            continue;
+        };
+        if let Err(error) = client.execute(&sql, &[]).await {
+            tracing::debug!(%error, "folding the instance count deltas failed");
         }
     }
 }
@@ -899,6 +981,10 @@ impl Store for PostgresStore {
                         &start.name,
                         &start.input,
                         &encode(&start.start_message()),
+                        &start
+                            .parent
+                            .as_ref()
+                            .map(|parent| parent.instance_id.as_str()),
                     ],
                 )
                 .await
@@ -1011,27 +1097,19 @@ impl Store for PostgresStore {
         execution_id: u64,
         from: u64,
     ) -> StoreResult<Vec<Event>> {
-        let client = self.client().await?;
-        let execution = to_i64(execution_id);
-        let rows = client
-            .query(
-                &prepared(&client, &self.sql.read_history)
-                    .await
-                    .map_err(|error| self.db_error(error))?,
-                &[&instance_id, &execution, &to_i64(from)],
-            )
+        self.history_range(instance_id, execution_id, from, None)
             .await
-            .map_err(|error| self.db_error(error))?;
-        rows.iter()
-            .map(|row| {
-                let position: i64 = row.get(0);
-                decode(row.get(1), || {
-                    format!(
-                        "history event {position} of instance '{instance_id}' execution {execution}"
-                    )
-                })
-            })
-            .collect()
+    }
+
+    async fn read_history_page(
+        &self,
+        instance_id: &str,
+        execution_id: u64,
+        from: u64,
+        max: usize,
+    ) -> StoreResult<Vec<Event>> {
+        self.history_range(instance_id, execution_id, from, Some(max))
+            .await
     }
 
     async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<Vec<ActivityWorkItem>> {
@@ -1367,11 +1445,54 @@ impl Store for PostgresStore {
         Ok(row.get(0))
     }
 
-    async fn count_by_status(&self) -> StoreResult<Vec<(InstanceStatus, u64)>> {
+    async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<InstancePage> {
+        if query.limit() == 0 {
+            return Ok(InstancePage::default());
+        }
+        let listing = sluice_store::listing::listing_sql(
+            query,
+            &format!("{}.instances", self.sql.schema),
+            &|n| format!("${n}"),
+            &|column, at| format!("starts_with({column}, {at})"),
+        );
+        let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = listing
+            .params
+            .into_iter()
+            .map(
+                |param| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+                    match param {
+                        sluice_store::listing::Param::Text(text) => Box::new(text),
+                        sluice_store::listing::Param::Int(value) => Box::new(value),
+                    }
+                },
+            )
+            .collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|param| param.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
         let client = self.client().await?;
         let rows = client
+            .query(&listing.sql, &params)
+            .await
+            .map_err(|error| self.db_error(error))?;
+        let instances = rows
+            .iter()
+            .map(read::summary)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(sluice_store::listing::into_page(query, instances))
+    }
+
+    async fn instance_counts(&self) -> StoreResult<Vec<InstanceCount>> {
+        let client = self.client().await?;
+        // Folding the deltas first keeps the read short; it is correct without (the sum covers
+        // both tables), so a failed fold only costs time.
+        if let Err(error) = client.execute(&self.sql.compact_counts, &[]).await {
+            tracing::debug!(error = %self.db_error(error), "folding the instance count deltas failed");
+        }
+        let rows = client
             .query(
-                &prepared(&client, &self.sql.count_by_status)
+                &prepared(&client, &self.sql.instance_counts)
                     .await
                     .map_err(|error| self.db_error(error))?,
                 &[],
@@ -1381,8 +1502,39 @@ impl Store for PostgresStore {
         rows.iter()
             .map(|row| {
                 let status: String = row.get(0);
-                let count: i64 = row.get(1);
-                Ok((parse_status(&status)?, to_u64(count)))
+                Ok(InstanceCount {
+                    status: parse_status(&status)?,
+                    name: row.get(1),
+                    count: to_u64(row.get(2)),
+                })
+            })
+            .collect()
+    }
+
+    async fn executions(&self, instance_id: &str) -> StoreResult<Vec<ExecutionInfo>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &prepared(&client, &self.sql.executions)
+                    .await
+                    .map_err(|error| self.db_error(error))?,
+                &[&instance_id],
+            )
+            .await
+            .map_err(|error| self.db_error(error))?;
+        rows.iter()
+            .map(|row| {
+                let status: Option<String> = row.get(4);
+                Ok(ExecutionInfo {
+                    execution_id: to_u64(row.get(0)),
+                    status: match status {
+                        None => ExecutionStatus::ContinuedAsNew,
+                        Some(status) => ExecutionStatus::Current(parse_status(&status)?),
+                    },
+                    started_at_ms: row.get(1),
+                    finished_at_ms: row.get(2),
+                    history_len: to_u64(row.get(3)),
+                })
             })
             .collect()
     }

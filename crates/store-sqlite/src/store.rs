@@ -7,9 +7,10 @@ use sluice_sqlite::{
 };
 use sluice_store::stored::{decode, encode, parse_status};
 use sluice_store::{
-    ActivityResult, ActivityWorkItem, Clock, ExportedActivity, ExportedInstance, ExportedMessage,
-    InstanceInfo, LockedTurn, Names, NewActivity, NewInstance, Outbound, Signals, Store,
-    StoreError, StoreResult, SystemClock, TurnCommit, Work,
+    ActivityResult, ActivityWorkItem, Clock, ExecutionInfo, ExecutionStatus, ExportedActivity,
+    ExportedInstance, ExportedMessage, InstanceCount, InstanceInfo, InstancePage, InstanceQuery,
+    InstanceSummary, LockedTurn, Names, NewActivity, NewInstance, Outbound, Signals, Store,
+    StoreError, StoreResult, SystemClock, TurnCommit, Work, listing,
 };
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -429,6 +430,101 @@ impl SqliteStore {
             None => self.write(job).await,
         }
     }
+
+    /// An execution's history from `from` on, at most `max` events.
+    async fn history_range(
+        &self,
+        instance_id: &str,
+        execution_id: u64,
+        from: u64,
+        max: Option<usize>,
+    ) -> StoreResult<Vec<Event>> {
+        let instance_id = instance_id.to_string();
+        let execution = i64::try_from(execution_id).unwrap_or(i64::MAX);
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        let limit = max.map_or(-1, |max| i64::try_from(max).unwrap_or(i64::MAX));
+        self.read(move |connection, _now| {
+            let rows = connection
+                .prepare_cached(
+                    "SELECT position, event FROM history
+                     WHERE instance_id = ?1 AND execution_id = ?2 AND position >= ?3
+                     ORDER BY position LIMIT ?4",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_map(params![instance_id, execution, from, limit], |row| {
+                            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_error)?;
+            rows.iter()
+                .map(|(position, text)| {
+                    decode(text, || {
+                        format!(
+                            "history event {position} of instance '{instance_id}' execution {execution}"
+                        )
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+/// The columns of [`listing::COLUMNS`] as read, before decoding.
+struct SummaryRow {
+    instance_id: String,
+    name: String,
+    status: String,
+    execution_id: i64,
+    failure: Option<String>,
+    custom_status: Option<String>,
+    parent_id: Option<String>,
+    created_at_ms: i64,
+    started_at_ms: Option<i64>,
+    updated_at_ms: i64,
+    finished_at_ms: Option<i64>,
+}
+
+impl SummaryRow {
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(SummaryRow {
+            instance_id: row.get(0)?,
+            name: row.get(1)?,
+            status: row.get(2)?,
+            execution_id: row.get(3)?,
+            failure: row.get(4)?,
+            custom_status: row.get(5)?,
+            parent_id: row.get(6)?,
+            created_at_ms: row.get(7)?,
+            started_at_ms: row.get(8)?,
+            updated_at_ms: row.get(9)?,
+            finished_at_ms: row.get(10)?,
+        })
+    }
+
+    fn decode(self) -> StoreResult<InstanceSummary> {
+        let instance_id = self.instance_id;
+        let failure = self
+            .failure
+            .as_deref()
+            .map(|text| decode::<Failure>(text, || format!("failure of instance '{instance_id}'")))
+            .transpose()?;
+        Ok(InstanceSummary {
+            name: self.name,
+            status: parse_status(&self.status)?,
+            execution_id: u64::try_from(self.execution_id).unwrap_or(0),
+            failure,
+            custom_status: self.custom_status,
+            parent_id: self.parent_id,
+            created_at_ms: self.created_at_ms,
+            started_at_ms: self.started_at_ms,
+            updated_at_ms: self.updated_at_ms,
+            finished_at_ms: self.finished_at_ms,
+            instance_id,
+        })
+    }
 }
 
 fn insert_message(
@@ -477,11 +573,17 @@ fn insert_instance(
 ) -> StoreResult<bool> {
     let inserted = connection
         .prepare_cached(
-            "INSERT INTO instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms)
-             VALUES (?1, ?2, 'pending', 1, ?3, ?4, ?4) ON CONFLICT (instance_id) DO NOTHING",
+            "INSERT INTO instances (instance_id, name, status, execution_id, input, created_at_ms, updated_at_ms, parent_id)
+             VALUES (?1, ?2, 'pending', 1, ?3, ?4, ?4, ?5) ON CONFLICT (instance_id) DO NOTHING",
         )
         .and_then(|mut statement| {
-            statement.execute(params![start.instance_id, start.name, start.input, now])
+            statement.execute(params![
+                start.instance_id,
+                start.name,
+                start.input,
+                now,
+                start.parent.as_ref().map(|parent| parent.instance_id.as_str())
+            ])
         })
         .map_err(db_error)?;
     if inserted == 1 {
@@ -681,6 +783,21 @@ fn commit_turn_in(
     let mut new_execution = execution;
     let mut new_input: Option<String> = None;
     if let Some(start) = &commit.continue_as_new {
+        // The execution that ends keeps its times; the instance row describes the next one.
+        let ended_len = commit.history_from + commit.append.len() as u64;
+        connection
+            .prepare_cached(
+                "INSERT INTO executions (instance_id, execution_id, started_at_ms, finished_at_ms, history_len)
+                 SELECT instance_id, execution_id, started_at_ms, ?2, ?3 FROM instances WHERE instance_id = ?1",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![
+                    commit.instance_id,
+                    now,
+                    i64::try_from(ended_len).unwrap_or(i64::MAX)
+                ])
+            })
+            .map_err(db_error)?;
         new_execution += 1;
         if let Message::Start { input, .. } = start {
             new_input = Some(input.clone());
@@ -705,7 +822,14 @@ fn commit_turn_in(
                     custom_status = COALESCE(?5, custom_status),
                     execution_id = ?6,
                     input = COALESCE(?7, input),
-                    updated_at_ms = ?8
+                    updated_at_ms = ?8,
+                    started_at_ms = CASE
+                        WHEN execution_id != ?6 THEN ?8
+                        WHEN started_at_ms IS NULL AND COALESCE(?2, status) != 'pending' THEN ?8
+                        ELSE started_at_ms END,
+                    finished_at_ms = CASE
+                        WHEN COALESCE(?2, status) IN ('completed', 'failed', 'cancelled')
+                        THEN COALESCE(finished_at_ms, ?8) END
                  WHERE instance_id = ?1 AND (
                     status IS NOT COALESCE(?2, status)
                     OR ?3 IS NOT NULL OR ?4 IS NOT NULL
@@ -1130,35 +1254,8 @@ impl Store for SqliteStore {
         execution_id: u64,
         from: u64,
     ) -> StoreResult<Vec<Event>> {
-        let instance_id = instance_id.to_string();
-        let execution = i64::try_from(execution_id).unwrap_or(i64::MAX);
-        let from = i64::try_from(from).unwrap_or(i64::MAX);
-        self.read(move |connection, _now| {
-            let rows = connection
-                .prepare_cached(
-                    "SELECT position, event FROM history
-                     WHERE instance_id = ?1 AND execution_id = ?2 AND position >= ?3
-                     ORDER BY position",
-                )
-                .and_then(|mut statement| {
-                    statement
-                        .query_map(params![instance_id, execution, from], |row| {
-                            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-                        })?
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .map_err(db_error)?;
-            rows.iter()
-                .map(|(position, text)| {
-                    decode(text, || {
-                        format!(
-                            "history event {position} of instance '{instance_id}' execution {execution}"
-                        )
-                    })
-                })
-                .collect()
-        })
-        .await
+        self.history_range(instance_id, execution_id, from, None)
+            .await
     }
 
     async fn commit_turn(&self, commit: TurnCommit) -> StoreResult<Vec<ActivityWorkItem>> {
@@ -1373,63 +1470,174 @@ impl Store for SqliteStore {
         let instance_id = instance_id.to_string();
         self.read(move |connection, _now| {
             let row = connection
+                .prepare_cached(&format!(
+                    "SELECT {}, input, output FROM instances WHERE instance_id = ?1",
+                    listing::COLUMNS
+                ))
+                .and_then(|mut statement| {
+                    statement
+                        .query_row(params![instance_id], |row| {
+                            Ok((
+                                SummaryRow::read(row)?,
+                                row.get::<_, String>(11)?,
+                                row.get::<_, Option<String>>(12)?,
+                            ))
+                        })
+                        .optional()
+                })
+                .map_err(db_error)?;
+            let Some((summary, input, output)) = row else {
+                return Ok(None);
+            };
+            let summary = summary.decode()?;
+            Ok(Some(InstanceInfo {
+                instance_id: summary.instance_id,
+                name: summary.name,
+                status: summary.status,
+                execution_id: summary.execution_id,
+                input,
+                output,
+                failure: summary.failure,
+                custom_status: summary.custom_status,
+                parent_id: summary.parent_id,
+                created_at_ms: summary.created_at_ms,
+                started_at_ms: summary.started_at_ms,
+                updated_at_ms: summary.updated_at_ms,
+                finished_at_ms: summary.finished_at_ms,
+            }))
+        })
+        .await
+    }
+
+    async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<InstancePage> {
+        if query.limit() == 0 {
+            return Ok(InstancePage::default());
+        }
+        let listing =
+            listing::listing_sql(query, "instances", &|n| format!("?{n}"), &|column, at| {
+                format!("substr({column}, 1, length({at})) = {at}")
+            });
+        let rows = self
+            .read(move |connection, _now| {
+                let params: Vec<rusqlite::types::Value> = listing
+                    .params
+                    .into_iter()
+                    .map(|param| match param {
+                        listing::Param::Text(text) => rusqlite::types::Value::Text(text),
+                        listing::Param::Int(value) => rusqlite::types::Value::Integer(value),
+                    })
+                    .collect();
+                let rows = connection
+                    .prepare(&listing.sql)
+                    .and_then(|mut statement| {
+                        statement
+                            .query_map(rusqlite::params_from_iter(params), SummaryRow::read)?
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .map_err(db_error)?;
+                rows.into_iter().map(SummaryRow::decode).collect()
+            })
+            .await?;
+        Ok(listing::into_page(query, rows))
+    }
+
+    async fn instance_counts(&self) -> StoreResult<Vec<InstanceCount>> {
+        self.read(move |connection, _now| {
+            let rows = connection
                 .prepare_cached(
-                    "SELECT name, status, execution_id, input, output, failure, custom_status,
-                            created_at_ms, updated_at_ms
-                     FROM instances WHERE instance_id = ?1",
+                    "SELECT status, name, n FROM instance_counts WHERE n > 0 ORDER BY status, name",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_map([], |row| {
+                            Ok((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, String>(1)?,
+                                row.get::<_, i64>(2)?,
+                            ))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_error)?;
+            rows.into_iter()
+                .map(|(status, name, count)| {
+                    Ok(InstanceCount {
+                        status: parse_status(&status)?,
+                        name,
+                        count: u64::try_from(count).unwrap_or(0),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn executions(&self, instance_id: &str) -> StoreResult<Vec<ExecutionInfo>> {
+        let instance_id = instance_id.to_string();
+        self.read(move |connection, _now| {
+            let ended = connection
+                .prepare_cached(
+                    "SELECT execution_id, started_at_ms, finished_at_ms, history_len FROM executions
+                     WHERE instance_id = ?1 ORDER BY execution_id",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_map(params![instance_id], |row| {
+                            Ok(ExecutionInfo {
+                                execution_id: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                                status: ExecutionStatus::ContinuedAsNew,
+                                started_at_ms: row.get(1)?,
+                                finished_at_ms: Some(row.get(2)?),
+                                history_len: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+                            })
+                        })?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_error)?;
+            let current = connection
+                .prepare_cached(
+                    "SELECT status, execution_id, started_at_ms, finished_at_ms FROM instances
+                     WHERE instance_id = ?1",
                 )
                 .and_then(|mut statement| {
                     statement
                         .query_row(params![instance_id], |row| {
                             Ok((
                                 row.get::<_, String>(0)?,
-                                row.get::<_, String>(1)?,
-                                row.get::<_, i64>(2)?,
-                                row.get::<_, String>(3)?,
-                                row.get::<_, Option<String>>(4)?,
-                                row.get::<_, Option<String>>(5)?,
-                                row.get::<_, Option<String>>(6)?,
-                                row.get::<_, i64>(7)?,
-                                row.get::<_, i64>(8)?,
+                                row.get::<_, i64>(1)?,
+                                row.get::<_, Option<i64>>(2)?,
+                                row.get::<_, Option<i64>>(3)?,
                             ))
                         })
                         .optional()
                 })
                 .map_err(db_error)?;
-            let Some((
-                name,
-                status,
-                execution_id,
-                input,
-                output,
-                failure,
-                custom_status,
-                created,
-                updated,
-            )) = row
-            else {
-                return Ok(None);
+            let Some((status, execution_id, started, finished)) = current else {
+                return Ok(Vec::new());
             };
-            let failure = failure
-                .as_deref()
-                .map(|text| {
-                    decode::<Failure>(text, || format!("failure of instance '{instance_id}'"))
-                })
-                .transpose()?;
-            Ok(Some(InstanceInfo {
-                instance_id,
-                name,
-                status: parse_status(&status)?,
+            let mut executions = ended;
+            executions.push(ExecutionInfo {
                 execution_id: u64::try_from(execution_id).unwrap_or(0),
-                input,
-                output,
-                failure,
-                custom_status,
-                created_at_ms: created,
-                updated_at_ms: updated,
-            }))
+                status: ExecutionStatus::Current(parse_status(&status)?),
+                started_at_ms: started,
+                finished_at_ms: finished,
+                history_len: u64::try_from(history_len_of(connection, &instance_id, execution_id)?)
+                    .unwrap_or(0),
+            });
+            Ok(executions)
         })
         .await
+    }
+
+    async fn read_history_page(
+        &self,
+        instance_id: &str,
+        execution_id: u64,
+        from: u64,
+        max: usize,
+    ) -> StoreResult<Vec<Event>> {
+        self.history_range(instance_id, execution_id, from, Some(max))
+            .await
     }
 
     async fn next_wake_at(&self, work: Work) -> StoreResult<Option<TimestampMs>> {
@@ -1476,29 +1684,5 @@ impl Store for SqliteStore {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         })
-    }
-
-    async fn count_by_status(&self) -> StoreResult<Vec<(InstanceStatus, u64)>> {
-        self.read(move |connection, _now| {
-            let rows = connection
-                .prepare_cached(
-                    "SELECT status, COUNT(*) FROM instances GROUP BY status ORDER BY status",
-                )
-                .and_then(|mut statement| {
-                    statement
-                        .query_map([], |row| {
-                            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-                        })?
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .map_err(db_error)?;
-            rows.into_iter()
-                .map(|(status, count)| {
-                    let status = parse_status(&status)?;
-                    Ok((status, u64::try_from(count).unwrap_or(0)))
-                })
-                .collect()
-        })
-        .await
     }
 }

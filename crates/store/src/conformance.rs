@@ -1075,6 +1075,493 @@ pub async fn fetches_hand_out_only_the_names_asked_for<S: Store>(h: Harness<S>) 
     assert_eq!(rest, ["a", "c"]);
 }
 
+/// Creates `id` and takes its first turn to `status` (a pending instance is only created).
+async fn run_to<S: Store>(
+    store: &S,
+    start: NewInstance,
+    status: InstanceStatus,
+    clock: &ManualClock,
+) {
+    let id = start.instance_id.clone();
+    assert!(store.create_instance(start).await.unwrap());
+    if status == InstanceStatus::Pending {
+        return;
+    }
+    clock.advance_ms(3);
+    // Instances left pending are handed out too: take this one's turn, put theirs back.
+    let mut turn = None;
+    for fetched in store.fetch_turns(100, LEASE, &[]).await.unwrap() {
+        if fetched.instance_id == id {
+            turn = Some(fetched);
+        } else {
+            store
+                .release_turn(&fetched.instance_id, fetched.lock_token, Duration::ZERO)
+                .await
+                .unwrap();
+        }
+    }
+    let turn = turn.expect("the start turn");
+    let consumed = turn.messages.iter().map(|(message_id, _)| *message_id);
+    let commit = TurnCommit {
+        instance_id: id.clone(),
+        lock_token: turn.lock_token,
+        execution_id: 1,
+        history_from: 0,
+        append: vec![Event::TurnStarted { now_ms: 0 }],
+        consumed: consumed.collect(),
+        status: Some(status),
+        output: (status == InstanceStatus::Completed).then(|| "done".to_string()),
+        failure: matches!(status, InstanceStatus::Failed | InstanceStatus::Cancelled)
+            .then(|| Failure::new("boom", "it failed")),
+        custom_status: Some(format!("at {id}")),
+        ..TurnCommit::default()
+    };
+    store.commit_turn(commit).await.unwrap();
+}
+
+/// What a listing should return, computed from the instances' own rows.
+async fn expected_page<S: Store>(
+    store: &S,
+    ids: &[String],
+    query: &crate::InstanceQuery,
+) -> Vec<String> {
+    let mut all = Vec::new();
+    for id in ids {
+        let info = store.instance(id).await.unwrap().expect("listed ids exist");
+        all.push(crate::InstanceSummary {
+            instance_id: info.instance_id,
+            name: info.name,
+            status: info.status,
+            execution_id: info.execution_id,
+            failure: info.failure,
+            custom_status: info.custom_status,
+            parent_id: info.parent_id,
+            created_at_ms: info.created_at_ms,
+            started_at_ms: info.started_at_ms,
+            updated_at_ms: info.updated_at_ms,
+            finished_at_ms: info.finished_at_ms,
+        });
+    }
+    all.retain(|summary| query.filter.matches(summary) && query.after_cursor(summary));
+    all.sort_by(|a, b| {
+        let key = |s: &crate::InstanceSummary| (query.order.key_of(s), s.instance_id.clone());
+        if query.order.descending() {
+            key(b).cmp(&key(a))
+        } else {
+            key(a).cmp(&key(b))
+        }
+    });
+    all.into_iter().map(|summary| summary.instance_id).collect()
+}
+
+/// Pages through `query` to its end, checking every page against the rows.
+async fn page_through<S: Store>(
+    store: &S,
+    ids: &[String],
+    mut query: crate::InstanceQuery,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        let page = store.list_instances(&query).await.unwrap();
+        let mut expected = expected_page(store, ids, &query).await;
+        expected.truncate(query.page_size);
+        let got: Vec<String> = page
+            .instances
+            .iter()
+            .map(|instance| instance.instance_id.clone())
+            .collect();
+        assert_eq!(got, expected, "{query:?}");
+        for instance in &page.instances {
+            let info = store
+                .instance(&instance.instance_id)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(instance.status, info.status);
+            assert_eq!(instance.failure, info.failure);
+            assert_eq!(instance.custom_status, info.custom_status);
+            assert_eq!(instance.started_at_ms, info.started_at_ms);
+        }
+        seen.extend(got);
+        match page.next {
+            Some(next) => query.after = Some(next.to_string().parse().unwrap()),
+            None => return seen,
+        }
+    }
+    panic!("a listing of a few instances did not end");
+}
+
+/// Listings filter by status (several at once), name, times, id prefix and parent, in either
+/// order by creation or update, paged with a cursor that new instances do not disturb; every
+/// page matches what the instances' own rows say.
+pub async fn listings_filter_order_and_page<S: Store>(h: Harness<S>) {
+    use crate::{InstanceFilter, InstanceOrder, InstanceQuery, TimeRange};
+    let store = &h.store;
+    let plan = [
+        ("order-1", "orders", InstanceStatus::Completed, None),
+        ("order-2", "orders", InstanceStatus::Running, None),
+        ("order-3", "orders", InstanceStatus::Failed, None),
+        (
+            "ship-1",
+            "shipping",
+            InstanceStatus::Pending,
+            Some("order-2"),
+        ),
+        (
+            "ship-2",
+            "shipping",
+            InstanceStatus::Completed,
+            Some("order-2"),
+        ),
+        ("order-4", "orders", InstanceStatus::Cancelled, None),
+        ("order-5", "orders", InstanceStatus::Pending, None),
+        (
+            "ship-3",
+            "shipping",
+            InstanceStatus::Running,
+            Some("order-1"),
+        ),
+    ];
+    let mut ids = Vec::new();
+    let mut created = Vec::new();
+    for (index, (id, name, status, parent)) in plan.into_iter().enumerate() {
+        // Two instances share each creation time: ties are broken by id.
+        if index % 2 == 0 {
+            h.clock.advance_ms(10);
+        }
+        created.push(h.clock.now_ms_for_tests());
+        let start = NewInstance {
+            instance_id: id.into(),
+            name: name.into(),
+            input: "in".into(),
+            parent: parent.map(|parent: &str| ParentLink {
+                instance_id: parent.into(),
+                execution_id: 1,
+                id: 7,
+            }),
+        };
+        run_to(store, start, status, &h.clock).await;
+        ids.push(id.to_string());
+    }
+    let info = store.instance("ship-2").await.unwrap().unwrap();
+    assert_eq!(info.parent_id.as_deref(), Some("order-2"));
+    assert!(info.started_at_ms.is_some() && info.finished_at_ms.is_some());
+    let pending = store.instance("order-5").await.unwrap().unwrap();
+    assert_eq!(
+        (pending.started_at_ms, pending.finished_at_ms),
+        (None, None)
+    );
+    let running = store.instance("order-2").await.unwrap().unwrap();
+    assert!(running.started_at_ms.is_some() && running.finished_at_ms.is_none());
+
+    let filters = [
+        InstanceFilter::default(),
+        InstanceFilter {
+            statuses: vec![InstanceStatus::Completed, InstanceStatus::Failed],
+            ..InstanceFilter::default()
+        },
+        InstanceFilter {
+            statuses: vec![InstanceStatus::Pending],
+            name: Some("shipping".into()),
+            ..InstanceFilter::default()
+        },
+        InstanceFilter {
+            id_prefix: Some("order-".into()),
+            created: TimeRange {
+                from_ms: Some(created[2]),
+                to_ms: Some(created[6]),
+            },
+            ..InstanceFilter::default()
+        },
+        InstanceFilter {
+            finished: TimeRange {
+                from_ms: Some(0),
+                to_ms: None,
+            },
+            ..InstanceFilter::default()
+        },
+        InstanceFilter {
+            parent: Some("order-2".into()),
+            ..InstanceFilter::default()
+        },
+        InstanceFilter {
+            name: Some("nothing".into()),
+            ..InstanceFilter::default()
+        },
+    ];
+    let orders = [
+        InstanceOrder::CreatedDesc,
+        InstanceOrder::CreatedAsc,
+        InstanceOrder::UpdatedDesc,
+        InstanceOrder::UpdatedAsc,
+    ];
+    for filter in &filters {
+        for order in orders {
+            for page_size in [1, 3, 100] {
+                let query = InstanceQuery {
+                    filter: filter.clone(),
+                    order,
+                    page_size,
+                    after: None,
+                };
+                let all = page_through(store, &ids, query.clone()).await;
+                let whole = InstanceQuery {
+                    page_size: 1_000,
+                    ..query
+                };
+                assert_eq!(all, expected_page(store, &ids, &whole).await);
+            }
+        }
+    }
+    assert!(
+        store
+            .list_instances(&InstanceQuery::default())
+            .await
+            .unwrap()
+            .instances
+            .is_empty(),
+        "a page of 0"
+    );
+
+    // New instances do not move a cursor of the newest-first order.
+    let first = store
+        .list_instances(&InstanceQuery {
+            page_size: 3,
+            ..InstanceQuery::default()
+        })
+        .await
+        .unwrap();
+    for n in 0..3 {
+        h.clock.advance_ms(1);
+        let id = format!("late-{n}");
+        store.create_instance(new_instance(&id)).await.unwrap();
+        ids.push(id);
+    }
+    let rest = page_through(
+        store,
+        &ids,
+        InstanceQuery {
+            page_size: 2,
+            after: first.next.clone(),
+            ..InstanceQuery::default()
+        },
+    )
+    .await;
+    let mut listed: Vec<String> = first
+        .instances
+        .iter()
+        .map(|instance| instance.instance_id.clone())
+        .collect();
+    listed.extend(rest);
+    let mut original: Vec<String> = plan.iter().map(|(id, ..)| id.to_string()).collect();
+    original.sort();
+    listed.sort();
+    assert_eq!(
+        listed, original,
+        "every instance once, none of the new ones"
+    );
+}
+
+/// Counts by status and name follow creation, status changes and quarantine, and agree with
+/// `count_by_status`.
+pub async fn counts_follow_every_change<S: Store>(h: Harness<S>) {
+    use crate::InstanceCount;
+    let store = &h.store;
+    assert!(store.instance_counts().await.unwrap().is_empty());
+    let named = |id: &str, name: &str| NewInstance {
+        name: name.into(),
+        ..new_instance(id)
+    };
+    run_to(
+        store,
+        named("a", "orders"),
+        InstanceStatus::Completed,
+        &h.clock,
+    )
+    .await;
+    run_to(
+        store,
+        named("b", "orders"),
+        InstanceStatus::Running,
+        &h.clock,
+    )
+    .await;
+    run_to(store, named("c", "mail"), InstanceStatus::Running, &h.clock).await;
+    run_to(store, named("d", "mail"), InstanceStatus::Pending, &h.clock).await;
+    store
+        .enqueue_message(
+            "b",
+            Message::Event {
+                name: "go".into(),
+                data: "x".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let turn = store
+        .fetch_turns(10, LEASE, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|turn| turn.instance_id == "b")
+        .expect("b has a message");
+    store
+        .quarantine_turn(
+            "b",
+            turn.lock_token,
+            Failure::new(codes::TURN_POISONED, "x"),
+        )
+        .await
+        .unwrap();
+    let count = |status, name: &str, count| InstanceCount {
+        status,
+        name: name.into(),
+        count,
+    };
+    let mut got = store.instance_counts().await.unwrap();
+    got.sort_by(|a, b| (a.status.as_str(), &a.name).cmp(&(b.status.as_str(), &b.name)));
+    assert_eq!(
+        got,
+        [
+            count(InstanceStatus::Completed, "orders", 1),
+            count(InstanceStatus::Pending, "mail", 1),
+            count(InstanceStatus::Quarantined, "orders", 1),
+            count(InstanceStatus::Running, "mail", 1),
+        ]
+    );
+    assert_eq!(
+        store.count_by_status().await.unwrap(),
+        [
+            (InstanceStatus::Completed, 1),
+            (InstanceStatus::Pending, 1),
+            (InstanceStatus::Quarantined, 1),
+            (InstanceStatus::Running, 1),
+        ]
+    );
+}
+
+/// An instance's executions: the ones that continued as new with their times and lengths,
+/// then the current one; a history is read in pages.
+pub async fn executions_and_history_pages<S: Store>(h: Harness<S>) {
+    use crate::{ExecutionInfo, ExecutionStatus};
+    let store = &h.store;
+    assert!(store.executions("a").await.unwrap().is_empty());
+    store.create_instance(new_instance("a")).await.unwrap();
+    assert_eq!(
+        store.executions("a").await.unwrap(),
+        [ExecutionInfo {
+            execution_id: 1,
+            status: ExecutionStatus::Current(InstanceStatus::Pending),
+            started_at_ms: None,
+            finished_at_ms: None,
+            history_len: 0,
+        }]
+    );
+    h.clock.advance_ms(5);
+    let first_turn_at = h.clock.now_ms_for_tests();
+    let turn = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let events: Vec<Event> = (0..5).map(|id| Event::TimerFired { id }).collect();
+    store
+        .commit_turn(TurnCommit {
+            instance_id: "a".into(),
+            lock_token: turn.lock_token,
+            execution_id: 1,
+            history_from: 0,
+            append: events.clone(),
+            consumed: turn.messages.iter().map(|(id, _)| *id).collect(),
+            status: Some(InstanceStatus::Running),
+            ..TurnCommit::default()
+        })
+        .await
+        .unwrap();
+    store
+        .enqueue_message(
+            "a",
+            Message::Event {
+                name: "go".into(),
+                data: "x".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    h.clock.advance_ms(5);
+    let restarted_at = h.clock.now_ms_for_tests();
+    let turn = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    store
+        .commit_turn(TurnCommit {
+            instance_id: "a".into(),
+            lock_token: turn.lock_token,
+            execution_id: 1,
+            history_from: 5,
+            append: vec![Event::ContinuedAsNew {
+                input: "gen 2".into(),
+            }],
+            consumed: turn.messages.iter().map(|(id, _)| *id).collect(),
+            continue_as_new: Some(Message::Start {
+                name: "orders".into(),
+                input: "gen 2".into(),
+                parent: None,
+                carried_events: Vec::new(),
+            }),
+            ..TurnCommit::default()
+        })
+        .await
+        .unwrap();
+    let executions = store.executions("a").await.unwrap();
+    assert_eq!(
+        executions,
+        [
+            ExecutionInfo {
+                execution_id: 1,
+                status: ExecutionStatus::ContinuedAsNew,
+                started_at_ms: Some(first_turn_at),
+                finished_at_ms: Some(restarted_at),
+                history_len: 6,
+            },
+            ExecutionInfo {
+                execution_id: 2,
+                status: ExecutionStatus::Current(InstanceStatus::Running),
+                started_at_ms: Some(restarted_at),
+                finished_at_ms: None,
+                history_len: 0,
+            }
+        ]
+    );
+    let mut paged = Vec::new();
+    loop {
+        let page = store
+            .read_history_page("a", 1, paged.len() as u64, 4)
+            .await
+            .unwrap();
+        assert!(page.len() <= 4);
+        if page.is_empty() {
+            break;
+        }
+        paged.extend(page);
+    }
+    assert_eq!(paged, store.read_history("a", 1, 0).await.unwrap());
+    assert_eq!(paged.len(), 6);
+    assert!(
+        store
+            .read_history_page("a", 1, 2, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// Declares one `#[tokio::test]` per conformance check. `$factory` is an async expression
 /// evaluating to a [`Harness`].
 #[macro_export]
@@ -1098,7 +1585,10 @@ macro_rules! conformance_tests {
             activities_of_finished_instances_are_not_handed_out,
             released_activities_keep_their_attempt,
             what_became_due_since_the_last_fetch_wakes_at_once,
-            fetches_hand_out_only_the_names_asked_for
+            fetches_hand_out_only_the_names_asked_for,
+            listings_filter_order_and_page,
+            counts_follow_every_change,
+            executions_and_history_pages
         );
     };
     (@each $factory:expr; $($check:ident),*) => {

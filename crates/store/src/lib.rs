@@ -46,11 +46,14 @@
 mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod listing;
+mod query;
 mod signals;
 pub mod stored;
 mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use query::*;
 pub use signals::Signals;
 pub use types::*;
 
@@ -272,6 +275,40 @@ pub trait Store: Send + Sync + 'static {
     /// fetch asked for counts.
     async fn next_wake_at(&self, work: Work) -> StoreResult<Option<sluice_history::TimestampMs>>;
 
-    /// Counts instances by status (for summaries and tests).
-    async fn count_by_status(&self) -> StoreResult<Vec<(sluice_history::InstanceStatus, u64)>>;
+    /// A page of the instances a query's filter selects, in its order (see [`InstanceQuery`]).
+    async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<InstancePage>;
+
+    /// How many instances there are per status and orchestration name (only counts above zero,
+    /// ordered by status, then name). Kept by the store as instances change, so it reads a few
+    /// rows however many instances there are.
+    async fn instance_counts(&self) -> StoreResult<Vec<InstanceCount>>;
+
+    /// The instance's executions, oldest first; empty when the instance does not exist.
+    async fn executions(&self, instance_id: &str) -> StoreResult<Vec<ExecutionInfo>>;
+
+    /// At most `max` events of an execution's history from position `from` on (a page of a
+    /// long history: the next page starts at `from` plus the events returned).
+    async fn read_history_page(
+        &self,
+        instance_id: &str,
+        execution_id: u64,
+        from: u64,
+        max: usize,
+    ) -> StoreResult<Vec<Event>>;
+
+    /// Counts instances by status, from [`Store::instance_counts`].
+    async fn count_by_status(&self) -> StoreResult<Vec<(sluice_history::InstanceStatus, u64)>> {
+        let mut totals: Vec<(sluice_history::InstanceStatus, u64)> = Vec::new();
+        for count in self.instance_counts().await? {
+            match totals
+                .iter_mut()
+                .find(|(status, _)| *status == count.status)
+            {
+                Some((_, total)) => *total += count.count,
+                None => totals.push((count.status, count.count)),
+            }
+        }
+        totals.sort_by_key(|(status, _)| status.as_str());
+        Ok(totals)
+    }
 }

@@ -187,10 +187,16 @@ pub struct InstanceInfo {
     pub failure: Option<Failure>,
     /// Custom status set by the code.
     pub custom_status: Option<String>,
+    /// The parent instance, for sub-orchestrations.
+    pub parent_id: Option<String>,
     /// Creation time.
     pub created_at_ms: TimestampMs,
-    /// Last change.
+    /// When the current execution started running (`None` while pending).
+    pub started_at_ms: Option<TimestampMs>,
+    /// Last change of what the row shows (status, output, failure, custom status, execution).
     pub updated_at_ms: TimestampMs,
+    /// When it finished (completed, failed or cancelled).
+    pub finished_at_ms: Option<TimestampMs>,
 }
 
 /// The two kinds of work a dispatcher fetches.

@@ -1,0 +1,235 @@
+//! The SQL of a listing, shared by the SQL stores (each gives its placeholder style and table).
+//!
+//! The query walks one index range per status, in the listing's order, and merges them (SQLite
+//! and PostgreSQL both merge ordered `UNION ALL` arms without sorting the whole): a status
+//! filter is the common case, and an index led by the status serves it, while a query without
+//! one asks for every status. The other filters are conditions on the rows walked. Each arm
+//! stops at the page size plus one, the extra row telling whether another page follows.
+
+use crate::query::{InstanceQuery, PageCursor};
+use sluice_history::InstanceStatus;
+
+/// The columns a listing selects, in this order.
+pub const COLUMNS: &str = "instance_id, name, status, execution_id, failure, custom_status, \
+                           parent_id, created_at_ms, started_at_ms, updated_at_ms, finished_at_ms";
+
+/// Every status, for a listing without a status filter.
+pub const ALL_STATUSES: [InstanceStatus; 6] = [
+    InstanceStatus::Pending,
+    InstanceStatus::Running,
+    InstanceStatus::Completed,
+    InstanceStatus::Failed,
+    InstanceStatus::Cancelled,
+    InstanceStatus::Quarantined,
+];
+
+/// A bound value of a listing's SQL.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Param {
+    /// A text value.
+    Text(String),
+    /// An integer.
+    Int(i64),
+}
+
+/// A listing's SQL and its parameters (numbered from 1 in the order given).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListingSql {
+    /// The statement.
+    pub sql: String,
+    /// Its parameters.
+    pub params: Vec<Param>,
+}
+
+struct Builder<'a> {
+    params: Vec<Param>,
+    placeholder: &'a dyn Fn(usize) -> String,
+}
+
+impl Builder<'_> {
+    fn bind(&mut self, param: Param) -> String {
+        self.params.push(param);
+        (self.placeholder)(self.params.len())
+    }
+}
+
+/// The listing of `query` over `table` (already quoted), with `placeholder(n)` for the n-th
+/// parameter (`?n` for SQLite, `$n` for PostgreSQL). `prefix_condition(column, placeholder)`
+/// tests that a column starts with a bound text, in the database's own way.
+pub fn listing_sql(
+    query: &InstanceQuery,
+    table: &str,
+    placeholder: &dyn Fn(usize) -> String,
+    prefix_condition: &dyn Fn(&str, &str) -> String,
+) -> ListingSql {
+    let mut builder = Builder {
+        params: Vec::new(),
+        placeholder,
+    };
+    let filter = &query.filter;
+    let key = if query.order.by_update() {
+        "updated_at_ms"
+    } else {
+        "created_at_ms"
+    };
+    let direction = if query.order.descending() {
+        "DESC"
+    } else {
+        "ASC"
+    };
+    let limit = i64::try_from(query.limit() + 1).unwrap_or(i64::MAX);
+    let mut common = Vec::new();
+    if let Some(name) = &filter.name {
+        common.push(format!(
+            "name = {}",
+            builder.bind(Param::Text(name.clone()))
+        ));
+    }
+    if let Some(from) = filter.created.from_ms {
+        common.push(format!(
+            "created_at_ms >= {}",
+            builder.bind(Param::Int(from))
+        ));
+    }
+    if let Some(to) = filter.created.to_ms {
+        common.push(format!("created_at_ms < {}", builder.bind(Param::Int(to))));
+    }
+    if !filter.finished.is_open() {
+        common.push("finished_at_ms IS NOT NULL".to_string());
+    }
+    if let Some(from) = filter.finished.from_ms {
+        common.push(format!(
+            "finished_at_ms >= {}",
+            builder.bind(Param::Int(from))
+        ));
+    }
+    if let Some(to) = filter.finished.to_ms {
+        common.push(format!("finished_at_ms < {}", builder.bind(Param::Int(to))));
+    }
+    if let Some(prefix) = &filter.id_prefix {
+        let at = builder.bind(Param::Text(prefix.clone()));
+        common.push(prefix_condition("instance_id", &at));
+    }
+    if let Some(parent) = &filter.parent {
+        common.push(format!(
+            "parent_id = {}",
+            builder.bind(Param::Text(parent.clone()))
+        ));
+    }
+    if let Some(PageCursor {
+        key_ms,
+        instance_id,
+    }) = &query.after
+    {
+        let comparison = if query.order.descending() { "<" } else { ">" };
+        let key_at = builder.bind(Param::Int(*key_ms));
+        let id_at = builder.bind(Param::Text(instance_id.clone()));
+        common.push(format!(
+            "({key}, instance_id) {comparison} ({key_at}, {id_at})"
+        ));
+    }
+    let statuses = if filter.statuses.is_empty() {
+        ALL_STATUSES.to_vec()
+    } else {
+        filter.distinct_statuses()
+    };
+    let limit_at = builder.bind(Param::Int(limit));
+    let order = format!("ORDER BY {key} {direction}, instance_id {direction}");
+    let arms: Vec<String> = statuses
+        .iter()
+        .map(|status| {
+            let mut conditions = vec![format!(
+                "status = {}",
+                builder.bind(Param::Text(status.as_str().to_string()))
+            )];
+            conditions.extend(common.iter().cloned());
+            format!(
+                "SELECT {COLUMNS} FROM {table} WHERE {} {order} LIMIT {limit_at}",
+                conditions.join(" AND ")
+            )
+        })
+        .collect();
+    let sql = if let [arm] = arms.as_slice() {
+        arm.clone()
+    } else {
+        let merged: Vec<String> = arms
+            .iter()
+            .enumerate()
+            .map(|(index, arm)| format!("SELECT * FROM ({arm}) AS arm{index}"))
+            .collect();
+        format!("{} {order} LIMIT {limit_at}", merged.join(" UNION ALL "))
+    };
+    ListingSql {
+        sql,
+        params: builder.params,
+    }
+}
+
+/// Splits the rows a listing's SQL returned (page size plus one at most) into the page and its
+/// cursor.
+pub fn into_page(
+    query: &InstanceQuery,
+    mut instances: Vec<crate::InstanceSummary>,
+) -> crate::InstancePage {
+    let limit = query.limit();
+    let next = if instances.len() > limit {
+        instances.truncate(limit);
+        instances.last().map(|last| PageCursor {
+            key_ms: query.order.key_of(last),
+            instance_id: last.instance_id.clone(),
+        })
+    } else {
+        None
+    };
+    crate::InstancePage { instances, next }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::{InstanceFilter, InstanceOrder};
+
+    fn sqlite(n: usize) -> String {
+        format!("?{n}")
+    }
+
+    fn like(column: &str, at: &str) -> String {
+        format!("substr({column}, 1, length({at})) = {at}")
+    }
+
+    #[test]
+    fn one_status_is_one_range_and_several_are_merged() {
+        let one = InstanceQuery {
+            filter: InstanceFilter {
+                statuses: vec![InstanceStatus::Failed, InstanceStatus::Failed],
+                ..InstanceFilter::default()
+            },
+            page_size: 10,
+            ..InstanceQuery::default()
+        };
+        let sql = listing_sql(&one, "instances", &sqlite, &like);
+        assert!(!sql.sql.contains("UNION"), "{}", sql.sql);
+        assert_eq!(
+            sql.params,
+            [Param::Int(11), Param::Text("failed".into())],
+            "{}",
+            sql.sql
+        );
+        let all = InstanceQuery {
+            order: InstanceOrder::UpdatedAsc,
+            after: Some(PageCursor {
+                key_ms: 5,
+                instance_id: "x".into(),
+            }),
+            page_size: 10,
+            ..InstanceQuery::default()
+        };
+        let sql = listing_sql(&all, "instances", &sqlite, &like);
+        assert_eq!(sql.sql.matches("UNION ALL").count(), ALL_STATUSES.len() - 1);
+        assert!(sql.sql.contains("(updated_at_ms, instance_id) > (?1, ?2)"));
+        assert!(
+            sql.sql
+                .ends_with("ORDER BY updated_at_ms ASC, instance_id ASC LIMIT ?3")
+        );
+    }
+}
