@@ -97,6 +97,9 @@ pub enum SqliteError {
     /// The database is used by another process (or another store in this process).
     #[error("database in use: {0}")]
     InUse(String),
+    /// The database's schema is not one this build can open this way.
+    #[error("database schema: {0}")]
+    Schema(String),
     /// A reader task failed to run.
     #[error("reader task failed: {0}")]
     ReaderTask(String),

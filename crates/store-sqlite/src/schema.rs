@@ -147,14 +147,26 @@ CREATE TRIGGER instance_counts_delete AFTER DELETE ON instances BEGIN
 END;
 ";
 
+/// Accepts a database at exactly [`SCHEMA_VERSION`], without changing it (a client's open of a
+/// store another process may be running: migrating is that process's business).
+pub(crate) fn check_current(connection: &Connection) -> Result<(), SqliteError> {
+    let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version != SCHEMA_VERSION {
+        return Err(SqliteError::Schema(format!(
+            "the store is at schema version {version} and this build reads version \
+             {SCHEMA_VERSION}: open it once with a runtime of this build (which migrates it), \
+             or use a build of its version"
+        )));
+    }
+    Ok(())
+}
+
 /// Brings the schema to [`SCHEMA_VERSION`]; refuses a database from a newer version.
 pub(crate) fn migrate(connection: &Connection) -> Result<(), SqliteError> {
     let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if version > SCHEMA_VERSION {
-        return Err(SqliteError::Sqlite(rusqlite::Error::InvalidParameterName(
-            format!(
-                "database schema version {version} is newer than this build supports ({SCHEMA_VERSION})"
-            ),
+        return Err(SqliteError::Schema(format!(
+            "version {version} is newer than this build supports ({SCHEMA_VERSION})"
         )));
     }
     if version < SCHEMA_VERSION {

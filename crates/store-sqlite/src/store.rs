@@ -35,6 +35,11 @@ pub struct SqliteStoreOptions {
     pub readers_idle_max: usize,
     /// Page size of a new database file.
     pub page_size_bytes: u32,
+    /// Open the file of a store that another process may be running, as a client: without
+    /// its lock, without migrating it (a file at another schema version is refused), and
+    /// without handing out work (fetches fail: the leases live in the owner's memory). Reads,
+    /// starts and messages work; the owner finds what a client wrote when it next polls.
+    pub client_only: bool,
 }
 
 impl SqliteStoreOptions {
@@ -51,6 +56,7 @@ impl SqliteStoreOptions {
             // so 1 KiB pages write a third of what 4 KiB pages do (measured with `sluice bench
             // orchestrations`: 112 KB -> 36 KB per orchestration one at a time).
             page_size_bytes: 1024,
+            client_only: false,
         }
     }
 }
@@ -75,6 +81,8 @@ pub struct SqliteStore {
     /// `next_wake_at`.
     fetched_turn_names: Mutex<Option<String>>,
     fetched_activity_names: Mutex<(Option<String>, Option<String>)>,
+    /// Opened with [`SqliteStoreOptions::client_only`]: hands out no work.
+    client_only: bool,
     _lock_file: Option<std::fs::File>,
 }
 
@@ -288,9 +296,21 @@ impl SqliteStore {
         options: SqliteStoreOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, SqliteError> {
-        let lock_file = match &options.location {
-            Location::File(path) => Some(lock_database(path)?),
-            Location::Memory => None,
+        let lock_file = match (&options.location, options.client_only) {
+            (Location::File(path), false) => Some(lock_database(path)?),
+            (Location::File(path), true) if !path.exists() => {
+                return Err(SqliteError::Schema(format!(
+                    "{} does not exist (a client opens an existing store)",
+                    path.display()
+                )));
+            }
+            (Location::File(_), true) => None,
+            (Location::Memory, false) => None,
+            (Location::Memory, true) => {
+                return Err(SqliteError::Schema(
+                    "a client-only store needs a file: nobody else can reach memory".into(),
+                ));
+            }
         };
         let open_options = OpenOptions {
             synchronous: options.synchronous,
@@ -301,7 +321,11 @@ impl SqliteStore {
             &open_options,
             options.queue_requests_max,
             options.batch_requests_max,
-            schema::migrate,
+            if options.client_only {
+                schema::check_current
+            } else {
+                schema::migrate
+            },
         )?;
         let readers = match options.location {
             Location::File(_) => Some(ReaderPool::new(open_options, options.readers_idle_max)),
@@ -318,6 +342,7 @@ impl SqliteStore {
             fetched_activities_at: Arc::new(AtomicI64::new(i64::MIN)),
             fetched_turn_names: Mutex::new(None),
             fetched_activity_names: Mutex::new((None, None)),
+            client_only: options.client_only,
             _lock_file: lock_file,
         })
     }
@@ -429,6 +454,15 @@ impl SqliteStore {
                 .map_err(|error| StoreError::Database(error.to_string()))?,
             None => self.write(job).await,
         }
+    }
+
+    fn refuse_work_if_client(&self) -> StoreResult<()> {
+        if self.client_only {
+            return Err(StoreError::Contract(
+                "a client-only SQLite store hands out no work (its owner's process runs it)".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// An execution's history from `from` on, at most `max` events.
@@ -1231,6 +1265,7 @@ impl Store for SqliteStore {
         also: &[String],
         names: &Names,
     ) -> StoreResult<Vec<LockedTurn>> {
+        self.refuse_work_if_client()?;
         let token = self.tokens.next();
         let lease_ms = duration_ms(lease);
         let leases = self.leases.clone();
@@ -1357,6 +1392,7 @@ impl Store for SqliteStore {
         names: &Names,
         queues: &Names,
     ) -> StoreResult<Vec<ActivityWorkItem>> {
+        self.refuse_work_if_client()?;
         let token = self.tokens.next();
         let lease_ms = duration_ms(lease);
         let leases = self.leases.clone();

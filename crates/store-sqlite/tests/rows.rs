@@ -9,6 +9,16 @@ use std::time::Duration;
 
 const LEASE: Duration = Duration::from_secs(30);
 
+/// Takes a database of this build back to schema version 3 (before the listing columns).
+const UNDO_V4: &str = "
+    DROP TRIGGER instance_counts_insert; DROP TRIGGER instance_counts_update;
+    DROP TRIGGER instance_counts_delete; DROP TABLE instance_counts; DROP TABLE executions;
+    DROP INDEX instances_status_created; DROP INDEX instances_status_updated;
+    DROP INDEX instances_name_created; DROP INDEX instances_parent;
+    ALTER TABLE instances DROP COLUMN parent_id; ALTER TABLE instances DROP COLUMN started_at_ms;
+    ALTER TABLE instances DROP COLUMN finished_at_ms;
+    PRAGMA user_version = 3;";
+
 fn open(temp: &TempSqlite) -> SqliteStore {
     SqliteStore::open(SqliteStoreOptions::new(Location::File(
         temp.path().to_path_buf(),
@@ -182,6 +192,7 @@ async fn a_version_1_database_is_upgraded() {
     let store = open(&temp);
     store.create_instance(new_instance("a")).await.unwrap();
     drop(store);
+    raw(&temp).execute_batch(UNDO_V4).unwrap();
     raw(&temp)
         .execute_batch(
             "ALTER TABLE inbox DROP COLUMN deliveries; ALTER TABLE activities DROP COLUMN task_queue;
@@ -192,8 +203,174 @@ async fn a_version_1_database_is_upgraded() {
     let version: i64 = raw(&temp)
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let turn = store.fetch_turns(1, LEASE, &[]).await.unwrap();
     assert_eq!(turn[0].delivery, 1);
     assert!(matches!(turn[0].messages[0].1, Message::Start { .. }));
+}
+
+/// Schema 4 fills what listings show for the instances a version-3 database holds: parents
+/// (from the start event or the pending start message), start and finish times, counts, and
+/// the executions that continued as new.
+#[tokio::test]
+async fn a_version_3_database_gains_what_listings_show() {
+    use sluice_history::ParentLink;
+    use sluice_store::{ExecutionStatus, InstanceQuery};
+    let temp = TempSqlite::new();
+    let store = open(&temp);
+    let child = |id: &str| NewInstance {
+        parent: Some(ParentLink {
+            instance_id: "p".into(),
+            execution_id: 1,
+            id: 3,
+        }),
+        ..new_instance(id)
+    };
+    store.create_instance(new_instance("p")).await.unwrap();
+    store.create_instance(child("done")).await.unwrap();
+    store.create_instance(child("waiting")).await.unwrap();
+    let mut turns = store.fetch_turns(10, LEASE, &[]).await.unwrap();
+    turns.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    for turn in turns {
+        let id = turn.instance_id.clone();
+        if id == "waiting" {
+            store
+                .release_turn(&id, turn.lock_token, Duration::ZERO)
+                .await
+                .unwrap();
+            continue;
+        }
+        let parent = (id == "done").then(|| ParentLink {
+            instance_id: "p".into(),
+            execution_id: 1,
+            id: 3,
+        });
+        let (status, restart) = if id == "done" {
+            (Some(InstanceStatus::Completed), None)
+        } else {
+            (
+                Some(InstanceStatus::Running),
+                Some(Message::Start {
+                    name: "orders".into(),
+                    input: "again".into(),
+                    parent: None,
+                    carried_events: Vec::new(),
+                }),
+            )
+        };
+        store
+            .commit_turn(TurnCommit {
+                instance_id: id.clone(),
+                lock_token: turn.lock_token,
+                execution_id: 1,
+                history_from: 0,
+                append: vec![
+                    Event::TurnStarted { now_ms: 1_234 },
+                    Event::OrchestrationStarted {
+                        name: "orders".into(),
+                        input: String::new(),
+                        parent,
+                        guid_seed: 1,
+                    },
+                ],
+                consumed: turn.messages.iter().map(|(id, _)| *id).collect(),
+                status,
+                output: (id == "done").then(|| "ok".to_string()),
+                continue_as_new: restart,
+                ..TurnCommit::default()
+            })
+            .await
+            .unwrap();
+    }
+    let before = |id: &str| {
+        let store = &store;
+        let id = id.to_string();
+        async move { store.instance(&id).await.unwrap().unwrap() }
+    };
+    let done_before = before("done").await;
+    drop(store);
+    raw(&temp).execute_batch(UNDO_V4).unwrap();
+    let store = open(&temp);
+    let done = store.instance("done").await.unwrap().unwrap();
+    assert_eq!(done.parent_id.as_deref(), Some("p"));
+    assert_eq!(
+        done.started_at_ms,
+        Some(1_234),
+        "from the first turn's time"
+    );
+    assert_eq!(done.finished_at_ms, done_before.finished_at_ms);
+    let waiting = store.instance("waiting").await.unwrap().unwrap();
+    assert_eq!(
+        waiting.parent_id.as_deref(),
+        Some("p"),
+        "from the start message"
+    );
+    assert_eq!(
+        (waiting.started_at_ms, waiting.finished_at_ms),
+        (None, None)
+    );
+    let executions = store.executions("p").await.unwrap();
+    assert_eq!(executions.len(), 2);
+    assert_eq!(executions[0].status, ExecutionStatus::ContinuedAsNew);
+    assert_eq!(executions[0].started_at_ms, Some(1_234));
+    assert_eq!(executions[0].history_len, 2);
+    assert_eq!(
+        store.count_by_status().await.unwrap(),
+        [
+            (InstanceStatus::Completed, 1),
+            (InstanceStatus::Pending, 1),
+            (InstanceStatus::Running, 1)
+        ]
+    );
+    let children = store
+        .list_instances(&InstanceQuery {
+            filter: sluice_store::InstanceFilter {
+                parent: Some("p".into()),
+                ..Default::default()
+            },
+            page_size: 10,
+            ..InstanceQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(children.instances.len(), 2);
+}
+
+/// A client-only open reads a store another process holds, refuses to hand out work, and
+/// refuses a file at another schema version rather than migrating it.
+#[tokio::test]
+async fn a_client_reads_a_store_its_owner_holds() {
+    let temp = TempSqlite::new();
+    let owner = open(&temp);
+    owner.create_instance(new_instance("a")).await.unwrap();
+    let client_options = SqliteStoreOptions {
+        client_only: true,
+        ..SqliteStoreOptions::new(Location::File(temp.path().to_path_buf()))
+    };
+    let client =
+        SqliteStore::open(client_options.clone()).expect("a client opens beside the owner");
+    assert_eq!(
+        client.instance("a").await.unwrap().unwrap().status,
+        InstanceStatus::Pending
+    );
+    client.create_instance(new_instance("b")).await.unwrap();
+    let error = client.fetch_turns(1, LEASE, &[]).await.unwrap_err();
+    assert_eq!(error.code(), "store.contract");
+    let ids: Vec<String> = owner
+        .fetch_turns(10, LEASE, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|turn| turn.instance_id)
+        .collect();
+    assert_eq!(
+        ids.len(),
+        2,
+        "the owner finds what the client started: {ids:?}"
+    );
+    drop(client);
+    drop(owner);
+    raw(&temp).execute_batch("PRAGMA user_version = 3").unwrap();
+    let error = SqliteStore::open(client_options).err().expect("refused");
+    assert!(error.to_string().contains("schema version 3"), "{error}");
 }
