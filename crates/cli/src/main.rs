@@ -5,6 +5,7 @@
 mod demo;
 mod ingest;
 mod ingest_progress;
+mod instances;
 mod store_copy;
 mod worker;
 mod workflows;
@@ -110,6 +111,9 @@ enum Command {
     /// Work with stores as a whole.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Find and read orchestration instances (also while a runtime runs on the store).
+    #[command(subcommand)]
+    Instances(instances::InstancesCommand),
     /// Print a shell completion script (for example `sluice completions bash >
     /// /etc/bash_completion.d/sluice`, or `source <(sluice completions zsh)`).
     #[command(after_help = EXIT_CODES)]
@@ -191,6 +195,7 @@ fn main() -> ExitCode {
             Command::Worker(args) => worker::run(args).await,
             Command::Migrate(args) => worker::migrate(args).await,
             Command::Store(StoreCommand::Copy(args)) => store_copy::run(args).await,
+            Command::Instances(command) => instances::run(command).await,
             Command::Completions { shell } => completions(shell),
             Command::Man { out_dir } => man(out_dir.as_deref()),
             Command::Inspect { db, instance_id } => inspect(&db, &instance_id).await,

@@ -1,0 +1,549 @@
+//! `sluice instances`: find and read orchestration instances on any store, also while a runtime
+//! runs on it (a SQLite file is opened as a client: see `SqliteStoreOptions::client_only`).
+
+use anyhow::{Context, Result, bail};
+use sluice_runtime::InstanceStatus;
+use sluice_store::{
+    ExecutionInfo, InstanceFilter, InstanceOrder, InstanceQuery, InstanceSummary, PageCursor,
+    Store, TimeRange,
+};
+use sluice_store_postgres::{PostgresStore, PostgresStoreOptions};
+use sluice_store_sqlite::{Location, SqliteStore, SqliteStoreOptions};
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Exit codes of `sluice instances`.
+pub(crate) const EXIT_CODES: &str = "Exit codes: 0 done, 1 failed (the error is printed on \
+     standard error), 2 bad usage, 3 no such instance (show, history).";
+
+/// The exit code of a lookup of an instance that does not exist.
+const NOT_FOUND: u8 = 3;
+
+/// Where the store is, for every `sluice instances` command.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct StoreArgs {
+    /// The store: `sqlite://PATH` (opened as a client, so a runtime may be running on it),
+    /// or `postgres://user:password@host/database`.
+    #[arg(long)]
+    store: String,
+    /// The PostgreSQL schema holding the store's tables.
+    #[arg(long, default_value = "sluice")]
+    schema: String,
+    /// Print JSON (one document) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Show times in UTC instead of the local time zone.
+    #[arg(long)]
+    utc: bool,
+}
+
+/// `sluice instances` commands.
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum InstancesCommand {
+    /// List instances, newest first, a page at a time.
+    #[command(after_help = EXIT_CODES)]
+    List(ListArgs),
+    /// Show one instance: its row, its input and output, and its executions.
+    #[command(after_help = EXIT_CODES)]
+    Show {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The instance id.
+        instance_id: String,
+    },
+    /// Print an execution's history, a page at a time.
+    #[command(after_help = EXIT_CODES)]
+    History(HistoryArgs),
+    /// Count instances by status and orchestration name.
+    #[command(after_help = EXIT_CODES)]
+    Counts {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Options of `sluice instances list`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Only these statuses, comma-separated (pending, running, completed, failed, cancelled,
+    /// quarantined).
+    #[arg(long, value_delimiter = ',', value_parser = parse_status)]
+    status: Vec<InstanceStatus>,
+    /// Only this orchestration.
+    #[arg(long)]
+    name: Option<String>,
+    /// Only ids that start with this.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Only sub-orchestrations of this instance.
+    #[arg(long)]
+    parent: Option<String>,
+    /// Created at or after: an RFC 3339 time (`2026-12-03T10:00:00Z`) or an age (`90s`,
+    /// `15m`, `2h`, `7d` ago).
+    #[arg(long, value_parser = parse_time)]
+    created_after: Option<i64>,
+    /// Created before (same forms).
+    #[arg(long, value_parser = parse_time)]
+    created_before: Option<i64>,
+    /// Finished at or after (same forms); leaves out unfinished instances.
+    #[arg(long, value_parser = parse_time)]
+    finished_after: Option<i64>,
+    /// Finished before (same forms); leaves out unfinished instances.
+    #[arg(long, value_parser = parse_time)]
+    finished_before: Option<i64>,
+    /// Order by creation or by last update.
+    #[arg(long, value_enum, default_value_t = OrderBy::Created)]
+    order: OrderBy,
+    /// Oldest first.
+    #[arg(long)]
+    asc: bool,
+    /// Instances per page (at most 1,000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    limit: u32,
+    /// Continue after this cursor (printed as `next` under a full page).
+    #[arg(long)]
+    after: Option<String>,
+}
+
+/// What `list` orders by.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum OrderBy {
+    /// Creation time.
+    Created,
+    /// Last update.
+    Updated,
+}
+
+/// Options of `sluice instances history`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct HistoryArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The instance id.
+    instance_id: String,
+    /// The execution (default: the current one).
+    #[arg(long)]
+    execution: Option<u64>,
+    /// The first position to print.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Events to print at most.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    limit: u32,
+}
+
+fn parse_status(text: &str) -> Result<InstanceStatus, String> {
+    InstanceStatus::parse(text.trim()).ok_or_else(|| {
+        format!(
+            "unknown status '{text}' (pending, running, completed, failed, cancelled, quarantined)"
+        )
+    })
+}
+
+/// A time as milliseconds since the epoch: RFC 3339, or an age (`15m`) before now.
+fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(timestamp) = text.parse::<jiff::Timestamp>() {
+        return Ok(timestamp.as_millisecond());
+    }
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit_ms: i64 = match &text[digits.len()..] {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "'{text}' is neither an RFC 3339 time (2026-12-03T10:00:00Z) nor an age (90s, \
+                 15m, 2h, 7d)"
+            ));
+        }
+    };
+    let count: i64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}': the age needs a whole number before its unit"))?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    count
+        .checked_mul(unit_ms)
+        .and_then(|age| now.checked_sub(age))
+        .ok_or_else(|| format!("'{text}' is too far back"))
+}
+
+/// Opens the store for an operator: a SQLite file as a client, PostgreSQL with a small pool.
+async fn open(args: &StoreArgs) -> Result<Arc<dyn Store>> {
+    let url = args.store.as_str();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let mut options = PostgresStoreOptions::new(url)?;
+        options.schema = args.schema.clone();
+        options.pool_connections_max = 2;
+        options.listen = false;
+        let target = options.target().to_string();
+        let store = PostgresStore::connect(options)
+            .await
+            .with_context(|| format!("opening the PostgreSQL store on {target}"))?;
+        Ok(Arc::new(store))
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        let options = SqliteStoreOptions {
+            client_only: true,
+            ..SqliteStoreOptions::new(Location::File(path.into()))
+        };
+        let store = SqliteStore::open(options).with_context(|| format!("opening {path}"))?;
+        Ok(Arc::new(store))
+    } else {
+        bail!("--store must start with sqlite://, postgres:// or postgresql://")
+    }
+}
+
+pub(crate) async fn run(command: InstancesCommand) -> Result<ExitCode> {
+    match command {
+        InstancesCommand::List(args) => list(args).await,
+        InstancesCommand::Show { store, instance_id } => show(&store, &instance_id).await,
+        InstancesCommand::History(args) => history(args).await,
+        InstancesCommand::Counts { store } => counts(&store).await,
+    }
+}
+
+async fn list(args: ListArgs) -> Result<ExitCode> {
+    let store = open(&args.store).await?;
+    let order = match (args.order, args.asc) {
+        (OrderBy::Created, false) => InstanceOrder::CreatedDesc,
+        (OrderBy::Created, true) => InstanceOrder::CreatedAsc,
+        (OrderBy::Updated, false) => InstanceOrder::UpdatedDesc,
+        (OrderBy::Updated, true) => InstanceOrder::UpdatedAsc,
+    };
+    let after = args
+        .after
+        .as_deref()
+        .map(str::parse::<PageCursor>)
+        .transpose()?;
+    let query = InstanceQuery {
+        filter: InstanceFilter {
+            statuses: args.status,
+            name: args.name,
+            created: TimeRange {
+                from_ms: args.created_after,
+                to_ms: args.created_before,
+            },
+            finished: TimeRange {
+                from_ms: args.finished_after,
+                to_ms: args.finished_before,
+            },
+            id_prefix: args.prefix,
+            parent: args.parent,
+        },
+        order,
+        page_size: args.limit as usize,
+        after,
+    };
+    let page = store.list_instances(&query).await?;
+    if args.store.json {
+        return print(&serde_json::to_string_pretty(&page)?);
+    }
+    let clock = Clock::new(args.store.utc);
+    let mut table = Table::new(&[
+        "ID", "NAME", "STATUS", "CREATED", "UPDATED", "FINISHED", "DETAIL",
+    ]);
+    for instance in &page.instances {
+        table.row(vec![
+            instance.instance_id.clone(),
+            instance.name.clone(),
+            instance.status.as_str().to_string(),
+            clock.format(Some(instance.created_at_ms)),
+            clock.format(Some(instance.updated_at_ms)),
+            clock.format(instance.finished_at_ms),
+            detail(instance),
+        ]);
+    }
+    let mut text = table.render(&[40, 24, 11, 23, 23, 23, 60]);
+    if page.instances.is_empty() {
+        text.push_str("(no instances match)\n");
+    }
+    if let Some(next) = &page.next {
+        text.push_str(&format!("next: --after '{next}'\n"));
+    }
+    print(text.trim_end())
+}
+
+/// The failure (code: message), else the custom status.
+fn detail(instance: &InstanceSummary) -> String {
+    match (&instance.failure, &instance.custom_status) {
+        (Some(failure), _) => format!("{}: {}", failure.code, failure.message),
+        (None, Some(custom)) => custom.clone(),
+        (None, None) => String::new(),
+    }
+}
+
+async fn show(args: &StoreArgs, instance_id: &str) -> Result<ExitCode> {
+    let store = open(args).await?;
+    let Some(info) = store.instance(instance_id).await? else {
+        eprintln!("no instance '{instance_id}' in the store");
+        return Ok(ExitCode::from(NOT_FOUND));
+    };
+    let executions = store.executions(instance_id).await?;
+    if args.json {
+        let report = serde_json::json!({ "instance": info, "executions": executions });
+        return print(&serde_json::to_string_pretty(&report)?);
+    }
+    let clock = Clock::new(args.utc);
+    let mut lines = vec![
+        ("id", info.instance_id.clone()),
+        ("name", info.name.clone()),
+        ("status", info.status.as_str().to_string()),
+        ("execution", info.execution_id.to_string()),
+        (
+            "parent",
+            info.parent_id.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("created", clock.format(Some(info.created_at_ms))),
+        ("started", clock.format(info.started_at_ms)),
+        ("updated", clock.format(Some(info.updated_at_ms))),
+        ("finished", clock.format(info.finished_at_ms)),
+        (
+            "custom status",
+            info.custom_status.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("input", truncate(&info.input, 200)),
+        (
+            "output",
+            info.output
+                .as_deref()
+                .map_or("-".into(), |o| truncate(o, 200)),
+        ),
+    ];
+    if let Some(failure) = &info.failure {
+        lines.push((
+            "failure",
+            format!("{}: {}", failure.code, truncate(&failure.message, 200)),
+        ));
+    }
+    let mut text = String::new();
+    for (label, value) in lines {
+        text.push_str(&format!("{label:<14} {value}\n"));
+    }
+    text.push('\n');
+    let mut table = Table::new(&["EXECUTION", "STATUS", "STARTED", "FINISHED", "EVENTS"]);
+    for execution in &executions {
+        table.row(execution_row(execution, &clock));
+    }
+    text.push_str(&table.render(&[9, 16, 23, 23, 10]));
+    print(text.trim_end())
+}
+
+fn execution_row(execution: &ExecutionInfo, clock: &Clock) -> Vec<String> {
+    vec![
+        execution.execution_id.to_string(),
+        execution.status.as_str().to_string(),
+        clock.format(execution.started_at_ms),
+        clock.format(execution.finished_at_ms),
+        execution.history_len.to_string(),
+    ]
+}
+
+async fn history(args: HistoryArgs) -> Result<ExitCode> {
+    let store = open(&args.store).await?;
+    let Some(info) = store.instance(&args.instance_id).await? else {
+        eprintln!("no instance '{}' in the store", args.instance_id);
+        return Ok(ExitCode::from(NOT_FOUND));
+    };
+    let execution = args.execution.unwrap_or(info.execution_id);
+    let events = store
+        .read_history_page(&args.instance_id, execution, args.from, args.limit as usize)
+        .await?;
+    let positions = (args.from..).zip(&events);
+    if args.store.json {
+        let events: Vec<serde_json::Value> = positions
+            .map(|(position, event)| serde_json::json!({ "position": position, "event": event }))
+            .collect();
+        let report = serde_json::json!({
+            "instance_id": info.instance_id,
+            "execution_id": execution,
+            "from": args.from,
+            "events": events,
+        });
+        return print(&serde_json::to_string_pretty(&report)?);
+    }
+    let mut table = Table::new(&["POS", "EVENT", "DETAIL"]);
+    for (position, event) in positions {
+        let mut value = serde_json::to_value(event)?;
+        let kind = value
+            .as_object_mut()
+            .and_then(|fields| fields.remove("type"))
+            .and_then(|kind| kind.as_str().map(str::to_string))
+            .unwrap_or_default();
+        table.row(vec![position.to_string(), kind, value.to_string()]);
+    }
+    let mut text = table.render(&[8, 28, 100]);
+    if events.len() == args.limit as usize {
+        text.push_str(&format!(
+            "more: --from {}\n",
+            args.from + events.len() as u64
+        ));
+    }
+    print(text.trim_end())
+}
+
+async fn counts(args: &StoreArgs) -> Result<ExitCode> {
+    let store = open(args).await?;
+    let counts = store.instance_counts().await?;
+    if args.json {
+        return print(&serde_json::to_string_pretty(&counts)?);
+    }
+    let by_status = store.count_by_status().await?;
+    let mut table = Table::new(&["STATUS", "COUNT"]);
+    let mut total = 0;
+    for (status, count) in &by_status {
+        total += count;
+        table.row(vec![status.as_str().to_string(), count.to_string()]);
+    }
+    table.row(vec!["total".into(), total.to_string()]);
+    let mut text = table.render(&[12, 12]);
+    text.push('\n');
+    let mut table = Table::new(&["NAME", "STATUS", "COUNT"]);
+    let mut by_name = counts.clone();
+    by_name.sort_by(|a, b| (&a.name, a.status.as_str()).cmp(&(&b.name, b.status.as_str())));
+    for count in &by_name {
+        table.row(vec![
+            count.name.clone(),
+            count.status.as_str().to_string(),
+            count.count.to_string(),
+        ]);
+    }
+    text.push_str(&table.render(&[40, 12, 12]));
+    print(text.trim_end())
+}
+
+/// Formats times in the local zone (or UTC), to the millisecond.
+struct Clock {
+    zone: jiff::tz::TimeZone,
+}
+
+impl Clock {
+    fn new(utc: bool) -> Self {
+        let zone = if utc {
+            jiff::tz::TimeZone::UTC
+        } else {
+            jiff::tz::TimeZone::system()
+        };
+        Clock { zone }
+    }
+
+    fn format(&self, at_ms: Option<i64>) -> String {
+        let Some(at_ms) = at_ms else {
+            return "-".into();
+        };
+        match jiff::Timestamp::from_millisecond(at_ms) {
+            Ok(at) => at
+                .to_zoned_datetime(self.zone.clone())
+                .strftime("%Y-%m-%d %H:%M:%S%.3f")
+                .to_string(),
+            Err(_) => at_ms.to_string(),
+        }
+    }
+}
+
+/// Cuts `text` to `max` characters, marking the cut; newlines become spaces.
+fn truncate(text: &str, max: usize) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let kept: String = flat.chars().take(max.saturating_sub(1)).collect();
+    format!("{kept}…")
+}
+
+/// Left-aligned columns, each as wide as its widest cell up to a limit.
+struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Self {
+        Table {
+            header: header.iter().map(|cell| cell.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self, widths_max: &[usize]) -> String {
+        let cut: Vec<Vec<String>> = std::iter::once(&self.header)
+            .chain(&self.rows)
+            .map(|row| {
+                row.iter()
+                    .zip(widths_max)
+                    .map(|(cell, max)| truncate(cell, *max))
+                    .collect()
+            })
+            .collect();
+        let widths: Vec<usize> = (0..self.header.len())
+            .map(|column| {
+                cut.iter()
+                    .map(|row| row[column].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut text = String::new();
+        for row in &cut {
+            let mut line = String::new();
+            for (column, cell) in row.iter().enumerate() {
+                if column + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    let pad = widths[column] - cell.chars().count();
+                    line.push_str(cell);
+                    line.push_str(&" ".repeat(pad + 2));
+                }
+            }
+            text.push_str(line.trim_end());
+            text.push('\n');
+        }
+        text
+    }
+}
+
+/// Writes `text` and a newline; a reader that went away (`| head`) ends the output quietly.
+fn print(text: &str) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_or_ages() {
+        assert_eq!(parse_time("1970-01-01T00:00:01Z").unwrap(), 1_000);
+        let now = jiff::Timestamp::now().as_millisecond();
+        let an_hour_ago = parse_time("1h").unwrap();
+        assert!((now - 3_600_000 - an_hour_ago).abs() < 60_000);
+        assert!(parse_time("1w").is_err());
+        assert!(parse_time("h").is_err());
+        assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn tables_align_and_cut_long_cells() {
+        let mut table = Table::new(&["A", "B"]);
+        table.row(vec!["long value".into(), "x\ny".into()]);
+        table.row(vec!["s".into(), "z".into()]);
+        assert_eq!(
+            table.render(&[6, 10]),
+            "A       B\nlong …  x y\ns       z\n"
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! `sluice instances`: listing, counting and reading instances through the binary, on a SQLite
+//! file while the demo runs on it, and on PostgreSQL.
+
+mod common;
+
+use common::{query, show, sluice};
+use serde_json::Value;
+use sluice_testkit::pg_or_skip;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn instances(args: &[&str]) -> Output {
+    let output = sluice().arg("instances").args(args).output().unwrap();
+    show(&format!("sluice instances {args:?}"), &output);
+    output
+}
+
+fn json(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let output = instances(&all);
+    assert!(output.status.success(), "{args:?}");
+    serde_json::from_slice(&output.stdout).expect("JSON output")
+}
+
+/// Pages through `list` with `filter` to the end; returns the ids in order.
+fn list_all(store: &str, filter: &[&str]) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut args = vec!["list", "--store", store, "--limit", "7"];
+        args.extend_from_slice(filter);
+        if let Some(cursor) = &after {
+            args.extend(["--after", cursor.as_str()]);
+        }
+        let page = json(&args);
+        for instance in page["instances"].as_array().unwrap() {
+            ids.push(instance["instance_id"].as_str().unwrap().to_string());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => return ids,
+        }
+    }
+}
+
+fn total(counts: &Value) -> u64 {
+    counts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|count| count["count"].as_u64().unwrap())
+        .sum()
+}
+
+/// The commands read a SQLite store while the demo holds it (as a client), and what they say
+/// matches the file once the demo has stopped.
+#[test]
+fn a_running_demo_is_listed_counted_and_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let store = format!("sqlite://{}", db.display());
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["demo", "--db", db.to_str().unwrap(), "--orders", "100000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut finished = 0;
+    while finished < 50 {
+        assert!(Instant::now() < deadline, "the demo finished nothing");
+        std::thread::sleep(Duration::from_millis(200));
+        if !db.exists() {
+            continue;
+        }
+        let output = instances(&["counts", "--store", &store, "--json"]);
+        if output.status.success() {
+            let counts: Value = serde_json::from_slice(&output.stdout).unwrap();
+            finished = counts
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|count| count["status"] == "completed" || count["status"] == "failed")
+                .map(|count| count["count"].as_u64().unwrap())
+                .sum();
+        }
+    }
+    assert!(
+        demo.try_wait().unwrap().is_none(),
+        "the demo is still running"
+    );
+    let page = json(&[
+        "list",
+        "--store",
+        &store,
+        "--status",
+        "completed,failed",
+        "--limit",
+        "10",
+    ]);
+    let listed = page["instances"].as_array().unwrap();
+    assert_eq!(listed.len(), 10);
+    for instance in listed {
+        assert!(instance["finished_at_ms"].is_i64(), "{instance}");
+        assert!(["completed", "failed"].contains(&instance["status"].as_str().unwrap()));
+    }
+    let created: Vec<i64> = listed
+        .iter()
+        .map(|instance| instance["created_at_ms"].as_i64().unwrap())
+        .collect();
+    assert!(
+        created.windows(2).all(|pair| pair[0] >= pair[1]),
+        "newest first"
+    );
+    let id = listed[0]["instance_id"].as_str().unwrap();
+    let shown = json(&["show", id, "--store", &store]);
+    assert_eq!(shown["instance"]["instance_id"], id);
+    assert_eq!(shown["executions"][0]["execution_id"], 1);
+    let history = json(&["history", id, "--store", &store, "--limit", "3"]);
+    assert_eq!(history["events"].as_array().unwrap().len(), 3);
+    assert_eq!(history["events"][0]["event"]["type"], "turn_started");
+    let table = instances(&["list", "--store", &store, "--limit", "3", "--utc"]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.starts_with("ID "), "{text}");
+    assert!(text.contains("next: --after '"), "{text}");
+
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+    // Stopped: every count, listing and filter agrees with the file itself.
+    let counts = json(&["counts", "--store", &store]);
+    let rows = query(
+        &db,
+        "SELECT status, name, COUNT(*) FROM instances GROUP BY 1, 2",
+    );
+    assert_eq!(counts.as_array().unwrap().len(), rows.len());
+    for row in &rows {
+        let found = counts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|count| count["status"] == row[0].as_str() && count["name"] == row[1].as_str())
+            .unwrap_or_else(|| panic!("no count for {row:?}: {counts}"));
+        assert_eq!(found["count"].as_u64().unwrap().to_string(), row[2]);
+    }
+    let failed = list_all(&store, &["--status", "failed", "--asc"]);
+    let expected: Vec<String> = query(
+        &db,
+        "SELECT instance_id FROM instances WHERE status = 'failed'
+         ORDER BY created_at_ms, instance_id",
+    )
+    .into_iter()
+    .map(|row| row[0].clone())
+    .collect();
+    assert_eq!(failed, expected);
+    let parent = query(
+        &db,
+        "SELECT parent_id, COUNT(*) FROM instances WHERE parent_id IS NOT NULL GROUP BY 1 LIMIT 1",
+    );
+    let children = list_all(&store, &["--parent", &parent[0][0]]);
+    assert_eq!(children.len().to_string(), parent[0][1]);
+
+    let missing = instances(&["show", "nope", "--store", &store]);
+    assert_eq!(missing.status.code(), Some(3));
+    let bad = instances(&["list", "--store", &store, "--status", "lost"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown status 'lost'"));
+    let not_a_store = instances(&["counts", "--store", "mysql://x"]);
+    assert_eq!(not_a_store.status.code(), Some(1));
+}
+
+/// The same commands on a PostgreSQL store the demo ran on.
+#[test]
+fn a_postgres_store_is_listed_and_counted() {
+    let Some(cluster) = pg_or_skip("cli instances") else {
+        return;
+    };
+    let store = cluster.url();
+    let demo = sluice()
+        .args(["demo", "--store", &store, "--orders", "30"])
+        .output()
+        .unwrap();
+    show("demo", &demo);
+    assert!(demo.status.success());
+    let counts = json(&["counts", "--store", &store]);
+    let rows = cluster
+        .psql("SELECT count(*) FROM sluice.instances")
+        .unwrap();
+    assert_eq!(total(&counts).to_string(), rows.trim());
+    let all = list_all(&store, &[]);
+    assert_eq!(all.len().to_string(), rows.trim());
+    let orders = list_all(&store, &["--name", "order", "--prefix", "order-1", "--asc"]);
+    let mut expected: Vec<String> = (0..30)
+        .map(|n| format!("order-{n}"))
+        .filter(|id| id.starts_with("order-1"))
+        .collect();
+    expected.sort();
+    let mut sorted = orders.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected);
+    let finished = list_all(&store, &["--finished-after", "1h", "--order", "updated"]);
+    assert_eq!(
+        finished.len().to_string(),
+        rows.trim(),
+        "all finished within the hour"
+    );
+    let none = json(&[
+        "list",
+        "--store",
+        &store,
+        "--created-before",
+        "1970-01-02T00:00:00Z",
+    ]);
+    assert!(none["instances"].as_array().unwrap().is_empty());
+}
