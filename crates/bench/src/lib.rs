@@ -8,6 +8,8 @@
 //!   PostgreSQL, one prepared statement in large transactions on SQLite) on the same rows.
 //! - [`run_ingest`]: `sluice ingest` of a generated NDJSON file against `psql`'s COPY of the
 //!   same rows.
+//! - [`run_control_plane`]: listing and counting pages over a store of a million instances
+//!   while it serves the orchestration workload.
 //!
 //! Every benchmark prints its figures with the machine's conditions (cores, load, server
 //! settings) and the target each figure is held to, and writes them as JSON with `--json`.
@@ -40,6 +42,7 @@
 //! # Ok(()) }
 //! ```
 
+mod control_plane;
 mod generate;
 mod host;
 mod ingest;
@@ -49,6 +52,7 @@ mod processes;
 mod sink;
 mod stats;
 
+pub use control_plane::{ControlPlaneBenchArgs, run as run_control_plane};
 pub use ingest::{IngestBenchArgs, run as run_ingest};
 pub use orchestrations::{OrchestrationBenchArgs, register, run as run_orchestrations};
 pub use processes::{WorkerReport, write_report};

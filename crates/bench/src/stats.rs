@@ -37,6 +37,12 @@ impl Latencies {
         self.0.len()
     }
 
+    /// One quantile (0.95 for the 95th percentile) in milliseconds, or `None` when nothing was
+    /// recorded.
+    pub(crate) fn quantile_ms(&self, quantile: f64) -> Option<f64> {
+        (!self.0.is_empty()).then(|| self.0.value_at_quantile(quantile) as f64 / 1e3)
+    }
+
     /// The percentiles, or `None` when nothing was recorded.
     pub(crate) fn summary(&self) -> Option<LatencyMs> {
         if self.0.is_empty() {

@@ -159,6 +159,10 @@ enum BenchCommand {
     /// `sluice ingest` of NDJSON into PostgreSQL against psql's COPY of the same rows.
     #[command(after_help = EXIT_CODES)]
     Ingest(sluice_bench::IngestBenchArgs),
+    /// Listing and counting instances over a large store while it serves the orchestration
+    /// workload.
+    #[command(after_help = EXIT_CODES)]
+    ControlPlane(sluice_bench::ControlPlaneBenchArgs),
 }
 
 pub(crate) use sluice_bench::SyncMode;
@@ -191,6 +195,9 @@ fn main() -> ExitCode {
             }
             Command::Bench(BenchCommand::Sink(args)) => sluice_bench::run_sink(args).await,
             Command::Bench(BenchCommand::Ingest(args)) => sluice_bench::run_ingest(args).await,
+            Command::Bench(BenchCommand::ControlPlane(args)) => {
+                sluice_bench::run_control_plane(args).await
+            }
             Command::Ingest(args) => ingest::run(*args).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Migrate(args) => worker::migrate(args).await,

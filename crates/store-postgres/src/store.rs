@@ -1452,8 +1452,12 @@ impl Store for PostgresStore {
         let listing = sluice_store::listing::listing_sql(
             query,
             &format!("{}.instances", self.sql.schema),
-            &|n| format!("${n}"),
-            &|column, at| format!("starts_with({column}, {at})"),
+            &sluice_store::listing::Dialect {
+                placeholder: &|n| format!("${n}"),
+                starts_with: &|column, at| format!("starts_with({column}, {at})"),
+                // The database's collation orders ids, not necessarily by code point.
+                code_point_order: false,
+            },
         );
         let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = listing
             .params

@@ -1549,10 +1549,15 @@ impl Store for SqliteStore {
         if query.limit() == 0 {
             return Ok(InstancePage::default());
         }
-        let listing =
-            listing::listing_sql(query, "instances", &|n| format!("?{n}"), &|column, at| {
-                format!("substr({column}, 1, length({at})) = {at}")
-            });
+        let listing = listing::listing_sql(
+            query,
+            "instances",
+            &listing::Dialect {
+                placeholder: &|n| format!("?{n}"),
+                starts_with: &|column, at| format!("substr({column}, 1, length({at})) = {at}"),
+                code_point_order: true,
+            },
+        );
         let rows = self
             .read(move |connection, _now| {
                 let params: Vec<rusqlite::types::Value> = listing

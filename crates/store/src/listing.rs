@@ -3,8 +3,11 @@
 //! The query walks one index range per status, in the listing's order, and merges them (SQLite
 //! and PostgreSQL both merge ordered `UNION ALL` arms without sorting the whole): a status
 //! filter is the common case, and an index led by the status serves it, while a query without
-//! one asks for every status. The other filters are conditions on the rows walked. Each arm
-//! stops at the page size plus one, the extra row telling whether another page follows.
+//! one asks for every status. Two filters have better ranges of their own and get one
+//! statement instead: a parent (its children, few, by `instances_parent`) and a name without a
+//! status in creation order (`instances_name_created`). The other filters are conditions on
+//! the rows walked. Each arm stops at the page size plus one, the extra row telling whether
+//! another page follows.
 
 use crate::query::{InstanceQuery, PageCursor};
 use sluice_history::InstanceStatus;
@@ -41,6 +44,31 @@ pub struct ListingSql {
     pub params: Vec<Param>,
 }
 
+/// How a database spells what a listing needs.
+pub struct Dialect<'a> {
+    /// The n-th parameter (`?n` for SQLite, `$n` for PostgreSQL).
+    pub placeholder: &'a dyn Fn(usize) -> String,
+    /// `starts_with(column, placeholder)`: the column starts with the bound text.
+    pub starts_with: &'a dyn Fn(&str, &str) -> String,
+    /// Whether the id column compares by code point (SQLite's `BINARY`): an id prefix is then
+    /// also a range of the primary key, given to the planner as well.
+    pub code_point_order: bool,
+}
+
+/// The least text above every text that starts with `prefix`, in code point order (`None`
+/// when there is none: the prefix is all `char::MAX`).
+pub fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 struct Builder<'a> {
     params: Vec<Param>,
     placeholder: &'a dyn Fn(usize) -> String,
@@ -53,18 +81,11 @@ impl Builder<'_> {
     }
 }
 
-/// The listing of `query` over `table` (already quoted), with `placeholder(n)` for the n-th
-/// parameter (`?n` for SQLite, `$n` for PostgreSQL). `prefix_condition(column, placeholder)`
-/// tests that a column starts with a bound text, in the database's own way.
-pub fn listing_sql(
-    query: &InstanceQuery,
-    table: &str,
-    placeholder: &dyn Fn(usize) -> String,
-    prefix_condition: &dyn Fn(&str, &str) -> String,
-) -> ListingSql {
+/// The listing of `query` over `table` (already quoted), in `dialect`.
+pub fn listing_sql(query: &InstanceQuery, table: &str, dialect: &Dialect<'_>) -> ListingSql {
     let mut builder = Builder {
         params: Vec::new(),
-        placeholder,
+        placeholder: dialect.placeholder,
     };
     let filter = &query.filter;
     let key = if query.order.by_update() {
@@ -97,18 +118,26 @@ pub fn listing_sql(
     if !filter.finished.is_open() {
         common.push("finished_at_ms IS NOT NULL".to_string());
     }
+    // A finished instance's last update is its finish (nothing changes it afterwards), so a
+    // finish range is also a range of `updated_at_ms`, which the status indexes order.
     if let Some(from) = filter.finished.from_ms {
-        common.push(format!(
-            "finished_at_ms >= {}",
-            builder.bind(Param::Int(from))
-        ));
+        let at = builder.bind(Param::Int(from));
+        common.push(format!("finished_at_ms >= {at} AND updated_at_ms >= {at}"));
     }
     if let Some(to) = filter.finished.to_ms {
-        common.push(format!("finished_at_ms < {}", builder.bind(Param::Int(to))));
+        let at = builder.bind(Param::Int(to));
+        common.push(format!("finished_at_ms < {at} AND updated_at_ms < {at}"));
     }
     if let Some(prefix) = &filter.id_prefix {
         let at = builder.bind(Param::Text(prefix.clone()));
-        common.push(prefix_condition("instance_id", &at));
+        common.push((dialect.starts_with)("instance_id", &at));
+        if dialect.code_point_order {
+            common.push(format!("instance_id >= {at}"));
+            if let Some(upper) = prefix_upper_bound(prefix) {
+                let upper_at = builder.bind(Param::Text(upper));
+                common.push(format!("instance_id < {upper_at}"));
+            }
+        }
     }
     if let Some(parent) = &filter.parent {
         common.push(format!(
@@ -128,13 +157,37 @@ pub fn listing_sql(
             "({key}, instance_id) {comparison} ({key_at}, {id_at})"
         ));
     }
+    let limit_at = builder.bind(Param::Int(limit));
+    let order = format!("ORDER BY {key} {direction}, instance_id {direction}");
+    // A parent's children are few (`instances_parent`), and a name without a status is walked
+    // in creation order by `instances_name_created`: one range, no arms.
+    let single = filter.parent.is_some()
+        || (filter.statuses.is_empty() && filter.name.is_some() && !query.order.by_update());
+    if single {
+        let mut conditions = common;
+        if !filter.statuses.is_empty() {
+            let statuses: Vec<String> = filter
+                .distinct_statuses()
+                .iter()
+                .map(|status| builder.bind(Param::Text(status.as_str().to_string())))
+                .collect();
+            conditions.push(format!("status IN ({})", statuses.join(", ")));
+        }
+        let conditions = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        return ListingSql {
+            sql: format!("SELECT {COLUMNS} FROM {table} {conditions} {order} LIMIT {limit_at}"),
+            params: builder.params,
+        };
+    }
     let statuses = if filter.statuses.is_empty() {
         ALL_STATUSES.to_vec()
     } else {
         filter.distinct_statuses()
     };
-    let limit_at = builder.bind(Param::Int(limit));
-    let order = format!("ORDER BY {key} {direction}, instance_id {direction}");
     let arms: Vec<String> = statuses
         .iter()
         .map(|status| {
@@ -197,6 +250,32 @@ mod tests {
         format!("substr({column}, 1, length({at})) = {at}")
     }
 
+    const DIALECT: Dialect<'static> = Dialect {
+        placeholder: &sqlite,
+        starts_with: &like,
+        code_point_order: true,
+    };
+
+    #[test]
+    fn prefix_bounds_are_exact_in_code_point_order() {
+        assert_eq!(prefix_upper_bound("ab").as_deref(), Some("ac"));
+        assert_eq!(
+            prefix_upper_bound("a\u{d7ff}").as_deref(),
+            Some("a\u{e000}")
+        );
+        assert_eq!(
+            prefix_upper_bound("a\u{10ffff}").as_deref(),
+            Some("b"),
+            "the last char cannot grow: the one before it does"
+        );
+        assert_eq!(prefix_upper_bound("\u{10ffff}"), None);
+        assert_eq!(prefix_upper_bound(""), None);
+        let upper = prefix_upper_bound("ab").unwrap();
+        for id in ["ab", "ab\u{10ffff}\u{10ffff}", "abz"] {
+            assert!(id < upper.as_str(), "{id}");
+        }
+    }
+
     #[test]
     fn one_status_is_one_range_and_several_are_merged() {
         let one = InstanceQuery {
@@ -207,7 +286,7 @@ mod tests {
             page_size: 10,
             ..InstanceQuery::default()
         };
-        let sql = listing_sql(&one, "instances", &sqlite, &like);
+        let sql = listing_sql(&one, "instances", &DIALECT);
         assert!(!sql.sql.contains("UNION"), "{}", sql.sql);
         assert_eq!(
             sql.params,
@@ -224,7 +303,7 @@ mod tests {
             page_size: 10,
             ..InstanceQuery::default()
         };
-        let sql = listing_sql(&all, "instances", &sqlite, &like);
+        let sql = listing_sql(&all, "instances", &DIALECT);
         assert_eq!(sql.sql.matches("UNION ALL").count(), ALL_STATUSES.len() - 1);
         assert!(sql.sql.contains("(updated_at_ms, instance_id) > (?1, ?2)"));
         assert!(

@@ -43,7 +43,7 @@ pub struct InstanceFilter {
     /// Created in this range.
     pub created: TimeRange,
     /// Finished (completed, failed or cancelled) in this range; a set range excludes unfinished
-    /// instances.
+    /// instances. Stores may rely on a finished instance's last update being its finish.
     pub finished: TimeRange,
     /// Ids that start with this text.
     pub id_prefix: Option<String>,

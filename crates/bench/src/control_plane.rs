@@ -1,0 +1,456 @@
+//! `sluice bench control-plane`: what an operator's listing and counting cost over a large
+//! store while the store serves the orchestration workload.
+//!
+//! The store is filled with `--instances` instances written by SQL in the store's own tables
+//! (the columns its code writes; the count triggers fire as for any insert), spread over 30
+//! days with a fixed mix of statuses, ten orchestration names and a fifth of them children of
+//! another instance: driving a million instances through turns would take this machine an hour.
+//! Then a runtime runs the orchestration benchmark's fan-out workload (closed loop) on the same
+//! store, and while it runs each query below is timed, a page at a time.
+
+use crate::postgres;
+use crate::stats::{Latencies, LatencyMs};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use sluice_runtime::{Client, InstanceStatus, Runtime, RuntimeOptions};
+use sluice_store::{InstanceFilter, InstanceOrder, InstanceQuery, Store, TimeRange};
+use sluice_store_postgres::{PostgresStore, PostgresStoreOptions};
+use sluice_store_sqlite::{Location, SqliteStore, SqliteStoreOptions};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Options of `sluice bench control-plane`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControlPlaneBenchArgs {
+    /// The store.
+    #[arg(long, value_enum)]
+    target: Target,
+    /// PostgreSQL to use (a fresh schema per run); required for `--target postgres` unless the
+    /// binary was built with the `throwaway-postgres` feature.
+    #[arg(long)]
+    pg_url: Option<String>,
+    /// Instances in the store before the queries.
+    #[arg(long, default_value_t = 1_000_000)]
+    instances: u64,
+    /// Pages timed per query.
+    #[arg(long, default_value_t = 40)]
+    samples: usize,
+    /// Instances of the fan-out workload kept running while the queries run (0: none).
+    #[arg(long, default_value_t = 8)]
+    in_flight: usize,
+    /// Write the results as JSON.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// Which store.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Target {
+    /// A SQLite file in a temporary directory.
+    Sqlite,
+    /// PostgreSQL (`--pg-url`).
+    Postgres,
+}
+
+/// Pages of 100 by the issue's target; counts have their own.
+const PAGE: usize = 100;
+const PAGE_P95_TARGET_MS: f64 = 50.0;
+const COUNTS_P95_TARGET_MS: f64 = 20.0;
+const SPAN_MS: i64 = 30 * 86_400_000;
+const NAMES: u64 = 10;
+
+#[derive(Serialize)]
+struct QueryResult {
+    query: &'static str,
+    samples: u64,
+    latency_ms: LatencyMs,
+    p95_ms: f64,
+    rows_per_page_mean: f64,
+    target_p95_ms: f64,
+    met: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    target: Target,
+    instances: u64,
+    fill_s: f64,
+    in_flight: usize,
+    workload_completed_per_sec: f64,
+    workload_failures: u64,
+    queries: Vec<QueryResult>,
+    machine: String,
+}
+
+/// The SQL that fills the instances table: `{series}` yields `i` from 0 to n-1, `{id}` formats
+/// an id from an integer expression; the rest is plain SQL both databases take.
+fn fill_sql(
+    series: &str,
+    id: &dyn Fn(&str) -> String,
+    table: &str,
+    n: u64,
+    base_ms: i64,
+) -> String {
+    let step = (SPAN_MS / i64::try_from(n.max(1)).unwrap_or(1)).max(1);
+    let h = "((i * 2654435761) % 100)";
+    let status = format!(
+        "CASE WHEN {h} < 70 THEN 'completed' WHEN {h} < 80 THEN 'failed' \
+         WHEN {h} < 82 THEN 'cancelled' WHEN {h} < 92 THEN 'running' \
+         WHEN {h} < 99 THEN 'pending' ELSE 'quarantined' END"
+    );
+    let created = format!("({base_ms} + i * {step})");
+    let finished = format!("CASE WHEN {h} < 82 THEN {created} + 5 + ((i * 37) % 3600000) END");
+    let started = format!("CASE WHEN {h} BETWEEN 92 AND 98 THEN NULL ELSE {created} + 5 END");
+    format!(
+        "INSERT INTO {table} (instance_id, name, status, execution_id, input, output, failure,
+             custom_status, created_at_ms, updated_at_ms, parent_id, started_at_ms, finished_at_ms)
+         SELECT {id_i}, 'flow-' || (i % {NAMES}), {status}, 1, '{{}}',
+             CASE WHEN {h} < 70 THEN '\"ok\"' END,
+             CASE WHEN {h} BETWEEN 70 AND 81 OR {h} = 99
+                  THEN '{{\"code\":\"boom\",\"message\":\"it failed\"}}' END,
+             NULL, {created}, COALESCE({finished}, {started}, {created}),
+             CASE WHEN i % 5 = 1 THEN {id_parent} END, {started}, {finished}
+         FROM {series}",
+        id_i = id("i"),
+        id_parent = id("(i - 1)"),
+    )
+}
+
+struct Opened {
+    store: Arc<dyn Store>,
+    fill_s: f64,
+    _keep: Box<dyn std::any::Any + Send>,
+}
+
+async fn open_sqlite(n: u64, base_ms: i64) -> Result<Opened> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("control-plane.db");
+    let store = SqliteStore::open(SqliteStoreOptions::new(Location::File(path.clone())))?;
+    let began = Instant::now();
+    let path_for_fill = path.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let connection = rusqlite::Connection::open(&path_for_fill)?;
+        connection.busy_timeout(Duration::from_secs(30))?;
+        let sql = fill_sql(
+            "(WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i + 1 < ?1)
+               SELECT i FROM s)",
+            &|expr| format!("printf('inst-%09d', {expr})"),
+            "instances",
+            n,
+            base_ms,
+        );
+        connection.execute_batch("BEGIN")?;
+        connection.execute(&sql, [i64::try_from(n)?])?;
+        connection.execute_batch("COMMIT")?;
+        Ok(())
+    })
+    .await??;
+    Ok(Opened {
+        store: Arc::new(store),
+        fill_s: began.elapsed().as_secs_f64(),
+        _keep: Box::new(dir),
+    })
+}
+
+async fn open_postgres(url: Option<&str>, n: u64, base_ms: i64) -> Result<Opened> {
+    let server = postgres::Server::open(url).await?;
+    let admin = postgres::connect(&server.url).await?;
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let schema = format!("sluice_cp_{millis}");
+    let mut options = PostgresStoreOptions::new(&server.url)?;
+    options.schema = schema.clone();
+    options.pool_connections_max = 6;
+    let store = PostgresStore::connect(options).await?;
+    let began = Instant::now();
+    let sql = fill_sql(
+        &format!("generate_series(0, {} - 1) AS s(i)", n),
+        &|expr| format!("'inst-' || lpad(({expr})::text, 9, '0')"),
+        &format!("\"{schema}\".instances"),
+        n,
+        base_ms,
+    );
+    admin
+        .batch_execute(&sql)
+        .await
+        .context("filling the store")?;
+    admin
+        .batch_execute(&format!(
+            "SELECT \"{schema}\".compact_instance_counts(); ANALYZE \"{schema}\".instances;"
+        ))
+        .await?;
+    Ok(Opened {
+        store: Arc::new(store),
+        fill_s: began.elapsed().as_secs_f64(),
+        _keep: Box::new((server, admin)),
+    })
+}
+
+/// The queries timed; each sample is one page (a cursor carries on to the next page, from the
+/// start again at the end) or one count.
+fn queries(base_ms: i64) -> Vec<(&'static str, InstanceFilter, InstanceOrder)> {
+    let day = 86_400_000;
+    let status = |statuses: &[InstanceStatus]| InstanceFilter {
+        statuses: statuses.to_vec(),
+        ..InstanceFilter::default()
+    };
+    vec![
+        (
+            "all_newest_first",
+            InstanceFilter::default(),
+            InstanceOrder::CreatedDesc,
+        ),
+        (
+            "failed_newest_first",
+            status(&[InstanceStatus::Failed]),
+            InstanceOrder::CreatedDesc,
+        ),
+        (
+            "running_or_pending_by_update",
+            status(&[InstanceStatus::Running, InstanceStatus::Pending]),
+            InstanceOrder::UpdatedDesc,
+        ),
+        (
+            "quarantined_oldest_first",
+            status(&[InstanceStatus::Quarantined]),
+            InstanceOrder::CreatedAsc,
+        ),
+        (
+            "one_name",
+            InstanceFilter {
+                name: Some("flow-3".into()),
+                ..InstanceFilter::default()
+            },
+            InstanceOrder::CreatedDesc,
+        ),
+        (
+            "one_name_failed",
+            InstanceFilter {
+                name: Some("flow-3".into()),
+                statuses: vec![InstanceStatus::Failed],
+                ..InstanceFilter::default()
+            },
+            InstanceOrder::CreatedDesc,
+        ),
+        (
+            "created_in_one_day",
+            InstanceFilter {
+                created: TimeRange {
+                    from_ms: Some(base_ms + 15 * day),
+                    to_ms: Some(base_ms + 16 * day),
+                },
+                ..InstanceFilter::default()
+            },
+            InstanceOrder::CreatedDesc,
+        ),
+        (
+            "finished_in_one_hour_by_update",
+            InstanceFilter {
+                finished: TimeRange {
+                    from_ms: Some(base_ms + 20 * day),
+                    to_ms: Some(base_ms + 20 * day + 3_600_000),
+                },
+                ..InstanceFilter::default()
+            },
+            InstanceOrder::UpdatedDesc,
+        ),
+        (
+            "id_prefix",
+            InstanceFilter {
+                id_prefix: Some("inst-0001".into()),
+                ..InstanceFilter::default()
+            },
+            InstanceOrder::CreatedDesc,
+        ),
+        (
+            "children_of_one_parent",
+            InstanceFilter {
+                parent: Some("inst-000500000".into()),
+                ..InstanceFilter::default()
+            },
+            InstanceOrder::CreatedDesc,
+        ),
+    ]
+}
+
+/// Keeps `in_flight` fan-out instances running until `stop`.
+async fn workload(client: Client, in_flight: usize, stop: Arc<AtomicBool>) -> (u64, u64) {
+    let issued = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let client = client.clone();
+            let stop = stop.clone();
+            let issued = issued.clone();
+            tokio::spawn(async move {
+                let (mut completed, mut failed) = (0, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    let id = format!("load-{}", issued.fetch_add(1, Ordering::Relaxed));
+                    let outcome = async {
+                        client.start("fan_out", &id, "x").await?;
+                        client
+                            .wait_for_completion(&id, Duration::from_secs(60))
+                            .await
+                    }
+                    .await;
+                    match outcome {
+                        Ok(info) if info.status == InstanceStatus::Completed => completed += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (completed, failed)
+            })
+        })
+        .collect();
+    let mut totals = (0, 0);
+    for task in tasks {
+        if let Ok((completed, failed)) = task.await {
+            totals.0 += completed;
+            totals.1 += failed;
+        }
+    }
+    totals
+}
+
+pub async fn run(args: ControlPlaneBenchArgs) -> Result<std::process::ExitCode> {
+    let base_ms = 1_700_000_000_000;
+    eprintln!(
+        "filling a {:?} store with {} instances...",
+        args.target, args.instances
+    );
+    let opened = match args.target {
+        Target::Sqlite => open_sqlite(args.instances, base_ms).await?,
+        Target::Postgres => open_postgres(args.pg_url.as_deref(), args.instances, base_ms).await?,
+    };
+    eprintln!("filled in {:.1} s", opened.fill_s);
+    let store = opened.store.clone();
+    let counted: u64 = store.count_by_status().await?.iter().map(|(_, n)| n).sum();
+    anyhow::ensure!(
+        counted == args.instances,
+        "the counts say {counted} instances after filling {}",
+        args.instances
+    );
+    let executions = Arc::new(AtomicU64::new(0));
+    let registry = crate::register(sluice_runtime::Registry::new(), 0, executions);
+    let runtime = Runtime::start(store.clone(), registry, RuntimeOptions::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load_began = Instant::now();
+    let load = tokio::spawn(workload(runtime.client(), args.in_flight, stop.clone()));
+    // Let the workload reach its pace before timing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut results = Vec::new();
+    for (name, filter, order) in queries(base_ms) {
+        let mut latencies = Latencies::new();
+        let mut rows = 0usize;
+        let mut after = None;
+        for _ in 0..args.samples {
+            let query = InstanceQuery {
+                filter: filter.clone(),
+                order,
+                page_size: PAGE,
+                after: after.take(),
+            };
+            let began = Instant::now();
+            let page = store.list_instances(&query).await?;
+            latencies.record_ms(began.elapsed().as_secs_f64() * 1e3, 1);
+            rows += page.instances.len();
+            after = page.next;
+        }
+        results.push(summarise(
+            name,
+            &latencies,
+            rows as f64 / args.samples.max(1) as f64,
+            PAGE_P95_TARGET_MS,
+        ));
+    }
+    let mut latencies = Latencies::new();
+    for _ in 0..args.samples {
+        let began = Instant::now();
+        let counts = store.instance_counts().await?;
+        latencies.record_ms(began.elapsed().as_secs_f64() * 1e3, 1);
+        std::hint::black_box(counts);
+    }
+    results.push(summarise(
+        "counts_by_status_and_name",
+        &latencies,
+        0.0,
+        COUNTS_P95_TARGET_MS,
+    ));
+    stop.store(true, Ordering::Relaxed);
+    let (completed, failures) = load.await?;
+    let load_s = load_began.elapsed().as_secs_f64();
+    runtime.shutdown(Duration::from_secs(5)).await;
+
+    let report = Report {
+        target: args.target,
+        instances: args.instances,
+        fill_s: opened.fill_s,
+        in_flight: args.in_flight,
+        workload_completed_per_sec: completed as f64 / load_s,
+        workload_failures: failures,
+        queries: results,
+        machine: crate::host::machine(),
+    };
+    print_report(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn summarise(query: &'static str, latencies: &Latencies, rows: f64, target: f64) -> QueryResult {
+    let latency_ms = latencies.summary().unwrap_or(LatencyMs {
+        p50: 0.0,
+        p90: 0.0,
+        p99: 0.0,
+        max: 0.0,
+    });
+    let p95_ms = latencies.quantile_ms(0.95).unwrap_or(0.0);
+    QueryResult {
+        query,
+        samples: latencies.count(),
+        latency_ms,
+        p95_ms,
+        rows_per_page_mean: rows,
+        target_p95_ms: target,
+        met: p95_ms < target,
+    }
+}
+
+fn print_report(report: &Report) {
+    println!(
+        "control plane [{:?}]: {} instances (filled in {:.1} s), while {} fan-out instances ran \
+         ({:.1} completed/s, {} failed)",
+        report.target,
+        report.instances,
+        report.fill_s,
+        report.in_flight,
+        report.workload_completed_per_sec,
+        report.workload_failures
+    );
+    println!("  {}", report.machine);
+    println!(
+        "| query | samples | rows/page | p50 ms | p95 ms | p99 ms | max ms | target p95 | met |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for q in &report.queries {
+        println!(
+            "| {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | < {} ms | {} |",
+            q.query,
+            q.samples,
+            q.rows_per_page_mean,
+            q.latency_ms.p50,
+            q.p95_ms,
+            q.latency_ms.p99,
+            q.latency_ms.max,
+            q.target_p95_ms,
+            if q.met { "yes" } else { "no" }
+        );
+    }
+}
