@@ -146,6 +146,28 @@ pub enum Event {
         /// Why.
         failure: Failure,
     },
+    /// Terminal: an operator terminated the instance (no compensation ran).
+    Terminated {
+        /// The reason given.
+        reason: String,
+        /// Who or what asked.
+        requested_by: String,
+    },
+    /// An operator suspended the instance: it stores what arrives but runs no turn until
+    /// resumed. Replay ignores it.
+    Suspended {
+        /// The reason given.
+        reason: String,
+        /// Who or what asked.
+        requested_by: String,
+    },
+    /// An operator resumed a suspended instance. Replay ignores it.
+    Resumed {
+        /// The reason given.
+        reason: String,
+        /// Who or what asked.
+        requested_by: String,
+    },
 }
 
 impl Event {
@@ -196,6 +218,7 @@ impl Event {
                 | Event::ContinuedAsNew { .. }
                 | Event::OrchestrationCompleted { .. }
                 | Event::OrchestrationFailed { .. }
+                | Event::Terminated { .. }
         )
     }
 
@@ -218,6 +241,9 @@ impl Event {
             Event::ContinuedAsNew { .. } => "continued_as_new",
             Event::OrchestrationCompleted { .. } => "orchestration_completed",
             Event::OrchestrationFailed { .. } => "orchestration_failed",
+            Event::Terminated { .. } => "terminated",
+            Event::Suspended { .. } => "suspended",
+            Event::Resumed { .. } => "resumed",
         }
     }
 }

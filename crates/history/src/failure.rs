@@ -62,4 +62,6 @@ pub mod codes {
     /// committed (stored data it cannot decode, a store error, a panic, a process crash): the
     /// instance is quarantined with this code and runs no turn until an operator acts.
     pub const TURN_POISONED: &str = "turn_poisoned";
+    /// An operator terminated the instance (the reason is the failure's message).
+    pub const TERMINATED: &str = "terminated";
 }

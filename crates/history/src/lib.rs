@@ -69,12 +69,20 @@ pub enum InstanceStatus {
     /// [`codes::TURN_POISONED`]; the reason is the instance's failure). Not final: it keeps
     /// receiving messages, but no turn runs until an operator acts.
     Quarantined,
+    /// Suspended by an operator: it keeps receiving messages and activity results, but no turn
+    /// runs until it is resumed. Not final.
+    Suspended,
+    /// Terminated by an operator (final; the failure has code [`codes::TERMINATED`]).
+    Terminated,
 }
 
 impl InstanceStatus {
-    /// True for the three final states.
+    /// True for the four final states.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Cancelled | Self::Terminated
+        )
     }
 
     /// The stable text form used in stores.
@@ -86,6 +94,8 @@ impl InstanceStatus {
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
             Self::Quarantined => "quarantined",
+            Self::Suspended => "suspended",
+            Self::Terminated => "terminated",
         }
     }
 
@@ -98,6 +108,8 @@ impl InstanceStatus {
             "failed" => Self::Failed,
             "cancelled" => Self::Cancelled,
             "quarantined" => Self::Quarantined,
+            "suspended" => Self::Suspended,
+            "terminated" => Self::Terminated,
             _ => return None,
         })
     }

@@ -3,7 +3,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_history::{Event, InstanceStatus, Message};
 use sluice_replay::queue_event_name;
-use sluice_store::{InstanceInfo, NewInstance, Store};
+use sluice_store::{ChildPolicy, InstanceInfo, NewInstance, OperatorRequest, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -139,6 +139,55 @@ impl Client {
             .map_err(not_found)
     }
 
+    /// Terminates an unfinished instance at once, without running its code (no compensation):
+    /// it ends `terminated`, with the reason and who asked in its history; whoever runs its
+    /// turn is fenced off. Its unfinished children follow `children`. Returns the ids
+    /// terminated, this instance first.
+    pub async fn terminate(
+        &self,
+        instance_id: &str,
+        reason: &str,
+        requested_by: &str,
+        children: ChildPolicy,
+    ) -> Result<Vec<String>, ClientError> {
+        let request = operator_request(instance_id, reason, requested_by);
+        self.store
+            .terminate_instance(&request, children)
+            .await
+            .map_err(not_found)
+    }
+
+    /// Suspends a pending or running instance: it keeps receiving events and results, and
+    /// its activities run on, but no turn runs until [`Client::resume`]. `Ok(false)` when it
+    /// was suspended already.
+    pub async fn suspend(
+        &self,
+        instance_id: &str,
+        reason: &str,
+        requested_by: &str,
+    ) -> Result<bool, ClientError> {
+        let request = operator_request(instance_id, reason, requested_by);
+        self.store
+            .suspend_instance(&request)
+            .await
+            .map_err(not_found)
+    }
+
+    /// Resumes a suspended instance; what arrived meanwhile is its next turn. `Ok(false)` when
+    /// it was not suspended.
+    pub async fn resume(
+        &self,
+        instance_id: &str,
+        reason: &str,
+        requested_by: &str,
+    ) -> Result<bool, ClientError> {
+        let request = operator_request(instance_id, reason, requested_by);
+        self.store
+            .resume_instance(&request)
+            .await
+            .map_err(not_found)
+    }
+
     /// The instance's status, output or failure, and custom status.
     pub async fn status(&self, instance_id: &str) -> Result<Option<InstanceInfo>, ClientError> {
         Ok(self.store.instance(instance_id).await?)
@@ -218,6 +267,14 @@ impl Client {
                 )
             }))),
         }
+    }
+}
+
+fn operator_request(instance_id: &str, reason: &str, requested_by: &str) -> OperatorRequest {
+    OperatorRequest {
+        instance_id: instance_id.to_string(),
+        reason: reason.to_string(),
+        requested_by: requested_by.to_string(),
     }
 }
 

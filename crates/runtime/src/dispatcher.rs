@@ -45,7 +45,10 @@ pub(crate) async fn process_turn(shared: &Arc<Shared>, tracker: &TaskTracker, tu
     let instance_id = turn.instance_id.clone();
     let lock_token = turn.lock_token;
     let local = shared.handoff.take(&instance_id);
-    if turn.status == InstanceStatus::Quarantined {
+    if matches!(
+        turn.status,
+        InstanceStatus::Quarantined | InstanceStatus::Suspended
+    ) {
         // Fetched only for results parked here: they go to its inbox, durably, and wait there
         // with the rest of its messages.
         flush_results(shared, local).await;

@@ -74,4 +74,4 @@ pub use sluice_replay::{
     ActivityFuture, Durable, DurableOutput, EventFuture, OrchestrationContext,
     SubOrchestrationFuture, TimerFuture,
 };
-pub use sluice_store::InstanceInfo;
+pub use sluice_store::{ChildPolicy, InstanceInfo};

@@ -150,11 +150,11 @@ impl GroupSql {
                     SELECT $6::text, {s}.now_ms($1), $7::text
                     WHERE $6::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM created)
                       AND EXISTS (SELECT 1 FROM {s}.instances
-                                  WHERE instance_id = $6::text AND status IN ('pending', 'running', 'quarantined'))
+                                  WHERE instance_id = $6::text AND status IN ('pending', 'running', 'quarantined', 'suspended'))
                     RETURNING instance_id),
                  due AS (
                     UPDATE {s}.instances t SET due_at_ms = {due_now}
-                    FROM refused WHERE t.instance_id = refused.instance_id AND t.status <> 'quarantined')
+                    FROM refused WHERE t.instance_id = refused.instance_id AND t.status NOT IN ('quarantined', 'suspended'))
                  SELECT instance_id FROM started UNION ALL SELECT instance_id FROM refused"),
             // The targets' rows were locked by the check (in id order with the group's own).
             messages: sql("WITH sent AS (
@@ -162,11 +162,11 @@ impl GroupSql {
                     SELECT m.instance_id, {s}.now_ms($1), m.message
                     FROM unnest($2::text[], $3::text[]) AS m(instance_id, message)
                     WHERE EXISTS (SELECT 1 FROM {s}.instances t WHERE t.instance_id = m.instance_id
-                                  AND t.status IN ('pending', 'running', 'quarantined'))
+                                  AND t.status IN ('pending', 'running', 'quarantined', 'suspended'))
                     RETURNING instance_id),
                  due AS (
                     UPDATE {s}.instances t SET due_at_ms = {due_now}
-                    WHERE t.instance_id IN (SELECT instance_id FROM sent) AND t.status <> 'quarantined')
+                    WHERE t.instance_id IN (SELECT instance_id FROM sent) AND t.status NOT IN ('quarantined', 'suspended'))
                  SELECT instance_id FROM sent"),
             // The executions that continue as new keep their times (before the update below).
             ended: sql("INSERT INTO {s}.executions (instance_id, execution_id, started_at_ms, finished_at_ms, history_len)
@@ -194,12 +194,12 @@ impl GroupSql {
                     history_len = u.history_len,
                     locked_until_ms = NULL,
                     deliveries = 0,
-                    due_at_ms = CASE WHEN u.finished OR COALESCE(u.status, i.status) = 'quarantined' THEN NULL
+                    due_at_ms = CASE WHEN u.finished OR COALESCE(u.status, i.status) IN ('quarantined', 'suspended') THEN NULL
                         ELSE (SELECT min(m.visible_at_ms) FROM {s}.inbox m WHERE m.instance_id = i.instance_id) END,
                     started_at_ms = CASE WHEN i.execution_id <> u.execution_id THEN {s}.now_ms($1)
                         WHEN i.started_at_ms IS NULL AND COALESCE(u.status, i.status) <> 'pending' THEN {s}.now_ms($1)
                         ELSE i.started_at_ms END,
-                    finished_at_ms = CASE WHEN COALESCE(u.status, i.status) IN ('completed', 'failed', 'cancelled')
+                    finished_at_ms = CASE WHEN COALESCE(u.status, i.status) IN ('completed', 'failed', 'cancelled', 'terminated')
                         THEN COALESCE(i.finished_at_ms, {s}.now_ms($1)) END,
                     updated_at_ms = CASE WHEN i.status IS DISTINCT FROM COALESCE(u.status, i.status)
                         OR u.output IS NOT NULL OR u.failure IS NOT NULL

@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 mod commit;
+mod operator;
 mod read;
 mod schema;
 mod store;

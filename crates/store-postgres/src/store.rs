@@ -1,4 +1,5 @@
 use crate::commit;
+use crate::operator;
 use crate::read;
 use crate::schema::{self, MigrateError};
 use crate::wake::{self, AbortOnDrop, Announcer, ListenerState};
@@ -9,9 +10,10 @@ use sluice_history::{Event, Failure, InstanceStatus, Message, TimestampMs};
 use sluice_postgres::{ConnectError, ConnectOptions, PoolOptions};
 use sluice_store::stored::{decode, encode, parse_status};
 use sluice_store::{
-    ActivityResult, ActivityWorkItem, Clock, ExecutionInfo, ExecutionStatus, ExportedInstance,
-    InstanceCount, InstanceInfo, InstancePage, InstanceQuery, LockedTurn, Names, NewActivity,
-    NewInstance, Signals, Store, StoreError, StoreResult, TurnCommit, Work,
+    ActivityResult, ActivityWorkItem, ChildPolicy, Clock, ExecutionInfo, ExecutionStatus,
+    ExportedInstance, InstanceCount, InstanceInfo, InstancePage, InstanceQuery, LockedTurn, Names,
+    NewActivity, NewInstance, OperatorRequest, Signals, Store, StoreError, StoreResult, TurnCommit,
+    Work,
 };
 use std::fmt;
 use std::sync::Arc;
@@ -156,9 +158,9 @@ pub(crate) const DUE_NOW: &str = "CASE WHEN t.locked_until_ms > {s}.now_ms($1) T
     ELSE LEAST(t.due_at_ms, {s}.now_ms($1)) END";
 
 /// The store's statements, with the schema name in place.
-struct Sql {
+pub(crate) struct Sql {
     /// The quoted schema.
-    schema: String,
+    pub(crate) schema: String,
     create_instance: String,
     instance_status: String,
     insert_message_if_live: String,
@@ -211,11 +213,11 @@ impl Sql {
                 "WITH sent AS (
                     INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
                     SELECT $2, {s}.now_ms($1), $3 FROM {s}.instances
-                    WHERE instance_id = $2 AND status IN ('pending', 'running', 'quarantined')
+                    WHERE instance_id = $2 AND status IN ('pending', 'running', 'quarantined', 'suspended')
                     RETURNING instance_id),
                  due AS (
                     UPDATE {s}.instances t SET due_at_ms = {due_now}
-                    FROM sent WHERE t.instance_id = sent.instance_id AND t.status <> 'quarantined')
+                    FROM sent WHERE t.instance_id = sent.instance_id AND t.status NOT IN ('quarantined', 'suspended'))
                  SELECT instance_id FROM sent",
             ),
             // Due instances in time order (the partial index `instances_due`), locked with SKIP
@@ -234,7 +236,7 @@ impl Sql {
                  due AS MATERIALIZED (
                     SELECT i.instance_id, i.due_at_ms FROM {s}.instances i
                     WHERE i.due_at_ms <= {s}.now_ms($1) AND NOT (i.instance_id = ANY($3))
-                      AND i.status <> 'quarantined'
+                      AND i.status NOT IN ('quarantined', 'suspended')
                       AND ($5::text[] IS NULL OR i.name = ANY($5::text[]))
                       AND (i.locked_until_ms IS NULL OR i.locked_until_ms <= {s}.now_ms($1))
                     ORDER BY i.due_at_ms LIMIT $2
@@ -278,7 +280,7 @@ impl Sql {
                 "WITH unlocked AS (
                     UPDATE {s}.instances i SET locked_until_ms = NULL,
                         deliveries = CASE WHEN $5 THEN GREATEST(i.deliveries - 1, 0) ELSE i.deliveries END,
-                        due_at_ms = CASE WHEN i.status = 'quarantined' THEN NULL ELSE
+                        due_at_ms = CASE WHEN i.status IN ('quarantined', 'suspended') THEN NULL ELSE
                             (SELECT min(CASE WHEN m.visible_at_ms <= {s}.now_ms($1)
                                              THEN {s}.now_ms($1) + $4 ELSE m.visible_at_ms END)
                              FROM {s}.inbox m WHERE m.instance_id = i.instance_id) END
@@ -852,7 +854,7 @@ fn committer_stopped() -> StoreError {
 }
 
 /// Runs `INSERT ... SELECT` of a message to an unfinished instance; whether it was delivered.
-async fn insert_if_live(
+pub(crate) async fn insert_if_live(
     client: &impl GenericClient,
     sql: &Sql,
     now: Option<i64>,
@@ -1443,6 +1445,46 @@ impl Store for PostgresStore {
         }
         .map_err(|error| self.db_error(error))?;
         Ok(row.get(0))
+    }
+
+    async fn terminate_instance(
+        &self,
+        request: &OperatorRequest,
+        children: ChildPolicy,
+    ) -> StoreResult<Vec<String>> {
+        let db = |error| self.db_error(error);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let acted = operator::terminate(&tx, &self.sql, self.now(), request, children, &db).await?;
+        tx.commit().await.map_err(db)?;
+        for id in &acted.finished {
+            self.wake_finished(id);
+        }
+        if acted.inbox_changed {
+            self.wake_orchestrations();
+        }
+        Ok(acted.finished)
+    }
+
+    async fn suspend_instance(&self, request: &OperatorRequest) -> StoreResult<bool> {
+        let db = |error| self.db_error(error);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let suspended = operator::suspend(&tx, &self.sql, self.now(), request, &db).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(suspended)
+    }
+
+    async fn resume_instance(&self, request: &OperatorRequest) -> StoreResult<bool> {
+        let db = |error| self.db_error(error);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let resumed = operator::resume(&tx, &self.sql, self.now(), request, &db).await?;
+        tx.commit().await.map_err(db)?;
+        if resumed {
+            self.wake_orchestrations();
+        }
+        Ok(resumed)
     }
 
     async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<InstancePage> {

@@ -32,6 +32,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod operator;
 mod schema;
 mod store;
 

@@ -1,4 +1,4 @@
-use crate::schema;
+use crate::{operator, schema};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use sluice_history::{Event, Failure, InstanceStatus, Message, TimestampMs, codes};
@@ -7,10 +7,10 @@ use sluice_sqlite::{
 };
 use sluice_store::stored::{decode, encode, parse_status};
 use sluice_store::{
-    ActivityResult, ActivityWorkItem, Clock, ExecutionInfo, ExecutionStatus, ExportedActivity,
-    ExportedInstance, ExportedMessage, InstanceCount, InstanceInfo, InstancePage, InstanceQuery,
-    InstanceSummary, LockedTurn, Names, NewActivity, NewInstance, Outbound, Signals, Store,
-    StoreError, StoreResult, SystemClock, TurnCommit, Work, listing,
+    ActivityResult, ActivityWorkItem, ChildPolicy, Clock, ExecutionInfo, ExecutionStatus,
+    ExportedActivity, ExportedInstance, ExportedMessage, InstanceCount, InstanceInfo, InstancePage,
+    InstanceQuery, InstanceSummary, LockedTurn, Names, NewActivity, NewInstance, OperatorRequest,
+    Outbound, Signals, Store, StoreError, StoreResult, SystemClock, TurnCommit, Work, listing,
 };
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -88,16 +88,16 @@ pub struct SqliteStore {
 
 /// A lease held in memory: the token that holds it and when it ends.
 #[derive(Clone, Copy, Debug)]
-struct Lease {
+pub(crate) struct Lease {
     token: i64,
     until_ms: TimestampMs,
 }
 
 /// Leases of instances (by id) and activity work items (by item id).
 #[derive(Default)]
-struct Leases {
-    instances: HashMap<String, Lease>,
-    activities: HashMap<i64, Lease>,
+pub(crate) struct Leases {
+    pub(crate) instances: HashMap<String, Lease>,
+    pub(crate) activities: HashMap<i64, Lease>,
 }
 
 fn holds<K: std::hash::Hash + Eq + ?Sized>(
@@ -110,7 +110,7 @@ fn holds<K: std::hash::Hash + Eq + ?Sized>(
         .is_some_and(|lease| lease.token == token && lease.until_ms > now)
 }
 
-fn is_free<K: std::hash::Hash + Eq + ?Sized>(
+pub(crate) fn is_free<K: std::hash::Hash + Eq + ?Sized>(
     map: &HashMap<impl std::borrow::Borrow<K> + std::hash::Hash + Eq, Lease>,
     key: &K,
     now: TimestampMs,
@@ -118,7 +118,7 @@ fn is_free<K: std::hash::Hash + Eq + ?Sized>(
     map.get(key).is_none_or(|lease| lease.until_ms <= now)
 }
 
-fn lock_leases(leases: &Mutex<Leases>) -> std::sync::MutexGuard<'_, Leases> {
+pub(crate) fn lock_leases(leases: &Mutex<Leases>) -> std::sync::MutexGuard<'_, Leases> {
     lock(leases)
 }
 
@@ -251,7 +251,7 @@ fn export_in(
     Ok(instances)
 }
 
-fn db_error(error: rusqlite::Error) -> StoreError {
+pub(crate) fn db_error(error: rusqlite::Error) -> StoreError {
     StoreError::Database(error.to_string())
 }
 
@@ -579,7 +579,7 @@ fn insert_message(
 }
 
 /// Delivers to an existing, unfinished instance; returns whether it was delivered.
-fn insert_message_if_live(
+pub(crate) fn insert_message_if_live(
     connection: &Connection,
     instance_id: &str,
     visible_at_ms: TimestampMs,
@@ -590,7 +590,7 @@ fn insert_message_if_live(
             "INSERT INTO inbox (instance_id, visible_at_ms, message)
              SELECT ?1, ?2, ?3 WHERE EXISTS (
                  SELECT 1 FROM instances WHERE instance_id = ?1
-                 AND status IN ('pending', 'running', 'quarantined'))",
+                 AND status IN ('pending', 'running', 'quarantined', 'suspended'))",
         )
         .and_then(|mut statement| {
             statement.execute(params![instance_id, visible_at_ms, encode(message)])
@@ -639,7 +639,7 @@ fn status_of(connection: &Connection, instance_id: &str) -> StoreResult<Option<I
 }
 
 /// The number of events in an execution's history: its largest position + 1.
-fn history_len_of(
+pub(crate) fn history_len_of(
     connection: &Connection,
     instance_id: &str,
     execution_id: i64,
@@ -675,17 +675,24 @@ fn commit_turn_in(
     ) {
         return Err(StoreError::LeaseLost("instance"));
     }
-    let execution_id: Option<i64> = connection
-        .prepare_cached("SELECT execution_id FROM instances WHERE instance_id = ?1")
+    let row: Option<(i64, String)> = connection
+        .prepare_cached("SELECT execution_id, status FROM instances WHERE instance_id = ?1")
         .and_then(|mut statement| {
             statement
-                .query_row(params![commit.instance_id], |row| row.get(0))
+                .query_row(params![commit.instance_id], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
                 .optional()
         })
         .map_err(db_error)?;
-    let Some(execution_id) = execution_id else {
+    let Some((execution_id, status)) = row else {
         return Err(StoreError::InstanceNotFound(commit.instance_id.clone()));
     };
+    // An operator of another process suspended or terminated it while this turn ran (an
+    // operator of this store drops the lease itself, see `operator.rs`).
+    if status == "suspended" || status == "terminated" {
+        return Err(StoreError::LeaseLost("instance"));
+    }
     let history_len = history_len_of(connection, &commit.instance_id, execution_id)?;
     if u64::try_from(execution_id).ok() != Some(commit.execution_id) {
         return Err(StoreError::Contract(format!(
@@ -862,7 +869,7 @@ fn commit_turn_in(
                         WHEN started_at_ms IS NULL AND COALESCE(?2, status) != 'pending' THEN ?8
                         ELSE started_at_ms END,
                     finished_at_ms = CASE
-                        WHEN COALESCE(?2, status) IN ('completed', 'failed', 'cancelled')
+                        WHEN COALESCE(?2, status) IN ('completed', 'failed', 'cancelled', 'terminated')
                         THEN COALESCE(finished_at_ms, ?8) END
                  WHERE instance_id = ?1 AND (
                     status IS NOT COALESCE(?2, status)
@@ -995,7 +1002,7 @@ fn fetch_turns_in(
     let queued: Vec<String> = connection
         .prepare_cached(
             "SELECT m.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id
-             WHERE m.visible_at_ms <= ?1 AND i.status != 'quarantined'
+             WHERE m.visible_at_ms <= ?1 AND i.status NOT IN ('quarantined', 'suspended')
                AND (?3 IS NULL OR i.name IN (SELECT value FROM json_each(?3)))
              GROUP BY m.instance_id ORDER BY MIN(m.message_id) LIMIT ?2",
         )
@@ -1350,6 +1357,47 @@ impl Store for SqliteStore {
             },
         );
         Ok(())
+    }
+
+    async fn terminate_instance(
+        &self,
+        request: &OperatorRequest,
+        children: ChildPolicy,
+    ) -> StoreResult<Vec<String>> {
+        let request = request.clone();
+        let leases = self.leases.clone();
+        let acted = self
+            .write(move |connection, now| {
+                let mut acted = operator::Acted::default();
+                operator::terminate(connection, &leases, now, &request, children, &mut acted)?;
+                Ok(acted)
+            })
+            .await?;
+        for id in &acted.finished {
+            self.signals.notify_finished(id);
+        }
+        if acted.inbox_changed {
+            self.signals.orchestrations.notify_one();
+        }
+        Ok(acted.finished)
+    }
+
+    async fn suspend_instance(&self, request: &OperatorRequest) -> StoreResult<bool> {
+        let request = request.clone();
+        let leases = self.leases.clone();
+        self.write(move |connection, now| operator::suspend(connection, &leases, now, &request))
+            .await
+    }
+
+    async fn resume_instance(&self, request: &OperatorRequest) -> StoreResult<bool> {
+        let request = request.clone();
+        let resumed = self
+            .write(move |connection, now| operator::resume(connection, now, &request))
+            .await?;
+        if resumed {
+            self.signals.orchestrations.notify_one();
+        }
+        Ok(resumed)
     }
 
     async fn quarantine_turn(

@@ -1562,6 +1562,416 @@ pub async fn executions_and_history_pages<S: Store>(h: Harness<S>) {
     );
 }
 
+fn operator(id: &str, reason: &str) -> crate::OperatorRequest {
+    crate::OperatorRequest {
+        instance_id: id.into(),
+        reason: reason.into(),
+        requested_by: "ops@test".into(),
+    }
+}
+
+fn event(name: &str) -> Message {
+    Message::Event {
+        name: name.into(),
+        data: "x".into(),
+    }
+}
+
+/// Starts `id` (with `parent`) and takes its first turn to running, scheduling `extra`.
+async fn running_child<S: Store>(
+    store: &S,
+    id: &str,
+    parent: Option<&str>,
+    extra: TurnCommit,
+    clock: &ManualClock,
+) {
+    let start = NewInstance {
+        parent: parent.map(|parent| ParentLink {
+            instance_id: parent.into(),
+            execution_id: 1,
+            id: 1,
+        }),
+        ..new_instance(id)
+    };
+    assert!(store.create_instance(start).await.unwrap());
+    clock.advance_ms(1);
+    let turn = store
+        .fetch_turns(10, LEASE, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|turn| turn.instance_id == id)
+        .expect("its start turn");
+    store
+        .commit_turn(TurnCommit {
+            instance_id: id.into(),
+            lock_token: turn.lock_token,
+            execution_id: 1,
+            history_from: 0,
+            append: vec![Event::TurnStarted { now_ms: 0 }],
+            consumed: turn
+                .messages
+                .iter()
+                .map(|(message_id, _)| *message_id)
+                .collect(),
+            status: Some(InstanceStatus::Running),
+            ..extra
+        })
+        .await
+        .unwrap();
+}
+
+/// A terminate ends an instance at once: the holder of its turn is fenced off, its messages,
+/// timers and unheld work go, the event records who asked and why, and its descendants are
+/// terminated with it.
+pub async fn terminate_fences_the_holder_and_takes_the_children<S: Store>(h: Harness<S>) {
+    use crate::ChildPolicy;
+    let store = &h.store;
+    let now = h.clock.now_ms_for_tests();
+    let extra = TurnCommit {
+        activities: vec![activity("p", 0)],
+        timers: vec![(
+            now + 60_000,
+            Message::TimerFired {
+                execution_id: 1,
+                id: 1,
+            },
+        )],
+        ..TurnCommit::default()
+    };
+    running_child(store, "p", None, extra, &h.clock).await;
+    running_child(store, "c", Some("p"), TurnCommit::default(), &h.clock).await;
+    store
+        .create_instance(NewInstance {
+            parent: Some(ParentLink {
+                instance_id: "c".into(),
+                execution_id: 1,
+                id: 1,
+            }),
+            ..new_instance("g")
+        })
+        .await
+        .unwrap();
+    store.create_instance(new_instance("other")).await.unwrap();
+    store.enqueue_message("p", event("go"), None).await.unwrap();
+    let held = store
+        .fetch_turns(10, LEASE, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|turn| turn.instance_id == "p")
+        .expect("p's turn");
+    let before = store.read_history("p", 1, 0).await.unwrap().len() as u64;
+
+    let terminated = store
+        .terminate_instance(&operator("p", "stuck order"), ChildPolicy::Terminate)
+        .await
+        .unwrap();
+    assert_eq!(terminated[0], "p");
+    let mut rest = terminated[1..].to_vec();
+    rest.sort();
+    assert_eq!(rest, ["c", "g"]);
+
+    let late = store
+        .commit_turn(TurnCommit {
+            instance_id: "p".into(),
+            lock_token: held.lock_token,
+            execution_id: 1,
+            history_from: before,
+            append: vec![Event::TurnStarted { now_ms: 1 }],
+            consumed: held.messages.iter().map(|(id, _)| *id).collect(),
+            status: Some(InstanceStatus::Completed),
+            output: Some("late".into()),
+            ..TurnCommit::default()
+        })
+        .await;
+    assert!(
+        matches!(late, Err(StoreError::LeaseLost(_))),
+        "the holder's late commit is refused: {late:?}"
+    );
+    assert!(matches!(
+        store.renew_turn_lease("p", held.lock_token, LEASE).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let info = store.instance("p").await.unwrap().unwrap();
+    assert_eq!(info.status, InstanceStatus::Terminated);
+    assert_eq!(info.output, None);
+    let failure = info.failure.expect("a failure");
+    assert_eq!(
+        (failure.code.as_str(), failure.message.as_str()),
+        (codes::TERMINATED, "stuck order")
+    );
+    assert!(info.finished_at_ms.is_some());
+    let history = store.read_history("p", 1, 0).await.unwrap();
+    assert_eq!(history.len() as u64, before + 1);
+    assert_eq!(
+        history.last(),
+        Some(&Event::Terminated {
+            reason: "stuck order".into(),
+            requested_by: "ops@test".into(),
+        })
+    );
+    let g = store.instance("g").await.unwrap().unwrap();
+    assert_eq!(g.status, InstanceStatus::Terminated);
+    assert!(g.failure.unwrap().message.contains("'c' was terminated"));
+
+    h.clock.advance_ms(120_000);
+    let turns: Vec<String> = store
+        .fetch_turns(10, LEASE, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|turn| turn.instance_id)
+        .collect();
+    assert_eq!(
+        turns,
+        ["other"],
+        "no timer or message of the terminated is handed out"
+    );
+    assert!(store.fetch_activities(10, LEASE).await.unwrap().is_empty());
+    assert!(matches!(
+        store
+            .terminate_instance(&operator("p", "again"), ChildPolicy::Terminate)
+            .await,
+        Err(StoreError::InstanceFinished { .. })
+    ));
+    assert!(matches!(
+        store
+            .terminate_instance(&operator("nobody", "x"), ChildPolicy::Terminate)
+            .await,
+        Err(StoreError::InstanceNotFound(_))
+    ));
+    assert!(
+        store
+            .enqueue_message("p", event("late"), None)
+            .await
+            .is_err()
+    );
+    let counts = store.count_by_status().await.unwrap();
+    assert!(
+        counts.contains(&(InstanceStatus::Terminated, 3)),
+        "{counts:?}"
+    );
+}
+
+/// A terminate may cancel its children (they run their compensation) or abandon them.
+pub async fn terminate_cancels_or_abandons_children<S: Store>(h: Harness<S>) {
+    use crate::ChildPolicy;
+    let store = &h.store;
+    for (parent, child) in [("p1", "c1"), ("p2", "c2")] {
+        running_child(store, parent, None, TurnCommit::default(), &h.clock).await;
+        running_child(store, child, Some(parent), TurnCommit::default(), &h.clock).await;
+    }
+    let cancelled = store
+        .terminate_instance(&operator("p1", "wrong customer"), ChildPolicy::Cancel)
+        .await
+        .unwrap();
+    assert_eq!(cancelled, ["p1"]);
+    let abandoned = store
+        .terminate_instance(&operator("p2", "duplicate"), ChildPolicy::Abandon)
+        .await
+        .unwrap();
+    assert_eq!(abandoned, ["p2"]);
+    let turns = store.fetch_turns(10, LEASE, &[]).await.unwrap();
+    assert_eq!(turns.len(), 1, "only the cancelled child has a message");
+    assert_eq!(turns[0].instance_id, "c1");
+    assert!(matches!(
+        &turns[0].messages[0].1,
+        Message::Cancel { reason } if reason.contains("'p1' was terminated: wrong customer")
+    ));
+    for child in ["c1", "c2"] {
+        let info = store.instance(child).await.unwrap().unwrap();
+        assert_eq!(info.status, InstanceStatus::Running);
+    }
+}
+
+/// A suspended instance fences the holder of its turn, keeps receiving messages and results
+/// (its activities run on, timers fall due) but runs no turn; resumed, all of it is its next
+/// turn. The history records both actions.
+pub async fn suspend_stores_everything_and_runs_nothing_until_resumed<S: Store>(h: Harness<S>) {
+    let store = &h.store;
+    let now = h.clock.now_ms_for_tests();
+    let extra = TurnCommit {
+        activities: vec![activity("a", 0)],
+        timers: vec![(
+            now + 5_000,
+            Message::TimerFired {
+                execution_id: 1,
+                id: 1,
+            },
+        )],
+        ..TurnCommit::default()
+    };
+    running_child(store, "a", None, extra, &h.clock).await;
+    store
+        .enqueue_message("a", event("first"), None)
+        .await
+        .unwrap();
+    let held = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let before = store.read_history("a", 1, 0).await.unwrap().len() as u64;
+
+    assert!(
+        store
+            .suspend_instance(&operator("a", "investigating"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .suspend_instance(&operator("a", "again"))
+            .await
+            .unwrap()
+    );
+    let late = store
+        .commit_turn(TurnCommit {
+            instance_id: "a".into(),
+            lock_token: held.lock_token,
+            execution_id: 1,
+            history_from: before,
+            append: vec![Event::TurnStarted { now_ms: 1 }],
+            consumed: held.messages.iter().map(|(id, _)| *id).collect(),
+            ..TurnCommit::default()
+        })
+        .await;
+    assert!(matches!(late, Err(StoreError::LeaseLost(_))), "{late:?}");
+    assert_eq!(
+        store.instance("a").await.unwrap().unwrap().status,
+        InstanceStatus::Suspended
+    );
+    store
+        .enqueue_message("a", event("second"), None)
+        .await
+        .unwrap();
+    let item = store
+        .fetch_activities(1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .expect("activities run on");
+    store
+        .complete_activity(
+            item.item_id,
+            item.lock_token,
+            ActivityResult::Completed("ok".into()),
+        )
+        .await
+        .unwrap();
+    h.clock.advance_ms(10_000);
+    assert!(
+        store.fetch_turns(10, LEASE, &[]).await.unwrap().is_empty(),
+        "no turn while suspended"
+    );
+
+    assert!(
+        store
+            .resume_instance(&operator("a", "fixed"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .resume_instance(&operator("a", "again"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.instance("a").await.unwrap().unwrap().status,
+        InstanceStatus::Running
+    );
+    let turn = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .expect("resumed");
+    let mut kinds: Vec<&str> = turn
+        .messages
+        .iter()
+        .map(|(_, message)| match message {
+            Message::Event { name, .. } => name.as_str(),
+            Message::TimerFired { .. } => "timer",
+            Message::ActivityCompleted { .. } => "activity",
+            _ => "other",
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["activity", "first", "second", "timer"]);
+    let history = store.read_history("a", 1, 0).await.unwrap();
+    assert_eq!(
+        &history[history.len() - 2..],
+        [
+            Event::Suspended {
+                reason: "investigating".into(),
+                requested_by: "ops@test".into(),
+            },
+            Event::Resumed {
+                reason: "fixed".into(),
+                requested_by: "ops@test".into(),
+            },
+        ]
+    );
+    assert_eq!(
+        turn.history_len,
+        history.len() as u64,
+        "the next turn appends after them"
+    );
+    store
+        .release_turn("a", turn.lock_token, Duration::ZERO)
+        .await
+        .unwrap();
+
+    // A pending instance resumes to pending; finished, quarantined and missing ones refuse.
+    store.create_instance(new_instance("b")).await.unwrap();
+    assert!(
+        store
+            .suspend_instance(&operator("b", "hold"))
+            .await
+            .unwrap()
+    );
+    assert!(store.resume_instance(&operator("b", "go")).await.unwrap());
+    assert_eq!(
+        store.instance("b").await.unwrap().unwrap().status,
+        InstanceStatus::Pending
+    );
+    store
+        .terminate_instance(&operator("b", "done"), crate::ChildPolicy::Terminate)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.suspend_instance(&operator("b", "x")).await,
+        Err(StoreError::InstanceFinished { .. })
+    ));
+    assert!(matches!(
+        store.suspend_instance(&operator("nobody", "x")).await,
+        Err(StoreError::InstanceNotFound(_))
+    ));
+    store
+        .enqueue_message("a", event("poison"), None)
+        .await
+        .unwrap();
+    let turn = store
+        .fetch_turns(1, LEASE, &["a".to_string()])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    store
+        .quarantine_turn(
+            "a",
+            turn.lock_token,
+            Failure::new(codes::TURN_POISONED, "x"),
+        )
+        .await
+        .unwrap();
+    let refused = store.suspend_instance(&operator("a", "x")).await;
+    assert_eq!(refused.unwrap_err().code(), "store.not_allowed");
+}
+
 /// Declares one `#[tokio::test]` per conformance check. `$factory` is an async expression
 /// evaluating to a [`Harness`].
 #[macro_export]
@@ -1588,7 +1998,10 @@ macro_rules! conformance_tests {
             fetches_hand_out_only_the_names_asked_for,
             listings_filter_order_and_page,
             counts_follow_every_change,
-            executions_and_history_pages
+            executions_and_history_pages,
+            terminate_fences_the_holder_and_takes_the_children,
+            terminate_cancels_or_abandons_children,
+            suspend_stores_everything_and_runs_nothing_until_resumed
         );
     };
     (@each $factory:expr; $($check:ident),*) => {

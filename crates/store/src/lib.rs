@@ -89,6 +89,16 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(String),
+    /// The instance's status does not allow the operation.
+    #[error("instance '{instance_id}' is {status}: {why}")]
+    NotAllowed {
+        /// The instance.
+        instance_id: String,
+        /// Its status.
+        status: &'static str,
+        /// Why not, and what to do instead.
+        why: &'static str,
+    },
 }
 
 impl StoreError {
@@ -101,6 +111,7 @@ impl StoreError {
             StoreError::Contract(_) => "store.contract",
             StoreError::Corrupt(_) => "store.corrupt",
             StoreError::Database(_) => "store.database",
+            StoreError::NotAllowed { .. } => "store.not_allowed",
         }
     }
 }
@@ -277,6 +288,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// A page of the instances a query's filter selects, in its order (see [`InstanceQuery`]).
     async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<InstancePage>;
+
+    /// Terminates an unfinished instance at once, without running its code: appends
+    /// [`Event::Terminated`] with the request, sets status `terminated` (failure code
+    /// `terminated`, the reason as its message), drops its messages, timers and the activity
+    /// work nobody holds, and fences the lease of whoever holds its turn, whose commit is then
+    /// refused ([`StoreError::LeaseLost`]). Its unfinished children follow `children`. Returns
+    /// the ids terminated, this instance first. A finished instance is
+    /// [`StoreError::InstanceFinished`].
+    async fn terminate_instance(
+        &self,
+        request: &OperatorRequest,
+        children: ChildPolicy,
+    ) -> StoreResult<Vec<String>>;
+
+    /// Suspends a pending or running instance: appends [`Event::Suspended`], sets status
+    /// `suspended` and fences the holder of its turn. It keeps receiving messages and activity
+    /// results (its activities run on), and timers fall due, but no turn runs until
+    /// [`Store::resume_instance`]. `Ok(false)` when it was suspended already; a quarantined
+    /// instance is [`StoreError::NotAllowed`], a finished one [`StoreError::InstanceFinished`].
+    async fn suspend_instance(&self, request: &OperatorRequest) -> StoreResult<bool>;
+
+    /// Resumes a suspended instance: appends [`Event::Resumed`] and sets it back to running
+    /// (pending if it never started); what arrived meanwhile, timers that fell due included,
+    /// is its next turn. `Ok(false)` when it was not suspended.
+    async fn resume_instance(&self, request: &OperatorRequest) -> StoreResult<bool>;
 
     /// How many instances there are per status and orchestration name (only counts above zero,
     /// ordered by status, then name). Kept by the store as instances change, so it reads a few

@@ -17,13 +17,15 @@ pub const COLUMNS: &str = "instance_id, name, status, execution_id, failure, cus
                            parent_id, created_at_ms, started_at_ms, updated_at_ms, finished_at_ms";
 
 /// Every status, for a listing without a status filter.
-pub const ALL_STATUSES: [InstanceStatus; 6] = [
+pub const ALL_STATUSES: [InstanceStatus; 8] = [
     InstanceStatus::Pending,
     InstanceStatus::Running,
     InstanceStatus::Completed,
     InstanceStatus::Failed,
     InstanceStatus::Cancelled,
     InstanceStatus::Quarantined,
+    InstanceStatus::Suspended,
+    InstanceStatus::Terminated,
 ];
 
 /// A bound value of a listing's SQL.

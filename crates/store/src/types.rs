@@ -310,3 +310,27 @@ pub struct ExportedActivity {
     /// Task queue (`None`: the default one).
     pub task_queue: Option<String>,
 }
+
+/// An operator's request about one instance, recorded in its history with the event it causes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorRequest {
+    /// The instance.
+    pub instance_id: String,
+    /// Why (recorded).
+    pub reason: String,
+    /// Who or what asks (recorded): a user, a tool, a policy.
+    pub requested_by: String,
+}
+
+/// What becomes of a terminated instance's unfinished sub-orchestrations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildPolicy {
+    /// Terminated with it, and theirs with them. The default.
+    #[default]
+    Terminate,
+    /// Sent a cancel: their code runs its compensation.
+    Cancel,
+    /// Left running; what they send their parent is dropped.
+    Abandon,
+}

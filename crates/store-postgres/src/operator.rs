@@ -1,0 +1,291 @@
+//! Operator actions on instances (terminate, suspend, resume), each one transaction.
+//!
+//! Each locks the instance row, appends the event that records the action at the history's
+//! end, and, where it takes the instance away from whoever runs its turn, fences that holder:
+//! the lock token moves on to a fresh one from the sequence and the lease ends, so the
+//! holder's renewal and commit, which must name the token that holds the lease, are refused
+//! (`StoreError::LeaseLost`) whichever process it runs in.
+
+use crate::store::{Sql, insert_if_live};
+use deadpool_postgres::Transaction;
+use sluice_history::{Event, Failure, InstanceStatus, Message, codes};
+use sluice_store::stored::{encode, parse_status};
+use sluice_store::{ChildPolicy, OperatorRequest, StoreError, StoreResult};
+
+type Db<'a> = dyn Fn(tokio_postgres::Error) -> StoreError + Send + Sync + 'a;
+
+/// What an action changed, for the wake-ups sent after it.
+#[derive(Default)]
+pub(crate) struct Acted {
+    /// Instances that finished.
+    pub(crate) finished: Vec<String>,
+    /// Whether messages became due (a resume, cancels to children).
+    pub(crate) inbox_changed: bool,
+}
+
+struct Row {
+    status: InstanceStatus,
+    execution_id: i64,
+    history_len: i64,
+    started: bool,
+}
+
+async fn lock_row(
+    tx: &Transaction<'_>,
+    s: &str,
+    instance_id: &str,
+    db: &Db<'_>,
+) -> StoreResult<Option<Row>> {
+    let row = tx
+        .query_opt(
+            &format!(
+                "SELECT status, execution_id, history_len, started_at_ms IS NOT NULL
+                 FROM {s}.instances WHERE instance_id = $1 FOR UPDATE"
+            ),
+            &[&instance_id],
+        )
+        .await
+        .map_err(db)?;
+    row.map(|row| {
+        let status: String = row.get(0);
+        Ok(Row {
+            status: parse_status(&status)?,
+            execution_id: row.get(1),
+            history_len: row.get(2),
+            started: row.get(3),
+        })
+    })
+    .transpose()
+}
+
+/// Appends `event` at the history's end and sets the row: `status`, `failure` when given,
+/// the history length, and with `fence` a fresh token and no lease.
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    tx: &Transaction<'_>,
+    s: &str,
+    now: Option<i64>,
+    instance_id: &str,
+    row: &Row,
+    event: &Event,
+    status: InstanceStatus,
+    failure: Option<&Failure>,
+    db: &Db<'_>,
+) -> StoreResult<()> {
+    tx.execute(
+        &format!(
+            "INSERT INTO {s}.history (instance_id, execution_id, position, event)
+             VALUES ($1, $2, $3, $4)"
+        ),
+        &[
+            &instance_id,
+            &row.execution_id,
+            &row.history_len,
+            &encode(event),
+        ],
+    )
+    .await
+    .map_err(db)?;
+    // Suspended and terminated instances are due for nothing; a resumed one when its first
+    // message is visible (those that arrived meanwhile, timers that fell due).
+    tx.execute(
+        &format!(
+            "UPDATE {s}.instances SET status = $2, failure = COALESCE($3, failure),
+                 history_len = history_len + 1, updated_at_ms = {s}.now_ms($4),
+                 finished_at_ms = CASE WHEN $2 = 'terminated' THEN {s}.now_ms($4) END,
+                 lock_token = CASE WHEN $2 IN ('terminated', 'suspended')
+                     THEN nextval('{s}.lock_tokens') ELSE lock_token END,
+                 locked_until_ms = CASE WHEN $2 IN ('terminated', 'suspended')
+                     THEN NULL ELSE locked_until_ms END,
+                 deliveries = 0,
+                 due_at_ms = CASE WHEN $2 IN ('terminated', 'suspended') THEN NULL
+                     ELSE (SELECT min(m.visible_at_ms) FROM {s}.inbox m
+                           WHERE m.instance_id = $1) END
+             WHERE instance_id = $1"
+        ),
+        &[&instance_id, &status.as_str(), &failure.map(encode), &now],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+fn finished(instance_id: &str, status: InstanceStatus) -> StoreError {
+    StoreError::InstanceFinished {
+        instance_id: instance_id.to_string(),
+        status: status.as_str(),
+    }
+}
+
+/// Terminates `request.instance_id` and, by `children`, its unfinished descendants (depth
+/// first, parents before their children; rows are locked as they are reached).
+pub(crate) async fn terminate(
+    tx: &Transaction<'_>,
+    sql: &Sql,
+    now: Option<i64>,
+    request: &OperatorRequest,
+    children: ChildPolicy,
+    db: &Db<'_>,
+) -> StoreResult<Acted> {
+    let s = sql.schema.as_str();
+    let mut acted = Acted::default();
+    let mut stack = vec![request.clone()];
+    while let Some(request) = stack.pop() {
+        let id = request.instance_id.as_str();
+        let root = acted.finished.is_empty();
+        let row = match lock_row(tx, s, id, db).await? {
+            Some(row) => row,
+            None if root => return Err(StoreError::InstanceNotFound(id.to_string())),
+            None => continue,
+        };
+        if row.status.is_terminal() {
+            if root {
+                return Err(finished(id, row.status));
+            }
+            continue;
+        }
+        let event = Event::Terminated {
+            reason: request.reason.clone(),
+            requested_by: request.requested_by.clone(),
+        };
+        let failure = Failure::new(codes::TERMINATED, request.reason.clone());
+        record(
+            tx,
+            s,
+            now,
+            id,
+            &row,
+            &event,
+            InstanceStatus::Terminated,
+            Some(&failure),
+            db,
+        )
+        .await?;
+        tx.execute(
+            &format!("DELETE FROM {s}.inbox WHERE instance_id = $1"),
+            &[&id],
+        )
+        .await
+        .map_err(db)?;
+        // Work items someone holds are left to the holder, whose completion then finds the
+        // instance finished and deletes them.
+        tx.execute(
+            &format!(
+                "DELETE FROM {s}.activities WHERE instance_id = $1
+                 AND (lock_token IS NULL OR visible_at_ms <= {s}.now_ms($2))"
+            ),
+            &[&id, &now],
+        )
+        .await
+        .map_err(db)?;
+        acted.finished.push(id.to_string());
+        if children == ChildPolicy::Abandon {
+            continue;
+        }
+        let live = tx
+            .query(
+                &format!(
+                    "SELECT instance_id FROM {s}.instances WHERE parent_id = $1
+                     AND status IN ('pending', 'running', 'quarantined', 'suspended')
+                     ORDER BY instance_id DESC"
+                ),
+                &[&id],
+            )
+            .await
+            .map_err(db)?;
+        let reason = format!("its parent '{id}' was terminated: {}", request.reason);
+        for child in live {
+            let child: String = child.get(0);
+            match children {
+                ChildPolicy::Terminate => stack.push(OperatorRequest {
+                    instance_id: child,
+                    reason: reason.clone(),
+                    requested_by: request.requested_by.clone(),
+                }),
+                ChildPolicy::Cancel => {
+                    let cancel = Message::Cancel {
+                        reason: reason.clone(),
+                    };
+                    acted.inbox_changed |= insert_if_live(tx, sql, now, &child, &cancel)
+                        .await
+                        .map_err(db)?;
+                }
+                ChildPolicy::Abandon => {}
+            }
+        }
+    }
+    Ok(acted)
+}
+
+/// Suspends the instance; `false` when it was suspended already.
+pub(crate) async fn suspend(
+    tx: &Transaction<'_>,
+    sql: &Sql,
+    now: Option<i64>,
+    request: &OperatorRequest,
+    db: &Db<'_>,
+) -> StoreResult<bool> {
+    let s = sql.schema.as_str();
+    let id = request.instance_id.as_str();
+    let Some(row) = lock_row(tx, s, id, db).await? else {
+        return Err(StoreError::InstanceNotFound(id.to_string()));
+    };
+    match row.status {
+        InstanceStatus::Suspended => return Ok(false),
+        InstanceStatus::Quarantined => {
+            return Err(StoreError::NotAllowed {
+                instance_id: id.to_string(),
+                status: row.status.as_str(),
+                why: "it runs no turn already; terminate it, or retry it once retries exist",
+            });
+        }
+        status if status.is_terminal() => return Err(finished(id, status)),
+        _ => {}
+    }
+    let event = Event::Suspended {
+        reason: request.reason.clone(),
+        requested_by: request.requested_by.clone(),
+    };
+    record(
+        tx,
+        s,
+        now,
+        id,
+        &row,
+        &event,
+        InstanceStatus::Suspended,
+        None,
+        db,
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Resumes the instance; `false` when it was not suspended.
+pub(crate) async fn resume(
+    tx: &Transaction<'_>,
+    sql: &Sql,
+    now: Option<i64>,
+    request: &OperatorRequest,
+    db: &Db<'_>,
+) -> StoreResult<bool> {
+    let s = sql.schema.as_str();
+    let id = request.instance_id.as_str();
+    let Some(row) = lock_row(tx, s, id, db).await? else {
+        return Err(StoreError::InstanceNotFound(id.to_string()));
+    };
+    if row.status != InstanceStatus::Suspended {
+        return Ok(false);
+    }
+    let event = Event::Resumed {
+        reason: request.reason.clone(),
+        requested_by: request.requested_by.clone(),
+    };
+    let back = if row.started {
+        InstanceStatus::Running
+    } else {
+        InstanceStatus::Pending
+    };
+    record(tx, s, now, id, &row, &event, back, None, db).await?;
+    Ok(true)
+}

@@ -1,0 +1,264 @@
+//! Operator actions on instances (terminate, suspend, resume), each one transaction on the
+//! writer: the event that records it, the status, and the fence.
+//!
+//! The fence: this store's leases live in its memory, so an action of the owning store drops
+//! the instance's lease there, and a commit of the turn then held is refused as a lost lease.
+//! An action of a client-only store (another process) cannot reach that memory; the owner's
+//! commit reads the status instead and refuses a turn of an instance that is now suspended or
+//! terminated the same way (see `commit_turn_in`).
+
+use crate::store::{
+    Leases, db_error, history_len_of, insert_message_if_live, is_free, lock_leases,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use sluice_history::{Event, Failure, InstanceStatus, Message, TimestampMs, codes};
+use sluice_store::stored::{encode, parse_status};
+use sluice_store::{ChildPolicy, OperatorRequest, StoreError, StoreResult};
+use std::sync::Mutex;
+
+/// What an action changed, for the wake-ups sent after it.
+#[derive(Default)]
+pub(crate) struct Acted {
+    /// Instances that finished.
+    pub(crate) finished: Vec<String>,
+    /// Whether messages became visible (a resume, cancels to children).
+    pub(crate) inbox_changed: bool,
+}
+
+fn row_of(
+    connection: &Connection,
+    instance_id: &str,
+) -> StoreResult<Option<(InstanceStatus, i64, bool)>> {
+    let row: Option<(String, i64, bool)> = connection
+        .prepare_cached(
+            "SELECT status, execution_id, started_at_ms IS NOT NULL FROM instances
+             WHERE instance_id = ?1",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![instance_id], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()
+        })
+        .map_err(db_error)?;
+    row.map(|(status, execution, started)| Ok((parse_status(&status)?, execution, started)))
+        .transpose()
+}
+
+fn append(
+    connection: &Connection,
+    instance_id: &str,
+    execution_id: i64,
+    event: &Event,
+) -> StoreResult<()> {
+    let position = history_len_of(connection, instance_id, execution_id)?;
+    connection
+        .prepare_cached(
+            "INSERT INTO history (instance_id, execution_id, position, event) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![instance_id, execution_id, position, encode(event)])
+        })
+        .map_err(db_error)?;
+    Ok(())
+}
+
+fn set_status(
+    connection: &Connection,
+    instance_id: &str,
+    status: InstanceStatus,
+    failure: Option<&Failure>,
+    now: TimestampMs,
+) -> StoreResult<()> {
+    connection
+        .prepare_cached(
+            "UPDATE instances SET status = ?2, failure = COALESCE(?3, failure), updated_at_ms = ?4,
+                 finished_at_ms = CASE WHEN ?2 = 'terminated' THEN ?4 END
+             WHERE instance_id = ?1",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                instance_id,
+                status.as_str(),
+                failure.map(encode),
+                now
+            ])
+        })
+        .map_err(db_error)?;
+    Ok(())
+}
+
+fn finished(instance_id: &str, status: InstanceStatus) -> StoreError {
+    StoreError::InstanceFinished {
+        instance_id: instance_id.to_string(),
+        status: status.as_str(),
+    }
+}
+
+/// Terminates `request.instance_id` and, by `children`, its unfinished descendants.
+pub(crate) fn terminate(
+    connection: &Connection,
+    leases: &Mutex<Leases>,
+    now: TimestampMs,
+    request: &OperatorRequest,
+    children: ChildPolicy,
+    acted: &mut Acted,
+) -> StoreResult<()> {
+    let id = request.instance_id.as_str();
+    let Some((status, execution, _)) = row_of(connection, id)? else {
+        return Err(StoreError::InstanceNotFound(id.to_string()));
+    };
+    if status.is_terminal() {
+        return Err(finished(id, status));
+    }
+    append(
+        connection,
+        id,
+        execution,
+        &Event::Terminated {
+            reason: request.reason.clone(),
+            requested_by: request.requested_by.clone(),
+        },
+    )?;
+    let failure = Failure::new(codes::TERMINATED, request.reason.clone());
+    set_status(
+        connection,
+        id,
+        InstanceStatus::Terminated,
+        Some(&failure),
+        now,
+    )?;
+    connection
+        .prepare_cached("DELETE FROM inbox WHERE instance_id = ?1")
+        .and_then(|mut statement| statement.execute(params![id]))
+        .map_err(db_error)?;
+    let items: Vec<i64> = connection
+        .prepare_cached("SELECT item_id FROM activities WHERE instance_id = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_map(params![id], |row| row.get(0))?
+                .collect()
+        })
+        .map_err(db_error)?;
+    {
+        let mut held = lock_leases(leases);
+        let mut delete = connection
+            .prepare_cached("DELETE FROM activities WHERE item_id = ?1")
+            .map_err(db_error)?;
+        // Work items someone holds are left to the holder, whose completion then finds the
+        // instance finished and deletes them.
+        for item in items
+            .into_iter()
+            .filter(|item| is_free(&held.activities, item, now))
+        {
+            delete.execute(params![item]).map_err(db_error)?;
+        }
+        held.instances.remove(id);
+    }
+    acted.finished.push(id.to_string());
+    if children == ChildPolicy::Abandon {
+        return Ok(());
+    }
+    let live: Vec<String> = connection
+        .prepare_cached(
+            "SELECT instance_id FROM instances WHERE parent_id = ?1
+             AND status IN ('pending', 'running', 'quarantined', 'suspended')
+             ORDER BY instance_id",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_map(params![id], |row| row.get(0))?
+                .collect()
+        })
+        .map_err(db_error)?;
+    let reason = format!("its parent '{id}' was terminated: {}", request.reason);
+    for child in live {
+        match children {
+            ChildPolicy::Terminate => {
+                let request = OperatorRequest {
+                    instance_id: child,
+                    reason: reason.clone(),
+                    requested_by: request.requested_by.clone(),
+                };
+                terminate(connection, leases, now, &request, children, acted)?;
+            }
+            ChildPolicy::Cancel => {
+                let cancel = Message::Cancel {
+                    reason: reason.clone(),
+                };
+                acted.inbox_changed |= insert_message_if_live(connection, &child, now, &cancel)?;
+            }
+            ChildPolicy::Abandon => {}
+        }
+    }
+    Ok(())
+}
+
+/// Suspends the instance; `false` when it was suspended already.
+pub(crate) fn suspend(
+    connection: &Connection,
+    leases: &Mutex<Leases>,
+    now: TimestampMs,
+    request: &OperatorRequest,
+) -> StoreResult<bool> {
+    let id = request.instance_id.as_str();
+    let Some((status, execution, _)) = row_of(connection, id)? else {
+        return Err(StoreError::InstanceNotFound(id.to_string()));
+    };
+    match status {
+        InstanceStatus::Suspended => return Ok(false),
+        InstanceStatus::Quarantined => {
+            return Err(StoreError::NotAllowed {
+                instance_id: id.to_string(),
+                status: status.as_str(),
+                why: "it runs no turn already; terminate it, or retry it once retries exist",
+            });
+        }
+        status if status.is_terminal() => return Err(finished(id, status)),
+        _ => {}
+    }
+    append(
+        connection,
+        id,
+        execution,
+        &Event::Suspended {
+            reason: request.reason.clone(),
+            requested_by: request.requested_by.clone(),
+        },
+    )?;
+    set_status(connection, id, InstanceStatus::Suspended, None, now)?;
+    lock_leases(leases).instances.remove(id);
+    Ok(true)
+}
+
+/// Resumes the instance; `false` when it was not suspended.
+pub(crate) fn resume(
+    connection: &Connection,
+    now: TimestampMs,
+    request: &OperatorRequest,
+) -> StoreResult<bool> {
+    let id = request.instance_id.as_str();
+    let Some((status, execution, started)) = row_of(connection, id)? else {
+        return Err(StoreError::InstanceNotFound(id.to_string()));
+    };
+    if status != InstanceStatus::Suspended {
+        return Ok(false);
+    }
+    append(
+        connection,
+        id,
+        execution,
+        &Event::Resumed {
+            reason: request.reason.clone(),
+            requested_by: request.requested_by.clone(),
+        },
+    )?;
+    let back = if started {
+        InstanceStatus::Running
+    } else {
+        InstanceStatus::Pending
+    };
+    set_status(connection, id, back, None, now)?;
+    Ok(true)
+}
