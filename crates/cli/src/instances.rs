@@ -1,11 +1,13 @@
-//! `sluice instances`: find and read orchestration instances on any store, also while a runtime
-//! runs on it (a SQLite file is opened as a client: see `SqliteStoreOptions::client_only`).
+//! `sluice instances`: find, read, terminate, suspend and resume orchestration instances on any
+//! store, also while a runtime runs on it (a SQLite file is opened as a client: see
+//! `SqliteStoreOptions::client_only`; the owner sees an action at its next poll at the latest,
+//! and a turn it was running when the action came is refused at its commit).
 
 use anyhow::{Context, Result, bail};
 use sluice_runtime::InstanceStatus;
 use sluice_store::{
-    ExecutionInfo, InstanceFilter, InstanceOrder, InstanceQuery, InstanceSummary, PageCursor,
-    Store, TimeRange,
+    ChildPolicy, ExecutionInfo, InstanceFilter, InstanceOrder, InstanceQuery, InstanceSummary,
+    OperatorRequest, PageCursor, Store, StoreError, TimeRange,
 };
 use sluice_store_postgres::{PostgresStore, PostgresStoreOptions};
 use sluice_store_sqlite::{Location, SqliteStore, SqliteStoreOptions};
@@ -15,7 +17,8 @@ use std::sync::Arc;
 
 /// Exit codes of `sluice instances`.
 pub(crate) const EXIT_CODES: &str = "Exit codes: 0 done, 1 failed (the error is printed on \
-     standard error), 2 bad usage, 3 no such instance (show, history).";
+     standard error), 2 bad usage, 3 no such instance (show, history, terminate, suspend, \
+     resume).";
 
 /// The exit code of a lookup of an instance that does not exist.
 const NOT_FOUND: u8 = 3;
@@ -61,6 +64,53 @@ pub(crate) enum InstancesCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// End an unfinished instance now, without running its code (no compensation).
+    #[command(after_help = EXIT_CODES)]
+    Terminate {
+        #[command(flatten)]
+        action: ActionArgs,
+        /// What becomes of its unfinished sub-orchestrations.
+        #[arg(long, value_enum, default_value_t = Children::Terminate)]
+        children: Children,
+    },
+    /// Stop running turns of an instance; it keeps receiving events and results.
+    #[command(after_help = EXIT_CODES)]
+    Suspend {
+        #[command(flatten)]
+        action: ActionArgs,
+    },
+    /// Run a suspended instance again, with everything that arrived meanwhile.
+    #[command(after_help = EXIT_CODES)]
+    Resume {
+        #[command(flatten)]
+        action: ActionArgs,
+    },
+}
+
+/// What every operator action takes; the reason and the operator go into the history.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ActionArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The instance id.
+    instance_id: String,
+    /// Why (recorded in the instance's history).
+    #[arg(long)]
+    reason: String,
+    /// Who asks (recorded); default: `$USER via sluice instances`.
+    #[arg(long)]
+    by: Option<String>,
+}
+
+/// `--children` of `terminate`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub(crate) enum Children {
+    /// Terminate them too, and theirs.
+    Terminate,
+    /// Send them a cancel: their code compensates.
+    Cancel,
+    /// Leave them running.
+    Abandon,
 }
 
 /// Options of `sluice instances list`.
@@ -202,7 +252,77 @@ pub(crate) async fn run(command: InstancesCommand) -> Result<ExitCode> {
         InstancesCommand::Show { store, instance_id } => show(&store, &instance_id).await,
         InstancesCommand::History(args) => history(args).await,
         InstancesCommand::Counts { store } => counts(&store).await,
+        InstancesCommand::Terminate { action, children } => {
+            let children = match children {
+                Children::Terminate => ChildPolicy::Terminate,
+                Children::Cancel => ChildPolicy::Cancel,
+                Children::Abandon => ChildPolicy::Abandon,
+            };
+            act(&action, "terminated", async |store, request| {
+                let ids = store.terminate_instance(request, children).await?;
+                Ok((true, ids))
+            })
+            .await
+        }
+        InstancesCommand::Suspend { action } => {
+            act(&action, "suspended", async |store, request| {
+                Ok((store.suspend_instance(request).await?, Vec::new()))
+            })
+            .await
+        }
+        InstancesCommand::Resume { action } => {
+            act(&action, "resumed", async |store, request| {
+                Ok((store.resume_instance(request).await?, Vec::new()))
+            })
+            .await
+        }
     }
+}
+
+/// Runs one operator action and reports it: `done` says whether it changed anything, the
+/// ids are what it terminated.
+async fn act(
+    args: &ActionArgs,
+    verb: &str,
+    action: impl AsyncFnOnce(&dyn Store, &OperatorRequest) -> Result<(bool, Vec<String>), StoreError>,
+) -> Result<ExitCode> {
+    let store = open(&args.store).await?;
+    let requested_by = args.by.clone().unwrap_or_else(|| {
+        let user = std::env::var("USER").unwrap_or_else(|_| "someone".into());
+        format!("{user} via sluice instances")
+    });
+    let request = OperatorRequest {
+        instance_id: args.instance_id.clone(),
+        reason: args.reason.clone(),
+        requested_by,
+    };
+    let (changed, ids) = match action(store.as_ref(), &request).await {
+        Ok(done) => done,
+        Err(StoreError::InstanceNotFound(id)) => {
+            eprintln!("no instance '{id}' in the store");
+            return Ok(ExitCode::from(NOT_FOUND));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if args.store.json {
+        let report = serde_json::json!({
+            "instance_id": request.instance_id,
+            "changed": changed,
+            "terminated": ids,
+        });
+        return print(&serde_json::to_string_pretty(&report)?);
+    }
+    let text = match (changed, ids.len()) {
+        (false, _) => format!("{}: nothing to do (already so)", request.instance_id),
+        (true, 0 | 1) => format!("{} {verb}", request.instance_id),
+        (true, n) => format!(
+            "{} {verb}, with {} sub-orchestrations: {}",
+            request.instance_id,
+            n - 1,
+            ids[1..].join(", ")
+        ),
+    };
+    print(&text)
 }
 
 async fn list(args: ListArgs) -> Result<ExitCode> {

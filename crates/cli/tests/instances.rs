@@ -213,3 +213,114 @@ fn a_postgres_store_is_listed_and_counted() {
     ]);
     assert!(none["instances"].as_array().unwrap().is_empty());
 }
+
+/// Suspend, resume and terminate through the binary while the demo owns the SQLite file: the
+/// owner runs no turn of the suspended order, runs it again once resumed, and the terminated
+/// one ends with the operator's reason in its history.
+#[test]
+fn operators_act_on_a_running_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let store = format!("sqlite://{}", db.display());
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["demo", "--db", db.to_str().unwrap(), "--orders", "100000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pending = |store: &str| -> Vec<String> {
+        let output = sluice()
+            .args(["instances", "list", "--store", store, "--json"])
+            .args([
+                "--status", "pending", "--name", "order", "--asc", "--limit", "2",
+            ])
+            .output()
+            .unwrap();
+        if !output.status.success() {
+            return Vec::new();
+        }
+        let page: Value = serde_json::from_slice(&output.stdout).unwrap();
+        page["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|instance| instance["instance_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let ids = loop {
+        assert!(Instant::now() < deadline, "no pending orders appeared");
+        std::thread::sleep(Duration::from_millis(100));
+        if db.exists() {
+            let ids = pending(&store);
+            if ids.len() == 2 {
+                break ids;
+            }
+        }
+    };
+    let (held, ended) = (&ids[0], &ids[1]);
+    let status = |id: &str| -> String {
+        json(&["show", id, "--store", &store])["instance"]["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let suspended = json(&[
+        "suspend",
+        held,
+        "--store",
+        &store,
+        "--reason",
+        "checking stock",
+        "--by",
+        "tester",
+    ]);
+    assert_eq!(suspended["changed"], true);
+    let terminated = json(&["terminate", ended, "--store", &store, "--reason", "fraud"]);
+    assert_eq!(terminated["terminated"][0], ended.as_str());
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(status(held), "suspended", "the owner ran no turn of it");
+    assert_eq!(status(ended), "terminated");
+    let history = json(&["history", ended, "--store", &store]);
+    let last = history["events"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["event"]["type"], "terminated");
+    assert_eq!(last["event"]["reason"], "fraud");
+    let resumed = json(&[
+        "resume",
+        held,
+        "--store",
+        &store,
+        "--reason",
+        "stock is fine",
+    ]);
+    assert_eq!(resumed["changed"], true);
+    let again = json(&["resume", held, "--store", &store, "--reason", "twice"]);
+    assert_eq!(again["changed"], false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = status(held);
+        if now == "completed" || now == "failed" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resumed order never finished: {now}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let kinds: Vec<String> = json(&["history", held, "--store", &store])["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["event"]["type"].as_str().unwrap().to_string())
+        .collect();
+    let suspended_at = kinds.iter().position(|kind| kind == "suspended").unwrap();
+    assert_eq!(kinds[suspended_at + 1], "resumed", "{kinds:?}");
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+}

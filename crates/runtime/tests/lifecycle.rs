@@ -1,0 +1,215 @@
+//! Operator actions through the client, on a running runtime: terminating an instance that has
+//! a pending timer, activities in flight and a child; suspending one while events arrive, then
+//! resuming it. On SQLite, and on PostgreSQL when a cluster can be started.
+
+use sluice_runtime::{
+    ActivityContext, ChildPolicy, Client, Event, Failure, InstanceStatus, OrchestrationContext,
+    Registry, Runtime, RuntimeOptions, codes,
+};
+use sluice_store::Store;
+use sluice_store_postgres::{PostgresStore, PostgresStoreOptions};
+use sluice_store_sqlite::{Location, SqliteStore, SqliteStoreOptions};
+use sluice_testkit::{TempSqlite, pg_or_skip};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Gates {
+    started: AtomicU32,
+    release: Notify,
+}
+
+fn registry(gates: Arc<Gates>) -> Registry {
+    Registry::new()
+        .orchestration(
+            "order",
+            |ctx: OrchestrationContext, input: String| async move {
+                let timer = ctx.create_timer(Duration::from_secs(3_600)).into_any();
+                let work = ctx.schedule_activity("block", input.clone()).into_any();
+                let child = ctx.call_sub_orchestration("waiter", input).into_any();
+                let all = ctx.join(vec![timer, work, child]).await;
+                Ok::<_, Failure>(format!("{} results", all.len()))
+            },
+        )
+        .orchestration(
+            "waiter",
+            |ctx: OrchestrationContext, _input: String| async move {
+                Ok::<_, Failure>(ctx.wait_for_event("never").await)
+            },
+        )
+        .orchestration(
+            "pair",
+            |ctx: OrchestrationContext, _input: String| async move {
+                let a = ctx.wait_for_event("a").await;
+                let b = ctx.wait_for_event("b").await;
+                Ok::<_, Failure>(format!("{a}+{b}"))
+            },
+        )
+        .activity("block", move |_ctx: ActivityContext, input: String| {
+            let gates = gates.clone();
+            async move {
+                gates.started.fetch_add(1, Ordering::SeqCst);
+                gates.release.notified().await;
+                Ok(input)
+            }
+        })
+}
+
+fn options() -> RuntimeOptions {
+    RuntimeOptions {
+        orchestration_concurrency: 4,
+        activity_concurrency: 4,
+        poll_interval: Duration::from_millis(50),
+        ..RuntimeOptions::default()
+    }
+}
+
+async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done().await {
+        assert!(Instant::now() < deadline, "waited too long for {what}");
+        // Test-only observation of another component's progress.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn status(client: &Client, id: &str) -> InstanceStatus {
+    client.status(id).await.unwrap().expect("exists").status
+}
+
+async fn terminate_with_timer_activity_and_child(store: Arc<dyn Store>) {
+    let gates = Arc::new(Gates {
+        started: AtomicU32::new(0),
+        release: Notify::new(),
+    });
+    let runtime = Runtime::start(store.clone(), registry(gates.clone()), options());
+    let client = runtime.client();
+    client.start("order", "o-1", "x").await.unwrap();
+    until("the activity and the child to start", async || {
+        gates.started.load(Ordering::SeqCst) == 1
+            && client.status("o-1::1::2").await.unwrap().map(|i| i.status)
+                == Some(InstanceStatus::Running)
+    })
+    .await;
+
+    let terminated = client
+        .terminate(
+            "o-1",
+            "customer asked",
+            "ops@example",
+            ChildPolicy::Terminate,
+        )
+        .await
+        .unwrap();
+    assert_eq!(terminated, ["o-1", "o-1::1::2"]);
+    let info = client.wait_for_completion("o-1", WAIT).await.unwrap();
+    assert_eq!(info.status, InstanceStatus::Terminated);
+    assert_eq!(info.failure.unwrap().code, codes::TERMINATED);
+    let child = client.wait_for_completion("o-1::1::2", WAIT).await.unwrap();
+    assert_eq!(child.status, InstanceStatus::Terminated);
+    let history = client.history("o-1").await.unwrap();
+    assert_eq!(
+        history.last(),
+        Some(&Event::Terminated {
+            reason: "customer asked".into(),
+            requested_by: "ops@example".into(),
+        })
+    );
+
+    // The activity in flight finishes afterwards: its result changes nothing.
+    gates.release.notify_waiters();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client.history("o-1").await.unwrap(), history);
+    assert_eq!(status(&client, "o-1").await, InstanceStatus::Terminated);
+    let error = client
+        .terminate("o-1", "again", "ops", ChildPolicy::Terminate)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "store.instance_finished");
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+async fn suspend_while_events_arrive(store: Arc<dyn Store>) {
+    let gates = Arc::new(Gates {
+        started: AtomicU32::new(0),
+        release: Notify::new(),
+    });
+    let runtime = Runtime::start(store.clone(), registry(gates), options());
+    let client = runtime.client();
+    client.start("pair", "p-1", "").await.unwrap();
+    until("p-1 to run", async || {
+        status(&client, "p-1").await == InstanceStatus::Running
+    })
+    .await;
+    assert!(client.suspend("p-1", "checking", "ops").await.unwrap());
+    client.raise_event("p-1", "a", "1").await.unwrap();
+    client.raise_event("p-1", "b", "2").await.unwrap();
+    // Nothing runs while suspended: the events wait in its inbox, not in its history.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(status(&client, "p-1").await, InstanceStatus::Suspended);
+    let history = client.history("p-1").await.unwrap();
+    assert!(
+        !history
+            .iter()
+            .any(|event| matches!(event, Event::EventRaised { .. })),
+        "{history:?}"
+    );
+    assert!(client.resume("p-1", "checked", "ops").await.unwrap());
+    let info = client.wait_for_completion("p-1", WAIT).await.unwrap();
+    assert_eq!(info.status, InstanceStatus::Completed);
+    assert_eq!(info.output.as_deref(), Some("1+2"));
+    let kinds: Vec<&str> = client
+        .history("p-1")
+        .await
+        .unwrap()
+        .iter()
+        .map(Event::kind)
+        .filter(|kind| ["suspended", "resumed", "event_raised"].contains(kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["suspended", "resumed", "event_raised", "event_raised"]
+    );
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+fn sqlite(temp: &TempSqlite) -> Arc<dyn Store> {
+    let options = SqliteStoreOptions::new(Location::File(temp.path().to_path_buf()));
+    Arc::new(SqliteStore::open(options).expect("open store"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_terminate_with_a_timer_activities_and_a_child() {
+    let temp = TempSqlite::new();
+    terminate_with_timer_activity_and_child(sqlite(&temp)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_suspend_while_events_arrive_then_resume() {
+    let temp = TempSqlite::new();
+    suspend_while_events_arrive(sqlite(&temp)).await;
+}
+
+async fn postgres(cluster: &sluice_testkit::PgCluster) -> Arc<dyn Store> {
+    let options = PostgresStoreOptions::new(&cluster.url()).unwrap();
+    Arc::new(PostgresStore::connect(options).await.expect("connect"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_terminate_with_a_timer_activities_and_a_child() {
+    let Some(cluster) = pg_or_skip("runtime lifecycle (terminate)") else {
+        return;
+    };
+    terminate_with_timer_activity_and_child(postgres(&cluster).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_suspend_while_events_arrive_then_resume() {
+    let Some(cluster) = pg_or_skip("runtime lifecycle (suspend)") else {
+        return;
+    };
+    suspend_while_events_arrive(postgres(&cluster).await).await;
+}
