@@ -17,8 +17,7 @@ use std::sync::Arc;
 
 /// Exit codes of `sluice instances`.
 pub(crate) const EXIT_CODES: &str = "Exit codes: 0 done, 1 failed (the error is printed on \
-     standard error), 2 bad usage, 3 no such instance (show, history, terminate, suspend, \
-     resume).";
+     standard error), 2 bad usage, 3 no such instance (show, history and the actions).";
 
 /// The exit code of a lookup of an instance that does not exist.
 const NOT_FOUND: u8 = 3;
@@ -82,6 +81,18 @@ pub(crate) enum InstancesCommand {
     /// Run a suspended instance again, with everything that arrived meanwhile.
     #[command(after_help = EXIT_CODES)]
     Resume {
+        #[command(flatten)]
+        action: ActionArgs,
+    },
+    /// Put a quarantined instance back in service (its messages again, fresh delivery counts).
+    #[command(after_help = EXIT_CODES)]
+    Retry {
+        #[command(flatten)]
+        action: ActionArgs,
+    },
+    /// Fail a quarantined instance for good (code `discarded`).
+    #[command(after_help = EXIT_CODES)]
+    Discard {
         #[command(flatten)]
         action: ActionArgs,
     },
@@ -273,6 +284,19 @@ pub(crate) async fn run(command: InstancesCommand) -> Result<ExitCode> {
         InstancesCommand::Resume { action } => {
             act(&action, "resumed", async |store, request| {
                 Ok((store.resume_instance(request).await?, Vec::new()))
+            })
+            .await
+        }
+        InstancesCommand::Retry { action } => {
+            act(&action, "put back in service", async |store, request| {
+                Ok((store.retry_instance(request).await?, Vec::new()))
+            })
+            .await
+        }
+        InstancesCommand::Discard { action } => {
+            act(&action, "discarded", async |store, request| {
+                store.discard_instance(request).await?;
+                Ok((true, Vec::new()))
             })
             .await
         }

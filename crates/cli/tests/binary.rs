@@ -24,6 +24,8 @@ fn every_help_names_its_exit_codes() {
         &["instances", "terminate"],
         &["instances", "suspend"],
         &["instances", "resume"],
+        &["instances", "retry"],
+        &["instances", "discard"],
         &["completions"],
         &["man"],
         &["bench", "orchestrations"],

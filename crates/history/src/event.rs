@@ -168,6 +168,21 @@ pub enum Event {
         /// Who or what asked.
         requested_by: String,
     },
+    /// An operator put a quarantined instance back in service: its messages are delivered
+    /// again with fresh delivery counts. Replay ignores it.
+    Retried {
+        /// The reason given.
+        reason: String,
+        /// Who or what asked.
+        requested_by: String,
+    },
+    /// Terminal: an operator discarded a quarantined instance, failing it (code `discarded`).
+    Discarded {
+        /// The reason given.
+        reason: String,
+        /// Who or what asked.
+        requested_by: String,
+    },
 }
 
 impl Event {
@@ -219,6 +234,7 @@ impl Event {
                 | Event::OrchestrationCompleted { .. }
                 | Event::OrchestrationFailed { .. }
                 | Event::Terminated { .. }
+                | Event::Discarded { .. }
         )
     }
 
@@ -244,6 +260,8 @@ impl Event {
             Event::Terminated { .. } => "terminated",
             Event::Suspended { .. } => "suspended",
             Event::Resumed { .. } => "resumed",
+            Event::Retried { .. } => "retried",
+            Event::Discarded { .. } => "discarded",
         }
     }
 }

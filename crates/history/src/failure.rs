@@ -64,4 +64,6 @@ pub mod codes {
     pub const TURN_POISONED: &str = "turn_poisoned";
     /// An operator terminated the instance (the reason is the failure's message).
     pub const TERMINATED: &str = "terminated";
+    /// An operator discarded the quarantined instance (the reason is the failure's message).
+    pub const DISCARDED: &str = "discarded";
 }

@@ -188,6 +188,32 @@ impl Client {
             .map_err(not_found)
     }
 
+    /// Puts a quarantined instance back in service, its messages delivered again with fresh
+    /// delivery counts. `Ok(false)` when it was not quarantined.
+    pub async fn retry(
+        &self,
+        instance_id: &str,
+        reason: &str,
+        requested_by: &str,
+    ) -> Result<bool, ClientError> {
+        let request = operator_request(instance_id, reason, requested_by);
+        self.store.retry_instance(&request).await.map_err(not_found)
+    }
+
+    /// Fails a quarantined instance for good (code `discarded`, the reason as its message).
+    pub async fn discard(
+        &self,
+        instance_id: &str,
+        reason: &str,
+        requested_by: &str,
+    ) -> Result<(), ClientError> {
+        let request = operator_request(instance_id, reason, requested_by);
+        self.store
+            .discard_instance(&request)
+            .await
+            .map_err(not_found)
+    }
+
     /// The instance's status, output or failure, and custom status.
     pub async fn status(&self, instance_id: &str) -> Result<Option<InstanceInfo>, ClientError> {
         Ok(self.store.instance(instance_id).await?)

@@ -213,3 +213,66 @@ async fn postgres_suspend_while_events_arrive_then_resume() {
     };
     suspend_while_events_arrive(postgres(&cluster).await).await;
 }
+
+/// A message this build cannot decode (a newer build's, after a rollback) quarantines its
+/// instance; once the row is fixed, a retry puts it back in service and it completes. Another
+/// is discarded and fails with `discarded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_instance_is_retried_after_the_fix_or_discarded() {
+    let temp = TempSqlite::new();
+    let store = sqlite(&temp);
+    let registry = Registry::new().orchestration(
+        "waits",
+        |ctx: OrchestrationContext, _input: String| async move {
+            Ok::<_, Failure>(ctx.wait_for_event("go").await)
+        },
+    );
+    let options = RuntimeOptions {
+        turn_deliveries_max: 3,
+        turn_retry_delay_min: Duration::from_millis(10),
+        turn_retry_delay_max: Duration::from_millis(20),
+        ..options()
+    };
+    let runtime = Runtime::start(store, registry, options);
+    let client = runtime.client();
+    let raw = rusqlite::Connection::open(temp.path()).unwrap();
+    raw.busy_timeout(Duration::from_secs(10)).unwrap();
+    for id in ["f-1", "f-2"] {
+        client.start("waits", id, "").await.unwrap();
+        until("it runs", async || {
+            status(&client, id).await == InstanceStatus::Running
+        })
+        .await;
+        raw.execute(
+            "INSERT INTO inbox (instance_id, visible_at_ms, message)
+             VALUES (?1, 0, '{\"type\":\"event\",\"name\":\"go\",\"data\":\"1\",\"priority\":9}')",
+            [id],
+        )
+        .unwrap();
+        client.raise_event(id, "wake", "").await.unwrap();
+    }
+    for id in ["f-1", "f-2"] {
+        until("quarantine", async || {
+            status(&client, id).await == InstanceStatus::Quarantined
+        })
+        .await;
+    }
+    raw.execute(
+        "UPDATE inbox SET message = '{\"type\":\"event\",\"name\":\"go\",\"data\":\"fixed\"}'
+         WHERE instance_id = 'f-1' AND message LIKE '%priority%'",
+        [],
+    )
+    .unwrap();
+    assert!(client.retry("f-1", "row fixed", "ops").await.unwrap());
+    let info = client.wait_for_completion("f-1", WAIT).await.unwrap();
+    assert_eq!(info.status, InstanceStatus::Completed);
+    assert_eq!(info.output.as_deref(), Some("fixed"));
+    client
+        .discard("f-2", "its input cannot be processed", "ops")
+        .await
+        .unwrap();
+    let info = client.wait_for_completion("f-2", WAIT).await.unwrap();
+    assert_eq!(info.status, InstanceStatus::Failed);
+    assert_eq!(info.failure.unwrap().code, codes::DISCARDED);
+    runtime.shutdown(Duration::from_secs(5)).await;
+}

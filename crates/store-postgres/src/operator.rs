@@ -90,15 +90,17 @@ async fn record(
     // message is visible (those that arrived meanwhile, timers that fell due).
     tx.execute(
         &format!(
-            "UPDATE {s}.instances SET status = $2, failure = COALESCE($3, failure),
+            "UPDATE {s}.instances SET status = $2,
+                 failure = CASE WHEN $2 IN ('running', 'pending') THEN NULL
+                     ELSE COALESCE($3, failure) END,
                  history_len = history_len + 1, updated_at_ms = {s}.now_ms($4),
-                 finished_at_ms = CASE WHEN $2 = 'terminated' THEN {s}.now_ms($4) END,
-                 lock_token = CASE WHEN $2 IN ('terminated', 'suspended')
+                 finished_at_ms = CASE WHEN $2 IN ('terminated', 'failed') THEN {s}.now_ms($4) END,
+                 lock_token = CASE WHEN $2 IN ('terminated', 'suspended', 'failed')
                      THEN nextval('{s}.lock_tokens') ELSE lock_token END,
-                 locked_until_ms = CASE WHEN $2 IN ('terminated', 'suspended')
+                 locked_until_ms = CASE WHEN $2 IN ('terminated', 'suspended', 'failed')
                      THEN NULL ELSE locked_until_ms END,
                  deliveries = 0,
-                 due_at_ms = CASE WHEN $2 IN ('terminated', 'suspended') THEN NULL
+                 due_at_ms = CASE WHEN $2 IN ('terminated', 'suspended', 'failed') THEN NULL
                      ELSE (SELECT min(m.visible_at_ms) FROM {s}.inbox m
                            WHERE m.instance_id = $1) END
              WHERE instance_id = $1"
@@ -115,6 +117,34 @@ fn finished(instance_id: &str, status: InstanceStatus) -> StoreError {
         instance_id: instance_id.to_string(),
         status: status.as_str(),
     }
+}
+
+/// Drops a finished instance's messages, timers and the work items nobody holds.
+async fn clear_work(
+    tx: &Transaction<'_>,
+    s: &str,
+    now: Option<i64>,
+    id: &str,
+    db: &Db<'_>,
+) -> StoreResult<()> {
+    tx.execute(
+        &format!("DELETE FROM {s}.inbox WHERE instance_id = $1"),
+        &[&id],
+    )
+    .await
+    .map_err(db)?;
+    // Work items someone holds are left to the holder, whose completion then finds the
+    // instance finished and deletes them.
+    tx.execute(
+        &format!(
+            "DELETE FROM {s}.activities WHERE instance_id = $1
+             AND (lock_token IS NULL OR visible_at_ms <= {s}.now_ms($2))"
+        ),
+        &[&id, &now],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 /// Terminates `request.instance_id` and, by `children`, its unfinished descendants (depth
@@ -161,23 +191,7 @@ pub(crate) async fn terminate(
             db,
         )
         .await?;
-        tx.execute(
-            &format!("DELETE FROM {s}.inbox WHERE instance_id = $1"),
-            &[&id],
-        )
-        .await
-        .map_err(db)?;
-        // Work items someone holds are left to the holder, whose completion then finds the
-        // instance finished and deletes them.
-        tx.execute(
-            &format!(
-                "DELETE FROM {s}.activities WHERE instance_id = $1
-                 AND (lock_token IS NULL OR visible_at_ms <= {s}.now_ms($2))"
-            ),
-            &[&id, &now],
-        )
-        .await
-        .map_err(db)?;
+        clear_work(tx, s, now, id, db).await?;
         acted.finished.push(id.to_string());
         if children == ChildPolicy::Abandon {
             continue;
@@ -288,4 +302,77 @@ pub(crate) async fn resume(
     };
     record(tx, s, now, id, &row, &event, back, None, db).await?;
     Ok(true)
+}
+
+/// Puts a quarantined instance back in service; `false` when it was not quarantined.
+pub(crate) async fn retry(
+    tx: &Transaction<'_>,
+    sql: &Sql,
+    now: Option<i64>,
+    request: &OperatorRequest,
+    db: &Db<'_>,
+) -> StoreResult<bool> {
+    let s = sql.schema.as_str();
+    let id = request.instance_id.as_str();
+    let Some(row) = lock_row(tx, s, id, db).await? else {
+        return Err(StoreError::InstanceNotFound(id.to_string()));
+    };
+    if row.status != InstanceStatus::Quarantined {
+        return Ok(false);
+    }
+    let event = Event::Retried {
+        reason: request.reason.clone(),
+        requested_by: request.requested_by.clone(),
+    };
+    let back = if row.started {
+        InstanceStatus::Running
+    } else {
+        InstanceStatus::Pending
+    };
+    // The delivery count is the row's (`deliveries`), which `record` starts afresh.
+    record(tx, s, now, id, &row, &event, back, None, db).await?;
+    Ok(true)
+}
+
+/// Fails a quarantined instance for good.
+pub(crate) async fn discard(
+    tx: &Transaction<'_>,
+    sql: &Sql,
+    now: Option<i64>,
+    request: &OperatorRequest,
+    db: &Db<'_>,
+) -> StoreResult<()> {
+    let s = sql.schema.as_str();
+    let id = request.instance_id.as_str();
+    let Some(row) = lock_row(tx, s, id, db).await? else {
+        return Err(StoreError::InstanceNotFound(id.to_string()));
+    };
+    if row.status.is_terminal() {
+        return Err(finished(id, row.status));
+    }
+    if row.status != InstanceStatus::Quarantined {
+        return Err(StoreError::NotAllowed {
+            instance_id: id.to_string(),
+            status: row.status.as_str(),
+            why: "only a quarantined instance is discarded; terminate it instead",
+        });
+    }
+    let event = Event::Discarded {
+        reason: request.reason.clone(),
+        requested_by: request.requested_by.clone(),
+    };
+    let failure = Failure::new(codes::DISCARDED, request.reason.clone());
+    record(
+        tx,
+        s,
+        now,
+        id,
+        &row,
+        &event,
+        InstanceStatus::Failed,
+        Some(&failure),
+        db,
+    )
+    .await?;
+    clear_work(tx, s, now, id, db).await
 }

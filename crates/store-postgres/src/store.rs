@@ -1487,6 +1487,28 @@ impl Store for PostgresStore {
         Ok(resumed)
     }
 
+    async fn retry_instance(&self, request: &OperatorRequest) -> StoreResult<bool> {
+        let db = |error| self.db_error(error);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let retried = operator::retry(&tx, &self.sql, self.now(), request, &db).await?;
+        tx.commit().await.map_err(db)?;
+        if retried {
+            self.wake_orchestrations();
+        }
+        Ok(retried)
+    }
+
+    async fn discard_instance(&self, request: &OperatorRequest) -> StoreResult<()> {
+        let db = |error| self.db_error(error);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        operator::discard(&tx, &self.sql, self.now(), request, &db).await?;
+        tx.commit().await.map_err(db)?;
+        self.wake_finished(&request.instance_id);
+        Ok(())
+    }
+
     async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<InstancePage> {
         if query.limit() == 0 {
             return Ok(InstancePage::default());

@@ -74,7 +74,7 @@ fn set_status(
     connection
         .prepare_cached(
             "UPDATE instances SET status = ?2, failure = COALESCE(?3, failure), updated_at_ms = ?4,
-                 finished_at_ms = CASE WHEN ?2 = 'terminated' THEN ?4 END
+                 finished_at_ms = CASE WHEN ?2 IN ('terminated', 'failed') THEN ?4 END
              WHERE instance_id = ?1",
         )
         .and_then(|mut statement| {
@@ -94,6 +94,41 @@ fn finished(instance_id: &str, status: InstanceStatus) -> StoreError {
         instance_id: instance_id.to_string(),
         status: status.as_str(),
     }
+}
+
+/// Drops a finished instance's messages, timers and the work items nobody holds, and its lease.
+fn clear_work(
+    connection: &Connection,
+    leases: &Mutex<Leases>,
+    now: TimestampMs,
+    id: &str,
+) -> StoreResult<()> {
+    connection
+        .prepare_cached("DELETE FROM inbox WHERE instance_id = ?1")
+        .and_then(|mut statement| statement.execute(params![id]))
+        .map_err(db_error)?;
+    let items: Vec<i64> = connection
+        .prepare_cached("SELECT item_id FROM activities WHERE instance_id = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_map(params![id], |row| row.get(0))?
+                .collect()
+        })
+        .map_err(db_error)?;
+    let mut held = lock_leases(leases);
+    let mut delete = connection
+        .prepare_cached("DELETE FROM activities WHERE item_id = ?1")
+        .map_err(db_error)?;
+    // Work items someone holds are left to the holder, whose completion then finds the
+    // instance finished and deletes them.
+    for item in items
+        .into_iter()
+        .filter(|item| is_free(&held.activities, item, now))
+    {
+        delete.execute(params![item]).map_err(db_error)?;
+    }
+    held.instances.remove(id);
+    Ok(())
 }
 
 /// Terminates `request.instance_id` and, by `children`, its unfinished descendants.
@@ -129,33 +164,7 @@ pub(crate) fn terminate(
         Some(&failure),
         now,
     )?;
-    connection
-        .prepare_cached("DELETE FROM inbox WHERE instance_id = ?1")
-        .and_then(|mut statement| statement.execute(params![id]))
-        .map_err(db_error)?;
-    let items: Vec<i64> = connection
-        .prepare_cached("SELECT item_id FROM activities WHERE instance_id = ?1")
-        .and_then(|mut statement| {
-            statement
-                .query_map(params![id], |row| row.get(0))?
-                .collect()
-        })
-        .map_err(db_error)?;
-    {
-        let mut held = lock_leases(leases);
-        let mut delete = connection
-            .prepare_cached("DELETE FROM activities WHERE item_id = ?1")
-            .map_err(db_error)?;
-        // Work items someone holds are left to the holder, whose completion then finds the
-        // instance finished and deletes them.
-        for item in items
-            .into_iter()
-            .filter(|item| is_free(&held.activities, item, now))
-        {
-            delete.execute(params![item]).map_err(db_error)?;
-        }
-        held.instances.remove(id);
-    }
+    clear_work(connection, leases, now, id)?;
     acted.finished.push(id.to_string());
     if children == ChildPolicy::Abandon {
         return Ok(());
@@ -261,4 +270,80 @@ pub(crate) fn resume(
     };
     set_status(connection, id, back, None, now)?;
     Ok(true)
+}
+
+/// Puts a quarantined instance back in service; `false` when it was not quarantined.
+pub(crate) fn retry(
+    connection: &Connection,
+    now: TimestampMs,
+    request: &OperatorRequest,
+) -> StoreResult<bool> {
+    let id = request.instance_id.as_str();
+    let Some((status, execution, started)) = row_of(connection, id)? else {
+        return Err(StoreError::InstanceNotFound(id.to_string()));
+    };
+    if status != InstanceStatus::Quarantined {
+        return Ok(false);
+    }
+    append(
+        connection,
+        id,
+        execution,
+        &Event::Retried {
+            reason: request.reason.clone(),
+            requested_by: request.requested_by.clone(),
+        },
+    )?;
+    let back = if started {
+        InstanceStatus::Running
+    } else {
+        InstanceStatus::Pending
+    };
+    connection
+        .prepare_cached(
+            "UPDATE instances SET status = ?2, failure = NULL, updated_at_ms = ?3
+             WHERE instance_id = ?1",
+        )
+        .and_then(|mut statement| statement.execute(params![id, back.as_str(), now]))
+        .map_err(db_error)?;
+    connection
+        .prepare_cached("UPDATE inbox SET deliveries = 0 WHERE instance_id = ?1")
+        .and_then(|mut statement| statement.execute(params![id]))
+        .map_err(db_error)?;
+    Ok(true)
+}
+
+/// Fails a quarantined instance for good.
+pub(crate) fn discard(
+    connection: &Connection,
+    leases: &Mutex<Leases>,
+    now: TimestampMs,
+    request: &OperatorRequest,
+) -> StoreResult<()> {
+    let id = request.instance_id.as_str();
+    let Some((status, execution, _)) = row_of(connection, id)? else {
+        return Err(StoreError::InstanceNotFound(id.to_string()));
+    };
+    if status.is_terminal() {
+        return Err(finished(id, status));
+    }
+    if status != InstanceStatus::Quarantined {
+        return Err(StoreError::NotAllowed {
+            instance_id: id.to_string(),
+            status: status.as_str(),
+            why: "only a quarantined instance is discarded; terminate it instead",
+        });
+    }
+    append(
+        connection,
+        id,
+        execution,
+        &Event::Discarded {
+            reason: request.reason.clone(),
+            requested_by: request.requested_by.clone(),
+        },
+    )?;
+    let failure = Failure::new(codes::DISCARDED, request.reason.clone());
+    set_status(connection, id, InstanceStatus::Failed, Some(&failure), now)?;
+    clear_work(connection, leases, now, id)
 }

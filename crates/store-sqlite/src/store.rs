@@ -1400,6 +1400,27 @@ impl Store for SqliteStore {
         Ok(resumed)
     }
 
+    async fn retry_instance(&self, request: &OperatorRequest) -> StoreResult<bool> {
+        let request = request.clone();
+        let retried = self
+            .write(move |connection, now| operator::retry(connection, now, &request))
+            .await?;
+        if retried {
+            self.signals.orchestrations.notify_one();
+        }
+        Ok(retried)
+    }
+
+    async fn discard_instance(&self, request: &OperatorRequest) -> StoreResult<()> {
+        let id = request.instance_id.clone();
+        let request = request.clone();
+        let leases = self.leases.clone();
+        self.write(move |connection, now| operator::discard(connection, &leases, now, &request))
+            .await?;
+        self.signals.notify_finished(&id);
+        Ok(())
+    }
+
     async fn quarantine_turn(
         &self,
         instance_id: &str,

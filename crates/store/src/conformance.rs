@@ -1972,6 +1972,94 @@ pub async fn suspend_stores_everything_and_runs_nothing_until_resumed<S: Store>(
     assert_eq!(refused.unwrap_err().code(), "store.not_allowed");
 }
 
+/// A quarantined instance is retried (back in service with fresh delivery counts, its
+/// messages kept) or discarded (failed with code `discarded`), each recorded in its history.
+pub async fn quarantined_instances_are_retried_or_discarded<S: Store>(h: Harness<S>) {
+    let store = &h.store;
+    let quarantine = async |id: &str| {
+        store.enqueue_message(id, event("bad"), None).await.unwrap();
+        let turn = store
+            .fetch_turns(10, LEASE, &[])
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|turn| turn.instance_id == id)
+            .expect("its turn");
+        store
+            .quarantine_turn(
+                id,
+                turn.lock_token,
+                Failure::new(codes::TURN_POISONED, "boom"),
+            )
+            .await
+            .unwrap();
+    };
+    running_child(store, "a", None, TurnCommit::default(), &h.clock).await;
+    quarantine("a").await;
+    assert!(store.fetch_turns(10, LEASE, &[]).await.unwrap().is_empty());
+    assert!(matches!(
+        store.retry_instance(&operator("missing", "x")).await,
+        Err(StoreError::InstanceNotFound(_))
+    ));
+
+    assert!(
+        store
+            .retry_instance(&operator("a", "fixed the bug"))
+            .await
+            .unwrap()
+    );
+    let info = store.instance("a").await.unwrap().unwrap();
+    assert_eq!((info.status, info.failure), (InstanceStatus::Running, None));
+    let turn = store
+        .fetch_turns(10, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .expect("in service");
+    assert_eq!(turn.delivery, 1, "delivery counts start afresh");
+    assert!(matches!(&turn.messages[0].1, Message::Event { name, .. } if name == "bad"));
+    assert_eq!(
+        store.read_history("a", 1, 0).await.unwrap().last(),
+        Some(&Event::Retried {
+            reason: "fixed the bug".into(),
+            requested_by: "ops@test".into(),
+        })
+    );
+    assert!(!store.retry_instance(&operator("a", "again")).await.unwrap());
+    store
+        .release_turn("a", turn.lock_token, Duration::ZERO)
+        .await
+        .unwrap();
+    let refused = store
+        .discard_instance(&operator("a", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        "store.not_allowed",
+        "a running instance is not discarded"
+    );
+
+    quarantine("a").await;
+    store
+        .discard_instance(&operator("a", "bad input, customer refunded"))
+        .await
+        .unwrap();
+    let info = store.instance("a").await.unwrap().unwrap();
+    assert_eq!(info.status, InstanceStatus::Failed);
+    assert_eq!(info.failure.unwrap().code, codes::DISCARDED);
+    assert!(info.finished_at_ms.is_some());
+    assert!(matches!(
+        store.read_history("a", 1, 0).await.unwrap().last(),
+        Some(Event::Discarded { .. })
+    ));
+    assert!(store.fetch_turns(10, LEASE, &[]).await.unwrap().is_empty());
+    assert!(matches!(
+        store.discard_instance(&operator("a", "x")).await,
+        Err(StoreError::InstanceFinished { .. })
+    ));
+}
+
 /// Declares one `#[tokio::test]` per conformance check. `$factory` is an async expression
 /// evaluating to a [`Harness`].
 #[macro_export]
@@ -2001,7 +2089,8 @@ macro_rules! conformance_tests {
             executions_and_history_pages,
             terminate_fences_the_holder_and_takes_the_children,
             terminate_cancels_or_abandons_children,
-            suspend_stores_everything_and_runs_nothing_until_resumed
+            suspend_stores_everything_and_runs_nothing_until_resumed,
+            quarantined_instances_are_retried_or_discarded
         );
     };
     (@each $factory:expr; $($check:ident),*) => {

@@ -314,6 +314,18 @@ pub trait Store: Send + Sync + 'static {
     /// is its next turn. `Ok(false)` when it was not suspended.
     async fn resume_instance(&self, request: &OperatorRequest) -> StoreResult<bool>;
 
+    /// Puts a quarantined instance back in service: appends [`Event::Retried`], sets it back
+    /// to running (pending if it never started) without its failure, and starts its messages'
+    /// delivery counts afresh, so its next turn runs at once. `Ok(false)` when it was not
+    /// quarantined.
+    async fn retry_instance(&self, request: &OperatorRequest) -> StoreResult<bool>;
+
+    /// Fails a quarantined instance for good: appends [`Event::Discarded`], status `failed`
+    /// with code `discarded` and the reason, and drops its messages as a terminate does.
+    /// Anything but a quarantined instance is [`StoreError::NotAllowed`] (a finished one
+    /// [`StoreError::InstanceFinished`]).
+    async fn discard_instance(&self, request: &OperatorRequest) -> StoreResult<()>;
+
     /// How many instances there are per status and orchestration name (only counts above zero,
     /// ordered by status, then name). Kept by the store as instances change, so it reads a few
     /// rows however many instances there are.
