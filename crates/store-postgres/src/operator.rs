@@ -376,3 +376,63 @@ pub(crate) async fn discard(
     .await?;
     clear_work(tx, s, now, id, db).await
 }
+
+/// The statement that deletes everything stored for the instances `{picked}` (a query of
+/// `instance_id`s) yields, answering how many instance rows went (the count triggers follow
+/// them).
+pub(crate) fn delete_sql(s: &str, picked: &str) -> String {
+    format!(
+        "WITH picked AS MATERIALIZED ({picked}),
+         h AS (DELETE FROM {s}.history WHERE instance_id IN (SELECT instance_id FROM picked)),
+         e AS (DELETE FROM {s}.executions WHERE instance_id IN (SELECT instance_id FROM picked)),
+         m AS (DELETE FROM {s}.inbox WHERE instance_id IN (SELECT instance_id FROM picked)),
+         a AS (DELETE FROM {s}.activities WHERE instance_id IN (SELECT instance_id FROM picked)),
+         i AS (DELETE FROM {s}.instances WHERE instance_id IN (SELECT instance_id FROM picked)
+               RETURNING 1)
+         SELECT count(*) FROM i"
+    )
+}
+
+/// Removes a finished instance with its finished descendants; returns the ids removed.
+pub(crate) async fn purge_instance(
+    tx: &Transaction<'_>,
+    sql: &Sql,
+    instance_id: &str,
+    db: &Db<'_>,
+) -> StoreResult<Vec<String>> {
+    let s = sql.schema.as_str();
+    let Some(row) = lock_row(tx, s, instance_id, db).await? else {
+        return Err(StoreError::InstanceNotFound(instance_id.to_string()));
+    };
+    if !row.status.is_terminal() {
+        return Err(StoreError::NotAllowed {
+            instance_id: instance_id.to_string(),
+            status: row.status.as_str(),
+            why: "only a finished instance is purged; terminate it first",
+        });
+    }
+    let mut removed = vec![instance_id.to_string()];
+    let mut level = removed.clone();
+    while !level.is_empty() {
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT instance_id FROM {s}.instances WHERE parent_id = ANY($1)
+                     AND status IN ('completed', 'failed', 'cancelled', 'terminated')
+                     ORDER BY instance_id"
+                ),
+                &[&level],
+            )
+            .await
+            .map_err(db)?;
+        level = rows.iter().map(|row| row.get(0)).collect();
+        removed.extend(level.iter().cloned());
+    }
+    tx.query_one(
+        &delete_sql(s, "SELECT unnest($1::text[]) AS instance_id"),
+        &[&removed],
+    )
+    .await
+    .map_err(db)?;
+    Ok(removed)
+}

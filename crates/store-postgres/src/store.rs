@@ -12,8 +12,8 @@ use sluice_store::stored::{decode, encode, parse_status};
 use sluice_store::{
     ActivityResult, ActivityWorkItem, ChildPolicy, Clock, ExecutionInfo, ExecutionStatus,
     ExportedInstance, InstanceCount, InstanceInfo, InstancePage, InstanceQuery, LockedTurn, Names,
-    NewActivity, NewInstance, OperatorRequest, Signals, Store, StoreError, StoreResult, TurnCommit,
-    Work,
+    NewActivity, NewInstance, OperatorRequest, PurgeFilter, Signals, Store, StoreError,
+    StoreResult, TurnCommit, Work,
 };
 use std::fmt;
 use std::sync::Arc;
@@ -1507,6 +1507,73 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(db)?;
         self.wake_finished(&request.instance_id);
         Ok(())
+    }
+
+    async fn purge_instance(&self, instance_id: &str) -> StoreResult<Vec<String>> {
+        let db = |error| self.db_error(error);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let removed = operator::purge_instance(&tx, &self.sql, instance_id, &db).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(removed)
+    }
+
+    async fn count_purgeable(&self, filter: &PurgeFilter) -> StoreResult<u64> {
+        let s = &self.sql.schema;
+        let statuses: Vec<&str> = filter
+            .final_statuses()
+            .iter()
+            .map(|status| status.as_str())
+            .collect();
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {s}.instances WHERE status = ANY($1)
+                     AND updated_at_ms < $2 AND finished_at_ms < $2
+                     AND ($3::text IS NULL OR name = $3)"
+                ),
+                &[&statuses, &filter.finished_before_ms, &filter.name],
+            )
+            .await
+            .map_err(|error| self.db_error(error))?;
+        Ok(to_u64(row.get(0)))
+    }
+
+    async fn purge_batch(&self, filter: &PurgeFilter, max: usize) -> StoreResult<usize> {
+        let s = &self.sql.schema;
+        // One range of `instances_status_updated` per status, merged, earliest finished first
+        // (a finished instance's last update is its finish).
+        let arms: Vec<String> = filter
+            .final_statuses()
+            .iter()
+            .map(|status| {
+                format!(
+                    "(SELECT updated_at_ms, instance_id FROM {s}.instances
+                      WHERE status = '{}' AND updated_at_ms < $1 AND finished_at_ms < $1
+                        AND ($2::text IS NULL OR name = $2)
+                      ORDER BY updated_at_ms LIMIT $3)",
+                    status.as_str()
+                )
+            })
+            .collect();
+        if arms.is_empty() {
+            return Ok(0);
+        }
+        let picked = format!(
+            "SELECT instance_id FROM ({}) AS arms ORDER BY updated_at_ms LIMIT $3",
+            arms.join(" UNION ALL ")
+        );
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                &operator::delete_sql(s, &picked),
+                &[&filter.finished_before_ms, &filter.name, &limit],
+            )
+            .await
+            .map_err(|error| self.db_error(error))?;
+        Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
     async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<InstancePage> {

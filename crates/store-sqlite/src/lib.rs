@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 mod operator;
+mod purge;
 mod schema;
 mod store;
 

@@ -1,4 +1,4 @@
-use crate::{operator, schema};
+use crate::{operator, purge, schema};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use sluice_history::{Event, Failure, InstanceStatus, Message, TimestampMs, codes};
@@ -10,7 +10,8 @@ use sluice_store::{
     ActivityResult, ActivityWorkItem, ChildPolicy, Clock, ExecutionInfo, ExecutionStatus,
     ExportedActivity, ExportedInstance, ExportedMessage, InstanceCount, InstanceInfo, InstancePage,
     InstanceQuery, InstanceSummary, LockedTurn, Names, NewActivity, NewInstance, OperatorRequest,
-    Outbound, Signals, Store, StoreError, StoreResult, SystemClock, TurnCommit, Work, listing,
+    Outbound, PurgeFilter, Signals, Store, StoreError, StoreResult, SystemClock, TurnCommit, Work,
+    listing,
 };
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -1419,6 +1420,24 @@ impl Store for SqliteStore {
             .await?;
         self.signals.notify_finished(&id);
         Ok(())
+    }
+
+    async fn purge_instance(&self, instance_id: &str) -> StoreResult<Vec<String>> {
+        let instance_id = instance_id.to_string();
+        self.write(move |connection, _now| purge::purge_instance(connection, &instance_id))
+            .await
+    }
+
+    async fn count_purgeable(&self, filter: &PurgeFilter) -> StoreResult<u64> {
+        let filter = filter.clone();
+        self.read(move |connection, _now| purge::count(connection, &filter))
+            .await
+    }
+
+    async fn purge_batch(&self, filter: &PurgeFilter, max: usize) -> StoreResult<usize> {
+        let filter = filter.clone();
+        self.write(move |connection, _now| purge::batch(connection, &filter, max))
+            .await
     }
 
     async fn quarantine_turn(

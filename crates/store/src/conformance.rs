@@ -2060,6 +2060,151 @@ pub async fn quarantined_instances_are_retried_or_discarded<S: Store>(h: Harness
     ));
 }
 
+/// A purge removes a finished instance with everything stored for it and its finished
+/// descendants; a bulk purge counts first, then removes batches, earliest finished first,
+/// until nothing it selects is left.
+pub async fn purges_remove_finished_instances_and_nothing_else<S: Store>(h: Harness<S>) {
+    use crate::PurgeFilter;
+    let store = &h.store;
+    let child = |id: &str, parent: &str, name: &str| NewInstance {
+        name: name.into(),
+        parent: Some(ParentLink {
+            instance_id: parent.into(),
+            execution_id: 1,
+            id: 1,
+        }),
+        ..new_instance(id)
+    };
+    run_to(
+        store,
+        new_instance("p"),
+        InstanceStatus::Completed,
+        &h.clock,
+    )
+    .await;
+    run_to(
+        store,
+        child("c", "p", "orders"),
+        InstanceStatus::Completed,
+        &h.clock,
+    )
+    .await;
+    run_to(
+        store,
+        child("r", "p", "orders"),
+        InstanceStatus::Running,
+        &h.clock,
+    )
+    .await;
+    run_to(
+        store,
+        child("gc", "c", "orders"),
+        InstanceStatus::Failed,
+        &h.clock,
+    )
+    .await;
+    run_to(
+        store,
+        child("rc", "r", "orders"),
+        InstanceStatus::Completed,
+        &h.clock,
+    )
+    .await;
+    let removed = store.purge_instance("p").await.unwrap();
+    assert_eq!(
+        removed,
+        ["p", "c", "gc"],
+        "the running child and its subtree stay"
+    );
+    for id in ["p", "c", "gc"] {
+        assert_eq!(store.instance(id).await.unwrap(), None);
+        assert!(store.read_history(id, 1, 0).await.unwrap().is_empty());
+        assert!(store.executions(id).await.unwrap().is_empty());
+    }
+    assert!(store.instance("rc").await.unwrap().is_some());
+    assert_eq!(
+        store.purge_instance("r").await.unwrap_err().code(),
+        "store.not_allowed"
+    );
+    assert!(matches!(
+        store.purge_instance("p").await,
+        Err(StoreError::InstanceNotFound(_))
+    ));
+
+    let named = |id: &str, name: &str| NewInstance {
+        name: name.into(),
+        ..new_instance(id)
+    };
+    let mut finish_order = Vec::new();
+    for (index, (id, name, status)) in [
+        ("old-1", "orders", InstanceStatus::Completed),
+        ("old-2", "mail", InstanceStatus::Failed),
+        ("old-3", "orders", InstanceStatus::Cancelled),
+        ("old-4", "orders", InstanceStatus::Completed),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        h.clock.advance_ms(10 + index as i64);
+        run_to(store, named(id, name), status, &h.clock).await;
+        finish_order.push(id.to_string());
+    }
+    h.clock.advance_ms(10);
+    let cutoff = h.clock.now_ms_for_tests();
+    h.clock.advance_ms(10);
+    run_to(
+        store,
+        named("new-1", "orders"),
+        InstanceStatus::Completed,
+        &h.clock,
+    )
+    .await;
+    run_to(
+        store,
+        named("live", "orders"),
+        InstanceStatus::Running,
+        &h.clock,
+    )
+    .await;
+    let orders = PurgeFilter {
+        statuses: Vec::new(),
+        finished_before_ms: cutoff,
+        name: Some("orders".into()),
+    };
+    // rc finished before the cutoff too.
+    assert_eq!(store.count_purgeable(&orders).await.unwrap(), 4);
+    let completed = PurgeFilter {
+        statuses: vec![InstanceStatus::Completed, InstanceStatus::Running],
+        name: None,
+        ..orders.clone()
+    };
+    assert_eq!(store.count_purgeable(&completed).await.unwrap(), 3);
+    assert_eq!(store.purge_batch(&orders, 2).await.unwrap(), 2);
+    assert_eq!(
+        store.instance("rc").await.unwrap(),
+        None,
+        "earliest finished first"
+    );
+    assert_eq!(store.instance("old-1").await.unwrap(), None);
+    assert!(store.instance("old-3").await.unwrap().is_some());
+    assert_eq!(store.purge_batch(&orders, 2).await.unwrap(), 2);
+    assert_eq!(store.purge_batch(&orders, 2).await.unwrap(), 0);
+    assert_eq!(store.count_purgeable(&orders).await.unwrap(), 0);
+    for id in ["old-2", "new-1", "live", "r"] {
+        assert!(store.instance(id).await.unwrap().is_some(), "{id} stays");
+    }
+    let mut counts = store.count_by_status().await.unwrap();
+    counts.sort_by_key(|(status, _)| status.as_str());
+    assert_eq!(
+        counts,
+        [
+            (InstanceStatus::Completed, 1),
+            (InstanceStatus::Failed, 1),
+            (InstanceStatus::Running, 2),
+        ]
+    );
+}
+
 /// Declares one `#[tokio::test]` per conformance check. `$factory` is an async expression
 /// evaluating to a [`Harness`].
 #[macro_export]
@@ -2090,7 +2235,8 @@ macro_rules! conformance_tests {
             terminate_fences_the_holder_and_takes_the_children,
             terminate_cancels_or_abandons_children,
             suspend_stores_everything_and_runs_nothing_until_resumed,
-            quarantined_instances_are_retried_or_discarded
+            quarantined_instances_are_retried_or_discarded,
+            purges_remove_finished_instances_and_nothing_else
         );
     };
     (@each $factory:expr; $($check:ident),*) => {

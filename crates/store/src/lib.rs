@@ -326,6 +326,22 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::InstanceFinished`]).
     async fn discard_instance(&self, request: &OperatorRequest) -> StoreResult<()>;
 
+    /// Removes a finished instance and everything stored for it (history, executions,
+    /// messages, work items), with its finished sub-orchestrations, theirs, and so on; an
+    /// unfinished descendant stays (and is not descended into). Returns the ids removed, this
+    /// one first. An unfinished instance is [`StoreError::NotAllowed`].
+    async fn purge_instance(&self, instance_id: &str) -> StoreResult<Vec<String>>;
+
+    /// How many instances [`Store::purge_batch`] would remove for `filter` in all (for a dry
+    /// run; [`PurgeFilter::as_listing`] lists a sample).
+    async fn count_purgeable(&self, filter: &PurgeFilter) -> StoreResult<u64>;
+
+    /// Removes up to `max` instances `filter` selects, those that finished first, in one
+    /// transaction (children are not followed: each is selected, or not, by the filter itself).
+    /// Returns how many it removed; 0 when none is left. Callers loop, in small batches, so
+    /// that no transaction holds locks for long.
+    async fn purge_batch(&self, filter: &PurgeFilter, max: usize) -> StoreResult<usize>;
+
     /// How many instances there are per status and orchestration name (only counts above zero,
     /// ordered by status, then name). Kept by the store as instances change, so it reads a few
     /// rows however many instances there are.

@@ -78,6 +78,45 @@ impl InstanceFilter {
     }
 }
 
+/// Which finished instances a bulk purge removes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PurgeFilter {
+    /// Any of these final statuses (empty: every final status; others match nothing).
+    pub statuses: Vec<InstanceStatus>,
+    /// Finished before this time, in milliseconds since the epoch.
+    pub finished_before_ms: TimestampMs,
+    /// Only this orchestration.
+    pub name: Option<String>,
+}
+
+impl PurgeFilter {
+    /// The final statuses it covers, without repeats.
+    pub fn final_statuses(&self) -> Vec<InstanceStatus> {
+        let mut statuses: Vec<InstanceStatus> = if self.statuses.is_empty() {
+            crate::listing::ALL_STATUSES.to_vec()
+        } else {
+            self.statuses.clone()
+        };
+        statuses.retain(|status| status.is_terminal());
+        statuses.sort_by_key(|status| status.as_str());
+        statuses.dedup();
+        statuses
+    }
+
+    /// The same selection as a listing filter (for a dry run's sample).
+    pub fn as_listing(&self) -> InstanceFilter {
+        InstanceFilter {
+            statuses: self.final_statuses(),
+            name: self.name.clone(),
+            finished: TimeRange {
+                from_ms: None,
+                to_ms: Some(self.finished_before_ms),
+            },
+            ..InstanceFilter::default()
+        }
+    }
+}
+
 /// The order of a listing. Ties on the time are broken by id, the same way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
