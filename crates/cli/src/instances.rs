@@ -7,11 +7,11 @@ use anyhow::{Context, Result, bail};
 use sluice_runtime::InstanceStatus;
 use sluice_store::{
     ChildPolicy, ExecutionInfo, InstanceFilter, InstanceOrder, InstanceQuery, InstanceSummary,
-    OperatorRequest, PageCursor, Store, StoreError, TimeRange,
+    OperatorRequest, PageCursor, PurgeFilter, Store, StoreError, TimeRange,
 };
 use sluice_store_postgres::{PostgresStore, PostgresStoreOptions};
 use sluice_store_sqlite::{Location, SqliteStore, SqliteStoreOptions};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -96,6 +96,39 @@ pub(crate) enum InstancesCommand {
         #[command(flatten)]
         action: ActionArgs,
     },
+    /// Remove finished instances and everything stored for them: one by id (with its finished
+    /// sub-orchestrations), or all that finished before a time (`--finished-before`), which
+    /// shows how many match and a sample and removes them only with `--yes`.
+    #[command(after_help = EXIT_CODES)]
+    Purge(PurgeArgs),
+}
+
+/// Options of `sluice instances purge`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct PurgeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The instance to remove (with its finished sub-orchestrations).
+    #[arg(conflicts_with_all = ["finished_before", "status", "name"])]
+    instance_id: Option<String>,
+    /// Remove the instances that finished before this: an RFC 3339 time or an age (`30d`).
+    #[arg(long, value_parser = parse_time, required_unless_present = "instance_id")]
+    finished_before: Option<i64>,
+    /// Only these final statuses, comma-separated (completed, failed, cancelled, terminated).
+    #[arg(long, value_delimiter = ',', value_parser = parse_status)]
+    status: Vec<InstanceStatus>,
+    /// Only this orchestration.
+    #[arg(long)]
+    name: Option<String>,
+    /// Show how many match and a sample, and remove nothing (the default without `--yes`).
+    #[arg(long, conflicts_with = "yes")]
+    dry_run: bool,
+    /// Remove them.
+    #[arg(long)]
+    yes: bool,
+    /// Instances removed per transaction.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch: u32,
 }
 
 /// What every operator action takes; the reason and the operator go into the history.
@@ -293,6 +326,7 @@ pub(crate) async fn run(command: InstancesCommand) -> Result<ExitCode> {
             })
             .await
         }
+        InstancesCommand::Purge(args) => purge(args).await,
         InstancesCommand::Discard { action } => {
             act(&action, "discarded", async |store, request| {
                 store.discard_instance(request).await?;
@@ -301,6 +335,107 @@ pub(crate) async fn run(command: InstancesCommand) -> Result<ExitCode> {
             .await
         }
     }
+}
+
+async fn purge(args: PurgeArgs) -> Result<ExitCode> {
+    let store = open(&args.store).await?;
+    if let Some(id) = &args.instance_id {
+        let removed = match store.purge_instance(id).await {
+            Ok(removed) => removed,
+            Err(StoreError::InstanceNotFound(id)) => {
+                eprintln!("no instance '{id}' in the store");
+                return Ok(ExitCode::from(NOT_FOUND));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if args.store.json {
+            return print(&serde_json::to_string_pretty(
+                &serde_json::json!({ "purged": removed }),
+            )?);
+        }
+        return print(&format!("purged {}", removed.join(", ")));
+    }
+    if let Some(refused) = args.status.iter().find(|status| !status.is_terminal()) {
+        bail!(
+            "--status {}: only finished instances (completed, failed, cancelled, terminated) \
+             are purged",
+            refused.as_str()
+        );
+    }
+    let filter = PurgeFilter {
+        statuses: args.status.clone(),
+        finished_before_ms: args
+            .finished_before
+            .expect("clap requires it without an id"),
+        name: args.name.clone(),
+    };
+    if !args.yes {
+        let matching = store.count_purgeable(&filter).await?;
+        let sample = store
+            .list_instances(&InstanceQuery {
+                filter: filter.as_listing(),
+                order: InstanceOrder::UpdatedAsc,
+                page_size: 10,
+                after: None,
+            })
+            .await?;
+        if args.store.json {
+            let report = serde_json::json!({
+                "dry_run": true,
+                "matching": matching,
+                "sample": sample.instances,
+            });
+            return print(&serde_json::to_string_pretty(&report)?);
+        }
+        let clock = Clock::new(args.store.utc);
+        let mut text = format!("{matching} instances match; the first to go:\n");
+        let mut table = Table::new(&["ID", "NAME", "STATUS", "FINISHED"]);
+        for instance in &sample.instances {
+            table.row(vec![
+                instance.instance_id.clone(),
+                instance.name.clone(),
+                instance.status.as_str().to_string(),
+                clock.format(instance.finished_at_ms),
+            ]);
+        }
+        text.push_str(&table.render(&[40, 24, 11, 23]));
+        text.push_str("nothing was removed: run again with --yes to purge them");
+        return print(&text);
+    }
+    let matching = store.count_purgeable(&filter).await?;
+    let bar = if std::io::stderr().is_terminal() && !args.store.json {
+        let bar = indicatif::ProgressBar::new(matching);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} instances purged ({per_sec}, {eta} left)",
+            )
+            .expect("a valid template"),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let began = std::time::Instant::now();
+    let mut purged: u64 = 0;
+    loop {
+        let removed = store.purge_batch(&filter, args.batch as usize).await?;
+        if removed == 0 {
+            break;
+        }
+        purged += removed as u64;
+        if let Some(bar) = &bar {
+            bar.set_position(purged.min(matching));
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let seconds = began.elapsed().as_secs_f64();
+    if args.store.json {
+        let report = serde_json::json!({ "dry_run": false, "purged": purged, "seconds": seconds });
+        return print(&serde_json::to_string_pretty(&report)?);
+    }
+    print(&format!("purged {purged} instances in {seconds:.1} s"))
 }
 
 /// Runs one operator action and reports it: `done` says whether it changed anything, the

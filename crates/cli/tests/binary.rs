@@ -26,6 +26,7 @@ fn every_help_names_its_exit_codes() {
         &["instances", "resume"],
         &["instances", "retry"],
         &["instances", "discard"],
+        &["instances", "purge"],
         &["completions"],
         &["man"],
         &["bench", "orchestrations"],

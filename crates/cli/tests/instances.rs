@@ -324,3 +324,78 @@ fn operators_act_on_a_running_demo() {
     demo.kill().unwrap();
     demo.wait().unwrap();
 }
+
+/// A bulk purge's dry run (the default without `--yes`) says how many match and removes
+/// nothing; with `--yes` it removes exactly those; one instance goes with its finished
+/// sub-orchestrations.
+#[test]
+fn a_purge_dry_run_matches_what_it_then_purges() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let store = format!("sqlite://{}", db.display());
+    let demo = sluice()
+        .args(["demo", "--db", db.to_str().unwrap(), "--orders", "40"])
+        .output()
+        .unwrap();
+    assert!(demo.status.success());
+    let before = total(&json(&["counts", "--store", &store]));
+    let failed: u64 = query(
+        &db,
+        "SELECT COUNT(*) FROM instances WHERE status = 'failed'",
+    )[0][0]
+        .parse()
+        .unwrap();
+    assert!(failed > 0, "the demo fails some orders");
+    let filter = ["--finished-before", "0s", "--status", "failed"];
+    let mut args = vec!["purge", "--store", store.as_str()];
+    args.extend(filter);
+    let dry = json(&args);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["matching"].as_u64().unwrap(), failed);
+    assert!(!dry["sample"].as_array().unwrap().is_empty());
+    assert_eq!(
+        total(&json(&["counts", "--store", &store])),
+        before,
+        "nothing removed"
+    );
+    args.push("--yes");
+    let done = json(&args);
+    assert_eq!(done["purged"].as_u64().unwrap(), failed);
+    assert_eq!(
+        total(&json(&["counts", "--store", &store])),
+        before - failed
+    );
+    assert_eq!(
+        query(
+            &db,
+            "SELECT COUNT(*) FROM instances WHERE status = 'failed'"
+        )[0][0],
+        "0"
+    );
+
+    let parent = &query(
+        &db,
+        "SELECT parent_id FROM instances WHERE parent_id IS NOT NULL LIMIT 1",
+    )[0][0];
+    let children: u64 = query(
+        &db,
+        &format!("SELECT COUNT(*) FROM instances WHERE parent_id = '{parent}'"),
+    )[0][0]
+        .parse()
+        .unwrap();
+    let one = json(&["purge", parent, "--store", &store]);
+    assert_eq!(
+        one["purged"].as_array().unwrap().len() as u64,
+        1 + children,
+        "{one}"
+    );
+    assert_eq!(
+        query(
+            &db,
+            &format!("SELECT COUNT(*) FROM history WHERE instance_id = '{parent}'")
+        )[0][0],
+        "0"
+    );
+    let missing = instances(&["purge", "nope", "--store", &store]);
+    assert_eq!(missing.status.code(), Some(3));
+}
