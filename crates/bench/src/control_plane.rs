@@ -41,6 +41,13 @@ pub struct ControlPlaneBenchArgs {
     /// Instances of the fan-out workload kept running while the queries run (0: none).
     #[arg(long, default_value_t = 8)]
     in_flight: usize,
+    /// History events written per instance by the fill (what a purge must remove too).
+    #[arg(long, default_value_t = 4)]
+    history_events: u32,
+    /// After the queries, purge every finished instance of the fill (in batches of 1,000)
+    /// while the workload runs, and report its pace before and during.
+    #[arg(long)]
+    purge: bool,
     /// Write the results as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -83,7 +90,60 @@ struct Report {
     workload_completed_per_sec: f64,
     workload_failures: u64,
     queries: Vec<QueryResult>,
+    purge: Option<PurgeResult>,
     machine: String,
+}
+
+#[derive(Serialize)]
+struct PurgeResult {
+    purged: u64,
+    seconds: f64,
+    instances_per_sec: f64,
+    batch: usize,
+    workload_before_per_sec: f64,
+    workload_during_per_sec: f64,
+    workload_change_pct: f64,
+}
+
+/// Instances one purge transaction removes.
+const PURGE_BATCH: usize = 1_000;
+/// How long the workload's pace is measured before the purge, in seconds.
+const BEFORE_PURGE_S: u64 = 10;
+
+/// Purges every filled instance that finished (all of them, in batches) while the workload
+/// runs, and the workload's pace before and during.
+async fn purge_phase(store: &dyn Store, done: &AtomicU64, base_ms: i64) -> Result<PurgeResult> {
+    let window_began = Instant::now();
+    let before = done.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(BEFORE_PURGE_S)).await;
+    let at_purge = done.load(Ordering::Relaxed);
+    let workload_before_per_sec = (at_purge - before) as f64 / window_began.elapsed().as_secs_f64();
+    // Only the filled instances: the workload's own finish in real time, long after these.
+    let filter = sluice_store::PurgeFilter {
+        statuses: Vec::new(),
+        finished_before_ms: base_ms + SPAN_MS + 86_400_000,
+        name: None,
+    };
+    let began = Instant::now();
+    let mut purged = 0u64;
+    loop {
+        let removed = store.purge_batch(&filter, PURGE_BATCH).await?;
+        if removed == 0 {
+            break;
+        }
+        purged += removed as u64;
+    }
+    let seconds = began.elapsed().as_secs_f64();
+    let workload_during_per_sec = (done.load(Ordering::Relaxed) - at_purge) as f64 / seconds;
+    Ok(PurgeResult {
+        purged,
+        seconds,
+        instances_per_sec: purged as f64 / seconds,
+        batch: PURGE_BATCH,
+        workload_before_per_sec,
+        workload_during_per_sec,
+        workload_change_pct: (workload_during_per_sec / workload_before_per_sec - 1.0) * 100.0,
+    })
 }
 
 /// The SQL that fills the instances table: `{series}` yields `i` from 0 to n-1, `{id}` formats
@@ -126,7 +186,10 @@ struct Opened {
     _keep: Box<dyn std::any::Any + Send>,
 }
 
-async fn open_sqlite(n: u64, base_ms: i64) -> Result<Opened> {
+/// The stored form of the filled history events.
+const FILL_EVENT: &str = r#"{"type":"turn_started","now_ms":0}"#;
+
+async fn open_sqlite(n: u64, events: u32, base_ms: i64) -> Result<Opened> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("control-plane.db");
     let store = SqliteStore::open(SqliteStoreOptions::new(Location::File(path.clone())))?;
@@ -145,6 +208,13 @@ async fn open_sqlite(n: u64, base_ms: i64) -> Result<Opened> {
         );
         connection.execute_batch("BEGIN")?;
         connection.execute(&sql, [i64::try_from(n)?])?;
+        connection.execute(
+            "WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i + 1 < ?1),
+                  e(p) AS (SELECT 0 UNION ALL SELECT p + 1 FROM e WHERE p + 1 < ?2)
+             INSERT INTO history (instance_id, execution_id, position, event)
+             SELECT printf('inst-%09d', i), 1, p, ?3 FROM s, e WHERE ?2 > 0",
+            rusqlite::params![i64::try_from(n)?, events, FILL_EVENT],
+        )?;
         connection.execute_batch("COMMIT")?;
         Ok(())
     })
@@ -156,7 +226,7 @@ async fn open_sqlite(n: u64, base_ms: i64) -> Result<Opened> {
     })
 }
 
-async fn open_postgres(url: Option<&str>, n: u64, base_ms: i64) -> Result<Opened> {
+async fn open_postgres(url: Option<&str>, n: u64, events: u32, base_ms: i64) -> Result<Opened> {
     let server = postgres::Server::open(url).await?;
     let admin = postgres::connect(&server.url).await?;
     let millis = std::time::SystemTime::now()
@@ -180,12 +250,24 @@ async fn open_postgres(url: Option<&str>, n: u64, base_ms: i64) -> Result<Opened
         .batch_execute(&sql)
         .await
         .context("filling the store")?;
+    admin
+        .execute(
+            &format!(
+                "INSERT INTO \"{schema}\".history (instance_id, execution_id, position, event)
+                 SELECT 'inst-' || lpad(i::text, 9, '0'), 1, p, $1
+                 FROM generate_series(0::bigint, {n} - 1) AS s(i),
+                      generate_series(0::bigint, {events}::bigint - 1) AS e(p)"
+            ),
+            &[&FILL_EVENT],
+        )
+        .await
+        .context("filling the histories")?;
     // What autovacuum does within a minute or so of such a burst (the deltas table is
     // vacuumed after every 5,000 dead rows): folded deltas and fresh statistics.
     admin
         .batch_execute(&format!("SELECT \"{schema}\".compact_instance_counts()"))
         .await?;
-    for table in ["instance_count_deltas", "instances"] {
+    for table in ["instance_count_deltas", "instances", "history"] {
         admin
             .batch_execute(&format!("VACUUM ANALYZE \"{schema}\".{table}"))
             .await?;
@@ -285,13 +367,19 @@ fn queries(base_ms: i64) -> Vec<(&'static str, InstanceFilter, InstanceOrder)> {
 }
 
 /// Keeps `in_flight` fan-out instances running until `stop`.
-async fn workload(client: Client, in_flight: usize, stop: Arc<AtomicBool>) -> (u64, u64) {
+async fn workload(
+    client: Client,
+    in_flight: usize,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+) -> (u64, u64) {
     let issued = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..in_flight)
         .map(|_| {
             let client = client.clone();
             let stop = stop.clone();
             let issued = issued.clone();
+            let done = done.clone();
             tokio::spawn(async move {
                 let (mut completed, mut failed) = (0, 0);
                 while !stop.load(Ordering::Relaxed) {
@@ -304,7 +392,10 @@ async fn workload(client: Client, in_flight: usize, stop: Arc<AtomicBool>) -> (u
                     }
                     .await;
                     match outcome {
-                        Ok(info) if info.status == InstanceStatus::Completed => completed += 1,
+                        Ok(info) if info.status == InstanceStatus::Completed => {
+                            completed += 1;
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
                         _ => failed += 1,
                     }
                 }
@@ -329,8 +420,16 @@ pub async fn run(args: ControlPlaneBenchArgs) -> Result<std::process::ExitCode> 
         args.target, args.instances
     );
     let opened = match args.target {
-        Target::Sqlite => open_sqlite(args.instances, base_ms).await?,
-        Target::Postgres => open_postgres(args.pg_url.as_deref(), args.instances, base_ms).await?,
+        Target::Sqlite => open_sqlite(args.instances, args.history_events, base_ms).await?,
+        Target::Postgres => {
+            open_postgres(
+                args.pg_url.as_deref(),
+                args.instances,
+                args.history_events,
+                base_ms,
+            )
+            .await?
+        }
     };
     eprintln!("filled in {:.1} s", opened.fill_s);
     let store = opened.store.clone();
@@ -345,7 +444,13 @@ pub async fn run(args: ControlPlaneBenchArgs) -> Result<std::process::ExitCode> 
     let runtime = Runtime::start(store.clone(), registry, RuntimeOptions::default());
     let stop = Arc::new(AtomicBool::new(false));
     let load_began = Instant::now();
-    let load = tokio::spawn(workload(runtime.client(), args.in_flight, stop.clone()));
+    let done = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn(workload(
+        runtime.client(),
+        args.in_flight,
+        stop.clone(),
+        done.clone(),
+    ));
     // Let the workload reach its pace before timing.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -387,6 +492,11 @@ pub async fn run(args: ControlPlaneBenchArgs) -> Result<std::process::ExitCode> 
         0.0,
         COUNTS_P95_TARGET_MS,
     ));
+    let purge = if args.purge {
+        Some(purge_phase(store.as_ref(), &done, base_ms).await?)
+    } else {
+        None
+    };
     stop.store(true, Ordering::Relaxed);
     let (completed, failures) = load.await?;
     let load_s = load_began.elapsed().as_secs_f64();
@@ -400,6 +510,7 @@ pub async fn run(args: ControlPlaneBenchArgs) -> Result<std::process::ExitCode> 
         workload_completed_per_sec: completed as f64 / load_s,
         workload_failures: failures,
         queries: results,
+        purge,
         machine: crate::host::machine(),
     };
     print_report(&report);
@@ -430,7 +541,24 @@ fn summarise(query: &'static str, latencies: &Latencies, rows: f64, target: f64)
     }
 }
 
+fn print_purge(purge: &PurgeResult) {
+    println!(
+        "purge: {} finished instances in {:.1} s ({:.0}/s, batches of {}); the workload ran at \
+         {:.1}/s before and {:.1}/s during ({:+.1}%)",
+        purge.purged,
+        purge.seconds,
+        purge.instances_per_sec,
+        purge.batch,
+        purge.workload_before_per_sec,
+        purge.workload_during_per_sec,
+        purge.workload_change_pct
+    );
+}
+
 fn print_report(report: &Report) {
+    if let Some(purge) = &report.purge {
+        print_purge(purge);
+    }
     println!(
         "control plane [{:?}]: {} instances (filled in {:.1} s), while {} fan-out instances ran \
          ({:.1} completed/s, {} failed)",
