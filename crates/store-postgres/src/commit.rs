@@ -323,6 +323,16 @@ impl<'c> Start<'c> {
     }
 }
 
+/// The starts of one group, one array per column of the create statement.
+#[derive(Default)]
+struct CreateColumns<'c> {
+    ids: Vec<&'c str>,
+    names: Vec<&'c str>,
+    inputs: Vec<&'c str>,
+    messages: Vec<String>,
+    parents: Vec<Option<&'c str>>,
+}
+
 /// Everything the group's write statements bind: one array per column, over the valid turns.
 #[derive(Default)]
 struct Columns<'c> {
@@ -535,13 +545,7 @@ async fn commit_group(
     // Phase 2: the valid turns' writes and the starts, then COMMIT.
     let mut verdicts = Vec::with_capacity(requests.len());
     let mut columns = Columns::default();
-    let mut creates: (
-        Vec<&str>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<String>,
-        Vec<Option<&str>>,
-    ) = Default::default();
+    let mut creates = CreateColumns::default();
     let mut seen_creates = HashSet::new();
     for request in requests {
         match request {
@@ -556,11 +560,11 @@ async fn commit_group(
                 // A second start of the same id in one group is refused like a later one.
                 let first = seen_creates.insert(start.instance_id.as_str());
                 if first {
-                    creates.0.push(&start.instance_id);
-                    creates.1.push(&start.name);
-                    creates.2.push(&start.input);
-                    creates.3.push(encode(&start.start_message()));
-                    creates.4.push(
+                    creates.ids.push(&start.instance_id);
+                    creates.names.push(&start.name);
+                    creates.inputs.push(&start.input);
+                    creates.messages.push(encode(&start.start_message()));
+                    creates.parents.push(
                         start
                             .parent
                             .as_ref()
@@ -582,12 +586,17 @@ async fn commit_group(
             pipeline.push(Box::pin(async move { client.query(statement, &params).await }));
         }};
     }
-    if !creates.0.is_empty() {
+    if !creates.ids.is_empty() {
         statement!(
             create,
             create,
             [
-                &now, &creates.0, &creates.1, &creates.2, &creates.3, &creates.4
+                &now,
+                &creates.ids,
+                &creates.names,
+                &creates.inputs,
+                &creates.messages,
+                &creates.parents
             ]
         );
     }
