@@ -48,6 +48,17 @@ pub struct ControlPlaneBenchArgs {
     /// while the workload runs, and report its pace before and during.
     #[arg(long)]
     purge: bool,
+    /// After the queries (and the purge), alternate windows of 10 s without and with the
+    /// runtime's background retention purging the fill's finished instances, three of each,
+    /// and report the workload's pace in each.
+    #[arg(long)]
+    retention: bool,
+    /// The retention's `busy_percent_max` (the share of time its batches may take).
+    #[arg(long, default_value_t = 5)]
+    retention_busy_percent: u32,
+    /// The retention's `batch_instances_max`.
+    #[arg(long, default_value_t = 100)]
+    retention_batch: usize,
     /// Write the results as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -91,7 +102,101 @@ struct Report {
     workload_failures: u64,
     queries: Vec<QueryResult>,
     purge: Option<PurgeResult>,
+    retention: Option<RetentionResult>,
     machine: String,
+}
+
+#[derive(Serialize)]
+struct RetentionWindow {
+    retention: bool,
+    seconds: f64,
+    workload_per_sec: f64,
+    purged: u64,
+}
+
+#[derive(Serialize)]
+struct RetentionResult {
+    batch_instances_max: usize,
+    busy_percent_max: u32,
+    windows: Vec<RetentionWindow>,
+    workload_without_per_sec: f64,
+    workload_with_per_sec: f64,
+    workload_change_pct: f64,
+    purged: u64,
+    purged_per_sec_while_on: f64,
+}
+
+/// Seconds of each window of the retention phase, and windows of each kind.
+const RETENTION_WINDOW_S: u64 = 10;
+const RETENTION_ROUNDS: usize = 3;
+
+/// Alternates windows without and with a background retention (the runtime's, purging every
+/// instance that finished more than a day ago: the fill's, not the workload's).
+async fn retention_phase(
+    store: &Arc<dyn Store>,
+    done: &AtomicU64,
+    batch: usize,
+    busy_percent: u32,
+) -> Result<RetentionResult> {
+    let policy = sluice_runtime::RetentionPolicy {
+        batch_instances_max: batch,
+        busy_percent_max: busy_percent,
+        ..sluice_runtime::RetentionPolicy::older_than(Duration::from_secs(86_400))
+    };
+    if let Some(why) = policy.invalid() {
+        anyhow::bail!(why);
+    }
+    let mut windows = Vec::new();
+    for _ in 0..RETENTION_ROUNDS {
+        for on in [false, true] {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let purger = on.then(|| {
+                tokio::spawn(sluice_runtime::run_retention(
+                    store.clone(),
+                    Arc::new(sluice_store::SystemClock),
+                    policy.clone(),
+                    stop.clone(),
+                ))
+            });
+            let began = Instant::now();
+            let at_start = done.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(RETENTION_WINDOW_S)).await;
+            let completed = done.load(Ordering::Relaxed) - at_start;
+            let seconds = began.elapsed().as_secs_f64();
+            stop.cancel();
+            let purged = match purger {
+                Some(task) => task.await?,
+                None => 0,
+            };
+            windows.push(RetentionWindow {
+                retention: on,
+                seconds,
+                workload_per_sec: completed as f64 / seconds,
+                purged,
+            });
+        }
+    }
+    let pace = |on: bool| {
+        let picked: Vec<&RetentionWindow> = windows.iter().filter(|w| w.retention == on).collect();
+        picked.iter().map(|w| w.workload_per_sec).sum::<f64>() / picked.len() as f64
+    };
+    let (without, with) = (pace(false), pace(true));
+    let purged: u64 = windows.iter().map(|w| w.purged).sum();
+    let on_seconds: f64 = windows
+        .iter()
+        .filter(|w| w.retention)
+        .map(|w| w.seconds)
+        .sum();
+    Ok(RetentionResult {
+        batch_instances_max: batch,
+        busy_percent_max: busy_percent,
+        workload_without_per_sec: without,
+        workload_with_per_sec: with,
+        workload_change_pct: (with / without - 1.0) * 100.0,
+        purged,
+        purged_per_sec_while_on: purged as f64 / on_seconds,
+        windows,
+    })
 }
 
 #[derive(Serialize)]
@@ -497,6 +602,19 @@ pub async fn run(args: ControlPlaneBenchArgs) -> Result<std::process::ExitCode> 
     } else {
         None
     };
+    let retention = if args.retention {
+        Some(
+            retention_phase(
+                &store,
+                &done,
+                args.retention_batch,
+                args.retention_busy_percent,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     stop.store(true, Ordering::Relaxed);
     let (completed, failures) = load.await?;
     let load_s = load_began.elapsed().as_secs_f64();
@@ -511,6 +629,7 @@ pub async fn run(args: ControlPlaneBenchArgs) -> Result<std::process::ExitCode> 
         workload_failures: failures,
         queries: results,
         purge,
+        retention,
         machine: crate::host::machine(),
     };
     print_report(&report);
@@ -555,7 +674,37 @@ fn print_purge(purge: &PurgeResult) {
     );
 }
 
+fn print_retention(retention: &RetentionResult) {
+    let paces: Vec<String> = retention
+        .windows
+        .iter()
+        .map(|w| {
+            format!(
+                "{} {:.1}/s",
+                if w.retention { "on" } else { "off" },
+                w.workload_per_sec
+            )
+        })
+        .collect();
+    println!(
+        "retention (batches of {}, at most {}% busy): purged {} ({:.0}/s while on); the workload \
+         ran at {:.1}/s without and {:.1}/s with it ({:+.1}%); windows of {} s: {}",
+        retention.batch_instances_max,
+        retention.busy_percent_max,
+        retention.purged,
+        retention.purged_per_sec_while_on,
+        retention.workload_without_per_sec,
+        retention.workload_with_per_sec,
+        retention.workload_change_pct,
+        RETENTION_WINDOW_S,
+        paces.join(", ")
+    );
+}
+
 fn print_report(report: &Report) {
+    if let Some(retention) = &report.retention {
+        print_retention(retention);
+    }
     if let Some(purge) = &report.purge {
         print_purge(purge);
     }

@@ -242,27 +242,36 @@ fn parse_time(text: &str) -> Result<i64, String> {
     if let Ok(timestamp) = text.parse::<jiff::Timestamp>() {
         return Ok(timestamp.as_millisecond());
     }
-    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit_ms: i64 = match &text[digits.len()..] {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "'{text}' is neither an RFC 3339 time (2026-12-03T10:00:00Z) nor an age (90s, \
-                 15m, 2h, 7d)"
-            ));
-        }
-    };
-    let count: i64 = digits
-        .parse()
-        .map_err(|_| format!("'{text}': the age needs a whole number before its unit"))?;
+    let age = parse_age(text).map_err(|_| {
+        format!(
+            "'{text}' is neither an RFC 3339 time (2026-12-03T10:00:00Z) nor an age (90s, 15m, \
+             2h, 7d)"
+        )
+    })?;
     let now = jiff::Timestamp::now().as_millisecond();
-    count
-        .checked_mul(unit_ms)
+    i64::try_from(age.as_millis())
+        .ok()
         .and_then(|age| now.checked_sub(age))
         .ok_or_else(|| format!("'{text}' is too far back"))
+}
+
+/// An age: a whole number with a unit, `90s`, `15m`, `2h` or `7d`.
+pub(crate) fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit_s: u64 = match &text[digits.len()..] {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("'{text}' is not an age (90s, 15m, 2h, 7d)")),
+    };
+    let count: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}': the age needs a whole number before its unit"))?;
+    count
+        .checked_mul(unit_s)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("'{text}' is too long an age"))
 }
 
 /// Opens the store for an operator: a SQLite file as a client, PostgreSQL with a small pool.
@@ -813,6 +822,11 @@ mod tests {
         assert!(parse_time("1w").is_err());
         assert!(parse_time("h").is_err());
         assert!(parse_time("yesterday").is_err());
+        assert_eq!(
+            parse_age("30d").unwrap(),
+            std::time::Duration::from_secs(30 * 86_400)
+        );
+        assert!(parse_age("30").is_err());
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub(crate) struct WorkerArgs {
     /// (used by `sluice bench orchestrations --processes`).
     #[arg(long)]
     report: Option<std::path::PathBuf>,
+    /// Purge finished instances older than this age (`30d`, `12h`) in the background, in small
+    /// paced batches (any number of workers may do so on one PostgreSQL store). Default: keep
+    /// everything.
+    #[arg(long, value_name = "AGE", value_parser = crate::instances::parse_age)]
+    retention: Option<Duration>,
 }
 
 /// Options of `sluice migrate`.
@@ -141,6 +146,9 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
                     })
                     .collect()
             },
+            retention: args
+                .retention
+                .map(sluice_runtime::RetentionPolicy::older_than),
             ..RuntimeOptions::default()
         },
     );

@@ -66,4 +66,7 @@ pub mod codes {
     pub const TERMINATED: &str = "terminated";
     /// An operator discarded the quarantined instance (the reason is the failure's message).
     pub const DISCARDED: &str = "discarded";
+    /// The instance's history grew past `history_events_max`; an orchestration that runs for
+    /// long should continue as new now and then, which starts a fresh history.
+    pub const HISTORY_TOO_LARGE: &str = "history_too_large";
 }

@@ -535,6 +535,49 @@ async fn build_commit(
         history.clone(),
         new_events,
     );
+    let length = history.len() + result.appended.len();
+    let warn = shared.options.history_events_warn;
+    if history.len() < warn && length >= warn {
+        metrics::history_limit("warn");
+        tracing::warn!(
+            instance_id = %turn.instance_id,
+            events = length,
+            history_events_warn = warn,
+            history_events_max = shared.options.history_events_max,
+            "the instance's history is growing large: continue as new before it reaches \
+             history_events_max, which fails the instance"
+        );
+    }
+    if length > shared.options.history_events_max && result.outcome == TurnOutcome::Waiting {
+        // The turn's work is not started: what arrived is recorded, and the failure.
+        metrics::history_limit("max");
+        let failure = Failure::new(
+            codes::HISTORY_TOO_LARGE,
+            format!(
+                "the history would reach {length} events, more than history_events_max ({}); \
+                 an orchestration that runs for long should continue as new now and then \
+                 (ctx.continue_as_new), which starts a fresh history",
+                shared.options.history_events_max
+            ),
+        );
+        tracing::error!(instance_id = %turn.instance_id, %failure, "history too large");
+        commit.custom_status = result.custom_status;
+        commit.append = result
+            .appended
+            .into_iter()
+            .filter(|event| !event.is_command())
+            .collect();
+        commit.append.push(Event::OrchestrationFailed {
+            failure: failure.clone(),
+        });
+        notify_parent(&mut commit, parent.as_ref(), Err(failure.clone()));
+        commit.status = Some(InstanceStatus::Failed);
+        commit.failure = Some(failure);
+        let mut after = history.as_ref().clone();
+        after.extend(commit.append.iter().cloned());
+        commit.outstanding_activities = has_unresolved_activities(&after);
+        return Ok((commit, None));
+    }
     for command in result.new_commands() {
         add_command(&mut commit, &turn.instance_id, turn.execution_id, command);
     }

@@ -58,6 +58,7 @@ mod handoff;
 mod metrics;
 mod poison;
 mod registry;
+mod retention;
 mod runtime;
 mod task;
 mod worker;
@@ -67,6 +68,7 @@ pub use client::{Client, StartOutcome};
 pub use error::ClientError;
 pub use metrics::{MetricKind, MetricName};
 pub use registry::{Activity, BoxedActivityFuture, Registry};
+pub use retention::{RetentionPolicy, run_retention};
 pub use runtime::{Runtime, RuntimeOptions};
 
 pub use sluice_history::{Backoff, Event, Failure, InstanceStatus, RetryPolicy, codes};

@@ -26,16 +26,22 @@ pub enum MetricName {
     TurnLeaseRenewalsTotal,
     /// Turns whose lease was lost before their commit (the commit is refused).
     TurnLeasesLostTotal,
+    /// Finished instances the background retention purged.
+    InstancesPurgedTotal,
+    /// Turns that took a history past a limit (label `limit`: `warn` or `max`).
+    HistoryLimitTotal,
 }
 
 impl MetricName {
     /// Every metric.
-    pub const ALL: [MetricName; 5] = [
+    pub const ALL: [MetricName; 7] = [
         MetricName::TurnsFailedTotal,
         MetricName::TurnsQuarantinedTotal,
         MetricName::HandlerMissingTotal,
         MetricName::TurnLeaseRenewalsTotal,
         MetricName::TurnLeasesLostTotal,
+        MetricName::InstancesPurgedTotal,
+        MetricName::HistoryLimitTotal,
     ];
 
     /// The exported name.
@@ -46,6 +52,8 @@ impl MetricName {
             MetricName::HandlerMissingTotal => "sluice_runtime_handler_missing_total",
             MetricName::TurnLeaseRenewalsTotal => "sluice_runtime_turn_lease_renewals_total",
             MetricName::TurnLeasesLostTotal => "sluice_runtime_turn_leases_lost_total",
+            MetricName::InstancesPurgedTotal => "sluice_runtime_instances_purged_total",
+            MetricName::HistoryLimitTotal => "sluice_runtime_history_limit_total",
         }
     }
 
@@ -59,6 +67,7 @@ impl MetricName {
         match self {
             MetricName::TurnsFailedTotal => &["code"],
             MetricName::HandlerMissingTotal => &["kind"],
+            MetricName::HistoryLimitTotal => &["limit"],
             _ => &[],
         }
     }
@@ -82,6 +91,14 @@ pub(crate) fn turn_lease_renewed() {
 
 pub(crate) fn turn_lease_lost() {
     metrics::counter!(MetricName::TurnLeasesLostTotal.as_str()).increment(1);
+}
+
+pub(crate) fn instances_purged(count: u64) {
+    metrics::counter!(MetricName::InstancesPurgedTotal.as_str()).increment(count);
+}
+
+pub(crate) fn history_limit(limit: &'static str) {
+    metrics::counter!(MetricName::HistoryLimitTotal.as_str(), "limit" => limit).increment(1);
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@ use crate::client::Client;
 use crate::handoff::Handoff;
 use crate::poison::{HandlerWait, RunningTurns, TurnFailures};
 use crate::registry::Registry;
+use crate::retention::RetentionPolicy;
 use crate::{dispatcher, worker};
 use sluice_store::{Clock, Names, Store, SystemClock, Work};
 use std::collections::HashMap;
@@ -60,6 +61,17 @@ pub struct RuntimeOptions {
     /// activities scheduled without one). Default: only `""`. A process that serves `gpu`
     /// alone never takes an activity of the default queue, and the reverse.
     pub task_queues: Vec<String>,
+    /// History events of one execution past which a turn logs a warning and counts
+    /// `sluice_runtime_history_limit_total{limit="warn"}` (once, as the history crosses it).
+    pub history_events_warn: usize,
+    /// History events of one execution a turn may not go past: the turn that would is not
+    /// run on, and the instance fails with `history_too_large`, whose message suggests
+    /// continue-as-new. A finishing turn (completed, failed, continued as new) is never
+    /// refused.
+    pub history_events_max: usize,
+    /// Purge finished instances in the background (off by default: a store keeps everything
+    /// until told otherwise). See [`RetentionPolicy`].
+    pub retention: Option<RetentionPolicy>,
 }
 
 impl Default for RuntimeOptions {
@@ -84,6 +96,10 @@ impl Default for RuntimeOptions {
             handler_wait_max: Duration::from_secs(300),
             fetch_registered_only: true,
             task_queues: vec![String::new()],
+            // Temporal's limits, in events: a warning at 10,240, the end at 51,200.
+            history_events_warn: 10_240,
+            history_events_max: 51_200,
+            retention: None,
         }
     }
 }
@@ -166,6 +182,17 @@ impl Runtime {
             options.turn_deliveries_max > 0,
             "turn_deliveries_max must be > 0"
         );
+        assert!(
+            options.history_events_max > 0,
+            "history_events_max must be > 0"
+        );
+        if let Some(why) = options
+            .retention
+            .as_ref()
+            .and_then(RetentionPolicy::invalid)
+        {
+            panic!("{why}");
+        }
         let (orchestration_names, activity_names) = if options.fetch_registered_only {
             (
                 Names::only(registry.orchestrations.keys().cloned()),
@@ -211,6 +238,14 @@ impl Runtime {
         ));
         // In the tracker: `shutdown` waits for it, so that no task holds the store after.
         tracker.spawn(dispatcher::renew_turn_leases(shared.clone()));
+        if let Some(policy) = shared.options.retention.clone() {
+            tracker.spawn(crate::retention::run_retention(
+                shared.store.clone(),
+                shared.clock.clone(),
+                policy,
+                shared.shutdown.clone(),
+            ));
+        }
         Self { shared, tracker }
     }
 

@@ -276,3 +276,139 @@ async fn a_quarantined_instance_is_retried_after_the_fix_or_discarded() {
     assert_eq!(info.failure.unwrap().code, codes::DISCARDED);
     runtime.shutdown(Duration::from_secs(5)).await;
 }
+
+fn counting() -> Registry {
+    Registry::new()
+        .orchestration(
+            "count_to",
+            |ctx: OrchestrationContext, input: String| async move {
+                let n: u32 = input.parse().unwrap_or(0);
+                for i in 0..n {
+                    ctx.schedule_activity("echo", i.to_string()).await?;
+                }
+                Ok::<_, Failure>(n.to_string())
+            },
+        )
+        .orchestration(
+            "count_in_rounds",
+            |ctx: OrchestrationContext, input: String| async move {
+                // "done/total": ten activities per execution, then continue as new.
+                let (done, total) = input.split_once('/').unwrap_or(("0", "0"));
+                let (done, total): (u32, u32) =
+                    (done.parse().unwrap_or(0), total.parse().unwrap_or(0));
+                let round_end = (done + 10).min(total);
+                for i in done..round_end {
+                    ctx.schedule_activity("echo", i.to_string()).await?;
+                }
+                if round_end < total {
+                    return ctx.continue_as_new(format!("{round_end}/{total}")).await;
+                }
+                Ok::<_, Failure>(total.to_string())
+            },
+        )
+        .orchestration(
+            "waits",
+            |ctx: OrchestrationContext, _input: String| async move {
+                Ok::<_, Failure>(ctx.wait_for_event("go").await)
+            },
+        )
+        .activity("echo", |_ctx: ActivityContext, input: String| async move {
+            Ok(input)
+        })
+}
+
+/// An execution whose history passes `history_events_max` fails with `history_too_large`
+/// (and a message that says to continue as new) instead of growing on; one that continues as
+/// new runs as long as it likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_past_its_limit_fails_the_instance_with_a_hint() {
+    let temp = TempSqlite::new();
+    let store = sqlite(&temp);
+    let options = RuntimeOptions {
+        history_events_warn: 20,
+        history_events_max: 40,
+        ..options()
+    };
+    let runtime = Runtime::start(store.clone(), counting(), options);
+    let client = runtime.client();
+    client.start("count_to", "long", "100").await.unwrap();
+    client
+        .start("count_in_rounds", "rolling", "0/100")
+        .await
+        .unwrap();
+    let info = client.wait_for_completion("long", WAIT).await.unwrap();
+    assert_eq!(info.status, InstanceStatus::Failed);
+    let failure = info.failure.unwrap();
+    assert_eq!(failure.code, codes::HISTORY_TOO_LARGE);
+    assert!(failure.message.contains("continue as new"), "{failure}");
+    let history = store
+        .read_history("long", info.execution_id, 0)
+        .await
+        .unwrap();
+    assert!(history.len() <= 44, "{} events", history.len());
+    assert!(matches!(
+        history.last(),
+        Some(Event::OrchestrationFailed { .. })
+    ));
+    // The failing turn started no work: every scheduled activity has its result.
+    let scheduled = history
+        .iter()
+        .filter(|event| matches!(event, Event::ActivityScheduled { .. }))
+        .count();
+    let completed = history
+        .iter()
+        .filter(|event| matches!(event, Event::ActivityCompleted { .. }))
+        .count();
+    assert_eq!(scheduled, completed);
+    let info = client.wait_for_completion("rolling", WAIT).await.unwrap();
+    assert_eq!(info.status, InstanceStatus::Completed, "{:?}", info.failure);
+    assert_eq!(info.output.as_deref(), Some("100"));
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A runtime with a retention policy purges finished instances once they are older than its
+/// age, and leaves the unfinished ones.
+async fn retention_purges_what_finished_long_enough_ago(store: Arc<dyn Store>) {
+    let options = RuntimeOptions {
+        retention: Some(sluice_runtime::RetentionPolicy {
+            sweep_interval: Duration::from_millis(50),
+            batch_instances_max: 2,
+            ..sluice_runtime::RetentionPolicy::older_than(Duration::from_millis(300))
+        }),
+        ..options()
+    };
+    let runtime = Runtime::start(store.clone(), counting(), options);
+    let client = runtime.client();
+    client.start("waits", "stays", "").await.unwrap();
+    for i in 0..5 {
+        let id = format!("done-{i}");
+        client.start("count_to", &id, "1").await.unwrap();
+        let info = client.wait_for_completion(&id, WAIT).await.unwrap();
+        assert_eq!(info.status, InstanceStatus::Completed);
+    }
+    until("the finished instances are purged", async || {
+        let mut left = 0;
+        for i in 0..5 {
+            left += usize::from(client.status(&format!("done-{i}")).await.unwrap().is_some());
+        }
+        left == 0
+    })
+    .await;
+    assert_eq!(status(&client, "stays").await, InstanceStatus::Running);
+    assert!(store.executions("done-0").await.unwrap().is_empty());
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_retention_purges_what_finished_long_enough_ago() {
+    let temp = TempSqlite::new();
+    retention_purges_what_finished_long_enough_ago(sqlite(&temp)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_retention_purges_what_finished_long_enough_ago() {
+    let Some(cluster) = pg_or_skip("runtime retention") else {
+        return;
+    };
+    retention_purges_what_finished_long_enough_ago(postgres(&cluster).await).await;
+}

@@ -1560,8 +1560,11 @@ impl Store for PostgresStore {
         if arms.is_empty() {
             return Ok(0);
         }
+        // Rows another purge (another process's retention) holds are skipped, not waited on.
         let picked = format!(
-            "SELECT instance_id FROM ({}) AS arms ORDER BY updated_at_ms LIMIT $3",
+            "SELECT instance_id FROM {s}.instances WHERE instance_id IN
+               (SELECT instance_id FROM ({}) AS arms ORDER BY updated_at_ms LIMIT $3)
+             FOR UPDATE SKIP LOCKED",
             arms.join(" UNION ALL ")
         );
         let limit = i64::try_from(max).unwrap_or(i64::MAX);

@@ -338,8 +338,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes up to `max` instances `filter` selects, those that finished first, in one
     /// transaction (children are not followed: each is selected, or not, by the filter itself).
-    /// Returns how many it removed; 0 when none is left. Callers loop, in small batches, so
-    /// that no transaction holds locks for long.
+    /// Returns how many it removed; 0 when none is left (or, on a store several processes
+    /// share, when the rest is being removed by another purge: instances another purge holds
+    /// are skipped, not waited for). Callers loop, in small batches, so that no transaction
+    /// holds locks for long.
     async fn purge_batch(&self, filter: &PurgeFilter, max: usize) -> StoreResult<usize>;
 
     /// How many instances there are per status and orchestration name (only counts above zero,
