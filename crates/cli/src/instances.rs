@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 use sluice_runtime::InstanceStatus;
+use sluice_store::bulk::{BulkAction, BulkOutcome, BulkRequest, run_bulk};
 use sluice_store::{
     ChildPolicy, ExecutionInfo, InstanceFilter, InstanceOrder, InstanceQuery, InstanceSummary,
     OperatorRequest, PageCursor, PurgeFilter, Store, StoreError, TimeRange,
@@ -131,19 +132,39 @@ pub(crate) struct PurgeArgs {
     batch: u32,
 }
 
-/// What every operator action takes; the reason and the operator go into the history.
+/// What every operator action takes: one instance by id, or every instance the filter options
+/// select (a bulk action: a dry run with the count and a sample unless `--yes`). The reason and
+/// the operator go into each instance's history.
 #[derive(clap::Args, Debug)]
 pub(crate) struct ActionArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// The instance id.
-    instance_id: String,
+    /// The instance id; without it, the filter options select the instances.
+    instance_id: Option<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
     /// Why (recorded in the instance's history).
     #[arg(long)]
     reason: String,
     /// Who asks (recorded); default: `$USER via sluice instances`.
     #[arg(long)]
     by: Option<String>,
+    /// A bulk action: show how many match and a sample, and change nothing (the default
+    /// without `--yes`).
+    #[arg(long, conflicts_with = "yes")]
+    dry_run: bool,
+    /// A bulk action: act on every instance that matches.
+    #[arg(long)]
+    yes: bool,
+}
+
+impl ActionArgs {
+    fn requested_by(&self) -> String {
+        self.by.clone().unwrap_or_else(|| {
+            let user = std::env::var("USER").unwrap_or_else(|_| "someone".into());
+            format!("{user} via sluice instances")
+        })
+    }
 }
 
 /// `--children` of `terminate`.
@@ -157,13 +178,11 @@ pub(crate) enum Children {
     Abandon,
 }
 
-/// Options of `sluice instances list`.
-#[derive(clap::Args, Debug)]
-pub(crate) struct ListArgs {
-    #[command(flatten)]
-    store: StoreArgs,
-    /// Only these statuses, comma-separated (pending, running, completed, failed, cancelled,
-    /// quarantined).
+/// Which instances: the filter of `list` and of the bulk actions.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub(crate) struct FilterArgs {
+    /// Only these statuses, comma-separated (pending, running, suspended, quarantined,
+    /// completed, failed, cancelled, terminated).
     #[arg(long, value_delimiter = ',', value_parser = parse_status)]
     status: Vec<InstanceStatus>,
     /// Only this orchestration.
@@ -188,6 +207,38 @@ pub(crate) struct ListArgs {
     /// Finished before (same forms); leaves out unfinished instances.
     #[arg(long, value_parser = parse_time)]
     finished_before: Option<i64>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> InstanceFilter {
+        InstanceFilter {
+            statuses: self.status.clone(),
+            name: self.name.clone(),
+            created: TimeRange {
+                from_ms: self.created_after,
+                to_ms: self.created_before,
+            },
+            finished: TimeRange {
+                from_ms: self.finished_after,
+                to_ms: self.finished_before,
+            },
+            id_prefix: self.prefix.clone(),
+            parent: self.parent.clone(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.filter() == InstanceFilter::default()
+    }
+}
+
+/// Options of `sluice instances list`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    filter: FilterArgs,
     /// Order by creation or by last update.
     #[arg(long, value_enum, default_value_t = OrderBy::Created)]
     order: OrderBy,
@@ -300,49 +351,138 @@ async fn open(args: &StoreArgs) -> Result<Arc<dyn Store>> {
 }
 
 pub(crate) async fn run(command: InstancesCommand) -> Result<ExitCode> {
-    match command {
-        InstancesCommand::List(args) => list(args).await,
-        InstancesCommand::Show { store, instance_id } => show(&store, &instance_id).await,
-        InstancesCommand::History(args) => history(args).await,
-        InstancesCommand::Counts { store } => counts(&store).await,
+    let (action, bulk_action) = match command {
+        InstancesCommand::List(args) => return list(args).await,
+        InstancesCommand::Show { store, instance_id } => return show(&store, &instance_id).await,
+        InstancesCommand::History(args) => return history(args).await,
+        InstancesCommand::Counts { store } => return counts(&store).await,
+        InstancesCommand::Purge(args) => return purge(args).await,
         InstancesCommand::Terminate { action, children } => {
             let children = match children {
                 Children::Terminate => ChildPolicy::Terminate,
                 Children::Cancel => ChildPolicy::Cancel,
                 Children::Abandon => ChildPolicy::Abandon,
             };
+            (action, BulkAction::Terminate(children))
+        }
+        InstancesCommand::Suspend { action } => (action, BulkAction::Suspend),
+        InstancesCommand::Resume { action } => (action, BulkAction::Resume),
+        InstancesCommand::Retry { action } => (action, BulkAction::Retry),
+        InstancesCommand::Discard { action } => (action, BulkAction::Discard),
+    };
+    match (&action.instance_id, action.filter.is_empty()) {
+        (Some(_), false) => {
+            eprintln!("give an instance id or filter options (--status, --name, ...), not both");
+            return Ok(ExitCode::from(2));
+        }
+        (None, true) => {
+            eprintln!(
+                "give an instance id, or filter options (--status, --name, --prefix, \
+                 --created-before, ...) to act on every instance they select"
+            );
+            return Ok(ExitCode::from(2));
+        }
+        (None, false) => return bulk(&action, bulk_action).await,
+        (Some(_), true) => {}
+    }
+    match bulk_action {
+        BulkAction::Terminate(children) => {
             act(&action, "terminated", async |store, request| {
                 let ids = store.terminate_instance(request, children).await?;
                 Ok((true, ids))
             })
             .await
         }
-        InstancesCommand::Suspend { action } => {
+        BulkAction::Suspend => {
             act(&action, "suspended", async |store, request| {
                 Ok((store.suspend_instance(request).await?, Vec::new()))
             })
             .await
         }
-        InstancesCommand::Resume { action } => {
+        BulkAction::Resume => {
             act(&action, "resumed", async |store, request| {
                 Ok((store.resume_instance(request).await?, Vec::new()))
             })
             .await
         }
-        InstancesCommand::Retry { action } => {
+        BulkAction::Retry => {
             act(&action, "put back in service", async |store, request| {
                 Ok((store.retry_instance(request).await?, Vec::new()))
             })
             .await
         }
-        InstancesCommand::Purge(args) => purge(args).await,
-        InstancesCommand::Discard { action } => {
+        BulkAction::Discard => {
             act(&action, "discarded", async |store, request| {
                 store.discard_instance(request).await?;
                 Ok((true, Vec::new()))
             })
             .await
         }
+    }
+}
+
+/// An action on every instance the filter selects: a dry run unless `--yes`.
+async fn bulk(args: &ActionArgs, action: BulkAction) -> Result<ExitCode> {
+    let store = open(&args.store).await?;
+    let mut request = BulkRequest::new(
+        action,
+        args.filter.filter(),
+        args.reason.clone(),
+        args.requested_by(),
+    );
+    request.confirmed = args.yes;
+    let bar = if args.yes && std::io::stderr().is_terminal() && !args.store.json {
+        let matching = store.count_instances(&request.filter).await?;
+        let bar = indicatif::ProgressBar::new(matching);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{{bar:40}} {{pos}}/{{len}} instances {} ({{per_sec}}, {{eta}} left)",
+                action.done_verb()
+            ))
+            .expect("a valid template"),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let outcome = run_bulk(store.as_ref(), &request, |done| {
+        if let Some(bar) = &bar {
+            bar.set_position(done);
+        }
+    })
+    .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if args.store.json {
+        return print(&serde_json::to_string_pretty(&outcome)?);
+    }
+    match outcome {
+        BulkOutcome::DryRun { matching, sample } => {
+            let clock = Clock::new(args.store.utc);
+            let mut text = format!("{matching} instances match; the first (oldest first):\n");
+            let mut table = Table::new(&["ID", "NAME", "STATUS", "CREATED", "DETAIL"]);
+            for instance in &sample {
+                table.row(vec![
+                    instance.instance_id.clone(),
+                    instance.name.clone(),
+                    instance.status.as_str().to_string(),
+                    clock.format(Some(instance.created_at_ms)),
+                    detail(instance),
+                ]);
+            }
+            text.push_str(&table.render(&[40, 24, 11, 23, 60]));
+            text.push_str(&format!(
+                "nothing was changed: run again with --yes to have them {}",
+                action.done_verb()
+            ));
+            print(&text)
+        }
+        BulkOutcome::Done { acted, unchanged } => print(&format!(
+            "{} {acted} instances; {unchanged} matched but were left as they were (already so, \
+             or no longer in a state for it)",
+            action.done_verb()
+        )),
     }
 }
 
@@ -455,14 +595,10 @@ async fn act(
     action: impl AsyncFnOnce(&dyn Store, &OperatorRequest) -> Result<(bool, Vec<String>), StoreError>,
 ) -> Result<ExitCode> {
     let store = open(&args.store).await?;
-    let requested_by = args.by.clone().unwrap_or_else(|| {
-        let user = std::env::var("USER").unwrap_or_else(|_| "someone".into());
-        format!("{user} via sluice instances")
-    });
     let request = OperatorRequest {
-        instance_id: args.instance_id.clone(),
+        instance_id: args.instance_id.clone().unwrap_or_default(),
         reason: args.reason.clone(),
-        requested_by,
+        requested_by: args.requested_by(),
     };
     let (changed, ids) = match action(store.as_ref(), &request).await {
         Ok(done) => done,
@@ -507,20 +643,7 @@ async fn list(args: ListArgs) -> Result<ExitCode> {
         .map(str::parse::<PageCursor>)
         .transpose()?;
     let query = InstanceQuery {
-        filter: InstanceFilter {
-            statuses: args.status,
-            name: args.name,
-            created: TimeRange {
-                from_ms: args.created_after,
-                to_ms: args.created_before,
-            },
-            finished: TimeRange {
-                from_ms: args.finished_after,
-                to_ms: args.finished_before,
-            },
-            id_prefix: args.prefix,
-            parent: args.parent,
-        },
+        filter: args.filter.filter(),
         order,
         page_size: args.limit as usize,
         after,

@@ -399,3 +399,81 @@ fn a_purge_dry_run_matches_what_it_then_purges() {
     let missing = instances(&["purge", "nope", "--store", &store]);
     assert_eq!(missing.status.code(), Some(3));
 }
+
+/// A bulk terminate selected by filter options answers with the count and a sample and changes
+/// nothing; with `--yes` it terminates exactly those, recording the reason in each history.
+#[test]
+fn a_bulk_terminate_shows_then_terminates_what_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let store = format!("sqlite://{}", db.display());
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["demo", "--db", db.to_str().unwrap(), "--orders", "100000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let count_pending = || -> u64 {
+        query(
+            &db,
+            "SELECT COUNT(*) FROM instances WHERE status = 'pending' AND name = 'order'",
+        )[0][0]
+            .parse()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !db.exists() || count_pending() < 20 {
+        assert!(Instant::now() < deadline, "no pending orders appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+    let pending = count_pending();
+    let base = [
+        "terminate",
+        "--store",
+        store.as_str(),
+        "--status",
+        "pending",
+        "--name",
+        "order",
+        "--reason",
+        "bad batch",
+    ];
+    let dry = json(&base);
+    assert_eq!(dry["outcome"], "dry_run");
+    assert_eq!(dry["matching"].as_u64().unwrap(), pending);
+    let sample = dry["sample"].as_array().unwrap();
+    assert_eq!(sample.len() as u64, pending.min(10));
+    assert_eq!(count_pending(), pending, "a dry run changes nothing");
+    let mut confirmed = base.to_vec();
+    confirmed.push("--yes");
+    let done = json(&confirmed);
+    assert_eq!(done["outcome"], "done");
+    assert_eq!(done["acted"].as_u64().unwrap(), pending, "{done}");
+    assert_eq!(count_pending(), 0);
+    let first = sample[0]["instance_id"].as_str().unwrap();
+    let history = json(&["history", first, "--store", &store]);
+    let last = history["events"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["event"]["type"], "terminated");
+    assert_eq!(last["event"]["reason"], "bad batch");
+    // An id and filter options at once, or neither, is bad usage.
+    let both = instances(&[
+        "terminate",
+        first,
+        "--store",
+        &store,
+        "--status",
+        "running",
+        "--reason",
+        "x",
+    ]);
+    assert_eq!(both.status.code(), Some(2));
+    let neither = instances(&["terminate", "--store", &store, "--reason", "x"]);
+    assert_eq!(neither.status.code(), Some(2));
+}

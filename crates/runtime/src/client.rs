@@ -3,6 +3,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_history::{Event, InstanceStatus, Message};
 use sluice_replay::queue_event_name;
+use sluice_store::bulk::{BulkOutcome, BulkRequest};
 use sluice_store::{ChildPolicy, InstanceInfo, NewInstance, OperatorRequest, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -210,6 +211,16 @@ impl Client {
         let request = operator_request(instance_id, reason, requested_by);
         self.store
             .discard_instance(&request)
+            .await
+            .map_err(not_found)
+    }
+
+    /// An action on every instance a filter selects. Unconfirmed (the default of
+    /// [`BulkRequest::new`]) it is a dry run that answers how many match and a sample, and
+    /// changes nothing; confirmed, it acts on each, recording the request in each history.
+    /// See [`sluice_store::bulk`].
+    pub async fn bulk(&self, request: &BulkRequest) -> Result<BulkOutcome, ClientError> {
+        sluice_store::bulk::run_bulk(self.store.as_ref(), request, |_| {})
             .await
             .map_err(not_found)
     }

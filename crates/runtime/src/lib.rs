@@ -76,4 +76,5 @@ pub use sluice_replay::{
     ActivityFuture, Durable, DurableOutput, EventFuture, OrchestrationContext,
     SubOrchestrationFuture, TimerFuture,
 };
-pub use sluice_store::{ChildPolicy, InstanceInfo};
+pub use sluice_store::bulk::{BulkAction, BulkOutcome, BulkRequest};
+pub use sluice_store::{ChildPolicy, InstanceFilter, InstanceInfo};

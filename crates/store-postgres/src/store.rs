@@ -1579,6 +1579,21 @@ impl Store for PostgresStore {
         Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
+    async fn count_instances(&self, filter: &sluice_store::InstanceFilter) -> StoreResult<u64> {
+        let counting = sluice_store::listing::count_sql(
+            filter,
+            &format!("{}.instances", self.sql.schema),
+            &PG_DIALECT,
+        );
+        let params = pg_params(counting.params);
+        let client = self.client().await?;
+        let row = client
+            .query_one(&counting.sql, &param_refs(&params))
+            .await
+            .map_err(|error| self.db_error(error))?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
     async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<InstancePage> {
         if query.limit() == 0 {
             return Ok(InstancePage::default());
@@ -1586,32 +1601,12 @@ impl Store for PostgresStore {
         let listing = sluice_store::listing::listing_sql(
             query,
             &format!("{}.instances", self.sql.schema),
-            &sluice_store::listing::Dialect {
-                placeholder: &|n| format!("${n}"),
-                starts_with: &|column, at| format!("starts_with({column}, {at})"),
-                // The database's collation orders ids, not necessarily by code point.
-                code_point_order: false,
-            },
+            &PG_DIALECT,
         );
-        let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = listing
-            .params
-            .into_iter()
-            .map(
-                |param| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
-                    match param {
-                        sluice_store::listing::Param::Text(text) => Box::new(text),
-                        sluice_store::listing::Param::Int(value) => Box::new(value),
-                    }
-                },
-            )
-            .collect();
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-            .iter()
-            .map(|param| param.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
+        let params = pg_params(listing.params);
         let client = self.client().await?;
         let rows = client
-            .query(&listing.sql, &params)
+            .query(&listing.sql, &param_refs(&params))
             .await
             .map_err(|error| self.db_error(error))?;
         let instances = rows
@@ -1676,4 +1671,33 @@ impl Store for PostgresStore {
             })
             .collect()
     }
+}
+
+/// How a listing's SQL is spelled for PostgreSQL.
+const PG_DIALECT: sluice_store::listing::Dialect<'static> = sluice_store::listing::Dialect {
+    placeholder: &|n| format!("${n}"),
+    starts_with: &|column, at| format!("starts_with({column}, {at})"),
+    // The database's collation orders ids, not necessarily by code point.
+    code_point_order: false,
+};
+
+type BoxedParam = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
+
+fn pg_params(params: Vec<sluice_store::listing::Param>) -> Vec<BoxedParam> {
+    params
+        .into_iter()
+        .map(|param| -> BoxedParam {
+            match param {
+                sluice_store::listing::Param::Text(text) => Box::new(text),
+                sluice_store::listing::Param::Int(value) => Box::new(value),
+            }
+        })
+        .collect()
+}
+
+fn param_refs(params: &[BoxedParam]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    params
+        .iter()
+        .map(|param| param.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect()
 }

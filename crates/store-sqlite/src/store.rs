@@ -8,10 +8,10 @@ use sluice_sqlite::{
 use sluice_store::stored::{decode, encode, parse_status};
 use sluice_store::{
     ActivityResult, ActivityWorkItem, ChildPolicy, Clock, ExecutionInfo, ExecutionStatus,
-    ExportedActivity, ExportedInstance, ExportedMessage, InstanceCount, InstanceInfo, InstancePage,
-    InstanceQuery, InstanceSummary, LockedTurn, Names, NewActivity, NewInstance, OperatorRequest,
-    Outbound, PurgeFilter, Signals, Store, StoreError, StoreResult, SystemClock, TurnCommit, Work,
-    listing,
+    ExportedActivity, ExportedInstance, ExportedMessage, InstanceCount, InstanceFilter,
+    InstanceInfo, InstancePage, InstanceQuery, InstanceSummary, LockedTurn, Names, NewActivity,
+    NewInstance, OperatorRequest, Outbound, PurgeFilter, Signals, Store, StoreError, StoreResult,
+    SystemClock, TurnCommit, Work, listing,
 };
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -1633,29 +1633,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn count_instances(&self, filter: &InstanceFilter) -> StoreResult<u64> {
+        let counting = listing::count_sql(filter, "instances", &SQLITE_DIALECT);
+        self.read(move |connection, _now| {
+            let params = sqlite_params(counting.params);
+            let count: i64 = connection
+                .query_row(&counting.sql, rusqlite::params_from_iter(params), |row| {
+                    row.get(0)
+                })
+                .map_err(db_error)?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<InstancePage> {
         if query.limit() == 0 {
             return Ok(InstancePage::default());
         }
-        let listing = listing::listing_sql(
-            query,
-            "instances",
-            &listing::Dialect {
-                placeholder: &|n| format!("?{n}"),
-                starts_with: &|column, at| format!("substr({column}, 1, length({at})) = {at}"),
-                code_point_order: true,
-            },
-        );
+        let listing = listing::listing_sql(query, "instances", &SQLITE_DIALECT);
         let rows = self
             .read(move |connection, _now| {
-                let params: Vec<rusqlite::types::Value> = listing
-                    .params
-                    .into_iter()
-                    .map(|param| match param {
-                        listing::Param::Text(text) => rusqlite::types::Value::Text(text),
-                        listing::Param::Int(value) => rusqlite::types::Value::Integer(value),
-                    })
-                    .collect();
+                let params = sqlite_params(listing.params);
                 let rows = connection
                     .prepare(&listing.sql)
                     .and_then(|mut statement| {
@@ -1814,4 +1813,21 @@ impl Store for SqliteStore {
             (a, b) => a.or(b),
         })
     }
+}
+
+/// How a listing's SQL is spelled for SQLite.
+const SQLITE_DIALECT: listing::Dialect<'static> = listing::Dialect {
+    placeholder: &|n| format!("?{n}"),
+    starts_with: &|column, at| format!("substr({column}, 1, length({at})) = {at}"),
+    code_point_order: true,
+};
+
+fn sqlite_params(params: Vec<listing::Param>) -> Vec<rusqlite::types::Value> {
+    params
+        .into_iter()
+        .map(|param| match param {
+            listing::Param::Text(text) => rusqlite::types::Value::Text(text),
+            listing::Param::Int(value) => rusqlite::types::Value::Integer(value),
+        })
+        .collect()
 }

@@ -1160,6 +1160,17 @@ async fn page_through<S: Store>(
     ids: &[String],
     mut query: crate::InstanceQuery,
 ) -> Vec<String> {
+    let all = crate::InstanceQuery {
+        after: None,
+        ..query.clone()
+    };
+    let matching = expected_page(store, ids, &all).await.len() as u64;
+    assert_eq!(
+        store.count_instances(&query.filter).await.unwrap(),
+        matching,
+        "{:?}",
+        query.filter
+    );
     let mut seen = Vec::new();
     for _ in 0..100 {
         let page = store.list_instances(&query).await.unwrap();
@@ -2205,6 +2216,121 @@ pub async fn purges_remove_finished_instances_and_nothing_else<S: Store>(h: Harn
     );
 }
 
+/// A bulk action first answers how many instances match and a sample, changing nothing; then,
+/// confirmed, acts on each of them (recorded in each history) and on nothing else.
+pub async fn bulk_actions_show_then_act<S: Store>(h: Harness<S>) {
+    use crate::bulk::{BulkAction, BulkOutcome, BulkRequest, run_bulk};
+    use crate::{ChildPolicy, InstanceFilter};
+    let store = &h.store;
+    let named = |id: &str, name: &str| NewInstance {
+        name: name.into(),
+        ..new_instance(id)
+    };
+    for (id, name, status) in [
+        ("b-1", "orders", InstanceStatus::Running),
+        ("b-2", "orders", InstanceStatus::Running),
+        ("b-3", "mail", InstanceStatus::Running),
+        ("b-4", "orders", InstanceStatus::Completed),
+        ("b-5", "orders", InstanceStatus::Pending),
+    ] {
+        h.clock.advance_ms(5);
+        run_to(store, named(id, name), status, &h.clock).await;
+    }
+    let filter = InstanceFilter {
+        statuses: vec![InstanceStatus::Running, InstanceStatus::Pending],
+        name: Some("orders".into()),
+        ..InstanceFilter::default()
+    };
+    let mut request = BulkRequest::new(
+        BulkAction::Terminate(ChildPolicy::Abandon),
+        filter.clone(),
+        "a bad release",
+        "conformance",
+    );
+    let BulkOutcome::DryRun { matching, sample } = run_bulk(store, &request, |_| {}).await.unwrap()
+    else {
+        panic!("an unconfirmed request is a dry run");
+    };
+    assert_eq!(matching, 3);
+    let sampled: Vec<&str> = sample.iter().map(|s| s.instance_id.as_str()).collect();
+    assert_eq!(sampled, ["b-1", "b-2", "b-5"], "oldest first");
+    for id in ["b-1", "b-2"] {
+        let status = store.instance(id).await.unwrap().unwrap().status;
+        assert_eq!(status, InstanceStatus::Running, "a dry run changes nothing");
+    }
+    request.confirmed = true;
+    let mut progress = Vec::new();
+    let done = run_bulk(store, &request, |n| progress.push(n))
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        BulkOutcome::Done {
+            acted: 3,
+            unchanged: 0
+        }
+    );
+    assert_eq!(progress.last(), Some(&3));
+    for id in ["b-1", "b-2", "b-5"] {
+        let info = store.instance(id).await.unwrap().unwrap();
+        assert_eq!(info.status, InstanceStatus::Terminated, "{id}");
+        let history = store.read_history(id, 1, 0).await.unwrap();
+        assert!(
+            history.iter().any(|event| matches!(
+                event,
+                Event::Terminated { reason, requested_by }
+                    if reason == "a bad release" && requested_by == "conformance"
+            )),
+            "{id}: {history:?}"
+        );
+    }
+    assert_eq!(
+        store.instance("b-3").await.unwrap().unwrap().status,
+        InstanceStatus::Running
+    );
+    assert_eq!(
+        store.instance("b-4").await.unwrap().unwrap().status,
+        InstanceStatus::Completed
+    );
+    // Again: nothing matches any more.
+    assert_eq!(
+        run_bulk(store, &request, |_| {}).await.unwrap(),
+        BulkOutcome::Done {
+            acted: 0,
+            unchanged: 0
+        }
+    );
+    let suspend = BulkRequest {
+        confirmed: true,
+        ..BulkRequest::new(
+            BulkAction::Suspend,
+            InstanceFilter::default(),
+            "maintenance",
+            "conformance",
+        )
+    };
+    // Every instance is tried; only the running one can be suspended.
+    assert_eq!(
+        run_bulk(store, &suspend, |_| {}).await.unwrap(),
+        BulkOutcome::Done {
+            acted: 1,
+            unchanged: 4
+        }
+    );
+    assert_eq!(
+        store.instance("b-3").await.unwrap().unwrap().status,
+        InstanceStatus::Suspended
+    );
+    let no_reason = BulkRequest::new(BulkAction::Resume, filter, " ", "conformance");
+    assert_eq!(
+        run_bulk(store, &no_reason, |_| {})
+            .await
+            .unwrap_err()
+            .code(),
+        "store.contract"
+    );
+}
+
 /// Declares one `#[tokio::test]` per conformance check. `$factory` is an async expression
 /// evaluating to a [`Harness`].
 #[macro_export]
@@ -2236,7 +2362,8 @@ macro_rules! conformance_tests {
             terminate_cancels_or_abandons_children,
             suspend_stores_everything_and_runs_nothing_until_resumed,
             quarantined_instances_are_retried_or_discarded,
-            purges_remove_finished_instances_and_nothing_else
+            purges_remove_finished_instances_and_nothing_else,
+            bulk_actions_show_then_act
         );
     };
     (@each $factory:expr; $($check:ident),*) => {

@@ -43,6 +43,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bulk;
 mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -288,6 +289,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// A page of the instances a query's filter selects, in its order (see [`InstanceQuery`]).
     async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<InstancePage>;
+
+    /// How many instances `filter` selects (for a bulk action's dry run). Unlike
+    /// [`Store::instance_counts`] it reads the rows it counts: bounded by the filter's index
+    /// ranges, but a million of them take a moment.
+    async fn count_instances(&self, filter: &InstanceFilter) -> StoreResult<u64>;
 
     /// Terminates an unfinished instance at once, without running its code: appends
     /// [`Event::Terminated`] with the request, sets status `terminated` (failure code

@@ -83,24 +83,12 @@ impl Builder<'_> {
     }
 }
 
-/// The listing of `query` over `table` (already quoted), in `dialect`.
-pub fn listing_sql(query: &InstanceQuery, table: &str, dialect: &Dialect<'_>) -> ListingSql {
-    let mut builder = Builder {
-        params: Vec::new(),
-        placeholder: dialect.placeholder,
-    };
-    let filter = &query.filter;
-    let key = if query.order.by_update() {
-        "updated_at_ms"
-    } else {
-        "created_at_ms"
-    };
-    let direction = if query.order.descending() {
-        "DESC"
-    } else {
-        "ASC"
-    };
-    let limit = i64::try_from(query.limit() + 1).unwrap_or(i64::MAX);
+/// The conditions of `filter` other than its statuses, binding their values.
+fn conditions(
+    filter: &crate::query::InstanceFilter,
+    builder: &mut Builder<'_>,
+    dialect: &Dialect<'_>,
+) -> Vec<String> {
     let mut common = Vec::new();
     if let Some(name) = &filter.name {
         common.push(format!(
@@ -147,6 +135,58 @@ pub fn listing_sql(query: &InstanceQuery, table: &str, dialect: &Dialect<'_>) ->
             builder.bind(Param::Text(parent.clone()))
         ));
     }
+    common
+}
+
+/// How many instances over `table` `filter` selects (the statement answers one integer).
+pub fn count_sql(
+    filter: &crate::query::InstanceFilter,
+    table: &str,
+    dialect: &Dialect<'_>,
+) -> ListingSql {
+    let mut builder = Builder {
+        params: Vec::new(),
+        placeholder: dialect.placeholder,
+    };
+    let mut conditions = conditions(filter, &mut builder, dialect);
+    if !filter.statuses.is_empty() {
+        let statuses: Vec<String> = filter
+            .distinct_statuses()
+            .iter()
+            .map(|status| builder.bind(Param::Text(status.as_str().to_string())))
+            .collect();
+        conditions.push(format!("status IN ({})", statuses.join(", ")));
+    }
+    let conditions = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    ListingSql {
+        sql: format!("SELECT count(*) FROM {table} {conditions}"),
+        params: builder.params,
+    }
+}
+
+/// The listing of `query` over `table` (already quoted), in `dialect`.
+pub fn listing_sql(query: &InstanceQuery, table: &str, dialect: &Dialect<'_>) -> ListingSql {
+    let mut builder = Builder {
+        params: Vec::new(),
+        placeholder: dialect.placeholder,
+    };
+    let filter = &query.filter;
+    let key = if query.order.by_update() {
+        "updated_at_ms"
+    } else {
+        "created_at_ms"
+    };
+    let direction = if query.order.descending() {
+        "DESC"
+    } else {
+        "ASC"
+    };
+    let limit = i64::try_from(query.limit() + 1).unwrap_or(i64::MAX);
+    let mut common = conditions(filter, &mut builder, dialect);
     if let Some(PageCursor {
         key_ms,
         instance_id,
