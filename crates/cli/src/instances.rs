@@ -97,6 +97,10 @@ pub(crate) enum InstancesCommand {
         #[command(flatten)]
         action: ActionArgs,
     },
+    /// Start a finished instance again from its input: as a new execution under its id, or
+    /// with `--as` as a new instance (then the original may be in any status).
+    #[command(after_help = EXIT_CODES)]
+    Restart(RestartArgs),
     /// Remove finished instances and everything stored for them: one by id (with its finished
     /// sub-orchestrations), or all that finished before a time (`--finished-before`), which
     /// shows how many match and a sample and removes them only with `--yes`.
@@ -160,11 +164,29 @@ pub(crate) struct ActionArgs {
 
 impl ActionArgs {
     fn requested_by(&self) -> String {
-        self.by.clone().unwrap_or_else(|| {
-            let user = std::env::var("USER").unwrap_or_else(|_| "someone".into());
-            format!("{user} via sluice instances")
-        })
+        self.by.clone().unwrap_or_else(default_requested_by)
     }
+}
+
+/// Options of `sluice instances restart`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct RestartArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The instance id.
+    instance_id: String,
+    /// Start a new instance of this id instead (same orchestration, same input).
+    #[arg(long = "as", value_name = "ID")]
+    as_instance: Option<String>,
+    /// Start from this input instead of the instance's.
+    #[arg(long)]
+    input: Option<String>,
+    /// Why (recorded in the ended execution's history).
+    #[arg(long)]
+    reason: String,
+    /// Who asks (recorded); default: `$USER via sluice instances`.
+    #[arg(long)]
+    by: Option<String>,
 }
 
 /// `--children` of `terminate`.
@@ -357,6 +379,7 @@ pub(crate) async fn run(command: InstancesCommand) -> Result<ExitCode> {
         InstancesCommand::History(args) => return history(args).await,
         InstancesCommand::Counts { store } => return counts(&store).await,
         InstancesCommand::Purge(args) => return purge(args).await,
+        InstancesCommand::Restart(args) => return restart(args).await,
         InstancesCommand::Terminate { action, children } => {
             let children = match children {
                 Children::Terminate => ChildPolicy::Terminate,
@@ -419,6 +442,36 @@ pub(crate) async fn run(command: InstancesCommand) -> Result<ExitCode> {
             .await
         }
     }
+}
+
+fn default_requested_by() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "someone".into());
+    format!("{user} via sluice instances")
+}
+
+async fn restart(args: RestartArgs) -> Result<ExitCode> {
+    let store = open(&args.store).await?;
+    let request = OperatorRequest {
+        instance_id: args.instance_id.clone(),
+        reason: args.reason.clone(),
+        requested_by: args.by.clone().unwrap_or_else(default_requested_by),
+    };
+    let (id, execution) = match store
+        .restart_instance(&request, args.as_instance.as_deref(), args.input.as_deref())
+        .await
+    {
+        Ok(restarted) => restarted,
+        Err(StoreError::InstanceNotFound(id)) => {
+            eprintln!("no instance '{id}' in the store");
+            return Ok(ExitCode::from(NOT_FOUND));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if args.store.json {
+        let report = serde_json::json!({ "instance_id": id, "execution_id": execution });
+        return print(&serde_json::to_string_pretty(&report)?);
+    }
+    print(&format!("{id} restarted: execution {execution} is pending"))
 }
 
 /// An action on every instance the filter selects: a dry run unless `--yes`.

@@ -462,6 +462,22 @@ fn a_bulk_terminate_shows_then_terminates_what_matches() {
         .clone();
     assert_eq!(last["event"]["type"], "terminated");
     assert_eq!(last["event"]["reason"], "bad batch");
+    // A terminated order restarts under its id (a new execution, pending: no runtime runs
+    // here) and as another instance.
+    let again = json(&["restart", first, "--store", &store, "--reason", "a mistake"]);
+    assert_eq!(again["execution_id"], 2);
+    let copy = json(&[
+        "restart", first, "--store", &store, "--reason", "a copy", "--as", "copied",
+    ]);
+    assert_eq!(copy["instance_id"], "copied");
+    let shown = json(&["show", "copied", "--store", &store]);
+    assert_eq!(shown["instance"]["status"], "pending");
+    let refused = instances(&["restart", first, "--store", &store, "--reason", "twice"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "a pending instance does not restart"
+    );
     // An id and filter options at once, or neither, is bad usage.
     let both = instances(&[
         "terminate",

@@ -183,6 +183,18 @@ pub enum Event {
         /// Who or what asked.
         requested_by: String,
     },
+    /// An operator restarted the finished instance from its input: appended to the execution
+    /// that had ended, after its end. Under the same id a new execution follows; otherwise
+    /// `as_instance` names the new instance. Replay ignores it.
+    Restarted {
+        /// The reason given.
+        reason: String,
+        /// Who or what asked.
+        requested_by: String,
+        /// The new instance, when the restart took another id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        as_instance: Option<String>,
+    },
 }
 
 impl Event {
@@ -262,6 +274,7 @@ impl Event {
             Event::Resumed { .. } => "resumed",
             Event::Retried { .. } => "retried",
             Event::Discarded { .. } => "discarded",
+            Event::Restarted { .. } => "restarted",
         }
     }
 }

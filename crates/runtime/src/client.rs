@@ -215,6 +215,28 @@ impl Client {
             .map_err(not_found)
     }
 
+    /// Starts a finished instance again from its input (or `input`): under the same id as a
+    /// new execution, or as the new instance `as_instance` (then the original may be in any
+    /// status). Recorded in the ended execution's history. Returns the id and execution that
+    /// run now.
+    pub async fn restart(
+        &self,
+        instance_id: &str,
+        reason: &str,
+        requested_by: &str,
+        as_instance: Option<&str>,
+        input: Option<&str>,
+    ) -> Result<(String, u64), ClientError> {
+        let request = operator_request(instance_id, reason, requested_by);
+        let restarted = self
+            .store
+            .restart_instance(&request, as_instance, input)
+            .await
+            .map_err(not_found)?;
+        self.store.signals().orchestrations.notify_one();
+        Ok(restarted)
+    }
+
     /// An action on every instance a filter selects. Unconfirmed (the default of
     /// [`BulkRequest::new`]) it is a dry run that answers how many match and a sample, and
     /// changes nothing; confirmed, it acts on each, recording the request in each history.

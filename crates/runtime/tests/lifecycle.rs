@@ -412,3 +412,54 @@ async fn postgres_retention_purges_what_finished_long_enough_ago() {
     };
     retention_purges_what_finished_long_enough_ago(postgres(&cluster).await).await;
 }
+
+/// An instance that failed restarts from its input once the cause is fixed, under its id as a
+/// new execution (the first one's history records the restart) or as a new instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_instance_restarts_from_its_input() {
+    let temp = TempSqlite::new();
+    let store = sqlite(&temp);
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = fixed.clone();
+    let registry = Registry::new()
+        .orchestration(
+            "checked",
+            |ctx: OrchestrationContext, input: String| async move {
+                ctx.schedule_activity("check", input).await
+            },
+        )
+        .activity("check", move |_ctx: ActivityContext, input: String| {
+            let fixed = gate.clone();
+            async move {
+                if fixed.load(Ordering::SeqCst) {
+                    Ok(format!("{input} ok"))
+                } else {
+                    Err(Failure::new("broken", "the checker is broken"))
+                }
+            }
+        });
+    let runtime = Runtime::start(store.clone(), registry, options());
+    let client = runtime.client();
+    client.start("checked", "c-1", "order 7").await.unwrap();
+    let info = client.wait_for_completion("c-1", WAIT).await.unwrap();
+    assert_eq!(info.status, InstanceStatus::Failed);
+    fixed.store(true, Ordering::SeqCst);
+    let (id, execution) = client
+        .restart("c-1", "checker fixed", "ops", None, None)
+        .await
+        .unwrap();
+    assert_eq!((id.as_str(), execution), ("c-1", 2));
+    let info = client.wait_for_completion("c-1", WAIT).await.unwrap();
+    assert_eq!(info.status, InstanceStatus::Completed, "{:?}", info.failure);
+    assert_eq!(info.output.as_deref(), Some("order 7 ok"));
+    assert_eq!(info.execution_id, 2);
+    let first = store.read_history("c-1", 1, 0).await.unwrap();
+    assert!(matches!(first.last(), Some(Event::Restarted { .. })));
+    let (copy, _) = client
+        .restart("c-1", "once more", "ops", Some("c-1-copy"), Some("order 8"))
+        .await
+        .unwrap();
+    let info = client.wait_for_completion(&copy, WAIT).await.unwrap();
+    assert_eq!(info.output.as_deref(), Some("order 8 ok"));
+    runtime.shutdown(Duration::from_secs(5)).await;
+}

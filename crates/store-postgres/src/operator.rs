@@ -377,6 +377,129 @@ pub(crate) async fn discard(
     clear_work(tx, s, now, id, db).await
 }
 
+/// Restarts an instance from its input: a new execution under the same id (finished
+/// instances only), or a new instance; returns its id and execution.
+pub(crate) async fn restart(
+    tx: &Transaction<'_>,
+    sql: &Sql,
+    now: Option<i64>,
+    request: &OperatorRequest,
+    as_instance: Option<&str>,
+    input: Option<&str>,
+    db: &Db<'_>,
+) -> StoreResult<(String, u64)> {
+    let s = sql.schema.as_str();
+    let id = request.instance_id.as_str();
+    let Some(row) = lock_row(tx, s, id, db).await? else {
+        return Err(StoreError::InstanceNotFound(id.to_string()));
+    };
+    let named = tx
+        .query_one(
+            &format!("SELECT name, input FROM {s}.instances WHERE instance_id = $1"),
+            &[&id],
+        )
+        .await
+        .map_err(db)?;
+    let name: String = named.get(0);
+    let input = input.map_or_else(|| named.get::<_, String>(1), str::to_string);
+    let event = encode(&Event::Restarted {
+        reason: request.reason.clone(),
+        requested_by: request.requested_by.clone(),
+        as_instance: as_instance.map(str::to_string),
+    });
+    let append = format!(
+        "WITH appended AS (INSERT INTO {s}.history (instance_id, execution_id, position, event)
+             VALUES ($1, $2, $3, $4))
+         UPDATE {s}.instances SET history_len = history_len + 1 WHERE instance_id = $1"
+    );
+    if let Some(new_id) = as_instance {
+        let start = Message::Start {
+            name: name.clone(),
+            input: input.clone(),
+            parent: None,
+            carried_events: Vec::new(),
+        };
+        let created = tx
+            .query_opt(
+                &sql.create_instance,
+                &[&now, &new_id, &name, &input, &encode(&start), &None::<&str>],
+            )
+            .await
+            .map_err(db)?;
+        if created.is_none() {
+            return Err(StoreError::NotAllowed {
+                instance_id: new_id.to_string(),
+                status: "taken",
+                why: "an instance of this id exists already; restart it under another id",
+            });
+        }
+        tx.execute(&append, &[&id, &row.execution_id, &row.history_len, &event])
+            .await
+            .map_err(db)?;
+        return Ok((new_id.to_string(), 1));
+    }
+    if !row.status.is_terminal() {
+        return Err(StoreError::NotAllowed {
+            instance_id: id.to_string(),
+            status: row.status.as_str(),
+            why: "only a finished instance restarts under its own id; terminate it first, \
+                  or restart it as another instance",
+        });
+    }
+    tx.execute(&append, &[&id, &row.execution_id, &row.history_len, &event])
+        .await
+        .map_err(db)?;
+    tx.execute(
+        &format!(
+            "INSERT INTO {s}.executions (instance_id, execution_id, started_at_ms, finished_at_ms, history_len)
+             SELECT instance_id, execution_id, started_at_ms, finished_at_ms, history_len
+             FROM {s}.instances WHERE instance_id = $1"
+        ),
+        &[&id],
+    )
+    .await
+    .map_err(db)?;
+    // What a finished instance still had waiting is stale for the new execution.
+    tx.execute(
+        &format!("DELETE FROM {s}.inbox WHERE instance_id = $1"),
+        &[&id],
+    )
+    .await
+    .map_err(db)?;
+    let start = Message::Start {
+        name,
+        input: input.clone(),
+        parent: None,
+        carried_events: Vec::new(),
+    };
+    tx.execute(
+        &format!(
+            "INSERT INTO {s}.inbox (instance_id, visible_at_ms, message)
+             VALUES ($1, {s}.now_ms($2), $3)"
+        ),
+        &[&id, &now, &encode(&start)],
+    )
+    .await
+    .map_err(db)?;
+    tx.execute(
+        &format!(
+            "UPDATE {s}.instances SET status = 'pending', execution_id = execution_id + 1,
+                 input = $3, output = NULL, failure = NULL, custom_status = NULL,
+                 history_len = 0, deliveries = 0, updated_at_ms = {s}.now_ms($2),
+                 started_at_ms = NULL, finished_at_ms = NULL, due_at_ms = {s}.now_ms($2),
+                 lock_token = nextval('{s}.lock_tokens'), locked_until_ms = NULL
+             WHERE instance_id = $1"
+        ),
+        &[&id, &now, &input],
+    )
+    .await
+    .map_err(db)?;
+    Ok((
+        id.to_string(),
+        u64::try_from(row.execution_id + 1).unwrap_or(0),
+    ))
+}
+
 /// The statement that deletes everything stored for the instances `{picked}` (a query of
 /// `instance_id`s) yields, answering how many instance rows went (the count triggers follow
 /// them).

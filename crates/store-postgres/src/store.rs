@@ -161,7 +161,7 @@ pub(crate) const DUE_NOW: &str = "CASE WHEN t.locked_until_ms > {s}.now_ms($1) T
 pub(crate) struct Sql {
     /// The quoted schema.
     pub(crate) schema: String,
-    create_instance: String,
+    pub(crate) create_instance: String,
     instance_status: String,
     insert_message_if_live: String,
     fetch_turns: String,
@@ -1507,6 +1507,22 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(db)?;
         self.wake_finished(&request.instance_id);
         Ok(())
+    }
+
+    async fn restart_instance(
+        &self,
+        request: &OperatorRequest,
+        as_instance: Option<&str>,
+        input: Option<&str>,
+    ) -> StoreResult<(String, u64)> {
+        let db = |error| self.db_error(error);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let restarted =
+            operator::restart(&tx, &self.sql, self.now(), request, as_instance, input, &db).await?;
+        tx.commit().await.map_err(db)?;
+        self.wake_orchestrations();
+        Ok(restarted)
     }
 
     async fn purge_instance(&self, instance_id: &str) -> StoreResult<Vec<String>> {

@@ -347,3 +347,99 @@ pub(crate) fn discard(
     set_status(connection, id, InstanceStatus::Failed, Some(&failure), now)?;
     clear_work(connection, leases, now, id)
 }
+
+/// Restarts an instance from its input: a new execution under the same id (finished
+/// instances only), or a new instance; returns its id and execution.
+pub(crate) fn restart(
+    connection: &Connection,
+    now: TimestampMs,
+    request: &OperatorRequest,
+    as_instance: Option<&str>,
+    input: Option<&str>,
+) -> StoreResult<(String, u64)> {
+    let id = request.instance_id.as_str();
+    let row: Option<(String, String, i64, String)> = connection
+        .prepare_cached(
+            "SELECT status, name, execution_id, input FROM instances WHERE instance_id = ?1",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![id], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })
+                .optional()
+        })
+        .map_err(db_error)?;
+    let Some((status, name, execution, current_input)) = row else {
+        return Err(StoreError::InstanceNotFound(id.to_string()));
+    };
+    let status = parse_status(&status)?;
+    let input = input.map_or(current_input, str::to_string);
+    let event = Event::Restarted {
+        reason: request.reason.clone(),
+        requested_by: request.requested_by.clone(),
+        as_instance: as_instance.map(str::to_string),
+    };
+    if let Some(new_id) = as_instance {
+        let start = sluice_store::NewInstance {
+            instance_id: new_id.to_string(),
+            name,
+            input,
+            parent: None,
+        };
+        if !crate::store::insert_instance(connection, &start, now)? {
+            return Err(StoreError::NotAllowed {
+                instance_id: new_id.to_string(),
+                status: "taken",
+                why: "an instance of this id exists already; restart it under another id",
+            });
+        }
+        append(connection, id, execution, &event)?;
+        return Ok((new_id.to_string(), 1));
+    }
+    if !status.is_terminal() {
+        return Err(StoreError::NotAllowed {
+            instance_id: id.to_string(),
+            status: status.as_str(),
+            why: "only a finished instance restarts under its own id; terminate it first, \
+                  or restart it as another instance",
+        });
+    }
+    append(connection, id, execution, &event)?;
+    let ended_len = history_len_of(connection, id, execution)?;
+    connection
+        .prepare_cached(
+            "INSERT INTO executions (instance_id, execution_id, started_at_ms, finished_at_ms, history_len)
+             SELECT instance_id, execution_id, started_at_ms, finished_at_ms, ?2 FROM instances
+             WHERE instance_id = ?1",
+        )
+        .and_then(|mut statement| statement.execute(params![id, ended_len]))
+        .map_err(db_error)?;
+    // What a finished instance still had waiting is stale for the new execution.
+    connection
+        .prepare_cached("DELETE FROM inbox WHERE instance_id = ?1")
+        .and_then(|mut statement| statement.execute(params![id]))
+        .map_err(db_error)?;
+    connection
+        .prepare_cached(
+            "UPDATE instances SET status = 'pending', execution_id = ?2, input = ?3,
+                 output = NULL, failure = NULL, custom_status = NULL, updated_at_ms = ?4,
+                 started_at_ms = NULL, finished_at_ms = NULL
+             WHERE instance_id = ?1",
+        )
+        .and_then(|mut statement| statement.execute(params![id, execution + 1, input, now]))
+        .map_err(db_error)?;
+    let start = Message::Start {
+        name,
+        input,
+        parent: None,
+        carried_events: Vec::new(),
+    };
+    connection
+        .prepare_cached(
+            "INSERT INTO inbox (instance_id, visible_at_ms, message) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut statement| statement.execute(params![id, now, encode(&start)]))
+        .map_err(db_error)?;
+    Ok((id.to_string(), u64::try_from(execution + 1).unwrap_or(0)))
+}

@@ -601,7 +601,7 @@ pub(crate) fn insert_message_if_live(
 }
 
 /// Creates the instance row and its start message; returns false if the id exists.
-fn insert_instance(
+pub(crate) fn insert_instance(
     connection: &Connection,
     start: &NewInstance,
     now: TimestampMs,
@@ -1420,6 +1420,30 @@ impl Store for SqliteStore {
             .await?;
         self.signals.notify_finished(&id);
         Ok(())
+    }
+
+    async fn restart_instance(
+        &self,
+        request: &OperatorRequest,
+        as_instance: Option<&str>,
+        input: Option<&str>,
+    ) -> StoreResult<(String, u64)> {
+        let request = request.clone();
+        let as_instance = as_instance.map(str::to_string);
+        let input = input.map(str::to_string);
+        let restarted = self
+            .write(move |connection, now| {
+                operator::restart(
+                    connection,
+                    now,
+                    &request,
+                    as_instance.as_deref(),
+                    input.as_deref(),
+                )
+            })
+            .await?;
+        self.signals.orchestrations.notify_one();
+        Ok(restarted)
     }
 
     async fn purge_instance(&self, instance_id: &str) -> StoreResult<Vec<String>> {

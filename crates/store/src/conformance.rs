@@ -2331,6 +2331,131 @@ pub async fn bulk_actions_show_then_act<S: Store>(h: Harness<S>) {
     );
 }
 
+/// A finished instance restarts from its input as a new execution under its id (the ended one
+/// records the request after its end), or as a new instance; an unfinished one only as a new
+/// instance.
+pub async fn restarts_begin_a_new_execution_or_instance<S: Store>(h: Harness<S>) {
+    use crate::OperatorRequest;
+    let store = &h.store;
+    let request = |id: &str| OperatorRequest {
+        instance_id: id.into(),
+        reason: "fixed the bug".into(),
+        requested_by: "conformance".into(),
+    };
+    run_to(store, new_instance("r-1"), InstanceStatus::Failed, &h.clock).await;
+    run_to(
+        store,
+        new_instance("r-2"),
+        InstanceStatus::Running,
+        &h.clock,
+    )
+    .await;
+    run_to(
+        store,
+        new_instance("r-3"),
+        InstanceStatus::Completed,
+        &h.clock,
+    )
+    .await;
+    h.clock.advance_ms(7);
+    assert_eq!(
+        store
+            .restart_instance(&request("r-1"), None, None)
+            .await
+            .unwrap(),
+        ("r-1".to_string(), 2)
+    );
+    let info = store.instance("r-1").await.unwrap().unwrap();
+    assert_eq!(info.status, InstanceStatus::Pending);
+    assert_eq!(info.execution_id, 2);
+    assert_eq!((info.failure, info.output), (None, None));
+    assert_eq!(info.finished_at_ms, None);
+    assert_eq!(info.input, "in");
+    let ended = store.read_history("r-1", 1, 0).await.unwrap();
+    assert_eq!(
+        ended.last(),
+        Some(&Event::Restarted {
+            reason: "fixed the bug".into(),
+            requested_by: "conformance".into(),
+            as_instance: None,
+        })
+    );
+    let executions = store.executions("r-1").await.unwrap();
+    assert_eq!(executions.len(), 2, "{executions:?}");
+    assert_eq!(executions[0].history_len, ended.len() as u64);
+    assert_eq!(executions[1].execution_id, 2);
+    // The new execution's turn: empty history, the start message with the input.
+    let turns = store.fetch_turns(10, LEASE, &[]).await.unwrap();
+    let turn = turns
+        .iter()
+        .find(|turn| turn.instance_id == "r-1")
+        .expect("the restarted instance has a turn");
+    assert_eq!((turn.execution_id, turn.history_len), (2, 0));
+    assert!(matches!(
+        turn.messages.as_slice(),
+        [(_, Message::Start { input, parent: None, .. })] if input == "in"
+    ));
+    for turn in &turns {
+        store
+            .release_turn(&turn.instance_id, turn.lock_token, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    // Unfinished: only as another instance.
+    assert_eq!(
+        store
+            .restart_instance(&request("r-2"), None, None)
+            .await
+            .unwrap_err()
+            .code(),
+        "store.not_allowed"
+    );
+    assert_eq!(
+        store
+            .restart_instance(&request("r-2"), Some("r-2-again"), Some("new input"))
+            .await
+            .unwrap(),
+        ("r-2-again".to_string(), 1)
+    );
+    let copy = store.instance("r-2-again").await.unwrap().unwrap();
+    assert_eq!(
+        (copy.status, copy.name.as_str(), copy.input.as_str()),
+        (InstanceStatus::Pending, "orders", "new input")
+    );
+    assert_eq!(
+        store.instance("r-2").await.unwrap().unwrap().status,
+        InstanceStatus::Running
+    );
+    let history = store.read_history("r-2", 1, 0).await.unwrap();
+    assert!(matches!(
+        history.last(),
+        Some(Event::Restarted { as_instance: Some(id), .. }) if id == "r-2-again"
+    ));
+    assert_eq!(
+        store
+            .restart_instance(&request("r-3"), Some("r-1"), None)
+            .await
+            .unwrap_err()
+            .code(),
+        "store.not_allowed",
+        "a taken id"
+    );
+    assert!(matches!(
+        store.restart_instance(&request("nope"), None, None).await,
+        Err(StoreError::InstanceNotFound(_))
+    ));
+    let mut counts = store.count_by_status().await.unwrap();
+    counts.sort_by_key(|(status, _)| status.as_str());
+    assert_eq!(
+        counts,
+        [
+            (InstanceStatus::Completed, 1),
+            (InstanceStatus::Pending, 2),
+            (InstanceStatus::Running, 1),
+        ]
+    );
+}
+
 /// Declares one `#[tokio::test]` per conformance check. `$factory` is an async expression
 /// evaluating to a [`Harness`].
 #[macro_export]
@@ -2363,7 +2488,8 @@ macro_rules! conformance_tests {
             suspend_stores_everything_and_runs_nothing_until_resumed,
             quarantined_instances_are_retried_or_discarded,
             purges_remove_finished_instances_and_nothing_else,
-            bulk_actions_show_then_act
+            bulk_actions_show_then_act,
+            restarts_begin_a_new_execution_or_instance
         );
     };
     (@each $factory:expr; $($check:ident),*) => {

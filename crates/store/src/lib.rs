@@ -332,6 +332,21 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::InstanceFinished`]).
     async fn discard_instance(&self, request: &OperatorRequest) -> StoreResult<()>;
 
+    /// Starts a finished instance (completed, failed, cancelled or terminated) again from
+    /// its input (the current execution's, or `input` when given), appending
+    /// [`Event::Restarted`] to the execution that ended. With `as_instance` `None` it runs as a
+    /// new execution under the same id (pending, without output or failure; a restarted
+    /// sub-orchestration no longer reports to its parent); otherwise a new instance of that id
+    /// starts (the original may then be in any status). Returns the new instance's id and
+    /// execution. Unfinished instances are [`StoreError::NotAllowed`] (terminate them first);
+    /// a taken `as_instance` is [`StoreError::NotAllowed`] too.
+    async fn restart_instance(
+        &self,
+        request: &OperatorRequest,
+        as_instance: Option<&str>,
+        input: Option<&str>,
+    ) -> StoreResult<(String, u64)>;
+
     /// Removes a finished instance and everything stored for it (history, executions,
     /// messages, work items), with its finished sub-orchestrations, theirs, and so on; an
     /// unfinished descendant stays (and is not descended into). Returns the ids removed, this
