@@ -4,7 +4,7 @@
 //! and a turn it was running when the action came is refused at its commit).
 
 use anyhow::{Context, Result, bail};
-use sluice_runtime::InstanceStatus;
+use sluice_runtime::{Client, ClientError, InstanceStatus, StartOutcome};
 use sluice_store::bulk::{BulkAction, BulkOutcome, BulkRequest, run_bulk};
 use sluice_store::{
     ChildPolicy, ExecutionInfo, InstanceFilter, InstanceOrder, InstanceQuery, InstanceSummary,
@@ -63,6 +63,44 @@ pub(crate) enum InstancesCommand {
     Counts {
         #[command(flatten)]
         store: StoreArgs,
+    },
+    /// Start an orchestration instance (nothing changes when the id exists).
+    #[command(after_help = EXIT_CODES)]
+    Start {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The orchestration's name.
+        name: String,
+        /// The instance id.
+        instance_id: String,
+        /// Its input (the orchestration's own format, usually JSON).
+        #[arg(long, default_value = "")]
+        input: String,
+    },
+    /// Raise an event on an unfinished instance (kept until its code waits for it).
+    #[command(after_help = EXIT_CODES)]
+    Raise {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The instance id.
+        instance_id: String,
+        /// The event's name.
+        event: String,
+        /// Its data.
+        #[arg(long, default_value = "")]
+        data: String,
+    },
+    /// Ask an instance to cancel: its code sees the cancellation and compensates, and its
+    /// awaited sub-orchestrations are cancelled too (`terminate` ends it without its code).
+    #[command(after_help = EXIT_CODES)]
+    Cancel {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The instance id.
+        instance_id: String,
+        /// Why (recorded in its history).
+        #[arg(long)]
+        reason: String,
     },
     /// End an unfinished instance now, without running its code (no compensation).
     #[command(after_help = EXIT_CODES)]
@@ -380,6 +418,33 @@ pub(crate) async fn run(command: InstancesCommand) -> Result<ExitCode> {
         InstancesCommand::Counts { store } => return counts(&store).await,
         InstancesCommand::Purge(args) => return purge(args).await,
         InstancesCommand::Restart(args) => return restart(args).await,
+        InstancesCommand::Start {
+            store,
+            name,
+            instance_id,
+            input,
+        } => return start(&store, &name, &instance_id, input).await,
+        InstancesCommand::Raise {
+            store,
+            instance_id,
+            event,
+            data,
+        } => {
+            return message(&store, &instance_id, "raised", async |client| {
+                client.raise_event(&instance_id, &event, data).await
+            })
+            .await;
+        }
+        InstancesCommand::Cancel {
+            store,
+            instance_id,
+            reason,
+        } => {
+            return message(&store, &instance_id, "asked to cancel", async |client| {
+                client.cancel(&instance_id, &reason).await
+            })
+            .await;
+        }
         InstancesCommand::Terminate { action, children } => {
             let children = match children {
                 Children::Terminate => ChildPolicy::Terminate,
@@ -442,6 +507,43 @@ pub(crate) async fn run(command: InstancesCommand) -> Result<ExitCode> {
             .await
         }
     }
+}
+
+async fn start(args: &StoreArgs, name: &str, instance_id: &str, input: String) -> Result<ExitCode> {
+    let client = Client::new(open(args).await?, std::time::Duration::from_secs(1));
+    let created = client.start(name, instance_id, input).await? == StartOutcome::Created;
+    if args.json {
+        let report = serde_json::json!({ "instance_id": instance_id, "created": created });
+        return print(&serde_json::to_string_pretty(&report)?);
+    }
+    print(&if created {
+        format!("{instance_id} started ({name})")
+    } else {
+        format!("{instance_id} exists already: nothing changed")
+    })
+}
+
+/// Sends an instance a message through a client; reports it (`verb`) or that it is missing.
+async fn message(
+    args: &StoreArgs,
+    instance_id: &str,
+    verb: &str,
+    send: impl AsyncFnOnce(&Client) -> Result<(), ClientError>,
+) -> Result<ExitCode> {
+    let client = Client::new(open(args).await?, std::time::Duration::from_secs(1));
+    match send(&client).await {
+        Ok(()) => {}
+        Err(ClientError::NotFound(id)) => {
+            eprintln!("no instance '{id}' in the store");
+            return Ok(ExitCode::from(NOT_FOUND));
+        }
+        Err(error) => return Err(error.into()),
+    }
+    if args.json {
+        let report = serde_json::json!({ "instance_id": instance_id, "sent": true });
+        return print(&serde_json::to_string_pretty(&report)?);
+    }
+    print(&format!("{instance_id}: {verb}"))
 }
 
 fn default_requested_by() -> String {

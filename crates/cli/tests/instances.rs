@@ -492,4 +492,31 @@ fn a_bulk_terminate_shows_then_terminates_what_matches() {
     assert_eq!(both.status.code(), Some(2));
     let neither = instances(&["terminate", "--store", &store, "--reason", "x"]);
     assert_eq!(neither.status.code(), Some(2));
+    // Start, raise and cancel go to the store's inbox for its runtime.
+    let started = json(&[
+        "start", "order", "by-hand", "--store", &store, "--input", "{}",
+    ]);
+    assert_eq!(started["created"], true);
+    let again = json(&["start", "order", "by-hand", "--store", &store]);
+    assert_eq!(again["created"], false);
+    json(&[
+        "raise", "by-hand", "approved", "--store", &store, "--data", "yes",
+    ]);
+    json(&[
+        "cancel",
+        "by-hand",
+        "--store",
+        &store,
+        "--reason",
+        "changed my mind",
+    ]);
+    let kinds = query(
+        &db,
+        "SELECT json_extract(message, '$.type') FROM inbox WHERE instance_id = 'by-hand'
+         ORDER BY message_id",
+    );
+    let kinds: Vec<&str> = kinds.iter().map(|row| row[0].as_str()).collect();
+    assert_eq!(kinds, ["start", "event", "cancel"]);
+    let missing = instances(&["raise", "nobody", "x", "--store", &store]);
+    assert_eq!(missing.status.code(), Some(3));
 }
