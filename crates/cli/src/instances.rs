@@ -135,6 +135,13 @@ pub(crate) enum InstancesCommand {
         #[command(flatten)]
         action: ActionArgs,
     },
+    /// Run a failed instance again from before its last failure: the failed activity or
+    /// sub-orchestration (rewound too) runs again, the rest of its history is kept.
+    #[command(after_help = EXIT_CODES)]
+    Rewind {
+        #[command(flatten)]
+        action: ActionArgs,
+    },
     /// Start a finished instance again from its input: as a new execution under its id, or
     /// with `--as` as a new instance (then the original may be in any status).
     #[command(after_help = EXIT_CODES)]
@@ -457,6 +464,7 @@ pub(crate) async fn run(command: InstancesCommand) -> Result<ExitCode> {
         InstancesCommand::Resume { action } => (action, BulkAction::Resume),
         InstancesCommand::Retry { action } => (action, BulkAction::Retry),
         InstancesCommand::Discard { action } => (action, BulkAction::Discard),
+        InstancesCommand::Rewind { action } => (action, BulkAction::Rewind),
     };
     match (&action.instance_id, action.filter.is_empty()) {
         (Some(_), false) => {
@@ -496,6 +504,12 @@ pub(crate) async fn run(command: InstancesCommand) -> Result<ExitCode> {
         BulkAction::Retry => {
             act(&action, "put back in service", async |store, request| {
                 Ok((store.retry_instance(request).await?, Vec::new()))
+            })
+            .await
+        }
+        BulkAction::Rewind => {
+            act(&action, "rewound", async |store, request| {
+                Ok((true, store.rewind_instance(request).await?.1))
             })
             .await
         }
@@ -764,11 +778,14 @@ async fn act(
         Err(error) => return Err(error.into()),
     };
     if args.store.json {
-        let report = serde_json::json!({
+        // The ids the action took along: `terminated` (with children) or `rewound`.
+        let mut report = serde_json::json!({
             "instance_id": request.instance_id,
             "changed": changed,
-            "terminated": ids,
         });
+        if !ids.is_empty() {
+            report[verb] = serde_json::json!(ids);
+        }
         return print(&serde_json::to_string_pretty(&report)?);
     }
     let text = match (changed, ids.len()) {

@@ -462,6 +462,20 @@ fn a_bulk_terminate_shows_then_terminates_what_matches() {
         .clone();
     assert_eq!(last["event"]["type"], "terminated");
     assert_eq!(last["event"]["reason"], "bad batch");
+    // Rewinding needs a failed instance.
+    let refused = instances(&["rewind", first, "--store", &store, "--reason", "no"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let failed = query(
+        &db,
+        "SELECT instance_id FROM instances WHERE status = 'failed' LIMIT 1",
+    );
+    if let Some(row) = failed.first() {
+        let rewound = json(&["rewind", &row[0], "--store", &store, "--reason", "retry it"]);
+        assert_eq!(rewound["changed"], true);
+        assert_eq!(rewound["rewound"][0], row[0].as_str());
+        let shown = json(&["show", &row[0], "--store", &store]);
+        assert_eq!(shown["instance"]["status"], "running");
+    }
     // A terminated order restarts under its id (a new execution, pending: no runtime runs
     // here) and as another instance.
     let again = json(&["restart", first, "--store", &store, "--reason", "a mistake"]);

@@ -195,6 +195,21 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         as_instance: Option<String>,
     },
+    /// An operator rewound the failed execution `from_execution`: a new execution took over
+    /// its history up to its last failure, and runs again what was open there (the failed
+    /// activity or sub-orchestration among them). Appended to the execution that failed,
+    /// after its end, and recorded by the first turn of the new one. Replay ignores it.
+    Rewound {
+        /// The reason given.
+        reason: String,
+        /// Who or what asked.
+        requested_by: String,
+        /// The execution that failed.
+        from_execution: u64,
+        /// The commands open where the history was cut: results that the failed execution's
+        /// work still delivers for them are taken by the new execution.
+        carried: Vec<u64>,
+    },
 }
 
 impl Event {
@@ -275,6 +290,7 @@ impl Event {
             Event::Retried { .. } => "retried",
             Event::Discarded { .. } => "discarded",
             Event::Restarted { .. } => "restarted",
+            Event::Rewound { .. } => "rewound",
         }
     }
 }

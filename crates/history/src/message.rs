@@ -77,6 +77,18 @@ pub enum Message {
         /// Why.
         reason: String,
     },
+    /// The first message of an execution an operator's rewind began (it becomes
+    /// [`Event::Rewound`] in its first turn).
+    Rewound {
+        /// The reason given.
+        reason: String,
+        /// Who or what asked.
+        requested_by: String,
+        /// The execution that failed.
+        from_execution: u64,
+        /// The commands open where the history was cut.
+        carried: Vec<u64>,
+    },
 }
 
 impl Message {
@@ -118,6 +130,17 @@ impl Message {
             Message::SubOrchestrationFailed { id, failure, .. } => Event::SubOrchestrationFailed {
                 id: *id,
                 failure: failure.clone(),
+            },
+            Message::Rewound {
+                reason,
+                requested_by,
+                from_execution,
+                carried,
+            } => Event::Rewound {
+                reason: reason.clone(),
+                requested_by: requested_by.clone(),
+                from_execution: *from_execution,
+                carried: carried.clone(),
             },
             Message::Start { .. } | Message::Cancel { .. } => return None,
         })

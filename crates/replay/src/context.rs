@@ -114,9 +114,19 @@ impl OrchestrationContext {
     }
 
     fn issue<T: FromCompletion>(&self, build: impl FnOnce(u64) -> Event) -> (Durable<T>, Event) {
+        self.issue_with(build, false)
+    }
+
+    /// [`Self::issue`], saying whether the command's instance id was derived (see
+    /// `State::issue_with`).
+    fn issue_with<T: FromCompletion>(
+        &self,
+        build: impl FnOnce(u64) -> Event,
+        derived_id: bool,
+    ) -> (Durable<T>, Event) {
         let (slot, event) = self.with_state(|state| {
             let command = build(state.next_command_id);
-            match state.issue(command.clone()) {
+            match state.issue_with(command.clone(), derived_id) {
                 Some((id, recorded)) => (Slot::Command(id), recorded),
                 None => (Slot::Dead, command),
             }
@@ -245,8 +255,18 @@ impl OrchestrationContext {
                 state.next_command_id,
             )
         });
-        let child_id = format!("{instance_id}::{execution_id}::{next_id}");
-        self.call_sub_orchestration_with_id(name, child_id, input)
+        let instance_id = format!("{instance_id}::{execution_id}::{next_id}");
+        let (name, input) = (name.into(), input.into());
+        self.issue_with(
+            |id| Event::SubOrchestrationScheduled {
+                id,
+                name,
+                instance_id,
+                input,
+            },
+            true,
+        )
+        .0
     }
 
     /// Starts a sub-orchestration under a chosen instance id and awaits its result. If the id

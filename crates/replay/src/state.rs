@@ -260,6 +260,14 @@ impl State {
     /// `command` is the event that records it; on replay the recorded event is returned so
     /// values chosen at the time (a timer's fire time) are reused.
     pub(crate) fn issue(&mut self, command: Event) -> Option<(u64, Event)> {
+        self.issue_with(command, false)
+    }
+
+    /// [`Self::issue`]; with `derived_id`, the command's instance id was derived from this
+    /// execution (not chosen by the code), so a recorded command is matched without it and
+    /// keeps the id it was recorded with: after a rewind, the new execution replays commands
+    /// an earlier execution issued and named.
+    pub(crate) fn issue_with(&mut self, command: Event, derived_id: bool) -> Option<(u64, Event)> {
         if self.failure.is_some() {
             return None;
         }
@@ -268,7 +276,7 @@ impl State {
         self.next_command_id += 1;
         if let Some(&position) = self.recorded_commands.get(&id) {
             let recorded = &self.history[position];
-            if !same_command(recorded, &command) {
+            if !same_command(recorded, &command, derived_id) {
                 self.fail(Failure::new(
                     codes::NONDETERMINISM_COMMAND_MISMATCH,
                     format!(
@@ -359,7 +367,7 @@ impl State {
     }
 }
 
-fn same_command(recorded: &Event, issued: &Event) -> bool {
+fn same_command(recorded: &Event, issued: &Event, derived_id: bool) -> bool {
     match (recorded, issued) {
         (Event::ActivityScheduled { name: a, .. }, Event::ActivityScheduled { name: b, .. }) => {
             a == b
@@ -376,8 +384,8 @@ fn same_command(recorded: &Event, issued: &Event) -> bool {
                 instance_id: ib,
                 ..
             },
-        )
-        | (
+        ) => a == b && (derived_id || ia == ib),
+        (
             Event::DetachedStarted {
                 name: a,
                 instance_id: ia,

@@ -237,6 +237,27 @@ impl Client {
         Ok(restarted)
     }
 
+    /// Rewinds a failed instance to before its last failure and runs it on: the failed
+    /// activity (or sub-orchestration, rewound too, or the turn whose code failed) runs again
+    /// in a new execution that keeps the rest of the history. Returns the new execution and the
+    /// ids rewound. See [`sluice_store::repair`].
+    pub async fn rewind(
+        &self,
+        instance_id: &str,
+        reason: &str,
+        requested_by: &str,
+    ) -> Result<(u64, Vec<String>), ClientError> {
+        let request = operator_request(instance_id, reason, requested_by);
+        let rewound = self
+            .store
+            .rewind_instance(&request)
+            .await
+            .map_err(not_found)?;
+        self.store.signals().orchestrations.notify_one();
+        self.store.signals().activities.notify_one();
+        Ok(rewound)
+    }
+
     /// An action on every instance a filter selects. Unconfirmed (the default of
     /// [`BulkRequest::new`]) it is a dry run that answers how many match and a sample, and
     /// changes nothing; confirmed, it acts on each, recording the request in each history.

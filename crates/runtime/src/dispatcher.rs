@@ -403,6 +403,9 @@ async fn build_commit(
     let mut cancel: Option<String> = None;
     let mut scheduled: HashSet<u64> = HashSet::new();
     let mut resolved: HashSet<u64> = HashSet::new();
+    // After a rewind, results that the failed execution's work still sends for the commands
+    // carried over belong to this execution too.
+    let mut carried: Option<(u64, HashSet<u64>)> = None;
     for event in history.iter() {
         if let Some(id) = event.command_id() {
             if event.is_command() {
@@ -410,6 +413,23 @@ async fn build_commit(
             } else if event.is_completion() {
                 resolved.insert(id);
             }
+        } else if let Event::Rewound {
+            from_execution,
+            carried: ids,
+            ..
+        } = event
+        {
+            carried = Some((*from_execution, ids.iter().copied().collect()));
+        }
+    }
+    for message in &messages {
+        if let Message::Rewound {
+            from_execution,
+            carried: ids,
+            ..
+        } = message
+        {
+            carried = Some((*from_execution, ids.iter().copied().collect()));
         }
     }
     for message in messages {
@@ -447,10 +467,11 @@ async fn build_commit(
                     let id = event.command_id().expect("results carry ids");
                     // Results of earlier executions, unknown commands and duplicates are
                     // dropped, so each result is recorded once.
-                    if execution_id != turn.execution_id
-                        || !scheduled.contains(&id)
-                        || !resolved.insert(id)
-                    {
+                    let this_execution = execution_id == turn.execution_id
+                        || carried
+                            .as_ref()
+                            .is_some_and(|(from, ids)| execution_id == *from && ids.contains(&id));
+                    if !this_execution || !scheduled.contains(&id) || !resolved.insert(id) {
                         tracing::debug!(instance_id = %turn.instance_id, ?message, "stale result dropped");
                         continue;
                     }

@@ -463,3 +463,119 @@ async fn a_failed_instance_restarts_from_its_input() {
     assert_eq!(info.output.as_deref(), Some("order 8 ok"));
     runtime.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A failed activity runs again after a rewind while the activity before it keeps its result;
+/// a parent whose child failed is rewound with the child.
+async fn rewind_runs_the_failure_again_and_keeps_the_rest(store: Arc<dyn Store>) {
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let firsts = Arc::new(AtomicU32::new(0));
+    let (gate, count) = (fixed.clone(), firsts.clone());
+    let registry = Registry::new()
+        .orchestration(
+            "two_steps",
+            |ctx: OrchestrationContext, input: String| async move {
+                let first = ctx.schedule_activity("first", input).await?;
+                ctx.schedule_activity("flaky", first).await
+            },
+        )
+        .orchestration(
+            "parent",
+            |ctx: OrchestrationContext, input: String| async move {
+                let output = ctx.call_sub_orchestration("two_steps", input).await?;
+                Ok::<_, Failure>(format!("parent got {output}"))
+            },
+        )
+        .activity("first", move |_ctx: ActivityContext, input: String| {
+            let count = count.clone();
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                Ok(format!("{input}+first"))
+            }
+        })
+        .activity("flaky", move |_ctx: ActivityContext, input: String| {
+            let fixed = gate.clone();
+            async move {
+                if fixed.load(Ordering::SeqCst) {
+                    Ok(format!("{input}+flaky"))
+                } else {
+                    Err(Failure::new("broken", "flaky is broken"))
+                }
+            }
+        });
+    let runtime = Runtime::start(store.clone(), registry, options());
+    let client = runtime.client();
+    client.start("two_steps", "rw-1", "x").await.unwrap();
+    client.start("parent", "rw-2", "y").await.unwrap();
+    for id in ["rw-1", "rw-2"] {
+        let info = client.wait_for_completion(id, WAIT).await.unwrap();
+        assert_eq!(info.status, InstanceStatus::Failed, "{id}");
+    }
+    assert_eq!(firsts.load(Ordering::SeqCst), 2);
+    let child = store
+        .list_instances(&sluice_store::InstanceQuery {
+            filter: sluice_store::InstanceFilter {
+                parent: Some("rw-2".into()),
+                ..Default::default()
+            },
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .instances[0]
+        .instance_id
+        .clone();
+    fixed.store(true, Ordering::SeqCst);
+    let (execution, ids) = client.rewind("rw-1", "flaky fixed", "ops").await.unwrap();
+    assert_eq!((execution, ids), (2, vec!["rw-1".to_string()]));
+    let info = client.wait_for_completion("rw-1", WAIT).await.unwrap();
+    assert_eq!(info.status, InstanceStatus::Completed, "{:?}", info.failure);
+    assert_eq!(info.output.as_deref(), Some("x+first+flaky"));
+    let (_, ids) = client.rewind("rw-2", "flaky fixed", "ops").await.unwrap();
+    assert_eq!(ids, ["rw-2".to_string(), child]);
+    let info = client.wait_for_completion("rw-2", WAIT).await.unwrap();
+    assert_eq!(info.status, InstanceStatus::Completed, "{:?}", info.failure);
+    assert_eq!(info.output.as_deref(), Some("parent got y+first+flaky"));
+    assert_eq!(
+        firsts.load(Ordering::SeqCst),
+        2,
+        "no first activity ran again"
+    );
+    // The failed execution stays as it was, its rewind recorded after its end.
+    let failed = store.read_history("rw-1", 1, 0).await.unwrap();
+    assert!(matches!(
+        failed.last(),
+        Some(Event::Rewound {
+            from_execution: 1,
+            ..
+        })
+    ));
+    assert!(matches!(
+        failed[failed.len() - 2],
+        Event::OrchestrationFailed { .. }
+    ));
+    assert_eq!(
+        client
+            .rewind("rw-1", "again", "ops")
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("only a failed instance"),
+        true
+    );
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_rewind_runs_the_failure_again_and_keeps_the_rest() {
+    let temp = TempSqlite::new();
+    rewind_runs_the_failure_again_and_keeps_the_rest(sqlite(&temp)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rewind_runs_the_failure_again_and_keeps_the_rest() {
+    let Some(cluster) = pg_or_skip("runtime rewind") else {
+        return;
+    };
+    rewind_runs_the_failure_again_and_keeps_the_rest(postgres(&cluster).await).await;
+}

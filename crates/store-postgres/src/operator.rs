@@ -559,3 +559,220 @@ pub(crate) async fn purge_instance(
     .map_err(db)?;
     Ok(removed)
 }
+
+/// Rewinds a failed instance into a new execution (see `sluice_store::repair`), and its failed
+/// children with it; returns the new execution and the ids rewound.
+pub(crate) fn rewind<'a>(
+    tx: &'a Transaction<'_>,
+    sql: &'a Sql,
+    now: Option<i64>,
+    request: &'a OperatorRequest,
+    db: &'a Db<'_>,
+) -> std::pin::Pin<Box<dyn Future<Output = StoreResult<(u64, Vec<String>)>> + Send + 'a>> {
+    Box::pin(async move {
+        let s = sql.schema.as_str();
+        let id = request.instance_id.as_str();
+        let Some(row) = lock_row(tx, s, id, db).await? else {
+            return Err(StoreError::InstanceNotFound(id.to_string()));
+        };
+        if row.status != InstanceStatus::Failed {
+            return Err(StoreError::NotAllowed {
+                instance_id: id.to_string(),
+                status: row.status.as_str(),
+                why: "only a failed instance is rewound (restart a finished one from its input)",
+            });
+        }
+        let now_ms: i64 = tx
+            .query_one(&format!("SELECT {s}.now_ms($1)"), &[&now])
+            .await
+            .map_err(db)?
+            .get(0);
+        let history: Vec<Event> = tx
+            .query(
+                &format!(
+                    "SELECT event FROM {s}.history WHERE instance_id = $1 AND execution_id = $2
+                     ORDER BY position"
+                ),
+                &[&id, &row.execution_id],
+            )
+            .await
+            .map_err(db)?
+            .iter()
+            .enumerate()
+            .map(|(position, event)| {
+                sluice_store::stored::decode(event.get::<_, &str>(0), || {
+                    format!("history event {position} of instance '{id}'")
+                })
+            })
+            .collect::<StoreResult<_>>()?;
+        let from = u64::try_from(row.execution_id).unwrap_or(0);
+        let plan = sluice_store::repair::plan_rewind(
+            id,
+            from,
+            &history,
+            now_ms,
+            &request.reason,
+            &request.requested_by,
+        )
+        .map_err(|_| StoreError::NotAllowed {
+            instance_id: id.to_string(),
+            status: row.status.as_str(),
+            why: "its history does not end with a failure to run again (a discarded instance \
+                  has nothing left to run): restart it from its input instead",
+        })?;
+        let Some((_, Message::Rewound { carried, .. })) = plan.messages.first() else {
+            return Err(StoreError::Contract(
+                "a rewind plan starts with its message".into(),
+            ));
+        };
+        let event = Event::Rewound {
+            reason: request.reason.clone(),
+            requested_by: request.requested_by.clone(),
+            from_execution: from,
+            carried: carried.clone(),
+        };
+        let next = row.execution_id + 1;
+        let kept = i64::try_from(plan.kept).unwrap_or(i64::MAX);
+        tx.execute(
+            &format!(
+                "INSERT INTO {s}.history (instance_id, execution_id, position, event)
+                 VALUES ($1, $2, $3, $4)"
+            ),
+            &[&id, &row.execution_id, &row.history_len, &encode(&event)],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {s}.executions (instance_id, execution_id, started_at_ms, finished_at_ms, history_len)
+                 SELECT instance_id, execution_id, started_at_ms, finished_at_ms, history_len + 1
+                 FROM {s}.instances WHERE instance_id = $1"
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {s}.history (instance_id, execution_id, position, event)
+                 SELECT instance_id, $2, position, event FROM {s}.history
+                 WHERE instance_id = $1 AND execution_id = $3 AND position < $4"
+            ),
+            &[&id, &next, &row.execution_id, &kept],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute(
+            &format!("DELETE FROM {s}.inbox WHERE instance_id = $1"),
+            &[&id],
+        )
+        .await
+        .map_err(db)?;
+        let mut messages = plan.messages.clone();
+        let mut rewound = vec![id.to_string()];
+        let next_u64 = u64::try_from(next).unwrap_or(0);
+        for (command, child) in &plan.children {
+            let child_row = tx
+                .query_opt(
+                    &format!(
+                        "SELECT status, output, failure FROM {s}.instances WHERE instance_id = $1"
+                    ),
+                    &[child],
+                )
+                .await
+                .map_err(db)?;
+            let Some(child_row) = child_row else {
+                messages.push((
+                    now_ms,
+                    sluice_store::repair::missing_child(next_u64, *command, child),
+                ));
+                continue;
+            };
+            let status = parse_status(child_row.get::<_, &str>(0))?;
+            let failure = child_row
+                .get::<_, Option<&str>>(2)
+                .map(|text| {
+                    sluice_store::stored::decode(text, || {
+                        format!("the failure of instance '{child}'")
+                    })
+                })
+                .transpose()?;
+            let result = match status {
+                InstanceStatus::Completed => Some(Message::SubOrchestrationCompleted {
+                    execution_id: next_u64,
+                    id: *command,
+                    output: child_row.get::<_, Option<String>>(1).unwrap_or_default(),
+                }),
+                InstanceStatus::Failed => {
+                    let child_request = OperatorRequest {
+                        instance_id: child.clone(),
+                        reason: format!("its parent '{id}' was rewound: {}", request.reason),
+                        requested_by: request.requested_by.clone(),
+                    };
+                    match rewind(tx, sql, now, &child_request, db).await {
+                        Ok((_, ids)) => {
+                            rewound.extend(ids);
+                            None
+                        }
+                        Err(StoreError::NotAllowed { .. }) => Some(
+                            sluice_store::repair::failed_child(next_u64, *command, failure),
+                        ),
+                        Err(error) => return Err(error),
+                    }
+                }
+                status if status.is_terminal() => Some(sluice_store::repair::failed_child(
+                    next_u64, *command, failure,
+                )),
+                _ => None,
+            };
+            if let Some(message) = result {
+                messages.push((now_ms, message));
+            }
+        }
+        for (visible_at_ms, message) in &messages {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {s}.inbox (instance_id, visible_at_ms, message) VALUES ($1, $2, $3)"
+                ),
+                &[&id, visible_at_ms, &encode(message)],
+            )
+            .await
+            .map_err(db)?;
+        }
+        for activity in &plan.activities {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {s}.activities (instance_id, execution_id, activity_id, name, input, retry, visible_at_ms, attempt, task_queue)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)"
+                ),
+                &[
+                    &id,
+                    &next,
+                    &i64::try_from(activity.activity_id).unwrap_or(i64::MAX),
+                    &activity.name,
+                    &activity.input,
+                    &activity.retry.as_ref().map(encode),
+                    &now_ms,
+                    &activity.task_queue,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        }
+        tx.execute(
+            &format!(
+                "UPDATE {s}.instances SET status = 'running', execution_id = $2, output = NULL,
+                     failure = NULL, history_len = $3, deliveries = 0,
+                     updated_at_ms = {s}.now_ms($4), finished_at_ms = NULL,
+                     due_at_ms = (SELECT min(m.visible_at_ms) FROM {s}.inbox m
+                                  WHERE m.instance_id = $1),
+                     lock_token = nextval('{s}.lock_tokens'), locked_until_ms = NULL
+                 WHERE instance_id = $1"
+            ),
+            &[&id, &next, &kept, &now],
+        )
+        .await
+        .map_err(db)?;
+        Ok((next_u64, rewound))
+    })
+}

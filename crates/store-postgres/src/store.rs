@@ -1525,6 +1525,17 @@ impl Store for PostgresStore {
         Ok(restarted)
     }
 
+    async fn rewind_instance(&self, request: &OperatorRequest) -> StoreResult<(u64, Vec<String>)> {
+        let db = |error| self.db_error(error);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let rewound = operator::rewind(&tx, &self.sql, self.now(), request, &db).await?;
+        tx.commit().await.map_err(db)?;
+        self.wake_orchestrations();
+        self.wake_activities();
+        Ok(rewound)
+    }
+
     async fn purge_instance(&self, instance_id: &str) -> StoreResult<Vec<String>> {
         let db = |error| self.db_error(error);
         let mut client = self.client().await?;

@@ -443,3 +443,197 @@ pub(crate) fn restart(
         .map_err(db_error)?;
     Ok((id.to_string(), u64::try_from(execution + 1).unwrap_or(0)))
 }
+
+/// Rewinds a failed instance into a new execution (see `sluice_store::repair`), and its failed
+/// children with it; returns the new execution and the ids rewound.
+pub(crate) fn rewind(
+    connection: &Connection,
+    now: TimestampMs,
+    request: &OperatorRequest,
+) -> StoreResult<(u64, Vec<String>)> {
+    let id = request.instance_id.as_str();
+    let Some((status, execution, _)) = row_of(connection, id)? else {
+        return Err(StoreError::InstanceNotFound(id.to_string()));
+    };
+    if status != InstanceStatus::Failed {
+        return Err(StoreError::NotAllowed {
+            instance_id: id.to_string(),
+            status: status.as_str(),
+            why: "only a failed instance is rewound (restart a finished one from its input)",
+        });
+    }
+    let history: Vec<Event> = connection
+        .prepare_cached(
+            "SELECT event FROM history WHERE instance_id = ?1 AND execution_id = ?2
+             ORDER BY position",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_map(params![id, execution], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(db_error)?
+        .iter()
+        .enumerate()
+        .map(|(position, text)| {
+            sluice_store::stored::decode(text, || {
+                format!("history event {position} of instance '{id}'")
+            })
+        })
+        .collect::<StoreResult<_>>()?;
+    let from = u64::try_from(execution).unwrap_or(0);
+    let plan = sluice_store::repair::plan_rewind(
+        id,
+        from,
+        &history,
+        now,
+        &request.reason,
+        &request.requested_by,
+    )
+    .map_err(|_| StoreError::NotAllowed {
+        instance_id: id.to_string(),
+        status: status.as_str(),
+        why: "its history does not end with a failure to run again (a discarded instance \
+              has nothing left to run): restart it from its input instead",
+    })?;
+    let Some((_, Message::Rewound { carried, .. })) = plan.messages.first() else {
+        return Err(StoreError::Contract(
+            "a rewind plan starts with its message".into(),
+        ));
+    };
+    append(
+        connection,
+        id,
+        execution,
+        &Event::Rewound {
+            reason: request.reason.clone(),
+            requested_by: request.requested_by.clone(),
+            from_execution: from,
+            carried: carried.clone(),
+        },
+    )?;
+    let ended_len = history_len_of(connection, id, execution)?;
+    let next = execution + 1;
+    let kept = i64::try_from(plan.kept).unwrap_or(i64::MAX);
+    for statement in [
+        "INSERT INTO executions (instance_id, execution_id, started_at_ms, finished_at_ms, history_len)
+         SELECT instance_id, execution_id, started_at_ms, finished_at_ms, ?3 FROM instances
+         WHERE instance_id = ?1 AND ?2 = ?2 AND ?4 = ?4",
+        "INSERT INTO history (instance_id, execution_id, position, event)
+         SELECT instance_id, ?2, position, event FROM history
+         WHERE instance_id = ?1 AND execution_id = ?2 - 1 AND position < ?4 AND ?3 = ?3",
+        "DELETE FROM inbox WHERE instance_id = ?1 AND ?2 = ?2 AND ?3 = ?3 AND ?4 = ?4",
+    ] {
+        connection
+            .prepare_cached(statement)
+            .and_then(|mut statement| statement.execute(params![id, next, ended_len, kept]))
+            .map_err(db_error)?;
+    }
+    connection
+        .prepare_cached(
+            "UPDATE instances SET status = 'running', execution_id = ?2, output = NULL,
+                 failure = NULL, updated_at_ms = ?3, finished_at_ms = NULL
+             WHERE instance_id = ?1",
+        )
+        .and_then(|mut statement| statement.execute(params![id, next, now]))
+        .map_err(db_error)?;
+    let mut insert_message = connection
+        .prepare_cached(
+            "INSERT INTO inbox (instance_id, visible_at_ms, message) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(db_error)?;
+    for (visible_at_ms, message) in &plan.messages {
+        insert_message
+            .execute(params![id, visible_at_ms, encode(message)])
+            .map_err(db_error)?;
+    }
+    let mut insert_activity = connection
+        .prepare_cached(
+            "INSERT INTO activities (instance_id, execution_id, activity_id, name, input, retry, visible_at_ms, attempt, task_queue)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)",
+        )
+        .map_err(db_error)?;
+    for activity in &plan.activities {
+        insert_activity
+            .execute(params![
+                id,
+                next,
+                i64::try_from(activity.activity_id).unwrap_or(i64::MAX),
+                activity.name,
+                activity.input,
+                activity.retry.as_ref().map(encode),
+                now,
+                activity.task_queue
+            ])
+            .map_err(db_error)?;
+    }
+    let mut rewound = vec![id.to_string()];
+    for (command, child) in &plan.children {
+        let row: Option<(String, Option<String>, Option<String>)> = connection
+            .prepare_cached("SELECT status, output, failure FROM instances WHERE instance_id = ?1")
+            .and_then(|mut statement| {
+                statement
+                    .query_row(params![child], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })
+                    .optional()
+            })
+            .map_err(db_error)?;
+        let result = match row {
+            None => Some(sluice_store::repair::missing_child(
+                u64::try_from(next).unwrap_or(0),
+                *command,
+                child,
+            )),
+            Some((status, output, failure)) => match parse_status(&status)? {
+                InstanceStatus::Completed => Some(Message::SubOrchestrationCompleted {
+                    execution_id: u64::try_from(next).unwrap_or(0),
+                    id: *command,
+                    output: output.unwrap_or_default(),
+                }),
+                InstanceStatus::Failed => {
+                    let child_request = OperatorRequest {
+                        instance_id: child.clone(),
+                        reason: format!("its parent '{id}' was rewound: {}", request.reason),
+                        requested_by: request.requested_by.clone(),
+                    };
+                    match rewind(connection, now, &child_request) {
+                        Ok((_, ids)) => {
+                            rewound.extend(ids);
+                            None
+                        }
+                        // A child that cannot run again reports its failure again.
+                        Err(StoreError::NotAllowed { .. }) => {
+                            Some(sluice_store::repair::failed_child(
+                                u64::try_from(next).unwrap_or(0),
+                                *command,
+                                decode_failure(failure.as_deref(), child)?,
+                            ))
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+                status if status.is_terminal() => Some(sluice_store::repair::failed_child(
+                    u64::try_from(next).unwrap_or(0),
+                    *command,
+                    decode_failure(failure.as_deref(), child)?,
+                )),
+                // Still running: it reports when it ends (a carried command).
+                _ => None,
+            },
+        };
+        if let Some(message) = result {
+            insert_message
+                .execute(params![id, now, encode(&message)])
+                .map_err(db_error)?;
+        }
+    }
+    Ok((u64::try_from(next).unwrap_or(0), rewound))
+}
+
+fn decode_failure(text: Option<&str>, instance_id: &str) -> StoreResult<Option<Failure>> {
+    text.map(|text| {
+        sluice_store::stored::decode(text, || format!("the failure of instance '{instance_id}'"))
+    })
+    .transpose()
+}

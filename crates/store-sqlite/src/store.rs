@@ -1446,6 +1446,16 @@ impl Store for SqliteStore {
         Ok(restarted)
     }
 
+    async fn rewind_instance(&self, request: &OperatorRequest) -> StoreResult<(u64, Vec<String>)> {
+        let request = request.clone();
+        let rewound = self
+            .write(move |connection, now| operator::rewind(connection, now, &request))
+            .await?;
+        self.signals.orchestrations.notify_one();
+        self.signals.activities.notify_one();
+        Ok(rewound)
+    }
+
     async fn purge_instance(&self, instance_id: &str) -> StoreResult<Vec<String>> {
         let instance_id = instance_id.to_string();
         self.write(move |connection, _now| purge::purge_instance(connection, &instance_id))

@@ -48,6 +48,8 @@ pub enum BulkAction {
     Retry,
     /// [`Store::discard_instance`] (quarantined instances).
     Discard,
+    /// [`Store::rewind_instance`] (failed instances).
+    Rewind,
 }
 
 impl BulkAction {
@@ -59,6 +61,7 @@ impl BulkAction {
             BulkAction::Resume => "resumed",
             BulkAction::Retry => "retried",
             BulkAction::Discard => "discarded",
+            BulkAction::Rewind => "rewound",
         }
     }
 }
@@ -201,6 +204,9 @@ async fn act(store: &dyn Store, action: BulkAction, request: &OperatorRequest) -
         BulkAction::Discard => {
             store.discard_instance(request).await?;
             true
+        }
+        BulkAction::Rewind => {
+            return Ok(store.rewind_instance(request).await?.1.len() as u64);
         }
     };
     Ok(u64::from(changed))

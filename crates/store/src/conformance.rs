@@ -2456,6 +2456,138 @@ pub async fn restarts_begin_a_new_execution_or_instance<S: Store>(h: Harness<S>)
     );
 }
 
+/// A rewind starts a new execution with the failed one's history up to its last failure, the
+/// failed activity's work again, and a first message for its turn; the failed execution stays,
+/// its rewind recorded after its end. Only a failure is rewound.
+pub async fn rewind_cuts_at_the_last_failure_into_a_new_execution<S: Store>(h: Harness<S>) {
+    use crate::OperatorRequest;
+    let store = &h.store;
+    let scheduled = |id: u64| Event::ActivityScheduled {
+        id,
+        name: "charge".into(),
+        input: format!("in-{id}"),
+        retry: None,
+        queue: None,
+    };
+    assert!(store.create_instance(new_instance("w")).await.unwrap());
+    let turn = store.fetch_turns(1, LEASE, &[]).await.unwrap().remove(0);
+    let history = vec![
+        Event::TurnStarted { now_ms: 1 },
+        Event::OrchestrationStarted {
+            name: "orders".into(),
+            input: "in".into(),
+            parent: None,
+            guid_seed: 7,
+        },
+        scheduled(1),
+        Event::ActivityCompleted {
+            id: 1,
+            output: "one".into(),
+        },
+        scheduled(2),
+        Event::ActivityFailed {
+            id: 2,
+            failure: Failure::new("boom", "two failed"),
+        },
+        Event::OrchestrationFailed {
+            failure: Failure::new("boom", "two failed"),
+        },
+    ];
+    store
+        .commit_turn(TurnCommit {
+            instance_id: "w".into(),
+            lock_token: turn.lock_token,
+            execution_id: 1,
+            history_from: 0,
+            append: history.clone(),
+            consumed: turn.messages.iter().map(|(id, _)| *id).collect(),
+            status: Some(InstanceStatus::Failed),
+            failure: Some(Failure::new("boom", "two failed")),
+            ..TurnCommit::default()
+        })
+        .await
+        .unwrap();
+    let request = |id: &str| OperatorRequest {
+        instance_id: id.into(),
+        reason: "two is fixed".into(),
+        requested_by: "conformance".into(),
+    };
+    h.clock.advance_ms(5);
+    assert_eq!(
+        store.rewind_instance(&request("w")).await.unwrap(),
+        (2, vec!["w".to_string()])
+    );
+    let info = store.instance("w").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            info.status,
+            info.execution_id,
+            info.failure,
+            info.finished_at_ms
+        ),
+        (InstanceStatus::Running, 2, None, None)
+    );
+    assert_eq!(store.read_history("w", 2, 0).await.unwrap(), history[..5]);
+    let failed = store.read_history("w", 1, 0).await.unwrap();
+    assert_eq!(failed[..7], history[..]);
+    let rewound = Event::Rewound {
+        reason: "two is fixed".into(),
+        requested_by: "conformance".into(),
+        from_execution: 1,
+        carried: vec![2],
+    };
+    assert_eq!(failed.get(7), Some(&rewound));
+    let executions = store.executions("w").await.unwrap();
+    assert_eq!(executions.len(), 2);
+    assert_eq!(executions[0].history_len, 8);
+    let items = store.fetch_activities(10, LEASE).await.unwrap();
+    assert_eq!(items.len(), 1, "only the failed activity runs again");
+    assert_eq!(
+        (
+            items[0].activity.execution_id,
+            items[0].activity.activity_id,
+            items[0].activity.input.as_str(),
+            items[0].attempt
+        ),
+        (2, 2, "in-2", 1)
+    );
+    let turns = store.fetch_turns(10, LEASE, &[]).await.unwrap();
+    assert_eq!(turns.len(), 1);
+    assert_eq!((turns[0].execution_id, turns[0].history_len), (2, 5));
+    assert!(matches!(
+        turns[0].messages.as_slice(),
+        [(_, Message::Rewound { from_execution: 1, carried, .. })] if carried == &[2]
+    ));
+    assert_eq!(
+        store
+            .rewind_instance(&request("w"))
+            .await
+            .unwrap_err()
+            .code(),
+        "store.not_allowed",
+        "a running instance"
+    );
+    run_to(
+        store,
+        new_instance("done"),
+        InstanceStatus::Completed,
+        &h.clock,
+    )
+    .await;
+    assert_eq!(
+        store
+            .rewind_instance(&request("done"))
+            .await
+            .unwrap_err()
+            .code(),
+        "store.not_allowed"
+    );
+    assert!(matches!(
+        store.rewind_instance(&request("nope")).await,
+        Err(StoreError::InstanceNotFound(_))
+    ));
+}
+
 /// Declares one `#[tokio::test]` per conformance check. `$factory` is an async expression
 /// evaluating to a [`Harness`].
 #[macro_export]
@@ -2489,7 +2621,8 @@ macro_rules! conformance_tests {
             quarantined_instances_are_retried_or_discarded,
             purges_remove_finished_instances_and_nothing_else,
             bulk_actions_show_then_act,
-            restarts_begin_a_new_execution_or_instance
+            restarts_begin_a_new_execution_or_instance,
+            rewind_cuts_at_the_last_failure_into_a_new_execution
         );
     };
     (@each $factory:expr; $($check:ident),*) => {

@@ -49,6 +49,7 @@ mod clock;
 pub mod conformance;
 pub mod listing;
 mod query;
+pub mod repair;
 mod signals;
 pub mod stored;
 mod types;
@@ -346,6 +347,15 @@ pub trait Store: Send + Sync + 'static {
         as_instance: Option<&str>,
         input: Option<&str>,
     ) -> StoreResult<(String, u64)>;
+
+    /// Rewinds a failed instance to before its last failure (see [`repair`]): a new execution
+    /// starts with the failed one's history up to there and runs again what was open (the
+    /// failed activity, a failed sub-orchestration, which is rewound too, or the turn whose
+    /// code failed). Appends [`Event::Rewound`] to the failed execution. Returns the new
+    /// execution and the ids rewound (this instance first, then failed children). Anything
+    /// but a failed instance whose history ends in a failure (a discarded one has nothing to
+    /// run again) is [`StoreError::NotAllowed`].
+    async fn rewind_instance(&self, request: &OperatorRequest) -> StoreResult<(u64, Vec<String>)>;
 
     /// Removes a finished instance and everything stored for it (history, executions,
     /// messages, work items), with its finished sub-orchestrations, theirs, and so on; an
