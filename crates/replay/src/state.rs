@@ -258,12 +258,7 @@ impl State {
 
     /// Issues a command: returns its id, or `None` after recording a nondeterminism failure.
     /// `command` is the event that records it; on replay the recorded event is returned so
-    /// values chosen at the time (a timer's fire time) are reused.
-    pub(crate) fn issue(&mut self, command: Event) -> Option<(u64, Event)> {
-        self.issue_with(command, false)
-    }
-
-    /// [`Self::issue`]; with `derived_id`, the command's instance id was derived from this
+    /// values chosen at the time (a timer's fire time) are reused. With `derived_id`, the command's instance id was derived from this
     /// execution (not chosen by the code), so a recorded command is matched without it and
     /// keeps the id it was recorded with: after a rewind, the new execution replays commands
     /// an earlier execution issued and named.

@@ -1682,13 +1682,44 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(|error| self.db_error(error))?;
+        // How each earlier one ended: the last two events of each (a restart or a rewind is
+        // recorded after the end).
+        let s = &self.sql.schema;
+        let tails = if rows.len() > 1 {
+            client
+                .query(
+                    &format!(
+                        "SELECT h.execution_id, h.event FROM {s}.executions e JOIN {s}.history h
+                           ON h.instance_id = e.instance_id AND h.execution_id = e.execution_id
+                          AND h.position >= e.history_len - 2
+                         WHERE e.instance_id = $1 ORDER BY h.execution_id, h.position"
+                    ),
+                    &[&instance_id],
+                )
+                .await
+                .map_err(|error| self.db_error(error))?
+        } else {
+            Vec::new()
+        };
         rows.iter()
             .map(|row| {
                 let status: Option<String> = row.get(4);
+                let execution_id: i64 = row.get(0);
                 Ok(ExecutionInfo {
-                    execution_id: to_u64(row.get(0)),
+                    execution_id: to_u64(execution_id),
                     status: match status {
-                        None => ExecutionStatus::ContinuedAsNew,
+                        None => {
+                            let tail: Vec<Event> = tails
+                                .iter()
+                                .filter(|tail| tail.get::<_, i64>(0) == execution_id)
+                                .map(|tail| {
+                                    sluice_store::stored::decode(tail.get::<_, &str>(1), || {
+                                        format!("the history of instance '{instance_id}'")
+                                    })
+                                })
+                                .collect::<StoreResult<_>>()?;
+                            ExecutionStatus::of_ended(&tail)
+                        }
                         Some(status) => ExecutionStatus::Current(parse_status(&status)?),
                     },
                     started_at_ms: row.get(1),

@@ -1777,7 +1777,32 @@ impl Store for SqliteStore {
             let Some((status, execution_id, started, finished)) = current else {
                 return Ok(Vec::new());
             };
+            // How each ended: the last two events of each (a restart or a rewind is recorded
+            // after the end).
+            let tails: Vec<(i64, String)> = connection
+                .prepare_cached(
+                    "SELECT h.execution_id, h.event FROM executions e JOIN history h
+                       ON h.instance_id = e.instance_id AND h.execution_id = e.execution_id
+                      AND h.position >= e.history_len - 2
+                     WHERE e.instance_id = ?1 ORDER BY h.execution_id, h.position",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_map(params![instance_id], |row| Ok((row.get(0)?, row.get(1)?)))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_error)?;
             let mut executions = ended;
+            for execution in &mut executions {
+                let tail: Vec<Event> = tails
+                    .iter()
+                    .filter(|(id, _)| u64::try_from(*id).ok() == Some(execution.execution_id))
+                    .map(|(_, text)| {
+                        decode(text, || format!("the history of instance '{instance_id}'"))
+                    })
+                    .collect::<StoreResult<_>>()?;
+                execution.status = ExecutionStatus::of_ended(&tail);
+            }
             executions.push(ExecutionInfo {
                 execution_id: u64::try_from(execution_id).unwrap_or(0),
                 status: ExecutionStatus::Current(parse_status(&status)?),

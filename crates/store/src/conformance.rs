@@ -1107,7 +1107,28 @@ async fn run_to<S: Store>(
         lock_token: turn.lock_token,
         execution_id: 1,
         history_from: 0,
-        append: vec![Event::TurnStarted { now_ms: 0 }],
+        append: match status {
+            // What the runtime records as a turn ends an execution.
+            InstanceStatus::Completed => vec![
+                Event::TurnStarted { now_ms: 0 },
+                Event::OrchestrationCompleted {
+                    output: "done".into(),
+                },
+            ],
+            InstanceStatus::Failed => vec![
+                Event::TurnStarted { now_ms: 0 },
+                Event::OrchestrationFailed {
+                    failure: Failure::new("boom", "it failed"),
+                },
+            ],
+            InstanceStatus::Cancelled => vec![
+                Event::TurnStarted { now_ms: 0 },
+                Event::Cancelled {
+                    reason: "it failed".into(),
+                },
+            ],
+            _ => vec![Event::TurnStarted { now_ms: 0 }],
+        },
         consumed: consumed.collect(),
         status: Some(status),
         output: (status == InstanceStatus::Completed).then(|| "done".to_string()),
@@ -2383,6 +2404,10 @@ pub async fn restarts_begin_a_new_execution_or_instance<S: Store>(h: Harness<S>)
     let executions = store.executions("r-1").await.unwrap();
     assert_eq!(executions.len(), 2, "{executions:?}");
     assert_eq!(executions[0].history_len, ended.len() as u64);
+    assert_eq!(
+        executions[0].status,
+        crate::ExecutionStatus::Ended(InstanceStatus::Failed)
+    );
     assert_eq!(executions[1].execution_id, 2);
     // The new execution's turn: empty history, the start message with the input.
     let turns = store.fetch_turns(10, LEASE, &[]).await.unwrap();
@@ -2540,6 +2565,10 @@ pub async fn rewind_cuts_at_the_last_failure_into_a_new_execution<S: Store>(h: H
     let executions = store.executions("w").await.unwrap();
     assert_eq!(executions.len(), 2);
     assert_eq!(executions[0].history_len, 8);
+    assert_eq!(
+        executions[0].status,
+        crate::ExecutionStatus::Ended(InstanceStatus::Failed)
+    );
     let items = store.fetch_activities(10, LEASE).await.unwrap();
     assert_eq!(items.len(), 1, "only the failed activity runs again");
     assert_eq!(

@@ -284,6 +284,10 @@ pub enum ExecutionStatus {
     /// The current execution, with the instance's status.
     #[serde(untagged)]
     Current(InstanceStatus),
+    /// An earlier execution that ended so (completed, failed, cancelled, terminated), after
+    /// which an operator restarted or rewound the instance.
+    #[serde(untagged)]
+    Ended(InstanceStatus),
 }
 
 impl ExecutionStatus {
@@ -291,7 +295,23 @@ impl ExecutionStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ContinuedAsNew => "continued_as_new",
-            Self::Current(status) => status.as_str(),
+            Self::Current(status) | Self::Ended(status) => status.as_str(),
+        }
+    }
+
+    /// How an earlier execution ended, from the last events of its history (an operator's
+    /// restart or rewind is recorded after the end).
+    pub fn of_ended(tail: &[sluice_history::Event]) -> Self {
+        use sluice_history::Event;
+        let end = tail.iter().rev().find(|event| event.is_terminal());
+        match end {
+            Some(Event::OrchestrationCompleted { .. }) => Self::Ended(InstanceStatus::Completed),
+            Some(Event::OrchestrationFailed { .. } | Event::Discarded { .. }) => {
+                Self::Ended(InstanceStatus::Failed)
+            }
+            Some(Event::Cancelled { .. }) => Self::Ended(InstanceStatus::Cancelled),
+            Some(Event::Terminated { .. }) => Self::Ended(InstanceStatus::Terminated),
+            _ => Self::ContinuedAsNew,
         }
     }
 }
