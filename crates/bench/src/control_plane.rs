@@ -208,7 +208,13 @@ struct PurgeResult {
     workload_before_per_sec: f64,
     workload_during_per_sec: f64,
     workload_change_pct: f64,
+    /// What the tables take right after the purge, and a while later (autovacuum's turn).
+    storage: Vec<StorageReport>,
 }
+
+/// How long after the purge the storage is looked at again, in seconds (PostgreSQL's
+/// autovacuum wakes every minute by default).
+const STORAGE_AGAIN_S: u64 = 70;
 
 /// Instances one purge transaction removes.
 const PURGE_BATCH: usize = 1_000;
@@ -217,12 +223,18 @@ const BEFORE_PURGE_S: u64 = 10;
 
 /// Purges every filled instance that finished (all of them, in batches) while the workload
 /// runs, and the workload's pace before and during.
-async fn purge_phase(store: &dyn Store, done: &AtomicU64, base_ms: i64) -> Result<PurgeResult> {
+async fn purge_phase(
+    store: &dyn Store,
+    storage: &Storage,
+    done: &AtomicU64,
+    base_ms: i64,
+) -> Result<PurgeResult> {
     let window_began = Instant::now();
     let before = done.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(BEFORE_PURGE_S)).await;
     let at_purge = done.load(Ordering::Relaxed);
     let workload_before_per_sec = (at_purge - before) as f64 / window_began.elapsed().as_secs_f64();
+    let mut reports = vec![storage_report(storage, "before the purge".into()).await?];
     // Only the filled instances: the workload's own finish in real time, long after these.
     let filter = sluice_store::PurgeFilter {
         statuses: Vec::new(),
@@ -240,7 +252,11 @@ async fn purge_phase(store: &dyn Store, done: &AtomicU64, base_ms: i64) -> Resul
     }
     let seconds = began.elapsed().as_secs_f64();
     let workload_during_per_sec = (done.load(Ordering::Relaxed) - at_purge) as f64 / seconds;
+    reports.push(storage_report(storage, "right after the purge".into()).await?);
+    tokio::time::sleep(Duration::from_secs(STORAGE_AGAIN_S)).await;
+    reports.push(storage_report(storage, format!("{STORAGE_AGAIN_S} s after the purge")).await?);
     Ok(PurgeResult {
+        storage: reports,
         purged,
         seconds,
         instances_per_sec: purged as f64 / seconds,
@@ -288,7 +304,82 @@ fn fill_sql(
 struct Opened {
     store: Arc<dyn Store>,
     fill_s: f64,
+    storage: Storage,
     _keep: Box<dyn std::any::Any + Send>,
+}
+
+/// Where the store's tables are, to read what they take on disk.
+enum Storage {
+    Sqlite(std::path::PathBuf),
+    Postgres { url: String, schema: String },
+}
+
+/// What the store's tables take: SQLite's pages (used and free), PostgreSQL's rows (live and
+/// dead, as its statistics say) and bytes per table.
+#[derive(Serialize)]
+struct StorageReport {
+    when: String,
+    tables: Vec<TableStorage>,
+}
+
+#[derive(Serialize)]
+struct TableStorage {
+    table: String,
+    live_rows: i64,
+    dead_rows: i64,
+    bytes: i64,
+}
+
+async fn storage_report(storage: &Storage, when: String) -> Result<StorageReport> {
+    let tables = match storage {
+        Storage::Sqlite(path) => {
+            let connection = rusqlite::Connection::open(path)?;
+            let pragma = |name: &str| -> Result<i64> {
+                Ok(connection.query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))?)
+            };
+            let (pages, free, page_size) = (
+                pragma("page_count")?,
+                pragma("freelist_count")?,
+                pragma("page_size")?,
+            );
+            // SQLite keeps no dead rows: deleted rows' pages go to the free list, reused by
+            // later writes; the file shrinks only by VACUUM (or incremental auto-vacuum).
+            vec![
+                TableStorage {
+                    table: "(file: pages in use)".into(),
+                    live_rows: pages - free,
+                    dead_rows: 0,
+                    bytes: (pages - free) * page_size,
+                },
+                TableStorage {
+                    table: "(file: free pages)".into(),
+                    live_rows: free,
+                    dead_rows: 0,
+                    bytes: free * page_size,
+                },
+            ]
+        }
+        Storage::Postgres { url, schema } => {
+            let client = postgres::connect(url).await?;
+            client
+                .query(
+                    "SELECT relname::text, n_live_tup, n_dead_tup,
+                            pg_total_relation_size(relid)
+                     FROM pg_stat_user_tables WHERE schemaname = $1 ORDER BY relname",
+                    &[schema],
+                )
+                .await?
+                .iter()
+                .map(|row| TableStorage {
+                    table: row.get(0),
+                    live_rows: row.get(1),
+                    dead_rows: row.get(2),
+                    bytes: row.get(3),
+                })
+                .collect()
+        }
+    };
+    Ok(StorageReport { when, tables })
 }
 
 /// The stored form of the filled history events.
@@ -327,6 +418,7 @@ async fn open_sqlite(n: u64, events: u32, base_ms: i64) -> Result<Opened> {
     Ok(Opened {
         store: Arc::new(store),
         fill_s: began.elapsed().as_secs_f64(),
+        storage: Storage::Sqlite(path),
         _keep: Box::new(dir),
     })
 }
@@ -380,6 +472,10 @@ async fn open_postgres(url: Option<&str>, n: u64, events: u32, base_ms: i64) -> 
     Ok(Opened {
         store: Arc::new(store),
         fill_s: began.elapsed().as_secs_f64(),
+        storage: Storage::Postgres {
+            url: server.url.clone(),
+            schema,
+        },
         _keep: Box::new((server, admin)),
     })
 }
@@ -598,7 +694,7 @@ pub async fn run(args: ControlPlaneBenchArgs) -> Result<std::process::ExitCode> 
         COUNTS_P95_TARGET_MS,
     ));
     let purge = if args.purge {
-        Some(purge_phase(store.as_ref(), &done, base_ms).await?)
+        Some(purge_phase(store.as_ref(), &opened.storage, &done, base_ms).await?)
     } else {
         None
     };
@@ -660,6 +756,19 @@ fn summarise(query: &'static str, latencies: &Latencies, rows: f64, target: f64)
     }
 }
 
+fn print_storage(report: &StorageReport) {
+    println!("  storage {}:", report.when);
+    for table in &report.tables {
+        println!(
+            "    {:<28} {:>10} live {:>10} dead {:>8.1} MB",
+            table.table,
+            table.live_rows,
+            table.dead_rows,
+            table.bytes as f64 / 1e6
+        );
+    }
+}
+
 fn print_purge(purge: &PurgeResult) {
     println!(
         "purge: {} finished instances in {:.1} s ({:.0}/s, batches of {}); the workload ran at \
@@ -672,6 +781,9 @@ fn print_purge(purge: &PurgeResult) {
         purge.workload_during_per_sec,
         purge.workload_change_pct
     );
+    for report in &purge.storage {
+        print_storage(report);
+    }
 }
 
 fn print_retention(retention: &RetentionResult) {
