@@ -101,6 +101,9 @@ pub(crate) enum InstancesCommand {
         /// Why (recorded in its history).
         #[arg(long)]
         reason: String,
+        /// Who asks (recorded); default: `$USER via sluice instances`.
+        #[arg(long)]
+        by: Option<String>,
     },
     /// End an unfinished instance now, without running its code (no compensation).
     #[command(after_help = EXIT_CODES)]
@@ -446,9 +449,11 @@ pub(crate) async fn run(command: InstancesCommand) -> Result<ExitCode> {
             store,
             instance_id,
             reason,
+            by,
         } => {
+            let by = by.unwrap_or_else(default_requested_by);
             return message(&store, &instance_id, "asked to cancel", async |client| {
-                client.cancel(&instance_id, &reason).await
+                client.cancel_as(&instance_id, &reason, &by).await
             })
             .await;
         }

@@ -523,7 +523,17 @@ fn a_bulk_terminate_shows_then_terminates_what_matches() {
         &store,
         "--reason",
         "changed my mind",
+        "--by",
+        "tester",
     ]);
+    assert_eq!(
+        query(
+            &db,
+            "SELECT json_extract(message, '$.requested_by') FROM inbox
+             WHERE instance_id = 'by-hand' AND json_extract(message, '$.type') = 'cancel'",
+        )[0][0],
+        "tester"
+    );
     let kinds = query(
         &db,
         "SELECT json_extract(message, '$.type') FROM inbox WHERE instance_id = 'by-hand'

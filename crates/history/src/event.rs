@@ -130,6 +130,9 @@ pub enum Event {
     Cancelled {
         /// The reason given by the canceller.
         reason: String,
+        /// Who or what asked (an operator, a tool, the parent whose cancel reached this).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_by: Option<String>,
     },
     /// Terminal for this execution: the code continued as new with this input.
     ContinuedAsNew {

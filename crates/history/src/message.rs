@@ -76,6 +76,9 @@ pub enum Message {
     Cancel {
         /// Why.
         reason: String,
+        /// Who or what asks (recorded with the cancellation).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_by: Option<String>,
     },
     /// The first message of an execution an operator's rewind began (it becomes
     /// [`Event::Rewound`] in its first turn).

@@ -131,8 +131,29 @@ impl Client {
 
     /// Cancels an instance and, through it, its awaited sub-orchestrations.
     pub async fn cancel(&self, instance_id: &str, reason: &str) -> Result<(), ClientError> {
+        self.send_cancel(instance_id, reason, None).await
+    }
+
+    /// [`Client::cancel`], recording who asks in the instance's history.
+    pub async fn cancel_as(
+        &self,
+        instance_id: &str,
+        reason: &str,
+        requested_by: &str,
+    ) -> Result<(), ClientError> {
+        self.send_cancel(instance_id, reason, Some(requested_by.to_string()))
+            .await
+    }
+
+    async fn send_cancel(
+        &self,
+        instance_id: &str,
+        reason: &str,
+        requested_by: Option<String>,
+    ) -> Result<(), ClientError> {
         let message = Message::Cancel {
             reason: reason.to_string(),
+            requested_by,
         };
         self.store
             .enqueue_message(instance_id, message, None)

@@ -400,7 +400,7 @@ async fn build_commit(
         Event::OrchestrationStarted { parent, .. } => Some(parent.clone()),
         _ => None,
     });
-    let mut cancel: Option<String> = None;
+    let mut cancel: Option<(String, Option<String>)> = None;
     let mut scheduled: HashSet<u64> = HashSet::new();
     let mut resolved: HashSet<u64> = HashSet::new();
     // After a rewind, results that the failed execution's work still sends for the commands
@@ -458,8 +458,11 @@ async fn build_commit(
                         .map(|(name, data)| Event::EventRaised { name, data }),
                 );
             }
-            Message::Cancel { reason } => {
-                cancel.get_or_insert(reason);
+            Message::Cancel {
+                reason,
+                requested_by,
+            } => {
+                cancel.get_or_insert((reason, requested_by));
             }
             message => {
                 if let Some(execution_id) = message.execution_id() {
@@ -490,10 +493,13 @@ async fn build_commit(
         ))));
     };
 
-    if let Some(reason) = cancel {
+    if let Some((reason, requested_by)) = cancel {
         let failure = Failure::new(codes::CANCELLED, reason.clone());
         commit.append = new_events;
-        commit.append.push(Event::Cancelled { reason });
+        commit.append.push(Event::Cancelled {
+            reason,
+            requested_by,
+        });
         let mut all = history.as_ref().clone();
         all.extend(commit.append.iter().cloned());
         for child in pending_children(&all) {
@@ -501,6 +507,7 @@ async fn build_commit(
                 instance_id: child,
                 message: Message::Cancel {
                     reason: format!("parent '{}' was cancelled", turn.instance_id),
+                    requested_by: Some(format!("parent '{}'", turn.instance_id)),
                 },
             });
         }

@@ -579,3 +579,32 @@ async fn postgres_rewind_runs_the_failure_again_and_keeps_the_rest() {
     };
     rewind_runs_the_failure_again_and_keeps_the_rest(postgres(&cluster).await).await;
 }
+
+/// A cancellation records who asked, in the cancelled instance's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_records_who_asked() {
+    let temp = TempSqlite::new();
+    let store = sqlite(&temp);
+    let runtime = Runtime::start(store.clone(), counting(), options());
+    let client = runtime.client();
+    client.start("waits", "to-cancel", "").await.unwrap();
+    until("it runs", async || {
+        status(&client, "to-cancel").await == InstanceStatus::Running
+    })
+    .await;
+    client
+        .cancel_as("to-cancel", "order withdrawn", "support desk")
+        .await
+        .unwrap();
+    let info = client.wait_for_completion("to-cancel", WAIT).await.unwrap();
+    assert_eq!(info.status, InstanceStatus::Cancelled);
+    let history = store.read_history("to-cancel", 1, 0).await.unwrap();
+    assert_eq!(
+        history.last(),
+        Some(&Event::Cancelled {
+            reason: "order withdrawn".into(),
+            requested_by: Some("support desk".into()),
+        })
+    );
+    runtime.shutdown(Duration::from_secs(5)).await;
+}

@@ -219,6 +219,7 @@ pub(crate) async fn terminate(
                 ChildPolicy::Cancel => {
                     let cancel = Message::Cancel {
                         reason: reason.clone(),
+                        requested_by: Some(request.requested_by.clone()),
                     };
                     acted.inbox_changed |= insert_if_live(tx, sql, now, &child, &cancel)
                         .await

@@ -195,6 +195,7 @@ pub(crate) fn terminate(
             ChildPolicy::Cancel => {
                 let cancel = Message::Cancel {
                     reason: reason.clone(),
+                    requested_by: Some(request.requested_by.clone()),
                 };
                 acted.inbox_changed |= insert_message_if_live(connection, &child, now, &cancel)?;
             }

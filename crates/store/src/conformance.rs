@@ -864,6 +864,7 @@ pub async fn activities_of_finished_instances_are_not_handed_out<S: Store>(h: Ha
             "a",
             Message::Cancel {
                 reason: "stop".into(),
+                requested_by: None,
             },
             None,
         )
@@ -883,6 +884,7 @@ pub async fn activities_of_finished_instances_are_not_handed_out<S: Store>(h: Ha
             history_from: 1,
             append: vec![Event::Cancelled {
                 reason: "stop".into(),
+                requested_by: None,
             }],
             consumed: turn.messages.iter().map(|(id, _)| *id).collect(),
             status: Some(InstanceStatus::Cancelled),
@@ -1125,6 +1127,7 @@ async fn run_to<S: Store>(
                 Event::TurnStarted { now_ms: 0 },
                 Event::Cancelled {
                     reason: "it failed".into(),
+                    requested_by: Some("conformance".into()),
                 },
             ],
             _ => vec![Event::TurnStarted { now_ms: 0 }],
@@ -1809,7 +1812,7 @@ pub async fn terminate_cancels_or_abandons_children<S: Store>(h: Harness<S>) {
     assert_eq!(turns[0].instance_id, "c1");
     assert!(matches!(
         &turns[0].messages[0].1,
-        Message::Cancel { reason } if reason.contains("'p1' was terminated: wrong customer")
+        Message::Cancel { reason, .. } if reason.contains("'p1' was terminated: wrong customer")
     ));
     for child in ["c1", "c2"] {
         let info = store.instance(child).await.unwrap().unwrap();
