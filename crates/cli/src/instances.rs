@@ -415,6 +415,12 @@ async fn open(args: &StoreArgs) -> Result<Arc<dyn Store>> {
         };
         let store = SqliteStore::open(options).with_context(|| format!("opening {path}"))?;
         Ok(Arc::new(store))
+    } else if url.starts_with("sqlite::memory:") {
+        bail!(
+            "--store sqlite::memory: names a store that lives inside one process: this command \
+             would see an empty one, gone when it exits. Give the file of a SQLite store \
+             (sqlite://PATH) or a PostgreSQL URL"
+        )
     } else {
         bail!("--store must start with sqlite://, postgres:// or postgresql://")
     }
