@@ -561,6 +561,11 @@ pub(crate) async fn purge_instance(
     Ok(removed)
 }
 
+/// A rewind in progress (boxed: it recurses into failed children): the new execution and the
+/// ids rewound.
+type Rewinding<'a> =
+    std::pin::Pin<Box<dyn Future<Output = StoreResult<(u64, Vec<String>)>> + Send + 'a>>;
+
 /// Rewinds a failed instance into a new execution (see `sluice_store::repair`), and its failed
 /// children with it; returns the new execution and the ids rewound.
 pub(crate) fn rewind<'a>(
@@ -569,7 +574,7 @@ pub(crate) fn rewind<'a>(
     now: Option<i64>,
     request: &'a OperatorRequest,
     db: &'a Db<'_>,
-) -> std::pin::Pin<Box<dyn Future<Output = StoreResult<(u64, Vec<String>)>> + Send + 'a>> {
+) -> Rewinding<'a> {
     Box::pin(async move {
         let s = sql.schema.as_str();
         let id = request.instance_id.as_str();
