@@ -138,6 +138,27 @@ fn conditions(
     common
 }
 
+/// `WHERE` with `conditions` and the filter's statuses (`IN`), or nothing when there are none.
+fn where_clause(
+    mut conditions: Vec<String>,
+    filter: &crate::query::InstanceFilter,
+    builder: &mut Builder<'_>,
+) -> String {
+    if !filter.statuses.is_empty() {
+        let statuses: Vec<String> = filter
+            .distinct_statuses()
+            .iter()
+            .map(|status| builder.bind(Param::Text(status.as_str().to_string())))
+            .collect();
+        conditions.push(format!("status IN ({})", statuses.join(", ")));
+    }
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    }
+}
+
 /// How many instances over `table` `filter` selects (the statement answers one integer).
 pub fn count_sql(
     filter: &crate::query::InstanceFilter,
@@ -148,20 +169,8 @@ pub fn count_sql(
         params: Vec::new(),
         placeholder: dialect.placeholder,
     };
-    let mut conditions = conditions(filter, &mut builder, dialect);
-    if !filter.statuses.is_empty() {
-        let statuses: Vec<String> = filter
-            .distinct_statuses()
-            .iter()
-            .map(|status| builder.bind(Param::Text(status.as_str().to_string())))
-            .collect();
-        conditions.push(format!("status IN ({})", statuses.join(", ")));
-    }
-    let conditions = if conditions.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", conditions.join(" AND "))
-    };
+    let common = conditions(filter, &mut builder, dialect);
+    let conditions = where_clause(common, filter, &mut builder);
     ListingSql {
         sql: format!("SELECT count(*) FROM {table} {conditions}"),
         params: builder.params,
@@ -206,20 +215,7 @@ pub fn listing_sql(query: &InstanceQuery, table: &str, dialect: &Dialect<'_>) ->
     let single = filter.parent.is_some()
         || (filter.statuses.is_empty() && filter.name.is_some() && !query.order.by_update());
     if single {
-        let mut conditions = common;
-        if !filter.statuses.is_empty() {
-            let statuses: Vec<String> = filter
-                .distinct_statuses()
-                .iter()
-                .map(|status| builder.bind(Param::Text(status.as_str().to_string())))
-                .collect();
-            conditions.push(format!("status IN ({})", statuses.join(", ")));
-        }
-        let conditions = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
+        let conditions = where_clause(common, filter, &mut builder);
         return ListingSql {
             sql: format!("SELECT {COLUMNS} FROM {table} {conditions} {order} LIMIT {limit_at}"),
             params: builder.params,
