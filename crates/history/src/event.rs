@@ -179,6 +179,15 @@ pub enum Event {
         /// Who or what asked.
         requested_by: String,
     },
+    /// The runtime took the instance out of service (code `turn_poisoned` or
+    /// `activity_poisoned`): its turns or one of its activities kept failing or crashing past
+    /// the runtime's delivery limit. The reason says what was delivered how often and the last
+    /// error seen. Nothing of it runs until an operator retries or discards it. Replay ignores
+    /// it.
+    Quarantined {
+        /// What kept failing.
+        reason: Failure,
+    },
     /// Terminal: an operator discarded a quarantined instance, failing it (code `discarded`).
     Discarded {
         /// The reason given.
@@ -291,6 +300,7 @@ impl Event {
             Event::Suspended { .. } => "suspended",
             Event::Resumed { .. } => "resumed",
             Event::Retried { .. } => "retried",
+            Event::Quarantined { .. } => "quarantined",
             Event::Discarded { .. } => "discarded",
             Event::Restarted { .. } => "restarted",
             Event::Rewound { .. } => "rewound",

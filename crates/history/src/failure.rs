@@ -33,8 +33,12 @@ pub mod codes {
     /// No activity with that name was registered in the processes that took the work item
     /// during the runtime's `handler_wait_max`.
     pub const ACTIVITY_NOT_REGISTERED: &str = "activity_not_registered";
-    /// A work item was delivered more often than the poison limit allows.
-    pub const POISONED: &str = "poisoned";
+    /// An activity work item of the instance was delivered more often than the runtime's
+    /// `activity_deliveries_max` without a result (its attempts crashed or hung their
+    /// processes, or a retry policy allowed more attempts than the limit): the instance is
+    /// quarantined with this code, and none of its turns or activities runs until an operator
+    /// retries or discards it.
+    pub const ACTIVITY_POISONED: &str = "activity_poisoned";
     /// The orchestration's code returned an error.
     pub const ORCHESTRATION_FAILED: &str = "orchestration_failed";
     /// The orchestration's code panicked.

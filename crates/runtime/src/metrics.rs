@@ -19,6 +19,8 @@ pub enum MetricName {
     TurnsFailedTotal,
     /// Instances quarantined because their turns kept failing.
     TurnsQuarantinedTotal,
+    /// Instances quarantined because one of their activities kept crashing its process.
+    ActivitiesQuarantinedTotal,
     /// Deliveries given back because this process lacks the code (label `kind`:
     /// `orchestration` or `activity`).
     HandlerMissingTotal,
@@ -34,9 +36,10 @@ pub enum MetricName {
 
 impl MetricName {
     /// Every metric.
-    pub const ALL: [MetricName; 7] = [
+    pub const ALL: [MetricName; 8] = [
         MetricName::TurnsFailedTotal,
         MetricName::TurnsQuarantinedTotal,
+        MetricName::ActivitiesQuarantinedTotal,
         MetricName::HandlerMissingTotal,
         MetricName::TurnLeaseRenewalsTotal,
         MetricName::TurnLeasesLostTotal,
@@ -49,6 +52,7 @@ impl MetricName {
         match self {
             MetricName::TurnsFailedTotal => "sluice_runtime_turns_failed_total",
             MetricName::TurnsQuarantinedTotal => "sluice_runtime_turns_quarantined_total",
+            MetricName::ActivitiesQuarantinedTotal => "sluice_runtime_activities_quarantined_total",
             MetricName::HandlerMissingTotal => "sluice_runtime_handler_missing_total",
             MetricName::TurnLeaseRenewalsTotal => "sluice_runtime_turn_lease_renewals_total",
             MetricName::TurnLeasesLostTotal => "sluice_runtime_turn_leases_lost_total",
@@ -79,6 +83,10 @@ pub(crate) fn turn_failed(code: &'static str) {
 
 pub(crate) fn turn_quarantined() {
     metrics::counter!(MetricName::TurnsQuarantinedTotal.as_str()).increment(1);
+}
+
+pub(crate) fn activity_quarantined() {
+    metrics::counter!(MetricName::ActivitiesQuarantinedTotal.as_str()).increment(1);
 }
 
 pub(crate) fn handler_missing(kind: &'static str) {

@@ -27,7 +27,10 @@ pub struct RuntimeOptions {
     pub activity_lease: Duration,
     /// Fallback wake-up for work committed by other processes (in-process work wakes at once).
     pub poll_interval: Duration,
-    /// Deliveries of one activity work item before it is failed as poisoned.
+    /// Deliveries of one activity work item without a result (each crashed or hung its
+    /// process) before its instance is quarantined with code `activity_poisoned`. A retry
+    /// policy's attempts count as deliveries too, so keep this above the largest
+    /// `max_attempts` of your policies.
     pub activity_deliveries_max: u32,
     /// Histories kept in memory.
     pub history_cache_instances_max: usize,

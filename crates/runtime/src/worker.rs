@@ -52,21 +52,12 @@ pub(crate) async fn process_activity(
         item_id: item.item_id,
     };
     let deliveries_max = shared.options.activity_deliveries_max;
-    let outcome = if item.attempt > deliveries_max {
-        Attempt::Failed(Failure::new(
-            codes::POISONED,
-            format!(
-                "activity '{}' was delivered {} times (limit {deliveries_max}); the work item is \
-                 poisoned{}",
-                activity.name,
-                item.attempt,
-                item.unreadable
-                    .as_deref()
-                    .map(|why| format!(": {why}"))
-                    .unwrap_or_default()
-            ),
-        ))
-    } else if let Some(unreadable) = &item.unreadable {
+    if item.attempt > deliveries_max {
+        // Its earlier deliveries never answered: each crashed or hung its process. Running it
+        // again would do the same, so its instance leaves service until an operator acts.
+        return quarantine(shared, &item, deliveries_max).await;
+    }
+    let outcome = if let Some(unreadable) = &item.unreadable {
         // A newer build may read it: back off like a failed turn, count the attempt.
         let options = &shared.options;
         let delay = backoff(
@@ -165,9 +156,7 @@ pub(crate) async fn process_activity(
         )),
         Attempt::Completed(output) => Ok(output),
         Attempt::Failed(failure) => match &activity.retry {
-            Some(policy)
-                if policy.allows_retry_after(item.attempt) && failure.code != codes::POISONED =>
-            {
+            Some(policy) if policy.allows_retry_after(item.attempt) => {
                 let delay = policy.delay_before(item.attempt + 1);
                 tracing::debug!(
                     instance_id = %activity.instance_id,
@@ -205,6 +194,46 @@ pub(crate) async fn process_activity(
             drop((slot, renewer));
         }
         _ => park(shared, item.clone(), final_result, slot, renewer),
+    }
+}
+
+/// Quarantines the instance of an item delivered more than `deliveries_max` times without a
+/// result (code `activity_poisoned`); the item is given back for an operator's retry.
+async fn quarantine(shared: &Shared, item: &ActivityWorkItem, deliveries_max: u32) {
+    let activity = &item.activity;
+    let reason = Failure::new(
+        codes::ACTIVITY_POISONED,
+        format!(
+            "activity '{}' (work item {}) was delivered {} times (limit {deliveries_max}) without \
+             a result: its attempts crashed or hung their processes, or its retry policy allows \
+             more attempts than the limit{}",
+            activity.name,
+            item.item_id,
+            item.attempt,
+            item.unreadable
+                .as_deref()
+                .map(|why| format!("; its work item is unreadable: {why}"))
+                .unwrap_or_default()
+        ),
+    );
+    tracing::error!(
+        instance_id = %activity.instance_id,
+        activity = %activity.name,
+        attempt = item.attempt,
+        %reason,
+        "instance quarantined: an activity kept crashing its process; nothing of it runs until an operator acts"
+    );
+    match shared
+        .store
+        .quarantine_activity(item.item_id, item.lock_token, reason)
+        .await
+    {
+        Ok(()) => {
+            metrics::activity_quarantined();
+            shared.cache.remove(&activity.instance_id);
+            shared.handler_wait.clear(&item.item_id.to_string());
+        }
+        Err(error) => log_store_error(item, &error),
     }
 }
 

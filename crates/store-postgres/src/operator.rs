@@ -86,7 +86,7 @@ async fn record(
     )
     .await
     .map_err(db)?;
-    // Suspended and terminated instances are due for nothing; a resumed one when its first
+    // Suspended, quarantined and terminated instances are due for nothing; a resumed one when its first
     // message is visible (those that arrived meanwhile, timers that fell due).
     tx.execute(
         &format!(
@@ -95,12 +95,12 @@ async fn record(
                      ELSE COALESCE($3, failure) END,
                  history_len = history_len + 1, updated_at_ms = {s}.now_ms($4),
                  finished_at_ms = CASE WHEN $2 IN ('terminated', 'failed') THEN {s}.now_ms($4) END,
-                 lock_token = CASE WHEN $2 IN ('terminated', 'suspended', 'failed')
+                 lock_token = CASE WHEN $2 IN ('terminated', 'suspended', 'failed', 'quarantined')
                      THEN nextval('{s}.lock_tokens') ELSE lock_token END,
-                 locked_until_ms = CASE WHEN $2 IN ('terminated', 'suspended', 'failed')
+                 locked_until_ms = CASE WHEN $2 IN ('terminated', 'suspended', 'failed', 'quarantined')
                      THEN NULL ELSE locked_until_ms END,
                  deliveries = 0,
-                 due_at_ms = CASE WHEN $2 IN ('terminated', 'suspended', 'failed') THEN NULL
+                 due_at_ms = CASE WHEN $2 IN ('terminated', 'suspended', 'failed', 'quarantined') THEN NULL
                      ELSE (SELECT min(m.visible_at_ms) FROM {s}.inbox m
                            WHERE m.instance_id = $1) END
              WHERE instance_id = $1"
@@ -305,6 +305,48 @@ pub(crate) async fn resume(
     Ok(true)
 }
 
+/// Takes a live instance out of service with `reason` (the runtime's poison limits): records
+/// [`Event::Quarantined`], sets the status and fences whoever runs its turn. With `holder`,
+/// only while that token holds the turn's lease ([`StoreError::LeaseLost`] otherwise). An
+/// instance already quarantined keeps its first reason and a finished one is left as it is.
+pub(crate) async fn quarantine(
+    tx: &Transaction<'_>,
+    s: &str,
+    now: Option<i64>,
+    id: &str,
+    holder: Option<i64>,
+    reason: &Failure,
+    db: &Db<'_>,
+) -> StoreResult<()> {
+    let row = lock_row(tx, s, id, db).await?;
+    if let Some(token) = holder {
+        let held = tx
+            .query_opt(
+                &format!(
+                    "SELECT 1 FROM {s}.instances WHERE instance_id = $1 AND lock_token = $2
+                       AND locked_until_ms > {s}.now_ms($3)"
+                ),
+                &[&id, &token, &now],
+            )
+            .await
+            .map_err(db)?;
+        if held.is_none() {
+            return Err(StoreError::LeaseLost("instance"));
+        }
+    }
+    let Some(row) = row else {
+        return Ok(());
+    };
+    if row.status.is_terminal() || row.status == InstanceStatus::Quarantined {
+        return Ok(());
+    }
+    let event = Event::Quarantined {
+        reason: reason.clone(),
+    };
+    let status = InstanceStatus::Quarantined;
+    record(tx, s, now, id, &row, &event, status, Some(reason), db).await
+}
+
 /// Puts a quarantined instance back in service; `false` when it was not quarantined.
 pub(crate) async fn retry(
     tx: &Transaction<'_>,
@@ -330,8 +372,15 @@ pub(crate) async fn retry(
     } else {
         InstanceStatus::Pending
     };
-    // The delivery count is the row's (`deliveries`), which `record` starts afresh.
+    // The delivery count is the row's (`deliveries`), which `record` starts afresh; an
+    // activity that kept crashing its process starts its count afresh too.
     record(tx, s, now, id, &row, &event, back, None, db).await?;
+    tx.execute(
+        &format!("UPDATE {s}.activities SET attempt = 0 WHERE instance_id = $1"),
+        &[&id],
+    )
+    .await
+    .map_err(db)?;
     Ok(true)
 }
 

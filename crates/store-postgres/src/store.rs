@@ -168,7 +168,6 @@ pub(crate) struct Sql {
     read_history: String,
     unlock_turn: String,
     renew_turn: String,
-    quarantine: String,
     fetch_activities: String,
     delete_items: String,
     renew_activity: String,
@@ -297,15 +296,13 @@ impl Sql {
                     due_at_ms = {s}.now_ms($1) + $4
                  WHERE instance_id = $3 AND {held}",
             ),
-            quarantine: sql(
-                "UPDATE {s}.instances SET status = 'quarantined', failure = $4,
-                    updated_at_ms = {s}.now_ms($1), locked_until_ms = NULL, due_at_ms = NULL
-                 WHERE instance_id = $3 AND {held}",
-            ),
             fetch_activities: sql(
                 "WITH token AS (SELECT nextval('{s}.lock_tokens') AS value),
                  picked AS (
                     SELECT item_id, instance_id FROM {s}.activities WHERE visible_at_ms <= {s}.now_ms($1)
+                      AND NOT EXISTS (SELECT 1 FROM {s}.instances q
+                                      WHERE q.instance_id = activities.instance_id
+                                        AND q.status = 'quarantined')
                       AND ($4::text[] IS NULL OR name = ANY($4::text[]))
                       AND ($5::text[] IS NULL OR COALESCE(task_queue, '') = ANY($5::text[]))
                     ORDER BY visible_at_ms, item_id LIMIT $2 FOR UPDATE SKIP LOCKED)
@@ -1191,25 +1188,57 @@ impl Store for PostgresStore {
         lock_token: u64,
         reason: Failure,
     ) -> StoreResult<()> {
-        let client = self.client().await?;
-        let updated = client
-            .execute(
-                &prepared(&client, &self.sql.quarantine)
-                    .await
-                    .map_err(|error| self.db_error(error))?,
-                &[
-                    &self.now(),
-                    &to_i64(lock_token),
-                    &instance_id,
-                    &encode(&reason),
-                ],
+        let db = |error| self.db_error(error);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let s = self.sql.schema.as_str();
+        let holder = Some(to_i64(lock_token));
+        operator::quarantine(&tx, s, self.now(), instance_id, holder, &reason, &db).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn quarantine_activity(
+        &self,
+        item_id: u64,
+        lock_token: u64,
+        reason: Failure,
+    ) -> StoreResult<()> {
+        let db = |error| self.db_error(error);
+        let now = self.now();
+        let (item, token) = (to_i64(item_id), to_i64(lock_token));
+        let s = self.sql.schema.as_str();
+        let held = format!("item_id = $1 AND lock_token = $2 AND visible_at_ms > {s}.now_ms($3)");
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        // The instance row is locked before the item's, in the order a turn's commit takes them.
+        let Some(row) = tx
+            .query_opt(
+                &format!("SELECT instance_id FROM {s}.activities WHERE {held}"),
+                &[&item, &token, &now],
             )
             .await
-            .map_err(|error| self.db_error(error))?;
-        if updated == 0 {
-            return Err(self.lease_lost("instance"));
+            .map_err(db)?
+        else {
+            return Err(self.lease_lost("activity"));
+        };
+        let instance_id: String = row.get(0);
+        operator::quarantine(&tx, s, now, &instance_id, None, &reason, &db).await?;
+        // Given back uncounted: this delivery did not run the code.
+        let given_back = tx
+            .execute(
+                &format!(
+                    "UPDATE {s}.activities SET visible_at_ms = {s}.now_ms($3), lock_token = NULL,
+                         attempt = GREATEST(attempt - 1, 0)
+                     WHERE {held}"
+                ),
+                &[&item, &token, &now],
+            )
+            .await
+            .map_err(db)?;
+        if given_back == 0 {
+            return Err(self.lease_lost("activity"));
         }
-        Ok(())
+        tx.commit().await.map_err(db)
     }
 
     async fn fetch_activities_named(

@@ -273,6 +273,39 @@ pub(crate) fn resume(
     Ok(true)
 }
 
+/// Takes a live instance out of service with `reason` (the runtime's poison limits): records
+/// [`Event::Quarantined`] and sets the status. An instance already quarantined keeps its first
+/// reason and a finished one is left as it is; `false` then.
+pub(crate) fn quarantine(
+    connection: &Connection,
+    now: TimestampMs,
+    id: &str,
+    reason: &Failure,
+) -> StoreResult<bool> {
+    let Some((status, execution, _)) = row_of(connection, id)? else {
+        return Ok(false);
+    };
+    if status.is_terminal() || status == InstanceStatus::Quarantined {
+        return Ok(false);
+    }
+    append(
+        connection,
+        id,
+        execution,
+        &Event::Quarantined {
+            reason: reason.clone(),
+        },
+    )?;
+    set_status(
+        connection,
+        id,
+        InstanceStatus::Quarantined,
+        Some(reason),
+        now,
+    )?;
+    Ok(true)
+}
+
 /// Puts a quarantined instance back in service; `false` when it was not quarantined.
 pub(crate) fn retry(
     connection: &Connection,
@@ -309,6 +342,11 @@ pub(crate) fn retry(
         .map_err(db_error)?;
     connection
         .prepare_cached("UPDATE inbox SET deliveries = 0 WHERE instance_id = ?1")
+        .and_then(|mut statement| statement.execute(params![id]))
+        .map_err(db_error)?;
+    // An activity that kept crashing its process starts its count afresh too.
+    connection
+        .prepare_cached("UPDATE activities SET attempt = 0 WHERE instance_id = ?1")
         .and_then(|mut statement| statement.execute(params![id]))
         .map_err(db_error)?;
     Ok(true)

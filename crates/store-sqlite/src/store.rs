@@ -1128,7 +1128,7 @@ fn fetch_activities_in(
         .prepare_cached(
             "SELECT a.item_id, i.status, i.name FROM activities a
              LEFT JOIN instances i ON i.instance_id = a.instance_id
-             WHERE a.visible_at_ms <= ?1
+             WHERE a.visible_at_ms <= ?1 AND (i.status IS NULL OR i.status <> 'quarantined')
                AND (?3 IS NULL OR a.name IN (SELECT value FROM json_each(?3)))
                AND (?4 IS NULL OR COALESCE(a.task_queue, '') IN (SELECT value FROM json_each(?4)))
              ORDER BY a.item_id LIMIT ?2",
@@ -1492,16 +1492,46 @@ impl Store for SqliteStore {
             ) {
                 return Err(StoreError::LeaseLost("instance"));
             }
-            connection
+            operator::quarantine(connection, now, &instance_id, &reason)?;
+            held.instances.remove(instance_id.as_str());
+            Ok(())
+        })
+        .await
+    }
+
+    async fn quarantine_activity(
+        &self,
+        item_id: u64,
+        lock_token: u64,
+        reason: Failure,
+    ) -> StoreResult<()> {
+        let leases = self.leases.clone();
+        self.write(move |connection, now| {
+            let item_id = i64::try_from(item_id).unwrap_or(-1);
+            let mut held = lock_leases(&leases);
+            if !holds(&held.activities, &item_id, token_of(lock_token), now) {
+                return Err(StoreError::LeaseLost("activity"));
+            }
+            let instance_id: Option<String> = connection
                 .prepare_cached(
-                    "UPDATE instances SET status = 'quarantined', failure = ?2, updated_at_ms = ?3
-                     WHERE instance_id = ?1",
+                    "UPDATE activities SET visible_at_ms = ?2, attempt = MAX(attempt - 1, 0)
+                     WHERE item_id = ?1 RETURNING instance_id",
                 )
                 .and_then(|mut statement| {
-                    statement.execute(params![instance_id, encode(&reason), now])
+                    statement
+                        .query_row(params![item_id, now], |row| row.get(0))
+                        .optional()
                 })
                 .map_err(db_error)?;
-            held.instances.remove(instance_id.as_str());
+            held.activities.remove(&item_id);
+            let Some(instance_id) = instance_id else {
+                return Err(StoreError::LeaseLost("activity"));
+            };
+            // Whoever runs the instance's turn is fenced: its lease ends here, so its commit is
+            // refused as a lost lease.
+            if operator::quarantine(connection, now, &instance_id, &reason)? {
+                held.instances.remove(instance_id.as_str());
+            }
             Ok(())
         })
         .await

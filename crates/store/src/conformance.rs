@@ -854,6 +854,98 @@ pub async fn quarantine_takes_an_instance_out_of_service<S: Store>(h: Harness<S>
     assert_eq!(held.messages.len(), 2, "messages kept, new ones taken");
 }
 
+/// An activity work item delivered too often takes its instance out of service: only the
+/// item's holder can do it; the reason is the instance's failure and is recorded in its
+/// history; the holder of its turn is fenced; none of its activities or turns is handed out;
+/// an operator's retry hands the item out again with a fresh count.
+pub async fn activity_quarantine_takes_an_instance_out_of_service<S: Store>(h: Harness<S>) {
+    let store = &h.store;
+    let item = started_with_one_activity(store).await;
+    assert_eq!(item.attempt, 1);
+    store.enqueue_message("a", go_event(), None).await.unwrap();
+    let turn = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .expect("a turn for the event");
+    let reason = Failure::new(codes::ACTIVITY_POISONED, "delivered 4 times");
+    let stale = store
+        .quarantine_activity(
+            item.item_id,
+            item.lock_token.wrapping_add(1),
+            reason.clone(),
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::LeaseLost(_))), "{stale:?}");
+    store
+        .quarantine_activity(item.item_id, item.lock_token, reason.clone())
+        .await
+        .unwrap();
+    let again = store
+        .quarantine_activity(item.item_id, item.lock_token, reason.clone())
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::LeaseLost(_))),
+        "the item was given back: {again:?}"
+    );
+    let info = store.instance("a").await.unwrap().unwrap();
+    assert_eq!(info.status, InstanceStatus::Quarantined);
+    assert_eq!(info.failure, Some(reason.clone()));
+    let history = store.read_history("a", 1, 0).await.unwrap();
+    assert_eq!(
+        history.last(),
+        Some(&Event::Quarantined {
+            reason: reason.clone()
+        })
+    );
+    let late = store
+        .commit_turn(TurnCommit {
+            instance_id: "a".into(),
+            lock_token: turn.lock_token,
+            execution_id: 1,
+            history_from: turn.history_len,
+            append: vec![Event::TurnStarted { now_ms: 0 }],
+            consumed: turn.messages.iter().map(|(id, _)| *id).collect(),
+            ..TurnCommit::default()
+        })
+        .await;
+    assert!(
+        matches!(late, Err(StoreError::LeaseLost(_))),
+        "the turn's holder is fenced: {late:?}"
+    );
+    h.clock.advance_ms(LEASE_MS * 2);
+    assert!(
+        store.fetch_activities(10, LEASE).await.unwrap().is_empty(),
+        "no activity of a quarantined instance is handed out"
+    );
+    assert!(store.fetch_turns(10, LEASE, &[]).await.unwrap().is_empty());
+
+    assert!(
+        store
+            .retry_instance(&operator("a", "fixed the crash"))
+            .await
+            .unwrap()
+    );
+    let info = store.instance("a").await.unwrap().unwrap();
+    assert_eq!((info.status, info.failure), (InstanceStatus::Running, None));
+    let back = store
+        .fetch_activities(10, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .expect("in service again");
+    assert_eq!(back.item_id, item.item_id);
+    assert_eq!(back.attempt, 1, "the count starts afresh");
+    let turn = store
+        .fetch_turns(10, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .expect("its turn too");
+    assert_eq!(turn.messages.len(), 1, "the event was kept");
+}
+
 /// Work of a finished instance is never handed out, even when a holder left it behind (a crash
 /// after the instance was cancelled): the fetch deletes it.
 pub async fn activities_of_finished_instances_are_not_handed_out<S: Store>(h: Harness<S>) {
@@ -2640,6 +2732,7 @@ macro_rules! conformance_tests {
             turn_lease_renewal,
             turn_deliveries_are_counted,
             quarantine_takes_an_instance_out_of_service,
+            activity_quarantine_takes_an_instance_out_of_service,
             activities_of_finished_instances_are_not_handed_out,
             released_activities_keep_their_attempt,
             what_became_due_since_the_last_fetch_wakes_at_once,

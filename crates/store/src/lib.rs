@@ -208,11 +208,14 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> StoreResult<()>;
 
-    /// Takes the instance out of service: its status becomes
-    /// [`InstanceStatus::Quarantined`](sluice_history::InstanceStatus::Quarantined) with
-    /// `reason` as its failure, and the lock is released. Its messages stay (with their
+    /// Takes the instance out of service: appends [`Event::Quarantined`] with `reason`, its
+    /// status becomes [`InstanceStatus::Quarantined`](sluice_history::InstanceStatus::Quarantined)
+    /// with `reason` as its failure, and the lock is released. Its messages stay (with their
     /// delivery counts); it keeps receiving more, but [`Store::fetch_turns`] hands it out only
-    /// through `also`, so no turn runs until an operator acts.
+    /// through `also`, so no turn runs until an operator acts; its activity work items are not
+    /// handed out either (those running finish, their results wait in the inbox).
+    ///
+    /// [`Event::Quarantined`]: sluice_history::Event::Quarantined
     async fn quarantine_turn(
         &self,
         instance_id: &str,
@@ -242,6 +245,20 @@ pub trait Store: Send + Sync + 'static {
         self.fetch_activities_named(max, lease, &Names::All, &Names::All)
             .await
     }
+
+    /// Takes the instance of a held activity work item out of service because the item was
+    /// delivered too often (it keeps crashing or hanging its process): as
+    /// [`Store::quarantine_turn`], fencing whoever runs the instance's turn, and the item is
+    /// given back uncounted, kept with its attempt count for an operator's retry (which starts
+    /// the count afresh) or discard. An instance that is already quarantined keeps its first
+    /// reason; a finished one only loses the item. [`StoreError::LeaseLost`] when the token no
+    /// longer holds the item.
+    async fn quarantine_activity(
+        &self,
+        item_id: u64,
+        lock_token: u64,
+        reason: sluice_history::Failure,
+    ) -> StoreResult<()>;
 
     /// Extends an activity's lease. Returns whether the owning instance is still running (an
     /// activity of a finished or cancelled instance should stop).
