@@ -642,7 +642,7 @@ pub async fn run(args: ControlPlaneBenchArgs) -> Result<std::process::ExitCode> 
     );
     let executions = Arc::new(AtomicU64::new(0));
     let registry = crate::register(sluice_runtime::Registry::new(), 0, executions);
-    let runtime = Runtime::start(store.clone(), registry, RuntimeOptions::default());
+    let runtime = Runtime::start(store.clone(), registry, RuntimeOptions::default())?;
     let stop = Arc::new(AtomicBool::new(false));
     let load_began = Instant::now();
     let done = Arc::new(AtomicU64::new(0));

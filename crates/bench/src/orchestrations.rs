@@ -406,7 +406,7 @@ async fn run_one(args: &OrchestrationBenchArgs) -> Result<BenchResult> {
                     activity_concurrency: args.activity_concurrency,
                     ..RuntimeOptions::default()
                 },
-            );
+            )?;
             let client = runtime.client();
             (Some(runtime), None, client)
         }

@@ -104,7 +104,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         activity_concurrency: args.activity_concurrency,
         ..RuntimeOptions::default()
     };
-    let runtime = Runtime::start(store.clone(), registry(), options);
+    let runtime = Runtime::start(store.clone(), registry(), options)?;
     let client = runtime.client();
     println!(
         "sluice demo: {} orders on {described}; Ctrl-C to interrupt, run again to resume",

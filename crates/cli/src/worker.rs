@@ -151,7 +151,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode> {
                 .map(sluice_runtime::RetentionPolicy::older_than),
             ..RuntimeOptions::default()
         },
-    );
+    )?;
     eprintln!(
         "sluice worker {} on {described}: running (SIGTERM or Ctrl-C stops it)",
         std::process::id()

@@ -60,7 +60,8 @@ async fn a_sqlite_store_stopped_mid_flight_finishes_on_postgres() {
         let store = Arc::new(
             SqliteStore::open(SqliteStoreOptions::new(Location::File(db.clone()))).unwrap(),
         );
-        let runtime = Runtime::start(store.clone(), registry(), options());
+        let runtime =
+            Runtime::start(store.clone(), registry(), options()).expect("the runtime starts");
         let client = runtime.client();
         for i in 0..INSTANCES {
             client
@@ -144,7 +145,7 @@ async fn a_sqlite_store_stopped_mid_flight_finishes_on_postgres() {
             .await
             .unwrap(),
     );
-    let runtime = Runtime::start(store, registry(), options());
+    let runtime = Runtime::start(store, registry(), options()).expect("the runtime starts");
     let client = runtime.client();
     for i in (0..INSTANCES).filter(|i| i % 3 != 0) {
         client

@@ -34,3 +34,35 @@ impl ClientError {
         }
     }
 }
+
+/// Why [`Runtime::start`](crate::Runtime::start) refused to start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A [`RuntimeOptions`](crate::RuntimeOptions) field is out of its range.
+    #[error("runtime option {option}: {why}")]
+    InvalidOption {
+        /// The field.
+        option: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A name was registered twice in the [`Registry`](crate::Registry).
+    #[error("{kind} '{name}' is registered twice")]
+    DuplicateName {
+        /// `orchestration` or `activity`.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+}
+
+impl StartError {
+    /// A stable code for the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StartError::InvalidOption { .. } => "runtime.invalid_option",
+            StartError::DuplicateName { .. } => "runtime.duplicate_name",
+        }
+    }
+}

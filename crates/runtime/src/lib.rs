@@ -35,7 +35,7 @@
 //! let registry = Registry::new()
 //!     .orchestration("greet", greet)
 //!     .activity("hello", hello);
-//! let runtime = Runtime::start(store, registry, RuntimeOptions::default());
+//! let runtime = Runtime::start(store, registry, RuntimeOptions::default()).unwrap();
 //! let client = runtime.client();
 //! client.start("greet", "greet-ada", "Ada").await.unwrap();
 //! let done = client
@@ -65,7 +65,7 @@ mod worker;
 
 pub use activity::ActivityContext;
 pub use client::{Client, StartOutcome};
-pub use error::ClientError;
+pub use error::{ClientError, StartError};
 pub use metrics::{MetricKind, MetricName};
 pub use registry::{Activity, BoxedActivityFuture, Registry};
 pub use retention::{RetentionPolicy, run_retention};

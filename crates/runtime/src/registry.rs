@@ -1,4 +1,5 @@
 use crate::activity::ActivityContext;
+use crate::error::StartError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_history::{Failure, codes};
@@ -27,11 +28,16 @@ where
     }
 }
 
-/// Orchestrations and activities by name.
+/// Orchestrations and activities by name. A name registered twice (of the same kind) keeps the
+/// first code and makes [`Registry::validate`] and [`Runtime::start`](crate::Runtime::start)
+/// refuse the registry: the second registration is almost always a copy-paste slip, and which
+/// code ran would otherwise depend on the order of the calls.
 #[derive(Clone, Default)]
 pub struct Registry {
     pub(crate) orchestrations: HashMap<String, Arc<dyn Orchestration>>,
     pub(crate) activities: HashMap<String, Arc<dyn Activity>>,
+    /// Names registered more than once: (kind, name), in the order of the calls.
+    duplicates: Vec<(&'static str, String)>,
 }
 
 fn serde_failure(what: &str, error: serde_json::Error) -> Failure {
@@ -46,7 +52,12 @@ impl Registry {
 
     /// Registers an orchestration taking and returning text.
     pub fn orchestration(mut self, name: impl Into<String>, code: impl Orchestration) -> Self {
-        self.orchestrations.insert(name.into(), Arc::new(code));
+        let name = name.into();
+        if self.orchestrations.contains_key(&name) {
+            self.duplicates.push(("orchestration", name));
+        } else {
+            self.orchestrations.insert(name, Arc::new(code));
+        }
         self
     }
 
@@ -72,8 +83,25 @@ impl Registry {
 
     /// Registers an activity taking and returning text.
     pub fn activity(mut self, name: impl Into<String>, code: impl Activity) -> Self {
-        self.activities.insert(name.into(), Arc::new(code));
+        let name = name.into();
+        if self.activities.contains_key(&name) {
+            self.duplicates.push(("activity", name));
+        } else {
+            self.activities.insert(name, Arc::new(code));
+        }
         self
+    }
+
+    /// Whether the registry can be started: [`StartError::DuplicateName`] for the first name
+    /// registered twice.
+    pub fn validate(&self) -> Result<(), StartError> {
+        match self.duplicates.first() {
+            Some((kind, name)) => Err(StartError::DuplicateName {
+                kind,
+                name: name.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Registers an activity with serde-typed (JSON) input and output.
@@ -94,5 +122,41 @@ impl Registry {
                 serde_json::to_string(&output).map_err(|e| serde_failure("activity output", e))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn first(_ctx: ActivityContext, _input: String) -> Result<String, Failure> {
+        Ok("first".into())
+    }
+
+    async fn second(_ctx: ActivityContext, _input: String) -> Result<String, Failure> {
+        Ok("second".into())
+    }
+
+    #[test]
+    fn a_name_registered_twice_is_refused() {
+        let registry = Registry::new().activity("a", first).activity("b", second);
+        assert_eq!(registry.validate(), Ok(()));
+        let registry = registry.activity("a", second);
+        let error = registry.validate().unwrap_err();
+        assert_eq!(
+            error,
+            StartError::DuplicateName {
+                kind: "activity",
+                name: "a".into()
+            }
+        );
+        assert_eq!(error.code(), "runtime.duplicate_name");
+        assert_eq!(error.to_string(), "activity 'a' is registered twice");
+        // The same name as an orchestration and as an activity is two different things.
+        let both = Registry::new().activity("a", first).orchestration(
+            "a",
+            |_ctx: OrchestrationContext, input: String| async move { Ok(input) },
+        );
+        assert_eq!(both.validate(), Ok(()));
     }
 }

@@ -1,5 +1,6 @@
 use crate::cache::HistoryCache;
 use crate::client::Client;
+use crate::error::StartError;
 use crate::handoff::Handoff;
 use crate::poison::{HandlerWait, RunningTurns, TurnFailures};
 use crate::registry::Registry;
@@ -107,6 +108,64 @@ impl Default for RuntimeOptions {
     }
 }
 
+impl RuntimeOptions {
+    /// Whether these options can start a runtime: every count at least 1, every lease and
+    /// interval above zero, the backoff's bounds in order, and a valid retention policy; the first field out of range otherwise.
+    pub fn validate(&self) -> Result<(), StartError> {
+        let invalid =
+            |option: &'static str, why: String| Err(StartError::InvalidOption { option, why });
+        let positive = [
+            ("orchestration_concurrency", self.orchestration_concurrency),
+            ("activity_concurrency", self.activity_concurrency),
+            ("activity_held_max", self.activity_held_max),
+            (
+                "history_cache_instances_max",
+                self.history_cache_instances_max,
+            ),
+            ("history_events_max", self.history_events_max),
+            ("turn_deliveries_max", self.turn_deliveries_max as usize),
+            (
+                "activity_deliveries_max",
+                self.activity_deliveries_max as usize,
+            ),
+        ];
+        if let Some((option, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return invalid(option, "must be at least 1".into());
+        }
+        let durations = [
+            ("turn_lease", self.turn_lease),
+            ("activity_lease", self.activity_lease),
+            ("poll_interval", self.poll_interval),
+            ("turn_retry_delay_max", self.turn_retry_delay_max),
+        ];
+        if let Some((option, _)) = durations.iter().find(|(_, value)| value.is_zero()) {
+            return invalid(option, "must be longer than zero".into());
+        }
+        if self.activity_held_max < self.activity_concurrency {
+            return invalid(
+                "activity_held_max",
+                format!(
+                    "{} is below activity_concurrency ({}): held items are what runs",
+                    self.activity_held_max, self.activity_concurrency
+                ),
+            );
+        }
+        if self.turn_retry_delay_min > self.turn_retry_delay_max {
+            return invalid(
+                "turn_retry_delay_min",
+                format!(
+                    "{:?} is above turn_retry_delay_max ({:?})",
+                    self.turn_retry_delay_min, self.turn_retry_delay_max
+                ),
+            );
+        }
+        if let Some(why) = self.retention.as_ref().and_then(RetentionPolicy::invalid) {
+            return invalid("retention", why);
+        }
+        Ok(())
+    }
+}
+
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) registry: Registry,
@@ -158,7 +217,14 @@ pub struct Runtime {
 
 impl Runtime {
     /// Starts the dispatchers on the current tokio runtime.
-    pub fn start(store: Arc<dyn Store>, registry: Registry, options: RuntimeOptions) -> Self {
+    ///
+    /// Refused with a [`StartError`] when `options` are out of range
+    /// ([`RuntimeOptions::validate`]) or `registry` has a name twice ([`Registry::validate`]).
+    pub fn start(
+        store: Arc<dyn Store>,
+        registry: Registry,
+        options: RuntimeOptions,
+    ) -> Result<Self, StartError> {
         Self::start_with_clock(store, registry, options, Arc::new(SystemClock))
     }
 
@@ -168,34 +234,9 @@ impl Runtime {
         registry: Registry,
         options: RuntimeOptions,
         clock: Arc<dyn Clock>,
-    ) -> Self {
-        assert!(
-            options.orchestration_concurrency > 0,
-            "orchestration_concurrency must be > 0"
-        );
-        assert!(
-            options.activity_concurrency > 0,
-            "activity_concurrency must be > 0"
-        );
-        assert!(
-            options.activity_held_max >= options.activity_concurrency,
-            "activity_held_max must be >= activity_concurrency"
-        );
-        assert!(
-            options.turn_deliveries_max > 0,
-            "turn_deliveries_max must be > 0"
-        );
-        assert!(
-            options.history_events_max > 0,
-            "history_events_max must be > 0"
-        );
-        if let Some(why) = options
-            .retention
-            .as_ref()
-            .and_then(RetentionPolicy::invalid)
-        {
-            panic!("{why}");
-        }
+    ) -> Result<Self, StartError> {
+        options.validate()?;
+        registry.validate()?;
         let (orchestration_names, activity_names) = if options.fetch_registered_only {
             (
                 Names::only(registry.orchestrations.keys().cloned()),
@@ -249,7 +290,7 @@ impl Runtime {
                 shared.shutdown.clone(),
             ));
         }
-        Self { shared, tracker }
+        Ok(Self { shared, tracker })
     }
 
     /// A client on the same store.
@@ -424,5 +465,69 @@ async fn fetch_loop(shared: Arc<Shared>, tracker: TaskTracker, slots: Arc<Semaph
             () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
             () = shared.shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_each_range_is_checked() {
+        assert_eq!(RuntimeOptions::default().validate(), Ok(()));
+        let refused = |options: RuntimeOptions| match options.validate() {
+            Err(StartError::InvalidOption { option, .. }) => option,
+            other => panic!("accepted: {other:?}"),
+        };
+        let defaults = RuntimeOptions::default;
+        assert_eq!(
+            refused(RuntimeOptions {
+                activity_concurrency: 0,
+                ..defaults()
+            }),
+            "activity_concurrency"
+        );
+        assert_eq!(
+            refused(RuntimeOptions {
+                activity_deliveries_max: 0,
+                ..defaults()
+            }),
+            "activity_deliveries_max"
+        );
+        assert_eq!(
+            refused(RuntimeOptions {
+                poll_interval: Duration::ZERO,
+                ..defaults()
+            }),
+            "poll_interval"
+        );
+        assert_eq!(
+            refused(RuntimeOptions {
+                activity_held_max: 1,
+                activity_concurrency: 2,
+                ..defaults()
+            }),
+            "activity_held_max"
+        );
+        assert_eq!(
+            refused(RuntimeOptions {
+                turn_retry_delay_min: Duration::from_secs(2),
+                turn_retry_delay_max: Duration::from_secs(1),
+                ..defaults()
+            }),
+            "turn_retry_delay_min"
+        );
+        let retention = RetentionPolicy {
+            batch_instances_max: 0,
+            ..RetentionPolicy::older_than(Duration::from_secs(60))
+        };
+        let error = RuntimeOptions {
+            retention: Some(retention),
+            ..defaults()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(error.code(), "runtime.invalid_option");
+        assert!(error.to_string().contains("retention"), "{error}");
     }
 }

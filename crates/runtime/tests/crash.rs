@@ -192,7 +192,7 @@ async fn run_worker(worker: usize, is_final: bool) {
         ..RuntimeOptions::default()
     };
     let began = Instant::now();
-    let runtime = Runtime::start(store.clone(), registry, options);
+    let runtime = Runtime::start(store.clone(), registry, options).expect("the runtime starts");
     let client = runtime.client();
     println!("worker {worker}: started (pid {})", std::process::id());
 

@@ -33,7 +33,7 @@ fn setup(registry: Registry) -> Setup {
         activity_concurrency: 16,
         ..RuntimeOptions::default()
     };
-    let runtime = Runtime::start(store.clone(), registry, options);
+    let runtime = Runtime::start(store.clone(), registry, options).expect("the runtime starts");
     let client = runtime.client();
     Setup {
         runtime,
@@ -562,7 +562,8 @@ async fn changed_code_is_detected_as_nondeterminism_on_replay() {
             .orchestration("flow", v1)
             .activity("echo", echo),
         RuntimeOptions::default(),
-    );
+    )
+    .expect("the runtime starts");
     let client = runtime.client();
     client.start("flow", "n", "").await.unwrap();
     // Wait until the first activity's result is in history.
@@ -587,7 +588,8 @@ async fn changed_code_is_detected_as_nondeterminism_on_replay() {
             .activity("echo", echo)
             .activity("charge", echo),
         RuntimeOptions::default(),
-    );
+    )
+    .expect("the runtime starts");
     let client = runtime.client();
     client.raise_event("n", "continue", "").await.unwrap();
     let info = client.wait_for_completion("n", WAIT).await.unwrap();

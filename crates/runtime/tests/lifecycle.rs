@@ -85,7 +85,8 @@ async fn terminate_with_timer_activity_and_child(store: Arc<dyn Store>) {
         started: AtomicU32::new(0),
         release: Notify::new(),
     });
-    let runtime = Runtime::start(store.clone(), registry(gates.clone()), options());
+    let runtime = Runtime::start(store.clone(), registry(gates.clone()), options())
+        .expect("the runtime starts");
     let client = runtime.client();
     client.start("order", "o-1", "x").await.unwrap();
     until("the activity and the child to start", async || {
@@ -137,7 +138,8 @@ async fn suspend_while_events_arrive(store: Arc<dyn Store>) {
         started: AtomicU32::new(0),
         release: Notify::new(),
     });
-    let runtime = Runtime::start(store.clone(), registry(gates), options());
+    let runtime =
+        Runtime::start(store.clone(), registry(gates), options()).expect("the runtime starts");
     let client = runtime.client();
     client.start("pair", "p-1", "").await.unwrap();
     until("p-1 to run", async || {
@@ -233,7 +235,7 @@ async fn a_quarantined_instance_is_retried_after_the_fix_or_discarded() {
         turn_retry_delay_max: Duration::from_millis(20),
         ..options()
     };
-    let runtime = Runtime::start(store, registry, options);
+    let runtime = Runtime::start(store, registry, options).expect("the runtime starts");
     let client = runtime.client();
     let raw = rusqlite::Connection::open(temp.path()).unwrap();
     raw.busy_timeout(Duration::from_secs(10)).unwrap();
@@ -329,7 +331,7 @@ async fn a_history_past_its_limit_fails_the_instance_with_a_hint() {
         history_events_max: 40,
         ..options()
     };
-    let runtime = Runtime::start(store.clone(), counting(), options);
+    let runtime = Runtime::start(store.clone(), counting(), options).expect("the runtime starts");
     let client = runtime.client();
     client.start("count_to", "long", "100").await.unwrap();
     client
@@ -377,7 +379,7 @@ async fn retention_purges_what_finished_long_enough_ago(store: Arc<dyn Store>) {
         }),
         ..options()
     };
-    let runtime = Runtime::start(store.clone(), counting(), options);
+    let runtime = Runtime::start(store.clone(), counting(), options).expect("the runtime starts");
     let client = runtime.client();
     client.start("waits", "stays", "").await.unwrap();
     for i in 0..5 {
@@ -438,7 +440,7 @@ async fn a_failed_instance_restarts_from_its_input() {
                 }
             }
         });
-    let runtime = Runtime::start(store.clone(), registry, options());
+    let runtime = Runtime::start(store.clone(), registry, options()).expect("the runtime starts");
     let client = runtime.client();
     client.start("checked", "c-1", "order 7").await.unwrap();
     let info = client.wait_for_completion("c-1", WAIT).await.unwrap();
@@ -502,7 +504,7 @@ async fn rewind_runs_the_failure_again_and_keeps_the_rest(store: Arc<dyn Store>)
                 }
             }
         });
-    let runtime = Runtime::start(store.clone(), registry, options());
+    let runtime = Runtime::start(store.clone(), registry, options()).expect("the runtime starts");
     let client = runtime.client();
     client.start("two_steps", "rw-1", "x").await.unwrap();
     client.start("parent", "rw-2", "y").await.unwrap();
@@ -582,7 +584,7 @@ async fn postgres_rewind_runs_the_failure_again_and_keeps_the_rest() {
 async fn a_cancel_records_who_asked() {
     let temp = TempSqlite::new();
     let store = sqlite(&temp);
-    let runtime = Runtime::start(store.clone(), counting(), options());
+    let runtime = Runtime::start(store.clone(), counting(), options()).expect("the runtime starts");
     let client = runtime.client();
     client.start("waits", "to-cancel", "").await.unwrap();
     until("it runs", async || {

@@ -3,8 +3,8 @@
 //! process lacks. Each failed before its fix (see the test's comment for how).
 
 use sluice_runtime::{
-    ActivityContext, Client, Failure, InstanceInfo, InstanceStatus, OrchestrationContext, Registry,
-    Runtime, RuntimeOptions, codes,
+    ActivityContext, Client, Event, Failure, InstanceInfo, InstanceStatus, OrchestrationContext,
+    Registry, Runtime, RuntimeOptions, codes,
 };
 use sluice_store_sqlite::{Location, SqliteStore, SqliteStoreOptions};
 use sluice_testkit::TempSqlite;
@@ -87,7 +87,8 @@ async fn a_turn_slower_than_its_lease_commits_once() {
         turn_lease: Duration::from_secs(1),
         ..RuntimeOptions::default()
     };
-    let runtime = Runtime::start(store, Registry::new().orchestration("slow", slow), options);
+    let runtime = Runtime::start(store, Registry::new().orchestration("slow", slow), options)
+        .expect("the runtime starts");
     let client = runtime.client();
     client.start("slow", "s", "").await.unwrap();
     let info = client.wait_for_completion("s", WAIT).await.unwrap();
@@ -103,7 +104,8 @@ async fn an_undecodable_history_event_quarantines_its_instance() {
     let temp = TempSqlite::new();
     let store = open(&temp);
     let registry = Registry::new().orchestration("wait", wait_for_event);
-    let runtime = Runtime::start(store.clone(), registry.clone(), quick_options());
+    let runtime = Runtime::start(store.clone(), registry.clone(), quick_options())
+        .expect("the runtime starts");
     let client = runtime.client();
     client.start("wait", "h", "").await.unwrap();
     wait_status(&client, "h", InstanceStatus::Running).await;
@@ -117,7 +119,7 @@ async fn an_undecodable_history_event_quarantines_its_instance() {
         )
         .unwrap();
     // A fresh runtime (nothing cached) gets an event that needs a turn.
-    let runtime = Runtime::start(store, registry, quick_options());
+    let runtime = Runtime::start(store, registry, quick_options()).expect("the runtime starts");
     let client = runtime.client();
     client.raise_event("h", "go", "now").await.unwrap();
     let info = wait_status(&client, "h", InstanceStatus::Quarantined).await;
@@ -169,7 +171,7 @@ async fn one_undecodable_inbox_message_stops_only_its_instance() {
     let registry = Registry::new()
         .orchestration("one", one)
         .activity("echo", echo);
-    let runtime = Runtime::start(store, registry, quick_options());
+    let runtime = Runtime::start(store, registry, quick_options()).expect("the runtime starts");
     for i in 0..100 {
         let info = client
             .wait_for_completion(&format!("ok-{i}"), WAIT)
@@ -186,9 +188,11 @@ async fn one_undecodable_inbox_message_stops_only_its_instance() {
             && failure.message.contains("unknown field `priority`"),
         "{failure}"
     );
+    let history = client.history("bad").await.unwrap();
     assert!(
-        client.history("bad").await.unwrap().is_empty(),
-        "its start did not run without the message after it"
+        matches!(history.as_slice(), [Event::Quarantined { reason }] if *reason == failure),
+        "its start did not run without the message after it, only the quarantine is recorded: \
+         {history:?}"
     );
     runtime.shutdown(WAIT).await;
 }
@@ -218,7 +222,8 @@ async fn a_turn_that_kept_crashing_its_process_is_quarantined_without_running() 
         store,
         Registry::new().orchestration("crashy", crashy),
         quick_options(),
-    );
+    )
+    .expect("the runtime starts");
     let info = wait_status(&client, "c", InstanceStatus::Quarantined).await;
     let failure = info.failure.unwrap();
     assert_eq!(failure.code, codes::TURN_POISONED);
@@ -261,7 +266,7 @@ async fn an_activity_of_a_cancelled_instance_does_not_start() {
     let registry = Registry::new()
         .orchestration("two", two)
         .activity("block", block);
-    let runtime = Runtime::start(store, registry, options);
+    let runtime = Runtime::start(store, registry, options).expect("the runtime starts");
     let client = runtime.client();
     client.start("two", "t", "").await.unwrap();
     let deadline = Instant::now() + WAIT;
@@ -320,7 +325,8 @@ async fn waits_for_a_process_with_the_code(fetch_registered_only: bool) {
         store.clone(),
         Registry::new().orchestration("old_code", old_code),
         quick_options(),
-    );
+    )
+    .expect("the runtime starts");
     let client = old.client();
     client.start("new_code", "n", "x").await.unwrap();
     client.start("old_code", "o", "y").await.unwrap();
@@ -348,7 +354,8 @@ async fn waits_for_a_process_with_the_code(fetch_registered_only: bool) {
             .orchestration("old_code", old_code)
             .activity("new_activity", new_activity),
         quick_options(),
-    );
+    )
+    .expect("the runtime starts");
     let client = new.client();
     for (id, output) in [("n", "new x"), ("o", "new y")] {
         let info = client.wait_for_completion(id, WAIT).await.unwrap();
@@ -378,7 +385,8 @@ async fn work_without_a_handler_fails_after_handler_wait_max() {
         store,
         Registry::new().orchestration("calls_missing", calls_missing),
         options,
-    );
+    )
+    .expect("the runtime starts");
     let client = runtime.client();
     client.start("nobody_has_this", "x", "").await.unwrap();
     client.start("calls_missing", "y", "").await.unwrap();
@@ -394,6 +402,153 @@ async fn work_without_a_handler_fails_after_handler_wait_max() {
     assert_eq!(
         info.output.as_deref(),
         Some("activity failed: activity_not_registered")
+    );
+    runtime.shutdown(WAIT).await;
+}
+
+/// Where the crash loop's child processes find the store (set only for them).
+const CRASH_CHILD_STORE: &str = "SLUICE_TEST_CRASH_CHILD_STORE";
+
+/// The poison limit of the crash loop: three deliveries without a result.
+fn crash_loop_options() -> RuntimeOptions {
+    RuntimeOptions {
+        activity_deliveries_max: 3,
+        ..quick_options()
+    }
+}
+
+async fn call_it(ctx: OrchestrationContext, input: String) -> Result<String, Failure> {
+    ctx.schedule_activity("fragile", input).await
+}
+
+/// One process of the crash loop below, run by it as a child (as a plain test it returns at
+/// once). Its activity kills its own process with SIGKILL, as the OOM killer or a segfault in
+/// native code would; the child ends by itself only once the runtime has quarantined both
+/// instances instead of running the activity again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_child() {
+    let Some(path) = std::env::var_os(CRASH_CHILD_STORE) else {
+        return;
+    };
+    async fn fragile(_ctx: ActivityContext, _input: String) -> Result<String, Failure> {
+        let pid = std::process::id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status();
+        std::future::pending().await
+    }
+    let options = SqliteStoreOptions::new(Location::File(path.into()));
+    let store = Arc::new(SqliteStore::open(options).expect("open store"));
+    let registry = Registry::new()
+        .orchestration("call_it", call_it)
+        .activity("fragile", fragile);
+    let runtime =
+        Runtime::start(store, registry, crash_loop_options()).expect("the runtime starts");
+    let client = runtime.client();
+    for id in ["r", "d"] {
+        wait_status(&client, id, InstanceStatus::Quarantined).await;
+    }
+    runtime.shutdown(WAIT).await;
+}
+
+/// An activity that crashes its process on every delivery does not loop forever: after
+/// `activity_deliveries_max` deliveries that never answered (real processes, killed in the
+/// activity), the next process quarantines its instance without running the code, with the
+/// reason in its status and history; an operator then retries one (it completes with fixed
+/// code) and discards the other (failed, code `discarded`, its activity never run again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_that_keeps_crashing_its_process_quarantines_its_instance() {
+    use std::os::unix::process::ExitStatusExt;
+    let temp = TempSqlite::new();
+    {
+        let store = open(&temp);
+        let client = Client::new(store, Duration::from_millis(50));
+        client.start("call_it", "r", "r").await.unwrap();
+        client.start("call_it", "d", "d").await.unwrap();
+    }
+    let mut killed = 0;
+    let mut children = 0;
+    loop {
+        children += 1;
+        assert!(
+            children <= 12,
+            "no quarantine after {killed} crashed processes"
+        );
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "crash_loop_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_CHILD_STORE, temp.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        match status.signal() {
+            Some(9) => killed += 1,
+            _ => {
+                assert!(status.success(), "the child failed: {status:?}");
+                break;
+            }
+        }
+    }
+    eprintln!("{killed} of {children} child processes were killed in the activity");
+    assert!(
+        (3..=6).contains(&killed),
+        "each instance's item was delivered three times before the quarantine ({killed} kills)"
+    );
+
+    static RUNS_OF_D: AtomicU32 = AtomicU32::new(0);
+    async fn fixed(_ctx: ActivityContext, input: String) -> Result<String, Failure> {
+        if input == "d" {
+            RUNS_OF_D.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(format!("{input} done"))
+    }
+    let store = open(&temp);
+    let registry = Registry::new()
+        .orchestration("call_it", call_it)
+        .activity("fragile", fixed);
+    let runtime =
+        Runtime::start(store, registry, crash_loop_options()).expect("the runtime starts");
+    let client = runtime.client();
+    for id in ["r", "d"] {
+        let info = client.status(id).await.unwrap().unwrap();
+        assert_eq!(info.status, InstanceStatus::Quarantined, "{id}: {info:?}");
+        let failure = info.failure.unwrap();
+        assert_eq!(failure.code, codes::ACTIVITY_POISONED);
+        assert!(
+            failure.message.contains("activity 'fragile'")
+                && failure.message.contains("delivered 4 times (limit 3)"),
+            "{failure}"
+        );
+        let history = client.history(id).await.unwrap();
+        assert!(
+            history
+                .iter()
+                .any(|event| matches!(event, Event::Quarantined { reason } if *reason == failure)),
+            "{history:?}"
+        );
+    }
+    // Nothing runs while quarantined, even with healthy code.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(RUNS_OF_D.load(Ordering::SeqCst), 0);
+
+    assert!(client.retry("r", "deployed the fix", "ops").await.unwrap());
+    let info = client.wait_for_completion("r", WAIT).await.unwrap();
+    assert_eq!(info.status, InstanceStatus::Completed, "{info:?}");
+    assert_eq!(info.output.as_deref(), Some("r done"));
+    client.discard("d", "bad input", "ops").await.unwrap();
+    let info = client.status("d").await.unwrap().unwrap();
+    assert_eq!(info.status, InstanceStatus::Failed);
+    assert_eq!(info.failure.unwrap().code, codes::DISCARDED);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        RUNS_OF_D.load(Ordering::SeqCst),
+        0,
+        "a discarded instance runs nothing"
     );
     runtime.shutdown(WAIT).await;
 }

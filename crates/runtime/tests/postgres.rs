@@ -71,7 +71,7 @@ async fn another_process_picks_up_work_at_once() {
     let worker = store(&url).await;
     wait_listening(&starter).await;
     wait_listening(&worker).await;
-    let runtime = Runtime::start(worker, registry(), slow_poll());
+    let runtime = Runtime::start(worker, registry(), slow_poll()).expect("the runtime starts");
     // A client of its own store (another process): no runtime there.
     let client = Client::new(starter.clone(), Duration::from_secs(30));
     for round in 0..5 {
@@ -116,7 +116,9 @@ async fn three_runtimes_share_one_database_and_finish_everything_once() {
             poll_interval: Duration::from_millis(200),
             ..slow_poll()
         };
-        runtimes.push(Runtime::start(store(&url).await, registry(), options));
+        runtimes.push(
+            Runtime::start(store(&url).await, registry(), options).expect("the runtime starts"),
+        );
     }
     let client = runtimes[0].client();
     const INSTANCES: usize = 60;
@@ -190,12 +192,14 @@ async fn processes_take_only_the_work_they_have_code_for() {
             .orchestration("invoice", invoice)
             .activity("render", render),
         quick(),
-    );
+    )
+    .expect("the runtime starts");
     let pricing = Runtime::start(
         pricing_store.clone(),
         Registry::new().activity("price", price),
         quick(),
-    );
+    )
+    .expect("the runtime starts");
     let client = Client::new(pricing_store, Duration::from_millis(50));
     for i in 0..20 {
         client
@@ -247,8 +251,10 @@ async fn activities_on_a_task_queue_run_only_where_it_is_served() {
         task_queues: queues.iter().map(|q| q.to_string()).collect(),
         ..RuntimeOptions::default()
     };
-    let cpu = Runtime::start(cpu_store.clone(), registry("cpu"), options(&[""]));
-    let gpu = Runtime::start(gpu_store, registry("gpu"), options(&["gpu"]));
+    let cpu = Runtime::start(cpu_store.clone(), registry("cpu"), options(&[""]))
+        .expect("the runtime starts");
+    let gpu =
+        Runtime::start(gpu_store, registry("gpu"), options(&["gpu"])).expect("the runtime starts");
     let client = Client::new(cpu_store, Duration::from_millis(50));
     for i in 0..10 {
         client
