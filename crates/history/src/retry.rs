@@ -1,7 +1,8 @@
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// How an activity is retried when an attempt fails or times out.
+/// How an activity is retried when an attempt fails or times out. A failure marked
+/// [`non_retryable`](crate::Failure::non_retryable) is never retried.
 ///
 /// Retries are durable: a failed attempt puts the work item back in the store, invisible until
 /// the backoff has passed, so a crash during the wait does not forget the retry.

@@ -5,6 +5,7 @@ use serde::de::DeserializeOwned;
 use sluice_history::{Failure, codes};
 use sluice_replay::{Orchestration, OrchestrationContext};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -53,10 +54,11 @@ impl Registry {
     /// Registers an orchestration taking and returning text.
     pub fn orchestration(mut self, name: impl Into<String>, code: impl Orchestration) -> Self {
         let name = name.into();
-        if self.orchestrations.contains_key(&name) {
-            self.duplicates.push(("orchestration", name));
-        } else {
-            self.orchestrations.insert(name, Arc::new(code));
+        match self.orchestrations.entry(name) {
+            Entry::Occupied(taken) => self.duplicates.push(("orchestration", taken.key().clone())),
+            Entry::Vacant(free) => {
+                free.insert(Arc::new(code));
+            }
         }
         self
     }
@@ -84,10 +86,11 @@ impl Registry {
     /// Registers an activity taking and returning text.
     pub fn activity(mut self, name: impl Into<String>, code: impl Activity) -> Self {
         let name = name.into();
-        if self.activities.contains_key(&name) {
-            self.duplicates.push(("activity", name));
-        } else {
-            self.activities.insert(name, Arc::new(code));
+        match self.activities.entry(name) {
+            Entry::Occupied(taken) => self.duplicates.push(("activity", taken.key().clone())),
+            Entry::Vacant(free) => {
+                free.insert(Arc::new(code));
+            }
         }
         self
     }

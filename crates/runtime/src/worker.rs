@@ -156,7 +156,7 @@ pub(crate) async fn process_activity(
         )),
         Attempt::Completed(output) => Ok(output),
         Attempt::Failed(failure) => match &activity.retry {
-            Some(policy) if policy.allows_retry_after(item.attempt) => {
+            Some(policy) if policy.allows_retry_after(item.attempt) && !failure.non_retryable => {
                 let delay = policy.delay_before(item.attempt + 1);
                 tracing::debug!(
                     instance_id = %activity.instance_id,

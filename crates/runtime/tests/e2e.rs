@@ -511,6 +511,41 @@ async fn retries_with_backoff_and_attempt_timeouts() {
     s.runtime.shutdown(WAIT).await;
 }
 
+/// A non-retryable failure ends the activity at once, whatever attempts its retry policy has
+/// left; its details reach the orchestration and the instance's failure intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_retryable_failure_is_not_retried() {
+    async fn charge(ctx: OrchestrationContext, _input: String) -> Result<String, Failure> {
+        ctx.schedule_activity_with_retry("charge", "", RetryPolicy::attempts(5))
+            .await
+    }
+    let attempts = Arc::new(AtomicU32::new(0));
+    let seen = attempts.clone();
+    let s = setup(Registry::new().orchestration("charge", charge).activity(
+        "charge",
+        move |_ctx: ActivityContext, _input: String| {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                Err(
+                    Failure::non_retryable("card_declined", "insufficient funds")
+                        .with_details(&serde_json::json!({"decline_code": "51"})),
+                )
+            }
+        },
+    ));
+    s.client.start("charge", "c", "").await.unwrap();
+    let info = s.client.wait_for_completion("c", WAIT).await.unwrap();
+    assert_eq!(info.status, InstanceStatus::Failed, "{info:?}");
+    let failure = info.failure.unwrap();
+    assert_eq!(failure.code, "card_declined");
+    assert!(failure.non_retryable);
+    let details: serde_json::Value = failure.details_as().unwrap().unwrap();
+    assert_eq!(details["decline_code"], "51");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "no retry");
+    s.runtime.shutdown(WAIT).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_status_guid_and_replay_safe_values() {
     async fn values(ctx: OrchestrationContext, _input: String) -> Result<String, Failure> {
