@@ -25,11 +25,13 @@
 //! Version 1 has not been released; it is changed in place until the first release.
 //!
 //! Version 2 adds what operators list and count instances by (see [`V2`]).
+//!
+//! Version 3 orders instance ids by code point beside their creation (see [`V3`]).
 
 use tokio_postgres::Client;
 
 /// The schema version this build writes.
-pub(crate) const SCHEMA_VERSION: i32 = 2;
+pub(crate) const SCHEMA_VERSION: i32 = 3;
 
 /// Version 1. `{s}` is the quoted schema name.
 const V1: &str = r#"
@@ -210,6 +212,13 @@ pub enum MigrateError {
     },
 }
 
+/// Version 3. An id prefix is a range of `(instance_id COLLATE "C")` whatever the database's
+/// collation, so a listing by prefix counts and bounds its instances from this index (an
+/// index-only scan of the range) instead of reading the table (see `sluice_store::listing`).
+const V3: &str = r#"
+CREATE INDEX instances_id_created ON {s}.instances ((instance_id COLLATE "C"), created_at_ms);
+"#;
+
 /// Brings `schema` (already validated; `quoted` is its quoted form) to [`SCHEMA_VERSION`].
 pub(crate) async fn migrate(
     client: &mut Client,
@@ -256,7 +265,7 @@ pub(crate) async fn migrate(
             supported: SCHEMA_VERSION,
         });
     }
-    let steps = [V1, V2];
+    let steps = [V1, V2, V3];
     for (index, step) in steps.iter().enumerate() {
         let version = i32::try_from(index + 1).expect("few steps");
         if version <= found {

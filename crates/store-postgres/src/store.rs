@@ -1654,13 +1654,21 @@ impl Store for PostgresStore {
         if query.limit() == 0 {
             return Ok(InstancePage::default());
         }
-        let listing = sluice_store::listing::listing_sql(
-            query,
-            &format!("{}.instances", self.sql.schema),
-            &PG_DIALECT,
-        );
-        let params = pg_params(listing.params);
+        let table = format!("{}.instances", self.sql.schema);
         let client = self.client().await?;
+        let plan = match sluice_store::listing::prefix_probe_sql(query, &table, &PG_DIALECT) {
+            None => sluice_store::listing::PrefixPlan::Walk,
+            Some(probe) => {
+                let params = pg_params(probe.params);
+                let row = client
+                    .query_one(&probe.sql, &param_refs(&params))
+                    .await
+                    .map_err(|error| self.db_error(error))?;
+                sluice_store::listing::PrefixPlan::from_probe(row.get(0), row.get(1))
+            }
+        };
+        let listing = sluice_store::listing::planned_listing_sql(query, &table, &PG_DIALECT, plan);
+        let params = pg_params(listing.params);
         let rows = client
             .query(&listing.sql, &param_refs(&params))
             .await
@@ -1764,8 +1772,9 @@ impl Store for PostgresStore {
 const PG_DIALECT: sluice_store::listing::Dialect<'static> = sluice_store::listing::Dialect {
     placeholder: &|n| format!("${n}"),
     starts_with: &|column, at| format!("starts_with({column}, {at})"),
-    // The database's collation orders ids, not necessarily by code point.
-    code_point_order: false,
+    // The database's collation orders the key, not necessarily by code point; the index
+    // `instances_id_created` (schema version 3) orders by code point.
+    code_point_id: Some(r#"(instance_id COLLATE "C")"#),
 };
 
 type BoxedParam = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;

@@ -1715,9 +1715,27 @@ impl Store for SqliteStore {
         if query.limit() == 0 {
             return Ok(InstancePage::default());
         }
-        let listing = listing::listing_sql(query, "instances", &SQLITE_DIALECT);
+        let probe = listing::prefix_probe_sql(query, "instances", &SQLITE_DIALECT);
+        let planned = query.clone();
         let rows = self
             .read(move |connection, _now| {
+                let plan = match probe {
+                    None => listing::PrefixPlan::Walk,
+                    Some(probe) => {
+                        let params = sqlite_params(probe.params);
+                        let (count, bound) = connection
+                            .prepare_cached(&probe.sql)
+                            .and_then(|mut statement| {
+                                statement.query_row(rusqlite::params_from_iter(params), |row| {
+                                    Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
+                                })
+                            })
+                            .map_err(db_error)?;
+                        listing::PrefixPlan::from_probe(count, bound)
+                    }
+                };
+                let listing =
+                    listing::planned_listing_sql(&planned, "instances", &SQLITE_DIALECT, plan);
                 let params = sqlite_params(listing.params);
                 let rows = connection
                     .prepare(&listing.sql)
@@ -1908,7 +1926,7 @@ impl Store for SqliteStore {
 const SQLITE_DIALECT: listing::Dialect<'static> = listing::Dialect {
     placeholder: &|n| format!("?{n}"),
     starts_with: &|column, at| format!("substr({column}, 1, length({at})) = {at}"),
-    code_point_order: true,
+    code_point_id: Some("instance_id"),
 };
 
 fn sqlite_params(params: Vec<listing::Param>) -> Vec<rusqlite::types::Value> {

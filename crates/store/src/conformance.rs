@@ -1489,6 +1489,77 @@ pub async fn listings_filter_order_and_page<S: Store>(h: Harness<S>) {
     );
 }
 
+/// A listing by id prefix agrees with the rows in every order and across pages whatever plan
+/// its size picks: a few old instances of a prefix (read from its id range and sorted) and
+/// more than [`PREFIX_SORTED_ROWS_MAX`](crate::listing::PREFIX_SORTED_ROWS_MAX) old ones
+/// (walked from their newest creation), both behind newer instances of other prefixes.
+pub async fn listings_by_id_prefix_agree_with_the_rows<S: Store>(h: Harness<S>) {
+    use crate::listing::PREFIX_SORTED_ROWS_MAX;
+    use crate::{InstanceFilter, InstanceOrder, InstanceQuery};
+    let store = &h.store;
+    let many = usize::try_from(PREFIX_SORTED_ROWS_MAX).unwrap() + 20;
+    // (creation time, id) of every instance, all pending: last update = creation.
+    let mut rows: Vec<(i64, String)> = Vec::new();
+    let create = async |id: String, rows: &mut Vec<(i64, String)>| {
+        store.create_instance(new_instance(&id)).await.unwrap();
+        rows.push((h.clock.now_ms_for_tests(), id));
+    };
+    for n in 0..many {
+        if n % 3 == 0 {
+            h.clock.advance_ms(1);
+        }
+        create(format!("old-{n:05}"), &mut rows).await;
+    }
+    for n in 0..7 {
+        h.clock.advance_ms(1);
+        create(format!("few-{n}"), &mut rows).await;
+    }
+    for n in 0..300 {
+        h.clock.advance_ms(1);
+        create(format!("new-{n:03}"), &mut rows).await;
+    }
+    for prefix in ["old-", "few-", "old-0000", "none-"] {
+        for order in [
+            InstanceOrder::CreatedDesc,
+            InstanceOrder::CreatedAsc,
+            InstanceOrder::UpdatedDesc,
+            InstanceOrder::UpdatedAsc,
+        ] {
+            let mut expected: Vec<&(i64, String)> = rows
+                .iter()
+                .filter(|(_, id)| id.starts_with(prefix))
+                .collect();
+            expected.sort();
+            if order.descending() {
+                expected.reverse();
+            }
+            let expected: Vec<String> = expected.into_iter().map(|(_, id)| id.clone()).collect();
+            let mut query = InstanceQuery {
+                filter: InstanceFilter {
+                    id_prefix: Some(prefix.into()),
+                    ..InstanceFilter::default()
+                },
+                order,
+                page_size: 100,
+                after: None,
+            };
+            // The first pages and the last, through the cursor.
+            let mut seen = Vec::new();
+            loop {
+                let page = store.list_instances(&query).await.unwrap();
+                seen.extend(page.instances.iter().map(|i| i.instance_id.clone()));
+                match page.next {
+                    Some(next) if seen.len() < 300 => query.after = Some(next),
+                    _ => break,
+                }
+            }
+            let shown = seen.len();
+            assert_eq!(seen, expected[..shown], "{prefix} {order:?}");
+            assert_eq!(shown, expected.len().min(300), "{prefix} {order:?}");
+        }
+    }
+}
+
 /// Counts by status and name follow creation, status changes and quarantine, and agree with
 /// `count_by_status`.
 pub async fn counts_follow_every_change<S: Store>(h: Harness<S>) {
@@ -2738,6 +2809,7 @@ macro_rules! conformance_tests {
             what_became_due_since_the_last_fetch_wakes_at_once,
             fetches_hand_out_only_the_names_asked_for,
             listings_filter_order_and_page,
+            listings_by_id_prefix_agree_with_the_rows,
             counts_follow_every_change,
             executions_and_history_pages,
             terminate_fences_the_holder_and_takes_the_children,

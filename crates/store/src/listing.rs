@@ -52,9 +52,91 @@ pub struct Dialect<'a> {
     pub placeholder: &'a dyn Fn(usize) -> String,
     /// `starts_with(column, placeholder)`: the column starts with the bound text.
     pub starts_with: &'a dyn Fn(&str, &str) -> String,
-    /// Whether the id column compares by code point (SQLite's `BINARY`): an id prefix is then
-    /// also a range of the primary key, given to the planner as well.
-    pub code_point_order: bool,
+    /// The id column as an expression that compares by code point and that an index orders
+    /// (SQLite's primary key, `BINARY`; on PostgreSQL `(instance_id COLLATE "C")`): an id
+    /// prefix is then also a range of that index, given to the planner as well, and a
+    /// listing by prefix is planned by a probe of that range ([`prefix_probe_sql`]). `None`
+    /// when there is no such index.
+    pub code_point_id: Option<&'a str>,
+}
+
+/// Instances an id prefix may select for its listing to read them all from the id range and
+/// sort them; past this the listing walks an index in its order instead.
+pub const PREFIX_SORTED_ROWS_MAX: i64 = 5_000;
+
+/// How a listing with an id prefix reads its page, chosen by [`prefix_probe_sql`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefixPlan {
+    /// Walk the status indexes in the listing's order, testing the prefix on each row (the
+    /// plan of every listing without a probe).
+    Walk,
+    /// At most [`PREFIX_SORTED_ROWS_MAX`] instances: read the prefix's id range and sort it,
+    /// however old they are.
+    Sort,
+    /// More: walk, starting from this creation time, the newest (oldest, for a listing in
+    /// ascending order) of the prefix, so that a prefix whose instances are all old does not
+    /// walk every newer instance first.
+    WalkFrom(i64),
+}
+
+impl PrefixPlan {
+    /// The plan for what the probe answered: the capped count and the bound.
+    pub fn from_probe(count: i64, bound: Option<i64>) -> Self {
+        match bound {
+            _ if count <= PREFIX_SORTED_ROWS_MAX => PrefixPlan::Sort,
+            Some(bound) => PrefixPlan::WalkFrom(bound),
+            None => PrefixPlan::Walk,
+        }
+    }
+}
+
+/// The id range of a prefix, in the dialect's code point expression, binding its values.
+fn id_range(prefix: &str, id: &str, builder: &mut Builder<'_>) -> Vec<String> {
+    let mut range = vec![format!(
+        "{id} >= {}",
+        builder.bind(Param::Text(prefix.to_string()))
+    )];
+    if let Some(upper) = prefix_upper_bound(prefix) {
+        range.push(format!("{id} < {}", builder.bind(Param::Text(upper))));
+    }
+    range
+}
+
+/// The probe that plans a listing by id prefix, or `None` when it needs none (no prefix, a
+/// parent's children, or a store without an id range). It answers one row: how many instances
+/// the prefix's id range holds, counted up to one past [`PREFIX_SORTED_ROWS_MAX`], and the
+/// creation time a walk may start from (the range's newest for a newest-first listing by
+/// creation, its oldest for an ascending one; `NULL` for newest-first by last update, which
+/// creation times do not bound). [`PrefixPlan::from_probe`] turns the row into the plan.
+pub fn prefix_probe_sql(
+    query: &InstanceQuery,
+    table: &str,
+    dialect: &Dialect<'_>,
+) -> Option<ListingSql> {
+    let filter = &query.filter;
+    let (Some(prefix), Some(id), None) = (&filter.id_prefix, dialect.code_point_id, &filter.parent)
+    else {
+        return None;
+    };
+    let mut builder = Builder {
+        params: Vec::new(),
+        placeholder: dialect.placeholder,
+    };
+    let range = id_range(prefix, id, &mut builder).join(" AND ");
+    let max = builder.bind(Param::Int(PREFIX_SORTED_ROWS_MAX + 1));
+    // A last update is never before the creation, so the oldest creation bounds an ascending
+    // walk by update as well.
+    let bound = match (query.order.by_update(), query.order.descending()) {
+        (_, false) => format!("(SELECT min(created_at_ms) FROM {table} WHERE {range})"),
+        (false, true) => format!("(SELECT max(created_at_ms) FROM {table} WHERE {range})"),
+        (true, true) => "CAST(NULL AS BIGINT)".to_string(),
+    };
+    Some(ListingSql {
+        sql: format!(
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {range} LIMIT {max}) AS p), {bound}"
+        ),
+        params: builder.params,
+    })
 }
 
 /// The least text above every text that starts with `prefix`, in code point order (`None`
@@ -121,12 +203,8 @@ fn conditions(
     if let Some(prefix) = &filter.id_prefix {
         let at = builder.bind(Param::Text(prefix.clone()));
         common.push((dialect.starts_with)("instance_id", &at));
-        if dialect.code_point_order {
-            common.push(format!("instance_id >= {at}"));
-            if let Some(upper) = prefix_upper_bound(prefix) {
-                let upper_at = builder.bind(Param::Text(upper));
-                common.push(format!("instance_id < {upper_at}"));
-            }
+        if let Some(id) = dialect.code_point_id {
+            common.extend(id_range(prefix, id, builder));
         }
     }
     if let Some(parent) = &filter.parent {
@@ -177,8 +255,19 @@ pub fn count_sql(
     }
 }
 
-/// The listing of `query` over `table` (already quoted), in `dialect`.
+/// The listing of `query` over `table` (already quoted), in `dialect`, walking the indexes in
+/// its order ([`PrefixPlan::Walk`]).
 pub fn listing_sql(query: &InstanceQuery, table: &str, dialect: &Dialect<'_>) -> ListingSql {
+    planned_listing_sql(query, table, dialect, PrefixPlan::Walk)
+}
+
+/// The listing of `query` by `plan` (from [`prefix_probe_sql`] for a listing by id prefix).
+pub fn planned_listing_sql(
+    query: &InstanceQuery,
+    table: &str,
+    dialect: &Dialect<'_>,
+    plan: PrefixPlan,
+) -> ListingSql {
     let mut builder = Builder {
         params: Vec::new(),
         placeholder: dialect.placeholder,
@@ -208,8 +297,32 @@ pub fn listing_sql(query: &InstanceQuery, table: &str, dialect: &Dialect<'_>) ->
             "({key}, instance_id) {comparison} ({key_at}, {id_at})"
         ));
     }
+    match plan {
+        PrefixPlan::WalkFrom(bound) => {
+            let comparison = if query.order.descending() { "<=" } else { ">=" };
+            let bound_at = builder.bind(Param::Int(bound));
+            // The walk starts at the bound. By update only an ascending walk gets one, the
+            // oldest creation, and no instance was updated before it was created.
+            common.push(format!("{key} {comparison} {bound_at}"));
+        }
+        PrefixPlan::Sort | PrefixPlan::Walk => {}
+    }
     let limit_at = builder.bind(Param::Int(limit));
     let order = format!("ORDER BY {key} {direction}, instance_id {direction}");
+    if let (PrefixPlan::Sort, Some(prefix), Some(id)) =
+        (plan, &filter.id_prefix, dialect.code_point_id)
+    {
+        // The prefix's id range, a few thousand rows at most, read once and sorted.
+        let range = id_range(prefix, id, &mut builder).join(" AND ");
+        let conditions = where_clause(common, filter, &mut builder);
+        return ListingSql {
+            sql: format!(
+                "WITH p AS MATERIALIZED (SELECT {COLUMNS} FROM {table} WHERE {range})
+                 SELECT {COLUMNS} FROM p {conditions} {order} LIMIT {limit_at}"
+            ),
+            params: builder.params,
+        };
+    }
     // A parent's children are few (`instances_parent`), and a name without a status is walked
     // in creation order by `instances_name_created`: one range, no arms.
     let single = filter.parent.is_some()
@@ -291,7 +404,7 @@ mod tests {
     const DIALECT: Dialect<'static> = Dialect {
         placeholder: &sqlite,
         starts_with: &like,
-        code_point_order: true,
+        code_point_id: Some("instance_id"),
     };
 
     #[test]
