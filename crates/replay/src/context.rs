@@ -331,9 +331,13 @@ impl OrchestrationContext {
     /// The others are dropped: their commands stay scheduled, but event waits give back their
     /// events.
     ///
-    /// # Panics
-    /// If `futures` is empty.
+    /// A select over no futures could never resolve: it fails the orchestration with code
+    /// `orchestration_failed` and never resolves.
     pub fn select<T: FromCompletion>(&self, futures: Vec<Durable<T>>) -> SelectFuture<T> {
+        if futures.is_empty() {
+            let failure = Failure::new(codes::ORCHESTRATION_FAILED, "select over no futures");
+            self.with_state(|state| state.fail(failure));
+        }
         SelectFuture::new(futures)
     }
 }

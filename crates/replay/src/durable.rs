@@ -169,8 +169,8 @@ pub struct SelectFuture<T> {
 }
 
 impl<T: FromCompletion> SelectFuture<T> {
+    /// Over no futures it stays pending: the context has failed the orchestration.
     pub(crate) fn new(futures: Vec<Durable<T>>) -> Self {
-        assert!(!futures.is_empty(), "select needs at least one future");
         Self { futures }
     }
 }
@@ -181,7 +181,10 @@ impl<T: FromCompletion> Future for SelectFuture<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(usize, T)> {
         let this = self.get_mut();
-        let ctx = this.futures[0].ctx.clone();
+        let Some(first) = this.futures.first() else {
+            return Poll::Pending;
+        };
+        let ctx = first.ctx.clone();
         let winner = ctx.with_state(|state| {
             this.futures
                 .iter()

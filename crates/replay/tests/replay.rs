@@ -84,6 +84,23 @@ fn chained_activities_complete_in_three_turns() {
 }
 
 #[test]
+fn a_select_over_no_futures_fails_the_orchestration_with_a_code() {
+    async fn empty(ctx: OrchestrationContext, _input: String) -> Result<String, Failure> {
+        let none: Vec<sluice_replay::ActivityFuture> = Vec::new();
+        let (index, _) = ctx.select(none).await;
+        Ok(index.to_string())
+    }
+    let (result, _) = run_turns(empty, vec![started("")]);
+    match result.outcome {
+        TurnOutcome::Failed(failure) => {
+            assert_eq!(failure.code, codes::ORCHESTRATION_FAILED);
+            assert!(failure.message.contains("select over no futures"));
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[test]
 fn select_picks_the_result_history_recorded_first() {
     async fn race(ctx: OrchestrationContext, _input: String) -> Result<String, Failure> {
         let a = ctx.schedule_activity("a", "").into_any();
