@@ -165,16 +165,18 @@ impl Builder<'_> {
     }
 }
 
-/// The conditions of `filter` other than its statuses, binding their values. With `id_range`,
-/// an id prefix also bounds the dialect's code point id to the prefix's range, for a statement
-/// that reads the range; a walk leaves it out: PostgreSQL multiplies the selectivities of the
-/// range and of `starts_with` (the same condition twice), takes a range of 100,000 rows for
-/// one of 1,600, and reads and sorts the whole range in every arm instead of walking.
+/// The conditions of `filter` other than its statuses, binding their values.
+///
+/// With `with_id_range`, an id prefix also bounds the dialect's code point id to the prefix's
+/// range, for a statement that reads the range. A walk leaves it out: PostgreSQL multiplies the
+/// selectivities of the range and of `starts_with` (the same condition twice), takes a range of
+/// 100,000 rows for one of 1,600, and reads and sorts the whole range in every arm instead of
+/// walking.
 fn conditions(
     filter: &crate::query::InstanceFilter,
     builder: &mut Builder<'_>,
     dialect: &Dialect<'_>,
-    id_range: bool,
+    with_id_range: bool,
 ) -> Vec<String> {
     let mut common = Vec::new();
     if let Some(name) = &filter.name {
@@ -208,8 +210,8 @@ fn conditions(
     if let Some(prefix) = &filter.id_prefix {
         let at = builder.bind(Param::Text(prefix.clone()));
         common.push((dialect.starts_with)("instance_id", &at));
-        if let (true, Some(id)) = (id_range, dialect.code_point_id) {
-            common.extend(self::id_range(prefix, id, builder));
+        if let (true, Some(id)) = (with_id_range, dialect.code_point_id) {
+            common.extend(id_range(prefix, id, builder));
         }
     }
     if let Some(parent) = &filter.parent {
