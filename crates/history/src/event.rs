@@ -126,6 +126,15 @@ pub enum Event {
         /// Input.
         input: String,
     },
+    /// The code passed the patch point `patch` and took the patched branch
+    /// (`OrchestrationContext::is_patched`): every replay of this history takes it too. It
+    /// takes a command id, so it is matched like a command, but nothing runs for it.
+    PatchMarker {
+        /// Command id.
+        id: u64,
+        /// The patch's name.
+        patch: String,
+    },
     /// Terminal: a cancel request ended the execution.
     Cancelled {
         /// The reason given by the canceller.
@@ -236,7 +245,8 @@ impl Event {
             | Event::SubOrchestrationScheduled { id, .. }
             | Event::SubOrchestrationCompleted { id, .. }
             | Event::SubOrchestrationFailed { id, .. }
-            | Event::DetachedStarted { id, .. } => Some(*id),
+            | Event::DetachedStarted { id, .. }
+            | Event::PatchMarker { id, .. } => Some(*id),
             _ => None,
         }
     }
@@ -249,6 +259,15 @@ impl Event {
                 | Event::TimerCreated { .. }
                 | Event::SubOrchestrationScheduled { .. }
                 | Event::DetachedStarted { .. }
+                | Event::PatchMarker { .. }
+        )
+    }
+
+    /// True for commands that never get a result (detached starts, patch markers).
+    pub fn is_fire_and_forget(&self) -> bool {
+        matches!(
+            self,
+            Event::DetachedStarted { .. } | Event::PatchMarker { .. }
         )
     }
 
@@ -292,6 +311,7 @@ impl Event {
             Event::SubOrchestrationCompleted { .. } => "sub_orchestration_completed",
             Event::SubOrchestrationFailed { .. } => "sub_orchestration_failed",
             Event::DetachedStarted { .. } => "detached_started",
+            Event::PatchMarker { .. } => "patch_marker",
             Event::Cancelled { .. } => "cancelled",
             Event::ContinuedAsNew { .. } => "continued_as_new",
             Event::OrchestrationCompleted { .. } => "orchestration_completed",

@@ -106,6 +106,10 @@ pub mod codes {
     pub const ACTIVITY_FAILED: &str = "activity_failed";
     /// An activity attempt exceeded its per-attempt timeout (after its retries, if any).
     pub const ACTIVITY_TIMED_OUT: &str = "activity_timed_out";
+    /// An activity attempt went longer than its heartbeat timeout without a heartbeat.
+    pub const ACTIVITY_HEARTBEAT_TIMED_OUT: &str = "activity_heartbeat_timed_out";
+    /// An activity's total timeout (all attempts and retry waits) passed before it finished.
+    pub const ACTIVITY_TOTAL_TIMED_OUT: &str = "activity_total_timed_out";
     /// An activity panicked.
     pub const ACTIVITY_PANICKED: &str = "activity_panicked";
     /// No activity with that name was registered in the processes that took the work item

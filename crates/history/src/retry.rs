@@ -15,6 +15,10 @@ pub struct RetryPolicy {
     pub backoff: Backoff,
     /// Each attempt is cancelled and counted as failed after this long; `None` means no limit.
     pub attempt_timeout_ms: Option<u64>,
+    /// An attempt that goes this long without calling its context's `heartbeat` is cancelled
+    /// and counted as failed (code `activity_heartbeat_timed_out`); `None` means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout_ms: Option<u64>,
 }
 
 /// The wait before a retry.
@@ -66,6 +70,9 @@ pub enum RetryPolicyError {
     /// A per-attempt timeout of zero.
     #[error("attempt_timeout_ms must be above 0")]
     ZeroTimeout,
+    /// A heartbeat timeout of zero.
+    #[error("heartbeat_timeout_ms must be above 0")]
+    ZeroHeartbeatTimeout,
 }
 
 impl RetryPolicy {
@@ -75,6 +82,7 @@ impl RetryPolicy {
             max_attempts,
             backoff: Backoff::Fixed { delay_ms: 0 },
             attempt_timeout_ms: None,
+            heartbeat_timeout_ms: None,
         }
     }
 
@@ -90,6 +98,12 @@ impl RetryPolicy {
         self
     }
 
+    /// Sets the heartbeat timeout.
+    pub fn with_heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.heartbeat_timeout_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
     /// Checks that the policy can work.
     pub fn validate(&self) -> Result<(), RetryPolicyError> {
         if self.max_attempts == 0 {
@@ -97,6 +111,9 @@ impl RetryPolicy {
         }
         if self.attempt_timeout_ms == Some(0) {
             return Err(RetryPolicyError::ZeroTimeout);
+        }
+        if self.heartbeat_timeout_ms == Some(0) {
+            return Err(RetryPolicyError::ZeroHeartbeatTimeout);
         }
         match self.backoff {
             Backoff::Fixed { .. } => Ok(()),

@@ -1,9 +1,11 @@
 //! The orchestration context: the only door from orchestration code to the outside world.
 
 use crate::durable::{
-    ActivityFuture, Durable, EventFuture, FromCompletion, JoinFuture, SelectFuture,
-    SubOrchestrationFuture, TimerFuture,
+    ActivityFuture, Decode, Durable, EventFuture, Join2Future, Join3Future, JoinFuture,
+    Select2Future, Select3Future, SelectFuture, SubOrchestrationFuture, TimerFuture, decode_json,
+    decode_text_event, decode_text_result, decode_timer,
 };
+use crate::options::ActivityOptions;
 use crate::state::{Slot, State};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -113,25 +115,32 @@ impl OrchestrationContext {
         self.with_state(|state| state.custom_status = Some(status));
     }
 
-    fn issue<T: FromCompletion>(&self, build: impl FnOnce(u64) -> Event) -> (Durable<T>, Event) {
-        self.issue_with(build, false)
+    fn issue<T>(&self, build: impl FnOnce(u64) -> Event, decode: Decode<T>) -> Durable<T> {
+        self.issue_with(build, false, decode)
     }
 
     /// [`Self::issue`], saying whether the command's instance id was derived (see
     /// `State::issue_with`).
-    fn issue_with<T: FromCompletion>(
+    fn issue_with<T>(
         &self,
         build: impl FnOnce(u64) -> Event,
         derived_id: bool,
-    ) -> (Durable<T>, Event) {
-        let (slot, event) = self.with_state(|state| {
+        decode: Decode<T>,
+    ) -> Durable<T> {
+        let slot = self.with_state(|state| {
             let command = build(state.next_command_id);
-            match state.issue_with(command.clone(), derived_id) {
-                Some((id, recorded)) => (Slot::Command(id), recorded),
-                None => (Slot::Dead, command),
+            match state.issue_with(command, derived_id) {
+                Some((id, _recorded)) => Slot::Command(id),
+                None => Slot::Dead,
             }
         });
-        (Durable::new(self.clone(), slot), event)
+        Durable::new(self.clone(), slot, decode)
+    }
+
+    /// Fails the orchestration with `failure` and returns a future that never resolves.
+    fn fail_with<T>(&self, failure: Failure, decode: Decode<T>) -> Durable<T> {
+        self.with_state(|state| state.fail(failure));
+        Durable::new(self.clone(), Slot::Dead, decode)
     }
 
     /// Schedules an activity with text input; resolves to its output or its failure.
@@ -140,7 +149,12 @@ impl OrchestrationContext {
         name: impl Into<String>,
         input: impl Into<String>,
     ) -> ActivityFuture {
-        self.schedule(name.into(), input.into(), None, None)
+        self.schedule(
+            name.into(),
+            input.into(),
+            &ActivityOptions::default(),
+            decode_text_result,
+        )
     }
 
     /// Schedules an activity that is retried by `retry` when an attempt fails or times out.
@@ -150,15 +164,7 @@ impl OrchestrationContext {
         input: impl Into<String>,
         retry: RetryPolicy,
     ) -> ActivityFuture {
-        if let Err(error) = retry.validate() {
-            let failure = Failure::new(
-                codes::ORCHESTRATION_FAILED,
-                format!("bad retry policy: {error}"),
-            );
-            self.with_state(|state| state.fail(failure));
-            return Durable::new(self.clone(), Slot::Dead);
-        }
-        self.schedule(name.into(), input.into(), Some(retry), None)
+        self.schedule_activity_with(name, input, &ActivityOptions::new().retry(retry))
     }
 
     /// Schedules an activity on the task queue `queue`: only runtimes that serve that queue
@@ -171,51 +177,107 @@ impl OrchestrationContext {
         input: impl Into<String>,
         retry: Option<RetryPolicy>,
     ) -> ActivityFuture {
-        if let Some(Err(error)) = retry.as_ref().map(RetryPolicy::validate) {
-            let failure = Failure::new(
-                codes::ORCHESTRATION_FAILED,
-                format!("bad retry policy: {error}"),
-            );
-            self.with_state(|state| state.fail(failure));
-            return Durable::new(self.clone(), Slot::Dead);
+        let mut options = ActivityOptions::new().queue(queue);
+        if let Some(retry) = retry {
+            options = options.retry(retry);
         }
-        self.schedule(name.into(), input.into(), retry, Some(queue.into()))
+        self.schedule_activity_with(name, input, &options)
     }
 
-    fn schedule(
+    /// Schedules an activity with text input under `options` (retry policy, timeouts, task
+    /// queue).
+    pub fn schedule_activity_with(
         &self,
-        name: String,
-        input: String,
-        retry: Option<RetryPolicy>,
-        queue: Option<String>,
+        name: impl Into<String>,
+        input: impl Into<String>,
+        options: &ActivityOptions,
     ) -> ActivityFuture {
-        self.issue(|id| Event::ActivityScheduled {
-            id,
-            name,
-            input,
-            retry,
-            queue,
-        })
-        .0
+        self.schedule(name.into(), input.into(), options, decode_text_result)
     }
 
-    /// Schedules an activity with serde-typed input and output (JSON on the wire).
+    /// Schedules an activity with a serde-typed input and output (JSON on the wire) and the
+    /// default options: no retry, no timeout, the default task queue.
+    ///
+    /// An input that does not serialise resolves the future at once with a [`Failure`] of code
+    /// `serde` (nothing is scheduled); an output that does not decode resolves it with one.
+    pub fn activity<O: DeserializeOwned>(
+        &self,
+        name: impl Into<String>,
+        input: &(impl Serialize + ?Sized),
+    ) -> Durable<Result<O, Failure>> {
+        self.activity_with(name, input, &ActivityOptions::default())
+    }
+
+    /// [`OrchestrationContext::activity`] under `options`.
+    pub fn activity_with<O: DeserializeOwned>(
+        &self,
+        name: impl Into<String>,
+        input: &(impl Serialize + ?Sized),
+        options: &ActivityOptions,
+    ) -> Durable<Result<O, Failure>> {
+        match to_json(input, "activity input") {
+            Ok(input) => self.schedule(name.into(), input, options, decode_json::<O>),
+            Err(failure) => Durable::ready(self.clone(), Err(failure), decode_json::<O>),
+        }
+    }
+
+    /// Schedules an activity with serde-typed input and output (JSON on the wire): the older
+    /// spelling of [`OrchestrationContext::activity_with`] with only a retry policy.
     pub fn schedule_activity_typed<I: Serialize, O: DeserializeOwned>(
         &self,
         name: impl Into<String>,
         input: &I,
         retry: Option<RetryPolicy>,
-    ) -> impl Future<Output = Result<O, Failure>> + Send + 'static {
-        let scheduled = serde_json::to_string(input)
-            .map_err(|error| Failure::new(codes::SERDE, format!("activity input: {error}")))
-            .map(|input| match retry {
-                Some(retry) => self.schedule_activity_with_retry(name, input, retry),
-                None => self.schedule_activity(name, input),
-            });
-        async move {
-            let output = scheduled?.await?;
-            serde_json::from_str(&output)
-                .map_err(|error| Failure::new(codes::SERDE, format!("activity output: {error}")))
+    ) -> Durable<Result<O, Failure>> {
+        let options = match retry {
+            Some(retry) => ActivityOptions::new().retry(retry),
+            None => ActivityOptions::new(),
+        };
+        self.activity_with(name, input, &options)
+    }
+
+    fn schedule<T>(
+        &self,
+        name: String,
+        input: String,
+        options: &ActivityOptions,
+        decode: Decode<T>,
+    ) -> Durable<T> {
+        let retry = match options.effective_retry() {
+            Ok(retry) => retry,
+            Err(error) => {
+                let failure = Failure::new(
+                    codes::ORCHESTRATION_FAILED,
+                    format!("bad activity options for '{name}': {error}"),
+                );
+                return self.fail_with(failure, decode);
+            }
+        };
+        let total_timeout = options.total_timeout_value();
+        let activity_name = name.clone();
+        let future = self.issue(
+            |id| Event::ActivityScheduled {
+                id,
+                name,
+                input,
+                retry,
+                queue: options.queue_name().map(str::to_string),
+            },
+            decode,
+        );
+        match total_timeout {
+            None => future,
+            Some(total) => {
+                // The total timeout is a durable timer of its own, issued right after the
+                // activity: replay sees both commands and the same winner.
+                let timer = self.create_timer(total);
+                let failure = Failure::new(
+                    codes::ACTIVITY_TOTAL_TIMED_OUT,
+                    format!("activity '{activity_name}' did not finish within {total:?}"),
+                );
+                let slot = timer.release_slot();
+                future.with_deadline(slot, failure)
+            }
         }
     }
 
@@ -223,17 +285,30 @@ impl OrchestrationContext {
     pub fn create_timer(&self, delay: Duration) -> TimerFuture {
         let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         let fire_at_ms = self.now_ms().saturating_add(delay_ms);
-        self.issue(|id| Event::TimerCreated { id, fire_at_ms }).0
+        self.issue(|id| Event::TimerCreated { id, fire_at_ms }, decode_timer)
     }
 
-    /// Waits for the next external event called `name`.
+    /// A durable timer: the same as [`OrchestrationContext::create_timer`].
+    pub fn timer(&self, delay: Duration) -> TimerFuture {
+        self.create_timer(delay)
+    }
+
+    /// Waits for the next external event called `name`, as text.
     ///
     /// Events are buffered durably: one raised before anybody waits is delivered to the first
     /// wait for its name; several are delivered one per wait, first in, first out. A wait that
     /// is dropped unresolved (a losing select branch) gives its event back.
     pub fn wait_for_event(&self, name: impl AsRef<str>) -> EventFuture {
         let slot = self.with_state(|state| state.add_wait(name.as_ref()));
-        Durable::new(self.clone(), slot)
+        Durable::new(self.clone(), slot, decode_text_event)
+    }
+
+    /// Waits for the next external event called `name` and decodes its payload from JSON
+    /// (a payload that does not decode resolves as a [`Failure`] of code `serde`, and the
+    /// event is consumed). Buffering as in [`OrchestrationContext::wait_for_event`].
+    pub fn event<T: DeserializeOwned>(&self, name: impl AsRef<str>) -> Durable<Result<T, Failure>> {
+        let slot = self.with_state(|state| state.add_wait(name.as_ref()));
+        Durable::new(self.clone(), slot, decode_json::<T>)
     }
 
     /// Takes the next message of the durable FIFO queue `queue` (filled by a client's
@@ -242,12 +317,29 @@ impl OrchestrationContext {
         self.wait_for_event(queue_event_name(queue.as_ref()))
     }
 
+    /// [`OrchestrationContext::dequeue_event`], decoding the message from JSON.
+    pub fn dequeue<T: DeserializeOwned>(
+        &self,
+        queue: impl AsRef<str>,
+    ) -> Durable<Result<T, Failure>> {
+        self.event(queue_event_name(queue.as_ref()))
+    }
+
     /// Starts a sub-orchestration with a derived instance id and awaits its result.
     pub fn call_sub_orchestration(
         &self,
         name: impl Into<String>,
         input: impl Into<String>,
     ) -> SubOrchestrationFuture {
+        self.sub_orchestration_derived(name.into(), input.into(), decode_text_result)
+    }
+
+    fn sub_orchestration_derived<T>(
+        &self,
+        name: String,
+        input: String,
+        decode: Decode<T>,
+    ) -> Durable<T> {
         let (instance_id, execution_id, next_id) = self.with_state(|state| {
             (
                 state.instance_id.clone(),
@@ -256,7 +348,6 @@ impl OrchestrationContext {
             )
         });
         let instance_id = format!("{instance_id}::{execution_id}::{next_id}");
-        let (name, input) = (name.into(), input.into());
         self.issue_with(
             |id| Event::SubOrchestrationScheduled {
                 id,
@@ -265,8 +356,8 @@ impl OrchestrationContext {
                 input,
             },
             true,
+            decode,
         )
-        .0
     }
 
     /// Starts a sub-orchestration under a chosen instance id and awaits its result. If the id
@@ -278,13 +369,52 @@ impl OrchestrationContext {
         input: impl Into<String>,
     ) -> SubOrchestrationFuture {
         let (name, instance_id, input) = (name.into(), instance_id.into(), input.into());
-        self.issue(|id| Event::SubOrchestrationScheduled {
-            id,
-            name,
-            instance_id,
-            input,
-        })
-        .0
+        self.issue(
+            |id| Event::SubOrchestrationScheduled {
+                id,
+                name,
+                instance_id,
+                input,
+            },
+            decode_text_result,
+        )
+    }
+
+    /// Starts a sub-orchestration with a derived instance id, a serde-typed input and output
+    /// (JSON), and awaits its result. Serde errors as in [`OrchestrationContext::activity`].
+    pub fn sub_orchestration<O: DeserializeOwned>(
+        &self,
+        name: impl Into<String>,
+        input: &(impl Serialize + ?Sized),
+    ) -> Durable<Result<O, Failure>> {
+        match to_json(input, "sub-orchestration input") {
+            Ok(input) => self.sub_orchestration_derived(name.into(), input, decode_json::<O>),
+            Err(failure) => Durable::ready(self.clone(), Err(failure), decode_json::<O>),
+        }
+    }
+
+    /// [`OrchestrationContext::sub_orchestration`] under a chosen instance id.
+    pub fn sub_orchestration_with_id<O: DeserializeOwned>(
+        &self,
+        name: impl Into<String>,
+        instance_id: impl Into<String>,
+        input: &(impl Serialize + ?Sized),
+    ) -> Durable<Result<O, Failure>> {
+        match to_json(input, "sub-orchestration input") {
+            Ok(input) => {
+                let (name, instance_id) = (name.into(), instance_id.into());
+                self.issue(
+                    |id| Event::SubOrchestrationScheduled {
+                        id,
+                        name,
+                        instance_id,
+                        input,
+                    },
+                    decode_json::<O>,
+                )
+            }
+            Err(failure) => Durable::ready(self.clone(), Err(failure), decode_json::<O>),
+        }
     }
 
     /// Starts an orchestration that lives on independently (not awaited, not cancelled with this
@@ -296,12 +426,15 @@ impl OrchestrationContext {
         input: impl Into<String>,
     ) {
         let (name, instance_id, input) = (name.into(), instance_id.into(), input.into());
-        let (future, _) = self.issue::<()>(|id| Event::DetachedStarted {
-            id,
-            name,
-            instance_id,
-            input,
-        });
+        let future = self.issue(
+            |id| Event::DetachedStarted {
+                id,
+                name,
+                instance_id,
+                input,
+            },
+            decode_timer,
+        );
         // Nothing ever resolves a detached start; drop the handle without waiting.
         drop(future);
     }
@@ -313,7 +446,13 @@ impl OrchestrationContext {
         &self,
         input: impl Into<String>,
     ) -> impl Future<Output = Result<String, Failure>> + Send + 'static {
-        let input = input.into();
+        self.continue_as_new_text(input.into())
+    }
+
+    fn continue_as_new_text<O: Send + 'static>(
+        &self,
+        input: String,
+    ) -> impl Future<Output = Result<O, Failure>> + Send + 'static {
         self.with_state(|state| {
             if state.continue_as_new.is_none() {
                 state.continue_as_new = Some(input);
@@ -322,9 +461,73 @@ impl OrchestrationContext {
         std::future::pending()
     }
 
+    /// [`OrchestrationContext::continue_as_new`] with a serde-typed input, from an
+    /// orchestration of any output type: `return ctx.continue_as_new_with(&next).await;`. An
+    /// input that does not serialise fails the orchestration (code `serde`).
+    pub fn continue_as_new_with<O: Send + 'static>(
+        &self,
+        input: &(impl Serialize + ?Sized),
+    ) -> impl Future<Output = Result<O, Failure>> + Send + 'static {
+        let input = match to_json(input, "continue-as-new input") {
+            Ok(input) => input,
+            Err(failure) => {
+                self.with_state(|state| state.fail(failure));
+                String::new()
+            }
+        };
+        self.continue_as_new_text(input)
+    }
+
+    /// Whether this execution takes the patched branch at the patch point `patch`:
+    ///
+    /// ```
+    /// use sluice_history::Failure;
+    /// use sluice_replay::OrchestrationContext;
+    ///
+    /// async fn checkout(ctx: OrchestrationContext, order: String) -> Result<String, Failure> {
+    ///     let price = if ctx.is_patched("use-new-pricing") {
+    ///         ctx.schedule_activity("price_v2", order.clone()).await?
+    ///     } else {
+    ///         ctx.schedule_activity("price", order.clone()).await?
+    ///     };
+    ///     ctx.schedule_activity("charge", price).await
+    /// }
+    /// ```
+    ///
+    /// True the first time the code passes the point (the answer is recorded in history as a
+    /// `patch_marker`) and on every replay of such a history; false when replaying a history
+    /// that an older build recorded past this point without the patch, so that instances
+    /// started by the old code keep replaying its commands. Once no instance that ran the old
+    /// code remains, replace the check with [`OrchestrationContext::deprecate_patch`], then,
+    /// once no instance that recorded the marker remains, remove it.
+    pub fn is_patched(&self, patch: &str) -> bool {
+        self.with_state(|state| state.patch(patch, false))
+    }
+
+    /// The cleanup step of a patch: the code has only the new branch. Replays of histories
+    /// that recorded the patch's marker consume it; nothing new is recorded.
+    pub fn deprecate_patch(&self, patch: &str) {
+        self.with_state(|state| state.patch(patch, true));
+    }
+
     /// Resolves when all `futures` have, with their values in list order.
-    pub fn join<T: FromCompletion>(&self, futures: Vec<Durable<T>>) -> JoinFuture<T> {
+    pub fn join<T>(&self, futures: Vec<Durable<T>>) -> JoinFuture<T> {
         JoinFuture::new(futures)
+    }
+
+    /// Resolves when both futures have, with both values.
+    pub fn join2<A, B>(&self, a: Durable<A>, b: Durable<B>) -> Join2Future<A, B> {
+        Join2Future::new(a, b)
+    }
+
+    /// Resolves when all three futures have, with their values.
+    pub fn join3<A, B, C>(
+        &self,
+        a: Durable<A>,
+        b: Durable<B>,
+        c: Durable<C>,
+    ) -> Join3Future<A, B, C> {
+        Join3Future::new(a, b, c)
     }
 
     /// Resolves with the index and value of the future whose result history recorded first.
@@ -333,13 +536,34 @@ impl OrchestrationContext {
     ///
     /// A select over no futures could never resolve: it fails the orchestration with code
     /// `orchestration_failed` and never resolves.
-    pub fn select<T: FromCompletion>(&self, futures: Vec<Durable<T>>) -> SelectFuture<T> {
+    pub fn select<T>(&self, futures: Vec<Durable<T>>) -> SelectFuture<T> {
         if futures.is_empty() {
             let failure = Failure::new(codes::ORCHESTRATION_FAILED, "select over no futures");
             self.with_state(|state| state.fail(failure));
         }
         SelectFuture::new(futures)
     }
+
+    /// Resolves with whichever of two futures of any types history resolved first (ties to
+    /// `a`); the loser is dropped as in [`OrchestrationContext::select`].
+    pub fn select2<A, B>(&self, a: Durable<A>, b: Durable<B>) -> Select2Future<A, B> {
+        Select2Future::new(a, b)
+    }
+
+    /// [`OrchestrationContext::select2`] over three futures.
+    pub fn select3<A, B, C>(
+        &self,
+        a: Durable<A>,
+        b: Durable<B>,
+        c: Durable<C>,
+    ) -> Select3Future<A, B, C> {
+        Select3Future::new(a, b, c)
+    }
+}
+
+fn to_json(value: &(impl Serialize + ?Sized), what: &str) -> Result<String, Failure> {
+    serde_json::to_string(value)
+        .map_err(|error| Failure::new(codes::SERDE, format!("{what}: {error}")))
 }
 
 /// The event name under which queue messages travel.

@@ -53,11 +53,13 @@
 mod context;
 mod durable;
 mod engine;
+mod options;
 mod state;
 
 pub use context::{Orchestration, OrchestrationContext, OrchestrationFuture, queue_event_name};
 pub use durable::{
-    ActivityFuture, Durable, DurableOutput, EventFuture, JoinFuture, SelectFuture,
-    SubOrchestrationFuture, TimerFuture,
+    ActivityFuture, Durable, DurableOutput, Either, Either3, EventFuture, Join2Future, Join3Future,
+    JoinFuture, Select2Future, Select3Future, SelectFuture, SubOrchestrationFuture, TimerFuture,
 };
 pub use engine::{TurnOutcome, TurnResult, run_turn};
+pub use options::{ActivityOptions, ActivityOptionsError};

@@ -300,6 +300,42 @@ impl State {
         Some((id, command))
     }
 
+    /// Answers a patch check at the code's current point (see
+    /// `OrchestrationContext::is_patched`); `deprecated` for `deprecate_patch`, which never
+    /// records a marker and always takes the new branch.
+    pub(crate) fn patch(&mut self, patch: &str, deprecated: bool) -> bool {
+        if self.failure.is_some() {
+            return true;
+        }
+        let id = self.next_command_id;
+        if let Some(&position) = self.recorded_commands.get(&id) {
+            if matches!(&self.history[position], Event::PatchMarker { patch: recorded, .. } if recorded == patch)
+            {
+                // Recorded by the patched code: take its branch again.
+                self.next_command_id += 1;
+                return true;
+            }
+            // The code that recorded this history passed here without the patch (or another
+            // patch's marker comes first, which the next command's match reports).
+            return deprecated;
+        }
+        if self.is_replaying() {
+            // An earlier turn ran past this point and recorded no marker: the old code.
+            return deprecated;
+        }
+        if deprecated {
+            return true;
+        }
+        let marker = Event::PatchMarker {
+            id,
+            patch: patch.to_string(),
+        };
+        self.next_command_id += 1;
+        self.command_kinds.insert(id, marker.kind());
+        self.appended.push(marker);
+        true
+    }
+
     /// Recorded commands the code did not issue this time (checked when the turn ends).
     pub(crate) fn missing_command(&self) -> Option<Failure> {
         let mut missing: Vec<u64> = self
@@ -392,6 +428,7 @@ fn same_command(recorded: &Event, issued: &Event, derived_id: bool) -> bool {
                 ..
             },
         ) => a == b && ia == ib,
+        (Event::PatchMarker { patch: a, .. }, Event::PatchMarker { patch: b, .. }) => a == b,
         _ => false,
     }
 }
@@ -410,6 +447,7 @@ fn describe(event: &Event) -> String {
         } => {
             format!("detached orchestration '{name}' ({instance_id})")
         }
+        Event::PatchMarker { patch, .. } => format!("the marker of patch '{patch}'"),
         other => other.kind().to_string(),
     }
 }

@@ -73,7 +73,7 @@ pub fn plan_rewind(
     let mut order = Vec::new();
     for event in kept {
         if let Some(id) = event.command_id() {
-            if event.is_command() && !matches!(event, Event::DetachedStarted { .. }) {
+            if event.is_command() && !event.is_fire_and_forget() {
                 open.insert(id, event);
                 order.push(id);
             } else if event.is_completion() {
