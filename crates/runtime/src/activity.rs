@@ -1,6 +1,7 @@
 use sluice_store::{Store, StoreError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// What an activity knows about its invocation.
@@ -15,6 +16,40 @@ pub struct ActivityContext {
     pub(crate) item_id: u64,
     pub(crate) lock_token: u64,
     pub(crate) lease: Duration,
+    pub(crate) heartbeat: Arc<Heartbeat>,
+}
+
+/// When an attempt last reported progress, for its heartbeat timeout.
+pub(crate) struct Heartbeat {
+    started: Instant,
+    /// Milliseconds after `started` of the last heartbeat (0: none yet).
+    last_ms: AtomicU64,
+}
+
+impl Heartbeat {
+    pub(crate) fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn beat(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves when `limit` has passed since the last heartbeat (or the start).
+    pub(crate) async fn expired(&self, limit: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = self.started + last + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
 }
 
 impl ActivityContext {
@@ -47,6 +82,15 @@ impl ActivityContext {
     /// Resolves when [`ActivityContext::is_cancelled`] becomes true.
     pub async fn cancelled(&self) {
         self.cancellation.cancelled().await
+    }
+
+    /// Reports that the attempt is making progress. An activity scheduled with a heartbeat
+    /// timeout (`ActivityOptions::heartbeat_timeout`) must call it at least that often, or
+    /// the attempt is cancelled and fails with code `activity_heartbeat_timed_out` (then
+    /// retried by its policy): that catches an attempt that hangs long before its attempt
+    /// timeout would. Cheap (an atomic store, no I/O); the lease is renewed separately.
+    pub fn heartbeat(&self) {
+        self.heartbeat.beat();
     }
 
     /// Extends the lease now. The runtime renews leases by itself every third of the lease;

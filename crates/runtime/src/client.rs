@@ -25,7 +25,7 @@ pub struct Client {
     poll_interval: Duration,
 }
 
-fn to_json<T: Serialize>(value: &T) -> Result<String, ClientError> {
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, ClientError> {
     serde_json::to_string(value).map_err(|error| ClientError::Serde(error.to_string()))
 }
 
@@ -64,7 +64,7 @@ impl Client {
     }
 
     /// [`Client::start`] with a serde-typed input.
-    pub async fn start_typed<I: Serialize>(
+    pub async fn start_typed<I: Serialize + ?Sized>(
         &self,
         name: &str,
         instance_id: &str,
@@ -89,6 +89,27 @@ impl Client {
             .enqueue_message(instance_id, message, None)
             .await
             .map_err(not_found)
+    }
+
+    /// [`Client::raise_event`] with a serde-typed payload (JSON), for `ctx.event::<T>(name)`.
+    pub async fn raise_event_typed<T: Serialize + ?Sized>(
+        &self,
+        instance_id: &str,
+        event_name: &str,
+        data: &T,
+    ) -> Result<(), ClientError> {
+        self.raise_event(instance_id, event_name, to_json(data)?)
+            .await
+    }
+
+    /// [`Client::enqueue_event`] with a serde-typed message (JSON), for `ctx.dequeue::<T>`.
+    pub async fn enqueue_event_typed<T: Serialize + ?Sized>(
+        &self,
+        instance_id: &str,
+        queue: &str,
+        data: &T,
+    ) -> Result<(), ClientError> {
+        self.enqueue_event(instance_id, queue, to_json(data)?).await
     }
 
     /// Appends a message to the instance's durable FIFO queue `queue` (read with

@@ -73,8 +73,8 @@ pub use runtime::{Runtime, RuntimeOptions};
 
 pub use sluice_history::{Backoff, Event, Failure, InstanceStatus, RetryPolicy, codes};
 pub use sluice_replay::{
-    ActivityFuture, Durable, DurableOutput, EventFuture, OrchestrationContext,
-    SubOrchestrationFuture, TimerFuture,
+    ActivityFuture, ActivityOptions, ActivityOptionsError, Durable, DurableOutput, Either, Either3,
+    EventFuture, OrchestrationContext, SubOrchestrationFuture, TimerFuture,
 };
 pub use sluice_store::bulk::{BulkAction, BulkOutcome, BulkRequest};
 pub use sluice_store::{ChildPolicy, InstanceFilter, InstanceInfo};

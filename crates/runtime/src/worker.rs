@@ -1,6 +1,6 @@
 //! Running one activity attempt: lease renewal, timeout, retry, completion.
 
-use crate::activity::ActivityContext;
+use crate::activity::{ActivityContext, Heartbeat};
 use crate::handoff::LocalResult;
 use crate::metrics;
 use crate::poison::backoff;
@@ -341,6 +341,7 @@ async fn run_attempt(
 ) -> Attempt {
     let activity = &item.activity;
     let lease = shared.options.activity_lease;
+    let heartbeat = Arc::new(Heartbeat::new());
     let ctx = ActivityContext {
         instance_id: activity.instance_id.clone(),
         activity_id: activity.activity_id,
@@ -351,6 +352,7 @@ async fn run_attempt(
         item_id: item.item_id,
         lock_token: item.lock_token,
         lease,
+        heartbeat: heartbeat.clone(),
     };
     // The activity runs in place (no task of its own: one wake-up less per activity); a panic
     // is caught at each poll and reported, and dropping the future cancels it.
@@ -360,6 +362,17 @@ async fn run_attempt(
         .as_ref()
         .and_then(|policy| policy.attempt_timeout_ms)
         .map(Duration::from_millis);
+    let heartbeat_limit = activity
+        .retry
+        .as_ref()
+        .and_then(|policy| policy.heartbeat_timeout_ms)
+        .map(Duration::from_millis);
+    let silent = async {
+        match heartbeat_limit {
+            Some(limit) => heartbeat.expired(limit).await,
+            None => std::future::pending().await,
+        }
+    };
     let finished = async {
         match timeout {
             Some(limit) => tokio::time::timeout(limit, running)
@@ -384,6 +397,18 @@ async fn run_attempt(
                 ))
             }
         },
+        () = silent => {
+            cancellation.cancel();
+            Attempt::Failed(Failure::new(
+                codes::ACTIVITY_HEARTBEAT_TIMED_OUT,
+                format!(
+                    "activity '{}' attempt {} sent no heartbeat for {:?}",
+                    activity.name,
+                    item.attempt,
+                    heartbeat_limit.unwrap_or_default()
+                ),
+            ))
+        }
         () = cancellation.cancelled() => Attempt::Cancelled,
     };
     outcome
