@@ -29,13 +29,13 @@ pub(crate) struct StoreArgs {
     /// The store: `sqlite://PATH` (opened as a client, so a runtime may be running on it),
     /// or `postgres://user:password@host/database`.
     #[arg(long)]
-    store: String,
+    pub(crate) store: String,
     /// The PostgreSQL schema holding the store's tables.
     #[arg(long, default_value = "sluice")]
-    schema: String,
+    pub(crate) schema: String,
     /// Print JSON (one document) instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Show times in UTC instead of the local time zone.
     #[arg(long)]
     utc: bool,
@@ -396,7 +396,7 @@ pub(crate) fn parse_age(text: &str) -> Result<std::time::Duration, String> {
 }
 
 /// Opens the store for an operator: a SQLite file as a client, PostgreSQL with a small pool.
-async fn open(args: &StoreArgs) -> Result<Arc<dyn Store>> {
+pub(crate) async fn open(args: &StoreArgs) -> Result<Arc<dyn Store>> {
     let url = args.store.as_str();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let mut options = PostgresStoreOptions::new(url)?;
@@ -1106,7 +1106,7 @@ impl Table {
 }
 
 /// Writes `text` and a newline; a reader that went away (`| head`) ends the output quietly.
-fn print(text: &str) -> Result<ExitCode> {
+pub(crate) fn print(text: &str) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match writeln!(out, "{text}").and_then(|()| out.flush()) {
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}

@@ -6,6 +6,7 @@ mod demo;
 mod ingest;
 mod ingest_progress;
 mod instances;
+mod replay_check;
 mod store_copy;
 mod worker;
 mod workflows;
@@ -114,6 +115,11 @@ enum Command {
     /// Find and read orchestration instances (also while a runtime runs on the store).
     #[command(subcommand)]
     Instances(instances::InstancesCommand),
+    /// Replay every unfinished instance's history against the code in this binary, without
+    /// taking work or writing anything, and report each that would fail (nondeterminism) with
+    /// the mismatch: run it before deploying a build.
+    #[command(name = "replay-check", after_help = replay_check::EXIT_CODES)]
+    ReplayCheck(replay_check::ReplayCheckArgs),
     /// Print a shell completion script (for example `sluice completions bash >
     /// /etc/bash_completion.d/sluice`, or `source <(sluice completions zsh)`).
     #[command(after_help = EXIT_CODES)]
@@ -203,6 +209,7 @@ fn main() -> ExitCode {
             Command::Migrate(args) => worker::migrate(args).await,
             Command::Store(StoreCommand::Copy(args)) => store_copy::run(args).await,
             Command::Instances(command) => instances::run(command).await,
+            Command::ReplayCheck(args) => replay_check::run(args).await,
             Command::Completions { shell } => completions(shell),
             Command::Man { out_dir } => man(out_dir.as_deref()),
             Command::Inspect { db, instance_id } => inspect(&db, &instance_id).await,

@@ -41,6 +41,10 @@ pub enum Event {
         parent: Option<ParentLink>,
         /// Seed for `new_guid()`, drawn by the runtime when the execution started.
         guid_seed: u64,
+        /// The version of the orchestration's code this execution runs (see
+        /// `Registry::orchestration_version`); absent for version 1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u32>,
     },
     /// The code scheduled an activity.
     ActivityScheduled {

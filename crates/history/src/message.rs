@@ -21,6 +21,10 @@ pub enum Message {
         /// Events carried over from the previous execution (unconsumed external events).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         carried_events: Vec<(String, String)>,
+        /// The version of the orchestration's code to run; `None`: the newest registered in
+        /// the process that takes the start.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u32>,
     },
     /// An activity returned.
     ActivityCompleted {

@@ -34,6 +34,7 @@
 //!         input: "hi".into(),
 //!         parent: None,
 //!         guid_seed: 7,
+//!         version: None,
 //!     },
 //! ];
 //! let first = run_turn(&shout, "i1", 1, Arc::new(Vec::new()), start);

@@ -13,6 +13,7 @@ fn started(input: &str) -> Vec<Event> {
             input: input.into(),
             parent: None,
             guid_seed: 9,
+            version: None,
         },
     ]
 }

@@ -17,6 +17,7 @@ fn started() -> Vec<Event> {
             input: String::new(),
             parent: None,
             guid_seed: 9,
+            version: None,
         },
     ]
 }

@@ -47,13 +47,38 @@ impl Client {
         instance_id: &str,
         input: impl Into<String>,
     ) -> Result<StartOutcome, ClientError> {
+        self.create(name, instance_id, input.into(), None).await
+    }
+
+    /// [`Client::start`] on version `version` of the orchestration's code (see
+    /// `Registry::orchestration_version`); without it, a start takes the newest version
+    /// registered in the process that runs its first turn.
+    pub async fn start_version(
+        &self,
+        name: &str,
+        version: u32,
+        instance_id: &str,
+        input: impl Into<String>,
+    ) -> Result<StartOutcome, ClientError> {
+        self.create(name, instance_id, input.into(), Some(version))
+            .await
+    }
+
+    async fn create(
+        &self,
+        name: &str,
+        instance_id: &str,
+        input: String,
+        version: Option<u32>,
+    ) -> Result<StartOutcome, ClientError> {
         let created = self
             .store
             .create_instance(NewInstance {
                 instance_id: instance_id.to_string(),
                 name: name.to_string(),
-                input: input.into(),
+                input,
                 parent: None,
+                version,
             })
             .await?;
         Ok(if created {
@@ -139,6 +164,7 @@ impl Client {
             name: name.to_string(),
             input: input.into(),
             parent: None,
+            version: None,
         };
         let message = Message::Event {
             name: event_name.to_string(),

@@ -439,6 +439,7 @@ async fn build_commit(
                 input,
                 parent,
                 carried_events,
+                version,
             } => {
                 if started.is_some() {
                     tracing::debug!(instance_id = %turn.instance_id, "duplicate start ignored");
@@ -446,11 +447,16 @@ async fn build_commit(
                 }
                 started = Some(parent.clone());
                 let guid_seed = guid_seed(shared, &turn.instance_id, now_ms);
+                // The version is fixed here for the whole execution; 1 is recorded as absent.
+                let version = version
+                    .or_else(|| shared.registry.newest_version(&name))
+                    .filter(|version| *version != 1);
                 new_events.push(Event::OrchestrationStarted {
                     name,
                     input,
                     parent,
                     guid_seed,
+                    version,
                 });
                 new_events.extend(
                     carried_events
@@ -518,7 +524,15 @@ async fn build_commit(
         return Ok((commit, None));
     }
 
-    let Some(orchestration) = shared.registry.orchestrations.get(&turn.name) else {
+    let version = history
+        .iter()
+        .chain(&new_events)
+        .find_map(|event| match event {
+            Event::OrchestrationStarted { version, .. } => Some(version.unwrap_or(1)),
+            _ => None,
+        })
+        .unwrap_or(1);
+    let Some(orchestration) = shared.registry.code(&turn.name, version) else {
         // A rolling deploy: another process may have the code. Wait for it, up to
         // `handler_wait_max`, then fail the instance.
         match shared
@@ -541,8 +555,8 @@ async fn build_commit(
         let failure = Failure::new(
             codes::ORCHESTRATION_NOT_REGISTERED,
             format!(
-                "no orchestration named '{}' is registered, and no process took the instance \
-                 within handler_wait_max ({:?})",
+                "no orchestration named '{}' is registered at version {version}, and no process \
+                 took the instance within handler_wait_max ({:?})",
                 turn.name, shared.options.handler_wait_max
             ),
         );
@@ -635,11 +649,13 @@ async fn build_commit(
             carried_events,
         } => {
             commit.status = Some(InstanceStatus::Running);
+            // The next execution starts on the newest version registered where it starts.
             commit.continue_as_new = Some(Message::Start {
                 name: turn.name.clone(),
                 input,
                 parent,
                 carried_events,
+                version: None,
             });
         }
     }
@@ -706,6 +722,7 @@ fn add_command(commit: &mut TurnCommit, instance_id: &str, execution_id: u64, co
                 execution_id,
                 id: *id,
             }),
+            version: None,
         })),
         Event::DetachedStarted {
             name,
@@ -717,6 +734,7 @@ fn add_command(commit: &mut TurnCommit, instance_id: &str, execution_id: u64, co
             name: name.clone(),
             input: input.clone(),
             parent: None,
+            version: None,
         })),
         _ => {}
     }

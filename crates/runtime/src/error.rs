@@ -55,6 +55,9 @@ pub enum StartError {
         /// The name.
         name: String,
     },
+    /// A registration cannot work (an orchestration version 0).
+    #[error("{0}")]
+    InvalidRegistration(String),
 }
 
 impl StartError {
@@ -63,6 +66,7 @@ impl StartError {
         match self {
             StartError::InvalidOption { .. } => "runtime.invalid_option",
             StartError::DuplicateName { .. } => "runtime.duplicate_name",
+            StartError::InvalidRegistration(_) => "runtime.invalid_registration",
         }
     }
 }

@@ -58,6 +58,7 @@ mod handoff;
 mod metrics;
 mod poison;
 mod registry;
+mod replay_check;
 mod retention;
 mod runtime;
 mod task;
@@ -68,6 +69,7 @@ pub use client::{Client, StartOutcome};
 pub use error::{ClientError, StartError};
 pub use metrics::{MetricKind, MetricName};
 pub use registry::{Activity, BoxedActivityFuture, Registry};
+pub use replay_check::{ReplayCheckFailure, ReplayCheckReport, UNFINISHED, replay_check};
 pub use retention::{RetentionPolicy, run_retention};
 pub use runtime::{Runtime, RuntimeOptions};
 

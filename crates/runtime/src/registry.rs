@@ -4,8 +4,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_history::{Failure, codes};
 use sluice_replay::{Orchestration, OrchestrationContext};
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,10 +35,33 @@ where
 /// code ran would otherwise depend on the order of the calls.
 #[derive(Clone, Default)]
 pub struct Registry {
-    pub(crate) orchestrations: HashMap<String, Arc<dyn Orchestration>>,
+    /// Code by name, then by version.
+    pub(crate) orchestrations: HashMap<String, BTreeMap<u32, Arc<dyn Orchestration>>>,
     pub(crate) activities: HashMap<String, Arc<dyn Activity>>,
     /// Names registered more than once: (kind, name), in the order of the calls.
     duplicates: Vec<(&'static str, String)>,
+    /// Registrations that cannot work, described.
+    invalid: Vec<String>,
+}
+
+/// Wraps typed code as an [`Orchestration`] over JSON text.
+fn typed_orchestration<I, O, F, Fut>(code: F) -> impl Orchestration
+where
+    I: DeserializeOwned + Send + 'static,
+    O: Serialize + Send + 'static,
+    F: Fn(OrchestrationContext, I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, Failure>> + Send + 'static,
+{
+    let code = Arc::new(code);
+    move |ctx: OrchestrationContext, input: String| {
+        let code = code.clone();
+        async move {
+            let input: I = serde_json::from_str(&input)
+                .map_err(|e| serde_failure("orchestration input", e))?;
+            let output = code(ctx, input).await?;
+            serde_json::to_string(&output).map_err(|e| serde_failure("orchestration output", e))
+        }
+    }
 }
 
 fn serde_failure(what: &str, error: serde_json::Error) -> Failure {
@@ -51,16 +74,76 @@ impl Registry {
         Self::default()
     }
 
-    /// Registers an orchestration taking and returning text.
-    pub fn orchestration(mut self, name: impl Into<String>, code: impl Orchestration) -> Self {
+    /// Registers an orchestration taking and returning text, as version 1 of its name.
+    pub fn orchestration(self, name: impl Into<String>, code: impl Orchestration) -> Self {
+        self.orchestration_version(name, 1, code)
+    }
+
+    /// Registers version `version` (1 or more) of an orchestration, beside its other versions.
+    ///
+    /// An instance runs the version it started with to its end (a start names one, or takes the
+    /// newest registered in the process that starts it); continue-as-new and restarts take the
+    /// newest. So code that running instances depend on can change shape without breaking
+    /// them: register the new code as a new version and keep the old one until its instances
+    /// are done (`sluice instances list --status running --name NAME` shows them). Smaller
+    /// changes inside one version use patches (`OrchestrationContext::is_patched`).
+    pub fn orchestration_version(
+        mut self,
+        name: impl Into<String>,
+        version: u32,
+        code: impl Orchestration,
+    ) -> Self {
         let name = name.into();
-        match self.orchestrations.entry(name) {
-            Entry::Occupied(taken) => self.duplicates.push(("orchestration", taken.key().clone())),
-            Entry::Vacant(free) => {
+        if version == 0 {
+            self.invalid.push(format!(
+                "orchestration '{name}' registered as version 0 (versions start at 1)"
+            ));
+            return self;
+        }
+        let versions = self.orchestrations.entry(name.clone()).or_default();
+        match versions.entry(version) {
+            std::collections::btree_map::Entry::Occupied(_) => {
+                let shown = if version == 1 {
+                    name
+                } else {
+                    format!("{name} v{version}")
+                };
+                self.duplicates.push(("orchestration", shown));
+            }
+            std::collections::btree_map::Entry::Vacant(free) => {
                 free.insert(Arc::new(code));
             }
         }
         self
+    }
+
+    /// [`Registry::orchestration_typed`] as version `version` (see
+    /// [`Registry::orchestration_version`]).
+    pub fn orchestration_typed_version<I, O, F, Fut>(
+        self,
+        name: impl Into<String>,
+        version: u32,
+        code: F,
+    ) -> Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
+        F: Fn(OrchestrationContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Failure>> + Send + 'static,
+    {
+        self.orchestration_version(name, version, typed_orchestration(code))
+    }
+
+    /// The newest version of `name` registered here.
+    pub fn newest_version(&self, name: &str) -> Option<u32> {
+        self.orchestrations
+            .get(name)
+            .and_then(|versions| versions.keys().next_back().copied())
+    }
+
+    /// The code of `name` at `version`.
+    pub(crate) fn code(&self, name: &str, version: u32) -> Option<&Arc<dyn Orchestration>> {
+        self.orchestrations.get(name)?.get(&version)
     }
 
     /// Registers an orchestration with serde-typed (JSON) input and output.
@@ -71,16 +154,7 @@ impl Registry {
         F: Fn(OrchestrationContext, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, Failure>> + Send + 'static,
     {
-        let code = Arc::new(code);
-        self.orchestration(name, move |ctx: OrchestrationContext, input: String| {
-            let code = code.clone();
-            async move {
-                let input: I = serde_json::from_str(&input)
-                    .map_err(|e| serde_failure("orchestration input", e))?;
-                let output = code(ctx, input).await?;
-                serde_json::to_string(&output).map_err(|e| serde_failure("orchestration output", e))
-            }
-        })
+        self.orchestration(name, typed_orchestration(code))
     }
 
     /// Registers an activity taking and returning text.
@@ -98,6 +172,9 @@ impl Registry {
     /// Whether the registry can be started: [`StartError::DuplicateName`] for the first name
     /// registered twice.
     pub fn validate(&self) -> Result<(), StartError> {
+        if let Some(why) = self.invalid.first() {
+            return Err(StartError::InvalidRegistration(why.clone()));
+        }
         match self.duplicates.first() {
             Some((kind, name)) => Err(StartError::DuplicateName {
                 kind,

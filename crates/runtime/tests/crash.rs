@@ -738,6 +738,7 @@ fn history_check_flags_broken_histories() {
             input: "7".into(),
             parent: None,
             guid_seed: 0,
+            version: None,
         },
     ];
     for id in 0..3 {

@@ -468,6 +468,7 @@ pub(crate) async fn restart(
             input: input.clone(),
             parent: None,
             carried_events: Vec::new(),
+            version: None,
         };
         let created = tx
             .query_opt(
@@ -521,6 +522,7 @@ pub(crate) async fn restart(
         input: input.clone(),
         parent: None,
         carried_events: Vec::new(),
+        version: None,
     };
     tx.execute(
         &format!(

@@ -62,6 +62,7 @@ mod shared {
             name: "orders".into(),
             input: String::new(),
             parent: None,
+            version: None,
         }
     }
 

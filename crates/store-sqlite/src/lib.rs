@@ -23,6 +23,7 @@
 //!     name: "checkout".into(),
 //!     input: "{}".into(),
 //!     parent: None,
+//!     version: None,
 //! };
 //! assert!(store.create_instance(start.clone()).await.unwrap());
 //! assert!(!store.create_instance(start).await.unwrap(), "starting is idempotent");

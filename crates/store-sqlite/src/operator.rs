@@ -425,6 +425,7 @@ pub(crate) fn restart(
             name,
             input,
             parent: None,
+            version: None,
         };
         if !crate::store::insert_instance(connection, &start, now)? {
             return Err(StoreError::NotAllowed {
@@ -473,6 +474,7 @@ pub(crate) fn restart(
         input,
         parent: None,
         carried_events: Vec::new(),
+        version: None,
     };
     connection
         .prepare_cached(

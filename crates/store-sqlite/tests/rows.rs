@@ -40,6 +40,7 @@ fn new_instance(id: &str) -> NewInstance {
         name: "orders".into(),
         input: String::new(),
         parent: None,
+        version: None,
     }
 }
 
@@ -255,6 +256,7 @@ async fn a_version_3_database_gains_what_listings_show() {
                     input: "again".into(),
                     parent: None,
                     carried_events: Vec::new(),
+                    version: None,
                 }),
             )
         };
@@ -271,6 +273,7 @@ async fn a_version_3_database_gains_what_listings_show() {
                         input: String::new(),
                         parent,
                         guid_seed: 1,
+                        version: None,
                     },
                 ],
                 consumed: turn.messages.iter().map(|(id, _)| *id).collect(),

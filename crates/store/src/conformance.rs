@@ -32,6 +32,7 @@ fn new_instance(id: &str) -> NewInstance {
         name: "orders".into(),
         input: "in".into(),
         parent: None,
+        version: None,
     }
 }
 
@@ -454,8 +455,13 @@ pub async fn events_are_never_dropped_silently<S: Store>(h: Harness<S>) {
         matches!(missing, StoreError::InstanceNotFound(_)),
         "{missing}"
     );
+    // The start names a version of the code, which the start message carries.
+    let versioned = NewInstance {
+        version: Some(3),
+        ..new_instance("b")
+    };
     store
-        .enqueue_message("b", event.clone(), Some(new_instance("b")))
+        .enqueue_message("b", event.clone(), Some(versioned))
         .await
         .unwrap();
     let turn = store
@@ -465,7 +471,13 @@ pub async fn events_are_never_dropped_silently<S: Store>(h: Harness<S>) {
         .pop()
         .unwrap();
     assert_eq!(turn.instance_id, "b");
-    assert!(matches!(turn.messages[0].1, Message::Start { .. }));
+    assert!(matches!(
+        turn.messages[0].1,
+        Message::Start {
+            version: Some(3),
+            ..
+        }
+    ));
     assert_eq!(turn.messages[1].1, event);
     store
         .commit_turn(TurnCommit {
@@ -507,6 +519,7 @@ pub async fn continue_as_new_starts_a_new_execution<S: Store>(h: Harness<S>) {
         input: "gen 2".into(),
         parent: None,
         carried_events: vec![("go".into(), "kept".into())],
+        version: None,
     };
     store
         .commit_turn(TurnCommit {
@@ -565,6 +578,7 @@ pub async fn child_start_with_taken_id_fails_the_parent_command<S: Store>(h: Har
             execution_id: 1,
             id: 0,
         }),
+        version: None,
     };
     let fresh = NewInstance {
         instance_id: "fresh".into(),
@@ -1366,6 +1380,7 @@ pub async fn listings_filter_order_and_page<S: Store>(h: Harness<S>) {
                 execution_id: 1,
                 id: 7,
             }),
+            version: None,
         };
         run_to(store, start, status, &h.clock).await;
         ids.push(id.to_string());
@@ -1712,6 +1727,7 @@ pub async fn executions_and_history_pages<S: Store>(h: Harness<S>) {
                 input: "gen 2".into(),
                 parent: None,
                 carried_events: Vec::new(),
+                version: None,
             }),
             ..TurnCommit::default()
         })
@@ -2669,6 +2685,7 @@ pub async fn rewind_cuts_at_the_last_failure_into_a_new_execution<S: Store>(h: H
             input: "in".into(),
             parent: None,
             guid_seed: 7,
+            version: None,
         },
         scheduled(1),
         Event::ActivityCompleted {

@@ -33,6 +33,7 @@
 //!         name: "checkout".into(),
 //!         input: format!("{{\"order\": \"{order}\"}}"),
 //!         parent: None,
+//!         version: None,
 //!     };
 //!     store.create_instance(start).await
 //! }

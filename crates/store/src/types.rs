@@ -14,6 +14,9 @@ pub struct NewInstance {
     pub input: String,
     /// The awaiting parent, for sub-orchestrations.
     pub parent: Option<ParentLink>,
+    /// The version of the orchestration's code to run; `None`: the newest registered in the
+    /// process that takes the start.
+    pub version: Option<u32>,
 }
 
 impl NewInstance {
@@ -24,6 +27,7 @@ impl NewInstance {
             input: self.input.clone(),
             parent: self.parent.clone(),
             carried_events: Vec::new(),
+            version: self.version,
         }
     }
 }

@@ -54,6 +54,7 @@ where
             input: input.into(),
             parent: None,
             guid_seed: 7,
+            version: None,
         },
     ];
     loop {
