@@ -139,6 +139,15 @@ pub enum Event {
         /// The patch's name.
         patch: String,
     },
+    /// The code dropped the future of command `id` (an activity or a sub-orchestration) before
+    /// it resolved: the select it lost ended, or it was never awaited. The runtime cancels
+    /// the work: an activity that has not started does not, a running one gets its
+    /// cancellation signal, a sub-orchestration is cancelled. A result that still arrives is
+    /// dropped.
+    CancelRequested {
+        /// Command id.
+        id: u64,
+    },
     /// Terminal: a cancel request ended the execution.
     Cancelled {
         /// The reason given by the canceller.
@@ -316,6 +325,7 @@ impl Event {
             Event::SubOrchestrationFailed { .. } => "sub_orchestration_failed",
             Event::DetachedStarted { .. } => "detached_started",
             Event::PatchMarker { .. } => "patch_marker",
+            Event::CancelRequested { .. } => "cancel_requested",
             Event::Cancelled { .. } => "cancelled",
             Event::ContinuedAsNew { .. } => "continued_as_new",
             Event::OrchestrationCompleted { .. } => "orchestration_completed",

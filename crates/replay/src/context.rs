@@ -1,9 +1,9 @@
 //! The orchestration context: the only door from orchestration code to the outside world.
 
 use crate::durable::{
-    ActivityFuture, Decode, Durable, EventFuture, Join2Future, Join3Future, JoinFuture,
-    Select2Future, Select3Future, SelectFuture, SubOrchestrationFuture, TimerFuture, decode_json,
-    decode_text_event, decode_text_result, decode_timer,
+    ActivityFuture, Decode, Durable, DurableWork, EventFuture, Join2Future, Join3Future,
+    JoinFuture, Select2Future, Select3Future, SelectFuture, SubOrchestrationFuture, TimerFuture,
+    decode_json, decode_text_event, decode_text_result, decode_timer,
 };
 use crate::options::ActivityOptions;
 use crate::state::{Slot, State};
@@ -510,33 +510,34 @@ impl OrchestrationContext {
         self.with_state(|state| state.patch(patch, true));
     }
 
-    /// Resolves when all `futures` have, with their values in list order.
-    pub fn join<T>(&self, futures: Vec<Durable<T>>) -> JoinFuture<T> {
+    /// Resolves when all `futures` have, with their values in list order. The members are
+    /// any durable work of one type: futures, or joins and selects of them.
+    pub fn join<W: DurableWork>(&self, futures: Vec<W>) -> JoinFuture<W> {
         JoinFuture::new(futures)
     }
 
-    /// Resolves when both futures have, with both values.
-    pub fn join2<A, B>(&self, a: Durable<A>, b: Durable<B>) -> Join2Future<A, B> {
+    /// Resolves when both have, with both values: `let (a, b) = ctx.join2(x, y).await;`.
+    pub fn join2<A: DurableWork, B: DurableWork>(&self, a: A, b: B) -> Join2Future<A, B> {
         Join2Future::new(a, b)
     }
 
-    /// Resolves when all three futures have, with their values.
-    pub fn join3<A, B, C>(
+    /// Resolves when all three have, with their values.
+    pub fn join3<A: DurableWork, B: DurableWork, C: DurableWork>(
         &self,
-        a: Durable<A>,
-        b: Durable<B>,
-        c: Durable<C>,
+        a: A,
+        b: B,
+        c: C,
     ) -> Join3Future<A, B, C> {
         Join3Future::new(a, b, c)
     }
 
-    /// Resolves with the index and value of the future whose result history recorded first.
-    /// The others are dropped: their commands stay scheduled, but event waits give back their
-    /// events.
+    /// Resolves with the index and value of the member whose result history recorded first.
+    /// The others are dropped: their activities and sub-orchestrations are cancelled (recorded
+    /// as `cancel_requested` in history), and event waits give back their events.
     ///
     /// A select over no futures could never resolve: it fails the orchestration with code
     /// `orchestration_failed` and never resolves.
-    pub fn select<T>(&self, futures: Vec<Durable<T>>) -> SelectFuture<T> {
+    pub fn select<W: DurableWork>(&self, futures: Vec<W>) -> SelectFuture<W> {
         if futures.is_empty() {
             let failure = Failure::new(codes::ORCHESTRATION_FAILED, "select over no futures");
             self.with_state(|state| state.fail(failure));
@@ -544,18 +545,19 @@ impl OrchestrationContext {
         SelectFuture::new(futures)
     }
 
-    /// Resolves with whichever of two futures of any types history resolved first (ties to
-    /// `a`); the loser is dropped as in [`OrchestrationContext::select`].
-    pub fn select2<A, B>(&self, a: Durable<A>, b: Durable<B>) -> Select2Future<A, B> {
+    /// Resolves with whichever of two pieces of work of any types history resolved first
+    /// (ties to `a`); the loser is dropped as in [`OrchestrationContext::select`]. Either side
+    /// may be a join: `ctx.select2(ctx.join2(a, b), ctx.timer(d))`.
+    pub fn select2<A: DurableWork, B: DurableWork>(&self, a: A, b: B) -> Select2Future<A, B> {
         Select2Future::new(a, b)
     }
 
-    /// [`OrchestrationContext::select2`] over three futures.
-    pub fn select3<A, B, C>(
+    /// [`OrchestrationContext::select2`] over three.
+    pub fn select3<A: DurableWork, B: DurableWork, C: DurableWork>(
         &self,
-        a: Durable<A>,
-        b: Durable<B>,
-        c: Durable<C>,
+        a: A,
+        b: B,
+        c: C,
     ) -> Select3Future<A, B, C> {
         Select3Future::new(a, b, c)
     }

@@ -2,6 +2,7 @@
 
 use crate::context::OrchestrationContext;
 use crate::state::{CompletionValue, Slot, State};
+use sealed::Work as _;
 use serde::de::DeserializeOwned;
 use sluice_history::{Failure, codes};
 use std::future::Future;
@@ -168,7 +169,8 @@ impl<T> Durable<T> {
             _ => {
                 let deadline = self.deadline.as_ref().expect("a deadline fired");
                 state.take_completion(deadline.slot);
-                state.wakers.remove(&self.slot);
+                // The activity lost its race against its total timeout: it is cancelled.
+                state.drop_command(self.slot);
                 CompletionValue::Activity(Err(deadline.failure.clone()))
             }
         };
@@ -223,14 +225,7 @@ impl<T> Future for Durable<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         let this = self.get_mut();
         this.assert_unfinished();
-        let ctx = this.ctx.clone();
-        ctx.with_state(|state| match this.take_locked(state) {
-            Some(value) => Poll::Ready(value),
-            None => {
-                this.register_locked(state, cx.waker());
-                Poll::Pending
-            }
-        })
+        poll_work(this, cx)
     }
 }
 
@@ -244,9 +239,7 @@ impl<T> Drop for Durable<T> {
         self.ctx.with_state(|state| {
             match slot {
                 Slot::Wait(wait_id) => state.drop_wait(wait_id),
-                other => {
-                    state.wakers.remove(&other);
-                }
+                other => state.drop_command(other),
             }
             if let Some(deadline) = deadline {
                 state.wakers.remove(&deadline);
@@ -255,107 +248,223 @@ impl<T> Drop for Durable<T> {
     }
 }
 
-/// Resolves when the first of its futures resolves, choosing by history order: the future
+pub(crate) mod sealed {
+    use super::{OrchestrationContext, State, Waker};
+
+    /// What the combinators need of durable work, with the state locked once per poll.
+    pub trait Work {
+        /// The value the work resolves to.
+        type Output;
+        /// The context the work belongs to.
+        fn context(&self) -> &OrchestrationContext;
+        /// Where in history the work's value was completed (for a join, its last member), if
+        /// it has been.
+        fn position(&self, state: &State) -> Option<usize>;
+        /// Takes the value; `None` unless [`Work::position`] is `Some`.
+        fn take(&mut self, state: &mut State) -> Option<Self::Output>;
+        /// Asks to be woken when any unresolved part resolves.
+        fn register(&self, state: &mut State, waker: &Waker);
+    }
+}
+
+/// Durable work that joins and selects combine: every [`Durable`] future, and the joins and
+/// selects over them, so `ctx.select2(ctx.join2(a, b), ctx.timer(d))` waits for both or the
+/// timer. Implemented by this crate's types only.
+pub trait DurableWork: sealed::Work {}
+
+impl<W: sealed::Work> DurableWork for W {}
+
+/// Polls work as a future: takes its value if resolved, else registers the waker.
+fn poll_work<W: sealed::Work>(work: &mut W, cx: &mut Context<'_>) -> Poll<W::Output> {
+    let ctx = work.context().clone();
+    ctx.with_state(|state| {
+        if work.position(state).is_some()
+            && let Some(value) = work.take(state)
+        {
+            return Poll::Ready(value);
+        }
+        work.register(state, cx.waker());
+        Poll::Pending
+    })
+}
+
+impl<T> sealed::Work for Durable<T> {
+    type Output = T;
+
+    fn context(&self) -> &OrchestrationContext {
+        &self.ctx
+    }
+
+    fn position(&self, state: &State) -> Option<usize> {
+        self.position_locked(state)
+    }
+
+    fn take(&mut self, state: &mut State) -> Option<T> {
+        self.assert_unfinished();
+        self.take_locked(state)
+    }
+
+    fn register(&self, state: &mut State, waker: &Waker) {
+        self.register_locked(state, waker);
+    }
+}
+
+/// Resolves with the first of its members to resolve, choosing by history order: the one
 /// whose result history recorded first wins, whatever the order of the list.
 #[must_use = "futures do nothing unless awaited"]
-pub struct SelectFuture<T> {
-    futures: Vec<Durable<T>>,
+pub struct SelectFuture<W> {
+    members: Vec<W>,
 }
 
-impl<T> SelectFuture<T> {
-    /// Over no futures it stays pending: the context has failed the orchestration.
-    pub(crate) fn new(futures: Vec<Durable<T>>) -> Self {
-        Self { futures }
+impl<W: DurableWork> SelectFuture<W> {
+    /// Over no members it stays pending: the context has failed the orchestration.
+    pub(crate) fn new(members: Vec<W>) -> Self {
+        Self { members }
+    }
+
+    fn winner(&self, state: &State) -> Option<(usize, usize)> {
+        self.members
+            .iter()
+            .enumerate()
+            .filter_map(|(index, member)| member.position(state).map(|position| (position, index)))
+            .min()
     }
 }
 
-impl<T> Future for SelectFuture<T> {
+impl<W: DurableWork> sealed::Work for SelectFuture<W> {
     /// The index of the winner in the list, and its value.
-    type Output = (usize, T);
+    type Output = (usize, W::Output);
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(usize, T)> {
-        let this = self.get_mut();
-        let Some(first) = this.futures.first() else {
-            return Poll::Pending;
-        };
-        let ctx = first.ctx.clone();
-        ctx.with_state(|state| {
-            let winner = this
-                .futures
-                .iter()
-                .enumerate()
-                .filter_map(|(index, future)| {
-                    future
-                        .position_locked(state)
-                        .map(|position| (position, index))
-                })
-                .min()
-                .map(|(_, index)| index);
-            if let Some(index) = winner {
-                let value = this.futures[index]
-                    .take_locked(state)
-                    .expect("a resolved future has a value");
-                return Poll::Ready((index, value));
-            }
-            for future in &this.futures {
-                future.register_locked(state, cx.waker());
-            }
-            Poll::Pending
-        })
+    fn context(&self) -> &OrchestrationContext {
+        self.members
+            .first()
+            .expect("a select over no members is never polled as work")
+            .context()
     }
-}
 
-/// Resolves when all of its futures have resolved, with their values in list order.
-#[must_use = "futures do nothing unless awaited"]
-pub struct JoinFuture<T> {
-    futures: Vec<Durable<T>>,
-    values: Vec<Option<T>>,
-    remaining: usize,
-}
+    fn position(&self, state: &State) -> Option<usize> {
+        self.winner(state).map(|(position, _)| position)
+    }
 
-impl<T> JoinFuture<T> {
-    pub(crate) fn new(futures: Vec<Durable<T>>) -> Self {
-        let remaining = futures.len();
-        let values = futures.iter().map(|_| None).collect();
-        Self {
-            futures,
-            values,
-            remaining,
+    fn take(&mut self, state: &mut State) -> Option<Self::Output> {
+        let (_, index) = self.winner(state)?;
+        let value = self.members[index].take(state)?;
+        Some((index, value))
+    }
+
+    fn register(&self, state: &mut State, waker: &Waker) {
+        for member in &self.members {
+            member.register(state, waker);
         }
     }
 }
 
-impl<T> Unpin for JoinFuture<T> {}
+impl<W: DurableWork> Unpin for SelectFuture<W> {}
 
-impl<T> Future for JoinFuture<T> {
-    type Output = Vec<T>;
+impl<W: DurableWork> Future for SelectFuture<W> {
+    type Output = (usize, W::Output);
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Vec<T>> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let Some(first) = this.futures.first() {
-            let ctx = first.ctx.clone();
-            ctx.with_state(|state| {
-                for (future, value) in this.futures.iter_mut().zip(this.values.iter_mut()) {
-                    if value.is_none() {
-                        match future.take_locked(state) {
-                            Some(taken) => {
-                                *value = Some(taken);
-                                this.remaining -= 1;
-                            }
-                            None => future.register_locked(state, cx.waker()),
+        if this.members.is_empty() {
+            return Poll::Pending;
+        }
+        poll_work(this, cx)
+    }
+}
+
+/// Resolves when all of its members have resolved, with their values in list order.
+#[must_use = "futures do nothing unless awaited"]
+pub struct JoinFuture<W: DurableWork> {
+    members: Vec<W>,
+    /// Values taken so far, with the history position each was recorded at.
+    values: Vec<Option<(usize, W::Output)>>,
+}
+
+impl<W: DurableWork> JoinFuture<W> {
+    pub(crate) fn new(members: Vec<W>) -> Self {
+        let values = members.iter().map(|_| None).collect();
+        Self { members, values }
+    }
+}
+
+impl<W: DurableWork> sealed::Work for JoinFuture<W> {
+    type Output = Vec<W::Output>;
+
+    fn context(&self) -> &OrchestrationContext {
+        self.members
+            .first()
+            .expect("a join over no members resolves at once")
+            .context()
+    }
+
+    fn position(&self, state: &State) -> Option<usize> {
+        let mut last = 0;
+        for (member, value) in self.members.iter().zip(&self.values) {
+            let position = match value {
+                Some((position, _)) => *position,
+                None => member.position(state)?,
+            };
+            last = last.max(position);
+        }
+        Some(last)
+    }
+
+    fn take(&mut self, state: &mut State) -> Option<Self::Output> {
+        for (member, value) in self.members.iter_mut().zip(self.values.iter_mut()) {
+            if value.is_none() {
+                let position = member.position(state)?;
+                *value = Some((position, member.take(state)?));
+            }
+        }
+        let values = std::mem::take(&mut self.values);
+        Some(
+            values
+                .into_iter()
+                .map(|value| value.expect("all resolved").1)
+                .collect(),
+        )
+    }
+
+    fn register(&self, state: &mut State, waker: &Waker) {
+        for (member, value) in self.members.iter().zip(&self.values) {
+            if value.is_none() {
+                member.register(state, waker);
+            }
+        }
+    }
+}
+
+impl<W: DurableWork> Unpin for JoinFuture<W> {}
+
+impl<W: DurableWork> Future for JoinFuture<W> {
+    type Output = Vec<W::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.members.is_empty() {
+            return Poll::Ready(Vec::new());
+        }
+        // Take members as they resolve (their order of resolution does not matter to a join).
+        let ctx = this.context().clone();
+        ctx.with_state(|state| {
+            for (member, value) in this.members.iter_mut().zip(this.values.iter_mut()) {
+                if value.is_none() {
+                    match member.position(state) {
+                        Some(position) => {
+                            *value = member.take(state).map(|taken| (position, taken));
                         }
+                        None => member.register(state, cx.waker()),
                     }
                 }
-            });
-        }
-        if this.remaining == 0 {
-            let values = std::mem::take(&mut this.values);
-            return Poll::Ready(
-                values
-                    .into_iter()
-                    .map(|v| v.expect("all resolved"))
-                    .collect(),
-            );
+            }
+        });
+        if this.values.iter().all(Option::is_some) {
+            let ctx = this.context().clone();
+            return match ctx.with_state(|state| sealed::Work::take(this, state)) {
+                Some(values) => Poll::Ready(values),
+                None => Poll::Pending,
+            };
         }
         Poll::Pending
     }
@@ -382,90 +491,148 @@ pub enum Either3<A, B, C> {
     Third(C),
 }
 
-/// Declares a join and a select over futures of different output types.
+/// Declares a join and a select over work of different output types.
 macro_rules! tuple_combinators {
     (
         $join:ident, $select:ident, $either:ident,
         $(($field:ident, $value:ident, $type:ident, $variant:ident)),+
     ) => {
-        /// Resolves when all of its futures have, with their values in argument order.
+        /// Resolves when all of its members have, with their values in argument order.
         #[must_use = "futures do nothing unless awaited"]
-        pub struct $join<$($type),+> {
-            $($field: Durable<$type>, $value: Option<$type>,)+
+        pub struct $join<$($type: DurableWork),+> {
+            $($field: $type, $value: Option<(usize, $type::Output)>,)+
         }
 
-        impl<$($type),+> $join<$($type),+> {
-            pub(crate) fn new($($field: Durable<$type>),+) -> Self {
+        impl<$($type: DurableWork),+> $join<$($type),+> {
+            pub(crate) fn new($($field: $type),+) -> Self {
                 Self { $($field, $value: None,)+ }
             }
         }
 
-        impl<$($type),+> Unpin for $join<$($type),+> {}
+        impl<$($type: DurableWork),+> sealed::Work for $join<$($type),+> {
+            type Output = ($($type::Output),+);
 
-        impl<$($type),+> Future for $join<$($type),+> {
-            type Output = ($($type),+);
+            fn context(&self) -> &OrchestrationContext {
+                tuple_combinators!(@first $(self.$field),+).context()
+            }
+
+            fn position(&self, state: &State) -> Option<usize> {
+                let mut last = 0;
+                $(
+                    let position = match &self.$value {
+                        Some((position, _)) => *position,
+                        None => self.$field.position(state)?,
+                    };
+                    last = last.max(position);
+                )+
+                Some(last)
+            }
+
+            fn take(&mut self, state: &mut State) -> Option<Self::Output> {
+                $(
+                    if self.$value.is_none() {
+                        let position = self.$field.position(state)?;
+                        self.$value = Some((position, self.$field.take(state)?));
+                    }
+                )+
+                Some(($(self.$value.take().expect("resolved").1),+))
+            }
+
+            fn register(&self, state: &mut State, waker: &Waker) {
+                $(
+                    if self.$value.is_none() {
+                        self.$field.register(state, waker);
+                    }
+                )+
+            }
+        }
+
+        impl<$($type: DurableWork),+> Unpin for $join<$($type),+> {}
+
+        impl<$($type: DurableWork),+> Future for $join<$($type),+> {
+            type Output = ($($type::Output),+);
 
             fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
                 let this = self.get_mut();
-                let ctx = tuple_combinators!(@first $(this.$field),+).ctx.clone();
+                let ctx = sealed::Work::context(this).clone();
                 ctx.with_state(|state| {
                     $(
                         if this.$value.is_none() {
-                            this.$value = this.$field.take_locked(state);
-                            if this.$value.is_none() {
-                                this.$field.register_locked(state, cx.waker());
+                            match this.$field.position(state) {
+                                Some(position) => {
+                                    this.$value =
+                                        this.$field.take(state).map(|taken| (position, taken));
+                                }
+                                None => this.$field.register(state, cx.waker()),
                             }
                         }
                     )+
-                });
-                if $(this.$value.is_some())&&+ {
-                    return Poll::Ready(($(this.$value.take().expect("resolved")),+));
-                }
-                Poll::Pending
-            }
-        }
-
-        /// Resolves with the future whose result history recorded first; ties go to the
-        /// earlier argument.
-        #[must_use = "futures do nothing unless awaited"]
-        pub struct $select<$($type),+> {
-            $($field: Durable<$type>,)+
-        }
-
-        impl<$($type),+> $select<$($type),+> {
-            pub(crate) fn new($($field: Durable<$type>),+) -> Self {
-                Self { $($field,)+ }
-            }
-        }
-
-        impl<$($type),+> Unpin for $select<$($type),+> {}
-
-        impl<$($type),+> Future for $select<$($type),+> {
-            type Output = $either<$($type),+>;
-
-            fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-                let this = self.get_mut();
-                let ctx = tuple_combinators!(@first $(this.$field),+).ctx.clone();
-                ctx.with_state(|state| {
-                    let mut best: Option<usize> = None;
-                    $(
-                        if let Some(position) = this.$field.position_locked(state)
-                            && best.is_none_or(|best| position < best)
-                        {
-                            best = Some(position);
-                        }
-                    )+
-                    if let Some(best) = best {
-                        $(
-                            if this.$field.position_locked(state) == Some(best) {
-                                let value = this.$field.take_locked(state).expect("resolved");
-                                return Poll::Ready($either::$variant(value));
-                            }
-                        )+
+                    if $(this.$value.is_some())&&+ {
+                        return Poll::Ready(($(this.$value.take().expect("resolved").1),+));
                     }
-                    $(this.$field.register_locked(state, cx.waker());)+
                     Poll::Pending
                 })
+            }
+        }
+
+        /// Resolves with the member whose result history recorded first; ties go to the
+        /// earlier argument. The losers are dropped (see [`OrchestrationContext::select`]).
+        #[must_use = "futures do nothing unless awaited"]
+        pub struct $select<$($type: DurableWork),+> {
+            $($field: $type,)+
+        }
+
+        impl<$($type: DurableWork),+> $select<$($type),+> {
+            pub(crate) fn new($($field: $type),+) -> Self {
+                Self { $($field,)+ }
+            }
+
+            fn best(&self, state: &State) -> Option<usize> {
+                let mut best: Option<usize> = None;
+                $(
+                    if let Some(position) = self.$field.position(state)
+                        && best.is_none_or(|best| position < best)
+                    {
+                        best = Some(position);
+                    }
+                )+
+                best
+            }
+        }
+
+        impl<$($type: DurableWork),+> sealed::Work for $select<$($type),+> {
+            type Output = $either<$($type::Output),+>;
+
+            fn context(&self) -> &OrchestrationContext {
+                tuple_combinators!(@first $(self.$field),+).context()
+            }
+
+            fn position(&self, state: &State) -> Option<usize> {
+                self.best(state)
+            }
+
+            fn take(&mut self, state: &mut State) -> Option<Self::Output> {
+                let best = self.best(state)?;
+                $(
+                    if self.$field.position(state) == Some(best) {
+                        return self.$field.take(state).map($either::$variant);
+                    }
+                )+
+                None
+            }
+
+            fn register(&self, state: &mut State, waker: &Waker) {
+                $(self.$field.register(state, waker);)+
+            }
+        }
+
+        impl<$($type: DurableWork),+> Unpin for $select<$($type),+> {}
+
+        impl<$($type: DurableWork),+> Future for $select<$($type),+> {
+            type Output = $either<$($type::Output),+>;
+
+            fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+                poll_work(self.get_mut(), cx)
             }
         }
     };

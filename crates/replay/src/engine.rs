@@ -148,7 +148,9 @@ pub fn run_turn(
             finished.get_or_insert(Ok(String::new()));
         }
     }
-    // Drop the code before reading the state: dropping it may give back buffered events.
+    // Drop the code before reading the state: dropping it may give back buffered events. The
+    // futures it still holds are waited for, not cancelled.
+    ctx.with_state(|state| state.tearing_down = true);
     drop(future);
 
     let mut state = state

@@ -59,8 +59,9 @@ mod state;
 
 pub use context::{Orchestration, OrchestrationContext, OrchestrationFuture, queue_event_name};
 pub use durable::{
-    ActivityFuture, Durable, DurableOutput, Either, Either3, EventFuture, Join2Future, Join3Future,
-    JoinFuture, Select2Future, Select3Future, SelectFuture, SubOrchestrationFuture, TimerFuture,
+    ActivityFuture, Durable, DurableOutput, DurableWork, Either, Either3, EventFuture, Join2Future,
+    Join3Future, JoinFuture, Select2Future, Select3Future, SelectFuture, SubOrchestrationFuture,
+    TimerFuture,
 };
 pub use engine::{TurnOutcome, TurnResult, run_turn};
 pub use options::{ActivityOptions, ActivityOptionsError};

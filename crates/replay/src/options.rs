@@ -65,7 +65,8 @@ impl ActivityOptions {
     /// The orchestration sees the activity fail with code `activity_total_timed_out` when it
     /// has not finished this long after it was scheduled, whatever its attempts and retry
     /// waits. It is a durable timer recorded in history beside the activity (so it takes a
-    /// command id). The activity itself is not stopped: its late result is ignored.
+    /// command id). The activity is then cancelled like a dropped future (see
+    /// `Event::CancelRequested`).
     pub fn total_timeout(mut self, timeout: Duration) -> Self {
         self.total_timeout = Some(timeout);
         self

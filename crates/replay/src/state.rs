@@ -29,7 +29,9 @@ pub(crate) enum CompletionValue {
     SubOrchestration(Result<String, Failure>),
 }
 
-pub(crate) struct State {
+#[doc(hidden)]
+/// One turn's replay state (internal; unnameable outside the crate: its module is private).
+pub struct State {
     pub(crate) instance_id: String,
     pub(crate) execution_id: u64,
     pub(crate) history: Arc<Vec<Event>>,
@@ -58,13 +60,22 @@ pub(crate) struct State {
     pub(crate) custom_status: Option<String>,
     pub(crate) continue_as_new: Option<String>,
     pub(crate) failure: Option<Failure>,
+    /// Commands whose cancellation history records (or this turn appended).
+    pub(crate) cancelled: std::collections::HashSet<u64>,
+    /// The engine is dropping the code at the end of the turn: the futures it drops are not
+    /// cancelled (the code still waits for them).
+    pub(crate) tearing_down: bool,
 }
 
 impl State {
     pub(crate) fn new(instance_id: String, execution_id: u64, history: Arc<Vec<Event>>) -> Self {
         let mut recorded_commands = HashMap::new();
         let mut command_kinds = HashMap::new();
+        let mut cancelled = std::collections::HashSet::new();
         for (position, event) in history.iter().enumerate() {
+            if let Event::CancelRequested { id } = event {
+                cancelled.insert(*id);
+            }
             if event.is_command()
                 && let Some(id) = event.command_id()
             {
@@ -95,6 +106,8 @@ impl State {
             custom_status: None,
             continue_as_new: None,
             failure: None,
+            cancelled,
+            tearing_down: false,
         }
     }
 
@@ -248,6 +261,24 @@ impl State {
                     CompletionValue::Event(data),
                 );
             }
+        }
+    }
+
+    /// The code dropped the unresolved future of `slot`: an activity or sub-orchestration that
+    /// has no result yet is cancelled, once, recorded in history so every replay agrees. A
+    /// result already applied (the loser of a select whose result also came) needs nothing.
+    pub(crate) fn drop_command(&mut self, slot: Slot) {
+        self.wakers.remove(&slot);
+        let Slot::Command(id) = slot else { return };
+        if self.completions.remove(&slot).is_some() || self.tearing_down || self.failure.is_some() {
+            return;
+        }
+        let cancellable = matches!(
+            self.command_kinds.get(&id),
+            Some(&"activity_scheduled" | &"sub_orchestration_scheduled")
+        );
+        if cancellable && self.cancelled.insert(id) {
+            self.appended.push(Event::CancelRequested { id });
         }
     }
 

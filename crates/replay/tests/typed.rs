@@ -491,3 +491,80 @@ fn removing_a_patch_while_histories_hold_its_marker_is_nondeterminism() {
         other => panic!("expected nondeterminism, got {other:?}"),
     }
 }
+
+// Cancellation of dropped futures.
+
+fn cancels(history: &[Event]) -> Vec<u64> {
+    history
+        .iter()
+        .filter_map(|event| match event {
+            Event::CancelRequested { id } => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn racing(ctx: OrchestrationContext, _: String) -> Running {
+    Box::pin(async move {
+        let work = ctx.activity::<String>("slow", "x");
+        let child = ctx.sub_orchestration::<String>("child", "y");
+        let unawaited = ctx.activity::<String>("forgotten", "z");
+        drop(unawaited);
+        let (a, b) = match ctx
+            .select2(ctx.join2(work, child), ctx.timer(Duration::from_secs(1)))
+            .await
+        {
+            Either::Left(_) => ("done", "done"),
+            Either::Right(()) => ("timeout", "timeout"),
+        };
+        Ok(format!("{a}/{b}"))
+    })
+}
+
+#[test]
+fn a_dropped_future_is_cancelled_once_in_history_and_replay_agrees() {
+    // The activity that was never awaited is cancelled in the turn that dropped it.
+    let (first, history) = run(racing, Vec::new(), vec![started()]);
+    assert_eq!(cancels(&history), vec![2]);
+    assert!(matches!(first.outcome, TurnOutcome::Waiting));
+    // The timer wins: the join's activity and sub-orchestration are cancelled; waiting for
+    // them at the end of a turn cancelled nothing.
+    let (result, history) = run(
+        racing,
+        Vec::new(),
+        vec![started(), turn(3_000, vec![Event::TimerFired { id: 3 }])],
+    );
+    assert_eq!(output(&result), "timeout/timeout");
+    assert_eq!(cancels(&history), vec![2, 0, 1]);
+    // A loser whose result came first in the same turn needs no cancel.
+    let (result, history) = run(
+        racing,
+        Vec::new(),
+        vec![
+            started(),
+            turn(
+                3_000,
+                vec![
+                    completed(0, "\"a\""),
+                    Event::TimerFired { id: 3 },
+                    Event::SubOrchestrationCompleted {
+                        id: 1,
+                        output: "\"b\"".into(),
+                    },
+                ],
+            ),
+        ],
+    );
+    assert_eq!(output(&result), "timeout/timeout");
+    assert_eq!(cancels(&history), vec![2, 1]);
+}
+
+#[test]
+fn a_total_timeout_that_fires_cancels_its_activity() {
+    let (_, history) = run(
+        with_total_timeout,
+        Vec::new(),
+        vec![started(), turn(31_000, vec![Event::TimerFired { id: 1 }])],
+    );
+    assert_eq!(cancels(&history), vec![0]);
+}

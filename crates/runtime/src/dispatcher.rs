@@ -144,6 +144,7 @@ pub(crate) async fn process_turn(shared: &Arc<Shared>, tracker: &TaskTracker, tu
     let finished = commit.status.is_some_and(InstanceStatus::is_terminal);
     let continued = commit.continue_as_new.is_some();
     let execution_id = commit.execution_id;
+    let cancelled = commit.cancelled_activities.clone();
     match shared.store.commit_turn(commit).await {
         Ok(claimed) => {
             // Committed: the parked results are recorded; their slots and renewals end here.
@@ -164,6 +165,8 @@ pub(crate) async fn process_turn(shared: &Arc<Shared>, tracker: &TaskTracker, tu
             }
             if finished {
                 shared.cancel_activities_of(&instance_id);
+            } else if !cancelled.is_empty() {
+                shared.cancel_activities(&instance_id, execution_id, &cancelled);
             }
         }
         Err(StoreError::LeaseLost(_)) => {
@@ -413,6 +416,9 @@ async fn build_commit(
             } else if event.is_completion() {
                 resolved.insert(id);
             }
+        } else if let Event::CancelRequested { id } = event {
+            // The code stopped waiting: a result that still comes is dropped.
+            resolved.insert(*id);
         } else if let Event::Rewound {
             from_execution,
             carried: ids,
@@ -623,6 +629,15 @@ async fn build_commit(
     for command in result.new_commands() {
         add_command(&mut commit, &turn.instance_id, turn.execution_id, command);
     }
+    for event in &result.appended {
+        if let Event::CancelRequested { id } = event {
+            let command = history
+                .iter()
+                .chain(&result.appended)
+                .find(|command| command.is_command() && command.command_id() == Some(*id));
+            cancel_command(&mut commit, &turn.instance_id, command);
+        }
+    }
     commit.custom_status = result.custom_status;
     commit.append = result.appended;
     match result.outcome {
@@ -736,6 +751,33 @@ fn add_command(commit: &mut TurnCommit, instance_id: &str, execution_id: u64, co
             parent: None,
             version: None,
         })),
+        _ => {}
+    }
+}
+
+/// Cancels the work of a command whose future the code dropped: an activity scheduled in the
+/// same turn is not created at all, one scheduled before has its work item deleted, and a
+/// sub-orchestration is sent a cancel.
+fn cancel_command(commit: &mut TurnCommit, instance_id: &str, command: Option<&Event>) {
+    match command {
+        Some(Event::ActivityScheduled { id, .. }) => {
+            let before = commit.activities.len();
+            commit
+                .activities
+                .retain(|activity| activity.activity_id != *id);
+            if commit.activities.len() == before {
+                commit.cancelled_activities.push(*id);
+            }
+        }
+        Some(Event::SubOrchestrationScheduled {
+            instance_id: child, ..
+        }) => commit.outbound.push(Outbound::Message {
+            instance_id: child.clone(),
+            message: Message::Cancel {
+                reason: format!("parent '{instance_id}' stopped waiting for it"),
+                requested_by: Some(format!("parent '{instance_id}'")),
+            },
+        }),
         _ => {}
     }
 }

@@ -174,7 +174,7 @@ pub(crate) struct Shared {
     pub(crate) cache: HistoryCache,
     /// Cancellation tokens of running activities, by instance, to stop them when their
     /// instance ends.
-    pub(crate) running_activities: Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
+    pub(crate) running_activities: Mutex<HashMap<String, Vec<RunningActivity>>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) seed_counter: std::sync::atomic::AtomicU64,
     /// Activity results waiting for their instance's next turn.
@@ -195,6 +195,14 @@ pub(crate) struct Shared {
     pub(crate) task_queues: Names,
 }
 
+/// An activity attempt running in this process.
+pub(crate) struct RunningActivity {
+    pub(crate) item_id: u64,
+    pub(crate) execution_id: u64,
+    pub(crate) activity_id: u64,
+    pub(crate) token: CancellationToken,
+}
+
 impl Shared {
     pub(crate) fn cancel_activities_of(&self, instance_id: &str) {
         let running = self
@@ -202,8 +210,21 @@ impl Shared {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(instance_id);
-        for (_, token) in running.into_iter().flatten() {
-            token.cancel();
+        for activity in running.into_iter().flatten() {
+            activity.token.cancel();
+        }
+    }
+
+    /// Signals the running attempts of these activities (the code cancelled them).
+    pub(crate) fn cancel_activities(&self, instance_id: &str, execution_id: u64, ids: &[u64]) {
+        let running = self
+            .running_activities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for activity in running.get(instance_id).into_iter().flatten() {
+            if activity.execution_id == execution_id && ids.contains(&activity.activity_id) {
+                activity.token.cancel();
+            }
         }
     }
 }

@@ -4,7 +4,7 @@ use crate::activity::{ActivityContext, Heartbeat};
 use crate::handoff::LocalResult;
 use crate::metrics;
 use crate::poison::backoff;
-use crate::runtime::Shared;
+use crate::runtime::{RunningActivity, Shared};
 use crate::task::{AbortOnDrop, CatchUnwind};
 use sluice_history::Message;
 use sluice_history::{Failure, codes};
@@ -45,7 +45,7 @@ pub(crate) async fn process_activity(
     );
     let activity = &item.activity;
     let item_key = item.item_id.to_string();
-    register(shared, &activity.instance_id, item.item_id, &cancellation);
+    register(shared, &item, &cancellation);
     let _registration = Registration {
         shared,
         instance_id: &activity.instance_id,
@@ -448,14 +448,19 @@ async fn renew_lease(
     }
 }
 
-fn register(shared: &Shared, instance_id: &str, item_id: u64, token: &CancellationToken) {
+fn register(shared: &Shared, item: &ActivityWorkItem, token: &CancellationToken) {
     shared
         .running_activities
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .entry(instance_id.to_string())
+        .entry(item.activity.instance_id.clone())
         .or_default()
-        .push((item_id, token.clone()));
+        .push(RunningActivity {
+            item_id: item.item_id,
+            execution_id: item.activity.execution_id,
+            activity_id: item.activity.activity_id,
+            token: token.clone(),
+        });
 }
 
 fn unregister(shared: &Shared, instance_id: &str, item_id: u64) {
@@ -464,7 +469,7 @@ fn unregister(shared: &Shared, instance_id: &str, item_id: u64) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(list) = running.get_mut(instance_id) {
-        list.retain(|(id, _)| *id != item_id);
+        list.retain(|running| running.item_id != item_id);
         if list.is_empty() {
             running.remove(instance_id);
         }

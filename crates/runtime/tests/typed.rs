@@ -306,3 +306,114 @@ async fn a_patch_deployed_while_instances_wait() {
     assert_eq!(info.status, InstanceStatus::Completed);
     runtime.shutdown(WAIT).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_whose_future_is_dropped_is_cancelled() {
+    static SAW_CANCEL: AtomicU32 = AtomicU32::new(0);
+    async fn racing(ctx: OrchestrationContext, _: ()) -> Result<Vec<String>, Failure> {
+        let mut seen = Vec::new();
+        // A running activity loses to a timer: it gets its cancellation signal.
+        match ctx
+            .select2(
+                ctx.activity::<String>("hang", &()),
+                ctx.timer(Duration::from_millis(300)),
+            )
+            .await
+        {
+            Either::Left(_) => seen.push("activity won".to_string()),
+            Either::Right(()) => seen.push("timer beat the activity".to_string()),
+        }
+        // A sub-orchestration loses to a timer: it is cancelled.
+        match ctx
+            .select2(
+                ctx.sub_orchestration_with_id::<String>("child", "child-1", &()),
+                ctx.timer(Duration::from_millis(100)),
+            )
+            .await
+        {
+            Either::Left(_) => seen.push("child won".to_string()),
+            Either::Right(()) => seen.push("timer beat the child".to_string()),
+        }
+        // An activity nobody runs yet is dropped: its work item goes.
+        let parked =
+            ctx.activity_with::<String>("later", &(), &ActivityOptions::new().queue("nowhere"));
+        ctx.event::<String>("drop").await?;
+        drop(parked);
+        ctx.event::<String>("finish").await?;
+        Ok(seen)
+    }
+    async fn child(ctx: OrchestrationContext, _: ()) -> Result<String, Failure> {
+        ctx.event::<String>("never").await
+    }
+    /// Counts the attempt's cancellation: the runtime drops a cancelled attempt's future.
+    struct OnDrop;
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            SAW_CANCEL.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    async fn hang(_ctx: ActivityContext, _: ()) -> Result<String, Failure> {
+        let _guard = OnDrop;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok("slept".into())
+    }
+    let temp = TempSqlite::new();
+    let store = open(&temp);
+    let runtime = start(
+        store.clone(),
+        Registry::new()
+            .orchestration_typed("racing", racing)
+            .orchestration_typed("child", child)
+            .activity_typed("hang", hang),
+    );
+    let client = runtime.client();
+    client.start_typed("racing", "r", &()).await.unwrap();
+    let queue = sluice_store::Names::only(["nowhere"]);
+    let lease = Duration::from_millis(50);
+    // The parked activity's work item exists while the instance waits for "drop".
+    loop {
+        let items = store
+            .fetch_activities_named(10, lease, &sluice_store::Names::All, &queue)
+            .await
+            .unwrap();
+        if !items.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let child = client.wait_for_completion("child-1", WAIT).await.unwrap();
+    assert_eq!(child.status, InstanceStatus::Cancelled, "{child:?}");
+    assert_eq!(SAW_CANCEL.load(Ordering::SeqCst), 1);
+    client.raise_event_typed("r", "drop", "now").await.unwrap();
+    loop {
+        let history = client.history("r").await.unwrap();
+        if history
+            .iter()
+            .filter(|event| matches!(event, Event::CancelRequested { .. }))
+            .count()
+            == 3
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(lease * 2).await;
+    let items = store
+        .fetch_activities_named(10, lease, &sluice_store::Names::All, &queue)
+        .await
+        .unwrap();
+    assert!(
+        items.is_empty(),
+        "the cancelled activity's work item is gone: {items:?}"
+    );
+    client
+        .raise_event_typed("r", "finish", "now")
+        .await
+        .unwrap();
+    let seen: Vec<String> = client.wait_for_output("r", WAIT).await.unwrap();
+    assert_eq!(
+        seen,
+        vec!["timer beat the activity", "timer beat the child"]
+    );
+    runtime.shutdown(WAIT).await;
+}

@@ -89,6 +89,7 @@ pub(crate) struct GroupSql {
     ended: String,
     restarts: String,
     unheld: String,
+    cancelled: String,
     future: String,
     update: String,
 }
@@ -178,6 +179,10 @@ impl GroupSql {
                  FROM unnest($2::text[], $3::text[]) AS r(instance_id, message)"),
             unheld: sql("DELETE FROM {s}.activities WHERE instance_id = ANY($2::text[])
                  AND (lock_token IS NULL OR visible_at_ms <= {s}.now_ms($1))"),
+            cancelled: sql("DELETE FROM {s}.activities a
+                 USING unnest($1::text[], $2::bigint[], $3::bigint[]) AS c(instance_id, execution_id, activity_id)
+                 WHERE a.instance_id = ANY($1::text[]) AND a.instance_id = c.instance_id
+                   AND a.execution_id = c.execution_id AND a.activity_id = c.activity_id"),
             future: sql("DELETE FROM {s}.inbox WHERE instance_id = ANY($2::text[])
                  AND visible_at_ms > {s}.now_ms($1)"),
             // Last of the writes: it moves the history position, ends the lease, takes the
@@ -228,6 +233,7 @@ struct Prepared {
     ended: Statement,
     restarts: Statement,
     unheld: Statement,
+    cancelled: Statement,
     future: Statement,
     update: Statement,
 }
@@ -249,6 +255,7 @@ async fn prepare(
         ended: prepared(client, &sql.ended).await?,
         restarts: prepared(client, &sql.restarts).await?,
         unheld: prepared(client, &sql.unheld).await?,
+        cancelled: prepared(client, &sql.cancelled).await?,
         future: prepared(client, &sql.future).await?,
         update: prepared(client, &sql.update).await?,
     })
@@ -366,6 +373,9 @@ struct Columns<'c> {
     ended_lens: Vec<i64>,
     restart_messages: Vec<String>,
     unheld: Vec<&'c str>,
+    cancelled_instances: Vec<&'c str>,
+    cancelled_executions: Vec<i64>,
+    cancelled_ids: Vec<i64>,
     finished: Vec<&'c str>,
     // instance rows
     ids: Vec<&'c str>,
@@ -410,6 +420,11 @@ impl<'c> Columns<'c> {
         for (item, token) in &commit.completed_activities {
             self.completed_items.push(to_i64(*item));
             self.completed_tokens.push(to_i64(*token));
+        }
+        for activity_id in &commit.cancelled_activities {
+            self.cancelled_instances.push(id);
+            self.cancelled_executions.push(execution);
+            self.cancelled_ids.push(to_i64(*activity_id));
         }
         for (at, message) in &commit.timers {
             self.timer_ids.push(id);
@@ -677,6 +692,17 @@ async fn commit_group(
     }
     if !c.unheld.is_empty() {
         statement!(other, unheld, [&now, &c.unheld]);
+    }
+    if !c.cancelled_ids.is_empty() {
+        statement!(
+            other,
+            cancelled,
+            [
+                &c.cancelled_instances,
+                &c.cancelled_executions,
+                &c.cancelled_ids
+            ]
+        );
     }
     if !c.finished.is_empty() {
         statement!(other, future, [&now, &c.finished]);

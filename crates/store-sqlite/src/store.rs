@@ -892,6 +892,23 @@ fn commit_turn_in(
             })
             .map_err(db_error)?;
     }
+    if !commit.cancelled_activities.is_empty() {
+        let mut delete = connection
+            .prepare_cached(
+                "DELETE FROM activities
+                 WHERE instance_id = ?1 AND execution_id = ?2 AND activity_id = ?3",
+            )
+            .map_err(db_error)?;
+        for activity_id in &commit.cancelled_activities {
+            delete
+                .execute(params![
+                    commit.instance_id,
+                    i64::try_from(commit.execution_id).unwrap_or(i64::MAX),
+                    i64::try_from(*activity_id).unwrap_or(i64::MAX)
+                ])
+                .map_err(db_error)?;
+        }
+    }
     if finished && commit.outstanding_activities {
         // Work that can no longer matter: unresolved activities nobody holds.
         // Work items still leased are left to their holders, whose completions then find the
@@ -1589,8 +1606,12 @@ impl Store for SqliteStore {
                 )
                 .and_then(|mut statement| statement.query_row(params![item_id], |row| row.get(0)).optional())
                 .map_err(db_error)?;
-            // Still wanted while the owning instance has not finished.
-            Ok(status.as_deref().map(parse_status).transpose()?.is_some_and(|status| !status.is_terminal()))
+            // Gone: cancelled (or taken over); still wanted while the owning instance has not
+            // finished.
+            let Some(status) = status else {
+                return Err(StoreError::LeaseLost("activity"));
+            };
+            Ok(!parse_status(&status)?.is_terminal())
         })
         .await
     }

@@ -1019,6 +1019,81 @@ pub async fn activities_of_finished_instances_are_not_handed_out<S: Store>(h: Ha
     }
 }
 
+/// Activities the code cancelled lose their work items with the commit, the held one too: its
+/// holder's renewal and completion find the lease lost, and nothing is handed out again.
+pub async fn cancelled_activities_lose_their_work_items<S: Store>(h: Harness<S>) {
+    let store = &h.store;
+    let extra = TurnCommit {
+        activities: vec![activity("a", 0), activity("a", 1), activity("a", 2)],
+        ..TurnCommit::default()
+    };
+    started(store, "a", extra).await;
+    let held = store
+        .fetch_activities(1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .expect("an activity is visible");
+    let event = Message::Event {
+        name: "e".into(),
+        data: String::new(),
+    };
+    store.enqueue_message("a", event, None).await.unwrap();
+    let turn = store
+        .fetch_turns(1, LEASE, &[])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let kept = (0..3)
+        .find(|id| *id != held.activity.activity_id)
+        .expect("another activity");
+    let cancelled: Vec<u64> = (0..3).filter(|id| *id != kept).collect();
+    store
+        .commit_turn(TurnCommit {
+            instance_id: "a".into(),
+            lock_token: turn.lock_token,
+            execution_id: 1,
+            history_from: 1,
+            append: cancelled
+                .iter()
+                .map(|id| Event::CancelRequested { id: *id })
+                .collect(),
+            consumed: turn.messages.iter().map(|(id, _)| *id).collect(),
+            cancelled_activities: cancelled,
+            ..TurnCommit::default()
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .renew_activity_lease(held.item_id, held.lock_token, LEASE)
+            .await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store
+            .complete_activity(
+                held.item_id,
+                held.lock_token,
+                ActivityResult::Completed("late".into())
+            )
+            .await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    h.clock.advance_ms(LEASE_MS + 1);
+    let left: Vec<u64> = store
+        .fetch_activities(10, LEASE)
+        .await
+        .unwrap()
+        .iter()
+        .map(|item| item.activity.activity_id)
+        .collect();
+    assert_eq!(left, vec![kept], "only the activity not cancelled is left");
+    let info = store.instance("a").await.unwrap().unwrap();
+    assert_eq!(info.status, InstanceStatus::Running);
+}
+
 /// A released work item (it did not run) keeps its attempt count; a retried one counts.
 pub async fn released_activities_keep_their_attempt<S: Store>(h: Harness<S>) {
     let store = &h.store;
@@ -2822,6 +2897,7 @@ macro_rules! conformance_tests {
             quarantine_takes_an_instance_out_of_service,
             activity_quarantine_takes_an_instance_out_of_service,
             activities_of_finished_instances_are_not_handed_out,
+            cancelled_activities_lose_their_work_items,
             released_activities_keep_their_attempt,
             what_became_due_since_the_last_fetch_wakes_at_once,
             fetches_hand_out_only_the_names_asked_for,

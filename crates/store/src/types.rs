@@ -98,6 +98,10 @@ pub struct TurnCommit {
     /// commit, if `(item_id, lock_token)` still holds the item's lease; an item whose lease was
     /// lost is left to its new holder.
     pub completed_activities: Vec<(u64, u64)>,
+    /// Activities of this execution (by command id) the code cancelled: their work items are
+    /// deleted with the commit, held or not; a holder's next renewal or completion then finds
+    /// its lease lost and records nothing.
+    pub cancelled_activities: Vec<u64>,
     /// The execution ends with activities still unresolved (a cancel, a failure, a select that
     /// stopped waiting): their work items that nobody holds are deleted with the commit.
     pub outstanding_activities: bool,
