@@ -42,11 +42,11 @@ pub struct OrchestrationBenchArgs {
     /// The store.
     #[arg(long, value_enum, default_value = "sqlite-file")]
     store: StoreKind,
-    /// Orchestration turns processed at the same time.
-    #[arg(long, default_value_t = 2)]
+    /// Orchestration turns processed at the same time (default: the runtime's).
+    #[arg(long, default_value_t = sluice_runtime::RuntimeOptions::default().orchestration_concurrency)]
     orch_concurrency: usize,
-    /// Activities run at the same time.
-    #[arg(long, default_value_t = 2)]
+    /// Activities run at the same time (default: the runtime's).
+    #[arg(long, default_value_t = sluice_runtime::RuntimeOptions::default().activity_concurrency)]
     activity_concurrency: usize,
     /// How long each activity sleeps, in milliseconds.
     #[arg(long, default_value_t = 10)]

@@ -30,11 +30,11 @@ pub(crate) struct DemoArgs {
     /// Orders to run (ids order-0 .. order-N-1; existing ones are resumed, not restarted).
     #[arg(long, default_value_t = 200)]
     orders: u32,
-    /// Orchestration turns processed at the same time.
-    #[arg(long, default_value_t = 4)]
+    /// Orchestration turns processed at the same time (default: the runtime's).
+    #[arg(long, default_value_t = sluice_runtime::RuntimeOptions::default().orchestration_concurrency)]
     orch_concurrency: usize,
-    /// Activities run at the same time.
-    #[arg(long, default_value_t = 64)]
+    /// Activities run at the same time (default: the runtime's).
+    #[arg(long, default_value_t = sluice_runtime::RuntimeOptions::default().activity_concurrency)]
     activity_concurrency: usize,
     /// How long large orders wait for an approval before they are rejected.
     #[arg(long, default_value_t = 500)]

@@ -21,11 +21,11 @@ pub(crate) struct WorkerArgs {
     /// The PostgreSQL schema holding the store's tables.
     #[arg(long, default_value = "sluice")]
     schema: String,
-    /// Orchestration turns processed at the same time.
-    #[arg(long, default_value_t = 4)]
+    /// Orchestration turns processed at the same time (default: the runtime's).
+    #[arg(long, default_value_t = sluice_runtime::RuntimeOptions::default().orchestration_concurrency)]
     orch_concurrency: usize,
-    /// Activities run at the same time.
-    #[arg(long, default_value_t = 16)]
+    /// Activities run at the same time (default: the runtime's).
+    #[arg(long, default_value_t = sluice_runtime::RuntimeOptions::default().activity_concurrency)]
     activity_concurrency: usize,
     /// How long the benchmark's activity sleeps, in milliseconds (as `bench orchestrations
     /// --activity-ms`).
