@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 use sluice_runtime::{
-    ActivityContext, Backoff, DurableOutput, Failure, OrchestrationContext, Registry, RetryPolicy,
+    ActivityContext, ActivityOptions, Backoff, Either, Failure, OrchestrationContext, Registry,
+    RetryPolicy,
 };
 use std::time::Duration;
 
@@ -28,20 +29,21 @@ pub(crate) struct Line {
 
 pub(crate) const APPROVAL_LIMIT_CENTS: u64 = 50_000;
 
-fn quick_retry() -> RetryPolicy {
-    RetryPolicy::attempts(3).with_backoff(Backoff::Exponential {
+fn quick_retry() -> ActivityOptions {
+    ActivityOptions::new().retry(RetryPolicy::attempts(3).with_backoff(Backoff::Exponential {
         initial_ms: 10,
         multiplier: 2.0,
         max_ms: 100,
-    })
+    }))
 }
+
+/// A reservation of one line's stock.
+pub(crate) type Reservation = String;
 
 async fn order(ctx: OrchestrationContext, order: Order) -> Result<String, Failure> {
     // Chained activities.
     ctx.set_custom_status("validating");
-    let order_json =
-        serde_json::to_string(&order).map_err(|e| Failure::new("serde", e.to_string()))?;
-    ctx.schedule_activity_with_retry("validate", order_json, quick_retry())
+    ctx.activity_with::<()>("validate", &order, &quick_retry())
         .await?;
 
     // Fan-out: one sub-orchestration per line item reserves its stock.
@@ -49,10 +51,7 @@ async fn order(ctx: OrchestrationContext, order: Order) -> Result<String, Failur
     let lines = order
         .lines
         .iter()
-        .map(|line| {
-            let input = serde_json::to_string(line).expect("lines serialise");
-            ctx.call_sub_orchestration("reserve_line", input)
-        })
+        .map(|line| ctx.sub_orchestration::<Reservation>("reserve_line", line))
         .collect();
     let mut reservations = Vec::new();
     let mut reservation_failed = None;
@@ -68,18 +67,16 @@ async fn order(ctx: OrchestrationContext, order: Order) -> Result<String, Failur
     }
 
     // A durable timer: the cooling-off period before charging.
-    ctx.create_timer(Duration::from_millis(20)).await;
+    ctx.timer(Duration::from_millis(20)).await;
 
-    // Large orders wait for an approval event, with a timeout.
+    // Large orders wait for an approval event (text: "approve" or anything else), with a
+    // timeout; the losing wait is dropped (an event wait gives its event back).
     if order.total_cents > APPROVAL_LIMIT_CENTS {
         ctx.set_custom_status("awaiting approval");
-        let timeout = ctx
-            .create_timer(Duration::from_millis(order.approval_timeout_ms))
-            .into_any();
-        let decision = ctx.wait_for_event("approval").into_any();
-        let approved = match ctx.select(vec![timeout, decision]).await {
-            (_, DurableOutput::Event(decision)) => decision == "approve",
-            _ => false,
+        let timeout = ctx.timer(Duration::from_millis(order.approval_timeout_ms));
+        let approved = match ctx.select2(timeout, ctx.wait_for_event("approval")).await {
+            Either::Left(()) => false,
+            Either::Right(decision) => decision == "approve",
         };
         if !approved {
             compensate(&ctx, &reservations).await?;
@@ -92,14 +89,14 @@ async fn order(ctx: OrchestrationContext, order: Order) -> Result<String, Failur
 
     // The saga's pivot: a refused payment undoes the reservations.
     ctx.set_custom_status("charging");
-    let charge =
-        serde_json::json!({ "cents": order.total_cents, "card_accepts": order.card_accepts });
-    match ctx.schedule_activity("charge", charge.to_string()).await {
+    let charge = Charge {
+        cents: order.total_cents,
+        card_accepts: order.card_accepts,
+    };
+    match ctx.activity::<String>("charge", &charge).await {
         Ok(receipt) => {
             ctx.set_custom_status("shipping");
-            let tracking = ctx
-                .schedule_activity_with_retry("ship", receipt.clone(), quick_retry())
-                .await?;
+            let tracking: String = ctx.activity_with("ship", &receipt, &quick_retry()).await?;
             ctx.set_custom_status("done");
             Ok(format!("{receipt} {tracking}"))
         }
@@ -110,11 +107,21 @@ async fn order(ctx: OrchestrationContext, order: Order) -> Result<String, Failur
     }
 }
 
-async fn compensate(ctx: &OrchestrationContext, reservations: &[String]) -> Result<(), Failure> {
+/// What the charge activity takes.
+#[derive(Serialize, Deserialize)]
+struct Charge {
+    cents: u64,
+    card_accepts: bool,
+}
+
+async fn compensate(
+    ctx: &OrchestrationContext,
+    reservations: &[Reservation],
+) -> Result<(), Failure> {
     ctx.set_custom_status("compensating");
     let releases = reservations
         .iter()
-        .map(|r| ctx.schedule_activity("release_stock", r.clone()))
+        .map(|reservation| ctx.activity::<String>("release_stock", reservation))
         .collect();
     for released in ctx.join(releases).await {
         released?;
@@ -122,11 +129,11 @@ async fn compensate(ctx: &OrchestrationContext, reservations: &[String]) -> Resu
     Ok(())
 }
 
-async fn reserve_line(ctx: OrchestrationContext, line: String) -> Result<String, Failure> {
-    let reserved = ctx
-        .schedule_activity_with_retry("reserve_stock", line, quick_retry())
+async fn reserve_line(ctx: OrchestrationContext, line: Line) -> Result<Reservation, Failure> {
+    let reserved: Reservation = ctx
+        .activity_with("reserve_stock", &line, &quick_retry())
         .await?;
-    ctx.schedule_activity("pick", reserved).await
+    ctx.activity("pick", &reserved).await
 }
 
 /// Simulated work: a few milliseconds, like a quick call to another service.
@@ -137,28 +144,24 @@ async fn work(ms: u64) {
 pub(crate) fn registry() -> Registry {
     Registry::new()
         .orchestration_typed("order", order)
-        .orchestration("reserve_line", reserve_line)
-        .activity(
+        .orchestration_typed("reserve_line", reserve_line)
+        .activity_typed(
             "validate",
-            |_ctx: ActivityContext, order: String| async move {
+            |_ctx: ActivityContext, order: Order| async move {
                 work(1).await;
-                let order: Order = serde_json::from_str(&order)
-                    .map_err(|e| Failure::new("invalid_order", e.to_string()))?;
                 if order.lines.is_empty() {
-                    return Err(Failure::new(
+                    return Err(Failure::non_retryable(
                         "invalid_order",
                         "an order needs at least one line",
                     ));
                 }
-                Ok("valid".to_string())
+                Ok(())
             },
         )
-        .activity(
+        .activity_typed(
             "reserve_stock",
-            |ctx: ActivityContext, line: String| async move {
+            |ctx: ActivityContext, line: Line| async move {
                 work(2).await;
-                let line: Line = serde_json::from_str(&line)
-                    .map_err(|e| Failure::new("invalid_line", e.to_string()))?;
                 Ok(format!(
                     "rsv:{}:{}x{}",
                     ctx.instance_id(),
@@ -167,37 +170,35 @@ pub(crate) fn registry() -> Registry {
                 ))
             },
         )
-        .activity(
+        .activity_typed(
             "pick",
-            |_ctx: ActivityContext, reservation: String| async move {
+            |_ctx: ActivityContext, reservation: Reservation| async move {
                 work(1).await;
                 Ok(reservation)
             },
         )
-        .activity(
+        .activity_typed(
             "release_stock",
-            |_ctx: ActivityContext, reservation: String| async move {
+            |_ctx: ActivityContext, reservation: Reservation| async move {
                 work(1).await;
                 Ok(format!("released {reservation}"))
             },
         )
-        .activity(
+        .activity_typed(
             "charge",
-            |_ctx: ActivityContext, charge: String| async move {
+            |_ctx: ActivityContext, charge: Charge| async move {
                 work(3).await;
-                let charge: serde_json::Value = serde_json::from_str(&charge)
-                    .map_err(|e| Failure::new("invalid_charge", e.to_string()))?;
-                if charge["card_accepts"].as_bool() == Some(true) {
-                    Ok(format!("receipt-{}", charge["cents"]))
+                if charge.card_accepts {
+                    Ok(format!("receipt-{}", charge.cents))
                 } else {
-                    Err(Failure::new(
+                    Err(Failure::non_retryable(
                         "card_declined",
                         "the card issuer refused the charge",
                     ))
                 }
             },
         )
-        .activity(
+        .activity_typed(
             "ship",
             |ctx: ActivityContext, _receipt: String| async move {
                 work(2).await;
