@@ -222,8 +222,10 @@ fn operators_act_on_a_running_demo() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("demo.db");
     let store = format!("sqlite://{}", db.display());
+    // Few turns at once, so that orders stay pending long enough to be acted on.
     let mut demo = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["demo", "--db", db.to_str().unwrap(), "--orders", "100000"])
+        .args(["--orch-concurrency", "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -413,7 +415,9 @@ fn a_bulk_terminate_shows_then_terminates_what_matches() {
     let db = dir.path().join("demo.db");
     let store = format!("sqlite://{}", db.display());
     let mut demo = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        // Few turns at once, so that many orders are still pending when it is killed.
         .args(["demo", "--db", db.to_str().unwrap(), "--orders", "100000"])
+        .args(["--orch-concurrency", "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
