@@ -10,18 +10,25 @@
 //!
 //! ```
 //! use sluice_runtime::{
-//!     ActivityContext, Failure, InstanceStatus, OrchestrationContext, Registry, Runtime,
-//!     RuntimeOptions,
+//!     ActivityContext, ActivityOptions, Either, Failure, OrchestrationContext, Registry,
+//!     RetryPolicy, Runtime, RuntimeOptions,
 //! };
 //! use sluice_store_sqlite::{Location, SqliteStore, SqliteStoreOptions};
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //!
 //! /// An orchestration: replayed from its history, so it only asks for work through `ctx`.
-//! async fn greet(ctx: OrchestrationContext, name: String) -> Result<String, Failure> {
-//!     let greeting = ctx.schedule_activity("hello", name).await?;
-//!     ctx.create_timer(Duration::from_millis(10)).await;
-//!     Ok(greeting)
+//! async fn greet(ctx: OrchestrationContext, names: Vec<String>) -> Result<String, Failure> {
+//!     let retry = ActivityOptions::new().retry(RetryPolicy::attempts(3));
+//!     let greetings = names
+//!         .iter()
+//!         .map(|name| ctx.activity_with::<String>("hello", name, &retry))
+//!         .collect();
+//!     // All greetings, or a timeout: whichever history records first.
+//!     match ctx.select2(ctx.join(greetings), ctx.timer(Duration::from_secs(60))).await {
+//!         Either::Left(greetings) => Ok(greetings.into_iter().collect::<Result<Vec<_>, _>>()?.join("; ")),
+//!         Either::Right(()) => Err(Failure::new("timed_out", "no greeting within a minute")),
+//!     }
 //! }
 //!
 //! /// An activity: ordinary code, run at least once, its result recorded.
@@ -33,17 +40,17 @@
 //! # async fn main() {
 //! let store = Arc::new(SqliteStore::open(SqliteStoreOptions::new(Location::Memory)).unwrap());
 //! let registry = Registry::new()
-//!     .orchestration("greet", greet)
-//!     .activity("hello", hello);
+//!     .orchestration_typed("greet", greet)
+//!     .activity_typed("hello", hello);
 //! let runtime = Runtime::start(store, registry, RuntimeOptions::default()).unwrap();
 //! let client = runtime.client();
-//! client.start("greet", "greet-ada", "Ada").await.unwrap();
-//! let done = client
-//!     .wait_for_completion("greet-ada", Duration::from_secs(30))
+//! let names = vec!["Ada".to_string(), "Alan".to_string()];
+//! client.start_typed("greet", "greet-1", &names).await.unwrap();
+//! let greeting: String = client
+//!     .wait_for_output("greet-1", Duration::from_secs(30))
 //!     .await
 //!     .unwrap();
-//! assert_eq!(done.status, InstanceStatus::Completed);
-//! assert_eq!(done.output.as_deref(), Some("hello, Ada"));
+//! assert_eq!(greeting, "hello, Ada; hello, Alan");
 //! runtime.shutdown(Duration::from_secs(5)).await;
 //! # }
 //! ```
