@@ -342,6 +342,18 @@ impl Event {
     }
 }
 
+/// The version of the orchestration's code an execution runs, from its `OrchestrationStarted`
+/// among `events` (1 when it is absent or names none).
+pub fn execution_version<'a>(events: impl IntoIterator<Item = &'a Event>) -> u32 {
+    events
+        .into_iter()
+        .find_map(|event| match event {
+            Event::OrchestrationStarted { version, .. } => Some(version.unwrap_or(1)),
+            _ => None,
+        })
+        .unwrap_or(1)
+}
+
 /// Instance ids of awaited sub-orchestrations that history shows scheduled but not finished:
 /// the children a cancel must cascade to.
 pub fn pending_children(history: &[Event]) -> Vec<String> {

@@ -38,7 +38,7 @@ mod guid;
 mod message;
 mod retry;
 
-pub use event::{Event, ParentLink, pending_children};
+pub use event::{Event, ParentLink, execution_version, pending_children};
 pub use failure::{Failure, codes};
 pub use guid::guid_from_seed;
 pub use message::Message;

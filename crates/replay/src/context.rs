@@ -215,8 +215,21 @@ impl OrchestrationContext {
         input: &(impl Serialize + ?Sized),
         options: &ActivityOptions,
     ) -> Durable<Result<O, Failure>> {
-        match to_json(input, "activity input") {
-            Ok(input) => self.schedule(name.into(), input, options, decode_json::<O>),
+        self.with_json_input(input, "activity input", |input| {
+            self.schedule(name.into(), input, options, decode_json::<O>)
+        })
+    }
+
+    /// Issues typed work with `input` as JSON; an input that does not serialise resolves the
+    /// future at once with a `serde` failure, issuing nothing.
+    fn with_json_input<O: DeserializeOwned>(
+        &self,
+        input: &(impl Serialize + ?Sized),
+        what: &str,
+        issue: impl FnOnce(String) -> Durable<Result<O, Failure>>,
+    ) -> Durable<Result<O, Failure>> {
+        match to_json(input, what) {
+            Ok(input) => issue(input),
             Err(failure) => Durable::ready(self.clone(), Err(failure), decode_json::<O>),
         }
     }
@@ -387,10 +400,9 @@ impl OrchestrationContext {
         name: impl Into<String>,
         input: &(impl Serialize + ?Sized),
     ) -> Durable<Result<O, Failure>> {
-        match to_json(input, "sub-orchestration input") {
-            Ok(input) => self.sub_orchestration_derived(name.into(), input, decode_json::<O>),
-            Err(failure) => Durable::ready(self.clone(), Err(failure), decode_json::<O>),
-        }
+        self.with_json_input(input, "sub-orchestration input", |input| {
+            self.sub_orchestration_derived(name.into(), input, decode_json::<O>)
+        })
     }
 
     /// [`OrchestrationContext::sub_orchestration`] under a chosen instance id.
@@ -400,21 +412,18 @@ impl OrchestrationContext {
         instance_id: impl Into<String>,
         input: &(impl Serialize + ?Sized),
     ) -> Durable<Result<O, Failure>> {
-        match to_json(input, "sub-orchestration input") {
-            Ok(input) => {
-                let (name, instance_id) = (name.into(), instance_id.into());
-                self.issue(
-                    |id| Event::SubOrchestrationScheduled {
-                        id,
-                        name,
-                        instance_id,
-                        input,
-                    },
-                    decode_json::<O>,
-                )
-            }
-            Err(failure) => Durable::ready(self.clone(), Err(failure), decode_json::<O>),
-        }
+        let (name, instance_id) = (name.into(), instance_id.into());
+        self.with_json_input(input, "sub-orchestration input", |input| {
+            self.issue(
+                |id| Event::SubOrchestrationScheduled {
+                    id,
+                    name,
+                    instance_id,
+                    input,
+                },
+                decode_json::<O>,
+            )
+        })
     }
 
     /// Starts an orchestration that lives on independently (not awaited, not cancelled with this

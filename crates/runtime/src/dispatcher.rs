@@ -530,14 +530,7 @@ async fn build_commit(
         return Ok((commit, None));
     }
 
-    let version = history
-        .iter()
-        .chain(&new_events)
-        .find_map(|event| match event {
-            Event::OrchestrationStarted { version, .. } => Some(version.unwrap_or(1)),
-            _ => None,
-        })
-        .unwrap_or(1);
+    let version = sluice_history::execution_version(history.iter().chain(&new_events));
     let Some(orchestration) = shared.registry.code(&turn.name, version) else {
         // A rolling deploy: another process may have the code. Wait for it, up to
         // `handler_wait_max`, then fail the instance.

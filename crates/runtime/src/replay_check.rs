@@ -2,7 +2,7 @@
 
 use crate::registry::Registry;
 use serde::Serialize;
-use sluice_history::{Event, Failure, InstanceStatus, codes};
+use sluice_history::{Failure, InstanceStatus, codes, execution_version};
 use sluice_replay::{TurnOutcome, run_turn};
 use sluice_store::{InstanceFilter, InstanceQuery, Store, StoreError};
 use std::sync::Arc;
@@ -76,13 +76,7 @@ pub async fn replay_check(
             let history = store
                 .read_history(&instance.instance_id, instance.execution_id, 0)
                 .await?;
-            let version = history
-                .iter()
-                .find_map(|event| match event {
-                    Event::OrchestrationStarted { version, .. } => Some(version.unwrap_or(1)),
-                    _ => None,
-                })
-                .unwrap_or(1);
+            let version = execution_version(&history);
             let problem = |failure: Failure| ReplayCheckFailure {
                 instance_id: instance.instance_id.clone(),
                 name: instance.name.clone(),
